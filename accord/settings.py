@@ -1,0 +1,51 @@
+"""One settings object, read from ``ACCORD_*`` environment variables.
+
+Every other module takes its configuration from :func:`get_settings` so that
+there is exactly one place that reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACCORD_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers (host:port[,host:port])"
+    )
+    state_dir: Path = Field(
+        Path(".accord"), description="Where the embedded broker keeps its pid and log, and the demo its SQLite ledger"
+    )
+    ledger_url: str = Field(
+        "", description="SQLAlchemy URL of the ledger and consent database; empty means SQLite in state_dir"
+    )
+    agreements_dir: Path = Field(
+        PACKAGE_ROOT / "agreements" / "examples", description="Folder of agreement YAML files"
+    )
+    processor_group: str = Field("accord-processor", description="Consumer group (faust app id) of the sharing processor")
+    batch_size: int = Field(500, ge=1, description="Most events the processor decides in one batch")
+    batch_window_s: float = Field(0.2, gt=0, description="Longest the processor waits to fill a batch")
+    session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout")
+    heartbeat_interval_ms: int = Field(1500, ge=100, description="Consumer group heartbeat interval")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        if self.ledger_url:
+            return self.ledger_url
+        return f"sqlite:///{(self.state_dir / 'ledger.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
