@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     agreements_dir: Path = Field(
         PACKAGE_ROOT / "agreements" / "examples", description="Folder of agreement YAML files"
     )
+    topic_prefix: str = Field("", description="Prefix of every topic name, to share one broker")
     processor_group: str = Field("accord-processor", description="Consumer group (faust app id) of the sharing processor")
     batch_size: int = Field(500, ge=1, description="Most events the processor decides in one batch")
     batch_window_s: float = Field(0.2, gt=0, description="Longest the processor waits to fill a batch")

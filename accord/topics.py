@@ -2,6 +2,8 @@
 
 Every topic is created explicitly with its partition count before anything
 subscribes: the embedded broker would otherwise invent one with 4 partitions.
+A prefix (``ACCORD_TOPIC_PREFIX``) lets several buses, or several tests, share
+one broker.
 """
 
 from __future__ import annotations
@@ -13,16 +15,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 EVENT_TYPES: tuple[str, ...] = ("custody", "referral", "natal_care")
 EVENT_PARTITIONS = 4
-DEAD_LETTER = "accord.deadletter"
-CONSENT_PREFERENCES = "consent.preferences"
-
-
-def event_topic(event_type: str, version: int = 1) -> str:
-    return f"events.{event_type}.v{version}"
-
-
-def partner_topic(partner: str, event_type: str) -> str:
-    return f"partner.{partner}.{event_type}"
 
 
 @dataclass(frozen=True)
@@ -32,16 +24,42 @@ class TopicSpec:
     config: dict[str, str]
 
 
-def catalogue(partners_by_type: dict[str, set[str]]) -> list[TopicSpec]:
-    """Every topic of the bus, given which partners receive which event types."""
-    specs = [TopicSpec(event_topic(t), EVENT_PARTITIONS, {}) for t in EVENT_TYPES]
-    specs.append(TopicSpec(DEAD_LETTER, 1, {}))
-    # Co-partitioned with the event topics, keyed by subject key.
-    specs.append(TopicSpec(CONSENT_PREFERENCES, EVENT_PARTITIONS, {"cleanup.policy": "compact"}))
-    for event_type, partners in sorted(partners_by_type.items()):
-        for partner in sorted(partners):
-            specs.append(TopicSpec(partner_topic(partner, event_type), 1, {}))
-    return specs
+@dataclass(frozen=True)
+class TopicNames:
+    prefix: str = ""
+
+    def event(self, event_type: str, version: int = 1) -> str:
+        return f"{self.prefix}events.{event_type}.v{version}"
+
+    def partner(self, partner: str, event_type: str) -> str:
+        return f"{self.prefix}partner.{partner}.{event_type}"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}accord.deadletter"
+
+    @property
+    def consent_preferences(self) -> str:
+        return f"{self.prefix}consent.preferences"
+
+    def event_type_of(self, topic: str) -> str:
+        """``events.custody.v1`` -> ``custody``; ValueError for any other topic."""
+        rest = topic.removeprefix(self.prefix)
+        parts = rest.split(".")
+        if len(parts) != 3 or parts[0] != "events" or parts[1] not in EVENT_TYPES:
+            raise ValueError(f"{topic} is not an event topic")
+        return parts[1]
+
+    def catalogue(self, partners_by_type: dict[str, set[str]]) -> list[TopicSpec]:
+        """Every topic of the bus, given which partners receive which event types."""
+        specs = [TopicSpec(self.event(t), EVENT_PARTITIONS, {}) for t in EVENT_TYPES]
+        specs.append(TopicSpec(self.dead_letter, 1, {}))
+        # Keyed by subject key and co-partitioned with the event topics.
+        specs.append(TopicSpec(self.consent_preferences, EVENT_PARTITIONS, {"cleanup.policy": "compact"}))
+        for event_type, partners in sorted(partners_by_type.items()):
+            for partner in sorted(partners):
+                specs.append(TopicSpec(self.partner(partner, event_type), 1, {}))
+        return specs
 
 
 def create_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 15.0) -> dict[str, str]:

@@ -1,0 +1,223 @@
+"""The sharing processor: a faust-streaming app around a batch handler.
+
+Per batch (never per event: faust's per-event machinery is the bottleneck):
+decode every event, read the consent history of every subject in one query,
+decide with the pure ``accord.sharing.decide``, append every decision to the
+ledger in one transaction, and only then produce the disclosures (I1). Input
+that cannot be read goes to the dead-letter topic with a reason (I2). A crash
+anywhere replays the batch; the ledger's idempotent append and the stable
+disclosure ids make that safe (I7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, Producer
+from sqlalchemy import Engine
+
+import consent
+from accord.sharing import Decision, Outcome, decide, subject_key
+from accord.topics import EVENT_TYPES, TopicNames
+from agreements.model import Agreement
+from agreements.recipient_schemas import projection_name
+from ledger import EntryDraft, append
+from schemas.serde import Catalogue, SerdeError
+
+log = structlog.get_logger("accord.processor")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class BatchReport:
+    events: int = 0
+    dead_letters: int = 0
+    appended: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+
+
+class DeliveryFailed(RuntimeError):
+    pass
+
+
+def _draft(d: Decision, decided_at: datetime) -> EntryDraft:
+    return EntryDraft(
+        disclosure_id=d.disclosure_id,
+        event_id=d.event_id,
+        event_type=d.event_type,
+        provider=d.provider,
+        recipient=d.recipient,
+        agreement_id=d.agreement.id,
+        agreement_version=d.agreement.version,
+        purpose=d.agreement.purpose.value,
+        legal_basis=d.agreement.legal_basis,
+        outcome=d.outcome.value,
+        reason=d.reason,
+        fields=d.fields,
+        consent_mode=d.agreement.consent_mode.value,
+        consent_version=d.consent_version,
+        subject_key=d.subject_key,
+        decided_at=decided_at,
+    )
+
+
+class BatchHandler:
+    """The imperative shell for one batch; synchronous so it can run off the event loop."""
+
+    def __init__(
+        self,
+        agreements: Sequence[Agreement],
+        catalogue: Catalogue,
+        engine: Engine,
+        producer: Producer,
+        names: TopicNames,
+    ) -> None:
+        self.agreements = list(agreements)
+        self.catalogue = catalogue
+        self.engine = engine
+        self.producer = producer
+        self.names = names
+
+    def _decode(self, msg: Inbound) -> tuple[str, dict[str, Any]]:
+        event_type = self.names.event_type_of(msg.topic)
+        if msg.value is None:
+            raise SerdeError("empty message (no value)")
+        name, record = self.catalogue.decode(msg.value)
+        if name != event_type:
+            raise SerdeError(f"a {name} record on the {event_type} topic")
+        return event_type, record
+
+    def handle(self, batch: Sequence[Inbound]) -> BatchReport:
+        report = BatchReport(events=len(batch))
+        decoded: list[tuple[str, dict[str, Any]]] = []
+        dead: list[tuple[Inbound, str]] = []
+        for msg in batch:
+            try:
+                decoded.append(self._decode(msg))
+            except (SerdeError, ValueError, KeyError) as exc:
+                dead.append((msg, str(exc)))
+
+        now = datetime.now(UTC)
+        # The ledger stores and hashes milliseconds, so decide at that precision.
+        decided_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        today = decided_at.date()
+        # Consent is read after the batch is in hand, so any change recorded
+        # before these events were processed applies to them (I5).
+        histories = consent.history(self.engine, (subject_key(t, r) for t, r in decoded))
+        decisions: list[Decision] = []
+        for event_type, record in decoded:
+            key = subject_key(event_type, record)
+            decisions.extend(decide(event_type, record, self.agreements, histories.get(key, ()), today))
+
+        # I1: the ledger commit happens before anything reaches a partner topic.
+        appended = append(self.engine, [_draft(d, decided_at) for d in decisions]) if decisions else []
+        report.appended = sum(1 for a in appended if a.new)
+        seq_of = {a.disclosure_id: a.seq for a in appended}
+
+        errors: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            if err is not None:
+                errors.append(err.str())
+
+        for d in decisions:
+            report.outcomes[(d.recipient, d.outcome.value, d.reason or "")] += 1
+            if d.outcome is not Outcome.DISCLOSED:
+                continue
+            payload = self.catalogue.encode(projection_name(d.agreement, d.event_type), d.projected)
+            self.producer.produce(
+                self.names.partner(d.recipient, d.event_type),
+                key=d.disclosure_id.encode(),
+                value=payload,
+                headers=[
+                    ("accord.disclosure_id", d.disclosure_id.encode()),
+                    ("accord.agreement", d.agreement.key.encode()),
+                    ("accord.event_type", d.event_type.encode()),
+                    ("accord.ledger_seq", str(seq_of[d.disclosure_id]).encode()),
+                ],
+                on_delivery=on_delivery,
+            )
+            self.producer.poll(0)
+        for msg, reason in dead:
+            self.producer.produce(
+                self.names.dead_letter,
+                key=msg.key,
+                value=msg.value,
+                headers=[
+                    ("accord.reason", reason.encode()),
+                    ("accord.source_topic", msg.topic.encode()),
+                    ("accord.source_partition", str(msg.partition).encode()),
+                    ("accord.source_offset", str(msg.offset).encode()),
+                ],
+                on_delivery=on_delivery,
+            )
+            # Reasons name the problem, never the content (I6).
+            log.warning("dead_letter", topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason)
+        report.dead_letters = len(dead)
+        remaining = self.producer.flush(30)
+        if remaining or errors:
+            # Raising makes faust stop without acking the batch; the replay is idempotent.
+            raise DeliveryFailed(f"{remaining} undelivered, errors: {errors[:3]}")
+        return report
+
+
+def build_app(settings: Any, handler_factory: Any) -> Any:
+    """The faust app: one agent per event topic, each taking batches."""
+    import faust
+
+    names = TopicNames(settings.topic_prefix)
+    app = faust.App(
+        settings.processor_group,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        value_serializer="raw",
+        key_serializer="raw",
+        # Topics are created by `accord topics create`; faust must not invent them.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+        broker_commit_interval=0.5,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        store="memory://",
+        datadir=str(settings.state_dir / "faust"),
+    )
+    topic = app.topic(*[names.event(t) for t in EVENT_TYPES], key_type=bytes, value_type=bytes)
+    handler: BatchHandler | None = None
+
+    @app.agent(topic)
+    async def share(stream: Any) -> None:
+        nonlocal handler
+        loop = asyncio.get_running_loop()
+        if handler is None:
+            handler = handler_factory()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            batch = [
+                Inbound(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                for e in events
+            ]
+            report = await loop.run_in_executor(None, handler.handle, batch)
+            log.info(
+                "batch",
+                events=report.events,
+                dead_letters=report.dead_letters,
+                appended=report.appended,
+                disclosed=sum(n for (_, o, _), n in report.outcomes.items() if o == "DISCLOSED"),
+                withheld=sum(n for (_, o, _), n in report.outcomes.items() if o == "WITHHELD"),
+            )
+
+    return app

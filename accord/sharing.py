@@ -1,0 +1,120 @@
+"""The sharing decision: agreements + consent -> per-recipient outcome.
+
+This is the functional core of Accord. It does no I/O, so every rule about who
+may receive what is unit-tested without Kafka or a database. The processor
+(``accord.processor``) is the imperative shell around it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from enum import Enum
+from typing import Any
+
+from agreements.model import Agreement, ConsentMode
+from consent.model import ConsentDecision, ConsentRecord, applicable, version
+from schemas.projection import project_record
+
+# Fixed namespace: disclosure ids must be stable across runs and machines (I7).
+DISCLOSURE_NAMESPACE = uuid.UUID("7d1f3c9e-2b4a-5e6f-8a9b-0c1d2e3f4a5b")
+
+
+class Outcome(str, Enum):
+    DISCLOSED = "DISCLOSED"
+    WITHHELD = "WITHHELD"
+
+
+@dataclass(frozen=True)
+class Decision:
+    disclosure_id: str
+    event_id: str
+    event_type: str
+    provider: str
+    recipient: str
+    agreement: Agreement
+    outcome: Outcome
+    reason: str | None
+    fields: tuple[str, ...]
+    consent_version: int
+    subject_key: str
+    projected: dict[str, Any] | None  # the record the recipient receives; None when withheld
+
+
+def disclosure_id(event_id: str, recipient: str, agreement_id: str, agreement_version: int) -> str:
+    return str(uuid.uuid5(DISCLOSURE_NAMESPACE, f"{event_id}|{recipient}|{agreement_id}|{agreement_version}"))
+
+
+def subject_key(event_type: str, record: dict[str, Any]) -> str:
+    """The key consent is recorded under: the NHS number where the event has one.
+
+    Falling back to the provider's own identifier keeps events without an NHS
+    number decidable; their consent is recorded against that identifier.
+    """
+    if event_type == "natal_care":
+        return f"nhs:{record['mother']['nhs_number']}"
+    subject = record["subject"]
+    if subject.get("nhs_number"):
+        return f"nhs:{subject['nhs_number']}"
+    if event_type == "custody":
+        return f"pnc:{subject['pnc_id']}"
+    return f"local:{record['envelope']['source_agency']}:{subject['local_id']}"
+
+
+def _consent_outcome(
+    agreement: Agreement, recipient: str, records: Sequence[ConsentRecord]
+) -> tuple[Outcome, str | None]:
+    mode = agreement.consent_mode
+    if mode is ConsentMode.NOT_REQUIRED:
+        return Outcome.DISCLOSED, None
+    governing = applicable(records, agreement.purpose.value, recipient)
+    if governing is not None and governing.decision is ConsentDecision.DENY:
+        return Outcome.WITHHELD, f"consent denied (consent record {governing.id})"
+    if mode is ConsentMode.EXPLICIT and governing is None:
+        return Outcome.WITHHELD, "explicit consent required and none recorded"
+    return Outcome.DISCLOSED, None
+
+
+def candidate_agreements(
+    agreements: Iterable[Agreement], provider: str, event_type: str, today: date
+) -> list[Agreement]:
+    return [a for a in agreements if a.covers(provider, event_type) and a.in_force(today)]
+
+
+def decide(
+    event_type: str,
+    record: dict[str, Any],
+    agreements: Iterable[Agreement],
+    consents: Sequence[ConsentRecord],
+    today: date,
+) -> list[Decision]:
+    """One decision per (agreement in force, recipient) covering this event."""
+    provider = record["envelope"]["source_agency"]
+    event_id = record["envelope"]["event_id"]
+    key = subject_key(event_type, record)
+    consent_version = version(consents)
+    decisions = []
+    for agreement in candidate_agreements(agreements, provider, event_type, today):
+        fields = agreement.fields[event_type]
+        for recipient in agreement.recipients:
+            outcome, reason = _consent_outcome(agreement, recipient, consents)
+            disclosed = outcome is Outcome.DISCLOSED
+            decisions.append(
+                Decision(
+                    disclosure_id=disclosure_id(event_id, recipient, agreement.id, agreement.version),
+                    event_id=event_id,
+                    event_type=event_type,
+                    provider=provider,
+                    recipient=recipient,
+                    agreement=agreement,
+                    outcome=outcome,
+                    reason=reason,
+                    fields=tuple(fields) if disclosed else (),
+                    consent_version=consent_version,
+                    subject_key=key,
+                    projected=project_record(record, list(fields)) if disclosed else None,
+                )
+            )
+    return decisions

@@ -1,0 +1,80 @@
+"""The consent store: an append-only history of preferences in the ledger database.
+
+The processor reads the history of every subject in a batch with one query
+just before deciding, so a change recorded before an event is processed applies
+to it (invariant I5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Engine, Integer, String, insert, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from consent.model import ConsentDecision, ConsentRecord
+
+
+class ConsentBase(DeclarativeBase):
+    pass
+
+
+class ConsentRow(ConsentBase):
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subject_key: Mapped[str] = mapped_column(String(128), index=True)
+    purpose: Mapped[str | None] = mapped_column(String(64))
+    recipient: Mapped[str | None] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(8))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    collected_by: Mapped[str] = mapped_column(String(128))
+
+
+def init_consent(engine: Engine) -> None:
+    ConsentBase.metadata.create_all(engine)
+
+
+def record(
+    engine: Engine,
+    subject_key: str,
+    decision: ConsentDecision,
+    *,
+    purpose: str | None = None,
+    recipient: str | None = None,
+    collected_by: str = "accord-cli",
+) -> ConsentRecord:
+    if purpose is None and recipient is None:
+        raise ValueError("a consent preference names a purpose, a recipient, or both")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        new_id = conn.execute(
+            insert(ConsentRow).returning(ConsentRow.id),
+            {
+                "subject_key": subject_key,
+                "purpose": purpose,
+                "recipient": recipient,
+                "decision": decision.value,
+                "recorded_at": now,
+                "collected_by": collected_by,
+            },
+        ).scalar_one()
+    return ConsentRecord(new_id, subject_key, purpose, recipient, decision, now)
+
+
+def history(engine: Engine, subject_keys: Iterable[str]) -> dict[str, list[ConsentRecord]]:
+    """Every record of the given subjects, oldest first, in one query."""
+    keys = sorted(set(subject_keys))
+    out: dict[str, list[ConsentRecord]] = {}
+    if not keys:
+        return out
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ConsentRow).where(ConsentRow.subject_key.in_(keys)).order_by(ConsentRow.id)
+        ).all()
+    for r in rows:
+        out.setdefault(r.subject_key, []).append(
+            ConsentRecord(r.id, r.subject_key, r.purpose, r.recipient, ConsentDecision(r.decision), r.recorded_at)
+        )
+    return out
