@@ -1,0 +1,216 @@
+"""The ``accord`` command line: one subcommand per job, each a thin shell over a module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from accord.settings import Settings, get_settings
+
+
+def _agreements(settings: Settings):
+    from agreements import load_dir
+
+    return load_dir(settings.agreements_dir)
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from accord import devstack
+
+    if args.action == "up":
+        print(devstack.up(settings).describe())
+    elif args.action == "down":
+        print("broker stopped" if devstack.down(settings) else "broker was not running")
+    else:
+        st = devstack.status(settings)
+        print(st.describe())
+        return 0 if st.running else 3
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from accord import kafka
+    from accord.topics import TopicNames, create_topics
+    from agreements import recipients_by_type
+
+    specs = TopicNames(settings.topic_prefix).catalogue(recipients_by_type(_agreements(settings)))
+    for name, state in sorted(create_topics(kafka.admin(settings), specs).items()):
+        print(f"{state:8} {name}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from producers import Publisher, ingest_jsonl
+
+    path = Path(args.file)
+    report = ingest_jsonl(path, args.type, args.agency, Publisher(settings))
+    for refusal in report.refused:
+        print(refusal.describe(path), file=sys.stderr)
+    published = report.published
+    print(
+        f"{report.read} lines read, {published.delivered} published, {len(report.refused)} refused, "
+        f"{len(published.failed)} failed delivery"
+    )
+    for event_id, error in published.failed:
+        print(f"delivery failed: event {event_id}: {error}", file=sys.stderr)
+    return 1 if report.refused or published.failed else 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from faust import Worker
+
+    from accord import kafka
+    from accord.database import engine_for, init_database
+    from accord.processor import BatchHandler, build_app
+    from accord.topics import TopicNames
+    from agreements.recipient_schemas import recipient_catalogue
+
+    agreements = _agreements(settings)
+    engine = engine_for(settings)
+    init_database(engine)
+
+    def handler() -> BatchHandler:
+        return BatchHandler(
+            agreements,
+            recipient_catalogue(agreements),
+            engine,
+            kafka.producer(settings),
+            TopicNames(settings.topic_prefix),
+        )
+
+    app = build_app(settings, handler)
+    Worker(app, loglevel=settings.log_level.lower().replace("warning", "warn"), quiet=True).execute_from_commandline()
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers import Subscription
+    from schemas.serde import to_json
+
+    with Subscription(settings, args.partner, _agreements(settings), group_id=args.group) as sub:
+        count = 0
+        for d in sub.iter(max_records=args.max, idle_timeout=args.idle):
+            count += 1
+            if args.json:
+                print(json.dumps({"disclosure_id": d.disclosure_id, "agreement": d.agreement,
+                                  "event_type": d.event_type, "ledger_seq": d.ledger_seq,
+                                  "record": to_json(d.record)}))
+            else:
+                print(f"{d.disclosure_id} {d.agreement} {d.event_type} seq={d.ledger_seq} {to_json(d.record)}")
+        sub.commit()
+    print(f"{count} disclosures received by {args.partner}", file=sys.stderr)
+    return 0
+
+
+def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
+    import consent
+    from accord.database import engine_for, init_database
+
+    engine = engine_for(settings)
+    init_database(engine)
+    try:
+        rec = consent.record(
+            engine,
+            args.subject,
+            consent.ConsentDecision.DENY if args.action == "deny" else consent.ConsentDecision.PERMIT,
+            purpose=args.purpose,
+            recipient=args.recipient,
+            collected_by=args.collected_by,
+        )
+    except ValueError as exc:
+        print(f"accord consent: {exc}", file=sys.stderr)
+        return 2
+    print(f"consent record {rec.id}: {rec.decision.value} purpose={rec.purpose or '*'} recipient={rec.recipient or '*'}")
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.database import engine_for, init_database
+    from ledger import verify
+
+    engine = engine_for(settings)
+    init_database(engine)
+    if args.action == "init":
+        print(f"ledger ready at {engine.url.render_as_string(hide_password=True)}")
+        return 0
+    result = verify(engine)
+    print(result.describe())
+    return 0 if result.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.demo import run_demo
+
+    return run_demo(settings, n_events=args.events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="accord", description="Accord: data-sharing bus with a consent ledger")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("dev", help="start, stop or check the embedded broker")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("topics", help="create every topic of the catalogue (idempotent)")
+    p.add_argument("action", choices=["create"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("publish", help="publish a JSON-lines file of events")
+    p.add_argument("--agency", required=True, help="publishing agency id; must match each event's envelope")
+    p.add_argument("--type", required=True, choices=["custody", "referral", "natal_care"])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("run", help="run a stream processor")
+    p.add_argument("what", choices=["processor"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("consume", help="print the disclosures a partner receives")
+    p.add_argument("--partner", required=True)
+    p.add_argument("--max", type=int, default=None, help="stop after N records")
+    p.add_argument("--idle", type=float, default=10.0, help="stop after this many seconds with nothing new")
+    p.add_argument("--group", default=None, help="consumer group (default accord-partner-<partner>)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("consent", help="record a citizen's consent preference")
+    p.add_argument("action", choices=["deny", "permit"])
+    p.add_argument("--subject", required=True, help="subject key, e.g. nhs:9434765919")
+    p.add_argument("--purpose", default=None)
+    p.add_argument("--recipient", default=None)
+    p.add_argument("--collected-by", default="accord-cli", help="who recorded it (for the consent history)")
+    p.set_defaults(func=cmd_consent)
+
+    p = sub.add_parser("ledger", help="set up or verify the disclosure ledger")
+    p.add_argument("action", choices=["init", "verify"])
+    p.set_defaults(func=cmd_ledger)
+
+    p = sub.add_parser("demo", help="run the end-to-end demo on the embedded stack")
+    p.add_argument("--events", type=int, default=1200)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    from accord.logs import configure_logging
+
+    configure_logging(settings)
+    try:
+        return args.func(args, settings)
+    except Exception as exc:  # one clear line, no traceback, for known error kinds
+        from agreements import AgreementError
+        from accord.devstack import DevStackError
+
+        if isinstance(exc, (AgreementError, DevStackError, FileNotFoundError)):
+            print(f"accord {args.command}: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
