@@ -1,0 +1,166 @@
+"""``accord demo``: the whole flow on the embedded stack, with a printed summary.
+
+Brings the broker up if needed, creates topics, records some citizens' consent
+choices, publishes a synthetic scenario (with malformed records), runs the real
+processor until it has committed past everything published, consumes as each
+partner, and verifies the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from sqlalchemy import func, select
+
+import consent
+from accord import devstack, kafka
+from accord.database import engine_for, init_database
+from accord.drain import wait_for_group
+from accord.settings import Settings
+from accord.sharing import subject_key
+from accord.topics import TopicNames, create_topics
+from agreements import load_dir, recipients_by_type
+from consumers import Subscription
+from ledger import LedgerEntry, verify
+from producers import Publisher
+from producers.synthetic import build_scenario
+
+
+def _record_consent(engine, scenario, rng: random.Random) -> Counter:
+    """Synthetic citizens' choices: some opt out of health visiting, some permit liaison and diversion."""
+    made: Counter = Counter()
+    mothers = sorted({subject_key("natal_care", e.record) for e in scenario.events if e.event_type == "natal_care"})
+    for key in rng.sample(mothers, max(1, len(mothers) // 10)):
+        consent.record(engine, key, consent.ConsentDecision.DENY, recipient="salford-health-visiting",
+                       collected_by="demo: GP surgery opt-out form")
+        made["deny salford-health-visiting"] += 1
+    detainees = sorted({subject_key("custody", e.record) for e in scenario.events if e.event_type == "custody"})
+    for key in rng.sample(detainees, max(1, len(detainees) // 3)):
+        consent.record(engine, key, consent.ConsentDecision.PERMIT, recipient="liaison-diversion",
+                       collected_by="demo: custody healthcare practitioner")
+        made["permit liaison-diversion"] += 1
+    return made
+
+
+def _start_processor(settings: Settings) -> subprocess.Popen:
+    log = (settings.state_dir / "processor.log").open("ab")
+    env = {**os.environ, "ACCORD_LOG_FORMAT": "json"}
+    return subprocess.Popen([sys.executable, "-m", "accord.cli", "run", "processor"], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _count_dead_letters(settings: Settings, names: TopicNames, run_id: str, expected: int) -> Counter:
+    reasons: Counter = Counter()
+    consumer = kafka.consumer(settings, f"accord-demo-deadletters-{run_id}")
+    consumer.subscribe([names.dead_letter])
+    deadline = time.monotonic() + 30
+    try:
+        while sum(reasons.values()) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            headers = dict(msg.headers() or [])
+            reasons[headers.get("accord.reason", b"?").decode().split(":")[0]] += 1
+    finally:
+        consumer.close()
+    return reasons
+
+
+def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) -> int:
+    started = time.monotonic()
+    seed = seed if seed is not None else int(time.time())
+    run_id = str(seed)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if not devstack.broker_answers(settings.bootstrap_servers):
+        print(devstack.up(settings).describe())
+    names = TopicNames(settings.topic_prefix)
+    agreements = load_dir(settings.agreements_dir)
+    create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements)))
+    engine = engine_for(settings)
+    init_database(engine)
+    with engine.connect() as conn:
+        seq_before = conn.execute(select(func.coalesce(func.max(LedgerEntry.seq), 0))).scalar_one()
+
+    scenario = build_scenario(n_events=n_events, seed=seed)
+    consents = _record_consent(engine, scenario, random.Random(seed))
+
+    publisher = Publisher(settings)
+    for event in scenario.events:
+        publisher.publish(event.event_type, event.record, agency=event.agency)
+    for event_type, raw in scenario.malformed:
+        publisher.publish_raw(event_type, raw, key=b"malformed")
+    published = publisher.flush()
+    if published.failed:
+        print(f"publishing failed for {len(published.failed)} events", file=sys.stderr)
+        return 1
+
+    processor = _start_processor(settings)
+    try:
+        wait_for_group(settings, settings.processor_group, published.end_offsets, timeout=120)
+    finally:
+        _stop(processor)
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(LedgerEntry.recipient, LedgerEntry.outcome, LedgerEntry.reason, func.count())
+            .where(LedgerEntry.seq > seq_before)
+            .group_by(LedgerEntry.recipient, LedgerEntry.outcome, LedgerEntry.reason)
+        ).all()
+        total_entries = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
+    disclosed: Counter = Counter()
+    withheld: Counter = Counter()
+    for recipient, outcome, reason, n in rows:
+        if outcome == "DISCLOSED":
+            disclosed[recipient] += n
+        else:
+            withheld[(reason or "").split(" (")[0]] += n
+
+    received: Counter = Counter()
+    for partner in sorted(disclosed):
+        with Subscription(settings, partner, agreements, group_id=f"accord-demo-{partner}-{run_id}") as sub:
+            # A fresh group reads the partner topic from the start; count this run's disclosures only.
+            for d in sub.iter(idle_timeout=3.0):
+                if d.ledger_seq > seq_before:
+                    received[partner] += 1
+    dead = _count_dead_letters(settings, names, run_id, len(scenario.malformed))
+    result = verify(engine)
+
+    agencies = Counter(e.agency for e in scenario.events)
+    print()
+    print("Accord demo summary")
+    print("===================")
+    print(f"events in:            {len(scenario.events) + len(scenario.malformed)} "
+          f"({len(scenario.events)} valid from {len(agencies)} agencies, {len(scenario.malformed)} malformed)")
+    for agency, n in sorted(agencies.items()):
+        print(f"  {agency:28} {n}")
+    print(f"consent choices:      " + ", ".join(f"{n} {what}" for what, n in sorted(consents.items())))
+    print("disclosures per partner (ledger / received on partner topic):")
+    for partner in sorted(disclosed):
+        print(f"  {partner:28} {disclosed[partner]} / {received[partner]}")
+    print("withheld by reason:")
+    for reason, n in sorted(withheld.items()):
+        print(f"  {reason:50} {n}")
+    print(f"dead letters:         {sum(dead.values())}")
+    for reason, n in sorted(dead.items()):
+        print(f"  {reason:50} {n}")
+    print(f"ledger entries:       {sum(n for *_, n in rows)} this run, {total_entries} in all")
+    print(f"ledger verify:        {result.describe()}")
+    print(f"elapsed:              {time.monotonic() - started:.1f}s")
+    ok = result.ok and received == disclosed and sum(dead.values()) == len(scenario.malformed)
+    return 0 if ok else 1
