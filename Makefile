@@ -1,0 +1,37 @@
+# Two entry points for a fresh clone: `make demo` and `make test`.
+# Each makes the virtual environment and installs what it needs first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench database clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# PostgreSQL is only needed by the tests and by a demo pointed at it
+# (ACCORD_LEDGER_URL); start the local cluster if it is installed but down.
+database:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || \
+	  (command -v pg_ctlcluster >/dev/null && \
+	   pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start && \
+	   for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done) || \
+	  (echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1)
+
+demo: $(STAMP)
+	$(BIN)/accord demo
+
+test: $(STAMP) database
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	-$(BIN)/accord dev down
+	rm -rf $(VENV) .accord

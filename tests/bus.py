@@ -1,0 +1,117 @@
+"""A running Accord bus for end-to-end tests: topics, database schema and a real processor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from accord import kafka
+from accord.database import init_database
+from accord.drain import wait_for_group
+from accord.settings import Settings
+from accord.topics import TopicNames, create_topics
+from agreements import Agreement, load_dir, recipients_by_type
+from consumers import Disclosure, Subscription
+from ledger import LedgerEntry
+from producers import Publisher
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a subprocess the same settings."""
+    return {
+        "ACCORD_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "ACCORD_TOPIC_PREFIX": settings.topic_prefix,
+        "ACCORD_LEDGER_URL": settings.ledger_url,
+        "ACCORD_PROCESSOR_GROUP": settings.processor_group,
+        "ACCORD_STATE_DIR": str(settings.state_dir),
+        "ACCORD_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "ACCORD_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
+        "ACCORD_LOG_FORMAT": "json",
+    }
+
+
+def make_settings(bootstrap: str, ledger_url: str, state_dir: Path) -> Settings:
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    return Settings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        ledger_url=ledger_url,
+        processor_group=f"{prefix}processor",
+        state_dir=state_dir,
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+    )
+
+
+@dataclass
+class Bus:
+    settings: Settings
+    engine: Engine
+    agreements: list[Agreement]
+    processor: subprocess.Popen | None = None
+
+    @property
+    def names(self) -> TopicNames:
+        return TopicNames(self.settings.topic_prefix)
+
+    def create_topics(self) -> None:
+        create_topics(kafka.admin(self.settings), self.names.catalogue(recipients_by_type(self.agreements)))
+
+    def start_processor(self) -> None:
+        log = (self.settings.state_dir / "processor.log").open("ab")
+        self.processor = subprocess.Popen(
+            [sys.executable, "-m", "accord.cli", "run", "processor"],
+            env={**os.environ, **settings_env(self.settings)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop_processor(self) -> None:
+        if self.processor and self.processor.poll() is None:
+            self.processor.terminate()
+            try:
+                self.processor.wait(15)
+            except subprocess.TimeoutExpired:
+                self.processor.kill()
+                self.processor.wait()
+
+    def publish(self, events: list[tuple[str, Any]], timeout: float = 60) -> None:
+        """Publish (type, record-or-bytes) pairs and wait until the processor has committed past them."""
+        publisher = Publisher(self.settings)
+        for event_type, payload in events:
+            if isinstance(payload, bytes):
+                publisher.publish_raw(event_type, payload, key=b"raw")
+            else:
+                publisher.publish(event_type, payload)
+        report = publisher.flush()
+        assert not report.failed, report.failed
+        wait_for_group(self.settings, self.settings.processor_group, report.end_offsets, timeout=timeout)
+
+    def received(self, partner: str) -> list[Disclosure]:
+        """Everything on the partner's topics, read with a fresh group until idle."""
+        group = f"{self.settings.topic_prefix}{partner}.{uuid.uuid4().hex[:6]}"
+        with Subscription(self.settings, partner, self.agreements, group_id=group) as sub:
+            return list(sub.iter(idle_timeout=3.0))
+
+    def ledger(self, **where: Any) -> list[Any]:
+        query = select(LedgerEntry)
+        for column, value in where.items():
+            query = query.where(getattr(LedgerEntry, column) == value)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(LedgerEntry.seq)).all())
+
+
+def start_bus(bootstrap: str, engine: Engine, ledger_url: str, state_dir: Path) -> Bus:
+    settings = make_settings(bootstrap, ledger_url, state_dir)
+    bus = Bus(settings, engine, load_dir(settings.agreements_dir))
+    init_database(engine)
+    bus.create_topics()
+    bus.start_processor()
+    return bus

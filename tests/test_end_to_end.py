@@ -1,0 +1,145 @@
+"""End to end on the real broker and PostgreSQL: publish -> processor -> ledger -> partner."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+import consent
+from accord.sharing import disclosure_id, subject_key
+from ledger import verify
+from ledger.guard import install_guards
+from producers.synthetic import build_scenario
+from tests.bus import Bus, start_bus
+from tests.conftest import fresh_schema
+
+
+@pytest.fixture(scope="module")
+def bus(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
+    """One processor per module; each test uses its own events and subjects."""
+    with fresh_schema() as (engine, url):
+        bus = start_bus(broker, engine, url, tmp_path_factory.mktemp("bus"))
+        try:
+            yield bus
+        finally:
+            bus.stop_processor()
+
+
+def _events(event_type: str, agency: str | None = None, n: int = 1) -> list[dict]:
+    """Fresh synthetic events (new ids, new people) of one type."""
+    scenario = build_scenario(n_events=80, seed=random.SystemRandom().randrange(1 << 30))
+    found = [
+        e.record for e in scenario.events if e.event_type == event_type and (agency is None or e.agency == agency)
+    ]
+    assert len(found) >= n
+    return found[:n]
+
+
+def _leaf_paths(record: dict, prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    for key, value in record.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            paths |= _leaf_paths(value, f"{path}.")
+        else:
+            paths.add(path)
+    return paths
+
+
+def test_custody_event_reaches_cps_with_only_allowed_fields(bus: Bus) -> None:
+    [event] = [e for e in _events("custody", "met-police", n=10) if e["subject"]["nhs_number"]][:1]
+    bus.publish([("custody", event)])
+
+    event_id = event["envelope"]["event_id"]
+    agreement = next(a for a in bus.agreements if a.id == "custody-to-prosecution")
+    did = disclosure_id(event_id, "cps", agreement.id, agreement.version)
+    [got] = [d for d in bus.received("cps") if d.disclosure_id == did]
+
+    assert _leaf_paths(got.record) == set(agreement.fields["custody"])
+    assert got.record["subject"]["pnc_id"] == event["subject"]["pnc_id"]
+    assert "nhs_number" not in got.record["subject"] and "address" not in got.record["subject"]
+    [entry] = bus.ledger(disclosure_id=did)
+    assert (entry.outcome, entry.recipient, entry.seq) == ("DISCLOSED", "cps", got.ledger_seq)
+    # Explicit consent is required for liaison and diversion, and none was given.
+    [withheld] = bus.ledger(event_id=event_id, recipient="liaison-diversion")
+    assert withheld.outcome == "WITHHELD" and "explicit consent" in withheld.reason
+
+
+def test_every_partner_record_has_a_ledger_entry(bus: Bus) -> None:
+    bus.publish([("custody", e) for e in _events("custody", n=5)] + [("natal_care", e) for e in _events("natal_care", n=5)])
+    received = bus.received("cps") + bus.received("hmcts") + bus.received("salford-health-visiting")
+    assert len(received) >= 15
+    for d in received:
+        [entry] = bus.ledger(disclosure_id=d.disclosure_id)
+        assert entry.outcome == "DISCLOSED" and entry.seq == d.ledger_seq
+
+
+def test_denied_consent_withholds_and_nothing_reaches_the_partner(bus: Bus) -> None:
+    event = _events("natal_care")[0]
+    key = subject_key("natal_care", event)
+    denial = consent.record(bus.engine, key, consent.ConsentDecision.DENY, recipient="salford-health-visiting")
+    bus.publish([("natal_care", event)])
+
+    [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-health-visiting")
+    assert entry.outcome == "WITHHELD"
+    assert entry.reason == f"consent denied (consent record {denial.id})"
+    assert entry.consent_version == denial.id
+    assert entry.disclosure_id not in {d.disclosure_id for d in bus.received("salford-health-visiting")}
+
+
+def test_permit_under_explicit_consent_discloses(bus: Bus) -> None:
+    [event] = [e for e in _events("custody", n=10) if e["subject"]["nhs_number"]][:1]
+    consent.record(bus.engine, subject_key("custody", event), consent.ConsentDecision.PERMIT, recipient="liaison-diversion")
+    bus.publish([("custody", event)])
+    [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="liaison-diversion")
+    assert entry.outcome == "DISCLOSED"
+    [got] = [d for d in bus.received("liaison-diversion") if d.disclosure_id == entry.disclosure_id]
+    assert got.record["subject"]["nhs_number"] == event["subject"]["nhs_number"]
+
+
+def test_bytes_that_are_not_avro_land_on_the_dead_letter_topic(bus: Bus) -> None:
+    from accord import kafka
+
+    payload = f"not avro {uuid.uuid4()}".encode()
+    bus.publish([("referral", payload)])
+    consumer = kafka.consumer(bus.settings, f"dlq-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([bus.names.dead_letter])
+    try:
+        found = None
+        for _ in range(30):
+            msg = consumer.poll(1.0)
+            if msg is not None and not msg.error() and msg.value() == payload:
+                found = msg
+                break
+    finally:
+        consumer.close()
+    assert found is not None, "the unreadable event never reached the dead-letter topic"
+    headers = dict(found.headers())
+    assert headers["accord.source_topic"].decode() == bus.names.event("referral")
+    assert headers["accord.reason"], "a dead letter must carry a reason"
+
+
+def test_replayed_event_appends_nothing_twice(bus: Bus) -> None:
+    event = _events("referral")[0]
+    bus.publish([("referral", event)])
+    bus.publish([("referral", event)])  # a source system's retry: same event id
+    entries = bus.ledger(event_id=event["envelope"]["event_id"])
+    assert len(entries) == 1 and entries[0].recipient == "salford-mash"
+    received = [d for d in bus.received("salford-mash") if d.disclosure_id == entries[0].disclosure_id]
+    assert len(received) == 2 and {d.ledger_seq for d in received} == {entries[0].seq}
+
+
+def test_verify_names_a_row_altered_behind_the_triggers_back(bus: Bus) -> None:
+    bus.publish([("custody", e) for e in _events("custody", n=3)])
+    assert verify(bus.engine).ok
+    victim = bus.ledger(recipient="hmcts")[0]
+    with bus.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE ledger_entries DISABLE TRIGGER ALL"))
+        conn.execute(text("UPDATE ledger_entries SET recipient = 'someone-else' WHERE seq = :s"), {"s": victim.seq})
+        install_guards(conn)  # back to ENABLE ALWAYS
+    result = verify(bus.engine)
+    assert not result.ok and result.first_bad_seq == victim.seq
