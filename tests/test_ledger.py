@@ -1,0 +1,329 @@
+"""The disclosure ledger: append, idempotency, chain, append-only guards, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from ledger import (
+    GENESIS_HASH,
+    EntryDraft,
+    append,
+    canonical_bytes,
+    count,
+    entries,
+    init_ledger,
+    install_guards,
+    lookup,
+    verify,
+)
+
+T0 = datetime(2025, 3, 1, 9, 30, 0, 123_000, tzinfo=UTC)
+
+
+def draft(i: int, tag: str = "a") -> EntryDraft:
+    """A synthetic decision; i and tag make the disclosure id unique."""
+    disclosed = i % 3 != 0
+    return EntryDraft(
+        disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"test:{tag}:{i}")),
+        event_id=f"evt-{tag}-{i}",
+        event_type="natal_care.booking",
+        provider="synthetic-hospital",
+        recipient=f"partner-{i % 4}",
+        agreement_id="agr-synthetic",
+        agreement_version=2,
+        purpose="continuity of care",
+        legal_basis="synthetic basis, article 0",
+        outcome="DISCLOSED" if disclosed else "WITHHELD",
+        reason=None if disclosed else "consent withdrawn",
+        fields=("patient.id", "booking.date") if disclosed else (),
+        consent_mode="opt-out",
+        consent_version=i % 5,
+        subject_key=f"subj-{i % 7}",
+        decided_at=T0 + timedelta(seconds=i),
+    )
+
+
+@pytest.fixture
+def ledger_engine(pg_engine: Engine) -> Engine:
+    init_ledger(pg_engine)
+    return pg_engine
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    init_ledger(engine)
+    yield engine
+    engine.dispose()
+
+
+def tamper(engine: Engine, *statements: str, **params: object) -> None:
+    """Change the table behind the guards' back, as its owner would."""
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE ledger_entries DISABLE TRIGGER ALL"))
+        for sql in statements:
+            conn.execute(text(sql), params)
+        conn.execute(text("ALTER TABLE ledger_entries ENABLE TRIGGER ALL"))
+        install_guards(conn)  # back to ENABLE ALWAYS
+
+
+def refused(engine: Engine, sql: str, *, replica: bool = False) -> str:
+    with pytest.raises(DBAPIError) as info:
+        with engine.begin() as conn:
+            if replica:
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+            conn.execute(text(sql))
+    return str(info.value.orig)
+
+
+def test_append_batch_verifies(ledger_engine: Engine) -> None:
+    drafts = [draft(i) for i in range(1, 101)]
+    out = append(ledger_engine, drafts)
+    assert [a.seq for a in out] == list(range(1, 101))
+    assert all(a.new for a in out)
+    assert [a.disclosure_id for a in out] == [d.disclosure_id for d in drafts]
+    assert count(ledger_engine) == 100
+    result = verify(ledger_engine)
+    assert result.ok, result.describe()
+    assert result.entries == 100
+    assert result.describe() == "ledger OK: 100 entries, chain intact"
+    # A second batch continues the sequence and the chain.
+    more = append(ledger_engine, [draft(i) for i in range(101, 111)])
+    assert [a.seq for a in more] == list(range(101, 111))
+    assert verify(ledger_engine).ok
+
+
+def test_read_back_equals_draft(ledger_engine: Engine) -> None:
+    odd = draft(5)
+    # Microseconds and a non-UTC offset: stored (and hashed) as UTC milliseconds.
+    local = odd.decided_at.astimezone(timezone(timedelta(hours=2))) + timedelta(microseconds=456)
+    append(ledger_engine, [replace(odd, decided_at=local)])
+    [stored] = entries(ledger_engine)
+    assert stored.draft == odd
+    assert stored.draft.decided_at.utcoffset() == timedelta(0)
+    assert entries(ledger_engine, subject_key=odd.subject_key)[0].seq == 1
+    assert entries(ledger_engine, subject_key="nobody") == []
+    assert verify(ledger_engine).ok
+
+
+def test_reappend_is_idempotent(ledger_engine: Engine) -> None:
+    drafts = [draft(i) for i in range(1, 51)]
+    first = append(ledger_engine, drafts)
+    again = append(ledger_engine, drafts)
+    assert [a.seq for a in again] == [a.seq for a in first]
+    assert not any(a.new for a in again)
+    assert count(ledger_engine) == 50
+    # Mixed batch: known ids, new ids and a repeat within the batch.
+    mixed = append(ledger_engine, [drafts[0], draft(51), draft(51), drafts[1], draft(52)])
+    assert [(a.seq, a.new) for a in mixed] == [(1, False), (51, True), (51, False), (2, False), (52, True)]
+    assert count(ledger_engine) == 52
+    assert lookup(ledger_engine, [drafts[3].disclosure_id, "absent"]) == {drafts[3].disclosure_id: 4}
+    assert verify(ledger_engine).ok
+
+
+def test_chain_links(ledger_engine: Engine) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 21)])
+    stored = entries(ledger_engine)
+    assert stored[0].prev_hash == GENESIS_HASH == bytes(32)
+    for before, after in zip(stored, stored[1:], strict=False):
+        assert after.prev_hash == before.entry_hash
+    for e in stored:
+        assert e.entry_hash == hashlib.sha256(canonical_bytes(e.seq, e.draft, e.prev_hash)).digest()
+    assert len({e.entry_hash for e in stored}) == 20
+
+
+def test_canonical_bytes_depend_on_every_input() -> None:
+    base = canonical_bytes(1, draft(1), GENESIS_HASH)
+    assert canonical_bytes(1, draft(1), GENESIS_HASH) == base
+    assert canonical_bytes(2, draft(1), GENESIS_HASH) != base
+    assert canonical_bytes(1, draft(1), b"\x01" * 32) != base
+    assert canonical_bytes(1, replace(draft(1), fields=("booking.date", "patient.id")), GENESIS_HASH) != base
+
+
+@pytest.mark.parametrize(
+    ("sql", "op"),
+    [
+        ("UPDATE ledger_entries SET recipient = 'elsewhere' WHERE seq = 2", "UPDATE"),
+        ("DELETE FROM ledger_entries WHERE seq = 2", "DELETE"),
+        ("TRUNCATE ledger_entries", "TRUNCATE"),
+    ],
+)
+@pytest.mark.parametrize("replica", [False, True], ids=["origin", "replica"])
+def test_postgres_refuses_changes(ledger_engine: Engine, sql: str, op: str, replica: bool) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 4)])
+    message = refused(ledger_engine, sql, replica=replica)
+    assert f"ledger_entries is append-only: {op} refused" in message
+    assert count(ledger_engine) == 3
+    assert verify(ledger_engine).ok
+
+
+def test_guards_are_enable_always_and_idempotent(ledger_engine: Engine) -> None:
+    init_ledger(ledger_engine)  # again: no error, no duplicate triggers
+    with ledger_engine.connect() as conn:
+        modes = conn.execute(
+            text(
+                "SELECT tgname, tgenabled FROM pg_trigger "
+                "WHERE tgrelid = 'ledger_entries'::regclass AND NOT tgisinternal ORDER BY tgname"
+            )
+        ).all()
+    assert [tuple(m) for m in modes] == [
+        ("ledger_entries_no_truncate", "A"),
+        ("ledger_entries_no_update_delete", "A"),
+    ]
+
+
+def test_verify_names_changed_entry(ledger_engine: Engine) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 31)])
+    tamper(ledger_engine, "UPDATE ledger_entries SET recipient = 'partner-evil' WHERE seq = :s", s=17)
+    # The guards are back on after the tamper.
+    assert "UPDATE refused" in refused(ledger_engine, "UPDATE ledger_entries SET reason = 'x'")
+    result = verify(ledger_engine)
+    assert not result.ok
+    assert result.first_bad_seq == 17
+    assert result.entries == 17
+    assert "(changed)" in (result.problem or "")
+    assert result.describe().startswith("ledger BROKEN at entry 17: entry hash does not match")
+
+
+def test_verify_names_overwritten_hash(ledger_engine: Engine) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 11)])
+    tamper(ledger_engine, "UPDATE ledger_entries SET entry_hash = :h WHERE seq = 4", h=b"\x07" * 32)
+    result = verify(ledger_engine)
+    assert (result.ok, result.first_bad_seq) == (False, 4)  # its hash no longer matches its contents
+    assert "changed" in (result.problem or "")
+
+
+def test_verify_names_next_link_when_changed_entry_is_rehashed(ledger_engine: Engine) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 11)])
+    [e4] = [e for e in entries(ledger_engine) if e.seq == 4]
+    forged = replace(e4.draft, recipient="partner-evil")
+    tamper(
+        ledger_engine,
+        "UPDATE ledger_entries SET recipient = 'partner-evil', entry_hash = :h WHERE seq = 4",
+        h=hashlib.sha256(canonical_bytes(4, forged, e4.prev_hash)).digest(),
+    )
+    result = verify(ledger_engine)
+    # Entry 4 is self-consistent now; the chain breaks at the link entry 5 holds.
+    assert (result.ok, result.first_bad_seq) == (False, 5)
+    assert "prev_hash does not match entry 4's hash" in (result.problem or "")
+
+
+def test_verify_names_removed_entry(ledger_engine: Engine) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 31)])
+    tamper(ledger_engine, "DELETE FROM ledger_entries WHERE seq = :s", s=9)
+    result = verify(ledger_engine)
+    assert not result.ok
+    assert result.first_bad_seq == 9
+    assert "removed" in (result.problem or "")
+
+
+def test_verify_names_removed_first_entry(ledger_engine: Engine) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 6)])
+    tamper(ledger_engine, "DELETE FROM ledger_entries WHERE seq = 1")
+    result = verify(ledger_engine)
+    assert (result.ok, result.first_bad_seq) == (False, 1)
+    assert "not 1" in (result.problem or "")
+
+
+def test_verify_names_reordered_entries(ledger_engine: Engine) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 11)])
+    # Swap entries 5 and 6 wholesale (renumbering them); each keeps its own valid-looking hash.
+    tamper(
+        ledger_engine,
+        "UPDATE ledger_entries SET seq = CASE seq WHEN 5 THEN -6 ELSE -5 END WHERE seq IN (5, 6)",
+        "UPDATE ledger_entries SET seq = -seq WHERE seq < 0",
+    )
+    result = verify(ledger_engine)
+    assert (result.ok, result.first_bad_seq) == (False, 5)
+    assert "prev_hash" in (result.problem or "")
+
+
+def test_concurrent_appends(ledger_engine: Engine) -> None:
+    errors: list[BaseException] = []
+    results: dict[str, list[int]] = {"a": [], "b": []}
+    start = threading.Barrier(2)
+
+    def worker(tag: str) -> None:
+        try:
+            start.wait()
+            for b in range(20):
+                out = append(ledger_engine, [draft(b * 50 + i, tag) for i in range(50)])
+                assert all(a.new for a in out)
+                results[tag].extend(a.seq for a in out)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(tag,)) for tag in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results["a"] + results["b"]) == list(range(1, 2001))
+    assert count(ledger_engine) == 2000
+    result = verify(ledger_engine)
+    assert result.ok, result.describe()
+    assert result.describe() == "ledger OK: 2,000 entries, chain intact"
+
+
+def test_large_batch(ledger_engine: Engine) -> None:
+    out = append(ledger_engine, [draft(i, "big") for i in range(2500)])
+    assert out[-1].seq == 2500
+    assert verify(ledger_engine).entries == 2500
+
+
+def test_sqlite_append_verify_and_guards(sqlite_engine: Engine) -> None:
+    drafts = [draft(i) for i in range(1, 41)]
+    out = append(sqlite_engine, drafts)
+    assert [a.seq for a in out] == list(range(1, 41))
+    assert [a.new for a in append(sqlite_engine, drafts[:5])] == [False] * 5
+    assert verify(sqlite_engine).ok
+    assert [e.draft for e in entries(sqlite_engine)] == drafts
+    init_ledger(sqlite_engine)  # idempotent
+    for sql, op in (
+        ("UPDATE ledger_entries SET recipient = 'elsewhere' WHERE seq = 3", "UPDATE"),
+        ("DELETE FROM ledger_entries WHERE seq = 3", "DELETE"),
+        ("DELETE FROM ledger_entries", "DELETE"),
+    ):
+        assert f"ledger_entries is append-only: {op} refused" in refused(sqlite_engine, sql)
+    assert count(sqlite_engine) == 40
+    assert verify(sqlite_engine).ok
+
+
+def test_sqlite_tamper_detected(sqlite_engine: Engine) -> None:
+    append(sqlite_engine, [draft(i) for i in range(1, 11)])
+    with sqlite_engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER ledger_entries_no_update")
+        conn.exec_driver_sql("UPDATE ledger_entries SET fields = '[\"patient.nhs_number\"]' WHERE seq = 8")
+    result = verify(sqlite_engine)
+    assert (result.ok, result.first_bad_seq) == (False, 8)
+
+
+def test_sqlite_concurrent_appends(sqlite_engine: Engine) -> None:
+    errors: list[BaseException] = []
+
+    def worker(tag: str) -> None:
+        try:
+            for b in range(10):
+                append(sqlite_engine, [draft(b * 20 + i, tag) for i in range(20)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(tag,)) for tag in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count(sqlite_engine) == 400
+    assert verify(sqlite_engine).ok
