@@ -50,7 +50,12 @@ def _record_consent(engine, scenario, rng: random.Random) -> Counter:
 
 def _start_processor(settings: Settings) -> subprocess.Popen:
     log = (settings.state_dir / "processor.log").open("ab")
-    env = {**os.environ, "ACCORD_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "ACCORD_LOG_FORMAT": "json",
+        "ACCORD_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "ACCORD_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
+    }
     return subprocess.Popen([sys.executable, "-m", "accord.cli", "run", "processor"], stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -65,7 +70,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _count_dead_letters(settings: Settings, names: TopicNames, run_id: str, expected: int) -> Counter:
+def _count_dead_letters(settings: Settings, names: TopicNames, run_id: str, key: bytes, expected: int) -> Counter:
     reasons: Counter = Counter()
     consumer = kafka.consumer(settings, f"accord-demo-deadletters-{run_id}")
     consumer.subscribe([names.dead_letter])
@@ -73,10 +78,10 @@ def _count_dead_letters(settings: Settings, names: TopicNames, run_id: str, expe
     try:
         while sum(reasons.values()) < expected and time.monotonic() < deadline:
             msg = consumer.poll(1.0)
-            if msg is None or msg.error():
-                continue
+            if msg is None or msg.error() or msg.key() != key:
+                continue  # earlier runs' dead letters stay on the topic
             headers = dict(msg.headers() or [])
-            reasons[headers.get("accord.reason", b"?").decode().split(":")[0]] += 1
+            reasons[headers.get("accord.error", b"?").decode()] += 1
     finally:
         consumer.close()
     return reasons
@@ -84,6 +89,9 @@ def _count_dead_letters(settings: Settings, names: TopicNames, run_id: str, expe
 
 def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) -> int:
     started = time.monotonic()
+    # The embedded broker holds a group join for half the session timeout;
+    # short timeouts keep the demo's several consumers quick.
+    settings = settings.model_copy(update={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500})
     seed = seed if seed is not None else int(time.time())
     run_id = str(seed)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -101,10 +109,11 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     consents = _record_consent(engine, scenario, random.Random(seed))
 
     publisher = Publisher(settings)
+    malformed_key = f"demo-malformed-{run_id}".encode()
     for event in scenario.events:
         publisher.publish(event.event_type, event.record, agency=event.agency)
     for event_type, raw in scenario.malformed:
-        publisher.publish_raw(event_type, raw, key=b"malformed")
+        publisher.publish_raw(event_type, raw, key=malformed_key)
     published = publisher.flush()
     if published.failed:
         print(f"publishing failed for {len(published.failed)} events", file=sys.stderr)
@@ -135,10 +144,10 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     for partner in sorted(disclosed):
         with Subscription(settings, partner, agreements, group_id=f"accord-demo-{partner}-{run_id}") as sub:
             # A fresh group reads the partner topic from the start; count this run's disclosures only.
-            for d in sub.iter(idle_timeout=3.0):
+            for d in sub.iter(idle_timeout=2.0):
                 if d.ledger_seq > seq_before:
                     received[partner] += 1
-    dead = _count_dead_letters(settings, names, run_id, len(scenario.malformed))
+    dead = _count_dead_letters(settings, names, run_id, malformed_key, len(scenario.malformed))
     result = verify(engine)
 
     agencies = Counter(e.agency for e in scenario.events)

@@ -104,12 +104,12 @@ class BatchHandler:
     def handle(self, batch: Sequence[Inbound]) -> BatchReport:
         report = BatchReport(events=len(batch))
         decoded: list[tuple[str, dict[str, Any]]] = []
-        dead: list[tuple[Inbound, str]] = []
+        dead: list[tuple[Inbound, Exception]] = []
         for msg in batch:
             try:
                 decoded.append(self._decode(msg))
             except (SerdeError, ValueError, KeyError) as exc:
-                dead.append((msg, str(exc)))
+                dead.append((msg, exc))
 
         now = datetime.now(UTC)
         # The ledger stores and hashes milliseconds, so decide at that precision.
@@ -152,12 +152,14 @@ class BatchHandler:
                 on_delivery=on_delivery,
             )
             self.producer.poll(0)
-        for msg, reason in dead:
+        for msg, exc in dead:
+            reason = str(exc)
             self.producer.produce(
                 self.names.dead_letter,
                 key=msg.key,
                 value=msg.value,
                 headers=[
+                    ("accord.error", type(exc).__name__.encode()),
                     ("accord.reason", reason.encode()),
                     ("accord.source_topic", msg.topic.encode()),
                     ("accord.source_partition", str(msg.partition).encode()),
@@ -166,7 +168,8 @@ class BatchHandler:
                 on_delivery=on_delivery,
             )
             # Reasons name the problem, never the content (I6).
-            log.warning("dead_letter", topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason)
+            log.warning("dead_letter", topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                        error=type(exc).__name__, reason=reason)
         report.dead_letters = len(dead)
         remaining = self.producer.flush(30)
         if remaining or errors:

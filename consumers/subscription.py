@@ -8,6 +8,7 @@ defines, so a partner never needs the source schema.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ class Subscription:
         self.catalogue = recipient_catalogue(agreements)
         self.consumer = kafka.consumer(settings, group_id or f"accord-partner-{partner}")
         self.consumer.subscribe(self.topics)
+        self._pending: Message | None = None
 
     def _decode(self, msg: Message) -> Disclosure:
         headers = {k: v.decode() for k, v in (msg.headers() or [])}
@@ -67,15 +69,33 @@ class Subscription:
         )
 
     def poll(self, timeout: float = 1.0) -> Disclosure | None:
-        msg = self.consumer.poll(timeout)
+        msg, self._pending = self._pending, None
+        if msg is None:
+            msg = self.consumer.poll(timeout)
         if msg is None:
             return None
         if msg.error():
             raise KafkaException(msg.error())
         return self._decode(msg)
 
+    def wait_for_assignment(self, timeout: float = 30.0) -> None:
+        """Block until the group has given this consumer its partitions.
+
+        Joining a group takes a while (about half the session timeout on the
+        embedded broker); an idle timeout must not count that time as idleness.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partitions assigned to {self.partner} within {timeout:.0f}s")
+            msg = self.consumer.poll(0.1)
+            if msg is not None:
+                self._pending = msg
+                return
+
     def iter(self, max_records: int | None = None, idle_timeout: float = 10.0) -> Iterator[Disclosure]:
         """Yield disclosures until ``max_records`` or ``idle_timeout`` seconds with nothing new."""
+        self.wait_for_assignment()
         count = 0
         while max_records is None or count < max_records:
             disclosure = self.poll(idle_timeout)
