@@ -98,7 +98,7 @@ class Bus:
         """Everything on the partner's topics, read with a fresh group until idle."""
         group = f"{self.settings.topic_prefix}{partner}.{uuid.uuid4().hex[:6]}"
         with Subscription(self.settings, partner, self.agreements, group_id=group) as sub:
-            return list(sub.iter(idle_timeout=3.0))
+            return list(sub.iter(idle_timeout=1.5))
 
     def ledger(self, **where: Any) -> list[Any]:
         query = select(LedgerEntry)

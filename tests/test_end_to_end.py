@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +18,7 @@ from accord.sharing import disclosure_id, subject_key
 from ledger import verify
 from ledger.guard import install_guards
 from producers.synthetic import build_scenario
-from tests.bus import Bus, start_bus
+from tests.bus import Bus, settings_env, start_bus
 from tests.conftest import fresh_schema
 
 
@@ -131,6 +135,22 @@ def test_replayed_event_appends_nothing_twice(bus: Bus) -> None:
     assert len(entries) == 1 and entries[0].recipient == "salford-mash"
     received = [d for d in bus.received("salford-mash") if d.disclosure_id == entries[0].disclosure_id]
     assert len(received) == 2 and {d.ledger_seq for d in received} == {entries[0].seq}
+
+
+def test_consume_command_prints_disclosures_with_their_ids(bus: Bus) -> None:
+    event = _events("referral")[0]
+    bus.publish([("referral", event)])
+    result = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "consume", "--partner", "salford-mash", "--json", "--idle", "2",
+         "--group", f"cli-{uuid.uuid4().hex[:6]}"],
+        env={**os.environ, **settings_env(bus.settings)}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = {line["disclosure_id"]: line for line in map(json.loads, result.stdout.splitlines())}
+    [entry] = bus.ledger(event_id=event["envelope"]["event_id"])
+    line = printed[entry.disclosure_id]
+    assert line["ledger_seq"] == entry.seq and line["agreement"] == "referral-to-mash@v1"
+    assert line["record"]["narrative"] == event["narrative"]
 
 
 def test_verify_names_a_row_altered_behind_the_triggers_back(bus: Bus) -> None:
