@@ -171,5 +171,6 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     print(f"ledger entries:       {sum(n for *_, n in rows)} this run, {total_entries} in all")
     print(f"ledger verify:        {result.describe()}")
     print(f"elapsed:              {time.monotonic() - started:.1f}s")
+    print("the broker stays up for `accord consume --partner cps`; `accord dev down` stops it")
     ok = result.ok and received == disclosed and sum(dead.values()) == len(scenario.malformed)
     return 0 if ok else 1
