@@ -134,11 +134,18 @@ class BatchHandler:
             if err is not None:
                 errors.append(err.str())
 
+        encoded: dict[int, bytes] = {}  # recipients of one agreement share one projection
         for d in decisions:
             report.outcomes[(d.recipient, d.outcome.value, d.reason or "")] += 1
             if d.outcome is not Outcome.DISCLOSED:
                 continue
-            payload = self.catalogue.encode(projection_name(d.agreement, d.event_type), d.projected)
+            payload = encoded.get(id(d.projected))
+            if payload is None:
+                # A projection of a record that just decoded is valid by construction.
+                payload = self.catalogue.encode(
+                    projection_name(d.agreement, d.event_type), d.projected, validated=True
+                )
+                encoded[id(d.projected)] = payload
             self.producer.produce(
                 self.names.partner(d.recipient, d.event_type),
                 key=d.disclosure_id.encode(),

@@ -98,9 +98,12 @@ def decide(
     decisions = []
     for agreement in candidate_agreements(agreements, provider, event_type, today):
         fields = agreement.fields[event_type]
+        projection: dict[str, Any] | None = None  # one per agreement, shared by its recipients
         for recipient in agreement.recipients:
             outcome, reason = _consent_outcome(agreement, recipient, consents)
             disclosed = outcome is Outcome.DISCLOSED
+            if disclosed and projection is None:
+                projection = project_record(record, list(fields))
             decisions.append(
                 Decision(
                     disclosure_id=disclosure_id(event_id, recipient, agreement.id, agreement.version),
@@ -114,7 +117,7 @@ def decide(
                     fields=tuple(fields) if disclosed else (),
                     consent_version=consent_version,
                     subject_key=key,
-                    projected=project_record(record, list(fields)) if disclosed else None,
+                    projected=projection if disclosed else None,
                 )
             )
     return decisions

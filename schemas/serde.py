@@ -461,10 +461,16 @@ class Catalogue:
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_name)
 
-    def encode(self, name: str, record: dict[str, Any]) -> bytes:
-        """Validate, then write one single-object message; InvalidRecord names the bad field."""
+    def encode(self, name: str, record: dict[str, Any], *, validated: bool = False) -> bytes:
+        """Validate, then write one single-object message; InvalidRecord names the bad field.
+
+        ``validated=True`` skips the field-by-field check for records that are
+        valid by construction (a projection of a decoded record): the hot path.
+        fastavro still refuses anything it cannot write.
+        """
         schema, fp, names = self._entry(name)
-        _check(schema, record, "", names)
+        if not validated:
+            _check(schema, record, "", names)
         out = BytesIO()
         out.write(MAGIC)
         out.write(fp)
