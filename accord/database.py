@@ -13,7 +13,8 @@ def engine_for(settings: Settings) -> Engine:
     url = settings.resolved_ledger_url
     if url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return create_engine(url, pool_pre_ping=True)
+    # hide_parameters: a database error must never print a record's values (I6).
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def init_database(engine: Engine) -> None:

@@ -12,6 +12,8 @@ disclosure ids make that safe (I7).
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ from ledger import EntryDraft, append
 from schemas.serde import Catalogue, SerdeError
 
 log = structlog.get_logger("accord.processor")
+
+EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a batch could not be completed; restart to replay it
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,16 @@ def build_app(settings: Any, handler_factory: Any) -> Any:
                 Inbound(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                 for e in events
             ]
-            report = await loop.run_in_executor(None, handler.handle, batch)
+            try:
+                report = await loop.run_in_executor(None, handler.handle, batch)
+            except Exception as exc:
+                # Exit rather than let faust restart the agent: a restarted agent
+                # would carry on past this unacknowledged batch until the next
+                # restart. Exiting leaves the committed offsets before it, so the
+                # supervisor's restart replays it (idempotently).
+                log.error("batch_failed_exiting", error=type(exc).__name__, events=len(batch))
+                sys.stderr.flush()
+                os._exit(EXIT_BATCH_FAILED)
             log.info(
                 "batch",
                 events=report.events,
