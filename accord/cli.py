@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from accord.settings import Settings, get_settings
@@ -67,7 +68,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from accord.topics import TopicNames
     from agreements.recipient_schemas import recipient_catalogue
 
+    from agreements import IdentifierTreatment
+    from agreements.partners import load_partners
+
     agreements = _agreements(settings)
+    pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
+    if not pseudonym_key and any(a.identifier_treatment is IdentifierTreatment.PSEUDONYMISED for a in agreements):
+        print("accord run: an agreement pseudonymises identifiers; set ACCORD_PSEUDONYM_KEY", file=sys.stderr)
+        return 2
+    partner_classes = load_partners(settings.partners_file)
     engine = engine_for(settings)
     init_database(engine)
 
@@ -78,6 +87,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             engine,
             kafka.producer(settings),
             TopicNames(settings.topic_prefix),
+            partner_classes,
+            pseudonym_key,
         )
 
     app = build_app(settings, handler)
@@ -108,8 +119,18 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     import consent
     from accord.database import engine_for, init_database
 
+    if args.action == "serve":
+        import uvicorn
+
+        from consent.api import app_from_settings
+
+        uvicorn.run(app_from_settings(), host=settings.api_host, port=settings.api_port, log_level="warning")
+        return 0
     engine = engine_for(settings)
     init_database(engine)
+    if args.subject is None:
+        print("accord consent: --subject is required for deny and permit", file=sys.stderr)
+        return 2
     try:
         rec = consent.record(
             engine,
@@ -117,12 +138,17 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
             consent.ConsentDecision.DENY if args.action == "deny" else consent.ConsentDecision.PERMIT,
             purpose=args.purpose,
             recipient=args.recipient,
+            recipient_class=args.recipient_class,
+            expires_at=args.expires,
             collected_by=args.collected_by,
+            method=args.method,
+            evidence_ref=args.evidence,
         )
     except ValueError as exc:
         print(f"accord consent: {exc}", file=sys.stderr)
         return 2
-    print(f"consent record {rec.id}: {rec.decision.value} purpose={rec.purpose or '*'} recipient={rec.recipient or '*'}")
+    scope = rec.recipient or (f"class:{rec.recipient_class}" if rec.recipient_class else "*")
+    print(f"consent record {rec.id}: {rec.decision.value} purpose={rec.purpose or '*'} recipient={scope}")
     return 0
 
 
@@ -144,6 +170,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from accord.demo import run_demo
 
     return run_demo(settings, n_events=args.events)
+
+
+def _aware_datetime(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. 2027-01-01T00:00:00Z")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,12 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_consume)
 
-    p = sub.add_parser("consent", help="record a citizen's consent preference")
-    p.add_argument("action", choices=["deny", "permit"])
-    p.add_argument("--subject", required=True, help="subject key, e.g. nhs:9434765919")
+    p = sub.add_parser("consent", help="record a citizen's consent preference, or serve the consent API")
+    p.add_argument("action", choices=["deny", "permit", "serve"])
+    p.add_argument("--subject", default=None, help="subject key, e.g. nhs:9434765919")
     p.add_argument("--purpose", default=None)
     p.add_argument("--recipient", default=None)
+    p.add_argument("--recipient-class", default=None, help="a class of recipients, e.g. nhs (see agreements/partners.yaml)")
+    p.add_argument("--expires", type=_aware_datetime, default=None, help="ISO 8601 time after which the record lapses")
     p.add_argument("--collected-by", default="accord-cli", help="who recorded it (for the consent history)")
+    p.add_argument("--method", default=None, help="how it was collected, e.g. paper-form, online, verbal")
+    p.add_argument("--evidence", default=None, help="reference to the evidence (form id, call recording id)")
     p.set_defaults(func=cmd_consent)
 
     p = sub.add_parser("ledger", help="set up or verify the disclosure ledger")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 import consent
@@ -55,6 +57,7 @@ def _start_processor(settings: Settings) -> subprocess.Popen:
         "ACCORD_LOG_FORMAT": "json",
         "ACCORD_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "ACCORD_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
+        "ACCORD_PSEUDONYM_KEY": settings.pseudonym_key.get_secret_value(),
     }
     return subprocess.Popen([sys.executable, "-m", "accord.cli", "run", "processor"], stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -91,7 +94,11 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     started = time.monotonic()
     # The embedded broker holds a group join for half the session timeout;
     # short timeouts keep the demo's several consumers quick.
-    settings = settings.model_copy(update={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500})
+    update: dict = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+    if not settings.pseudonym_key.get_secret_value():
+        # A throwaway key: pseudonyms are stable within this demo run only.
+        update["pseudonym_key"] = SecretStr(secrets.token_hex(32))
+    settings = settings.model_copy(update=update)
     seed = seed if seed is not None else int(time.time())
     run_id = str(seed)
     settings.state_dir.mkdir(parents=True, exist_ok=True)

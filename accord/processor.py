@@ -15,7 +15,7 @@ import asyncio
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, Producer
 from sqlalchemy import Engine
 
 import consent
-from accord.sharing import Decision, Outcome, decide, subject_key
+from accord.sharing import Context, Decision, Outcome, decide, subject_key
 from accord.topics import EVENT_TYPES, TopicNames
 from agreements.model import Agreement
 from agreements.recipient_schemas import projection_name
@@ -89,8 +89,12 @@ class BatchHandler:
         engine: Engine,
         producer: Producer,
         names: TopicNames,
+        partner_classes: Mapping[str, str] | None = None,
+        pseudonym_key: bytes = b"",
     ) -> None:
         self.agreements = list(agreements)
+        self.partner_classes = dict(partner_classes or {})
+        self.pseudonym_key = pseudonym_key
         self.catalogue = catalogue
         self.engine = engine
         self.producer = producer
@@ -118,14 +122,14 @@ class BatchHandler:
         now = datetime.now(UTC)
         # The ledger stores and hashes milliseconds, so decide at that precision.
         decided_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        today = decided_at.date()
+        context = Context(decided_at, self.partner_classes, self.pseudonym_key)
         # Consent is read after the batch is in hand, so any change recorded
         # before these events were processed applies to them (I5).
         histories = consent.history(self.engine, (subject_key(t, r) for t, r in decoded))
         decisions: list[Decision] = []
         for event_type, record in decoded:
             key = subject_key(event_type, record)
-            decisions.extend(decide(event_type, record, self.agreements, histories.get(key, ()), today))
+            decisions.extend(decide(event_type, record, self.agreements, histories.get(key, ()), context))
 
         # I1: the ledger commit happens before anything reaches a partner topic.
         appended = append(self.engine, [_draft(d, decided_at) for d in decisions]) if decisions else []

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     agreements_dir: Path = Field(
         PACKAGE_ROOT / "agreements" / "examples", description="Folder of agreement YAML files"
     )
+    partners_file: Path = Field(
+        PACKAGE_ROOT / "agreements" / "partners.yaml", description="Partner id -> recipient class registry"
+    )
+    pseudonym_key: SecretStr = Field(
+        SecretStr(""), description="Secret for per-recipient pseudonyms; required when an agreement pseudonymises"
+    )
+    api_secret: SecretStr = Field(
+        SecretStr(""), description="HS256 secret (32+ bytes) that signs consent API tokens"
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
     topic_prefix: str = Field("", description="Prefix of every topic name, to share one broker")
     processor_group: str = Field("accord-processor", description="Consumer group (faust app id) of the sharing processor")
     batch_size: int = Field(500, ge=1, description="Most events the processor decides in one batch")

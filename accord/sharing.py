@@ -8,13 +8,14 @@ may receive what is unit-tested without Kafka or a database. The processor
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import date
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from enum import Enum
 from typing import Any
 
-from agreements.model import Agreement, ConsentMode
+from accord.pseudonymise import pseudonymise
+from agreements.model import Agreement, ConsentMode, IdentifierTreatment
 from consent.model import ConsentDecision, ConsentRecord, applicable, version
 from schemas.projection import project_record
 
@@ -25,6 +26,19 @@ DISCLOSURE_NAMESPACE = uuid.UUID("7d1f3c9e-2b4a-5e6f-8a9b-0c1d2e3f4a5b")
 class Outcome(str, Enum):
     DISCLOSED = "DISCLOSED"
     WITHHELD = "WITHHELD"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a decision depends on besides the event, its agreements and consent."""
+
+    now: datetime
+    partner_classes: Mapping[str, str] = field(default_factory=dict)  # recipient -> recipient class
+    pseudonym_key: bytes = b""
+
+    @property
+    def today(self) -> date:
+        return self.now.date()
 
 
 @dataclass(frozen=True)
@@ -64,12 +78,14 @@ def subject_key(event_type: str, record: dict[str, Any]) -> str:
 
 
 def _consent_outcome(
-    agreement: Agreement, recipient: str, records: Sequence[ConsentRecord]
+    agreement: Agreement, recipient: str, records: Sequence[ConsentRecord], context: Context
 ) -> tuple[Outcome, str | None]:
     mode = agreement.consent_mode
     if mode is ConsentMode.NOT_REQUIRED:
         return Outcome.DISCLOSED, None
-    governing = applicable(records, agreement.purpose.value, recipient)
+    governing = applicable(
+        records, agreement.purpose.value, recipient, context.partner_classes.get(recipient), context.now
+    )
     if governing is not None and governing.decision is ConsentDecision.DENY:
         return Outcome.WITHHELD, f"consent denied (consent record {governing.id})"
     if mode is ConsentMode.EXPLICIT and governing is None:
@@ -88,7 +104,7 @@ def decide(
     record: dict[str, Any],
     agreements: Iterable[Agreement],
     consents: Sequence[ConsentRecord],
-    today: date,
+    context: Context,
 ) -> list[Decision]:
     """One decision per (agreement in force, recipient) covering this event."""
     provider = record["envelope"]["source_agency"]
@@ -96,14 +112,22 @@ def decide(
     key = subject_key(event_type, record)
     consent_version = version(consents)
     decisions = []
-    for agreement in candidate_agreements(agreements, provider, event_type, today):
+    for agreement in candidate_agreements(agreements, provider, event_type, context.today):
         fields = agreement.fields[event_type]
+        pseudonymised = agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED
         projection: dict[str, Any] | None = None  # one per agreement, shared by its recipients
         for recipient in agreement.recipients:
-            outcome, reason = _consent_outcome(agreement, recipient, consents)
+            outcome, reason = _consent_outcome(agreement, recipient, consents, context)
             disclosed = outcome is Outcome.DISCLOSED
-            if disclosed and projection is None:
-                projection = project_record(record, list(fields))
+            projected = None
+            if disclosed:
+                if projection is None:
+                    projection = project_record(record, list(fields))
+                projected = (
+                    pseudonymise(event_type, projection, context.pseudonym_key, recipient)
+                    if pseudonymised
+                    else projection
+                )
             decisions.append(
                 Decision(
                     disclosure_id=disclosure_id(event_id, recipient, agreement.id, agreement.version),
@@ -117,7 +141,7 @@ def decide(
                     fields=tuple(fields) if disclosed else (),
                     consent_version=consent_version,
                     subject_key=key,
-                    projected=projection if disclosed else None,
+                    projected=projected,
                 )
             )
     return decisions

@@ -28,6 +28,11 @@ class ConsentMode(str, Enum):
     NOT_REQUIRED = "not_required"  # share; a statutory gateway overrides consent
 
 
+class IdentifierTreatment(str, Enum):
+    IDENTIFIABLE = "identifiable"
+    PSEUDONYMISED = "pseudonymised"  # identifiers become per-recipient keyed tokens
+
+
 class Status(str, Enum):
     DRAFT = "draft"
     ACTIVE = "active"
@@ -53,6 +58,7 @@ class Agreement(BaseModel):
     consent_mode: ConsentMode
     consent_justification: str | None = None
     fields: dict[str, tuple[str, ...]]
+    identifier_treatment: IdentifierTreatment = IdentifierTreatment.IDENTIFIABLE
     valid_from: date | None = None
     valid_until: date | None = None
 

@@ -3,10 +3,17 @@
 Pure: no I/O. The store (``consent.store``) persists the append-only history;
 this module derives the current answer for one (subject, purpose, recipient).
 
-Precedence, most specific first: a record naming the recipient (with or without
-a purpose) beats one naming only the purpose, which beats one naming neither.
-At equal specificity the newest record wins. A record naming a purpose matches
-only that purpose; one naming a recipient matches only that recipient.
+A record may name a purpose, a recipient, a recipient class (e.g. ``nhs``,
+``prosecution``), or a purpose together with one of the other two. It matches a
+(purpose, recipient) pair when every scope it names agrees.
+
+Precedence, most specific first:
+1. a record naming the recipient beats one naming the recipient's class,
+   which beats one naming neither (purpose-only);
+2. at equal recipient scope, one that also names the purpose beats one that
+   does not;
+3. then the newest (highest id) wins.
+Expired records (``expires_at`` at or before the decision time) are ignored.
 """
 
 from __future__ import annotations
@@ -30,22 +37,36 @@ class ConsentRecord:
     recipient: str | None
     decision: ConsentDecision
     recorded_at: datetime
+    recipient_class: str | None = None
+    expires_at: datetime | None = None
 
-    def matches(self, purpose: str, recipient: str) -> bool:
-        return (self.purpose is None or self.purpose == purpose) and (
-            self.recipient is None or self.recipient == recipient
+    def matches(self, purpose: str, recipient: str, recipient_class: str | None) -> bool:
+        return (
+            (self.purpose is None or self.purpose == purpose)
+            and (self.recipient is None or self.recipient == recipient)
+            and (self.recipient_class is None or self.recipient_class == recipient_class)
         )
 
+    def in_force(self, now: datetime | None) -> bool:
+        return self.expires_at is None or now is None or self.expires_at > now
+
     @property
-    def specificity(self) -> int:
-        return 2 * (self.recipient is not None) + (self.purpose is not None)
+    def specificity(self) -> tuple[int, int]:
+        scope = 2 if self.recipient is not None else 1 if self.recipient_class is not None else 0
+        return scope, int(self.purpose is not None)
 
 
-def applicable(records: Iterable[ConsentRecord], purpose: str, recipient: str) -> ConsentRecord | None:
+def applicable(
+    records: Iterable[ConsentRecord],
+    purpose: str,
+    recipient: str,
+    recipient_class: str | None = None,
+    now: datetime | None = None,
+) -> ConsentRecord | None:
     """The record that governs sharing for this purpose with this recipient, if any."""
     best: ConsentRecord | None = None
     for r in records:
-        if r.matches(purpose, recipient) and (
+        if r.in_force(now) and r.matches(purpose, recipient, recipient_class) and (
             best is None or (r.specificity, r.id) > (best.specificity, best.id)
         ):
             best = r

@@ -27,9 +27,19 @@ class ConsentRow(ConsentBase):
     subject_key: Mapped[str] = mapped_column(String(128), index=True)
     purpose: Mapped[str | None] = mapped_column(String(64))
     recipient: Mapped[str | None] = mapped_column(String(64))
+    recipient_class: Mapped[str | None] = mapped_column(String(64))
     decision: Mapped[str] = mapped_column(String(8))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # ISO/IEC TS 27560 asks how and by whom consent was collected, and for evidence.
     collected_by: Mapped[str] = mapped_column(String(128))
+    method: Mapped[str | None] = mapped_column(String(64))
+    evidence_ref: Mapped[str | None] = mapped_column(String(256))
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything here is stored in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def init_consent(engine: Engine) -> None:
@@ -43,10 +53,18 @@ def record(
     *,
     purpose: str | None = None,
     recipient: str | None = None,
+    recipient_class: str | None = None,
+    expires_at: datetime | None = None,
     collected_by: str = "accord-cli",
+    method: str | None = None,
+    evidence_ref: str | None = None,
 ) -> ConsentRecord:
-    if purpose is None and recipient is None:
-        raise ValueError("a consent preference names a purpose, a recipient, or both")
+    if purpose is None and recipient is None and recipient_class is None:
+        raise ValueError("a consent preference names a purpose, a recipient or a recipient class")
+    if recipient is not None and recipient_class is not None:
+        raise ValueError("a consent preference names a recipient or a recipient class, not both")
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise ValueError("expires_at must carry a time zone")
     now = datetime.now(UTC)
     with engine.begin() as conn:
         new_id = conn.execute(
@@ -55,12 +73,16 @@ def record(
                 "subject_key": subject_key,
                 "purpose": purpose,
                 "recipient": recipient,
+                "recipient_class": recipient_class,
                 "decision": decision.value,
                 "recorded_at": now,
+                "expires_at": expires_at,
                 "collected_by": collected_by,
+                "method": method,
+                "evidence_ref": evidence_ref,
             },
         ).scalar_one()
-    return ConsentRecord(new_id, subject_key, purpose, recipient, decision, now)
+    return ConsentRecord(new_id, subject_key, purpose, recipient, decision, now, recipient_class, expires_at)
 
 
 def history(engine: Engine, subject_keys: Iterable[str]) -> dict[str, list[ConsentRecord]]:
@@ -75,6 +97,15 @@ def history(engine: Engine, subject_keys: Iterable[str]) -> dict[str, list[Conse
         ).all()
     for r in rows:
         out.setdefault(r.subject_key, []).append(
-            ConsentRecord(r.id, r.subject_key, r.purpose, r.recipient, ConsentDecision(r.decision), r.recorded_at)
+            ConsentRecord(
+                r.id,
+                r.subject_key,
+                r.purpose,
+                r.recipient,
+                ConsentDecision(r.decision),
+                _utc(r.recorded_at),
+                r.recipient_class,
+                _utc(r.expires_at) if r.expires_at else None,
+            )
         )
     return out

@@ -23,6 +23,9 @@ from ledger import LedgerEntry
 from producers import Publisher
 
 
+TEST_PSEUDONYM_KEY = "test-only-pseudonym-key-0123456789abcdef"
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a subprocess the same settings."""
     return {
@@ -34,6 +37,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "ACCORD_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "ACCORD_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
         "ACCORD_LOG_FORMAT": "json",
+        "ACCORD_PSEUDONYM_KEY": settings.pseudonym_key.get_secret_value(),
     }
 
 
@@ -47,6 +51,7 @@ def make_settings(bootstrap: str, ledger_url: str, state_dir: Path) -> Settings:
         state_dir=state_dir,
         session_timeout_ms=2000,
         heartbeat_interval_ms=500,
+        pseudonym_key=TEST_PSEUDONYM_KEY,
     )
 
 

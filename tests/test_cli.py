@@ -43,7 +43,7 @@ def test_ledger_init_and_verify_on_sqlite(tmp_path: Path) -> None:
 def test_consent_needs_a_purpose_or_recipient(tmp_path: Path) -> None:
     env = {"ACCORD_STATE_DIR": str(tmp_path), "ACCORD_LEDGER_URL": ""}
     result = accord("consent", "deny", "--subject", "nhs:9434765919", env=env)
-    assert result.returncode == 2 and "names a purpose, a recipient, or both" in result.stderr
+    assert result.returncode == 2 and "names a purpose, a recipient or a recipient class" in result.stderr
 
 
 def _events_on_topic(settings: Settings, topic: str) -> list[str]:

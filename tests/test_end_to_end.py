@@ -18,7 +18,8 @@ from accord.sharing import disclosure_id, subject_key
 from ledger import verify
 from ledger.guard import install_guards
 from producers.synthetic import build_scenario
-from tests.bus import Bus, settings_env, start_bus
+from accord.pseudonymise import token
+from tests.bus import TEST_PSEUDONYM_KEY, Bus, settings_env, start_bus
 from tests.conftest import fresh_schema
 
 
@@ -135,6 +136,31 @@ def test_replayed_event_appends_nothing_twice(bus: Bus) -> None:
     assert len(entries) == 1 and entries[0].recipient == "salford-mash"
     received = [d for d in bus.received("salford-mash") if d.disclosure_id == entries[0].disclosure_id]
     assert len(received) == 2 and {d.ledger_seq for d in received} == {entries[0].seq}
+
+
+def test_pseudonymised_recipient_never_sees_a_raw_nhs_number(bus: Bus) -> None:
+    events = [e for e in _events("natal_care", n=6) if e.get("baby") and e["baby"].get("nhs_number")][:2]
+    assert events
+    bus.publish([("natal_care", e) for e in events])
+    for event in events:
+        [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-research")
+        [got] = [d for d in bus.received("salford-research") if d.disclosure_id == entry.disclosure_id]
+        raw = {event["mother"]["nhs_number"], event["baby"]["nhs_number"]}
+        assert raw.isdisjoint(str(v) for v in _leaf_values(got.record))
+        assert got.record["mother"]["nhs_number"].startswith("psn:")
+        # Stable for this recipient: the same token the pure function gives for this key.
+        expected = token(TEST_PSEUDONYM_KEY.encode(), "salford-research", event["mother"]["nhs_number"])
+        assert got.record["mother"]["nhs_number"] == expected
+        # The identifiable recipient of the same event gets the real number.
+        [hv] = [d for d in bus.received("salford-health-visiting") if d.record["envelope"]["event_id"] == event["envelope"]["event_id"]]
+        assert hv.record["mother"]["nhs_number"] == event["mother"]["nhs_number"]
+
+
+def _leaf_values(record: dict) -> list:
+    out: list = []
+    for value in record.values():
+        out.extend(_leaf_values(value) if isinstance(value, dict) else [value])
+    return out
 
 
 def test_consume_command_prints_disclosures_with_their_ids(bus: Bus) -> None:

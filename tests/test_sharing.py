@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 import pytest
 
-from accord.sharing import Outcome, decide, disclosure_id, subject_key
+from accord.sharing import Context, Outcome, decide, disclosure_id, subject_key
 from agreements import load_dir
 from agreements.model import Status
 from consent.model import ConsentDecision, ConsentRecord
 from producers.synthetic import build_scenario
 from accord.settings import PACKAGE_ROOT
 
-TODAY = date(2026, 6, 1)
+TODAY = Context(datetime(2026, 6, 1, 12, tzinfo=UTC), pseudonym_key=b"unit-test-key-0123456789abcdef01")
 AGREEMENTS = load_dir(PACKAGE_ROOT / "agreements" / "examples")
 SCENARIO = build_scenario(n_events=200, seed=11)
 
@@ -57,7 +57,7 @@ def test_consent_denial_does_not_stop_a_statutory_disclosure() -> None:
 def test_opt_out_denial_withholds_and_names_the_record() -> None:
     record = _first("natal_care")
     consents = [_consent(4, ConsentDecision.DENY, recipient="salford-health-visiting")]
-    [d] = decide("natal_care", record, AGREEMENTS, consents, TODAY)
+    d = _by_recipient(decide("natal_care", record, AGREEMENTS, consents, TODAY))["salford-health-visiting"]
     assert d.outcome is Outcome.WITHHELD and d.reason == "consent denied (consent record 4)"
     assert d.consent_version == 4
 
@@ -68,7 +68,7 @@ def test_recipient_level_permit_beats_purpose_level_denial() -> None:
         _consent(9, ConsentDecision.DENY, purpose="individual_care"),
         _consent(3, ConsentDecision.PERMIT, recipient="salford-health-visiting"),
     ]
-    [d] = decide("natal_care", record, AGREEMENTS, consents, TODAY)
+    d = _by_recipient(decide("natal_care", record, AGREEMENTS, consents, TODAY))["salford-health-visiting"]
     assert d.outcome is Outcome.DISCLOSED and d.consent_version == 9
 
 
@@ -82,11 +82,37 @@ def test_newest_wins_at_equal_specificity() -> None:
     assert got["liaison-diversion"].outcome is Outcome.WITHHELD
 
 
+def test_class_level_denial_applies_to_every_partner_of_the_class_and_expired_records_do_not() -> None:
+    record = _first("natal_care")
+    context = Context(TODAY.now, {"salford-health-visiting": "local_authority", "salford-research": "research_body"},
+                      TODAY.pseudonym_key)
+    deny_class = ConsentRecord(5, "nhs:x", None, None, ConsentDecision.DENY, TODAY.now, recipient_class="research_body")
+    got = _by_recipient(decide("natal_care", record, AGREEMENTS, [deny_class], context))
+    assert got["salford-research"].outcome is Outcome.WITHHELD
+    assert got["salford-health-visiting"].outcome is Outcome.DISCLOSED
+    lapsed = ConsentRecord(5, "nhs:x", None, None, ConsentDecision.DENY, TODAY.now, recipient_class="research_body",
+                           expires_at=TODAY.now)
+    got = _by_recipient(decide("natal_care", record, AGREEMENTS, [lapsed], context))
+    assert got["salford-research"].outcome is Outcome.DISCLOSED
+
+
+def test_pseudonyms_are_stable_per_recipient_and_differ_between_recipients() -> None:
+    from accord.pseudonymise import token
+
+    key = b"unit-test-key-0123456789abcdef01"
+    assert token(key, "a", "9434765919") == token(key, "a", "9434765919")
+    assert token(key, "a", "9434765919") != token(key, "b", "9434765919")
+    assert token(key, "a", "9434765919") != token(key, "a", "9434765870")
+    record = _first("natal_care")
+    got = _by_recipient(decide("natal_care", record, AGREEMENTS, [], TODAY))["salford-research"]
+    assert got.projected["mother"]["nhs_number"] == token(key, "salford-research", record["mother"]["nhs_number"])
+
+
 def test_agreements_not_in_force_do_not_match() -> None:
     record = _first("referral")
     suspended = [a.model_copy(update={"status": Status.SUSPENDED}) for a in AGREEMENTS]
     assert decide("referral", record, suspended, [], TODAY) == []
-    assert decide("referral", record, AGREEMENTS, [], date(2025, 12, 31)) == []  # before valid_from
+    assert decide("referral", record, AGREEMENTS, [], Context(datetime(2025, 12, 31, tzinfo=UTC))) == []  # before valid_from
 
 
 def test_unknown_provider_gets_no_recipients() -> None:

@@ -1,0 +1,31 @@
+"""The partner registry: which recipient class each partner belongs to."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from agreements.loader import AgreementError
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def load_partners(path: Path) -> dict[str, str]:
+    """``{partner id: recipient class}``; a bad entry is refused with file and line."""
+    text = Path(path).read_text(encoding="utf-8")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise AgreementError(Path(path), 1, "(document)", "the partner registry must map partner id to class")
+    partners: dict[str, str] = {}
+    for key, value in node.value:
+        line = key.start_mark.line + 1
+        if not _SLUG.match(str(key.value)):
+            raise AgreementError(Path(path), line, str(key.value), "partner ids are lower-case slugs")
+        if not isinstance(value, yaml.ScalarNode) or not _SLUG.match(str(value.value)):
+            raise AgreementError(Path(path), line, str(key.value), "the recipient class must be a lower-case slug")
+        partners[key.value] = value.value
+    return partners

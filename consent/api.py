@@ -1,0 +1,333 @@
+"""The citizens' consent HTTP API (FastAPI).
+
+A citizen, authenticated by a signed bearer token naming their subject key,
+reads and changes only their own consent preferences; staff read the loaded
+data-sharing agreements. The subject is always taken from the token: no
+endpoint takes a subject in its path, query or body (a body naming one is
+refused), so one citizen cannot address another's data.
+
+Status codes: a missing or invalid token is 401 with ``WWW-Authenticate:
+Bearer``; a valid token of the wrong role is 403 (a staff token on ``/v1/me``
+included). Error bodies never carry a subject key or the submitted input, and
+logs name record ids, counts and reasons only (I6).
+
+Run it::
+
+    uvicorn --factory consent.api:app_from_settings  # with ACCORD_API_SECRET set
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import Engine
+
+from agreements.model import Agreement, Purpose
+from consent import store
+from consent.model import ConsentDecision, ConsentRecord
+from consent.tokens import CITIZEN, STAFF, Principal, TokenError, check_secret, verify_token
+
+log = structlog.get_logger("accord.consent.api")
+
+COLLECTED_BY = "citizen-api"
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    bearerFormat="JWT",
+    description=(
+        "An HS256 JWT with claims `role` (`citizen` or `staff`), `exp`, and for citizens "
+        "`sub` = the subject key (e.g. `nhs:9434765919`). Citizens act only on that subject."
+    ),
+)
+
+
+# --- response and request bodies ------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="A short reason; never a subject key")
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where in the request the problem is, e.g. [\"body\", \"purpose\"]")
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ValidationIssue]
+
+
+class ConsentRecordOut(BaseModel):
+    id: int = Field(description="Record id; doubles as the consent version")
+    purpose: str | None = Field(description="Purpose the preference applies to; null means every purpose")
+    recipient: str | None = Field(description="Recipient (partner id) it applies to; null means not one partner")
+    recipient_class: str | None = Field(
+        None, description="Class of recipients it applies to (e.g. `nhs`), when recorded for a class"
+    )
+    decision: ConsentDecision
+    recorded_at: datetime
+    expires_at: datetime | None = Field(None, description="When the preference lapses; null means never")
+
+    @classmethod
+    def of(cls, r: ConsentRecord) -> ConsentRecordOut:
+        return cls(
+            id=r.id,
+            purpose=r.purpose,
+            recipient=r.recipient,
+            recipient_class=r.recipient_class,
+            decision=r.decision,
+            recorded_at=r.recorded_at,
+            expires_at=r.expires_at,
+        )
+
+
+class MyConsents(BaseModel):
+    history: list[ConsentRecordOut] = Field(description="Every preference you recorded, oldest first")
+    current: list[ConsentRecordOut] = Field(
+        description=(
+            "For each distinct (purpose, recipient, recipient class) scope, the newest preference "
+            "that has not expired, oldest first"
+        )
+    )
+
+
+class ConsentRequest(BaseModel):
+    """A preference for the caller's own subject. Name a purpose, a recipient, or both."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"decision": "deny", "purpose": "research"}]},
+    )
+
+    decision: ConsentDecision = Field(description="`permit` or `deny`")
+    purpose: Purpose | None = Field(None, description="One of the agreement purposes")
+    recipient: str | None = Field(
+        None, min_length=1, max_length=64, description="A recipient named by a loaded agreement"
+    )
+
+    @model_validator(mode="after")
+    def _scoped(self) -> ConsentRequest:
+        if self.purpose is None and self.recipient is None:
+            raise ValueError("name a purpose, a recipient, or both")
+        return self
+
+
+class AgreementOut(BaseModel):
+    id: str
+    version: int
+    title: str
+    status: str
+    providers: list[str]
+    recipients: list[str]
+    event_types: list[str]
+    purpose: Purpose
+    legal_basis: str
+    consent_mode: str
+    fields: dict[str, list[str]] = Field(description="Event type -> field paths the recipients receive")
+    valid_from: date | None = None
+    valid_until: date | None = None
+
+    @classmethod
+    def of(cls, a: Agreement) -> AgreementOut:
+        return cls(
+            id=a.id,
+            version=a.version,
+            title=a.title,
+            status=a.status.value,
+            providers=list(a.providers),
+            recipients=list(a.recipients),
+            event_types=list(a.event_types),
+            purpose=a.purpose,
+            legal_basis=a.legal_basis,
+            consent_mode=a.consent_mode.value,
+            fields={t: list(p) for t, p in a.fields.items()},
+            valid_from=a.valid_from,
+            valid_until=a.valid_until,
+        )
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _unauthorized(reason: str, *, presented: bool = True) -> HTTPException:
+    # RFC 6750 section 3: no error code when no credentials were presented.
+    challenge = 'Bearer realm="accord", error="invalid_token"' if presented else 'Bearer realm="accord"'
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=reason, headers={"WWW-Authenticate": challenge})
+
+
+def current_view(records: Iterable[ConsentRecord], now: datetime | None = None) -> list[ConsentRecord]:
+    """For each distinct (purpose, recipient, recipient class) scope, the newest record in force.
+
+    A simplification of :func:`consent.model.applicable`: it lists, per scope, the
+    record that replaced the earlier ones, without resolving scopes against each other.
+    As there, records expired at ``now`` (default: the current time) are ignored.
+    """
+    now = now or datetime.now(UTC)
+    newest: dict[tuple[str | None, str | None, str | None], ConsentRecord] = {}
+    for r in records:
+        scope = (r.purpose, r.recipient, r.recipient_class)
+        if r.in_force(now) and (scope not in newest or r.id > newest[scope].id):
+            newest[scope] = r
+    return sorted(newest.values(), key=lambda r: r.id)
+
+
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or invalid bearer token"},
+    403: {"model": ErrorBody, "description": "Valid token, but not of the role this endpoint needs"},
+}
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+def create_app(engine: Engine, agreements: Sequence[Agreement], secret: str | bytes) -> FastAPI:
+    """The consent API over ``engine`` (consent store) and the loaded ``agreements``."""
+    check_secret(secret)  # refuse a short secret at start-up, not on the first request
+    agreements = tuple(agreements)
+    known_recipients = frozenset(r for a in agreements for r in a.recipients)
+
+    app = FastAPI(
+        title="Accord consent API",
+        version="1",
+        description=(
+            "Citizens read and change their own consent preferences for the sharing of their "
+            "records between public services; staff read the data-sharing agreements in force.\n\n"
+            "Authenticate with `Authorization: Bearer <token>`. A citizen's token names their "
+            "subject; every `/v1/me` endpoint acts on that subject and no other. A missing or "
+            "invalid token gets 401, a token of the wrong role 403."
+        ),
+        openapi_tags=[
+            {"name": "consent", "description": "Your own consent preferences (citizen token)"},
+            {"name": "agreements", "description": "Data-sharing agreements (staff token)"},
+        ],
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the submitted input; keep location, message and type only.
+        issues = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        log.info("request_refused", path=request.url.path, status=422, issues=len(issues))
+        return JSONResponse({"detail": issues}, status_code=422)
+
+    def principal(
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+    ) -> Principal:
+        if credentials is None:
+            log.info("auth_refused", reason="missing bearer token")
+            raise _unauthorized("missing bearer token", presented=False)
+        try:
+            return verify_token(secret, credentials.credentials)
+        except TokenError as exc:
+            log.info("auth_refused", reason=exc.reason)
+            raise _unauthorized(f"invalid token: {exc.reason}") from None
+
+    def require(role: str):  # noqa: ANN202
+        def dependency(p: Principal = Depends(principal)) -> Principal:  # noqa: B008
+            if p.role != role:
+                log.info("auth_forbidden", role=p.role, needed=role)
+                raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"needs a {role} token")
+            return p
+
+        return dependency
+
+    # Defaults rather than Annotated aliases: annotations are strings here (PEP 563),
+    # and FastAPI resolves them against module globals only.
+    as_citizen = Depends(require(CITIZEN))
+    as_staff = Depends(require(STAFF))
+
+    @app.get(
+        "/v1/me/consents",
+        tags=["consent"],
+        summary="Your consent preferences",
+        description=(
+            "Your full history (oldest first) and, per (purpose, recipient, recipient class) scope, "
+            "the newest preference still in force."
+        ),
+        response_model=MyConsents,
+        responses=_AUTH_RESPONSES,
+    )
+    def my_consents(who: Principal = as_citizen) -> MyConsents:
+        assert who.subject is not None
+        records = store.history(engine, [who.subject]).get(who.subject, [])
+        log.info("consents_read", records=len(records))
+        return MyConsents(
+            history=[ConsentRecordOut.of(r) for r in records],
+            current=[ConsentRecordOut.of(r) for r in current_view(records)],
+        )
+
+    @app.post(
+        "/v1/me/consents",
+        tags=["consent"],
+        summary="Record a consent preference",
+        description=(
+            "Records `permit` or `deny` for your own subject, scoped to a purpose, a recipient, or both. "
+            "The newest preference for a scope replaces earlier ones from the moment it is recorded."
+        ),
+        status_code=status.HTTP_201_CREATED,
+        response_model=ConsentRecordOut,
+        responses={**_AUTH_RESPONSES, 422: {"model": ValidationErrorBody, "description": "Invalid preference"}},
+    )
+    def record_consent(body: ConsentRequest, who: Principal = as_citizen) -> ConsentRecordOut:
+        assert who.subject is not None
+        if body.recipient is not None and body.recipient not in known_recipients:
+            log.info("request_refused", path="/v1/me/consents", status=422, reason="unknown recipient")
+            return JSONResponse(  # type: ignore[return-value]
+                {"detail": [{"loc": ["body", "recipient"], "msg": "unknown recipient", "type": "value_error"}]},
+                status_code=422,
+            )
+        rec = store.record(
+            engine,
+            who.subject,
+            body.decision,
+            purpose=body.purpose.value if body.purpose is not None else None,
+            recipient=body.recipient,
+            collected_by=COLLECTED_BY,
+        )
+        log.info("consent_recorded", record_id=rec.id)
+        return ConsentRecordOut.of(rec)
+
+    @app.get(
+        "/v1/agreements",
+        tags=["agreements"],
+        summary="Loaded data-sharing agreements",
+        response_model=list[AgreementOut],
+        responses=_AUTH_RESPONSES,
+    )
+    def list_agreements(_who: Principal = as_staff) -> list[AgreementOut]:
+        return [AgreementOut.of(a) for a in agreements]
+
+    return app
+
+
+def app_from_settings() -> FastAPI:
+    """An app from the environment, for ``uvicorn --factory consent.api:app_from_settings``.
+
+    Reads ``ACCORD_API_SECRET`` (at least 32 bytes) and the ledger URL and agreements
+    folder from :mod:`accord.settings`.
+    """
+    from accord.database import engine_for
+    from accord.settings import get_settings
+    from agreements import load_dir
+
+    settings = get_settings()
+    secret_value = settings.api_secret.get_secret_value()
+    check_secret(secret_value)
+    engine = engine_for(settings)
+    store.init_consent(engine)
+    return create_app(engine, load_dir(settings.agreements_dir), secret_value)
+
+
+__all__ = ["COLLECTED_BY", "create_app", "app_from_settings", "current_view"]
