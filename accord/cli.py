@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from accord import kafka
     from accord.database import engine_for, init_database
     from accord.processor import BatchHandler, build_app
+    from accord.sweeper import RetractionSweeper
     from accord.topics import TopicNames
     from agreements.recipient_schemas import recipient_catalogue
 
@@ -91,27 +92,42 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             pseudonym_key,
         )
 
-    app = build_app(settings, handler)
+    def sweeper() -> RetractionSweeper:
+        return RetractionSweeper(
+            engine,
+            agreements,
+            recipient_catalogue(agreements),
+            kafka.producer(settings),
+            TopicNames(settings.topic_prefix),
+            partner_classes,
+        )
+
+    app = build_app(settings, handler, sweeper)
     Worker(app, loglevel=settings.log_level.lower().replace("warning", "warn"), quiet=True).execute_from_commandline()
     return 0
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers import Subscription
+    from consumers import Retraction, Subscription
     from schemas.serde import to_json
 
     with Subscription(settings, args.partner, _agreements(settings), group_id=args.group) as sub:
         count = 0
         for d in sub.iter(max_records=args.max, idle_timeout=args.idle):
             count += 1
-            if args.json:
+            if isinstance(d, Retraction):
+                notice = {"retraction_id": d.retraction_id, "retracts": d.retracts_disclosure_id,
+                          "agreement": d.agreement, "reason": d.reason, "since": to_json(d.since),
+                          "fields": list(d.fields), "ledger_seq": d.ledger_seq}
+                print(json.dumps(notice) if args.json else f"RETRACTION {notice}")
+            elif args.json:
                 print(json.dumps({"disclosure_id": d.disclosure_id, "agreement": d.agreement,
                                   "event_type": d.event_type, "ledger_seq": d.ledger_seq,
                                   "record": to_json(d.record)}))
             else:
                 print(f"{d.disclosure_id} {d.agreement} {d.event_type} seq={d.ledger_seq} {to_json(d.record)}")
         sub.commit()
-    print(f"{count} disclosures received by {args.partner}", file=sys.stderr)
+    print(f"{count} records (disclosures and retractions) received by {args.partner}", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, create_engine
 
 from accord.settings import Settings
+from accord.cursors import init_cursors
 from consent.store import init_consent
 from ledger import init_ledger
 
@@ -20,3 +21,4 @@ def engine_for(settings: Settings) -> Engine:
 def init_database(engine: Engine) -> None:
     init_ledger(engine)
     init_consent(engine)
+    init_cursors(engine)

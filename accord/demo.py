@@ -28,7 +28,7 @@ from accord.settings import Settings
 from accord.sharing import subject_key
 from accord.topics import TopicNames, create_topics
 from agreements import load_dir, recipients_by_type
-from consumers import Subscription
+from consumers import Disclosure, Subscription
 from ledger import LedgerEntry, verify
 from producers import Publisher
 from producers.synthetic import build_scenario
@@ -152,7 +152,7 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
         with Subscription(settings, partner, agreements, group_id=f"accord-demo-{partner}-{run_id}") as sub:
             # A fresh group reads the partner topic from the start; count this run's disclosures only.
             for d in sub.iter(idle_timeout=2.0):
-                if d.ledger_seq > seq_before:
+                if isinstance(d, Disclosure) and d.ledger_seq > seq_before:
                     received[partner] += 1
     dead = _count_dead_letters(settings, names, run_id, malformed_key, len(scenario.malformed))
     result = verify(engine)

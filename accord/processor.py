@@ -193,8 +193,18 @@ class BatchHandler:
         return report
 
 
-def build_app(settings: Any, handler_factory: Any) -> Any:
-    """The faust app: one agent per event topic, each taking batches."""
+def _exit_on_failure(what: str, exc: Exception, **counts: int) -> None:
+    # Exit rather than let faust restart the agent: a restarted agent would
+    # carry on past unfinished work until the next restart. Exiting leaves the
+    # committed offsets (and cursors) before it, so the supervisor's restart
+    # replays it, idempotently.
+    log.error(f"{what}_failed_exiting", error=type(exc).__name__, **counts)
+    sys.stderr.flush()
+    os._exit(EXIT_BATCH_FAILED)
+
+
+def build_app(settings: Any, handler_factory: Any, sweeper_factory: Any = None) -> Any:
+    """The faust app: an agent over the event topics taking batches, and the retraction sweep."""
     import faust
 
     names = TopicNames(settings.topic_prefix)
@@ -231,13 +241,7 @@ def build_app(settings: Any, handler_factory: Any) -> Any:
             try:
                 report = await loop.run_in_executor(None, handler.handle, batch)
             except Exception as exc:
-                # Exit rather than let faust restart the agent: a restarted agent
-                # would carry on past this unacknowledged batch until the next
-                # restart. Exiting leaves the committed offsets before it, so the
-                # supervisor's restart replays it (idempotently).
-                log.error("batch_failed_exiting", error=type(exc).__name__, events=len(batch))
-                sys.stderr.flush()
-                os._exit(EXIT_BATCH_FAILED)
+                _exit_on_failure("batch", exc, events=len(batch))
             log.info(
                 "batch",
                 events=report.events,
@@ -246,5 +250,18 @@ def build_app(settings: Any, handler_factory: Any) -> Any:
                 disclosed=sum(n for (_, o, _), n in report.outcomes.items() if o == "DISCLOSED"),
                 withheld=sum(n for (_, o, _), n in report.outcomes.items() if o == "WITHHELD"),
             )
+
+    if sweeper_factory is not None:
+        sweeper = None
+
+        @app.timer(interval=settings.retraction_interval_s)
+        async def sweep_retractions() -> None:
+            nonlocal sweeper
+            if sweeper is None:
+                sweeper = sweeper_factory()
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, sweeper.sweep)
+            except Exception as exc:
+                _exit_on_failure("retraction_sweep", exc)
 
     return app

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     processor_group: str = Field("accord-processor", description="Consumer group (faust app id) of the sharing processor")
     batch_size: int = Field(500, ge=1, description="Most events the processor decides in one batch")
     batch_window_s: float = Field(0.2, gt=0, description="Longest the processor waits to fill a batch")
+    retraction_interval_s: float = Field(1.0, gt=0, description="How often the processor looks for withdrawn consent")
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout")
     heartbeat_interval_ms: int = Field(1500, ge=100, description="Consumer group heartbeat interval")
     log_format: Literal["auto", "json", "console"] = "auto"

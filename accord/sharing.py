@@ -77,7 +77,7 @@ def subject_key(event_type: str, record: dict[str, Any]) -> str:
     return f"local:{record['envelope']['source_agency']}:{subject['local_id']}"
 
 
-def _consent_outcome(
+def consent_outcome(
     agreement: Agreement, recipient: str, records: Sequence[ConsentRecord], context: Context
 ) -> tuple[Outcome, str | None]:
     mode = agreement.consent_mode
@@ -117,7 +117,7 @@ def decide(
         pseudonymised = agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED
         projection: dict[str, Any] | None = None  # one per agreement, shared by its recipients
         for recipient in agreement.recipients:
-            outcome, reason = _consent_outcome(agreement, recipient, consents, context)
+            outcome, reason = consent_outcome(agreement, recipient, consents, context)
             disclosed = outcome is Outcome.DISCLOSED
             projected = None
             if disclosed:

@@ -1,5 +1,5 @@
 """Partner side: subscription SDK."""
 
-from consumers.subscription import Disclosure, Subscription, partner_topics
+from consumers.subscription import Disclosure, Retraction, Subscription, partner_topics
 
-__all__ = ["Disclosure", "Subscription", "partner_topics"]
+__all__ = ["Disclosure", "Retraction", "Subscription", "partner_topics"]

@@ -35,6 +35,23 @@ class Disclosure:
     offset: int
 
 
+@dataclass(frozen=True)
+class Retraction:
+    """Stop using the data of an earlier disclosure: consent was withdrawn."""
+
+    retraction_id: str
+    retracts_disclosure_id: str
+    event_id: str
+    agreement: str
+    reason: str
+    since: Any
+    fields: tuple[str, ...]
+    ledger_seq: int
+    topic: str
+    partition: int
+    offset: int
+
+
 def partner_topics(names: TopicNames, partner: str, agreements: Iterable[Agreement]) -> list[str]:
     return sorted(
         {names.partner(partner, t) for a in agreements if partner in a.recipients for t in a.event_types}
@@ -53,9 +70,23 @@ class Subscription:
         self.consumer.subscribe(self.topics)
         self._pending: Message | None = None
 
-    def _decode(self, msg: Message) -> Disclosure:
+    def _decode(self, msg: Message) -> Disclosure | Retraction:
         headers = {k: v.decode() for k, v in (msg.headers() or [])}
         schema, record = self.catalogue.decode(msg.value())
+        if schema == "retraction":
+            return Retraction(
+                retraction_id=record["retraction_id"],
+                retracts_disclosure_id=record["retracts_disclosure_id"],
+                event_id=record["event_id"],
+                agreement=record["agreement"],
+                reason=record["reason"],
+                since=record["since"],
+                fields=tuple(record["fields"]),
+                ledger_seq=int(headers["accord.ledger_seq"]),
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+            )
         return Disclosure(
             disclosure_id=headers["accord.disclosure_id"],
             agreement=headers["accord.agreement"],
@@ -68,7 +99,7 @@ class Subscription:
             offset=msg.offset(),
         )
 
-    def poll(self, timeout: float = 1.0) -> Disclosure | None:
+    def poll(self, timeout: float = 1.0) -> Disclosure | Retraction | None:
         msg, self._pending = self._pending, None
         if msg is None:
             msg = self.consumer.poll(timeout)
@@ -93,7 +124,9 @@ class Subscription:
                 self._pending = msg
                 return
 
-    def iter(self, max_records: int | None = None, idle_timeout: float = 10.0) -> Iterator[Disclosure]:
+    def iter(
+        self, max_records: int | None = None, idle_timeout: float = 10.0
+    ) -> Iterator[Disclosure | Retraction]:
         """Yield disclosures until ``max_records`` or ``idle_timeout`` seconds with nothing new."""
         self.wait_for_assignment()
         count = 0

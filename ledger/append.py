@@ -30,7 +30,7 @@ from ledger.tables import LedgerBase, LedgerEntry
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "disclosure.avsc"
 GENESIS_HASH = bytes(32)
-OUTCOMES = frozenset({"DISCLOSED", "WITHHELD"})
+OUTCOMES = frozenset({"DISCLOSED", "WITHHELD", "RETRACTED"})
 # pg_advisory_xact_lock key serialising ledger writers (first 8 bytes of sha256("accord.ledger")).
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"accord.ledger").digest()[:8], "big", signed=True)
 # Bound on bind parameters per IN (...) query.
@@ -60,6 +60,7 @@ class EntryDraft:
     consent_version: int
     subject_key: str
     decided_at: datetime  # tz-aware; stored and hashed at millisecond precision, in UTC
+    refers_to: str | None = None  # the disclosure a retraction (or receipt) is about
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def canonical_bytes(seq: int, draft: EntryDraft, prev_hash: bytes) -> bytes:
         "consent_version": draft.consent_version,
         "subject_key": draft.subject_key,
         "decided_at": _epoch_millis(draft.decided_at),
+        "refers_to": draft.refers_to,
         "prev_hash": bytes(prev_hash),
     }
     buf = io.BytesIO()
@@ -246,6 +248,7 @@ def _row(seq: int, d: EntryDraft, prev_hash: bytes, h: bytes) -> dict[str, Any]:
         "consent_version": d.consent_version,
         "subject_key": d.subject_key,
         "decided_at": d.decided_at,
+        "refers_to": d.refers_to,
         "prev_hash": prev_hash,
         "entry_hash": h,
     }
@@ -279,6 +282,7 @@ def stored_entry(row: Any) -> StoredEntry:
         consent_version=row.consent_version,
         subject_key=row.subject_key,
         decided_at=decided_at.astimezone(UTC),
+        refers_to=row.refers_to,
     )
     return StoredEntry(row.seq, draft, bytes(row.prev_hash), bytes(row.entry_hash))
 

@@ -33,5 +33,6 @@ class LedgerEntry(LedgerBase):
     consent_version: Mapped[int] = mapped_column(BigInteger)
     subject_key: Mapped[str] = mapped_column(String, index=True)
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    refers_to: Mapped[str | None] = mapped_column(String(64), index=True)
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     entry_hash: Mapped[bytes] = mapped_column(LargeBinary(32))

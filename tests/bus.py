@@ -18,7 +18,7 @@ from accord.drain import wait_for_group
 from accord.settings import Settings
 from accord.topics import TopicNames, create_topics
 from agreements import Agreement, load_dir, recipients_by_type
-from consumers import Disclosure, Subscription
+from consumers import Disclosure, Retraction, Subscription
 from ledger import LedgerEntry
 from producers import Publisher
 
@@ -99,11 +99,17 @@ class Bus:
         assert not report.failed, report.failed
         wait_for_group(self.settings, self.settings.processor_group, report.end_offsets, timeout=timeout)
 
-    def received(self, partner: str) -> list[Disclosure]:
+    def everything(self, partner: str) -> list[Disclosure | Retraction]:
         """Everything on the partner's topics, read with a fresh group until idle."""
         group = f"{self.settings.topic_prefix}{partner}.{uuid.uuid4().hex[:6]}"
         with Subscription(self.settings, partner, self.agreements, group_id=group) as sub:
             return list(sub.iter(idle_timeout=1.5))
+
+    def received(self, partner: str) -> list[Disclosure]:
+        return [d for d in self.everything(partner) if isinstance(d, Disclosure)]
+
+    def retractions(self, partner: str) -> list[Retraction]:
+        return [d for d in self.everything(partner) if isinstance(d, Retraction)]
 
     def ledger(self, **where: Any) -> list[Any]:
         query = select(LedgerEntry)

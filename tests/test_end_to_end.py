@@ -138,6 +138,40 @@ def test_replayed_event_appends_nothing_twice(bus: Bus) -> None:
     assert len(received) == 2 and {d.ledger_seq for d in received} == {entries[0].seq}
 
 
+def test_withdrawing_consent_after_a_disclosure_sends_a_retraction_and_records_it(bus: Bus) -> None:
+    event = _events("natal_care")[0]
+    bus.publish([("natal_care", event)])
+    [disclosed] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-health-visiting")
+    assert disclosed.outcome == "DISCLOSED"
+
+    withdrawal = consent.record(
+        bus.engine, subject_key("natal_care", event), consent.ConsentDecision.DENY, recipient="salford-health-visiting"
+    )
+    retracted = _wait_for(lambda: bus.ledger(refers_to=disclosed.disclosure_id))
+    [entry] = retracted
+    assert (entry.outcome, entry.recipient, entry.consent_version) == ("RETRACTED", "salford-health-visiting", withdrawal.id)
+    assert entry.reason == f"consent withdrawn: consent denied (consent record {withdrawal.id})"
+    [notice] = [r for r in bus.retractions("salford-health-visiting") if r.retracts_disclosure_id == disclosed.disclosure_id]
+    assert notice.retraction_id == entry.disclosure_id and notice.ledger_seq == entry.seq
+    assert set(notice.fields) == set(json.loads(disclosed.fields))
+    # The research recipient is governed by the same purpose but not named by the denial: nothing to retract.
+    [research] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-research")
+    assert bus.ledger(refers_to=research.disclosure_id) == []
+    assert verify(bus.engine).ok
+
+
+def _wait_for(probe, timeout: float = 30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError("condition not met within timeout")
+
+
 def test_pseudonymised_recipient_never_sees_a_raw_nhs_number(bus: Bus) -> None:
     events = [e for e in _events("natal_care", n=6) if e.get("baby") and e["baby"].get("nhs_number")][:2]
     assert events

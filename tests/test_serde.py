@@ -169,10 +169,10 @@ def test_encoded_header_is_magic_then_fingerprint(catalogue: Catalogue) -> None:
     )
 
 
-def test_default_catalogue_has_the_four_schemas_with_distinct_fingerprints(catalogue: Catalogue) -> None:
-    assert set(catalogue.names()) == {"custody", "referral", "natal_care", "disclosure"}
+def test_default_catalogue_has_every_schema_with_distinct_fingerprints(catalogue: Catalogue) -> None:
+    assert set(catalogue.names()) == {"custody", "referral", "natal_care", "disclosure", "retraction"}
     fps = {fingerprint(catalogue.schema(n)) for n in catalogue.names()}
-    assert len(fps) == 4
+    assert len(fps) == 5
 
 
 # --------------------------------------------------------------------------- round trips

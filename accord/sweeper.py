@@ -1,0 +1,120 @@
+"""The retraction sweep: the imperative shell around ``accord.retraction``.
+
+It reads consent records newer than its cursor, and for each subject who
+withdrew consent finds the retractions owed, appends them to the ledger, and
+only then sends the notices (I1, as for disclosures). The cursor moves after
+the notices are flushed, so a crash replays the window; retraction ids are
+stable, so the ledger never records one twice, and a replay re-sends the
+notices of that window with the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import structlog
+from confluent_kafka import Producer
+from sqlalchemy import Engine, select
+
+import consent
+from accord import cursors
+from accord.retraction import Retraction, retractions_for
+from accord.sharing import Context
+from accord.topics import TopicNames
+from agreements.model import Agreement
+from consent.store import ConsentRow
+from ledger import append, entries
+from schemas.serde import Catalogue
+
+log = structlog.get_logger("accord.sweeper")
+
+CURSOR = "retraction-sweep"
+
+
+class DeliveryFailed(RuntimeError):
+    pass
+
+
+class RetractionSweeper:
+    def __init__(
+        self,
+        engine: Engine,
+        agreements: Sequence[Agreement],
+        catalogue: Catalogue,
+        producer: Producer,
+        names: TopicNames,
+        partner_classes: Mapping[str, str] | None = None,
+        batch: int = 500,
+    ) -> None:
+        self.engine = engine
+        self.agreements = {a.key: a for a in agreements}
+        self.catalogue = catalogue
+        self.producer = producer
+        self.names = names
+        self.partner_classes = dict(partner_classes or {})
+        self.batch = batch
+        cursors.init_cursors(engine)
+
+    def sweep(self) -> int:
+        """One pass over new consent records; returns the number of notices sent."""
+        start = cursors.get(self.engine, CURSOR)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ConsentRow.id, ConsentRow.subject_key, ConsentRow.decision)
+                .where(ConsentRow.id > start)
+                .order_by(ConsentRow.id)
+                .limit(self.batch)
+            ).all()
+        if not rows:
+            return 0
+        now = datetime.now(UTC)
+        context = Context(now.replace(microsecond=now.microsecond // 1000 * 1000), self.partner_classes)
+        subjects = sorted({r.subject_key for r in rows if r.decision == consent.ConsentDecision.DENY.value})
+        histories = consent.history(self.engine, subjects)
+        owed: list[Retraction] = []
+        for subject in subjects:
+            ledger = [e.draft for e in entries(self.engine, subject_key=subject)]
+            owed.extend(retractions_for(ledger, self.agreements, histories.get(subject, []), context))
+        if owed:
+            append(self.engine, [r.entry for r in owed])
+        # Every retraction recorded for this window, new or from a crashed pass.
+        window = {r.id for r in rows}
+        to_send = [
+            e for subject in subjects for e in entries(self.engine, subject_key=subject)
+            if e.draft.outcome == "RETRACTED" and e.draft.consent_version in window
+        ]
+        errors: list[str] = []
+        for stored in to_send:
+            self._send(stored.seq, stored.draft, errors)
+        if self.producer.flush(30) or errors:
+            raise DeliveryFailed(f"retraction notices not delivered: {errors[:3]}")
+        cursors.advance(self.engine, CURSOR, rows[-1].id)
+        if to_send:
+            log.info("retractions", notices=len(to_send), consent_records=len(rows))
+        return len(to_send)
+
+    def _send(self, seq: int, entry, errors: list[str]) -> None:
+        notice = {
+            "retraction_id": entry.disclosure_id,
+            "retracts_disclosure_id": entry.refers_to,
+            "event_id": entry.event_id,
+            "agreement": f"{entry.agreement_id}@v{entry.agreement_version}",
+            "reason": entry.reason,
+            "since": entry.decided_at,
+            "fields": list(entry.fields),
+        }
+        self.producer.produce(
+            self.names.partner(entry.recipient, entry.event_type),
+            key=entry.disclosure_id.encode(),
+            value=self.catalogue.encode("retraction", notice),
+            headers=[
+                ("accord.kind", b"retraction"),
+                ("accord.disclosure_id", entry.disclosure_id.encode()),
+                ("accord.retracts", (entry.refers_to or "").encode()),
+                ("accord.agreement", f"{entry.agreement_id}@v{entry.agreement_version}".encode()),
+                ("accord.event_type", entry.event_type.encode()),
+                ("accord.ledger_seq", str(seq).encode()),
+            ],
+            on_delivery=lambda err, _m: errors.append(err.str()) if err else None,
+        )

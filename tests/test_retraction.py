@@ -1,0 +1,51 @@
+"""Which earlier disclosures a consent withdrawal retracts (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from accord.retraction import retraction_id, retractions_for
+from accord.settings import PACKAGE_ROOT
+from accord.sharing import Context
+from agreements import load_dir
+from consent.model import ConsentDecision, ConsentRecord
+from ledger import EntryDraft
+
+AGREEMENTS = {a.key: a for a in load_dir(PACKAGE_ROOT / "agreements" / "examples")}
+NOW = Context(datetime(2026, 6, 1, tzinfo=UTC))
+
+
+def _disclosed(agreement_id: str, recipient: str, disclosure_id: str) -> EntryDraft:
+    a = AGREEMENTS[f"{agreement_id}@v1"]
+    return EntryDraft(disclosure_id, "e1", a.event_types[0], a.providers[0], recipient, a.id, a.version,
+                      a.purpose.value, a.legal_basis, "DISCLOSED", None, ("envelope.event_id",),
+                      a.consent_mode.value, 0, "nhs:9434765919", datetime(2026, 5, 1, tzinfo=UTC))
+
+
+def _consent(id: int, decision: ConsentDecision, recipient: str) -> ConsentRecord:
+    return ConsentRecord(id, "nhs:9434765919", None, recipient, decision, datetime(2026, 5, id, tzinfo=UTC))
+
+
+def test_withdrawal_retracts_consent_based_disclosures_only() -> None:
+    disclosed = [
+        _disclosed("natal-care-to-health-visiting", "salford-health-visiting", "d-hv"),
+        _disclosed("custody-to-prosecution", "cps", "d-cps"),
+        _disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-ld"),
+    ]
+    consents = [
+        _consent(1, ConsentDecision.PERMIT, "liaison-diversion"),
+        _consent(2, ConsentDecision.DENY, "salford-health-visiting"),
+        _consent(3, ConsentDecision.DENY, "cps"),  # statutory: consent is not the basis
+        _consent(4, ConsentDecision.DENY, "liaison-diversion"),
+    ]
+    got = {r.retracts: r for r in retractions_for(disclosed, AGREEMENTS, consents, NOW)}
+    assert set(got) == {"d-hv", "d-ld"}
+    entry = got["d-hv"].entry
+    assert entry.outcome == "RETRACTED" and entry.refers_to == "d-hv" and entry.consent_version == 4
+    assert entry.disclosure_id == retraction_id("d-hv") != retraction_id("d-ld")
+
+
+def test_nothing_to_retract_while_consent_still_permits() -> None:
+    disclosed = [_disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-ld")]
+    consents = [_consent(1, ConsentDecision.DENY, "liaison-diversion"), _consent(2, ConsentDecision.PERMIT, "liaison-diversion")]
+    assert retractions_for(disclosed, AGREEMENTS, consents, NOW) == []
