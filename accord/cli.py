@@ -64,6 +64,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     from accord import kafka
     from accord.database import engine_for, init_database
+    from accord.agreement_feed import AgreementSet
     from accord.processor import BatchHandler, build_app
     from accord.sweeper import RetractionSweeper
     from accord.topics import TopicNames
@@ -81,10 +82,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     engine = engine_for(settings)
     init_database(engine)
 
+    agreement_set = AgreementSet(agreements, recipient_catalogue(agreements))
+
     def handler() -> BatchHandler:
         return BatchHandler(
-            agreements,
-            recipient_catalogue(agreements),
+            agreement_set,
             engine,
             kafka.producer(settings),
             TopicNames(settings.topic_prefix),
@@ -95,14 +97,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     def sweeper() -> RetractionSweeper:
         return RetractionSweeper(
             engine,
-            agreements,
-            recipient_catalogue(agreements),
+            agreement_set,
             kafka.producer(settings),
             TopicNames(settings.topic_prefix),
             partner_classes,
         )
 
-    app = build_app(settings, handler, sweeper)
+    app = build_app(settings, handler, sweeper, agreement_set)
     Worker(app, loglevel=settings.log_level.lower().replace("warning", "warn"), quiet=True).execute_from_commandline()
     return 0
 
@@ -182,6 +183,23 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_agreements(args: argparse.Namespace, settings: Settings) -> int:
+    from agreements import load_dir
+
+    directory = Path(args.dir) if args.dir else settings.agreements_dir
+    agreements = load_dir(directory)
+    if args.action == "publish":
+        from accord.agreement_feed import publish_agreements
+
+        count = publish_agreements(settings, agreements)
+        print(f"{count} agreements published from {directory}")
+        return 0
+    for a in sorted(agreements, key=lambda a: (a.id, a.version)):
+        print(f"{a.key:40} {a.status.value:9} {a.consent_mode.value:12} {a.purpose.value:34} "
+              f"{','.join(a.providers)} -> {','.join(a.recipients)} [{','.join(a.event_types)}]")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from accord.demo import run_demo
 
@@ -240,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ledger", help="set up or verify the disclosure ledger")
     p.add_argument("action", choices=["init", "verify"])
     p.set_defaults(func=cmd_ledger)
+
+    p = sub.add_parser("agreements", help="list agreements, or publish them to the running processor")
+    p.add_argument("action", choices=["list", "publish"])
+    p.add_argument("dir", nargs="?", default=None, help="folder of agreement YAML files (default ACCORD_AGREEMENTS_DIR)")
+    p.set_defaults(func=cmd_agreements)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded stack")
     p.add_argument("--events", type=int, default=1200)

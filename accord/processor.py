@@ -27,10 +27,10 @@ from sqlalchemy import Engine
 import consent
 from accord.sharing import Context, Decision, Outcome, decide, subject_key
 from accord.topics import EVENT_TYPES, TopicNames
-from agreements.model import Agreement
+from accord.agreement_feed import AgreementSet
 from agreements.recipient_schemas import projection_name
 from ledger import EntryDraft, append
-from schemas.serde import Catalogue, SerdeError
+from schemas.serde import SerdeError
 
 log = structlog.get_logger("accord.processor")
 
@@ -84,18 +84,17 @@ class BatchHandler:
 
     def __init__(
         self,
-        agreements: Sequence[Agreement],
-        catalogue: Catalogue,
+        agreements: AgreementSet,
         engine: Engine,
         producer: Producer,
         names: TopicNames,
         partner_classes: Mapping[str, str] | None = None,
         pseudonym_key: bytes = b"",
     ) -> None:
-        self.agreements = list(agreements)
+        self.agreements = agreements
         self.partner_classes = dict(partner_classes or {})
         self.pseudonym_key = pseudonym_key
-        self.catalogue = catalogue
+        self.catalogue = agreements.catalogue
         self.engine = engine
         self.producer = producer
         self.names = names
@@ -127,9 +126,10 @@ class BatchHandler:
         # before these events were processed applies to them (I5).
         histories = consent.history(self.engine, (subject_key(t, r) for t, r in decoded))
         decisions: list[Decision] = []
+        agreements = self.agreements.current()  # one view for the whole batch
         for event_type, record in decoded:
             key = subject_key(event_type, record)
-            decisions.extend(decide(event_type, record, self.agreements, histories.get(key, ()), context))
+            decisions.extend(decide(event_type, record, agreements, histories.get(key, ()), context))
 
         # I1: the ledger commit happens before anything reaches a partner topic.
         appended = append(self.engine, [_draft(d, decided_at) for d in decisions]) if decisions else []
@@ -203,7 +203,9 @@ def _exit_on_failure(what: str, exc: Exception, **counts: int) -> None:
     os._exit(EXIT_BATCH_FAILED)
 
 
-def build_app(settings: Any, handler_factory: Any, sweeper_factory: Any = None) -> Any:
+def build_app(
+    settings: Any, handler_factory: Any, sweeper_factory: Any = None, agreement_set: AgreementSet | None = None
+) -> Any:
     """The faust app: an agent over the event topics taking batches, and the retraction sweep."""
     import faust
 
@@ -250,6 +252,19 @@ def build_app(settings: Any, handler_factory: Any, sweeper_factory: Any = None) 
                 disclosed=sum(n for (_, o, _), n in report.outcomes.items() if o == "DISCLOSED"),
                 withheld=sum(n for (_, o, _), n in report.outcomes.items() if o == "WITHHELD"),
             )
+
+    if agreement_set is not None:
+
+        @app.agent(app.topic(names.agreements, key_type=bytes, value_type=bytes))
+        async def follow_agreements(stream: Any) -> None:
+            async for event in stream.events():
+                try:
+                    agreement = agreement_set.apply(event.message.value)
+                except ValueError as exc:
+                    # A bad publication is refused, not fatal: the previous versions stay in force.
+                    log.error("agreement_refused", offset=event.message.offset, error=str(exc).splitlines()[0])
+                    continue
+                log.info("agreement_applied", agreement=agreement.key, status=agreement.status.value)
 
     if sweeper_factory is not None:
         sweeper = None

@@ -10,7 +10,7 @@ notices of that window with the same ids.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import structlog
@@ -22,10 +22,9 @@ from accord import cursors
 from accord.retraction import Retraction, retractions_for
 from accord.sharing import Context
 from accord.topics import TopicNames
-from agreements.model import Agreement
+from accord.agreement_feed import AgreementSet
 from consent.store import ConsentRow
 from ledger import append, entries
-from schemas.serde import Catalogue
 
 log = structlog.get_logger("accord.sweeper")
 
@@ -40,16 +39,15 @@ class RetractionSweeper:
     def __init__(
         self,
         engine: Engine,
-        agreements: Sequence[Agreement],
-        catalogue: Catalogue,
+        agreements: AgreementSet,
         producer: Producer,
         names: TopicNames,
         partner_classes: Mapping[str, str] | None = None,
         batch: int = 500,
     ) -> None:
         self.engine = engine
-        self.agreements = {a.key: a for a in agreements}
-        self.catalogue = catalogue
+        self.agreements = agreements
+        self.catalogue = agreements.catalogue
         self.producer = producer
         self.names = names
         self.partner_classes = dict(partner_classes or {})
@@ -75,7 +73,7 @@ class RetractionSweeper:
         owed: list[Retraction] = []
         for subject in subjects:
             ledger = [e.draft for e in entries(self.engine, subject_key=subject)]
-            owed.extend(retractions_for(ledger, self.agreements, histories.get(subject, []), context))
+            owed.extend(retractions_for(ledger, self.agreements.by_key(), histories.get(subject, []), context))
         if owed:
             append(self.engine, [r.entry for r in owed])
         # Every retraction recorded for this window, new or from a crashed pass.

@@ -39,6 +39,10 @@ class TopicNames:
         return f"{self.prefix}accord.deadletter"
 
     @property
+    def agreements(self) -> str:
+        return f"{self.prefix}accord.agreements"
+
+    @property
     def consent_preferences(self) -> str:
         return f"{self.prefix}consent.preferences"
 
@@ -54,6 +58,8 @@ class TopicNames:
         """Every topic of the bus, given which partners receive which event types."""
         specs = [TopicSpec(self.event(t), EVENT_PARTITIONS, {}) for t in EVENT_TYPES]
         specs.append(TopicSpec(self.dead_letter, 1, {}))
+        # Keyed by agreement id@version; one partition keeps versions in order.
+        specs.append(TopicSpec(self.agreements, 1, {"cleanup.policy": "compact"}))
         # Keyed by subject key and co-partitioned with the event topics.
         specs.append(TopicSpec(self.consent_preferences, EVENT_PARTITIONS, {"cleanup.policy": "compact"}))
         for event_type, partners in sorted(partners_by_type.items()):

@@ -213,6 +213,29 @@ def test_consume_command_prints_disclosures_with_their_ids(bus: Bus) -> None:
     assert line["record"]["narrative"] == event["narrative"]
 
 
+def test_a_new_agreement_version_published_while_running_changes_the_next_decision(bus: Bus, tmp_path) -> None:
+    from accord.agreement_feed import publish_agreements
+    from accord.drain import wait_for_group
+
+    current = next(a for a in bus.agreements if a.id == "referral-to-mash")
+    narrower = current.model_copy(update={
+        "version": current.version + 1,
+        "fields": {"referral": tuple(f for f in current.fields["referral"] if f != "narrative")},
+    })
+    publish_agreements(bus.settings, [narrower])
+    bus.agreements.append(narrower)  # partners decode with the agreements they have signed
+    # The processor has applied it once its group has committed past it.
+    wait_for_group(bus.settings, bus.settings.processor_group, {(bus.names.agreements, 0): 1}, timeout=30)
+
+    event = _events("referral")[0]
+    bus.publish([("referral", event)])
+    [entry] = bus.ledger(event_id=event["envelope"]["event_id"])
+    assert entry.agreement_version == narrower.version
+    [got] = [d for d in bus.received("salford-mash") if d.disclosure_id == entry.disclosure_id]
+    assert got.agreement == narrower.key and "narrative" not in got.record
+    assert "narrative" not in json.loads(entry.fields)
+
+
 def test_verify_names_a_row_altered_behind_the_triggers_back(bus: Bus) -> None:
     bus.publish([("custody", e) for e in _events("custody", n=3)])
     assert verify(bus.engine).ok
