@@ -1,4 +1,8 @@
-"""The retraction sweep: the imperative shell around ``accord.retraction``.
+"""The consent sweep: relays consent changes and sends the retractions they cause.
+
+The consent table is the outbox: each pass publishes the new records to
+``consent.preferences`` (keyed by subject key) for partners and auditors, and
+acts on withdrawals (the imperative shell around ``accord.retraction``).
 
 It reads consent records newer than its cursor, and for each subject who
 withdrew consent finds the retractions owed, appends them to the ledger, and
@@ -23,7 +27,7 @@ from accord.retraction import Retraction, retractions_for
 from accord.sharing import Context
 from accord.topics import TopicNames
 from accord.agreement_feed import AgreementSet
-from consent.store import ConsentRow
+from consent.store import ConsentRow, utc
 from ledger import append, entries
 
 log = structlog.get_logger("accord.sweeper")
@@ -59,7 +63,7 @@ class RetractionSweeper:
         start = cursors.get(self.engine, CURSOR)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(ConsentRow.id, ConsentRow.subject_key, ConsentRow.decision)
+                select(ConsentRow.__table__)
                 .where(ConsentRow.id > start)
                 .order_by(ConsentRow.id)
                 .limit(self.batch)
@@ -85,12 +89,36 @@ class RetractionSweeper:
         errors: list[str] = []
         for stored in to_send:
             self._send(stored.seq, stored.draft, errors)
+        for row in rows:
+            self._publish_change(row, errors)
         if self.producer.flush(30) or errors:
             raise DeliveryFailed(f"retraction notices not delivered: {errors[:3]}")
         cursors.advance(self.engine, CURSOR, rows[-1].id)
         if to_send:
             log.info("retractions", notices=len(to_send), consent_records=len(rows))
         return len(to_send)
+
+    def _publish_change(self, row, errors: list[str]) -> None:
+        """Relay the consent record to consent.preferences: the table is the outbox."""
+        change = {
+            "consent_record_id": row.id,
+            "subject_key": row.subject_key,
+            "decision": row.decision.upper(),
+            "purpose": row.purpose,
+            "recipient": row.recipient,
+            "recipient_class": row.recipient_class,
+            "recorded_at": utc(row.recorded_at),
+            "expires_at": utc(row.expires_at) if row.expires_at else None,
+            "collected_by": row.collected_by,
+            "method": row.method,
+            "evidence_ref": row.evidence_ref,
+        }
+        self.producer.produce(
+            self.names.consent_preferences,
+            key=row.subject_key.encode(),
+            value=self.catalogue.encode("consent_change", change),
+            on_delivery=lambda err, _m: errors.append(err.str()) if err else None,
+        )
 
     def _send(self, seq: int, entry, errors: list[str]) -> None:
         notice = {

@@ -37,7 +37,7 @@ class ConsentRow(ConsentBase):
     evidence_ref: Mapped[str | None] = mapped_column(String(256))
 
 
-def _utc(value: datetime) -> datetime:
+def utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything here is stored in UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -103,9 +103,9 @@ def history(engine: Engine, subject_keys: Iterable[str]) -> dict[str, list[Conse
                 r.purpose,
                 r.recipient,
                 ConsentDecision(r.decision),
-                _utc(r.recorded_at),
+                utc(r.recorded_at),
                 r.recipient_class,
-                _utc(r.expires_at) if r.expires_at else None,
+                utc(r.expires_at) if r.expires_at else None,
             )
         )
     return out

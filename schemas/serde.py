@@ -41,7 +41,7 @@ __all__ = [
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 SCHEMA_DIR = Path(__file__).resolve().parent
-DEFAULT_EVENT_TYPES = ("custody", "referral", "natal_care", "disclosure", "retraction")
+DEFAULT_EVENT_TYPES = ("custody", "referral", "natal_care", "disclosure", "retraction", "consent_change")
 
 
 class SerdeError(ValueError):

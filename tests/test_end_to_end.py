@@ -160,6 +160,31 @@ def test_withdrawing_consent_after_a_disclosure_sends_a_retraction_and_records_i
     assert verify(bus.engine).ok
 
 
+def test_consent_changes_are_relayed_to_the_preferences_topic(bus: Bus) -> None:
+    from accord import kafka
+    from schemas.serde import Catalogue
+
+    key = f"nhs:{_events('natal_care')[0]['mother']['nhs_number']}"
+    rec = consent.record(bus.engine, key, consent.ConsentDecision.PERMIT, purpose="research", method="online")
+    consumer = kafka.consumer(bus.settings, f"prefs-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([bus.names.consent_preferences])
+    catalogue = Catalogue.default()
+    found = None
+    try:
+        for _ in range(60):
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error() or msg.key() != key.encode():
+                continue
+            name, change = catalogue.decode(msg.value())
+            if name == "consent_change" and change["consent_record_id"] == rec.id:
+                found = change
+                break
+    finally:
+        consumer.close()
+    assert found is not None, "the consent change never reached consent.preferences"
+    assert (found["decision"], found["purpose"], found["method"]) == ("PERMIT", "research", "online")
+
+
 def _wait_for(probe, timeout: float = 30.0):
     import time
 

@@ -170,9 +170,11 @@ def test_encoded_header_is_magic_then_fingerprint(catalogue: Catalogue) -> None:
 
 
 def test_default_catalogue_has_every_schema_with_distinct_fingerprints(catalogue: Catalogue) -> None:
-    assert set(catalogue.names()) == {"custody", "referral", "natal_care", "disclosure", "retraction"}
+    assert set(catalogue.names()) == {
+        "custody", "referral", "natal_care", "disclosure", "retraction", "consent_change"
+    }
     fps = {fingerprint(catalogue.schema(n)) for n in catalogue.names()}
-    assert len(fps) == 5
+    assert len(fps) == 6
 
 
 # --------------------------------------------------------------------------- round trips
