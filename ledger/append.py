@@ -225,8 +225,27 @@ def append(engine: Engine, drafts: Sequence[EntryDraft]) -> list[Appended]:
             results.append(Appended(last_seq, d.disclosure_id, True))
             prev = h
         if rows:
-            conn.execute(insert(LedgerEntry), rows)
+            _insert(conn, rows)
     return results
+
+
+_COLUMNS = tuple(c.name for c in LedgerEntry.__table__.columns)
+
+
+def _insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """COPY on PostgreSQL (about 2.5x executemany, DESIGN.md); executemany elsewhere.
+
+    COPY runs on the same DBAPI connection, so it is inside the append's
+    transaction and under its advisory lock.
+    """
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        cursor = conn.connection.driver_connection.cursor()
+        columns = ", ".join(_COLUMNS)
+        with cursor.copy(f"COPY ledger_entries ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(tuple(row[c] for c in _COLUMNS))
+        return
+    conn.execute(insert(LedgerEntry), rows)
 
 
 def _row(seq: int, d: EntryDraft, prev_hash: bytes, h: bytes) -> dict[str, Any]:
