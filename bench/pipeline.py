@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,8 @@ def accord_pipeline(settings: Settings, end_offsets: dict[tuple[str, int], int],
     env = {**os.environ, "ACCORD_LOG_LEVEL": "WARNING", "ACCORD_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "ACCORD_TOPIC_PREFIX": settings.topic_prefix, "ACCORD_LEDGER_URL": settings.resolved_ledger_url,
            "ACCORD_PROCESSOR_GROUP": settings.processor_group, "ACCORD_STATE_DIR": str(settings.state_dir),
-           "ACCORD_SESSION_TIMEOUT_MS": "2000", "ACCORD_HEARTBEAT_INTERVAL_MS": "500"}
+           "ACCORD_SESSION_TIMEOUT_MS": "2000", "ACCORD_HEARTBEAT_INTERVAL_MS": "500",
+           "ACCORD_PSEUDONYM_KEY": os.environ.get("ACCORD_PSEUDONYM_KEY") or secrets.token_hex(32)}
     proc = subprocess.Popen([sys.executable, "-m", "accord.cli", "run", "processor"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
