@@ -94,9 +94,20 @@ def consent_outcome(
 
 
 def candidate_agreements(
-    agreements: Iterable[Agreement], provider: str, event_type: str, today: date
+    agreements: Iterable[Agreement],
+    provider: str,
+    event_type: str,
+    today: date,
+    *,
+    record: dict[str, Any] | None = None,
 ) -> list[Agreement]:
-    return [a for a in agreements if a.covers(provider, event_type) and a.in_force(today)]
+    """The agreements that apply: covering (provider, event type), in force today, conditions met.
+
+    Conditions are tested only when ``record`` is given; without it the result is
+    what may apply to such an event. ``Agreement.exclusion`` is the one rule, so
+    ``agreements.explain`` cannot disagree with this.
+    """
+    return [a for a in agreements if a.exclusion(provider, event_type, today, record) is None]
 
 
 def decide(
@@ -112,7 +123,7 @@ def decide(
     key = subject_key(event_type, record)
     consent_version = version(consents)
     decisions = []
-    for agreement in candidate_agreements(agreements, provider, event_type, context.today):
+    for agreement in candidate_agreements(agreements, provider, event_type, context.today, record=record):
         fields = agreement.fields[event_type]
         pseudonymised = agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED
         projection: dict[str, Any] | None = None  # one per agreement, shared by its recipients

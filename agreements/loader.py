@@ -3,19 +3,38 @@
 The YAML is composed first (to keep each key's line number), then validated
 with the pydantic model; a validation error is mapped back to the line of the
 offending key so that the person fixing the file can go straight to it.
+
+Besides the model's own rules, loading checks what needs the event schemas or
+the calendar:
+
+- every allowed field, and every condition's field, exists in the schema of
+  each event type the agreement covers, and a condition's operator and value
+  fit the field's type;
+- an agreement whose ``valid_until`` is already past is refused as expired,
+  unless its status is ``revoked`` or ``suspended`` (kept on file, never applied);
+- in a folder: two files with one id and version, and two ``active`` versions
+  of one id whose validity periods overlap (which one applies would be a guess).
+
+``load_file`` and ``load_dir`` raise the first problem; ``validate_dir`` returns
+every problem in every file, for ``accord agreements validate DIR``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from agreements.model import Agreement
+from agreements.conditions import Condition, schema_problem
+from agreements.model import COHERENCE_KEY, Agreement, Status
 from schemas.projection import UnknownField, check_paths
 from schemas.serde import load_schema
+
+__all__ = ["AgreementError", "load_dir", "load_file", "recipients_by_type", "schema_problems", "validate_dir"]
 
 
 class AgreementError(ValueError):
@@ -41,64 +60,222 @@ def _line_index(node: yaml.Node, prefix: tuple = (), index: dict | None = None) 
     return index
 
 
-def _nearest_line(index: dict[tuple, int], loc: tuple, default: int) -> int:
+def _nearest_line(index: Mapping[tuple, int], loc: tuple, default: int = 1) -> int:
     for cut in range(len(loc), 0, -1):
         if loc[:cut] in index:
             return index[loc[:cut]]
     return default
 
 
-def load_file(path: Path) -> Agreement:
-    text = path.read_text(encoding="utf-8")
+def _field_name(loc: Iterable[Any]) -> str:
+    """``('conditions', 0, 'value')`` -> ``conditions[0].value``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(agreement)"
+
+
+def _pydantic_problems(path: Path, exc: ValidationError, index: Mapping[tuple, int]) -> list[AgreementError]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"]
+        if not loc:  # a cross-field rule: the model names the key it is about
+            m = COHERENCE_KEY.match(msg)
+            if m:
+                loc, msg = (m.group(1),), m.group(2)
+        elif err["type"] != "missing" and loc not in index:
+            # Drop pydantic's union-member labels etc.: point at the key the file has.
+            kept = next((loc[:cut] for cut in range(len(loc) - 1, 0, -1) if loc[:cut] in index), loc)
+            loc = kept
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        problems.append(AgreementError(path, _nearest_line(index, loc), _field_name(loc), msg))
+    return problems
+
+
+def _schema(event_type: Any) -> Any | None:
+    if not isinstance(event_type, str):
+        return None
+    try:
+        return load_schema(event_type)
+    except FileNotFoundError:
+        return None
+
+
+def _schema_checks(data: Mapping[str, Any]) -> list[tuple[tuple, str, str]]:
+    """``(loc, field, problem)`` for fields and conditions that do not fit the event schemas.
+
+    Works on the raw mapping so that ``validate_dir`` reports these even when
+    the model itself refused the file.
+    """
+    out: list[tuple[tuple, str, str]] = []
+    fields = data.get("fields") if isinstance(data.get("fields"), Mapping) else {}
+    event_types = data.get("event_types")
+    types = [t for t in event_types if isinstance(t, str)] if isinstance(event_types, list | tuple) else []
+    types += [t for t in fields if t not in types]
+    schemas = {}
+    for t in types:
+        schema = _schema(t)
+        if schema is None:
+            out.append((("event_types",), "event_types", f"unknown event type {t!r}"))
+        else:
+            schemas[t] = schema
+    for event_type, paths in fields.items():
+        if event_type not in schemas or not isinstance(paths, list | tuple):
+            continue
+        for pos, p in enumerate(paths):
+            try:
+                check_paths(schemas[event_type], [p])
+            except UnknownField as exc:
+                out.append(
+                    (("fields", event_type, pos), f"fields.{event_type}[{pos}]",
+                     f"{exc.path!r} is not a field of the {event_type} schema")
+                )
+    conditions = data.get("conditions")
+    if isinstance(conditions, list | tuple):
+        for i, raw in enumerate(conditions):
+            try:
+                condition = raw if isinstance(raw, Condition) else Condition.model_validate(raw)
+            except ValidationError:
+                continue  # the model validation reports it
+            for event_type, schema in schemas.items():
+                problem = schema_problem(condition, schema, event_type)
+                if problem is not None:
+                    attr, text = problem
+                    out.append((("conditions", i, attr), f"conditions[{i}].{attr}", text))
+                    break  # one problem per condition is enough to fix it
+    return out
+
+
+def schema_problems(agreement: Agreement) -> list[str]:
+    """What in an already-built agreement does not fit the event schemas (for the agreement feed)."""
+    data = {
+        "event_types": list(agreement.event_types),
+        "fields": {t: list(p) for t, p in agreement.fields.items()},
+        "conditions": list(agreement.conditions),
+    }
+    return [f"{field}: {problem}" for _, field, problem in _schema_checks(data)]
+
+
+def _check_file(path: Path, today: date) -> tuple[Agreement | None, list[AgreementError], dict[tuple, int]]:
+    """The agreement (when the model accepts it) and every problem found in one file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [AgreementError(path, 1, "(file)", f"cannot read: {exc}")], {}
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise AgreementError(path, (mark.line + 1) if mark else 1, "(yaml)", str(exc).splitlines()[0]) from None
+        return None, [AgreementError(path, (mark.line + 1) if mark else 1, "(yaml)", str(exc).splitlines()[0])], {}
     if not isinstance(data, dict) or node is None:
-        raise AgreementError(path, 1, "(document)", "an agreement must be a YAML mapping")
+        return None, [AgreementError(path, 1, "(document)", "an agreement must be a YAML mapping")], {}
     index = _line_index(node)
+    problems: list[AgreementError] = []
+    agreement: Agreement | None = None
     try:
         agreement = Agreement.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in loc) or "(agreement)"
-        raise AgreementError(path, _nearest_line(index, loc, 1), field, err["msg"]) from None
-    for event_type, paths in agreement.fields.items():
-        try:
-            schema = load_schema(event_type)
-        except FileNotFoundError:
-            raise AgreementError(
-                path, _nearest_line(index, ("event_types",), 1), "event_types", f"unknown event type {event_type!r}"
-            ) from None
-        try:
-            check_paths(schema, list(paths))
-        except UnknownField as exc:
-            pos = paths.index(exc.path) if exc.path in paths else 0
-            raise AgreementError(
+        problems.extend(_pydantic_problems(path, exc, index))
+    for loc, field, problem in _schema_checks(data):
+        problems.append(AgreementError(path, _nearest_line(index, loc), field, problem))
+    if (
+        agreement is not None
+        and agreement.valid_until is not None
+        and agreement.valid_until < today
+        and agreement.status not in (Status.REVOKED, Status.SUSPENDED)
+    ):
+        problems.append(
+            AgreementError(
                 path,
-                _nearest_line(index, ("fields", event_type, pos), 1),
-                f"fields.{event_type}[{pos}]",
-                f"{exc.path!r} is not a field of the {event_type} schema",
-            ) from None
+                _nearest_line(index, ("valid_until",)),
+                "valid_until",
+                f"{agreement.key} expired on {agreement.valid_until.isoformat()} (today is {today.isoformat()}): "
+                "set its status to revoked or suspended to keep it on file, or publish a new version",
+            )
+        )
+    return agreement, problems, index
+
+
+def load_file(path: Path, *, today: date | None = None) -> Agreement:
+    """One agreement; raises AgreementError for the first problem (file, line, field)."""
+    path = Path(path)
+    agreement, problems, _ = _check_file(path, today or date.today())
+    if problems:
+        raise problems[0]
+    assert agreement is not None
     return agreement
 
 
-def load_dir(directory: Path) -> list[Agreement]:
-    """Every ``*.yaml`` agreement in ``directory``; two files with one id and version are refused."""
+def _period(a: Agreement) -> str:
+    start = a.valid_from.isoformat() if a.valid_from else "open start"
+    end = a.valid_until.isoformat() if a.valid_until else "open end"
+    return f"{start} to {end}"
+
+
+def _overlap(a: Agreement, b: Agreement) -> bool:
+    a_from, a_until = a.valid_from or date.min, a.valid_until or date.max
+    b_from, b_until = b.valid_from or date.min, b.valid_until or date.max
+    return a_from <= b_until and b_from <= a_until
+
+
+def _scan(directory: Path, today: date) -> tuple[list[Agreement], list[AgreementError]]:
+    directory = Path(directory)
+    paths = sorted(directory.glob("*.yaml"))
+    if not paths:
+        return [], [AgreementError(directory, 0, "(folder)", "no *.yaml agreements found")]
     agreements: list[Agreement] = []
+    problems: list[AgreementError] = []
     seen: dict[str, Path] = {}
-    for path in sorted(Path(directory).glob("*.yaml")):
-        agreement = load_file(path)
+    active: dict[str, list[tuple[Agreement, Path]]] = {}
+    for path in paths:
+        agreement, file_problems, index = _check_file(path, today)
+        problems.extend(file_problems)
+        if agreement is None:
+            continue
         if agreement.key in seen:
-            raise AgreementError(path, 1, "id", f"{agreement.key} is also defined in {seen[agreement.key]}")
+            problems.append(
+                AgreementError(path, _nearest_line(index, ("id",)), "id",
+                               f"{agreement.key} is also defined in {seen[agreement.key]}")
+            )
+            continue
         seen[agreement.key] = path
-        agreements.append(agreement)
-    if not agreements:
-        raise AgreementError(Path(directory), 0, "(folder)", "no *.yaml agreements found")
+        if agreement.status is Status.ACTIVE:
+            for other, other_path in active.get(agreement.id, []):
+                if _overlap(agreement, other):
+                    problems.append(
+                        AgreementError(
+                            path,
+                            _nearest_line(index, ("valid_from",), _nearest_line(index, ("version",))),
+                            "valid_from",
+                            f"{agreement.key} ({path}, {_period(agreement)}) and {other.key} ({other_path}, "
+                            f"{_period(other)}) are both active and their validity periods overlap: end one "
+                            "before the other begins, or set the older one's status to suspended or revoked",
+                        )
+                    )
+            active.setdefault(agreement.id, []).append((agreement, path))
+        if not file_problems:
+            agreements.append(agreement)
+    return agreements, problems
+
+
+def load_dir(directory: Path, *, today: date | None = None) -> list[Agreement]:
+    """Every ``*.yaml`` agreement in ``directory``; raises AgreementError for the first problem.
+
+    Refused besides a bad file: two files with one id and version, and two active
+    versions of one id whose validity periods overlap.
+    """
+    agreements, problems = _scan(Path(directory), today or date.today())
+    if problems:
+        raise problems[0]
     return agreements
+
+
+def validate_dir(directory: Path, *, today: date | None = None) -> list[AgreementError]:
+    """Every problem in every ``*.yaml`` file of ``directory`` (empty when all load), in file order."""
+    return _scan(Path(directory), today or date.today())[1]
 
 
 def recipients_by_type(agreements: Iterable[Agreement]) -> dict[str, set[str]]:

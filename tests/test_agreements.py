@@ -16,7 +16,7 @@ GOOD = (EXAMPLES / "natal-care-to-health-visiting.yaml").read_text()
 def test_examples_load() -> None:
     ids = {a.id for a in load_dir(EXAMPLES)}
     assert ids == {"custody-to-prosecution", "custody-to-liaison-diversion", "natal-care-to-health-visiting",
-                   "natal-care-to-research", "referral-to-mash"}
+                   "natal-care-to-research", "referral-to-mash", "custody-to-youth-offending"}
 
 
 def _refusal(tmp_path: Path, text: str) -> AgreementError:

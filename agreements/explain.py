@@ -1,0 +1,208 @@
+"""Why an event would (or would not) be shared: every agreement, every recipient.
+
+``explain`` is pure (no I/O). For every loaded agreement it says whether the
+agreement applies to the event and, if not, why (wrong provider, wrong event
+type, not active, not yet valid or expired, which condition failed). For the
+agreements that apply it gives each recipient's decision, taken from
+``accord.sharing.decide`` itself, so an explanation can never disagree with
+what the processor would do.
+
+The event's values appear only in ``would_receive`` (the projected record a
+recipient would get, which is the point of the command); every reason is free
+of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from accord.sharing import Context, Decision, decide
+from agreements.model import Agreement
+from consent.model import ConsentRecord
+from schemas.serde import to_json
+
+__all__ = ["AgreementExplanation", "Explanation", "RecipientExplanation", "explain", "render_text"]
+
+
+@dataclass(frozen=True)
+class RecipientExplanation:
+    recipient: str
+    outcome: str  # DISCLOSED | WITHHELD
+    reason: str | None
+    fields: tuple[str, ...]
+    disclosure_id: str
+    consent_version: int
+    would_receive: dict[str, Any] | None  # the projected (and pseudonymised) record; None when withheld
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipient": self.recipient,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "fields": list(self.fields),
+            "disclosure_id": self.disclosure_id,
+            "consent_version": self.consent_version,
+            "would_receive": to_json(self.would_receive) if self.would_receive is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class AgreementExplanation:
+    key: str
+    id: str
+    version: int
+    title: str
+    status: str
+    purpose: str
+    legal_basis: str
+    consent_mode: str
+    conditions: tuple[str, ...]  # as the agreement states them
+    matches: bool
+    reason: str | None  # why it does not apply; None when it does
+    recipients: tuple[RecipientExplanation, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "id": self.id,
+            "version": self.version,
+            "title": self.title,
+            "status": self.status,
+            "purpose": self.purpose,
+            "legal_basis": self.legal_basis,
+            "consent_mode": self.consent_mode,
+            "conditions": list(self.conditions),
+            "matches": self.matches,
+            "reason": self.reason,
+            "recipients": [r.to_dict() for r in self.recipients],
+        }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    event_type: str
+    event_id: str
+    provider: str
+    decision_date: date
+    consent_version: int
+    agreements: tuple[AgreementExplanation, ...] = field(default_factory=tuple)
+
+    @property
+    def matching(self) -> tuple[AgreementExplanation, ...]:
+        return tuple(a for a in self.agreements if a.matches)
+
+    def decisions(self) -> list[tuple[str, str, str]]:
+        """``(agreement key, recipient, outcome)`` for every recipient decision, to compare with ``decide``."""
+        return [(a.key, r.recipient, r.outcome) for a in self.agreements for r in a.recipients]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_type": self.event_type,
+            "event_id": self.event_id,
+            "provider": self.provider,
+            "decision_date": self.decision_date.isoformat(),
+            "consent_version": self.consent_version,
+            "agreements": [a.to_dict() for a in self.agreements],
+        }
+
+
+def _recipient(d: Decision) -> RecipientExplanation:
+    return RecipientExplanation(
+        recipient=d.recipient,
+        outcome=d.outcome.value,
+        reason=d.reason,
+        fields=d.fields,
+        disclosure_id=d.disclosure_id,
+        consent_version=d.consent_version,
+        would_receive=d.projected,
+    )
+
+
+def explain(
+    event_type: str,
+    record: dict[str, Any],
+    agreements: Iterable[Agreement],
+    consents: Sequence[ConsentRecord],
+    context: Context,
+) -> Explanation:
+    """Every agreement's verdict on this event, with ``decide``'s per-recipient decisions."""
+    agreements = list(agreements)
+    provider = record["envelope"]["source_agency"]
+    decisions = decide(event_type, record, agreements, consents, context)
+    by_agreement: dict[int, list[Decision]] = {}
+    for d in decisions:
+        by_agreement.setdefault(id(d.agreement), []).append(d)
+    out = []
+    for a in agreements:
+        reason = a.exclusion(provider, event_type, context.today, record)
+        own = by_agreement.get(id(a), [])
+        if reason is None and not own:  # cannot happen while decide uses Agreement.exclusion
+            raise AssertionError(f"{a.key} applies but decide made no decision for it")
+        if reason is not None and own:
+            raise AssertionError(f"{a.key} does not apply ({reason}) but decide made decisions for it")
+        out.append(
+            AgreementExplanation(
+                key=a.key,
+                id=a.id,
+                version=a.version,
+                title=a.title,
+                status=a.status.value,
+                purpose=a.purpose.value,
+                legal_basis=a.legal_basis,
+                consent_mode=a.consent_mode.value,
+                conditions=tuple(c.describe() for c in a.conditions),
+                matches=reason is None,
+                reason=reason,
+                recipients=tuple(_recipient(d) for d in own),
+            )
+        )
+    return Explanation(
+        event_type=event_type,
+        event_id=record["envelope"]["event_id"],
+        provider=provider,
+        decision_date=context.today,
+        consent_version=decisions[0].consent_version if decisions else max((c.id for c in consents), default=0),
+        agreements=tuple(out),
+    )
+
+
+def _render_value(value: Any, indent: str) -> list[str]:
+    lines = []
+    for key, v in value.items():
+        if isinstance(v, dict):
+            lines.append(f"{indent}{key}:")
+            lines.extend(_render_value(v, indent + "  "))
+        else:
+            lines.append(f"{indent}{key}: {v}")
+    return lines
+
+
+def render_text(explanation: Explanation) -> str:
+    """A human-readable report for ``accord agreements explain EVENT.json``."""
+    e = explanation
+    matching = e.matching
+    lines = [
+        f"{e.event_type} event {e.event_id} from {e.provider}, decided on {e.decision_date.isoformat()} "
+        f"(consent version {e.consent_version})",
+        f"{len(matching)} of {len(e.agreements)} agreements apply.",
+        "",
+    ]
+    for a in sorted(e.agreements, key=lambda a: (not a.matches, a.key)):
+        if not a.matches:
+            lines.append(f"- {a.key} does not apply: {a.reason}")
+            continue
+        lines.append(f"+ {a.key} applies: {a.title}")
+        lines.append(f"    purpose {a.purpose}; consent {a.consent_mode}; legal basis: {a.legal_basis}")
+        if a.conditions:
+            lines.append(f"    conditions met: {'; '.join(a.conditions)}")
+        for r in a.recipients:
+            if r.outcome == "DISCLOSED":
+                lines.append(f"    -> {r.recipient}: DISCLOSED ({len(r.fields)} fields), disclosure {r.disclosure_id}")
+                lines.append("       would receive:")
+                lines.extend(_render_value(to_json(r.would_receive or {}), "         "))
+            else:
+                lines.append(f"    -> {r.recipient}: WITHHELD: {r.reason}")
+    return "\n".join(lines) + "\n"
