@@ -169,18 +169,35 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+# `accord ledger ACTION`: one function per action, registered in _ledger_parsers.
+
+
+def cmd_ledger_init(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.database import engine_for, init_database
+
+    engine = engine_for(settings)
+    init_database(engine)
+    print(f"ledger ready at {engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
     from accord.database import engine_for, init_database
     from ledger import verify
 
     engine = engine_for(settings)
     init_database(engine)
-    if args.action == "init":
-        print(f"ledger ready at {engine.url.render_as_string(hide_password=True)}")
-        return 0
     result = verify(engine)
     print(result.describe())
     return 0 if result.ok else 1
+
+
+def _ledger_parsers(ledger_sub: argparse._SubParsersAction) -> None:
+    p = ledger_sub.add_parser("init", help="create the ledger tables and their append-only guards")
+    p.set_defaults(func=cmd_ledger_init)
+
+    p = ledger_sub.add_parser("verify", help="check the hash chain and name the first bad entry")
+    p.set_defaults(func=cmd_ledger_verify)
 
 
 def cmd_agreements(args: argparse.Namespace, settings: Settings) -> int:
@@ -255,9 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evidence", default=None, help="reference to the evidence (form id, call recording id)")
     p.set_defaults(func=cmd_consent)
 
-    p = sub.add_parser("ledger", help="set up or verify the disclosure ledger")
-    p.add_argument("action", choices=["init", "verify"])
-    p.set_defaults(func=cmd_ledger)
+    p = sub.add_parser("ledger", help="set up, verify and query the disclosure ledger")
+    _ledger_parsers(p.add_subparsers(dest="action", required=True, metavar="ACTION"))
 
     p = sub.add_parser("agreements", help="list agreements, or publish them to the running processor")
     p.add_argument("action", choices=["list", "publish"])
