@@ -82,7 +82,8 @@ def consent_outcome(
 ) -> tuple[Outcome, str | None]:
     mode = agreement.consent_mode
     if mode is ConsentMode.NOT_REQUIRED:
-        return Outcome.DISCLOSED, None
+        # Recorded on the DISCLOSED entry so an auditor sees consent was set aside, and by what.
+        return Outcome.DISCLOSED, f"consent overridden: {agreement.gateway}"
     governing = applicable(
         records, agreement.purpose.value, recipient, context.partner_classes.get(recipient), context.now
     )

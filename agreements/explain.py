@@ -20,11 +20,20 @@ from datetime import date
 from typing import Any
 
 from accord.sharing import Context, Decision, decide
+from accord.topics import EVENT_TYPES
 from agreements.model import Agreement
 from consent.model import ConsentRecord
-from schemas.serde import to_json
+from schemas.serde import InvalidRecord, from_json, load_schema, to_json, validate
 
-__all__ = ["AgreementExplanation", "Explanation", "RecipientExplanation", "explain", "render_text"]
+__all__ = [
+    "AgreementExplanation",
+    "EventError",
+    "Explanation",
+    "RecipientExplanation",
+    "explain",
+    "parse_event",
+    "render_text",
+]
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,40 @@ def explain(
     )
 
 
+class EventError(ValueError):
+    """An event given to ``explain`` that no event schema (or not the one named) accepts."""
+
+
+def parse_event(data: Any, event_type: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(event type, record)`` from a JSON-loaded event, validated against its schema.
+
+    Without ``event_type`` the event must fit exactly one event schema; the error
+    says which schemas refused it and why (field paths, never values).
+    """
+    if not isinstance(data, dict):
+        raise EventError("an event must be a JSON object")
+    candidates = [event_type] if event_type else list(EVENT_TYPES)
+    fits: list[tuple[str, dict[str, Any]]] = []
+    problems: list[str] = []
+    for name in candidates:
+        try:
+            schema = load_schema(name)
+        except FileNotFoundError:
+            raise EventError(f"unknown event type {name!r} (known: {', '.join(EVENT_TYPES)})") from None
+        try:
+            record = from_json(schema, data)
+            validate(schema, record)
+        except InvalidRecord as exc:
+            problems.append(f"not a {name} event: {exc.field}: {exc.problem}")
+            continue
+        fits.append((name, record))
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise EventError("; ".join(problems))
+    raise EventError(f"the event fits several schemas ({', '.join(n for n, _ in fits)}): name one with --type")
+
+
 def _render_value(value: Any, indent: str) -> list[str]:
     lines = []
     for key, v in value.items():
@@ -176,7 +219,7 @@ def _render_value(value: Any, indent: str) -> list[str]:
             lines.append(f"{indent}{key}:")
             lines.extend(_render_value(v, indent + "  "))
         else:
-            lines.append(f"{indent}{key}: {v}")
+            lines.append(f"{indent}{key}: {'null' if v is None else v}")
     return lines
 
 
@@ -200,7 +243,8 @@ def render_text(explanation: Explanation) -> str:
             lines.append(f"    conditions met: {'; '.join(a.conditions)}")
         for r in a.recipients:
             if r.outcome == "DISCLOSED":
-                lines.append(f"    -> {r.recipient}: DISCLOSED ({len(r.fields)} fields), disclosure {r.disclosure_id}")
+                note = f"; {r.reason}" if r.reason else ""  # e.g. consent overridden by a statutory gateway
+                lines.append(f"    -> {r.recipient}: DISCLOSED ({len(r.fields)} fields{note}), disclosure {r.disclosure_id}")
                 lines.append("       would receive:")
                 lines.extend(_render_value(to_json(r.would_receive or {}), "         "))
             else:

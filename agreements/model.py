@@ -179,6 +179,13 @@ class Agreement(BaseModel):
     def key(self) -> str:
         return f"{self.id}@v{self.version}"
 
+    @property
+    def gateway(self) -> str:
+        """What lets this agreement share without consent: the statutory gateway, else the justification."""
+        if self.lawful_basis is not None and self.lawful_basis.statutory_gateway:
+            return self.lawful_basis.statutory_gateway
+        return self.consent_justification or self.legal_basis
+
     def in_force(self, on: date) -> bool:
         if self.status is not Status.ACTIVE:
             return False

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from accord.settings import PACKAGE_ROOT
-from agreements import AgreementError, load_dir, load_file
+from agreements import AgreementError, Status, load_dir, load_file, validate_dir
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"
 GOOD = (EXAMPLES / "natal-care-to-health-visiting.yaml").read_text()
@@ -63,3 +64,74 @@ def test_duplicate_id_and_version_in_a_folder_is_refused(tmp_path: Path) -> None
     (tmp_path / "b.yaml").write_text(GOOD)
     with pytest.raises(AgreementError, match="also defined in"):
         load_dir(tmp_path)
+
+
+YOUTH = (EXAMPLES / "custody-to-youth-offending.yaml").read_text()
+
+
+def test_expired_agreement_is_refused_unless_kept_on_file_as_revoked(tmp_path: Path) -> None:
+    text = GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-03-31")
+    path = tmp_path / "old.yaml"
+    path.write_text(text)
+    with pytest.raises(AgreementError) as info:
+        load_file(path, today=date(2026, 6, 1))
+    assert (info.value.field, info.value.line) == ("valid_until", _line_of(text, "valid_until"))
+    assert "expired on 2026-03-31" in info.value.problem
+    assert load_file(path, today=date(2026, 3, 31)).valid_until == date(2026, 3, 31)  # the last day still counts
+    path.write_text(text.replace("status: active", "status: revoked"))
+    assert load_file(path, today=date(2026, 6, 1)).status is Status.REVOKED
+
+
+def test_overlapping_active_versions_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "v1.yaml").write_text(GOOD)
+    v2 = GOOD.replace("version: 1", "version: 2")
+    (tmp_path / "v2.yaml").write_text(v2)
+    with pytest.raises(AgreementError, match="overlap") as info:
+        load_dir(tmp_path, today=date(2026, 6, 1))
+    assert info.value.path == tmp_path / "v2.yaml" and info.value.field == "valid_from"
+    # v1 ending the day before v2 begins is a clean hand-over.
+    (tmp_path / "v1.yaml").write_text(GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-06-30"))
+    (tmp_path / "v2.yaml").write_text(v2.replace("valid_from: 2026-01-01", "valid_from: 2026-07-01"))
+    assert sorted(a.version for a in load_dir(tmp_path, today=date(2026, 6, 1))) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "needle"),
+    [
+        ("{field: subject.shoe_size, op: age_under, value: 18}", "conditions[0].field", "not a field of the custody schema"),
+        ("{field: subject.family_name, op: age_under, value: 18}", "conditions[0].op", "needs a date field"),
+        ("{field: event_kind, op: eq, value: PARDON}", "conditions[0].value", "not one of the field's symbols"),
+        ("{field: subject.date_of_birth, op: age_under, value: old}", "conditions[0]", "whole number of years"),
+        ("{field: subject.date_of_birth, op: run_code, value: 18}", "conditions[0].op", "Input should be"),
+    ],
+)
+def test_bad_conditions_are_refused_with_line_and_field(tmp_path: Path, change: str, field: str, needle: str) -> None:
+    text = YOUTH.replace("{field: subject.date_of_birth, op: age_under, value: 18}", change)
+    err = _refusal(tmp_path, text)
+    assert err.field == field and needle in err.problem, str(err)
+    assert err.line == _line_of(text, change.split(",")[0])
+
+
+def test_special_category_basis_needs_its_schedule_1_condition(tmp_path: Path) -> None:
+    text = GOOD.replace("  dpa_2018_schedule_1: Sch 1 Pt 1 para 2\n", "")
+    err = _refusal(tmp_path, text)
+    assert err.field == "lawful_basis" and "Sch 1 Pt 1" in err.problem
+
+
+def test_party_must_be_a_provider_or_recipient(tmp_path: Path) -> None:
+    text = GOOD.replace("id: salford-health-visiting}", "id: some-other-council}")
+    err = _refusal(tmp_path, text)
+    assert err.field == "parties" and "some-other-council" in err.problem
+
+
+def test_validate_dir_reports_every_problem_in_every_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(GOOD.replace("purpose: individual_care", "purpose: marketing"))
+    (tmp_path / "b.yaml").write_text(
+        YOUTH.replace("    - outcome\n", "    - outcome\n    - subject.shoe_size\n").replace("title:", "titel:")
+    )
+    problems = validate_dir(tmp_path)
+    found = {(p.path.name, p.field) for p in problems}
+    assert ("a.yaml", "purpose") in found
+    assert ("b.yaml", "titel") in found and ("b.yaml", "title") in found
+    assert any(p.path.name == "b.yaml" and "shoe_size" in p.problem for p in problems)
+    assert validate_dir(EXAMPLES) == []
