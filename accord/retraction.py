@@ -1,10 +1,17 @@
-"""Retractions: telling a recipient to stop using data after consent is withdrawn.
+"""Retractions: telling a recipient to stop using data it was sent.
 
-Pure. Given a subject's earlier disclosures (from the ledger) and their consent
-history as it stands now, find each disclosure that would no longer be made:
-its recipient gets a retraction notice, recorded in the ledger like a
-disclosure. A retraction's id is derived from the disclosure it retracts, so a
-disclosure is retracted once however often the sweep runs (I7).
+Pure. Two causes:
+
+- consent withdrawn: given a subject's earlier disclosures (from the ledger) and
+  their consent history as it stands now, each consent-based disclosure that
+  would no longer be made is retracted;
+- agreement suspended or revoked: every disclosure made under any version of
+  that agreement is retracted, whatever its consent mode.
+
+Each retraction is recorded in the ledger like a disclosure, and its recipient
+gets a notice. A retraction's id is derived from the disclosure it retracts, so
+a disclosure is retracted once, whatever the cause and however often the sweep
+runs (I7).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from accord.sharing import Context, Outcome, consent_outcome
-from agreements.model import Agreement, ConsentMode
+from agreements.model import Agreement, ConsentMode, Status
 from consent.model import ConsentRecord, version
 from ledger import EntryDraft
 
@@ -63,3 +70,29 @@ def retractions_for(
             )
         )
     return out
+
+
+ENDED = (Status.SUSPENDED, Status.REVOKED)
+
+
+def retractions_for_agreement(
+    disclosed: Iterable[EntryDraft], ended: Agreement, context: Context
+) -> list[Retraction]:
+    """Retractions owed because ``ended`` (the newest version of its id) is suspended or revoked."""
+    if ended.status not in ENDED:
+        raise ValueError(f"{ended.key} is {ended.status.value}, not suspended or revoked")
+    return [
+        Retraction(
+            entry=replace(
+                entry,
+                disclosure_id=retraction_id(entry.disclosure_id),
+                outcome="RETRACTED",
+                reason=f"agreement {ended.id} {ended.status.value} (version {ended.version})",
+                decided_at=context.now,
+                refers_to=entry.disclosure_id,
+            ),
+            retracts=entry.disclosure_id,
+        )
+        for entry in disclosed
+        if entry.outcome == Outcome.DISCLOSED.value and entry.agreement_id == ended.id
+    ]

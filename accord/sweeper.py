@@ -1,38 +1,54 @@
-"""The consent sweep: relays consent changes and sends the retractions they cause.
+"""The retraction sweep: relays consent changes and sends the retractions owed.
 
-The consent table is the outbox: each pass publishes the new records to
-``consent.preferences`` (keyed by subject key) for partners and auditors, and
-acts on withdrawals (the imperative shell around ``accord.retraction``).
+Each pass, in three steps, each behind its own cursor in the database:
 
-It reads consent records newer than its cursor, and for each subject who
-withdrew consent finds the retractions owed, appends them to the ledger, and
-only then sends the notices (I1, as for disclosures). The cursor moves after
-the notices are flushed, so a crash replays the window; retraction ids are
-stable, so the ledger never records one twice, and a replay re-sends the
-notices of that window with the same ids.
+1. consent: new consent records are published to ``consent.preferences``
+   (keyed by subject key; the consent table is the outbox), and for each
+   subject who withdrew consent the retractions owed are appended to the ledger;
+2. agreements: for each agreement whose newest version is suspended or revoked,
+   every disclosure made under it since the last pass is retracted in the ledger;
+3. notices: every RETRACTED ledger entry not yet sent goes to its recipient's
+   partner topic.
+
+Notices are sent only from the ledger and only after it (I1, as for
+disclosures). A cursor moves after its step's writes are committed or flushed,
+so a crash replays the step; retraction ids are stable, so the ledger never
+records one twice and a replay re-sends a notice with the same id (I7).
+
+Steps 2 and 3 read ledger entries up to a head read first: seqs are assigned
+under the ledger's writer lock and committed in order, so every entry up to
+that head is already committed and none can appear behind the cursor later.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from confluent_kafka import Producer
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 import consent
 from accord import cursors
-from accord.retraction import Retraction, retractions_for
-from accord.sharing import Context
-from accord.topics import TopicNames
 from accord.agreement_feed import AgreementSet
+from accord.retraction import ENDED, Retraction, retractions_for, retractions_for_agreement
+from accord.sharing import Context, Outcome
+from accord.topics import TopicNames
 from consent.store import ConsentRow, utc
-from ledger import append, entries
+from ledger import LedgerEntry, append, entries, lookup
+from ledger.append import StoredEntry, stored_entry
 
 log = structlog.get_logger("accord.sweeper")
 
-CURSOR = "retraction-sweep"
+CURSOR = "retraction-sweep"  # the last consent record id handled
+NOTICE_CURSOR = "retraction-notices"  # the ledger seq up to which notices were sent
+
+
+def agreement_cursor(agreement_key: str) -> str:
+    """The ledger seq up to which disclosures under an ended agreement were retracted."""
+    return f"agreement-ended:{agreement_key}"
 
 
 class DeliveryFailed(RuntimeError):
@@ -59,7 +75,17 @@ class RetractionSweeper:
         cursors.init_cursors(engine)
 
     def sweep(self) -> int:
-        """One pass over new consent records; returns the number of notices sent."""
+        """One pass; returns the number of retraction notices sent."""
+        context = self._context()
+        self._consent_step(context)
+        self._agreement_step(context)
+        return self._notice_step()
+
+    def _context(self) -> Context:
+        now = datetime.now(UTC)
+        return Context(now.replace(microsecond=now.microsecond // 1000 * 1000), self.partner_classes)
+
+    def _consent_step(self, context: Context) -> None:
         start = cursors.get(self.engine, CURSOR)
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -69,9 +95,7 @@ class RetractionSweeper:
                 .limit(self.batch)
             ).all()
         if not rows:
-            return 0
-        now = datetime.now(UTC)
-        context = Context(now.replace(microsecond=now.microsecond // 1000 * 1000), self.partner_classes)
+            return
         subjects = sorted({r.subject_key for r in rows if r.decision == consent.ConsentDecision.DENY.value})
         histories = consent.history(self.engine, subjects)
         owed: list[Retraction] = []
@@ -80,23 +104,65 @@ class RetractionSweeper:
             owed.extend(retractions_for(ledger, self.agreements.by_key(), histories.get(subject, []), context))
         if owed:
             append(self.engine, [r.entry for r in owed])
-        # Every retraction recorded for this window, new or from a crashed pass.
-        window = {r.id for r in rows}
-        to_send = [
-            e for subject in subjects for e in entries(self.engine, subject_key=subject)
-            if e.draft.outcome == "RETRACTED" and e.draft.consent_version in window
-        ]
+        errors: list[str] = []
+        for row in rows:
+            self._publish_change(row, errors)
+        self._flush(errors, "consent changes")
+        cursors.advance(self.engine, CURSOR, rows[-1].id)
+
+    def _agreement_step(self, context: Context) -> None:
+        ended = [a for a in self.agreements.current() if a.status in ENDED]
+        if not ended:
+            return
+        head = self._head()
+        for agreement in ended:
+            name = agreement_cursor(agreement.key)
+            start = cursors.get(self.engine, name)
+            if start >= head:
+                continue
+            disclosed = self._entries(
+                start, head, LedgerEntry.outcome == Outcome.DISCLOSED.value, LedgerEntry.agreement_id == agreement.id
+            )
+            owed = retractions_for_agreement([e.draft for e in disclosed], agreement, context)
+            # A disclosure already retracted (consent withdrawn earlier) keeps that retraction.
+            done = lookup(self.engine, [r.entry.disclosure_id for r in owed])
+            owed = [r for r in owed if r.entry.disclosure_id not in done]
+            if owed:
+                append(self.engine, [r.entry for r in owed])
+                log.info("agreement_retractions", agreement=agreement.key, retractions=len(owed))
+            cursors.advance(self.engine, name, head)
+
+    def _notice_step(self) -> int:
+        start = cursors.get(self.engine, NOTICE_CURSOR)
+        head = self._head()
+        if head <= start:
+            return 0
+        to_send = self._entries(start, head, LedgerEntry.outcome == "RETRACTED")
         errors: list[str] = []
         for stored in to_send:
             self._send(stored.seq, stored.draft, errors)
-        for row in rows:
-            self._publish_change(row, errors)
-        if self.producer.flush(30) or errors:
-            raise DeliveryFailed(f"retraction notices not delivered: {errors[:3]}")
-        cursors.advance(self.engine, CURSOR, rows[-1].id)
+        self._flush(errors, "retraction notices")
+        cursors.advance(self.engine, NOTICE_CURSOR, head)
         if to_send:
-            log.info("retractions", notices=len(to_send), consent_records=len(rows))
+            log.info("retractions", notices=len(to_send))
         return len(to_send)
+
+    def _head(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.max(LedgerEntry.seq))).scalar_one() or 0
+
+    def _entries(self, after: int, upto: int, *where: Any) -> list[StoredEntry]:
+        stmt = (
+            select(LedgerEntry.__table__)
+            .where(LedgerEntry.seq > after, LedgerEntry.seq <= upto, *where)
+            .order_by(LedgerEntry.seq)
+        )
+        with self.engine.connect() as conn:
+            return [stored_entry(r) for r in conn.execute(stmt)]
+
+    def _flush(self, errors: list[str], what: str) -> None:
+        if self.producer.flush(30) or errors:
+            raise DeliveryFailed(f"{what} not delivered: {errors[:3]}")
 
     def _publish_change(self, row, errors: list[str]) -> None:
         """Relay the consent record to consent.preferences: the table is the outbox."""

@@ -49,3 +49,30 @@ def test_nothing_to_retract_while_consent_still_permits() -> None:
     disclosed = [_disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-ld")]
     consents = [_consent(1, ConsentDecision.DENY, "liaison-diversion"), _consent(2, ConsentDecision.PERMIT, "liaison-diversion")]
     assert retractions_for(disclosed, AGREEMENTS, consents, NOW) == []
+
+
+def test_suspending_an_agreement_retracts_every_disclosure_under_it_whatever_the_consent_mode() -> None:
+    from accord.retraction import retractions_for_agreement
+    from agreements import Status
+
+    prosecution = AGREEMENTS["custody-to-prosecution@v1"]
+    suspended = prosecution.model_copy(update={"version": 2, "status": Status.SUSPENDED})
+    disclosed = [
+        _disclosed("custody-to-prosecution", "cps", "d-cps"),  # not_required: consent cannot undo it, suspension does
+        _disclosed("custody-to-prosecution", "hmcts", "d-hmcts"),
+        _disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-ld"),  # another agreement
+    ]
+    got = {r.retracts: r.entry for r in retractions_for_agreement(disclosed, suspended, NOW)}
+    assert set(got) == {"d-cps", "d-hmcts"}
+    assert got["d-cps"].reason == "agreement custody-to-prosecution suspended (version 2)"
+    assert got["d-cps"].disclosure_id == retraction_id("d-cps") and got["d-cps"].refers_to == "d-cps"
+    assert got["d-cps"].outcome == "RETRACTED" and got["d-cps"].decided_at == NOW.now
+
+
+def test_an_agreement_in_force_retracts_nothing_and_says_so() -> None:
+    import pytest
+
+    from accord.retraction import retractions_for_agreement
+
+    with pytest.raises(ValueError, match="not suspended or revoked"):
+        retractions_for_agreement([], AGREEMENTS["custody-to-prosecution@v1"], NOW)
