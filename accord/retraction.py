@@ -55,21 +55,22 @@ def retractions_for(
         outcome, reason = consent_outcome(agreement, entry.recipient, consents, context)
         if outcome is Outcome.DISCLOSED:
             continue
-        out.append(
-            Retraction(
-                entry=replace(
-                    entry,
-                    disclosure_id=retraction_id(entry.disclosure_id),
-                    outcome="RETRACTED",
-                    reason=f"consent withdrawn: {reason}",
-                    consent_version=version(consents),
-                    decided_at=context.now,
-                    refers_to=entry.disclosure_id,
-                ),
-                retracts=entry.disclosure_id,
-            )
-        )
+        out.append(_retract(entry, f"consent withdrawn: {reason}", context, consent_version=version(consents)))
     return out
+
+
+def _retract(disclosure: EntryDraft, reason: str, context: Context, **changes: object) -> Retraction:
+    """The ledger entry retracting ``disclosure``: its id is derived from the disclosure's."""
+    entry = replace(
+        disclosure,
+        disclosure_id=retraction_id(disclosure.disclosure_id),
+        outcome="RETRACTED",
+        reason=reason,
+        decided_at=context.now,
+        refers_to=disclosure.disclosure_id,
+        **changes,
+    )
+    return Retraction(entry=entry, retracts=disclosure.disclosure_id)
 
 
 ENDED = (Status.SUSPENDED, Status.REVOKED)
@@ -81,18 +82,9 @@ def retractions_for_agreement(
     """Retractions owed because ``ended`` (the newest version of its id) is suspended or revoked."""
     if ended.status not in ENDED:
         raise ValueError(f"{ended.key} is {ended.status.value}, not suspended or revoked")
+    reason = f"agreement {ended.id} {ended.status.value} (version {ended.version})"
     return [
-        Retraction(
-            entry=replace(
-                entry,
-                disclosure_id=retraction_id(entry.disclosure_id),
-                outcome="RETRACTED",
-                reason=f"agreement {ended.id} {ended.status.value} (version {ended.version})",
-                decided_at=context.now,
-                refers_to=entry.disclosure_id,
-            ),
-            retracts=entry.disclosure_id,
-        )
+        _retract(entry, reason, context)
         for entry in disclosed
         if entry.outcome == Outcome.DISCLOSED.value and entry.agreement_id == ended.id
     ]
