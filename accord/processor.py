@@ -204,9 +204,13 @@ def _exit_on_failure(what: str, exc: Exception, **counts: int) -> None:
 
 
 def build_app(
-    settings: Any, handler_factory: Any, sweeper_factory: Any = None, agreement_set: AgreementSet | None = None
+    settings: Any,
+    handler_factory: Any,
+    sweeper_factory: Any = None,
+    agreement_set: AgreementSet | None = None,
+    checkpointer_factory: Any = None,
 ) -> Any:
-    """The faust app: an agent over the event topics taking batches, and the retraction sweep."""
+    """The faust app: an agent over the event topics taking batches, the retraction sweep and ledger checkpoints."""
     import faust
 
     names = TopicNames(settings.topic_prefix)
@@ -278,5 +282,19 @@ def build_app(
                 await asyncio.get_running_loop().run_in_executor(None, sweeper.sweep)
             except Exception as exc:
                 _exit_on_failure("retraction_sweep", exc)
+
+    if checkpointer_factory is not None:
+        checkpointer = None
+
+        # Ticks at most every second; the checkpointer decides (every N entries or T seconds).
+        @app.timer(interval=min(settings.checkpoint_interval_s, 1.0))
+        async def checkpoint_ledger() -> None:
+            nonlocal checkpointer
+            if checkpointer is None:
+                checkpointer = checkpointer_factory()
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, checkpointer.tick)
+            except Exception as exc:
+                _exit_on_failure("checkpoint", exc)
 
     return app

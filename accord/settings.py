@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     batch_size: int = Field(500, ge=1, description="Most events the processor decides in one batch")
     batch_window_s: float = Field(0.2, gt=0, description="Longest the processor waits to fill a batch")
     retraction_interval_s: float = Field(1.0, gt=0, description="How often the processor looks for withdrawn consent")
+    ledger_signing_key: SecretStr = Field(
+        SecretStr(""),
+        description="Ed25519 key signing ledger checkpoints: a signed-note key (PRIVATE+KEY+<name>+<id>+<base64>) "
+        "or the base64 of a 32-byte seed; empty means <state_dir>/ledger-signing.key if it exists "
+        "(`accord ledger keygen`), else no checkpoints",
+    )
+    ledger_verifier_key: str = Field(
+        "", description="The ledger's public key (<name>+<id>+<base64>) for verify; empty means the signing key's"
+    )
+    ledger_origin: str = Field("accord.example/ledger", description="Origin line (and key name) of checkpoints")
+    checkpoint_every_entries: int = Field(10_000, ge=1, description="Checkpoint once the tree grew this much")
+    checkpoint_interval_s: float = Field(60.0, gt=0, description="...or once this long passed since the last (if it grew)")
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout")
     heartbeat_interval_ms: int = Field(1500, ge=100, description="Consumer group heartbeat interval")
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -46,6 +46,10 @@ class TopicNames:
     def consent_preferences(self) -> str:
         return f"{self.prefix}consent.preferences"
 
+    @property
+    def ledger_checkpoints(self) -> str:
+        return f"{self.prefix}accord.ledger.checkpoints"
+
     def event_type_of(self, topic: str) -> str:
         """``events.custody.v1`` -> ``custody``; ValueError for any other topic."""
         rest = topic.removeprefix(self.prefix)
@@ -62,6 +66,8 @@ class TopicNames:
         specs.append(TopicSpec(self.agreements, 1, {"cleanup.policy": "compact"}))
         # Keyed by subject key and co-partitioned with the event topics.
         specs.append(TopicSpec(self.consent_preferences, EVENT_PARTITIONS, {"cleanup.policy": "compact"}))
+        # Signed ledger checkpoints, keyed by tree size, kept for good: partners and auditors hold copies.
+        specs.append(TopicSpec(self.ledger_checkpoints, 1, {"retention.ms": "-1"}))
         for event_type, partners in sorted(partners_by_type.items()):
             for partner in sorted(partners):
                 specs.append(TopicSpec(self.partner(partner, event_type), 1, {}))

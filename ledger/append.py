@@ -2,7 +2,10 @@
 
 Each entry's canonical bytes are the Avro binary encoding of schemas/disclosure.avsc
 (seq, the decision, decided_at in milliseconds, prev_hash); entry_hash is their SHA-256
-and the next entry's prev_hash. The genesis prev_hash is 32 zero bytes.
+and the next entry's prev_hash. The genesis prev_hash is 32 zero bytes. The same bytes
+are the entry's leaf in the RFC 9162 Merkle tree (index seq - 1); leaf_hash,
+SHA-256(0x00 || canonical bytes), is stored beside entry_hash so signed checkpoints and
+proofs never re-encode old entries (ledger/merkle.py, ledger/checkpoint.py).
 
 append() is idempotent on disclosure_id (invariant I7) and serialises writers (a
 transaction-scoped advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so concurrent
@@ -25,6 +28,7 @@ from typing import Any
 import fastavro
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
+from ledger import merkle
 from ledger.guard import install_guards
 from ledger.tables import LedgerBase, LedgerEntry
 
@@ -78,6 +82,7 @@ class StoredEntry:
     draft: EntryDraft
     prev_hash: bytes
     entry_hash: bytes
+    leaf_hash: bytes = b""  # RFC 9162 leaf hash as stored (ledger/merkle.py)
 
 
 def init_ledger(engine: Engine) -> None:
@@ -141,6 +146,12 @@ def canonical_bytes(seq: int, draft: EntryDraft, prev_hash: bytes) -> bytes:
 
 def entry_hash(seq: int, draft: EntryDraft, prev_hash: bytes) -> bytes:
     return hashlib.sha256(canonical_bytes(seq, draft, prev_hash)).digest()
+
+
+def entry_hashes(seq: int, draft: EntryDraft, prev_hash: bytes) -> tuple[bytes, bytes]:
+    """(entry_hash, leaf_hash) from one encoding: the chain link and the Merkle leaf hash."""
+    leaf = canonical_bytes(seq, draft, prev_hash)
+    return hashlib.sha256(leaf).digest(), merkle.leaf_hash(leaf)
 
 
 def _normalise(draft: EntryDraft) -> EntryDraft:
@@ -219,8 +230,8 @@ def append(engine: Engine, drafts: Sequence[EntryDraft]) -> list[Appended]:
                 results.append(Appended(seq, d.disclosure_id, False))
                 continue
             last_seq += 1
-            h = entry_hash(last_seq, d, prev)
-            rows.append(_row(last_seq, d, prev, h))
+            h, leaf = entry_hashes(last_seq, d, prev)
+            rows.append(_row(last_seq, d, prev, h, leaf))
             known[d.disclosure_id] = last_seq
             results.append(Appended(last_seq, d.disclosure_id, True))
             prev = h
@@ -248,7 +259,7 @@ def _insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     conn.execute(insert(LedgerEntry), rows)
 
 
-def _row(seq: int, d: EntryDraft, prev_hash: bytes, h: bytes) -> dict[str, Any]:
+def _row(seq: int, d: EntryDraft, prev_hash: bytes, h: bytes, leaf: bytes) -> dict[str, Any]:
     return {
         "seq": seq,
         "disclosure_id": d.disclosure_id,
@@ -270,6 +281,7 @@ def _row(seq: int, d: EntryDraft, prev_hash: bytes, h: bytes) -> dict[str, Any]:
         "refers_to": d.refers_to,
         "prev_hash": prev_hash,
         "entry_hash": h,
+        "leaf_hash": leaf,
     }
 
 
@@ -303,7 +315,8 @@ def stored_entry(row: Any) -> StoredEntry:
         decided_at=decided_at.astimezone(UTC),
         refers_to=row.refers_to,
     )
-    return StoredEntry(row.seq, draft, bytes(row.prev_hash), bytes(row.entry_hash))
+    leaf = getattr(row, "leaf_hash", None)
+    return StoredEntry(row.seq, draft, bytes(row.prev_hash), bytes(row.entry_hash), bytes(leaf) if leaf else b"")
 
 
 def lookup(engine: Engine, disclosure_ids: Iterable[str]) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -36,3 +36,38 @@ class LedgerEntry(LedgerBase):
     refers_to: Mapped[str | None] = mapped_column(String(64), index=True)
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     entry_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # RFC 9162 leaf hash, SHA-256(0x00 || canonical bytes): kept so the Merkle tree over
+    # 100k+ entries is built without re-encoding them (ledger/merkle.py, docs/ledger.md).
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class LedgerCheckpoint(LedgerBase):
+    """A signed checkpoint (C2SP tlog-checkpoint): the Merkle root at a tree size, signed.
+
+    One per tree size (a size has one root). ``frontier`` holds the roots of the tree's
+    perfect subtrees at that size (ledger/merkle.Frontier) so the next checkpoint extends
+    it instead of re-reading every entry; it must fold to ``root``, which the note signs.
+    """
+
+    __tablename__ = "ledger_checkpoints"
+
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)  # the signed note, as published
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LedgerCosignature(LedgerBase):
+    """An auditor's signature line over a checkpoint's note text, verified before it is stored."""
+
+    __tablename__ = "ledger_cosignatures"
+
+    tree_size: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("ledger_checkpoints.tree_size"), primary_key=True, autoincrement=False
+    )
+    cosigner: Mapped[str] = mapped_column(String(255), primary_key=True)  # key name
+    key_id: Mapped[str] = mapped_column(String(8), primary_key=True)  # hex
+    vkey: Mapped[str] = mapped_column(Text)  # the verifier key it was checked against
+    signature_line: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

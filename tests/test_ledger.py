@@ -209,8 +209,9 @@ def test_verify_names_next_link_when_changed_entry_is_rehashed(ledger_engine: En
     forged = replace(e4.draft, recipient="partner-evil")
     tamper(
         ledger_engine,
-        "UPDATE ledger_entries SET recipient = 'partner-evil', entry_hash = :h WHERE seq = 4",
+        "UPDATE ledger_entries SET recipient = 'partner-evil', entry_hash = :h, leaf_hash = :l WHERE seq = 4",
         h=hashlib.sha256(canonical_bytes(4, forged, e4.prev_hash)).digest(),
+        l=hashlib.sha256(b"\x00" + canonical_bytes(4, forged, e4.prev_hash)).digest(),
     )
     result = verify(ledger_engine)
     # Entry 4 is self-consistent now; the chain breaks at the link entry 5 holds.

@@ -1,0 +1,132 @@
+"""Making and publishing the ledger's signed checkpoints (the shell around ledger.checkpoint).
+
+The processor ticks a :class:`Checkpointer` on a timer: a checkpoint is made when the
+ledger grew by ``checkpoint_every_entries`` since the newest checkpoint, or when it grew
+at all and ``checkpoint_interval_s`` passed. Each is stored, then published to
+``accord.ledger.checkpoints`` (key: the tree size) for partners and auditors to keep.
+The first tick re-publishes the newest stored checkpoint, so one stored by a run that
+crashed before publishing still goes out (consumers key copies by tree size).
+
+Without a signing key (``ACCORD_LEDGER_SIGNING_KEY``, or ``<state_dir>/ledger-signing.key``
+from ``accord ledger keygen``) there are no checkpoints: the processor says so once at
+start and shares as before.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, Producer
+from sqlalchemy import Engine
+
+from accord.settings import Settings
+from accord.topics import TopicNames
+from ledger.checkpoint import (
+    KEY_FILE_NAME,
+    CheckpointRefused,
+    StoredCheckpoint,
+    latest_checkpoint,
+    ledger_size,
+    load_signer,
+    make_checkpoint,
+)
+from ledger.note import NoteSigner, NoteVerifier
+
+__all__ = ["Checkpointer", "PublishFailed", "publish_checkpoint", "signer_from_settings", "verifier_from_settings"]
+
+log = structlog.get_logger("accord.checkpointer")
+
+
+class PublishFailed(RuntimeError):
+    pass
+
+
+def signer_from_settings(settings: Settings) -> NoteSigner | None:
+    """The configured signing key, else the state directory's key file, else None."""
+    return load_signer(
+        settings.ledger_signing_key.get_secret_value(), settings.ledger_origin, settings.state_dir / KEY_FILE_NAME
+    )
+
+
+def verifier_from_settings(settings: Settings) -> NoteVerifier | None:
+    """The ledger's public key: ACCORD_LEDGER_VERIFIER_KEY, else the signing key's, else None."""
+    if settings.ledger_verifier_key.strip():
+        return NoteVerifier.parse(settings.ledger_verifier_key)
+    signer = signer_from_settings(settings)
+    return signer.verifier if signer else None
+
+
+def publish_checkpoint(producer: Producer, names: TopicNames, checkpoint: StoredCheckpoint, origin: str) -> None:
+    """Produce the checkpoint's note to the checkpoints topic and wait for it; PublishFailed otherwise."""
+    errors: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err.str())
+
+    producer.produce(
+        names.ledger_checkpoints,
+        key=str(checkpoint.tree_size).encode(),
+        value=checkpoint.note.encode(),
+        headers=[("accord.origin", origin.encode()), ("accord.tree_size", str(checkpoint.tree_size).encode())],
+        on_delivery=on_delivery,
+    )
+    if producer.flush(30) or errors:
+        raise PublishFailed(f"checkpoint {checkpoint.tree_size} not delivered: {errors[:3]}")
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        engine: Engine,
+        signer: NoteSigner,
+        origin: str,
+        producer: Producer,
+        names: TopicNames,
+        every_entries: int,
+        interval_s: float,
+    ) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.origin = origin
+        self.producer = producer
+        self.names = names
+        self.every_entries = every_entries
+        self.interval = timedelta(seconds=interval_s)
+        self._republished = False
+        self._refused: str | None = None
+
+    def due(self, now: datetime) -> bool:
+        latest = latest_checkpoint(self.engine)
+        last_size = latest.tree_size if latest else 0
+        grown = ledger_size(self.engine) - last_size
+        if grown <= 0:
+            return False
+        return latest is None or grown >= self.every_entries or now - latest.created_at >= self.interval
+
+    def tick(self, now: datetime | None = None) -> StoredCheckpoint | None:
+        """One timer tick: republish once, then checkpoint if due. Returns the new checkpoint, if any."""
+        now = now or datetime.now(UTC)
+        if not self._republished:
+            latest = latest_checkpoint(self.engine)
+            if latest is not None:
+                publish_checkpoint(self.producer, self.names, latest, self.origin)
+            self._republished = True
+        if not self.due(now):
+            return None
+        try:
+            made = make_checkpoint(self.engine, self.signer, self.origin, now=now)
+        except CheckpointRefused as exc:
+            # Nothing is signed over a history that disagrees with the last checkpoint. Said
+            # once per problem (it names an entry number, never its contents); sharing goes on.
+            if str(exc) != self._refused:
+                log.error("checkpoint_refused", problem=str(exc), seq=exc.seq)
+                self._refused = str(exc)
+            return None
+        self._refused = None
+        if made is not None:
+            publish_checkpoint(self.producer, self.names, made, self.origin)
+            log.info("checkpoint", tree_size=made.tree_size)
+        return made
