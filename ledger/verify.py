@@ -143,6 +143,7 @@ def _walk(engine: Engine, targets: list[_Target]) -> VerifyResult:
 
     expected_seq = 1
     prev = GENESIS_HASH
+    before_prev: bytes | None = None  # the hash of the entry before the previous one
     n = 0
     with engine.connect() as conn:
         bad = reached()  # a checkpoint of the empty tree
@@ -153,7 +154,7 @@ def _walk(engine: Engine, targets: list[_Target]) -> VerifyResult:
             for partition in result.partitions():
                 for row in partition:
                     n += 1
-                    checked = _check(row, expected_seq, prev)
+                    checked = _check(row, expected_seq, prev, before_prev)
                     if isinstance(checked, tuple) and isinstance(checked[0], int):
                         return VerifyResult(False, n, checked[0], checked[1], matched)
                     entry_hash, leaf = checked
@@ -162,7 +163,7 @@ def _walk(engine: Engine, targets: list[_Target]) -> VerifyResult:
                     if bad is not None:
                         return VerifyResult(False, n, bad[0], bad[1], matched)
                     expected_seq += 1
-                    prev = entry_hash
+                    before_prev, prev = prev, entry_hash
         finally:
             result.close()
     if pending:
@@ -200,7 +201,9 @@ def _rewritten(current: merkle.Frontier, target: _Target, last_good: int) -> tup
     )
 
 
-def _check(row: Any, expected_seq: int, prev: bytes) -> tuple[int, str] | tuple[bytes, bytes]:
+def _check(
+    row: Any, expected_seq: int, prev: bytes, before_prev: bytes | None
+) -> tuple[int, str] | tuple[bytes, bytes]:
     """(bad seq, problem), or the row's (entry_hash, leaf_hash) when it holds."""
     seq = row.seq
     if seq != expected_seq:
@@ -208,6 +211,11 @@ def _check(row: Any, expected_seq: int, prev: bytes) -> tuple[int, str] | tuple[
             return 1, f"the ledger starts at entry {seq:,}, not 1 (entries removed from the start)"
         return expected_seq, f"entry missing: seq jumps from {expected_seq - 1:,} to {seq:,} (removed)"
     if bytes(row.prev_hash) != prev:
+        if before_prev is not None and bytes(row.prev_hash) == before_prev:
+            return seq - 1, (
+                f"entry {seq - 1:,} was inserted: entry {seq:,} links to entry {seq - 2:,}'s hash, not to it"
+                if seq > 2 else "entry 1 was inserted: entry 2 links to the genesis hash, not to it"
+            )
         what = "the genesis hash" if seq == 1 else f"entry {seq - 1:,}'s hash"
         return seq, (
             f"prev_hash does not match {what} (an entry was inserted, removed, reordered "
