@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench database clean
+.PHONY: demo test bench bench-ledger database clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP) database
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+
+# ledger.append (100,000 entries, 1,000 per transaction) against a raw COPY of the same rows.
+bench-ledger: $(STAMP) database
+	$(BIN)/python bench/ledger_append.py
 
 clean:
 	-$(BIN)/accord dev down

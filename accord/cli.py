@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from faust import Worker
 
     from accord import kafka
-    from accord.database import engine_for, init_database
+    from accord.database import engine_for, require_app_role
     from accord.agreement_feed import AgreementSet
     from accord.processor import BatchHandler, build_app
     from accord.sweeper import RetractionSweeper
@@ -80,7 +80,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     partner_classes = load_partners(settings.partners_file)
     engine = engine_for(settings)
-    init_database(engine)
+    # The bus appends only: refuse to run as the ledger's owner, a superuser, or a
+    # role that could UPDATE, DELETE or TRUNCATE it (PostgreSQL; SQLite is dev-only).
+    require_app_role(engine)
 
     agreement_set = AgreementSet(agreements, recipient_catalogue(agreements))
 
@@ -104,6 +106,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         )
 
     app = build_app(settings, handler, sweeper, agreement_set)
+    from accord.receipts import ReceiptRecorder, add_receipts_agent
+
+    # Partners' receipts: checked against the ledger and appended (ledger/receipts.py).
+    add_receipts_agent(
+        app, settings, lambda: ReceiptRecorder(engine, kafka.producer(settings), TopicNames(settings.topic_prefix))
+    )
     Worker(app, loglevel=settings.log_level.lower().replace("warning", "warn"), quiet=True).execute_from_commandline()
     return 0
 
@@ -173,28 +181,75 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger_init(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.database import engine_for, init_database
+    from accord.database import app_grants, app_role_of, owner_engine_for, setup_database
 
-    engine = engine_for(settings)
-    init_database(engine)
-    print(f"ledger ready at {engine.url.render_as_string(hide_password=True)}")
+    owner = owner_engine_for(settings)
+    where = owner.url.render_as_string(hide_password=True)
+    if owner.dialect.name != "postgresql":
+        setup_database(owner, None)
+        print(f"ledger ready at {where} (SQLite: a development-only store, no roles to separate)")
+        return 0
+    # The app role: named by the setting, else ledger_url's user when the owner has its own URL.
+    app_role = settings.ledger_app_role or (app_role_of(settings) if settings.ledger_owner_url else None)
+    setup_database(owner, app_role)
+    print(f"ledger ready at {where} (tables owned by {owner.url.username!r})")
+    if app_role is None:
+        print(
+            "warning: no application role granted. The bus refuses to run as the tables' owner: set "
+            "ACCORD_LEDGER_OWNER_URL to the owner's URL and ACCORD_LEDGER_URL to the application role's, "
+            "then run `accord ledger init` again",
+            file=sys.stderr,
+        )
+        return 0
+    for g in app_grants():
+        print(f"granted {app_role!r} {', '.join(g.privileges)} on {g.table}")
     return 0
 
 
 def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.database import engine_for, init_database
+    from accord.database import engine_for, open_database
     from ledger import verify
 
     engine = engine_for(settings)
-    init_database(engine)
+    open_database(engine)
     result = verify(engine)
     print(result.describe())
     return 0 if result.ok else 1
 
 
+def cmd_ledger_pending_receipts(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from accord.database import engine_for, open_database
+    from ledger.receipts import pending_receipts
+
+    engine = engine_for(settings)
+    open_database(engine)
+    older = timedelta(seconds=args.older_than) if args.older_than is not None else None
+    pending = pending_receipts(engine, partner=args.partner, older_than=older)
+    for e in pending:
+        d = e.draft
+        line = {"seq": e.seq, "disclosure_id": d.disclosure_id, "recipient": d.recipient, "outcome": d.outcome,
+                "agreement": f"{d.agreement_id}@v{d.agreement_version}", "event_type": d.event_type,
+                "decided_at": d.decided_at.isoformat()}
+        print(json.dumps(line) if args.json else
+              f"{e.seq:>8} {d.disclosure_id} {d.recipient:28} {d.outcome:9} {line['agreement']:36} {line['decided_at']}")
+    print(f"{len(pending)} awaiting a receipt", file=sys.stderr)
+    return 0
+
+
 def _ledger_parsers(ledger_sub: argparse._SubParsersAction) -> None:
-    p = ledger_sub.add_parser("init", help="create the ledger tables and their append-only guards")
+    p = ledger_sub.add_parser(
+        "init", help="as the owner role (ACCORD_LEDGER_OWNER_URL): create the tables and guards, grant the app role"
+    )
     p.set_defaults(func=cmd_ledger_init)
+
+    p = ledger_sub.add_parser("pending-receipts", help="disclosures no partner has acknowledged yet, oldest first")
+    p.add_argument("--partner", default=None, help="only those sent to this partner")
+    p.add_argument("--older-than", type=float, default=None, metavar="SECONDS",
+                   help="only those recorded at least this many seconds ago")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_ledger_pending_receipts)
 
     p = ledger_sub.add_parser("verify", help="check the hash chain and name the first bad entry")
     p.set_defaults(func=cmd_ledger_verify)
@@ -383,8 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line, no traceback, for known error kinds
         from agreements import AgreementError
         from accord.devstack import DevStackError
+        from ledger.roles import LedgerRoleError, LedgerSchemaMissing
 
-        if isinstance(exc, (AgreementError, DevStackError, FileNotFoundError)):
+        if isinstance(exc, (AgreementError, DevStackError, FileNotFoundError, LedgerRoleError, LedgerSchemaMissing)):
             print(f"accord {args.command}: {exc}", file=sys.stderr)
             return 2
         raise

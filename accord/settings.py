@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     ledger_url: str = Field(
         "", description="SQLAlchemy URL of the ledger and consent database; empty means SQLite in state_dir"
     )
+    ledger_owner_url: str = Field(
+        "",
+        description="URL of the role that OWNS the ledger tables; used only by `accord ledger init` "
+        "(PostgreSQL). The bus runs as ledger_url's role and refuses to run as the owner.",
+    )
+    ledger_app_role: str = Field(
+        "", description="Role `accord ledger init` grants SELECT/INSERT to; empty means ledger_url's user"
+    )
     agreements_dir: Path = Field(
         PACKAGE_ROOT / "agreements" / "examples", description="Folder of agreement YAML files"
     )

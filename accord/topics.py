@@ -47,6 +47,10 @@ class TopicNames:
         return f"{self.prefix}consent.preferences"
 
     @property
+    def receipts(self) -> str:
+        return f"{self.prefix}accord.receipts"
+
+    @property
     def ledger_checkpoints(self) -> str:
         return f"{self.prefix}accord.ledger.checkpoints"
 
@@ -66,6 +70,8 @@ class TopicNames:
         specs.append(TopicSpec(self.agreements, 1, {"cleanup.policy": "compact"}))
         # Keyed by subject key and co-partitioned with the event topics.
         specs.append(TopicSpec(self.consent_preferences, EVENT_PARTITIONS, {"cleanup.policy": "compact"}))
+        # Partners' receipts, keyed by disclosure id; the processor records them in the ledger.
+        specs.append(TopicSpec(self.receipts, EVENT_PARTITIONS, {}))
         # Signed ledger checkpoints, keyed by tree size, kept for good: partners and auditors hold copies.
         specs.append(TopicSpec(self.ledger_checkpoints, 1, {"retention.ms": "-1"}))
         for event_type, partners in sorted(partners_by_type.items()):

@@ -20,6 +20,7 @@ from accord.settings import Settings
 from accord.topics import TopicNames
 from agreements.model import Agreement
 from agreements.recipient_schemas import recipient_catalogue
+from consumers.receipts import ReceiptSender
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class Subscription:
         self.consumer = kafka.consumer(settings, group_id or f"accord-partner-{partner}")
         self.consumer.subscribe(self.topics)
         self._pending: Message | None = None
+        self._settings = settings
+        self._receipts: ReceiptSender | None = None
 
     def _decode(self, msg: Message) -> Disclosure | Retraction:
         headers = {k: v.decode() for k, v in (msg.headers() or [])}
@@ -137,7 +140,21 @@ class Subscription:
             count += 1
             yield disclosure
 
+    def acknowledge(self, item: Disclosure | Retraction) -> None:
+        """Send a receipt: your code has handled ``item``. The ledger records it against
+        the disclosure (or retraction); sent again after a crash, it is recorded once."""
+        if self._receipts is None:
+            self._receipts = ReceiptSender(
+                kafka.producer(self._settings), TopicNames(self._settings.topic_prefix).receipts, self.partner,
+                self.catalogue,
+            )
+        self._receipts.send(item.retraction_id if isinstance(item, Retraction) else item.disclosure_id)
+
     def commit(self) -> None:
+        """Commit what was read, after every receipt sent so far is on the broker
+        (so a receipt is never lost behind a committed offset)."""
+        if self._receipts is not None:
+            self._receipts.flush()
         self.consumer.commit(asynchronous=False)
 
     def close(self) -> None:

@@ -34,7 +34,8 @@ from ledger.tables import LedgerBase, LedgerEntry
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "disclosure.avsc"
 GENESIS_HASH = bytes(32)
-OUTCOMES = frozenset({"DISCLOSED", "WITHHELD", "RETRACTED"})
+# RECEIVED: a partner's receipt for a disclosure (ledger/receipts.py).
+OUTCOMES = frozenset({"DISCLOSED", "WITHHELD", "RETRACTED", "RECEIVED"})
 # pg_advisory_xact_lock key serialising ledger writers (first 8 bytes of sha256("accord.ledger")).
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"accord.ledger").digest()[:8], "big", signed=True)
 # Bound on bind parameters per IN (...) query.

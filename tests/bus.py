@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from accord import kafka
-from accord.database import init_database
 from accord.drain import wait_for_group
 from accord.settings import Settings
 from accord.topics import TopicNames, create_topics
@@ -21,6 +20,7 @@ from agreements import Agreement, load_dir, recipients_by_type
 from consumers import Disclosure, Retraction, Subscription
 from ledger import LedgerEntry
 from producers import Publisher
+from tests.conftest import RoleDatabase
 
 
 TEST_PSEUDONYM_KEY = "test-only-pseudonym-key-0123456789abcdef"
@@ -119,10 +119,12 @@ class Bus:
             return list(conn.execute(query.order_by(LedgerEntry.seq)).all())
 
 
-def start_bus(bootstrap: str, engine: Engine, ledger_url: str, state_dir: Path) -> Bus:
-    settings = make_settings(bootstrap, ledger_url, state_dir)
-    bus = Bus(settings, engine, load_dir(settings.agreements_dir))
-    init_database(engine)
+def start_bus(bootstrap: str, db: RoleDatabase, state_dir: Path) -> Bus:
+    """The processor connects as the database's APP role (SELECT and INSERT only), as in
+    production; ``bus.engine`` is the OWNER's, for the tests' own set-up and tampering.
+    The tables are already set up (fresh_role_database)."""
+    settings = make_settings(bootstrap, db.app_url, state_dir)
+    bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
     bus.create_topics()
     bus.start_processor()
     return bus

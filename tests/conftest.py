@@ -7,10 +7,12 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 TEST_DATABASE_URL = os.environ.get(
     "ACCORD_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -37,6 +39,74 @@ def fresh_schema() -> Iterator[tuple[Engine, str]]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@dataclass
+class RoleDatabase:
+    """A fresh schema owned by a fresh OWNER role, and a fresh APP role, as in production.
+
+    ``owner`` runs `accord ledger init` (setup_database); ``app`` is what the bus
+    connects as (SELECT and INSERT only); ``admin`` is the superuser, for tests
+    that play an attacker or clean up.
+    """
+
+    schema: str
+    owner_role: str
+    app_role: str
+    owner_url: str
+    app_url: str
+    owner: Engine
+    app: Engine
+    admin: Engine
+
+
+def _schema_url(schema: str, user: str | None = None) -> str:
+    url = make_url(TEST_DATABASE_URL)
+    if user is not None:
+        url = url.set(username=user, password=None)
+    return f"{url.render_as_string(hide_password=False)}?options={quote(f'-csearch_path={schema}')}"
+
+
+@contextmanager
+def fresh_role_database(setup: bool = True) -> Iterator[RoleDatabase]:
+    """A schema plus owner and app roles with unique names, all dropped afterwards.
+
+    With ``setup`` the tables are created as the owner and granted to the app
+    role, as `accord ledger init` does.
+    """
+    from accord.database import setup_database
+
+    tag = uuid.uuid4().hex[:12]
+    schema, owner_role, app_role = f"t_{tag}", f"accord_owner_{tag}", f"accord_app_{tag}"
+    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{owner_role}" LOGIN'))
+        conn.execute(text(f'CREATE ROLE "{app_role}" LOGIN'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{owner_role}"'))
+    db = RoleDatabase(
+        schema, owner_role, app_role, _schema_url(schema, owner_role), _schema_url(schema, app_role),
+        create_engine(_schema_url(schema, owner_role)), create_engine(_schema_url(schema, app_role)),
+        create_engine(_schema_url(schema)),
+    )
+    try:
+        if setup:
+            setup_database(db.owner, app_role)
+        yield db
+    finally:
+        for engine in (db.owner, db.app, db.admin):
+            engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            for role in (owner_role, app_role):
+                conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
+                conn.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+
+
+@pytest.fixture
+def role_db() -> Iterator[RoleDatabase]:
+    with fresh_role_database() as db:
+        yield db
 
 
 @pytest.fixture

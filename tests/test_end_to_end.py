@@ -20,14 +20,14 @@ from ledger.guard import install_guards
 from producers.synthetic import build_scenario
 from accord.pseudonymise import token
 from tests.bus import TEST_PSEUDONYM_KEY, Bus, settings_env, start_bus
-from tests.conftest import fresh_schema
+from tests.conftest import fresh_role_database
 
 
 @pytest.fixture(scope="module")
 def bus(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     """One processor per module; each test uses its own events and subjects."""
-    with fresh_schema() as (engine, url):
-        bus = start_bus(broker, engine, url, tmp_path_factory.mktemp("bus"))
+    with fresh_role_database() as db:
+        bus = start_bus(broker, db, tmp_path_factory.mktemp("bus"))
         try:
             yield bus
         finally:
