@@ -17,6 +17,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import time
+import uuid
+
 import structlog
 from confluent_kafka import KafkaError, Producer
 from sqlalchemy import Engine
@@ -34,7 +37,14 @@ from ledger.checkpoint import (
 )
 from ledger.note import NoteSigner, NoteVerifier
 
-__all__ = ["Checkpointer", "PublishFailed", "publish_checkpoint", "signer_from_settings", "verifier_from_settings"]
+__all__ = [
+    "Checkpointer",
+    "PublishFailed",
+    "publish_checkpoint",
+    "read_published_notes",
+    "signer_from_settings",
+    "verifier_from_settings",
+]
 
 log = structlog.get_logger("accord.checkpointer")
 
@@ -75,6 +85,38 @@ def publish_checkpoint(producer: Producer, names: TopicNames, checkpoint: Stored
     )
     if producer.flush(30) or errors:
         raise PublishFailed(f"checkpoint {checkpoint.tree_size} not delivered: {errors[:3]}")
+
+
+def read_published_notes(settings: Settings, names: TopicNames, timeout_s: float = 30.0) -> list[str]:
+    """Every checkpoint note on the checkpoints topic, read from the start with a throwaway group.
+
+    Reads until the end of every partition (the fetch high watermark, which the embedded
+    broker reports rightly); TimeoutError if that takes longer than ``timeout_s``.
+    """
+    from accord import kafka
+
+    consumer = kafka.consumer(settings, f"{names.prefix}accord-verify-{uuid.uuid4().hex[:8]}",
+                              **{"enable.partition.eof": True})
+    notes: list[str] = []
+    try:
+        consumer.subscribe([names.ledger_checkpoints])
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while not consumer.assignment() or ended != {p.partition for p in consumer.assignment()}:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {names.ledger_checkpoints} to its end in {timeout_s:.0f} s")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(msg.partition())
+                    continue
+                raise RuntimeError(msg.error().str())
+            notes.append(msg.value().decode("utf-8"))
+    finally:
+        consumer.close()
+    return notes
 
 
 class Checkpointer:

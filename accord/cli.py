@@ -105,7 +105,27 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             partner_classes,
         )
 
-    app = build_app(settings, handler, sweeper, agreement_set)
+    from accord.checkpointer import Checkpointer, signer_from_settings
+
+    signer = signer_from_settings(settings)
+    checkpointer_factory = None
+    if signer is None:
+        import structlog
+
+        structlog.get_logger("accord.checkpointer").warning(
+            "ledger_checkpoints_off", reason="no signing key: set ACCORD_LEDGER_SIGNING_KEY or run `accord ledger keygen`"
+        )
+    else:
+
+        def checkpointer() -> Checkpointer:
+            return Checkpointer(
+                engine, signer, settings.ledger_origin, kafka.producer(settings), TopicNames(settings.topic_prefix),
+                settings.checkpoint_every_entries, settings.checkpoint_interval_s,
+            )
+
+        checkpointer_factory = checkpointer
+
+    app = build_app(settings, handler, sweeper, agreement_set, checkpointer_factory)
     from accord.receipts import ReceiptRecorder, add_receipts_agent
 
     # Partners' receipts: checked against the ledger and appended (ledger/receipts.py).
@@ -212,7 +232,28 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     engine = engine_for(settings)
     open_database(engine)
-    result = verify(engine)
+    from accord.checkpointer import read_published_notes, verifier_from_settings
+    from accord.topics import TopicNames
+    from ledger.checkpoint import open_checkpoint
+    from ledger.note import NoteError
+
+    verifier = verifier_from_settings(settings)
+    notes = [(name, Path(name).read_text(encoding="utf-8")) for name in args.notes]
+    if args.from_topic:
+        names = TopicNames(settings.topic_prefix)
+        notes += [(names.ledger_checkpoints, n) for n in read_published_notes(settings, names)]
+    if notes and verifier is None:
+        print("accord ledger verify: checking kept notes needs the ledger's public key "
+              "(ACCORD_LEDGER_VERIFIER_KEY)", file=sys.stderr)
+        return 2
+    kept = []
+    for where, note in notes:
+        try:
+            kept.append(open_checkpoint(note, verifier, settings.ledger_origin))
+        except NoteError as exc:
+            print(f"ledger BROKEN: a checkpoint note from {where} does not verify: {exc}")
+            return 1
+    result = verify(engine, verifier, settings.ledger_origin, kept)
     print(result.describe())
     return 0 if result.ok else 1
 
@@ -238,6 +279,122 @@ def cmd_ledger_pending_receipts(args: argparse.Namespace, settings: Settings) ->
     return 0
 
 
+def _ledger_engine(settings: Settings):
+    from accord.database import engine_for, open_database
+
+    engine = engine_for(settings)
+    open_database(engine)
+    return engine
+
+
+def cmd_ledger_keygen(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.checkpointer import signer_from_settings
+    from ledger.checkpoint import KEY_FILE_NAME, generate_key_file
+
+    name = args.name or settings.ledger_origin
+    if args.out is None and name == settings.ledger_origin:
+        existing = signer_from_settings(settings)
+        if existing is not None:
+            print(f"the ledger already has a signing key; its public key (ACCORD_LEDGER_VERIFIER_KEY):\n"
+                  f"{existing.verifier.vkey}")
+            return 0
+    path = Path(args.out) if args.out else settings.state_dir / KEY_FILE_NAME
+    try:
+        signer = generate_key_file(path, name)
+    except FileExistsError:
+        print(f"accord ledger keygen: {path} exists; not overwritten", file=sys.stderr)
+        return 2
+    print(f"signing key for {name} written to {path} (keep it secret)")
+    print(f"public key, for verifiers (ACCORD_LEDGER_VERIFIER_KEY) and auditors:\n{signer.verifier.vkey}")
+    return 0
+
+
+def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
+    from accord import kafka
+    from accord.checkpointer import publish_checkpoint, signer_from_settings
+    from accord.topics import TopicNames
+    from ledger.checkpoint import CheckpointRefused, latest_checkpoint, make_checkpoint
+
+    signer = signer_from_settings(settings)
+    if signer is None:
+        print("accord ledger checkpoint: no signing key; set ACCORD_LEDGER_SIGNING_KEY or run "
+              "`accord ledger keygen`", file=sys.stderr)
+        return 2
+    engine = _ledger_engine(settings)
+    try:
+        made = make_checkpoint(engine, signer, settings.ledger_origin)
+    except CheckpointRefused as exc:
+        print(f"accord ledger checkpoint: refused, nothing signed: {exc}", file=sys.stderr)
+        return 1
+    checkpoint = made or latest_checkpoint(engine)
+    if checkpoint is None:
+        print("the ledger is empty: no checkpoint made")
+        return 0
+    if made is not None and not args.no_publish:
+        publish_checkpoint(kafka.producer(settings), TopicNames(settings.topic_prefix), made, settings.ledger_origin)
+    state = "new" if made else "no new entries; newest"
+    print(f"{state} checkpoint at tree size {checkpoint.tree_size:,}"
+          f"{' (published)' if made and not args.no_publish else ''}:\n")
+    print(checkpoint.note, end="")
+    return 0
+
+
+def cmd_ledger_prove(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.checkpoint import checkpoint_at
+    from ledger.proofs import LedgerMismatch, NotCovered, prove_consistency, prove_entry
+
+    engine = _ledger_engine(settings)
+    try:
+        if args.entry is not None:
+            at = None
+            if args.size is not None:
+                at = checkpoint_at(engine, args.size)
+                if at is None:
+                    raise NotCovered(f"no checkpoint of tree size {args.size:,}")
+            proof = prove_entry(engine, args.entry, at).to_dict()
+        elif args.from_size is not None:
+            proof = prove_consistency(engine, args.from_size, args.to_size).to_dict()
+        else:
+            print("accord ledger prove: give --entry N, or --from-size M [--to-size N]", file=sys.stderr)
+            return 2
+    except NotCovered as exc:
+        print(f"accord ledger prove: {exc}", file=sys.stderr)
+        return 2
+    except LedgerMismatch as exc:
+        print(f"accord ledger prove: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(proof, indent=2))
+    return 0
+
+
+def cmd_ledger_cosign(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.checkpoint import add_cosignature, checkpoint_at, latest_checkpoint
+    from ledger.note import NoteError, NoteSigner, SignedNote
+
+    engine = _ledger_engine(settings)
+    checkpoint = checkpoint_at(engine, args.size) if args.size is not None else latest_checkpoint(engine)
+    if checkpoint is None:
+        print("accord ledger cosign: no such checkpoint", file=sys.stderr)
+        return 2
+    try:
+        if args.sign_with:
+            auditor = NoteSigner.parse(Path(args.sign_with).read_text(encoding="utf-8"))
+            line = auditor.signature(SignedNote.parse(checkpoint.note).text).line
+            vkey = auditor.verifier.vkey
+        elif args.line and args.vkey:
+            line, vkey = args.line, args.vkey
+        else:
+            print("accord ledger cosign: give --sign-with KEYFILE, or --line and --vkey", file=sys.stderr)
+            return 2
+        cosig = add_cosignature(engine, checkpoint.tree_size, line, vkey)
+    except NoteError as exc:
+        print(f"accord ledger cosign: refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"cosignature of {cosig.cosigner} stored on checkpoint {checkpoint.tree_size:,}:")
+    print(cosig.signature_line)
+    return 0
+
+
 def _ledger_parsers(ledger_sub: argparse._SubParsersAction) -> None:
     p = ledger_sub.add_parser(
         "init", help="as the owner role (ACCORD_LEDGER_OWNER_URL): create the tables and guards, grant the app role"
@@ -251,8 +408,37 @@ def _ledger_parsers(ledger_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_ledger_pending_receipts)
 
-    p = ledger_sub.add_parser("verify", help="check the hash chain and name the first bad entry")
+    p = ledger_sub.add_parser(
+        "verify", help="check the hash chain and every signed checkpoint; name the first bad entry or checkpoint"
+    )
+    p.add_argument("--notes", nargs="*", default=[], metavar="FILE",
+                   help="checkpoint notes kept outside the ledger (one per file): the tree must match them too")
+    p.add_argument("--from-topic", action="store_true",
+                   help="also check every checkpoint published on accord.ledger.checkpoints")
     p.set_defaults(func=cmd_ledger_verify)
+
+    p = ledger_sub.add_parser("keygen", help="make the ledger's checkpoint signing key (or an auditor's) and print its public key")
+    p.add_argument("--name", default=None, help="key name (default ACCORD_LEDGER_ORIGIN)")
+    p.add_argument("--out", default=None, help="key file (default <state_dir>/ledger-signing.key)")
+    p.set_defaults(func=cmd_ledger_keygen)
+
+    p = ledger_sub.add_parser("checkpoint", help="sign a checkpoint of the ledger's Merkle tree now, and publish it")
+    p.add_argument("--no-publish", action="store_true", help="store it without publishing to accord.ledger.checkpoints")
+    p.set_defaults(func=cmd_ledger_checkpoint)
+
+    p = ledger_sub.add_parser("prove", help="inclusion proof of an entry, or consistency proof between two checkpoints (JSON)")
+    p.add_argument("--entry", type=int, default=None, help="ledger seq of the entry to prove")
+    p.add_argument("--size", type=int, default=None, help="against the checkpoint of this tree size (default the newest)")
+    p.add_argument("--from-size", type=int, default=None, help="consistency: the older checkpoint's tree size")
+    p.add_argument("--to-size", type=int, default=None, help="consistency: the newer one's (default the newest)")
+    p.set_defaults(func=cmd_ledger_prove)
+
+    p = ledger_sub.add_parser("cosign", help="store an auditor's verified cosignature on a checkpoint")
+    p.add_argument("--size", type=int, default=None, help="checkpoint tree size (default the newest)")
+    p.add_argument("--sign-with", default=None, help="an auditor's key file (from `accord ledger keygen --name ... --out ...`)")
+    p.add_argument("--line", default=None, help="a signature line '\u2014 <name> <base64>' made elsewhere")
+    p.add_argument("--vkey", default=None, help="the cosigner's public key, <name>+<id>+<base64>")
+    p.set_defaults(func=cmd_ledger_cosign)
 
 
 # `accord agreements ACTION`: one function per action, registered in _agreements_parsers.

@@ -10,6 +10,7 @@ or whose stored size or root disagrees with its note, is named too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,16 +64,30 @@ class _Target:
     frontier: merkle.Frontier | None  # the signed tree's perfect subtrees, to narrow a mismatch
 
 
-def verify(engine: Engine, verifier: NoteVerifier | None = None, origin: str | None = None) -> VerifyResult:
+def verify(
+    engine: Engine,
+    verifier: NoteVerifier | None = None,
+    origin: str | None = None,
+    kept: Sequence[CheckpointBody] = (),
+) -> VerifyResult:
     """Check every checkpoint's note, then stream the entries in seq order checking each link,
     each entry's hashes, and the tree's root at every checkpoint's size.
 
     ``verifier`` is the ledger's public key; without it checkpoint signatures are not
-    checked (only that the tree matches the stored notes). ``entries`` counts the entries
-    read, up to and including the first bad one.
+    checked (only that the tree matches the stored notes). ``kept`` are checkpoints whose
+    notes were kept outside the ledger (by a partner or auditor, or read back from the
+    checkpoints topic) and already opened with the key: the tree must match them too, and
+    a kept checkpoint the ledger no longer stores is named. ``entries`` counts the
+    entries read, up to and including the first bad one.
     """
     stored = checkpoints(engine)
     targets, bad_size, bad_problem = _check_checkpoints(engine, stored, verifier, origin)
+    stored_sizes = {c.tree_size for c in stored}
+    for body in sorted(kept, key=lambda b: b.tree_size):
+        if body.tree_size not in stored_sizes and bad_size is None:
+            bad_size, bad_problem = body.tree_size, "a copy kept outside the ledger has it, the ledger does not (removed)"
+        if not any(t.tree_size == body.tree_size and t.root == body.root for t in targets):
+            targets.append(_Target(body.tree_size, body.root, None))
     result = _walk(engine, targets)
     result.bad_checkpoint, result.checkpoint_problem = bad_size, bad_problem
     result.signatures_checked = verifier is not None or not stored
