@@ -31,6 +31,7 @@ from ledger.checkpoint import (
     cosigned_note,
     generate_key_file,
     latest_checkpoint,
+    ledger_size,
     load_signer,
     make_checkpoint,
     open_checkpoint,
@@ -627,3 +628,44 @@ def test_leaf_encoding_as_documented(ledger_engine: Engine, signer: NoteSigner) 
         assert hashlib.sha256(leaf).digest() == e.entry_hash
         leaves.append(leaf)
     assert merkle.root([merkle.leaf_hash(x) for x in leaves]) == made.root
+
+
+# --- the running processor checkpoints and publishes ----------------------------------------------
+
+
+def test_processor_signs_and_publishes_checkpoints(broker: str, tmp_path: Path) -> None:
+    """The real processor, as the app role, with a key in its state directory (`accord ledger keygen`)."""
+    import random
+    import time
+
+    from agreements import load_dir
+    from producers.synthetic import build_scenario
+    from tests.bus import Bus, make_settings
+    from tests.conftest import fresh_role_database
+
+    with fresh_role_database() as db:
+        settings = make_settings(broker, db.app_url, tmp_path)
+        key = generate_key_file(tmp_path / KEY_FILE_NAME, settings.ledger_origin)
+        bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
+        bus.create_topics()
+        bus.start_processor()
+        try:
+            scenario = build_scenario(n_events=30, seed=random.SystemRandom().randrange(1 << 30))
+            bus.publish([(e.event_type, e.record) for e in scenario.events])
+            size = ledger_size(db.owner)
+            assert size > 0
+            deadline = time.monotonic() + 60
+            kept: list[CheckpointBody] = []
+            while not kept or kept[-1].tree_size < size:  # the checkpoint covering everything so far
+                assert time.monotonic() < deadline, "no checkpoint covering the ledger was published"
+                notes = read_published_notes(settings, bus.names)
+                kept = sorted((open_checkpoint(n, key.verifier, settings.ledger_origin) for n in notes),
+                              key=lambda b: b.tree_size)
+                if not kept or kept[-1].tree_size < size:
+                    time.sleep(0.5)  # the processor ticks once a second
+        finally:
+            bus.stop_processor()
+        assert [c.tree_size for c in checkpoints(db.owner)] == sorted({b.tree_size for b in kept})
+        result = verify(db.owner, key.verifier, settings.ledger_origin, kept)
+        assert result.ok, result.describe()
+        assert prove_entry(db.owner, size).verify()
