@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import Connection, Engine, func, insert, inspect, select, text
 
 from ledger import merkle
 from ledger.guard import install_guards
+from ledger.roles import LedgerSchemaMissing
 from ledger.tables import LedgerBase, LedgerEntry
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "disclosure.avsc"
@@ -93,7 +94,22 @@ def init_ledger(engine: Engine) -> None:
             # Two processes initialising at once would otherwise race on the DDL.
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
         LedgerBase.metadata.create_all(conn)
+        _require_leaf_hashes(conn)
         install_guards(conn)
+
+
+def _require_leaf_hashes(conn: Connection) -> None:
+    """Refuse a ledger_entries table made before entries carried their Merkle leaf hash.
+
+    create_all adds missing tables, never missing columns; such a table cannot be
+    checkpointed, and filling the column in would take UPDATEs the guards refuse.
+    """
+    columns = {c["name"] for c in inspect(conn).get_columns("ledger_entries")}
+    if "leaf_hash" not in columns:
+        raise LedgerSchemaMissing(
+            "ledger_entries has no leaf_hash column (it predates signed checkpoints): recreate a development "
+            "database (delete the SQLite file); a production ledger needs a migration run by the owner"
+        )
 
 
 @lru_cache(maxsize=1)
