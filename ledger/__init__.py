@@ -1,4 +1,9 @@
-"""The disclosure ledger: append-only, hash-chained record of every sharing decision."""
+"""The disclosure ledger: append-only, hash-chained record of every sharing decision.
+
+The entries are also the leaves of an RFC 9162 Merkle tree (ledger.merkle) whose root is
+signed in checkpoints (ledger.checkpoint, ledger.note); ledger.proofs proves entries
+against them.
+"""
 
 from ledger.append import (
     GENESIS_HASH,
@@ -10,12 +15,13 @@ from ledger.append import (
     count,
     entries,
     entry_hash,
+    entry_hashes,
     init_ledger,
     lookup,
     to_millis,
 )
 from ledger.guard import install_guards
-from ledger.tables import LedgerBase, LedgerEntry
+from ledger.tables import LedgerBase, LedgerCheckpoint, LedgerCosignature, LedgerEntry
 from ledger.verify import VerifyResult, verify
 
 __all__ = [
@@ -23,6 +29,8 @@ __all__ = [
     "Appended",
     "EntryDraft",
     "LedgerBase",
+    "LedgerCheckpoint",
+    "LedgerCosignature",
     "LedgerEntry",
     "StoredEntry",
     "VerifyResult",
@@ -31,6 +39,7 @@ __all__ = [
     "count",
     "entries",
     "entry_hash",
+    "entry_hashes",
     "init_ledger",
     "install_guards",
     "lookup",
