@@ -152,6 +152,8 @@ class Checkpointer:
         """One timer tick: republish once, then checkpoint if due. Returns the new checkpoint, if any."""
         now = now or datetime.now(UTC)
         if not self._republished:
+            log.info("ledger_checkpoints_on", origin=self.origin, public_key=self.signer.verifier.vkey,
+                     every_entries=self.every_entries, interval_s=self.interval.total_seconds())
             latest = latest_checkpoint(self.engine)
             if latest is not None:
                 publish_checkpoint(self.producer, self.names, latest, self.origin)
