@@ -162,7 +162,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     import consent
-    from accord.database import engine_for, init_database
+    from accord.database import engine_for, open_database
 
     if args.action == "serve":
         import uvicorn
@@ -172,7 +172,7 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
         uvicorn.run(app_from_settings(), host=settings.api_host, port=settings.api_port, log_level="warning")
         return 0
     engine = engine_for(settings)
-    init_database(engine)
+    open_database(engine)  # PostgreSQL: the owner creates the tables (`accord ledger init`), not this role
     if args.subject is None:
         print("accord consent: --subject is required for deny and permit", file=sys.stderr)
         return 2
@@ -395,6 +395,66 @@ def cmd_ledger_cosign(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.database import engine_for, open_database
+    from agreements import load_dir
+    from ledger.report import InvalidNhsNumber, collect, normalise_nhs_number, render_html, render_json
+
+    try:
+        number = normalise_nhs_number(args.subject)
+    except InvalidNhsNumber as exc:
+        print(f"accord ledger report: --subject: {exc}", file=sys.stderr)
+        return 2
+    engine = engine_for(settings)
+    open_database(engine)
+    agreements = {a.key: a for a in load_dir(settings.agreements_dir)}
+    report = collect(engine, number, agreements, as_of=args.as_of)
+    text = render_html(report) if args.format == "html" else render_json(report)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"{len(report.items)} entries, {report.left_out_deferred} left out until their agreement's "
+              f"transparency date; written to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.database import engine_for, open_database
+    from ledger.export import export_rows, render_csv, render_jsonl
+    from ledger.proofs import NotCovered
+
+    engine = engine_for(settings)
+    open_database(engine)
+    try:
+        export = export_rows(engine, args.from_seq, args.to_seq)
+    except (NotCovered, ValueError) as exc:
+        print(f"accord ledger export: {exc}", file=sys.stderr)
+        return 2
+    chunks = render_csv(export) if args.format == "csv" else render_jsonl(export)
+    out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
+    try:
+        for chunk in chunks:
+            out.write(chunk)
+    finally:
+        if args.out:
+            out.close()
+    print(f"{len(export.rows):,} entries exported, proven against the checkpoint of {export.checkpoint.tree_size:,} "
+          "entries (check offline: accord ledger verify-export FILE)", file=sys.stderr)
+    return 0
+
+
+def cmd_ledger_verify_export(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.checkpointer import verifier_from_settings
+    from ledger.export import verify_export
+    from ledger.note import NoteVerifier
+
+    verifier = NoteVerifier.parse(args.key) if args.key else verifier_from_settings(settings)
+    result = verify_export(Path(args.file).read_text(encoding="utf-8"), verifier)
+    print(result.describe())
+    return 0 if result.ok else 1
+
+
 def _ledger_parsers(ledger_sub: argparse._SubParsersAction) -> None:
     p = ledger_sub.add_parser(
         "init", help="as the owner role (ACCORD_LEDGER_OWNER_URL): create the tables and guards, grant the app role"
@@ -407,6 +467,26 @@ def _ledger_parsers(ledger_sub: argparse._SubParsersAction) -> None:
                    help="only those recorded at least this many seconds ago")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_ledger_pending_receipts)
+
+    p = ledger_sub.add_parser("report", help="a citizen's subject report: every decision about them, with proofs")
+    p.add_argument("--subject", required=True, metavar="NHS_NUMBER", help="the citizen's NHS number (Modulus 11 checked)")
+    p.add_argument("--format", choices=["json", "html"], default="json")
+    p.add_argument("--out", default=None, help="write to this file (default standard output)")
+    p.add_argument("--as-of", type=date.fromisoformat, default=None,
+                   help="the day deferred transparency is judged on (default today)")
+    p.set_defaults(func=cmd_ledger_report)
+
+    p = ledger_sub.add_parser("export", help="entries FROM..TO with their leaves and inclusion proofs, checkable offline")
+    p.add_argument("--from", dest="from_seq", type=int, required=True, metavar="SEQ")
+    p.add_argument("--to", dest="to_seq", type=int, required=True, metavar="SEQ")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
+    p.add_argument("--out", default=None, help="write to this file (default standard output)")
+    p.set_defaults(func=cmd_ledger_export)
+
+    p = ledger_sub.add_parser("verify-export", help="re-check an export file offline (leaves, chain, proofs, signature)")
+    p.add_argument("file")
+    p.add_argument("--key", default=None, help="the ledger's public key (vkey); default ACCORD_LEDGER_VERIFIER_KEY")
+    p.set_defaults(func=cmd_ledger_verify_export)
 
     p = ledger_sub.add_parser(
         "verify", help="check the hash chain and every signed checkpoint; name the first bad entry or checkpoint"
@@ -504,10 +584,10 @@ def cmd_agreements_explain(args: argparse.Namespace, settings: Settings) -> int:
     consents = []
     if not args.no_consent:
         import consent
-        from accord.database import engine_for, init_database
+        from accord.database import engine_for, open_database
 
         engine = engine_for(settings)
-        init_database(engine)
+        open_database(engine)
         consents = consent.history(engine, [subject_key(event_type, record)]).get(subject_key(event_type, record), [])
     agreements = load_dir(_agreements_dir(args, settings))
     pseudonym_key = settings.pseudonym_key.get_secret_value().encode()

@@ -1,0 +1,256 @@
+"""Exporting a range of the ledger so that anyone can check it offline, from the file alone.
+
+Every exported entry carries its leaf (the canonical bytes, base64), its leaf hash and
+its RFC 9162 inclusion proof against one signed checkpoint, whose note is in the file.
+:func:`verify_export` re-checks a file without the database: each leaf decodes to the
+entry's columns, hashes to its leaf hash and entry hash, links to the previous entry,
+and its proof leads to the root the checkpoint signs (the signature checked when the
+ledger's public key is given).
+
+Formats: ``jsonl`` (a header line, then one entry per line) and ``csv`` (one row per
+entry; the checkpoint note in the ``checkpoint`` column of the first row).
+An export holds subject keys (NHS numbers): it is personal data, for auditors.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from functools import lru_cache
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fastavro
+from sqlalchemy import Engine, select
+
+from ledger import merkle
+from ledger.append import SCHEMA_PATH, stored_entry
+from ledger.checkpoint import CheckpointBody, StoredCheckpoint, latest_checkpoint, open_checkpoint
+from ledger.note import NoteError, NoteVerifier, SignedNote
+from ledger.tables import LedgerEntry
+
+__all__ = [
+    "COLUMNS",
+    "EXPORT_FORMAT",
+    "Export",
+    "ExportCheck",
+    "export_rows",
+    "render_csv",
+    "render_jsonl",
+    "verify_export",
+]
+
+EXPORT_FORMAT = "accord-ledger-export/1"
+COLUMNS = (
+    "seq", "disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id",
+    "agreement_version", "purpose", "legal_basis", "outcome", "reason", "fields", "consent_mode",
+    "consent_version", "subject_key", "decided_at", "refers_to", "prev_hash", "entry_hash",
+    "leaf", "leaf_hash", "proof",
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass(frozen=True)
+class Export:
+    from_seq: int
+    to_seq: int
+    checkpoint: StoredCheckpoint
+    note: str  # the checkpoint's signed note (with any cosignatures)
+    rows: tuple[dict[str, Any], ...]
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT,
+            "from": self.from_seq,
+            "to": self.to_seq,
+            "tree_size": self.checkpoint.tree_size,
+            "root": _b64(self.checkpoint.root),
+            "checkpoint": self.note,
+            "leaf_schema": json.loads(SCHEMA_PATH.read_text(encoding="utf-8")),
+        }
+
+
+def export_rows(engine: Engine, from_seq: int, to_seq: int, checkpoint: StoredCheckpoint | None = None) -> Export:
+    """Entries ``from_seq``..``to_seq`` with their leaves and inclusion proofs (newest checkpoint by default).
+
+    NotCovered (ledger.proofs) when no checkpoint covers ``to_seq`` yet.
+    """
+    from ledger.proofs import NotCovered, prove_entries
+
+    if from_seq < 1 or to_seq < from_seq:
+        raise ValueError("give 1 <= --from <= --to")
+    chosen = checkpoint or latest_checkpoint(engine)
+    if chosen is None:
+        raise NotCovered("the ledger has no checkpoint yet (`accord ledger checkpoint`)")
+    proofs = prove_entries(engine, range(from_seq, to_seq + 1), chosen)
+    with engine.connect() as conn:
+        stored = {
+            r.seq: stored_entry(r)
+            for r in conn.execute(
+                select(LedgerEntry.__table__).where(LedgerEntry.seq.between(from_seq, to_seq)).order_by(LedgerEntry.seq)
+            )
+        }
+    rows = []
+    for p in proofs:
+        e = stored[p.seq]
+        d = e.draft
+        rows.append({
+            "seq": e.seq, "disclosure_id": d.disclosure_id, "event_id": d.event_id, "event_type": d.event_type,
+            "provider": d.provider, "recipient": d.recipient, "agreement_id": d.agreement_id,
+            "agreement_version": d.agreement_version, "purpose": d.purpose, "legal_basis": d.legal_basis,
+            "outcome": d.outcome, "reason": d.reason, "fields": list(d.fields), "consent_mode": d.consent_mode,
+            "consent_version": d.consent_version, "subject_key": d.subject_key,
+            "decided_at": d.decided_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+            "refers_to": d.refers_to, "prev_hash": _b64(e.prev_hash), "entry_hash": _b64(e.entry_hash),
+            "leaf": _b64(p.leaf), "leaf_hash": _b64(p.leaf_hash), "proof": [_b64(h) for h in p.proof],
+        })
+    note = proofs[0].checkpoint if proofs else chosen.note
+    return Export(from_seq, to_seq, chosen, note, tuple(rows))
+
+
+def render_jsonl(export: Export) -> Iterator[str]:
+    yield json.dumps({"type": "header", **export.header()}, ensure_ascii=False) + "\n"
+    for row in export.rows:
+        yield json.dumps({"type": "entry", **row}, ensure_ascii=False) + "\n"
+
+
+def render_csv(export: Export) -> Iterator[str]:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow((*COLUMNS, "checkpoint"))
+    for i, row in enumerate(export.rows):
+        values = [row[c] for c in COLUMNS]
+        values[COLUMNS.index("fields")] = json.dumps(row["fields"], separators=(",", ":"))
+        values[COLUMNS.index("proof")] = " ".join(row["proof"])
+        writer.writerow((*("" if v is None else v for v in values), export.note if i == 0 else ""))
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+    if not export.rows:
+        yield buf.getvalue()
+
+
+# --------------------------------------------------------------------------- offline check
+
+
+@dataclass
+class ExportCheck:
+    ok: bool
+    entries: int
+    tree_size: int | None
+    signature_checked: bool
+    problems: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if not self.ok:
+            return "export BROKEN: " + "; ".join(self.problems[:5])
+        signed = "signature verified" if self.signature_checked else "signature NOT checked (no public key given)"
+        return (f"export OK: {self.entries:,} entries, each proven in the tree of {self.tree_size:,} entries "
+                f"the checkpoint commits to ({signed})")
+
+
+def _parse(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(checkpoint note, entries with typed values) from a jsonl or csv export."""
+    if text.startswith("{"):
+        note = None
+        rows = []
+        for line in text.splitlines():
+            obj = json.loads(line)
+            if obj.get("type") == "header":
+                note = obj["checkpoint"]
+            elif obj.get("type") == "entry":
+                rows.append(obj)
+        return note, rows
+    note = None
+    rows = []
+    for rec in csv.DictReader(io.StringIO(text)):
+        if rec.get("checkpoint"):
+            note = note or rec["checkpoint"]
+        row: dict[str, Any] = {c: rec[c] for c in COLUMNS}
+        for c in ("seq", "agreement_version", "consent_version"):
+            row[c] = int(row[c])
+        for c in ("reason", "refers_to"):
+            row[c] = row[c] or None
+        row["fields"] = json.loads(row["fields"])
+        row["proof"] = row["proof"].split() if row["proof"] else []
+        rows.append(row)
+    return note, rows
+
+
+@lru_cache(maxsize=1)
+def _leaf_schema() -> Any:
+    return fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+
+
+def _decoded_matches(row: dict[str, Any], leaf: bytes) -> str | None:
+    try:
+        record = fastavro.schemaless_reader(io.BytesIO(leaf), _leaf_schema())
+    except Exception as exc:  # a damaged leaf is a finding, not a crash
+        return f"the leaf does not decode ({type(exc).__name__})"
+    decided = record["decided_at"]
+    if isinstance(decided, datetime):
+        decided = decided.astimezone(UTC).isoformat(timespec="milliseconds")
+    expected = {**{k: row[k] for k in COLUMNS if k in record and k not in ("prev_hash", "decided_at")},
+                "decided_at": row["decided_at"]}
+    got = {**{k: record[k] for k in expected if k != "decided_at"}, "decided_at": decided}
+    if got != expected:
+        wrong = sorted(k for k in expected if got.get(k) != expected[k])
+        return f"columns {', '.join(wrong)} differ from the entry's leaf"
+    if _b64(record["prev_hash"]) != row["prev_hash"]:
+        return "prev_hash differs from the entry's leaf"
+    return None
+
+
+def verify_export(text: str, verifier: NoteVerifier | None = None, origin: str | None = None) -> ExportCheck:
+    """Re-check an export from its text alone (no database)."""
+    note, rows = _parse(text)
+    check = ExportCheck(False, len(rows), None, verifier is not None)
+    if note is None:
+        check.problems.append("no checkpoint note in the export")
+        return check
+    try:
+        body = (open_checkpoint(note, verifier, origin) if verifier is not None
+                else CheckpointBody.parse(SignedNote.parse(note).text))
+    except NoteError as exc:
+        check.problems.append(f"checkpoint: {exc}")
+        return check
+    check.tree_size = body.tree_size
+    prev_seq, prev_hash = None, None
+    for row in rows:
+        seq = row["seq"]
+        where = f"entry {seq:,}"
+        try:
+            leaf = base64.b64decode(row["leaf"], validate=True)
+        except ValueError:
+            check.problems.append(f"{where}: the leaf is not base64")
+            prev_seq, prev_hash = seq, row["entry_hash"]
+            continue
+        if prev_seq is not None and seq != prev_seq + 1:
+            check.problems.append(f"{where}: seq does not follow {prev_seq:,} (entries missing or reordered)")
+        problem = _decoded_matches(row, leaf)
+        if problem:
+            check.problems.append(f"{where}: {problem}")
+        if _b64(hashlib.sha256(leaf).digest()) != row["entry_hash"]:
+            check.problems.append(f"{where}: entry_hash is not SHA-256 of the leaf")
+        if prev_hash is not None and row["prev_hash"] != prev_hash:
+            check.problems.append(f"{where}: prev_hash does not link to the previous entry")
+        lh = merkle.leaf_hash(leaf)
+        if _b64(lh) != row["leaf_hash"]:
+            check.problems.append(f"{where}: leaf_hash is not the RFC 9162 hash of the leaf")
+        try:
+            proof = [base64.b64decode(p, validate=True) for p in row["proof"]]
+        except ValueError:
+            proof = []
+        if not merkle.verify_inclusion(lh, seq - 1, body.tree_size, proof, body.root):
+            check.problems.append(f"{where}: inclusion proof does not lead to the checkpoint's root")
+        prev_seq, prev_hash = seq, row["entry_hash"]
+    check.ok = not check.problems
+    return check

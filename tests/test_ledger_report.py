@@ -1,0 +1,146 @@
+"""Subject reports: exactly the subject's entries, proofs that verify, deferred ones counted not shown."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from io import BytesIO
+
+import fastavro
+import pytest
+
+from accord.settings import PACKAGE_ROOT
+from agreements import load_dir
+from ledger import EntryDraft, append
+from ledger.append import SCHEMA_PATH
+from ledger.checkpoint import make_checkpoint, open_checkpoint
+from ledger.merkle import leaf_hash, verify_inclusion
+from ledger.note import NoteSigner
+from ledger.report import InvalidNhsNumber, collect, normalise_nhs_number, render_html, render_json
+from producers.nhs_number import generate
+from tests.conftest import RoleDatabase
+
+AGREEMENTS = {a.key: a for a in load_dir(PACKAGE_ROOT / "agreements" / "examples")}
+T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+ORIGIN = "accord.test/ledger"
+
+
+def _entry(key: str, subject: str, i: int, outcome: str = "DISCLOSED", **changes) -> EntryDraft:
+    a = AGREEMENTS[key]
+    d = EntryDraft(
+        disclosure_id=f"d-{subject}-{i}", event_id=f"e-{subject}-{i}", event_type=a.event_types[0],
+        provider=a.providers[0], recipient=a.recipients[0], agreement_id=a.id, agreement_version=a.version,
+        purpose=a.purpose.value, legal_basis=a.legal_basis, outcome=outcome,
+        reason=None if outcome == "DISCLOSED" else "consent denied (consent record 3)",
+        fields=a.fields[a.event_types[0]][:3] if outcome == "DISCLOSED" else (),
+        consent_mode=a.consent_mode.value, consent_version=3 if outcome != "DISCLOSED" else 0,
+        subject_key=f"nhs:{subject}", decided_at=T0 + timedelta(minutes=i),
+    )
+    return replace(d, **changes)
+
+
+@pytest.fixture
+def people() -> tuple[str, str]:
+    rng = random.Random(20261124)
+    return generate(rng), generate(rng)
+
+
+def _ledger(role_db: RoleDatabase, me: str, other: str) -> dict[str, list[int]]:
+    drafts = [
+        _entry("natal-care-to-health-visiting@v1", me, 1),
+        _entry("custody-to-prosecution@v1", other, 2),
+        _entry("referral-to-mash@v1", me, 3),  # deferred transparency
+        _entry("natal-care-to-health-visiting@v1", me, 4, outcome="WITHHELD"),
+        _entry("referral-to-mash@v1", other, 5),
+        # Record text with markup in it must be escaped in the HTML.
+        _entry("custody-to-prosecution@v1", me, 6, legal_basis="<script>alert('x')</script> & co"),
+    ]
+    out = append(role_db.app, drafts)
+    mine = [a.seq for a, d in zip(out, drafts) if d.subject_key == f"nhs:{me}"]
+    return {"mine_visible": [s for s, d in zip(mine, [d for d in drafts if d.subject_key == f"nhs:{me}"])
+                             if d.agreement_id != "referral-to-mash"]}
+
+
+def test_report_lists_exactly_the_subjects_visible_entries_with_verifying_proofs(role_db: RoleDatabase, people) -> None:
+    me, other = people
+    expected = _ledger(role_db, me, other)["mine_visible"]
+    signer = NoteSigner.generate(ORIGIN)
+    make_checkpoint(role_db.app, signer, ORIGIN)
+    # A later entry, not yet under a checkpoint: shown, without a proof.
+    [late] = append(role_db.app, [_entry("natal-care-to-health-visiting@v1", me, 7)])
+
+    report = collect(role_db.app, me, AGREEMENTS, as_of=date(2026, 11, 24))
+    assert [i.seq for i in report.items] == expected + [late.seq]
+    assert report.left_out_deferred == 1 and report.unproven == 1
+    assert {i.outcome for i in report.items} == {"DISCLOSED", "WITHHELD"}
+    first = report.items[0]
+    assert first.agreement_title == AGREEMENTS["natal-care-to-health-visiting@v1"].title
+    assert first.fields and first.consent_mode == AGREEMENTS["natal-care-to-health-visiting@v1"].consent_mode.value
+
+    data = json.loads(render_json(report))
+    assert data["left_out_deferred"] == 1
+    body = open_checkpoint(data["checkpoint"], signer.verifier, ORIGIN)
+    schema = fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text()))
+    for entry in data["entries"]:
+        proof = entry["proof"]
+        if entry["seq"] == late.seq:
+            assert proof is None
+            continue
+        leaf = base64.b64decode(proof["leaf"])
+        # The leaf is the entry's canonical bytes: it decodes to this subject's entry ...
+        decoded = fastavro.schemaless_reader(BytesIO(leaf), schema)
+        assert decoded["subject_key"] == f"nhs:{me}" and decoded["seq"] == entry["seq"]
+        assert decoded["disclosure_id"] == entry["disclosure_id"]
+        # ... and is in the tree the signed checkpoint commits to.
+        assert base64.b64decode(proof["root"]) == body.root and proof["tree_size"] == body.tree_size
+        assert verify_inclusion(leaf_hash(leaf), entry["seq"] - 1, proof["tree_size"],
+                                [base64.b64decode(p) for p in proof["proof"]], body.root)
+    # Never another subject's entries.
+    assert other not in render_json(report) and other not in render_html(report)
+
+    # After the deferred agreement's date, the referral shows too.
+    later = collect(role_db.app, me, AGREEMENTS, as_of=date(2027, 3, 31))
+    assert later.left_out_deferred == 0 and len(later.items) == len(report.items) + 1
+
+
+def test_html_is_escaped_and_self_contained(role_db: RoleDatabase, people) -> None:
+    me, other = people
+    _ledger(role_db, me, other)
+    page = render_html(collect(role_db.app, me, AGREEMENTS, as_of=date(2026, 11, 24)))
+    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page and "src=" not in page
+    assert "1 further entry is not shown yet" in page
+    assert AGREEMENTS["custody-to-prosecution@v1"].title in page
+    assert "No proof yet" in page  # no checkpoint was made
+
+
+@pytest.mark.parametrize("bad", ["943476591", "9434765918", "94347659l9", ""])
+def test_invalid_nhs_numbers_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidNhsNumber):
+        normalise_nhs_number(bad)
+    assert normalise_nhs_number("943 476 5919") == "9434765919"
+
+
+def test_report_command(role_db: RoleDatabase, people, tmp_path) -> None:
+    me, other = people
+    _ledger(role_db, me, other)
+    env = {**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_STATE_DIR": str(tmp_path)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "accord.cli", "ledger", "report", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    ok = run("--subject", me, "--format", "json", "--as-of", "2026-11-24")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["left_out_deferred"] == 1
+    out = tmp_path / "report.html"
+    assert run("--subject", me, "--format", "html", "--out", str(out)).returncode == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    bad = run("--subject", me[:9] + str((int(me[9]) + 1) % 10))
+    assert bad.returncode == 2 and "Modulus 11" in bad.stderr
