@@ -162,8 +162,12 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     import consent
-    from accord.database import engine_for, open_database
+    from accord.database import engine_for, require_app_role
 
+    # Consent history is append-only like the ledger: its writers refuse to run as the
+    # tables' owner, a superuser or a role that could change it (PostgreSQL).
+    engine = engine_for(settings)
+    require_app_role(engine)
     if args.action == "serve":
         import uvicorn
 
@@ -171,8 +175,6 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
 
         uvicorn.run(app_from_settings(), host=settings.api_host, port=settings.api_port, log_level="warning")
         return 0
-    engine = engine_for(settings)
-    open_database(engine)  # PostgreSQL: the owner creates the tables (`accord ledger init`), not this role
     if args.subject is None:
         print("accord consent: --subject is required for deny and permit", file=sys.stderr)
         return 2

@@ -194,3 +194,12 @@ def test_sqlite_is_not_role_checked(tmp_path) -> None:
     append(engine, [draft(1)])
     assert count(engine) == 1
 
+
+
+def test_consent_command_appends_as_the_app_role_and_refuses_the_owner(role_db: RoleDatabase, tmp_path) -> None:
+    args = ("consent", "deny", "--subject", "nhs:9434765919", "--recipient", "cps")
+    refused = _accord(*args, env=_env(role_db.owner_url, tmp_path))
+    assert refused.returncode == 2 and f"refusing to run as database role '{role_db.owner_role}'" in refused.stderr
+    done = _accord(*args, env=_env(role_db.app_url, tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert consent.history(role_db.app, ["nhs:9434765919"])["nhs:9434765919"][0].recipient == "cps"
