@@ -9,7 +9,7 @@ so partner isolation holds without broker ACLs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -93,7 +93,10 @@ def _by_id(engine: Engine, ids: Iterable[str]) -> dict[str, StoredEntry]:
 
 
 def record_receipts(
-    engine: Engine, claims: Sequence[ReceiptClaim], expected_id, recorded_at: datetime | None = None
+    engine: Engine,
+    claims: Sequence[ReceiptClaim],
+    expected_id: Callable[[str, str], str],
+    recorded_at: datetime | None = None,
 ) -> list[ReceiptOutcome]:
     """Check each claim against the ledger and append the accepted ones in one batch.
 

@@ -145,18 +145,22 @@ _TABLE_CHECK = text(
 def check_app_role(engine: Engine, grants: Sequence[TableGrant]) -> RoleCheck:
     """What makes the connected role unfit to run the bus (empty when fit).
 
-    Unfit: a superuser; the owner of (or a member of the owner of) an
-    append-only table; any role holding UPDATE, DELETE or TRUNCATE on one.
+    Unfit: a superuser; a role with CREATEROLE; the owner of (or a member of
+    the owner of) an append-only table; any role holding UPDATE, DELETE or
+    TRUNCATE on one.
     Raises LedgerSchemaMissing when a table does not exist.
     """
     with engine.connect() as conn:
         if conn.dialect.name != "postgresql":
             raise NotImplementedError("roles exist on PostgreSQL only")
         role = _current_user(conn)
-        superuser = bool(conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar())
+        flags = conn.execute(text("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")).one()
+        superuser = bool(flags.rolsuper)
         problems: list[str] = []
         if superuser:
             problems.append("it is a superuser (it can disable the append-only triggers and bypass every grant)")
+        elif flags.rolcreaterole:
+            problems.append("it has CREATEROLE (it could grant itself the owner's role)")
         missing: list[str] = []
         for g in grants:
             row = conn.execute(_TABLE_CHECK, {"t": g.table}).first()

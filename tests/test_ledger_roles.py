@@ -121,6 +121,13 @@ def test_check_refuses_a_member_of_the_owner_role(role_db: RoleDatabase) -> None
         require_app_role(role_db.app)
 
 
+def test_check_refuses_a_role_that_could_grant_itself_the_owner(role_db: RoleDatabase) -> None:
+    with role_db.admin.begin() as conn:
+        conn.execute(text(f'ALTER ROLE "{role_db.app_role}" CREATEROLE'))
+    with pytest.raises(LedgerRoleError, match="CREATEROLE"):
+        require_app_role(role_db.app)
+
+
 def test_missing_schema_tells_the_user_to_run_init() -> None:
     with fresh_role_database(setup=False) as db:
         with pytest.raises(LedgerSchemaMissing, match="accord ledger init"):
