@@ -29,7 +29,9 @@ from accord.sharing import subject_key
 from accord.topics import TopicNames, create_topics
 from agreements import load_dir, recipients_by_type
 from consumers import Disclosure, Subscription
+from accord.checkpointer import publish_checkpoint, signer_from_settings, verifier_from_settings
 from ledger import LedgerEntry, verify
+from ledger.checkpoint import KEY_FILE_NAME, generate_key_file, latest_checkpoint, make_checkpoint
 from producers import Publisher
 from producers.synthetic import build_scenario
 
@@ -90,6 +92,18 @@ def _count_dead_letters(settings: Settings, names: TopicNames, run_id: str, key:
     return reasons
 
 
+def _sign_checkpoint(settings: Settings, engine, names: TopicNames, signer):
+    """Sign the ledger as it stands and publish the checkpoint.
+
+    The processor also checkpoints on its own cadence; this makes sure the demo's
+    last entries are covered, so `accord ledger prove` works on every one of them.
+    """
+    checkpoint = make_checkpoint(engine, signer, settings.ledger_origin) or latest_checkpoint(engine)
+    if checkpoint is not None:
+        publish_checkpoint(kafka.producer(settings), names, checkpoint, settings.ledger_origin)
+    return checkpoint
+
+
 def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) -> int:
     started = time.monotonic()
     # The embedded broker holds a group join for half the session timeout;
@@ -109,6 +123,8 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements)))
     engine = engine_for(settings)
     init_database(engine)
+    # The demo signs its ledger with the state folder's key, made on first use (the processor finds it there too).
+    signer = signer_from_settings(settings) or generate_key_file(settings.state_dir / KEY_FILE_NAME, settings.ledger_origin)
     with engine.connect() as conn:
         seq_before = conn.execute(select(func.coalesce(func.max(LedgerEntry.seq), 0))).scalar_one()
 
@@ -155,7 +171,8 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
                 if isinstance(d, Disclosure) and d.ledger_seq > seq_before:
                     received[partner] += 1
     dead = _count_dead_letters(settings, names, run_id, malformed_key, len(scenario.malformed))
-    result = verify(engine)
+    checkpoint = _sign_checkpoint(settings, engine, names, signer)
+    result = verify(engine, verifier_from_settings(settings), settings.ledger_origin)
 
     agencies = Counter(e.agency for e in scenario.events)
     print()
@@ -176,6 +193,9 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     for reason, n in sorted(dead.items()):
         print(f"  {reason:50} {n}")
     print(f"ledger entries:       {sum(n for *_, n in rows)} this run, {total_entries} in all")
+    if checkpoint is not None:
+        print(f"signed checkpoint:    tree size {checkpoint.tree_size:,}, root {checkpoint.root.hex()[:16]}..., "
+              f"published to {names.ledger_checkpoints}")
     print(f"ledger verify:        {result.describe()}")
     print(f"elapsed:              {time.monotonic() - started:.1f}s")
     print("the broker stays up for `accord consume --partner cps`; `accord dev down` stops it")
