@@ -429,7 +429,7 @@ def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
     engine = engine_for(settings)
     open_database(engine)
     try:
-        export = export_rows(engine, args.from_seq, args.to_seq)
+        export = export_rows(engine, args.from_seq, args.to_seq, since=args.since or ())
     except (NotCovered, ValueError) as exc:
         print(f"accord ledger export: {exc}", file=sys.stderr)
         return 2
@@ -483,6 +483,8 @@ def _ledger_parsers(ledger_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", dest="to_seq", type=int, required=True, metavar="SEQ")
     p.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
     p.add_argument("--out", default=None, help="write to this file (default standard output)")
+    p.add_argument("--since", type=int, action="append", default=None, metavar="SIZE",
+                   help="tree size of a checkpoint the reader holds: include a consistency proof from it (repeatable)")
     p.set_defaults(func=cmd_ledger_export)
 
     p = ledger_sub.add_parser("verify-export", help="re-check an export file offline (leaves, chain, proofs, signature)")

@@ -19,7 +19,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +65,8 @@ class Export:
     checkpoint: StoredCheckpoint
     note: str  # the checkpoint's signed note (with any cosignatures)
     rows: tuple[dict[str, Any], ...]
+    # From checkpoints the reader already holds to this one: proves it extends theirs.
+    consistency: tuple[dict[str, Any], ...] = ()
 
     def header(self) -> dict[str, Any]:
         return {
@@ -74,16 +76,25 @@ class Export:
             "tree_size": self.checkpoint.tree_size,
             "root": _b64(self.checkpoint.root),
             "checkpoint": self.note,
+            "consistency": list(self.consistency),
             "leaf_schema": json.loads(SCHEMA_PATH.read_text(encoding="utf-8")),
         }
 
 
-def export_rows(engine: Engine, from_seq: int, to_seq: int, checkpoint: StoredCheckpoint | None = None) -> Export:
+def export_rows(
+    engine: Engine,
+    from_seq: int,
+    to_seq: int,
+    checkpoint: StoredCheckpoint | None = None,
+    since: Sequence[int] = (),
+) -> Export:
     """Entries ``from_seq``..``to_seq`` with their leaves and inclusion proofs (newest checkpoint by default).
 
-    NotCovered (ledger.proofs) when no checkpoint covers ``to_seq`` yet.
+    ``since``: tree sizes of checkpoints the reader already holds; the export carries a
+    consistency proof from each to the export's checkpoint. NotCovered (ledger.proofs)
+    when no checkpoint covers ``to_seq`` yet, or a ``since`` size is not a stored checkpoint.
     """
-    from ledger.proofs import NotCovered, prove_entries
+    from ledger.proofs import NotCovered, prove_consistency, prove_entries
 
     if from_seq < 1 or to_seq < from_seq:
         raise ValueError("give 1 <= --from <= --to")
@@ -113,7 +124,8 @@ def export_rows(engine: Engine, from_seq: int, to_seq: int, checkpoint: StoredCh
             "leaf": _b64(p.leaf), "leaf_hash": _b64(p.leaf_hash), "proof": [_b64(h) for h in p.proof],
         })
     note = proofs[0].checkpoint if proofs else chosen.note
-    return Export(from_seq, to_seq, chosen, note, tuple(rows))
+    consistency = tuple(prove_consistency(engine, size, chosen.tree_size).to_dict() for size in since)
+    return Export(from_seq, to_seq, chosen, note, tuple(rows), consistency)
 
 
 def render_jsonl(export: Export) -> Iterator[str]:
@@ -125,12 +137,15 @@ def render_jsonl(export: Export) -> Iterator[str]:
 def render_csv(export: Export) -> Iterator[str]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow((*COLUMNS, "checkpoint"))
+    writer.writerow((*COLUMNS, "checkpoint", "consistency"))
+    consistency = json.dumps(list(export.consistency), separators=(",", ":")) if export.consistency else ""
     for i, row in enumerate(export.rows):
         values = [row[c] for c in COLUMNS]
         values[COLUMNS.index("fields")] = json.dumps(row["fields"], separators=(",", ":"))
         values[COLUMNS.index("proof")] = " ".join(row["proof"])
-        writer.writerow((*("" if v is None else v for v in values), export.note if i == 0 else ""))
+        first = i == 0
+        writer.writerow((*("" if v is None else v for v in values), export.note if first else "",
+                         consistency if first else ""))
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()
@@ -148,32 +163,61 @@ class ExportCheck:
     tree_size: int | None
     signature_checked: bool
     problems: list[str] = field(default_factory=list)
+    consistent_with: list[int] = field(default_factory=list)  # older checkpoints it was proved to extend
 
     def describe(self) -> str:
         if not self.ok:
             return "export BROKEN: " + "; ".join(self.problems[:5])
         signed = "signature verified" if self.signature_checked else "signature NOT checked (no public key given)"
+        extends = (f"; it extends checkpoint(s) {', '.join(f'{n:,}' for n in self.consistent_with)}"
+                   if self.consistent_with else "")
         return (f"export OK: {self.entries:,} entries, each proven in the tree of {self.tree_size:,} entries "
-                f"the checkpoint commits to ({signed})")
+                f"the checkpoint commits to ({signed}){extends}")
 
 
-def _parse(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """(checkpoint note, entries with typed values) from a jsonl or csv export."""
+def _note_body(note: str, verifier: NoteVerifier | None, origin: str | None) -> CheckpointBody:
+    if verifier is not None:
+        return open_checkpoint(note, verifier, origin)
+    return CheckpointBody.parse(SignedNote.parse(note).text)
+
+
+def _consistency_problem(
+    c: dict[str, Any], body: CheckpointBody, verifier: NoteVerifier | None, origin: str | None
+) -> str | None:
+    """Why a carried consistency proof fails (None when it holds): signed old note, new root, RFC 9162 2.1.4.2."""
+    try:
+        old = _note_body(c["old_checkpoint"], verifier, origin)
+        proof = [base64.b64decode(p, validate=True) for p in c["proof"]]
+    except (NoteError, KeyError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    if (old.tree_size, old.root) != (int(c["old_size"]), base64.b64decode(c["old_root"])):
+        return "its old size and root are not the old checkpoint's"
+    if (int(c["new_size"]), base64.b64decode(c["new_root"])) != (body.tree_size, body.root):
+        return "it does not end at the export's checkpoint"
+    if not merkle.verify_consistency(old.tree_size, body.tree_size, old.root, body.root, proof):
+        return "the proof does not show the export's tree extends it"
+    return None
+
+
+def _parse(text: str) -> tuple[str | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(checkpoint note, entries with typed values, consistency proofs) from a jsonl or csv export."""
+    note = None
+    consistency: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     if text.startswith("{"):
-        note = None
-        rows = []
         for line in text.splitlines():
             obj = json.loads(line)
             if obj.get("type") == "header":
                 note = obj["checkpoint"]
+                consistency = obj.get("consistency") or []
             elif obj.get("type") == "entry":
                 rows.append(obj)
-        return note, rows
-    note = None
-    rows = []
+        return note, rows, consistency
     for rec in csv.DictReader(io.StringIO(text)):
         if rec.get("checkpoint"):
             note = note or rec["checkpoint"]
+        if rec.get("consistency"):
+            consistency = consistency or json.loads(rec["consistency"])
         row: dict[str, Any] = {c: rec[c] for c in COLUMNS}
         for c in ("seq", "agreement_version", "consent_version"):
             row[c] = int(row[c])
@@ -182,7 +226,7 @@ def _parse(text: str) -> tuple[str | None, list[dict[str, Any]]]:
         row["fields"] = json.loads(row["fields"])
         row["proof"] = row["proof"].split() if row["proof"] else []
         rows.append(row)
-    return note, rows
+    return note, rows, consistency
 
 
 @lru_cache(maxsize=1)
@@ -211,18 +255,23 @@ def _decoded_matches(row: dict[str, Any], leaf: bytes) -> str | None:
 
 def verify_export(text: str, verifier: NoteVerifier | None = None, origin: str | None = None) -> ExportCheck:
     """Re-check an export from its text alone (no database)."""
-    note, rows = _parse(text)
+    note, rows, consistency = _parse(text)
     check = ExportCheck(False, len(rows), None, verifier is not None)
     if note is None:
         check.problems.append("no checkpoint note in the export")
         return check
     try:
-        body = (open_checkpoint(note, verifier, origin) if verifier is not None
-                else CheckpointBody.parse(SignedNote.parse(note).text))
+        body = _note_body(note, verifier, origin)
     except NoteError as exc:
         check.problems.append(f"checkpoint: {exc}")
         return check
     check.tree_size = body.tree_size
+    for c in consistency:
+        problem = _consistency_problem(c, body, verifier, origin)
+        if problem:
+            check.problems.append(f"consistency from checkpoint {c.get('old_size')}: {problem}")
+        else:
+            check.consistent_with.append(int(c["old_size"]))
     prev_seq, prev_hash = None, None
     for row in rows:
         seq = row["seq"]

@@ -100,3 +100,27 @@ def test_export_commands(role_db: RoleDatabase, signed: NoteSigner, tmp_path: Pa
     assert accord("verify-export", str(out), "--key", signed.verifier.vkey).returncode == 1
     refused = accord("export", "--from", "1", "--to", "35")
     assert refused.returncode == 2 and "not covered" in refused.stderr
+    make_checkpoint(role_db.app, signed, ORIGIN)
+    newer = tmp_path / "newer.jsonl"
+    assert accord("export", "--from", "31", "--to", "35", "--since", "30", "--out", str(newer)).returncode == 0
+    checked = accord("verify-export", str(newer), "--key", signed.verifier.vkey)
+    assert checked.returncode == 0 and "extends checkpoint(s) 30" in checked.stdout
+
+
+def test_export_carries_consistency_from_a_checkpoint_the_reader_holds(
+    role_db: RoleDatabase, signed: NoteSigner
+) -> None:
+    make_checkpoint(role_db.app, signed, ORIGIN)  # a second checkpoint, of 35 entries
+    export = export_rows(role_db.app, 31, 35, since=[30])
+    text = "".join(render_jsonl(export))
+    result = verify_export(text, signed.verifier, ORIGIN)
+    assert result.ok, result.problems
+    assert result.consistent_with == [30] and "extends checkpoint(s) 30" in result.describe()
+    csv_result = verify_export("".join(render_csv(export)), signed.verifier, ORIGIN)
+    assert csv_result.ok and csv_result.consistent_with == [30]
+
+    header = json.loads(text.splitlines()[0])
+    header["consistency"][0]["proof"][0] = "A" * 43 + "="  # 32 zero bytes instead of the first hash
+    broken = json.dumps(header) + "\n" + "".join(text.splitlines(keepends=True)[1:])
+    bad = verify_export(broken, signed.verifier, ORIGIN)
+    assert not bad.ok and any("consistency from checkpoint 30" in p for p in bad.problems)
