@@ -33,6 +33,7 @@ __all__ = [
     "LedgerRoleError",
     "LedgerSchemaMissing",
     "app_grants",
+    "app_role_of",
     "engine_for",
     "init_database",
     "open_database",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 __all__ = [
     "LedgerRoleError",
@@ -75,8 +75,6 @@ def missing_tables(engine: Engine, tables: Iterable[str]) -> list[str]:
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             return [t for t in names if conn.execute(text("SELECT to_regclass(:t)"), {"t": t}).scalar() is None]
-        from sqlalchemy import inspect
-
         present = set(inspect(conn).get_table_names())
         return [t for t in names if t not in present]
 
