@@ -410,7 +410,14 @@ def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
     engine = engine_for(settings)
     open_database(engine)
     agreements = {a.key: a for a in load_dir(settings.agreements_dir)}
-    report = collect(engine, number, agreements, as_of=args.as_of)
+    from ledger.proofs import LedgerMismatch
+
+    try:
+        report = collect(engine, number, agreements, as_of=args.as_of)
+    except LedgerMismatch as exc:  # no proof that would not verify is ever handed out
+        print(f"accord ledger report: the ledger does not match its signed checkpoint ({exc}); "
+              "no report given: run `accord ledger verify`", file=sys.stderr)
+        return 1
     text = render_html(report) if args.format == "html" else render_json(report)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
@@ -424,7 +431,7 @@ def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
     from accord.database import engine_for, open_database
     from ledger.export import export_rows, render_csv, render_jsonl
-    from ledger.proofs import NotCovered
+    from ledger.proofs import LedgerMismatch, NotCovered
 
     engine = engine_for(settings)
     open_database(engine)
@@ -433,6 +440,9 @@ def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
     except (NotCovered, ValueError) as exc:
         print(f"accord ledger export: {exc}", file=sys.stderr)
         return 2
+    except LedgerMismatch as exc:
+        print(f"accord ledger export: {exc}", file=sys.stderr)
+        return 1
     chunks = render_csv(export) if args.format == "csv" else render_jsonl(export)
     out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
     try:

@@ -144,3 +144,24 @@ def test_report_command(role_db: RoleDatabase, people, tmp_path) -> None:
     assert out.read_text().startswith("<!DOCTYPE html>")
     bad = run("--subject", me[:9] + str((int(me[9]) + 1) % 10))
     assert bad.returncode == 2 and "Modulus 11" in bad.stderr
+
+
+def test_report_on_a_tampered_ledger_gives_no_proofs_but_an_error(role_db: RoleDatabase, people, tmp_path) -> None:
+    from sqlalchemy import text
+
+    from ledger.guard import install_guards
+
+    me, other = people
+    _ledger(role_db, me, other)
+    signer = NoteSigner.generate(ORIGIN)
+    make_checkpoint(role_db.app, signer, ORIGIN)
+    with role_db.owner.begin() as conn:  # the owner, behind the triggers' back
+        conn.execute(text("ALTER TABLE ledger_entries DISABLE TRIGGER ALL"))
+        conn.execute(text("UPDATE ledger_entries SET recipient = 'someone-else' WHERE seq = 1"))
+        install_guards(conn)
+    result = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "ledger", "report", "--subject", me],
+        env={**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_STATE_DIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1 and "accord ledger verify" in result.stderr and result.stdout == ""
