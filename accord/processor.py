@@ -15,7 +15,7 @@ import asyncio
 import os
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -203,6 +203,15 @@ def _exit_on_failure(what: str, exc: Exception, **counts: int) -> None:
     os._exit(EXIT_BATCH_FAILED)
 
 
+async def inbound_batches(stream: Any, settings: Any) -> AsyncIterator[list[Inbound]]:
+    """A faust stream as batches of plain messages: every agent works per batch, never per event."""
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+        yield [
+            Inbound(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+            for e in events
+        ]
+
+
 def build_app(
     settings: Any,
     handler_factory: Any,
@@ -239,11 +248,7 @@ def build_app(
         loop = asyncio.get_running_loop()
         if handler is None:
             handler = handler_factory()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            batch = [
-                Inbound(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-                for e in events
-            ]
+        async for batch in inbound_batches(stream, settings):
             try:
                 report = await loop.run_in_executor(None, handler.handle, batch)
             except Exception as exc:

@@ -96,7 +96,7 @@ def add_receipts_agent(app: Any, settings: Any, recorder_factory: Any) -> None:
     """Register the receipts agent on the processor's faust app (same consumer group)."""
     import asyncio
 
-    from accord.processor import Inbound, _exit_on_failure
+    from accord.processor import _exit_on_failure, inbound_batches
 
     names = TopicNames(settings.topic_prefix)
     recorder: ReceiptRecorder | None = None
@@ -107,11 +107,7 @@ def add_receipts_agent(app: Any, settings: Any, recorder_factory: Any) -> None:
         loop = asyncio.get_running_loop()
         if recorder is None:
             recorder = recorder_factory()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            batch = [
-                Inbound(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-                for e in events
-            ]
+        async for batch in inbound_batches(stream, settings):
             try:
                 report = await loop.run_in_executor(None, recorder.handle, batch)
             except Exception as exc:
