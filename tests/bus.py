@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from agreements import Agreement, load_dir, recipients_by_type
 from consumers import Disclosure, Retraction, Subscription
 from ledger import LedgerEntry
 from producers import Publisher
-from tests.conftest import RoleDatabase
+from tests.conftest import RoleDatabase, fresh_role_database
 
 
 TEST_PSEUDONYM_KEY = "test-only-pseudonym-key-0123456789abcdef"
@@ -128,3 +130,14 @@ def start_bus(bootstrap: str, db: RoleDatabase, state_dir: Path) -> Bus:
     bus.create_topics()
     bus.start_processor()
     return bus
+
+
+@contextmanager
+def running_bus(bootstrap: str, state_dir: Path) -> Iterator[Bus]:
+    """A bus on a fresh owner/app-role database, its processor stopped afterwards."""
+    with fresh_role_database() as db:
+        bus = start_bus(bootstrap, db, state_dir)
+        try:
+            yield bus
+        finally:
+            bus.stop_processor()

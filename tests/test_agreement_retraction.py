@@ -12,20 +12,15 @@ from accord.drain import wait_for_group
 from agreements import Status
 from ledger import verify
 from producers.synthetic import build_scenario
-from tests.bus import Bus, start_bus
-from tests.conftest import fresh_role_database
+from tests.bus import Bus, running_bus
 from tests.test_end_to_end import _wait_for
 
 
 @pytest.fixture
 def bus(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     """A processor of its own: suspending an agreement must not leak into other tests."""
-    with fresh_role_database() as db:
-        bus = start_bus(broker, db, tmp_path_factory.mktemp("suspend"))
-        try:
-            yield bus
-        finally:
-            bus.stop_processor()
+    with running_bus(broker, tmp_path_factory.mktemp("suspend")) as bus:
+        yield bus
 
 
 def _custody(n: int) -> list[dict]:

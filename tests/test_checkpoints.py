@@ -38,7 +38,7 @@ from ledger.checkpoint import (
 )
 from ledger.note import NoteError, NoteSignature, NoteSigner, NoteVerifier, SignedNote, key_id, sign_note
 from ledger.proofs import LedgerMismatch, NotCovered, prove_consistency, prove_entries, prove_entry
-from tests.test_ledger import draft
+from tests.test_ledger import draft, tamper
 
 ORIGIN = "accord.example/ledger"
 
@@ -67,16 +67,6 @@ def signer() -> NoteSigner:
 def ledger_engine(pg_engine: Engine) -> Engine:
     init_ledger(pg_engine)
     return pg_engine
-
-
-def tamper(engine: Engine, *statements: str, **params: object) -> None:
-    """Change ledger tables behind the guards' back, as their owner would."""
-    with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE ledger_entries DISABLE TRIGGER ALL"))
-        for sql in statements:
-            conn.execute(text(sql), params)
-        conn.execute(text("ALTER TABLE ledger_entries ENABLE TRIGGER ALL"))
-        install_guards(conn)
 
 
 def tamper_checkpoints(engine: Engine, sql: str, **params: object) -> None:

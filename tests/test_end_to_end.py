@@ -19,19 +19,14 @@ from ledger import verify
 from ledger.guard import install_guards
 from producers.synthetic import build_scenario
 from accord.pseudonymise import token
-from tests.bus import TEST_PSEUDONYM_KEY, Bus, settings_env, start_bus
-from tests.conftest import fresh_role_database
+from tests.bus import TEST_PSEUDONYM_KEY, Bus, settings_env, running_bus
 
 
 @pytest.fixture(scope="module")
 def bus(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     """One processor per module; each test uses its own events and subjects."""
-    with fresh_role_database() as db:
-        bus = start_bus(broker, db, tmp_path_factory.mktemp("bus"))
-        try:
-            yield bus
-        finally:
-            bus.stop_processor()
+    with running_bus(broker, tmp_path_factory.mktemp("bus")) as bus:
+        yield bus
 
 
 def _events(event_type: str, agency: str | None = None, n: int = 1) -> list[dict]:

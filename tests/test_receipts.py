@@ -21,8 +21,8 @@ from consumers.receipts import Receipt, ReceiptSender, receipt_id
 from ledger import append, verify
 from ledger.receipts import ReceiptClaim, check_claim, pending_receipts, record_receipts
 from producers.synthetic import build_scenario
-from tests.bus import Bus, settings_env, start_bus
-from tests.conftest import RoleDatabase, fresh_role_database
+from tests.bus import Bus, settings_env, running_bus
+from tests.conftest import RoleDatabase
 from tests.test_ledger import draft
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -96,12 +96,8 @@ def test_record_receipts_once_and_only_from_the_recipient(role_db: RoleDatabase)
 
 @pytest.fixture(scope="module")
 def bus(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
-    with fresh_role_database() as db:
-        bus = start_bus(broker, db, tmp_path_factory.mktemp("receipts"))
-        try:
-            yield bus
-        finally:
-            bus.stop_processor()
+    with running_bus(broker, tmp_path_factory.mktemp("receipts")) as bus:
+        yield bus
 
 
 def _referrals(n: int) -> list[dict]:
