@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(60.0, gt=0, description="...or once this long passed since the last (if it grew)")
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout")
     heartbeat_interval_ms: int = Field(1500, ge=100, description="Consumer group heartbeat interval")
+    max_event_bytes: int = Field(
+        524_288, ge=1024, description="Largest encoded event the bus accepts; a larger one is refused or dead-lettered"
+    )
+    max_string_bytes: int = Field(
+        65_536, ge=64, description="Longest string field (UTF-8 bytes) an event may carry"
+    )
+    database_timeout_s: float = Field(
+        10.0, gt=0, description="Connect and statement timeout of the ledger database; dead connections are "
+        "noticed within about this long (TCP keepalives and user timeout)"
+    )
+    health_port: int = Field(0, ge=0, le=65535, description="Port of the processor's health check (GET /health); 0 is off")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
