@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ledger.append import StoredEntry, entries
-from producers.nhs_number import is_valid
+from schemas.nhs_number import is_valid
 
 __all__ = [
     "InvalidNhsNumber",

@@ -1,0 +1,56 @@
+"""NHS numbers: the Modulus 11 check.
+
+An NHS number is ten digits; the tenth is a check digit over the first nine
+(weights 10 down to 2, check = 11 - (sum mod 11), where 11 becomes 0 and 10
+means the nine digits can never form a valid number).
+
+It lives in ``schemas`` (the foundation) because every layer checks it: the
+publisher and the processor before an event is decided, the consent store
+before a preference is recorded, and subject reports. A mistyped number must
+never be used to look up consent: an opt-out filed under the real number would
+not apply. The synthetic generator stays in ``producers.nhs_number``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["check_digit", "is_valid", "problem"]
+
+_WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
+
+
+def check_digit(first_nine: str) -> int | None:
+    """The Modulus 11 check digit for nine digits, or None when it would be 10 (no valid number)."""
+    if not isinstance(first_nine, str) or len(first_nine) != 9 or not (first_nine.isascii() and first_nine.isdigit()):
+        raise ValueError("expected nine ASCII digits")
+    total = sum(int(d) * w for d, w in zip(first_nine, _WEIGHTS))
+    check = 11 - (total % 11)
+    if check == 11:
+        return 0
+    if check == 10:
+        return None
+    return check
+
+
+def problem(nhs: object) -> str | None:
+    """Why ``nhs`` is not a valid NHS number, or None when it is.
+
+    The reason never repeats the value: it ends up in refusals, dead letters
+    and logs, and a near-miss NHS number is still personal data.
+    """
+    if not isinstance(nhs, str):
+        return f"expected a string of 10 digits, got {type(nhs).__name__}"
+    if not nhs:
+        return "is empty (expected 10 digits)"
+    if not (nhs.isascii() and nhs.isdigit()):
+        return "must be 10 digits 0-9, with no spaces or other characters"
+    if len(nhs) != 10:
+        return f"must be exactly 10 digits, got {len(nhs)}"
+    expected = check_digit(nhs[:9])
+    if expected is None or expected != int(nhs[9]):
+        return "fails the Modulus 11 check (mistyped?)"
+    return None
+
+
+def is_valid(nhs: object) -> bool:
+    """True when ``nhs`` is exactly ten ASCII digits whose last digit is the Modulus 11 check digit."""
+    return problem(nhs) is None
