@@ -61,7 +61,17 @@ class UnknownFingerprint(SerdeError):
 
 
 class BodyMismatch(SerdeError):
-    """The header is fine but the body is not exactly one record of that schema."""
+    """The header is fine but the body is not exactly one record of that schema.
+
+    ``field`` is the dotted path where reading went wrong ("(record)" when the
+    body as a whole is at fault, e.g. trailing bytes), ``problem`` what was wrong
+    there. Neither ever carries a decoded value: bodies hold personal data.
+    """
+
+    def __init__(self, message: str, field: str = "(record)", problem: str | None = None) -> None:
+        self.field = field
+        self.problem = problem if problem is not None else message
+        super().__init__(message)
 
 
 class InvalidRecord(SerdeError):
@@ -261,6 +271,10 @@ def _check_logical(logical: str, kind: str, s: Any, value: Any, where: str) -> b
             if value.tzinfo is None or value.utcoffset() is None:
                 # fastavro would read a naive datetime as local time: refuse rather than shift it.
                 raise InvalidRecord(where, f"expected a timezone-aware timestamp, got naive {_show(value)}")
+            try:
+                value.astimezone(UTC)
+            except OverflowError:  # written, it could never be read back
+                raise InvalidRecord(where, "timestamp is outside the years 1-9999 in UTC") from None
             return True
         raise InvalidRecord(where, f"expected timestamp, got {_show(value)}")
     if logical == "date" and kind == "int":
@@ -470,23 +484,53 @@ class Catalogue:
         """
         schema, fp, names = self._entry(name)
         if not validated:
-            _check(schema, record, "", names)
+            try:
+                _check(schema, record, "", names)
+            except SerdeError:
+                raise
+            except Exception as exc:  # a value so odd the checker trips on it is still the caller's error
+                raise InvalidRecord("(record)", f"cannot check as {name}: {type(exc).__name__}") from exc
         out = BytesIO()
         out.write(MAGIC)
         out.write(fp)
         try:
             fastavro.schemaless_writer(out, schema, record)
         except Exception as exc:  # validation should have caught it; never emit half a message
-            raise InvalidRecord("(record)", f"cannot encode as {name}: {exc}") from exc
+            raise InvalidRecord("(record)", f"cannot encode as {name}: {type(exc).__name__}: {_show(str(exc))}") from exc
         return out.getvalue()
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        """Return (registered name, record); refuses anything but exactly one record."""
+        """Return (registered name, record); refuses anything but exactly one canonically encoded record.
+
+        Every refusal is a SerdeError (NotSingleObject, UnknownFingerprint or
+        BodyMismatch) with a message naming what is wrong and where, so the
+        processor can dead-letter any input with a reason and never crash on it.
+
+        The body must be the canonical encoding of the record it decodes to (what
+        every Avro writer emits: minimal varints, one block per array). fastavro
+        alone would read a negative enum or union index as a symbol or branch
+        counted from the end (Python indexing) and a boolean byte 7 as true;
+        re-encoding and comparing refuses those, and makes one record one byte
+        string, so a digest of the bytes identifies the content.
+        """
+        if data is None:
+            raise NotSingleObject("no message value (null): expected an Avro single-object message")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise NotSingleObject(f"expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if not data:
+            raise NotSingleObject("empty message: expected an Avro single-object message (0xC3 0x01 ...)")
+        if data[0] == 0 and len(data) >= 5:
+            schema_id = struct.unpack(">I", data[1:5])[0]
+            raise NotSingleObject(
+                f"Confluent Schema Registry framing, not Avro single-object encoding (schema id {schema_id}): "
+                "publish with the Accord producer, which writes 0xC3 0x01 and the schema fingerprint"
+            )
         if len(data) < HEADER_SIZE:
             raise NotSingleObject(f"too short for a single-object header: {len(data)} bytes, need {HEADER_SIZE}")
         if data[:2] != MAGIC:
-            raise NotSingleObject(f"wrong magic {bytes(data[:2]).hex()}, expected {MAGIC.hex()}")
-        fp = bytes(data[2:HEADER_SIZE])
+            raise NotSingleObject(f"wrong magic {data[:2].hex()}, expected {MAGIC.hex()} (Avro single-object encoding)")
+        fp = data[2:HEADER_SIZE]
         try:
             name, schema = self._by_fp[fp]
         except KeyError:
@@ -495,11 +539,218 @@ class Catalogue:
         body.seek(HEADER_SIZE)
         try:
             record = fastavro.schemaless_reader(body, schema)
-        except Exception as exc:  # EOFError, UnicodeDecodeError, IndexError ...: all mean "not this schema"
-            raise BodyMismatch(f"body does not decode as {name}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # EOFError, UnicodeDecodeError, IndexError, OverflowError ...
+            raise self._mismatch(name, data, exc) from exc
         left = len(data) - body.tell()
         if left:
-            raise BodyMismatch(f"body has {left} trailing bytes after a {name} record")
+            raise BodyMismatch(
+                f"body has {left} trailing bytes after a {name} record", "(record)", f"{left} trailing bytes"
+            )
         if not isinstance(record, dict):
             raise BodyMismatch(f"body of {name} is not a record")
+        out = BytesIO()
+        try:
+            fastavro.schemaless_writer(out, schema, record)
+            canonical = out.getbuffer() == memoryview(data)[HEADER_SIZE:]
+        except Exception:
+            canonical = False
+        if not canonical:
+            raise self._mismatch(name, data, None)
         return name, record
+
+    def _mismatch(self, name: str, data: bytes, exc: Exception | None) -> BodyMismatch:
+        """Say where and why the body is not a record of ``name``, from a walk of the bytes."""
+        try:
+            found = _diagnose(self._by_name[name][0], self._by_name[name][2], data, HEADER_SIZE)
+        except Exception:  # the diagnosis is a courtesy; the refusal stands regardless
+            found = None
+        if found is not None:
+            field, problem = found
+            return BodyMismatch(f"body does not decode as {name}: {field}: {problem}", field, problem)
+        if exc is None:
+            problem = "is not the canonical encoding of the record it decodes to"
+        else:
+            problem = f"{type(exc).__name__} while reading ({_reader_hint(exc)})"
+        return BodyMismatch(f"body does not decode as {name}: {problem}", "(record)", problem)
+
+
+def _reader_hint(exc: Exception) -> str:
+    """fastavro's exception as a hint, without anything it may have read from the body."""
+    if isinstance(exc, EOFError):
+        return "the body ends before the record does: truncated"
+    if isinstance(exc, UnicodeDecodeError):
+        return "a string is not valid UTF-8"
+    if isinstance(exc, OverflowError):
+        return "a number or timestamp is out of range"
+    if isinstance(exc, IndexError):
+        return "an enum or union index is out of range"
+    return "malformed body"
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+# What datetime and date can hold: fastavro raises OverflowError beyond these.
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+_DATE_MIN_DAYS = date.min.toordinal() - _EPOCH_DAY
+_DATE_MAX_DAYS = date.max.toordinal() - _EPOCH_DAY
+_TS_MIN_MS = _DATE_MIN_DAYS * 86_400_000
+_TS_MAX_MS = (_DATE_MAX_DAYS + 1) * 86_400_000 - 1
+
+
+class _Malformed(Exception):
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(field, problem)
+
+
+class _Walk:
+    """Reads a body against its schema only to say what is wrong with it: never on the hot path.
+
+    Every declared length or count is checked against the bytes that remain
+    before anything is read, so a corrupt length costs nothing, let alone gigabytes.
+    """
+
+    def __init__(self, names: Mapping[str, Any], data: bytes, pos: int) -> None:
+        self.names = names
+        self.data = data
+        self.pos = pos
+        self.items = 0
+        self.odd: tuple[str, str] | None = None  # first non-canonical (but readable) encoding seen
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def note(self, where: str, problem: str) -> None:
+        if self.odd is None:
+            self.odd = (where, problem)
+
+    def long(self, where: str) -> int:
+        data, pos, acc, shift = self.data, self.pos, 0, 0
+        while True:
+            if pos >= len(data):
+                raise _Malformed(where, "the body ends inside a number (truncated)")
+            byte = data[pos]
+            pos += 1
+            acc |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift >= 70:
+                raise _Malformed(where, "a variable-length number runs over 10 bytes")
+        if pos - self.pos > 1 and byte == 0:
+            self.note(where, "a number is written with more bytes than it needs")
+        self.pos = pos
+        if acc >= 2**64:
+            raise _Malformed(where, "a number does not fit 64 bits")
+        return (acc >> 1) ^ -(acc & 1)
+
+    def take(self, size: int, where: str, what: str) -> bytes:
+        if size < 0:
+            raise _Malformed(where, f"negative {what} length {size}")
+        if size > self.remaining():
+            raise _Malformed(
+                where, f"{what} declares {size} bytes but only {self.remaining()} remain (truncated or corrupt)"
+            )
+        chunk = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return chunk
+
+    def read(self, schema: Any, path: str) -> None:
+        s = _resolve(schema, self.names)
+        where = path or "(record)"
+        if isinstance(s, list):
+            index = self.long(where)
+            if not 0 <= index < len(s):
+                raise _Malformed(where, f"union branch index {index} out of range (0-{len(s) - 1})")
+            self.read(s[index], path)
+            return
+        kind = s if isinstance(s, str) else s["type"]
+        logical = None if isinstance(s, str) else s.get("logicalType")
+        if kind == "null":
+            return
+        if kind == "boolean":
+            byte = self.take(1, where, "boolean")[0]
+            if byte > 1:
+                raise _Malformed(where, f"boolean byte {byte} is neither 0 nor 1")
+        elif kind in ("int", "long"):
+            value = self.long(where)
+            if kind == "int" and not _INT_MIN <= value <= _INT_MAX:
+                raise _Malformed(where, f"{value} does not fit a 32-bit int")
+            if logical == "date" and not _DATE_MIN_DAYS <= value <= _DATE_MAX_DAYS:
+                raise _Malformed(where, f"date {value} days from 1970 is outside the years 1-9999")
+            if logical == "timestamp-millis" and not _TS_MIN_MS <= value <= _TS_MAX_MS:
+                raise _Malformed(where, f"timestamp-millis {value} is outside the years 1-9999")
+            if logical == "timestamp-micros" and not _TS_MIN_MS * 1000 <= value <= _TS_MAX_MS * 1000 + 999:
+                raise _Malformed(where, f"timestamp-micros {value} is outside the years 1-9999")
+        elif kind == "float":
+            self.take(4, where, "float")
+        elif kind == "double":
+            self.take(8, where, "double")
+        elif kind in ("string", "bytes"):
+            chunk = self.take(self.long(where), where, kind)
+            if kind == "string":
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _Malformed(where, f"string is not valid UTF-8 (byte {exc.start + 1} of {len(chunk)})") from None
+        elif kind == "fixed":
+            self.take(s["size"], where, "fixed")
+        elif kind == "enum":
+            index = self.long(where)
+            if not 0 <= index < len(s["symbols"]):
+                raise _Malformed(
+                    where, f"enum index {index} out of range: {s['name'].rsplit('.', 1)[-1]} has {len(s['symbols'])} symbols"
+                )
+        elif kind in ("array", "map"):
+            self.blocks(s, path, kind)
+        elif kind in ("record", "error"):
+            for f in s["fields"]:
+                self.read(f["type"], _join(path, f["name"]))
+        else:
+            raise _Malformed(where, f"unsupported schema type {kind!r}")
+
+    def blocks(self, s: Mapping[str, Any], path: str, kind: str) -> None:
+        where = path or "(record)"
+        index = 0
+        for block in range(len(self.data)):
+            count = self.long(where)
+            if count == 0:
+                return
+            if block:
+                self.note(where, f"{kind} written in more than one block")
+            if count < 0:
+                count = -count
+                self.note(where, f"{kind} block with a negative count (and a byte size)")
+                size = self.long(where)
+                if not 0 <= size <= self.remaining():
+                    raise _Malformed(where, f"{kind} block declares {size} bytes but {self.remaining()} remain")
+            self.items += count
+            if count > self.remaining() or self.items > len(self.data):
+                raise _Malformed(
+                    where, f"{kind} declares {count} items but only {self.remaining()} bytes remain (truncated or corrupt)"
+                )
+            for _ in range(count):
+                if kind == "map":
+                    self.take(self.long(where), where, "map key")
+                    self.read(s["values"], f"{path}[{index}]")
+                else:
+                    self.read(s["items"], f"{path}[{index}]")
+                index += 1
+        raise _Malformed(where, f"{kind} never ends")
+
+
+def _diagnose(schema: Any, names: Mapping[str, Any], data: bytes, pos: int) -> tuple[str, str] | None:
+    """(field, problem) for the first thing wrong in the body at ``data[pos:]``, or None if nothing is."""
+    walk = _Walk(names, data, pos)
+    try:
+        walk.read(schema, "")
+    except _Malformed as bad:
+        return bad.field, bad.problem
+    except RecursionError:
+        return "(record)", "nested too deeply"
+    if walk.remaining():
+        return "(record)", f"{walk.remaining()} trailing bytes"
+    if walk.odd is not None:
+        return walk.odd[0], f"{walk.odd[1]}: not the canonical encoding"
+    return None
