@@ -28,6 +28,7 @@ from accord.settings import Settings
 from accord.sharing import subject_key
 from accord.topics import TopicNames, create_topics
 from agreements import load_dir, recipients_by_type
+from agreements.partners import load_partners
 from consumers import Disclosure, Subscription
 from accord.checkpointer import publish_checkpoint, signer_from_settings, verifier_from_settings
 from ledger import LedgerEntry, verify
@@ -36,18 +37,18 @@ from producers import Publisher
 from producers.synthetic import build_scenario
 
 
-def _record_consent(engine, scenario, rng: random.Random) -> Counter:
+def _record_consent(engine, scenario, rng: random.Random, known: consent.KnownScopes) -> Counter:
     """Synthetic citizens' choices: some opt out of health visiting, some permit liaison and diversion."""
     made: Counter = Counter()
     mothers = sorted({subject_key("natal_care", e.record) for e in scenario.events if e.event_type == "natal_care"})
     for key in rng.sample(mothers, max(1, len(mothers) // 10)):
         consent.record(engine, key, consent.ConsentDecision.DENY, recipient="salford-health-visiting",
-                       collected_by="demo: GP surgery opt-out form")
+                       known=known, collected_by="demo: GP surgery opt-out form")
         made["deny salford-health-visiting"] += 1
     detainees = sorted({subject_key("custody", e.record) for e in scenario.events if e.event_type == "custody"})
     for key in rng.sample(detainees, max(1, len(detainees) // 3)):
         consent.record(engine, key, consent.ConsentDecision.PERMIT, recipient="liaison-diversion",
-                       collected_by="demo: custody healthcare practitioner")
+                       known=known, collected_by="demo: custody healthcare practitioner")
         made["permit liaison-diversion"] += 1
     return made
 
@@ -129,7 +130,8 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
         seq_before = conn.execute(select(func.coalesce(func.max(LedgerEntry.seq), 0))).scalar_one()
 
     scenario = build_scenario(n_events=n_events, seed=seed)
-    consents = _record_consent(engine, scenario, random.Random(seed))
+    known = consent.KnownScopes.from_partners(load_partners(settings.partners_file))
+    consents = _record_consent(engine, scenario, random.Random(seed), known)
 
     publisher = Publisher(settings)
     malformed_key = f"demo-malformed-{run_id}".encode()

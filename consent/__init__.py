@@ -1,6 +1,25 @@
 """Citizens' consent: model, precedence rule and store."""
 
-from consent.model import ConsentDecision, ConsentRecord, applicable, version
+from consent.model import (
+    ConsentDecision,
+    ConsentRecord,
+    InvalidPreference,
+    KnownScopes,
+    applicable,
+    check_preference,
+    version,
+)
 from consent.store import history, init_consent, record
 
-__all__ = ["ConsentDecision", "ConsentRecord", "applicable", "history", "init_consent", "record", "version"]
+__all__ = [
+    "ConsentDecision",
+    "ConsentRecord",
+    "InvalidPreference",
+    "KnownScopes",
+    "applicable",
+    "check_preference",
+    "history",
+    "init_consent",
+    "record",
+    "version",
+]

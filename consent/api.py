@@ -7,20 +7,28 @@ endpoint takes a subject in its path, query or body (a body naming one is
 refused), so one citizen cannot address another's data.
 
 Status codes: a missing or invalid token is 401 with ``WWW-Authenticate:
-Bearer``; a valid token of the wrong role is 403 (a staff token on ``/v1/me``
-included). Error bodies never carry a subject key or the submitted input, and
-logs name record ids, counts and reasons only (I6).
+Bearer``, and so is a token whose subject is not a well-formed subject key
+(``NHS:...``, a bad check digit, spaces: preferences under it would never
+apply); a valid token of the wrong role is 403 (a staff token on ``/v1/me``
+included). A preference naming a recipient or class not in the partner registry,
+or an unknown purpose, is 422 with the reason. Error bodies never carry a
+subject key or the submitted input, and logs name record ids, counts and
+reasons only (I6).
 
-Run it::
+Run it (``accord consent serve`` does the same)::
 
     uvicorn --factory consent.api:app_from_settings  # with ACCORD_API_SECRET set
+
+however it is started, :func:`app_from_settings` refuses to build an app that
+would connect as the tables' owner, a superuser or any role that could change
+the consent history (accord.database.require_app_role).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request, status
@@ -32,8 +40,11 @@ from sqlalchemy import Engine
 
 from agreements.model import Agreement, Purpose
 from consent import store
-from consent.model import ConsentDecision, ConsentRecord
-from consent.tokens import CITIZEN, STAFF, Principal, TokenError, check_secret, verify_token
+from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes
+from consent.tokens import CITIZEN, MIN_SECRET_BYTES, STAFF, Principal, TokenError, check_secret, verify_token
+
+if TYPE_CHECKING:
+    from accord.settings import Settings
 
 log = structlog.get_logger("accord.consent.api")
 
@@ -112,7 +123,7 @@ class ConsentRequest(BaseModel):
     decision: ConsentDecision = Field(description="`permit` or `deny`")
     purpose: Purpose | None = Field(None, description="One of the agreement purposes")
     recipient: str | None = Field(
-        None, min_length=1, max_length=64, description="A recipient named by a loaded agreement"
+        None, min_length=1, max_length=64, description="A partner id from the partner registry (e.g. `cps`)"
     )
 
     @model_validator(mode="after")
@@ -190,11 +201,16 @@ _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 # --- the app --------------------------------------------------------------------------------
 
 
-def create_app(engine: Engine, agreements: Sequence[Agreement], secret: str | bytes) -> FastAPI:
-    """The consent API over ``engine`` (consent store) and the loaded ``agreements``."""
+def create_app(
+    engine: Engine, agreements: Sequence[Agreement], secret: str | bytes, *, known: KnownScopes
+) -> FastAPI:
+    """The consent API over ``engine`` (consent store) and the loaded ``agreements``.
+
+    ``known``: the recipients and classes a preference may name, from the partner
+    registry (:meth:`KnownScopes.from_partners`); the app reads no files itself.
+    """
     check_secret(secret)  # refuse a short secret at start-up, not on the first request
     agreements = tuple(agreements)
-    known_recipients = frozenset(r for a in agreements for r in a.recipients)
 
     app = FastAPI(
         title="Accord consent API",
@@ -282,20 +298,22 @@ def create_app(engine: Engine, agreements: Sequence[Agreement], secret: str | by
     )
     def record_consent(body: ConsentRequest, who: Principal = as_citizen) -> ConsentRecordOut:
         assert who.subject is not None
-        if body.recipient is not None and body.recipient not in known_recipients:
-            log.info("request_refused", path="/v1/me/consents", status=422, reason="unknown recipient")
-            return JSONResponse(  # type: ignore[return-value]
-                {"detail": [{"loc": ["body", "recipient"], "msg": "unknown recipient", "type": "value_error"}]},
-                status_code=422,
+        try:
+            rec = store.record(
+                engine,
+                who.subject,
+                body.decision,
+                known=known,
+                purpose=body.purpose.value if body.purpose is not None else None,
+                recipient=body.recipient,
+                collected_by=COLLECTED_BY,
             )
-        rec = store.record(
-            engine,
-            who.subject,
-            body.decision,
-            purpose=body.purpose.value if body.purpose is not None else None,
-            recipient=body.recipient,
-            collected_by=COLLECTED_BY,
-        )
+        except InvalidPreference as exc:
+            log.info("request_refused", path="/v1/me/consents", status=422, field=exc.field)
+            loc = ["body"] if exc.field in ("scope", "subject") else ["body", exc.field]
+            return JSONResponse(  # type: ignore[return-value]
+                {"detail": [{"loc": loc, "msg": exc.reason, "type": "value_error"}]}, status_code=422
+            )
         log.info("consent_recorded", record_id=rec.id)
         return ConsentRecordOut.of(rec)
 
@@ -312,22 +330,44 @@ def create_app(engine: Engine, agreements: Sequence[Agreement], secret: str | by
     return app
 
 
+class ApiSettingsError(Exception):
+    """The API cannot start from these settings; the message names the setting and what to do."""
+
+
+def _secret_from(settings: Settings) -> str:
+    value = settings.api_secret.get_secret_value()
+    try:
+        check_secret(value)
+    except ValueError:
+        problem = "is not set" if not value else "is too short"
+        raise ApiSettingsError(
+            f"ACCORD_API_SECRET {problem}: set it to a random secret of at least {MIN_SECRET_BYTES} bytes "
+            "(e.g. `export ACCORD_API_SECRET=$(openssl rand -hex 32)`); it signs the API's tokens"
+        ) from None
+    return value
+
+
 def app_from_settings() -> FastAPI:
     """An app from the environment, for ``uvicorn --factory consent.api:app_from_settings``.
 
-    Reads ``ACCORD_API_SECRET`` (at least 32 bytes) and the ledger URL and agreements
-    folder from :mod:`accord.settings`.
+    Reads ``ACCORD_API_SECRET`` (at least 32 bytes; :class:`ApiSettingsError`
+    otherwise), the ledger URL, the agreements folder and the partner registry
+    from :mod:`accord.settings`. Refuses (``LedgerRoleError``) to serve as a role
+    that could change the consent history, so the guard holds however the API is
+    started, not only through ``accord consent serve``.
     """
-    from accord.database import engine_for
+    from accord.database import engine_for, require_app_role
     from accord.settings import get_settings
     from agreements import load_dir
+    from agreements.partners import load_partners
 
     settings = get_settings()
-    secret_value = settings.api_secret.get_secret_value()
-    check_secret(secret_value)
+    secret_value = _secret_from(settings)
+    known = KnownScopes.from_partners(load_partners(settings.partners_file))
+    agreements = load_dir(settings.agreements_dir)
     engine = engine_for(settings)
-    store.init_consent(engine)
-    return create_app(engine, load_dir(settings.agreements_dir), secret_value)
+    require_app_role(engine)
+    return create_app(engine, agreements, secret_value, known=known)
 
 
-__all__ = ["COLLECTED_BY", "create_app", "app_from_settings", "current_view"]
+__all__ = ["COLLECTED_BY", "ApiSettingsError", "app_from_settings", "create_app", "current_view"]

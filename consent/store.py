@@ -3,6 +3,11 @@
 The processor reads the history of every subject in a batch with one query
 just before deciding, so a change recorded before an event is processed applies
 to it (invariant I5).
+
+:func:`record` files a preference only if it would apply as meant
+(consent.model.check_preference): the subject key normalised, every scope known.
+The caller passes the known scopes in (:class:`consent.model.KnownScopes`, from
+the partner registry); the store reads no files.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from datetime import UTC, datetime
 from sqlalchemy import BigInteger, DateTime, Engine, Integer, String, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from consent.model import ConsentDecision, ConsentRecord
+from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes, check_preference
 
 
 class ConsentBase(DeclarativeBase):
@@ -51,6 +56,7 @@ def record(
     subject_key: str,
     decision: ConsentDecision,
     *,
+    known: KnownScopes,
     purpose: str | None = None,
     recipient: str | None = None,
     recipient_class: str | None = None,
@@ -59,12 +65,15 @@ def record(
     method: str | None = None,
     evidence_ref: str | None = None,
 ) -> ConsentRecord:
-    if purpose is None and recipient is None and recipient_class is None:
-        raise ValueError("a consent preference names a purpose, a recipient or a recipient class")
-    if recipient is not None and recipient_class is not None:
-        raise ValueError("a consent preference names a recipient or a recipient class, not both")
+    """Append one preference; :class:`InvalidPreference` (a ValueError) when it would never apply as meant.
+
+    ``subject_key`` may be a bare NHS number: it is recorded as ``nhs:<number>``.
+    """
+    subject_key = check_preference(
+        subject_key, known, purpose=purpose, recipient=recipient, recipient_class=recipient_class
+    )
     if expires_at is not None and expires_at.tzinfo is None:
-        raise ValueError("expires_at must carry a time zone")
+        raise InvalidPreference("expires_at", "the expiry time must carry a time zone")
     now = datetime.now(UTC)
     with engine.begin() as conn:
         new_id = conn.execute(

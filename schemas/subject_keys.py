@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from producers.nhs_number import is_valid
+from schemas.nhs_number import is_valid
 
 __all__ = ["KINDS", "MAX_LENGTH", "InvalidSubjectKey", "kind", "normalise"]
 

@@ -6,26 +6,35 @@ is 403 (authenticated, wrong role), not 401.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
 from accord.settings import PACKAGE_ROOT
 from agreements import load_dir
+from agreements.partners import load_partners
 from consent import store
 from consent.api import create_app
-from consent.model import ConsentDecision
+from consent.model import ConsentDecision, KnownScopes
 from consent.tokens import TokenError, issue_token, verify_token
 from producers.nhs_number import is_valid
+from tests.conftest import RoleDatabase, _schema_url
 
 SECRET = "test-secret-for-the-consent-api-0123456789"
 ME = "nhs:9434765919"
 OTHER = "nhs:9434765870"
 AGREEMENTS = load_dir(PACKAGE_ROOT / "agreements" / "examples")
+KNOWN = KnownScopes.from_partners(load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"))
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -48,7 +57,7 @@ def engine(pg_engine: Engine) -> Engine:
 
 @pytest.fixture
 def client(engine: Engine) -> Iterator[TestClient]:
-    with TestClient(create_app(engine, AGREEMENTS, SECRET)) as c:
+    with TestClient(create_app(engine, AGREEMENTS, SECRET, known=KNOWN)) as c:
         yield c
 
 
@@ -89,13 +98,13 @@ def test_token_round_trip_and_refusals() -> None:
 
 def test_citizen_reads_only_their_own_records(engine: Engine, client: TestClient) -> None:
     mine = [
-        store.record(engine, ME, ConsentDecision.DENY, purpose="research"),
-        store.record(engine, ME, ConsentDecision.PERMIT, recipient="liaison-diversion"),
-        store.record(engine, ME, ConsentDecision.PERMIT, purpose="research"),
+        store.record(engine, ME, ConsentDecision.DENY, known=KNOWN, purpose="research"),
+        store.record(engine, ME, ConsentDecision.PERMIT, known=KNOWN, recipient="liaison-diversion"),
+        store.record(engine, ME, ConsentDecision.PERMIT, known=KNOWN, purpose="research"),
     ]
     theirs = [
-        store.record(engine, OTHER, ConsentDecision.DENY, purpose="safeguarding"),
-        store.record(engine, OTHER, ConsentDecision.DENY, recipient="cps"),
+        store.record(engine, OTHER, ConsentDecision.DENY, known=KNOWN, purpose="safeguarding"),
+        store.record(engine, OTHER, ConsentDecision.DENY, known=KNOWN, recipient="cps"),
     ]
     resp = client.get("/v1/me/consents", headers=citizen(ME))
     assert resp.status_code == 200
@@ -112,7 +121,7 @@ def test_citizen_reads_only_their_own_records(engine: Engine, client: TestClient
 
 
 def test_citizen_with_no_records_sees_an_empty_list(engine: Engine, client: TestClient) -> None:
-    store.record(engine, OTHER, ConsentDecision.DENY, purpose="research")
+    store.record(engine, OTHER, ConsentDecision.DENY, known=KNOWN, purpose="research")
     resp = client.get("/v1/me/consents", headers=citizen(ME))
     assert resp.status_code == 200
     assert resp.json() == {"history": [], "current": []}
@@ -170,6 +179,72 @@ def test_invalid_preferences_are_422(engine: Engine, client: TestClient, body: d
     assert store.history(engine, [ME]) == {}
 
 
+def test_unknown_recipient_class_as_recipient_and_bare_scope_are_422_with_reasons(
+    engine: Engine, client: TestClient
+) -> None:
+    cases = {
+        "nobody": "unknown recipient",
+        "nhs": "recipient class, not a partner",  # a class from partners.yaml is not a partner id
+    }
+    for recipient, reason in cases.items():
+        resp = client.post("/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient": recipient})
+        assert resp.status_code == 422
+        [issue] = resp.json()["detail"]
+        assert issue["loc"] == ["body", "recipient"] and reason in issue["msg"]
+        assert recipient not in issue["msg"]  # the reason does not echo the input
+    assert store.history(engine, [ME]) == {}
+
+
+def test_recipient_known_from_the_partner_registry_not_from_agreements(engine: Engine) -> None:
+    """The registry decides what a preference may name, even a partner no loaded agreement names yet."""
+    known = KnownScopes.from_partners({"cps": "prosecution", "new-partner": "nhs"})
+    with TestClient(create_app(engine, AGREEMENTS, SECRET, known=known)) as c:
+        assert c.post("/v1/me/consents", headers=citizen(ME),
+                      json={"decision": "deny", "recipient": "new-partner"}).status_code == 201
+        assert c.post("/v1/me/consents", headers=citizen(ME),
+                      json={"decision": "deny", "recipient": "hmcts"}).status_code == 422
+    assert [r.recipient for r in store.history(engine, [ME])[ME]] == ["new-partner"]
+
+
+def _token_for(subject: str) -> dict[str, str]:
+    """A correctly signed citizen token whatever its subject (issue_token refuses malformed ones)."""
+    now = int(time.time())
+    return _auth(jwt.encode({"role": "citizen", "sub": subject, "iat": now, "exp": now + 60}, SECRET, algorithm="HS256"))
+
+
+@pytest.mark.parametrize(
+    ("subject", "reason"),
+    [
+        ("NHS:9434765870", "lower case"),
+        ("nhs:9434765870 ", "contains spaces"),
+        (" nhs:9434765870", "contains spaces"),
+        ("nhs:9434765871", "Modulus 11"),
+        ("nhs:123", "10 digits"),
+        ("passport:9434765870", "unknown subject key scheme"),
+    ],
+)
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/me/consents"), ("POST", "/v1/me/consents")])
+def test_a_token_whose_subject_is_not_a_well_formed_key_is_401_and_records_nothing(
+    engine: Engine, client: TestClient, subject: str, reason: str, method: str, path: str
+) -> None:
+    resp = client.request(method, path, headers=_token_for(subject), json={"decision": "deny", "purpose": "research"})
+    assert resp.status_code == 401
+    assert "subject is not a well-formed subject key" in resp.json()["detail"] and reason in resp.json()["detail"]
+    assert "9434765870" not in resp.text and "9434765871" not in resp.text
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(store.ConsentRow)).scalar_one() == 0
+    with pytest.raises(ValueError):
+        issue_token(SECRET, "citizen", subject)  # nor can such a token be issued
+
+
+def test_a_token_for_a_bare_nhs_number_acts_on_the_normalised_key(engine: Engine, client: TestClient) -> None:
+    resp = client.post("/v1/me/consents", headers=_token_for("9434765870"), json={"decision": "deny", "purpose": "research"})
+    assert resp.status_code == 201, resp.text
+    assert [r.id for r in store.history(engine, [OTHER])[OTHER]] == [resp.json()["id"]]
+    listed = client.get("/v1/me/consents", headers=citizen(OTHER)).json()
+    assert [r["id"] for r in listed["history"]] == [resp.json()["id"]]
+
+
 # --- authentication and authorisation -------------------------------------------------------
 
 
@@ -193,7 +268,7 @@ def _expired_citizen() -> str:
 def test_missing_or_invalid_token_is_401(
     engine: Engine, client: TestClient, headers: dict, method: str, path: str
 ) -> None:
-    store.record(engine, ME, ConsentDecision.DENY, purpose="research")
+    store.record(engine, ME, ConsentDecision.DENY, known=KNOWN, purpose="research")
     resp = client.request(method, path, headers=headers, json={"decision": "permit", "purpose": "research"})
     assert resp.status_code == 401
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -202,7 +277,7 @@ def test_missing_or_invalid_token_is_401(
 
 
 def test_staff_token_on_me_is_403(engine: Engine, client: TestClient) -> None:
-    store.record(engine, ME, ConsentDecision.DENY, purpose="research")
+    store.record(engine, ME, ConsentDecision.DENY, known=KNOWN, purpose="research")
     assert client.get("/v1/me/consents", headers=staff()).status_code == 403
     resp = client.post("/v1/me/consents", headers=staff(), json={"decision": "permit", "purpose": "research"})
     assert resp.status_code == 403
@@ -231,7 +306,87 @@ def test_staff_reads_agreements(client: TestClient) -> None:
 
 def test_short_secret_refused_at_startup(engine: Engine) -> None:
     with pytest.raises(ValueError):
-        create_app(engine, AGREEMENTS, "short")
+        create_app(engine, AGREEMENTS, "short", known=KNOWN)
+
+
+# --- starting the API -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _uvicorn(url: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """The API started the way consent.api documents, not through `accord consent serve`."""
+    port = _free_port()
+    env = {**os.environ, "ACCORD_LEDGER_URL": url, "ACCORD_API_SECRET": SECRET, "ACCORD_STATE_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "consent.api:app_from_settings", "--port", str(port)],
+        env=env, cwd=PACKAGE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    return proc, port
+
+
+@pytest.mark.parametrize("who", ["owner", "superuser"])
+def test_uvicorn_factory_refuses_to_serve_as_a_role_that_could_change_consent_history(
+    role_db: RoleDatabase, tmp_path: Path, who: str
+) -> None:
+    url = role_db.owner_url if who == "owner" else _schema_url(role_db.schema)
+    proc, port = _uvicorn(url, tmp_path)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "refusing to run as database role" in err
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1)
+
+
+def test_uvicorn_factory_serves_as_the_app_role(role_db: RoleDatabase, tmp_path: Path) -> None:
+    proc, port = _uvicorn(role_db.app_url, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                resp = httpx.post(f"http://127.0.0.1:{port}/v1/me/consents", headers=citizen(ME),
+                                  json={"decision": "deny", "recipient": "cps"}, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the API did not start"
+                time.sleep(0.2)
+        assert resp.status_code == 201, resp.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert [r.recipient for r in store.history(role_db.app, [ME])[ME]] == ["cps"]
+
+
+@pytest.mark.parametrize(("secret", "problem"), [("", "is not set"), ("too-short", "is too short")])
+def test_consent_serve_without_a_usable_secret_says_which_variable_and_what_to_do(
+    role_db: RoleDatabase, tmp_path: Path, secret: str, problem: str
+) -> None:
+    env = {**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_API_SECRET": secret,
+           "ACCORD_STATE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "accord.cli", "consent", "serve"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert f"ACCORD_API_SECRET {problem}" in lines[0] and "at least 32 bytes" in lines[0]
+
+
+def test_consent_serve_as_the_owner_is_refused_in_one_line(role_db: RoleDatabase, tmp_path: Path) -> None:
+    env = {**os.environ, "ACCORD_LEDGER_URL": role_db.owner_url, "ACCORD_API_SECRET": SECRET,
+           "ACCORD_STATE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "accord.cli", "consent", "serve"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "refusing to run as database role" in result.stderr
 
 
 # --- OpenAPI --------------------------------------------------------------------------------

@@ -14,12 +14,16 @@ import pytest
 from sqlalchemy import text
 
 import consent
+from accord.settings import PACKAGE_ROOT
 from accord.sharing import disclosure_id, subject_key
+from agreements.partners import load_partners
 from ledger import verify
 from ledger.guard import install_guards
 from producers.synthetic import build_scenario
 from accord.pseudonymise import token
 from tests.bus import TEST_PSEUDONYM_KEY, Bus, settings_env, running_bus
+
+KNOWN = consent.KnownScopes.from_partners(load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,9 @@ def test_every_partner_record_has_a_ledger_entry(bus: Bus) -> None:
 def test_denied_consent_withholds_and_nothing_reaches_the_partner(bus: Bus) -> None:
     event = _events("natal_care")[0]
     key = subject_key("natal_care", event)
-    denial = consent.record(bus.engine, key, consent.ConsentDecision.DENY, recipient="salford-health-visiting")
+    denial = consent.record(
+        bus.engine, key, consent.ConsentDecision.DENY, known=KNOWN, recipient="salford-health-visiting"
+    )
     bus.publish([("natal_care", event)])
 
     [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-health-visiting")
@@ -97,7 +103,8 @@ def test_denied_consent_withholds_and_nothing_reaches_the_partner(bus: Bus) -> N
 
 def test_permit_under_explicit_consent_discloses(bus: Bus) -> None:
     [event] = [e for e in _events("custody", n=10) if e["subject"]["nhs_number"]][:1]
-    consent.record(bus.engine, subject_key("custody", event), consent.ConsentDecision.PERMIT, recipient="liaison-diversion")
+    consent.record(bus.engine, subject_key("custody", event), consent.ConsentDecision.PERMIT, known=KNOWN,
+                   recipient="liaison-diversion")
     bus.publish([("custody", event)])
     [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="liaison-diversion")
     assert entry.outcome == "DISCLOSED"
@@ -144,7 +151,8 @@ def test_withdrawing_consent_after_a_disclosure_sends_a_retraction_and_records_i
     assert disclosed.outcome == "DISCLOSED"
 
     withdrawal = consent.record(
-        bus.engine, subject_key("natal_care", event), consent.ConsentDecision.DENY, recipient="salford-health-visiting"
+        bus.engine, subject_key("natal_care", event), consent.ConsentDecision.DENY, known=KNOWN,
+        recipient="salford-health-visiting",
     )
     retracted = _wait_for(lambda: bus.ledger(refers_to=disclosed.disclosure_id))
     [entry] = retracted
@@ -164,7 +172,7 @@ def test_consent_changes_are_relayed_to_the_preferences_topic(bus: Bus) -> None:
     from schemas.serde import Catalogue
 
     key = f"nhs:{_events('natal_care')[0]['mother']['nhs_number']}"
-    rec = consent.record(bus.engine, key, consent.ConsentDecision.PERMIT, purpose="research", method="online")
+    rec = consent.record(bus.engine, key, consent.ConsentDecision.PERMIT, known=KNOWN, purpose="research", method="online")
     consumer = kafka.consumer(bus.settings, f"prefs-{uuid.uuid4().hex[:6]}")
     consumer.subscribe([bus.names.consent_preferences])
     catalogue = Catalogue.default()

@@ -24,6 +24,8 @@ from tests.bus import TEST_PSEUDONYM_KEY
 from tests.conftest import RoleDatabase, fresh_role_database
 from tests.test_ledger import draft
 
+KNOWN = consent.KnownScopes(frozenset({"cps"}), frozenset({"prosecution"}))
+
 
 def _refused(engine, sql: str) -> str:
     with pytest.raises(DBAPIError) as info:
@@ -37,7 +39,7 @@ def test_app_role_appends_and_reads(role_db: RoleDatabase) -> None:
     assert [a.seq for a in out] == list(range(1, 11))
     assert verify(role_db.app).ok
     # Consent history: the app role inserts (its id sequence included) and reads.
-    rec = consent.record(role_db.app, "nhs:9434765919", consent.ConsentDecision.DENY, recipient="cps")
+    rec = consent.record(role_db.app, "nhs:9434765919", consent.ConsentDecision.DENY, known=KNOWN, recipient="cps")
     assert consent.history(role_db.app, ["nhs:9434765919"])["nhs:9434765919"][0].id == rec.id
     assert require_app_role(role_db.app).role == role_db.app_role
 
@@ -56,7 +58,7 @@ def test_app_role_appends_and_reads(role_db: RoleDatabase) -> None:
 )
 def test_app_role_is_refused_by_postgres(role_db: RoleDatabase, sql: str) -> None:
     append(role_db.app, [draft(i) for i in range(1, 4)])
-    consent.record(role_db.app, "nhs:9434765919", consent.ConsentDecision.DENY, recipient="cps")
+    consent.record(role_db.app, "nhs:9434765919", consent.ConsentDecision.DENY, known=KNOWN, recipient="cps")
     message = _refused(role_db.app, sql)
     # Refused by privileges, before any trigger fires.
     assert "permission denied for table" in message
