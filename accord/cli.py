@@ -199,7 +199,7 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     }
 
     def refused(exc: consent.InvalidPreference) -> int:
-        where = f" (partner registry {settings.partners_file})" if exc.field.startswith("recipient") else ""
+        where = f" (in {settings.partners_file})" if exc.field.startswith("recipient") else ""
         print(f"accord consent: {options.get(exc.field, exc.field)}: {exc.reason}{where}; nothing recorded",
               file=sys.stderr)
         return 2
