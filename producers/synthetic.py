@@ -110,9 +110,12 @@ HANDOVER_NOTES = (
 SCHOOL_ROLE = "designated safeguarding lead"
 COUNCIL_ROLES = ("social worker", "early help practitioner", "adult social care practitioner")
 
-YEAR_START = datetime(2026, 1, 1, tzinfo=UTC)
-YEAR_END = datetime(2026, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
-REFERENCE_DAY = date(2026, 1, 1)
+# A past year, so every event passes the bus's plausibility rules (nothing in the future)
+# on any machine whose clock is right; the same seed gives the same scenario every day.
+SCENARIO_YEAR = 2025
+YEAR_START = datetime(SCENARIO_YEAR, 1, 1, tzinfo=UTC)
+YEAR_END = datetime(SCENARIO_YEAR, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+REFERENCE_DAY = date(SCENARIO_YEAR, 1, 1)
 
 
 @dataclass
@@ -213,22 +216,22 @@ class _Builder:
 
     def populate(self, size: int) -> None:
         rng = self.rng
-        # Women who can be mothers: aged 16-45 on every day of 2026.
+        # Women who can be mothers: aged 16-45 on every day of the scenario's year.
         n_mothers = max(1, round(size * 0.28))
-        # School-age children: under 18 all through 2026, and at least 4.
+        # School-age children: under 18 all through the scenario's year, and at least 4.
         n_children = max(1, round(size * 0.24))
         n_adults = max(1, size - n_mothers - n_children)
         for _ in range(n_mothers):
-            self.people.append(self.person("F", date(1981, 1, 2), date(2009, 12, 31)))
+            self.people.append(self.person("F", date(SCENARIO_YEAR - 45, 1, 2), date(SCENARIO_YEAR - 17, 12, 31)))
         for _ in range(n_children):
-            self.people.append(self.person(rng.choice("FM"), date(2009, 1, 2), date(2021, 12, 31)))
+            self.people.append(self.person(rng.choice("FM"), date(SCENARIO_YEAR - 17, 1, 2), date(SCENARIO_YEAR - 5, 12, 31)))
         for _ in range(n_adults):
-            self.people.append(self.person(rng.choice("FMM"), date(1950, 1, 1), date(2007, 12, 31)))
+            self.people.append(self.person(rng.choice("FMM"), date(SCENARIO_YEAR - 76, 1, 1), date(SCENARIO_YEAR - 19, 12, 31)))
         rng.shuffle(self.people)
         ref = REFERENCE_DAY
         self.mothers = [
             i for i, p in enumerate(self.people)
-            if p.sex == "F" and age_on(p.date_of_birth, ref) >= 16 and age_on(p.date_of_birth, date(2026, 12, 31)) <= 45
+            if p.sex == "F" and age_on(p.date_of_birth, ref) >= 16 and age_on(p.date_of_birth, date(SCENARIO_YEAR, 12, 31)) <= 45
         ]
         self.pupils = [i for i, p in enumerate(self.people) if 4 <= age_on(p.date_of_birth, ref) <= 16]
         self.custody_pool = [i for i, p in enumerate(self.people) if age_on(p.date_of_birth, ref) >= 12]
@@ -241,7 +244,7 @@ class _Builder:
     def moment(self, day: date | None = None) -> datetime:
         rng = self.rng
         if day is None:
-            day = _random_day(rng, date(2026, 1, 1), date(2026, 12, 20))
+            day = _random_day(rng, date(SCENARIO_YEAR, 1, 1), date(SCENARIO_YEAR, 12, 20))
         ms = rng.randrange(24 * 3600 * 1000)
         return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(milliseconds=ms)
 
@@ -357,10 +360,10 @@ class _Builder:
         agency = "mft-nhs-trust"
         mother = self.people[rng.choice(self.mothers)]
         gestation = rng.choices(range(24, 43), weights=[1, 1, 1, 1, 2, 2, 3, 3, 4, 5, 6, 8, 10, 12, 14, 12, 8, 4, 2])[0]
-        birth_day = _random_day(rng, date(2026, 1, 1), date(2026, 12, 10))
+        birth_day = _random_day(rng, date(SCENARIO_YEAR, 1, 1), date(SCENARIO_YEAR, 12, 10))
         booking_day = birth_day - timedelta(weeks=gestation - rng.randrange(8, 13), days=rng.randrange(7))
         stay_days = rng.randrange(1, 5) if gestation >= 37 else rng.randrange(5, 40)
-        discharge_day = min(birth_day + timedelta(days=stay_days), date(2026, 12, 30))
+        discharge_day = min(birth_day + timedelta(days=stay_days), date(SCENARIO_YEAR, 12, 30))
         baby = {
             "nhs_number": self.nhs(),
             "date_of_birth": birth_day,
@@ -374,7 +377,7 @@ class _Builder:
             "address": dict(mother.address),
         }
         steps: list[tuple[str, date]] = []
-        if booking_day >= date(2026, 1, 1):  # otherwise booked before the scenario's year
+        if booking_day >= date(SCENARIO_YEAR, 1, 1):  # otherwise booked before the scenario's year
             steps.append(("ANTENATAL_BOOKING", booking_day))
         steps.append(("BIRTH", birth_day))
         steps.append(("POSTNATAL_DISCHARGE", discharge_day))

@@ -17,7 +17,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import validate
 
 from producers import nhs_number
-from producers.synthetic import OFFENCES, Scenario, SyntheticEvent, age_on, build_scenario, to_json_line
+from producers.synthetic import OFFENCES, SCENARIO_YEAR, Scenario, SyntheticEvent, age_on, build_scenario, to_json_line
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 EVENT_TYPES = ("custody", "referral", "natal_care")
@@ -240,7 +240,7 @@ def test_mix_of_types_and_agencies(scenario: Scenario) -> None:
 
 
 def test_envelopes(scenario: Scenario) -> None:
-    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+    start, end = datetime(SCENARIO_YEAR, 1, 1, tzinfo=UTC), datetime(SCENARIO_YEAR + 1, 1, 1, tzinfo=UTC)
     ids = set()
     for e in scenario.events:
         env = e.record["envelope"]

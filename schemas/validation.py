@@ -1,0 +1,260 @@
+"""Plausibility rules every event is checked against, at the publisher and again at the processor.
+
+The schema says what shape an event has; these rules say whether its values can
+be true. They fail closed on what would otherwise be silently wrong downstream:
+a mistyped NHS number would look up (and miss) someone else's consent, a date
+of birth in 2999 makes a child of anyone, and a 2 MB narrative is a poison record.
+
+The rules are found from the schema, not from a hand list, so a new event type
+is covered the day its ``.avsc`` is added:
+
+- every field named ``nhs_number``, wherever it is nested: ten ASCII digits
+  passing Modulus 11 when present (null or absent is fine where the schema lets
+  it be; an empty string is a problem);
+- ``envelope.event_id``: a UUID in canonical lower-case form;
+- every field named ``date_of_birth``: not after today anywhere on Earth (UTC+14,
+  so a birth just after midnight in any zone is not "in the future") and an age
+  of at most 125 completed years;
+- ``envelope.occurred_at`` and ``envelope.recorded_at``: from 1900-01-01 to one day
+  after ``now`` (a recorded_at before occurred_at is allowed: clocks differ);
+- every string anywhere in the record: at most ``max_string_bytes`` UTF-8 bytes.
+
+A Problem never repeats the value it is about: refusals and dead-letter reasons
+end up in files and logs, and a near-miss NHS number or a narrative is personal data.
+Pure: no I/O, ``now`` is given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from schemas import nhs_number
+from schemas.serde import _join, _named_types, _resolve, load_schema
+
+__all__ = ["Limits", "Problem", "event_problems", "size_problem", "MAX_AGE_YEARS", "EARLIEST_TIMESTAMP"]
+
+MAX_AGE_YEARS = 125
+EARLIEST_TIMESTAMP = datetime(1900, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(days=1)
+LATEST_ZONE = timedelta(hours=14)  # UTC+14 (Line Islands): where the calendar date is furthest ahead
+ENVELOPE_TIMESTAMPS = ("envelope.occurred_at", "envelope.recorded_at")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size bounds; the bus takes them from Settings.max_event_bytes / max_string_bytes."""
+
+    max_event_bytes: int = 524_288
+    max_string_bytes: int = 65_536
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str  # dotted path, e.g. "mother.nhs_number", "envelope.event_id", "(record)"
+    problem: str  # never contains the value itself
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class _Context:
+    now: datetime
+    latest_birth: date  # the latest calendar date anywhere now
+    today: date  # UTC, for ages
+    latest_timestamp: datetime
+    max_string_bytes: int
+
+
+# A compiled check: (value, path, problems, context). It ignores values of a type it
+# does not judge (the schema check is the serde's job), so an odd record never raises.
+_Check = Callable[[Any, str, list[Problem], _Context], None]
+
+
+def _age_on(dob: date, day: date) -> int:
+    return day.year - dob.year - ((day.month, day.day) < (dob.month, dob.day))
+
+
+def _check_string(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
+    if isinstance(value, str) and len(value) * 4 > ctx.max_string_bytes:  # shorter can never be over
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > ctx.max_string_bytes:
+            out.append(Problem(path, f"is {size} bytes (UTF-8), over the limit of {ctx.max_string_bytes} bytes"))
+
+
+def _check_nhs_number(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
+    if value is None:
+        return
+    why = nhs_number.problem(value)
+    if why is not None:
+        out.append(Problem(path, why))
+    _check_string(value, path, out, ctx)
+
+
+def _check_event_id(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
+    if isinstance(value, str) and not (len(value) == 36 and _UUID.fullmatch(value)):
+        out.append(Problem(path, "is not a UUID in canonical lower-case form (8-4-4-4-12 hex digits)"))
+    _check_string(value, path, out, ctx)
+
+
+def _check_date_of_birth(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
+    if not isinstance(value, date) or isinstance(value, datetime):
+        return
+    if value > ctx.latest_birth:
+        out.append(Problem(path, "is in the future"))
+    elif _age_on(value, ctx.today) > MAX_AGE_YEARS:
+        out.append(Problem(path, f"implies an age over {MAX_AGE_YEARS} years"))
+
+
+def _check_timestamp(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
+    if not isinstance(value, datetime):
+        return
+    if value.tzinfo is None or value.utcoffset() is None:
+        out.append(Problem(path, "has no timezone"))
+    elif value < EARLIEST_TIMESTAMP:
+        out.append(Problem(path, "is before 1900-01-01 (implausibly early)"))
+    elif value > ctx.latest_timestamp:
+        out.append(Problem(path, "is more than a day in the future"))
+
+
+def _nullable(schema: Any, names: Mapping[str, Any]) -> bool:
+    s = _resolve(schema, names)
+    return s == "null" or (isinstance(s, list) and any(_resolve(b, names) == "null" for b in s))
+
+
+def _required(check: _Check, nullable: bool) -> _Check:
+    """A named rule on a field the schema does not let be null: missing is a problem too."""
+    if nullable:
+        return check
+
+    def run(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
+        if value is None:
+            out.append(Problem(path, "is missing"))
+        else:
+            check(value, path, out, ctx)
+
+    return run
+
+
+def _compile(schema: Any, names: Mapping[str, Any], path: str) -> _Check | None:
+    """The checks the schema at ``path`` needs, or None when nothing under it is judged."""
+    s = _resolve(schema, names)
+    if isinstance(s, list):
+        branches = [c for c in (_compile(b, names, path) for b in s) if c is not None]
+        if not branches:
+            return None
+        if len(branches) == 1:
+            return branches[0]
+
+        def union(value: Any, p: str, out: list[Problem], ctx: _Context) -> None:
+            for check in branches:  # each branch's checks ignore values not of its type
+                check(value, p, out, ctx)
+
+        return union
+    kind = s if isinstance(s, str) else s["type"]
+    if kind == "string":
+        return _check_string
+    if kind in ("record", "error"):
+        return _compile_record(s, names, path)
+    if kind in ("array", "map"):
+        inner = _compile(s["items"] if kind == "array" else s["values"], names, path)
+        if kind == "array":
+
+            def array(value: Any, p: str, out: list[Problem], ctx: _Context) -> None:
+                if inner is not None and isinstance(value, (list, tuple)):
+                    for i, item in enumerate(value):
+                        inner(item, f"{p}[{i}]", out, ctx)
+
+            return array
+
+        def mapping(value: Any, p: str, out: list[Problem], ctx: _Context) -> None:
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    where = _join(p, str(key))
+                    _check_string(key, where, out, ctx)
+                    if inner is not None:
+                        inner(item, where, out, ctx)
+
+        return mapping
+    return None
+
+
+def _compile_record(s: Mapping[str, Any], names: Mapping[str, Any], path: str) -> _Check:
+    fields: list[tuple[str, str, _Check]] = []
+    for f in s["fields"]:
+        name, where = f["name"], _join(path, f["name"])
+        nullable = _nullable(f["type"], names) or "default" in f
+        check: _Check | None
+        if name == "nhs_number":
+            check = _required(_check_nhs_number, nullable)
+        elif where == "envelope.event_id":
+            check = _required(_check_event_id, nullable)
+        elif name == "date_of_birth":
+            check = _check_date_of_birth
+        elif where in ENVELOPE_TIMESTAMPS:
+            check = _check_timestamp
+        else:
+            check = _compile(f["type"], names, where)
+        if check is not None:
+            fields.append((name, where, check))
+
+    def record(value: Any, p: str, out: list[Problem], ctx: _Context) -> None:
+        if not isinstance(value, Mapping):
+            return
+        for name, where, check in fields:
+            # Paths are static except under arrays; rebuild only there.
+            check(value.get(name), where if p == path else _join(p, name), out, ctx)
+
+    return record
+
+
+@lru_cache(maxsize=64)
+def _plan(event_type: str) -> _Check | None:
+    try:
+        schema = load_schema(event_type)
+    except (FileNotFoundError, ValueError):
+        return None
+    return _compile_record(_resolve(schema, _named_types(schema)), _named_types(schema), "")
+
+
+def event_problems(
+    event_type: str, record: Mapping[str, Any], now: datetime, limits: Limits = Limits()
+) -> list[Problem]:
+    """Every plausibility problem of a decoded record, in field order; [] when it is plausible.
+
+    ``record`` is what ``Catalogue.decode`` returns (timestamps tz-aware, dates as
+    date). Values of the wrong type are left to the schema check and never raise.
+    """
+    plan = _plan(event_type) if isinstance(event_type, str) else None
+    if plan is None:
+        return [Problem("(event type)", f"unknown event type {str(event_type)[:40]!r}")]
+    if not isinstance(record, Mapping):
+        return [Problem("(record)", f"expected a record, got {type(record).__name__}")]
+    if now.tzinfo is None or now.utcoffset() is None:
+        now = now.replace(tzinfo=UTC)
+    utc = now.astimezone(UTC)
+    ctx = _Context(
+        now=utc,
+        latest_birth=(utc + LATEST_ZONE).date() if utc < datetime.max.replace(tzinfo=UTC) - LATEST_ZONE else date.max,
+        today=utc.date(),
+        latest_timestamp=utc + FUTURE_TOLERANCE if utc < datetime.max.replace(tzinfo=UTC) - FUTURE_TOLERANCE
+        else datetime.max.replace(tzinfo=UTC),
+        max_string_bytes=limits.max_string_bytes,
+    )
+    out: list[Problem] = []
+    plan(record, "", out, ctx)
+    return out
+
+
+def size_problem(payload: bytes, limits: Limits = Limits()) -> Problem | None:
+    """A Problem when the encoded event is over ``max_event_bytes``, else None."""
+    size = len(payload)
+    if size > limits.max_event_bytes:
+        return Problem("(record)", f"encoded event is {size} bytes, over the limit of {limits.max_event_bytes} bytes")
+    return None
