@@ -1,0 +1,320 @@
+"""Plausibility rules: each rule passes on its boundary and fails one step past it (pure, no services)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import fastavro
+import pytest
+
+from producers.synthetic import build_scenario
+from schemas.serde import _named_types
+from schemas.validation import Limits, Problem, _compile_record, _Context, event_problems, size_problem
+from tests.test_serde import NHS_A, NHS_B, RECORDS
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+BAD_CHECK_DIGIT = NHS_A[:9] + str((int(NHS_A[9]) + 1) % 10)
+
+
+def problems(event_type: str, record: dict[str, Any], limits: Limits = Limits()) -> list[tuple[str, str]]:
+    return [(p.field, p.problem) for p in event_problems(event_type, record, NOW, limits)]
+
+
+def with_value(event_type: str, path: str, value: Any) -> dict[str, Any]:
+    record = copy.deepcopy(RECORDS[event_type]())
+    *parents, last = path.split(".")
+    target = record
+    for part in parents:
+        target = target[part]
+    target[last] = value
+    return record
+
+
+@pytest.mark.parametrize("event_type", sorted(RECORDS))
+def test_the_test_records_are_plausible(event_type: str) -> None:
+    assert problems(event_type, RECORDS[event_type]()) == []
+
+
+def test_every_synthetic_event_is_plausible() -> None:
+    later = datetime(2026, 12, 1, tzinfo=UTC)
+    for event in build_scenario(n_events=400, seed=11).events:
+        assert event_problems(event.event_type, event.record, later) == [], event.record["envelope"]["event_id"]
+
+
+# --------------------------------------------------------------------------- NHS numbers
+
+NHS_FIELDS = [
+    ("custody", "subject.nhs_number", True),
+    ("referral", "subject.nhs_number", True),
+    ("natal_care", "mother.nhs_number", False),
+    ("natal_care", "baby.nhs_number", True),
+]
+
+
+@pytest.mark.parametrize(("event_type", "path", "optional"), NHS_FIELDS)
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (BAD_CHECK_DIGIT, "fails the Modulus 11 check (mistyped?)"),
+        ("", "is empty (expected 10 digits)"),
+        (NHS_A[:9], "must be exactly 10 digits, got 9"),
+        (NHS_A + "0", "must be exactly 10 digits, got 11"),
+        (f"{NHS_A[:3]} {NHS_A[3:6]} {NHS_A[6:]}", "must be 10 digits 0-9, with no spaces or other characters"),
+        ("".join(chr(0x660 + int(d)) for d in NHS_A), "must be 10 digits 0-9, with no spaces or other characters"),
+        ("0000000060", "fails the Modulus 11 check (mistyped?)"),  # check digit would be 10: no valid number
+    ],
+)
+def test_bad_nhs_numbers_are_named_without_the_number(
+    event_type: str, path: str, optional: bool, value: str, why: str
+) -> None:
+    found = event_problems(event_type, with_value(event_type, path, value), NOW)
+    assert [(p.field, p.problem) for p in found] == [(path, why)]
+    assert value == "" or value not in str(found[0])
+
+
+@pytest.mark.parametrize(("event_type", "path", "optional"), NHS_FIELDS)
+def test_valid_null_and_absent_nhs_numbers(event_type: str, path: str, optional: bool) -> None:
+    assert problems(event_type, with_value(event_type, path, NHS_B)) == []
+    if optional:
+        assert problems(event_type, with_value(event_type, path, None)) == []
+        absent = with_value(event_type, path, None)
+        del absent[path.split(".")[0]]["nhs_number"]
+        assert problems(event_type, absent) == []
+    else:
+        assert problems(event_type, with_value(event_type, path, None)) == [(path, "is missing")]
+
+
+def test_nhs_number_of_the_wrong_type_is_named() -> None:
+    assert problems("natal_care", with_value("natal_care", "mother.nhs_number", 9434765919)) == [
+        ("mother.nhs_number", "expected a string of 10 digits, got int")
+    ]
+
+
+def test_nhs_number_fields_are_found_from_the_schema_however_deep() -> None:
+    """A new event type is covered by its schema alone: here one with people in an array."""
+    schema = fastavro.parse_schema({
+        "type": "record", "name": "Household", "namespace": "test",
+        "fields": [
+            {"name": "people", "type": {"type": "array", "items": {
+                "type": "record", "name": "Member",
+                "fields": [
+                    {"name": "nhs_number", "type": ["null", "string"], "default": None},
+                    {"name": "date_of_birth", "type": {"type": "int", "logicalType": "date"}},
+                ],
+            }}},
+            {"name": "tags", "type": {"type": "map", "values": "string"}},
+        ],
+    })
+    check = _compile_record(schema, _named_types(schema), "")
+    out: list[Problem] = []
+    ctx = _Context(NOW, date(2026, 6, 2), NOW.date(), NOW + timedelta(days=1), 10)
+    record = {
+        "people": [
+            {"nhs_number": NHS_A, "date_of_birth": date(2000, 1, 1)},
+            {"nhs_number": BAD_CHECK_DIGIT, "date_of_birth": date(2999, 1, 1)},
+        ],
+        "tags": {"k": "12345678901"},
+    }
+    check(record, "", out, ctx)
+    assert [str(p) for p in out] == [
+        "people[1].nhs_number: fails the Modulus 11 check (mistyped?)",
+        "people[1].date_of_birth: is in the future",
+        "tags.k: is 11 bytes (UTF-8), over the limit of 10 bytes",
+    ]
+
+
+# --------------------------------------------------------------------------- event ids
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    [
+        "6F1C2B9E-3D4A-4C5B-8E7F-0A1B2C3D4E5F",  # upper case
+        "{6f1c2b9e-3d4a-4c5b-8e7f-0a1b2c3d4e5f}",
+        "6f1c2b9e3d4a4c5b8e7f0a1b2c3d4e5f",  # no hyphens
+        "6f1c2b9e-3d4a-4c5b-8e7f-0a1b2c3d4e5",  # one digit short
+        "6f1c2b9e-3d4a-4c5b-8e7f-0a1b2c3d4e5f ",
+        "6f1c2b9e-3d4a-4c5b-8e7f-0a1b2c3d4e5g",
+        "",
+        "MP-2026-000123",
+    ],
+)
+def test_event_id_must_be_a_canonical_lower_case_uuid(event_id: str) -> None:
+    assert problems("custody", with_value("custody", "envelope.event_id", event_id)) == [
+        ("envelope.event_id", "is not a UUID in canonical lower-case form (8-4-4-4-12 hex digits)")
+    ]
+
+
+@pytest.mark.parametrize("event_id", ["00000000-0000-0000-0000-000000000000", "6f1c2b9e-3d4a-1c5b-8e7f-0a1b2c3d4e5f"])
+def test_any_uuid_version_in_canonical_form_is_fine(event_id: str) -> None:
+    assert problems("referral", with_value("referral", "envelope.event_id", event_id)) == []
+
+
+# --------------------------------------------------------------------------- dates of birth
+
+DOB_FIELDS = [("custody", "subject.date_of_birth"), ("referral", "subject.date_of_birth"),
+              ("natal_care", "mother.date_of_birth"), ("natal_care", "baby.date_of_birth")]
+
+
+@pytest.mark.parametrize(("event_type", "path"), DOB_FIELDS)
+def test_date_of_birth_may_be_today_anywhere_on_earth_but_not_later(event_type: str, path: str) -> None:
+    # NOW is 12:00 UTC on 1 June, already 2 June at UTC+14.
+    assert problems(event_type, with_value(event_type, path, date(2026, 6, 2))) == []
+    assert problems(event_type, with_value(event_type, path, date(2026, 6, 3))) == [(path, "is in the future")]
+    assert problems(event_type, with_value(event_type, path, date(2999, 1, 1))) == [(path, "is in the future")]
+
+
+@pytest.mark.parametrize(("event_type", "path"), DOB_FIELDS)
+def test_date_of_birth_implies_an_age_of_at_most_125(event_type: str, path: str) -> None:
+    assert problems(event_type, with_value(event_type, path, date(1900, 6, 2))) == []  # 125 today
+    assert problems(event_type, with_value(event_type, path, date(1900, 6, 1))) == [  # 126 today
+        (path, "implies an age over 125 years")
+    ]
+    assert problems(event_type, with_value(event_type, path, date(1, 1, 1))) == [(path, "implies an age over 125 years")]
+
+
+def test_a_null_baby_date_of_birth_is_fine() -> None:
+    assert problems("natal_care", with_value("natal_care", "baby.date_of_birth", None)) == []
+
+
+# --------------------------------------------------------------------------- envelope timestamps
+
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+ONE_MS = timedelta(milliseconds=1)
+
+
+@pytest.mark.parametrize("event_type", sorted(RECORDS))
+@pytest.mark.parametrize("name", ["occurred_at", "recorded_at"])
+def test_envelope_timestamps_lie_between_1900_and_a_day_from_now(event_type: str, name: str) -> None:
+    path = f"envelope.{name}"
+    assert problems(event_type, with_value(event_type, path, EARLIEST)) == []
+    assert problems(event_type, with_value(event_type, path, NOW + timedelta(days=1))) == []
+    assert problems(event_type, with_value(event_type, path, EARLIEST - ONE_MS)) == [
+        (path, "is before 1900-01-01 (implausibly early)")
+    ]
+    assert problems(event_type, with_value(event_type, path, NOW + timedelta(days=1) + ONE_MS)) == [
+        (path, "is more than a day in the future")
+    ]
+
+
+def test_recorded_before_occurred_is_allowed() -> None:
+    record = with_value("custody", "envelope.recorded_at", datetime(2026, 1, 1, tzinfo=UTC))
+    record["envelope"]["occurred_at"] = datetime(2026, 5, 1, tzinfo=UTC)
+    assert problems("custody", record) == []
+
+
+def test_a_naive_timestamp_is_named() -> None:
+    assert problems("custody", with_value("custody", "envelope.occurred_at", datetime(2026, 5, 1))) == [
+        ("envelope.occurred_at", "has no timezone")
+    ]
+
+
+def test_the_bound_is_the_same_instant_in_any_zone() -> None:
+    from datetime import timezone
+
+    plus_two = timezone(timedelta(hours=2))
+    edge = (NOW + timedelta(days=1)).astimezone(plus_two)
+    assert problems("custody", with_value("custody", "envelope.occurred_at", edge)) == []
+    assert problems("custody", with_value("custody", "envelope.occurred_at", edge + ONE_MS)) != []
+
+
+# --------------------------------------------------------------------------- string sizes
+
+SMALL = Limits(max_string_bytes=64)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "path"),
+    [("referral", "narrative"), ("custody", "subject.family_name"), ("custody", "subject.address.line1"),
+     ("natal_care", "health_visitor_handover.notes"), ("custody", "envelope.source_agency")],
+)
+def test_every_string_is_bounded_in_utf8_bytes(event_type: str, path: str) -> None:
+    assert problems(event_type, with_value(event_type, path, "x" * 64), SMALL) == []
+    assert problems(event_type, with_value(event_type, path, "é" * 32), SMALL) == []  # 64 bytes
+    over = problems(event_type, with_value(event_type, path, "é" * 32 + "x"), SMALL)
+    assert over == [(path, "is 65 bytes (UTF-8), over the limit of 64 bytes")]
+
+
+def test_strings_inside_arrays_are_bounded_by_index() -> None:
+    record = copy.deepcopy(RECORDS["custody"]())
+    record["offence_codes"][1] = "€" * 22  # 66 bytes
+    assert problems("custody", record, SMALL) == [("offence_codes[1]", "is 66 bytes (UTF-8), over the limit of 64 bytes")]
+
+
+def test_a_2_mb_narrative_at_the_default_limit() -> None:
+    narrative = "Synthetic. " * 190_651  # 2,097,161 bytes
+    found = event_problems("referral", with_value("referral", "narrative", narrative), NOW)
+    assert [str(p) for p in found] == ["narrative: is 2097161 bytes (UTF-8), over the limit of 65536 bytes"]
+    assert "Synthetic" not in str(found[0])
+
+
+def test_a_lone_surrogate_is_measured_not_raised() -> None:
+    assert problems("referral", with_value("referral", "narrative", "\ud800" * 30), SMALL) == [
+        ("narrative", "is 90 bytes (UTF-8), over the limit of 64 bytes")
+    ]
+
+
+# --------------------------------------------------------------------------- all problems, in field order
+
+
+def test_every_problem_is_returned_in_field_order() -> None:
+    record = copy.deepcopy(RECORDS["natal_care"]())
+    record["envelope"]["event_id"] = "not-a-uuid"
+    record["envelope"]["occurred_at"] = datetime(1850, 1, 1, tzinfo=UTC)
+    record["envelope"]["recorded_at"] = datetime(2999, 1, 1, tzinfo=UTC)
+    record["mother"]["nhs_number"] = BAD_CHECK_DIGIT
+    record["mother"]["family_name"] = "y" * 65
+    record["mother"]["date_of_birth"] = date(2999, 1, 1)
+    record["baby"]["nhs_number"] = ""
+    record["health_visitor_handover"]["notes"] = "z" * 65
+    assert problems("natal_care", record, SMALL) == [
+        ("envelope.event_id", "is not a UUID in canonical lower-case form (8-4-4-4-12 hex digits)"),
+        ("envelope.occurred_at", "is before 1900-01-01 (implausibly early)"),
+        ("envelope.recorded_at", "is more than a day in the future"),
+        ("mother.nhs_number", "fails the Modulus 11 check (mistyped?)"),
+        ("mother.family_name", "is 65 bytes (UTF-8), over the limit of 64 bytes"),
+        ("mother.date_of_birth", "is in the future"),
+        ("baby.nhs_number", "is empty (expected 10 digits)"),
+        ("health_visitor_handover.notes", "is 65 bytes (UTF-8), over the limit of 64 bytes"),
+    ]
+
+
+def test_problem_prints_field_then_problem() -> None:
+    assert str(Problem("mother.nhs_number", "fails the Modulus 11 check")) == "mother.nhs_number: fails the Modulus 11 check"
+
+
+# --------------------------------------------------------------------------- odd input never raises
+
+
+def test_unknown_event_type_and_non_records() -> None:
+    assert problems("parking_fine", {}) == [("(event type)", "unknown event type 'parking_fine'")]
+    assert problems("../custody", {}) == [("(event type)", "unknown event type '../custody'")]
+    assert problems("custody", None) == [("(record)", "expected a record, got NoneType")]  # type: ignore[arg-type]
+
+
+def test_values_of_the_wrong_type_are_left_to_the_schema_check() -> None:
+    record = copy.deepcopy(RECORDS["custody"]())
+    record["envelope"] = {"event_id": 7, "occurred_at": "yesterday", "recorded_at": None}
+    record["subject"]["date_of_birth"] = "1990-02-14"
+    record["offence_codes"] = "TH68001"
+    record["subject"]["address"] = ["not", "a", "record"]
+    assert problems("custody", record) == []
+    assert problems("custody", {}) == []
+
+
+def test_a_naive_now_is_read_as_utc() -> None:
+    record = with_value("custody", "envelope.occurred_at", NOW + timedelta(days=1) + ONE_MS)
+    naive = NOW.replace(tzinfo=None)
+    assert [p.field for p in event_problems("custody", record, naive)] == ["envelope.occurred_at"]
+
+
+# --------------------------------------------------------------------------- encoded size
+
+
+def test_size_problem_at_the_limit() -> None:
+    limits = Limits(max_event_bytes=1024)
+    assert size_problem(b"x" * 1024, limits) is None
+    assert size_problem(b"x" * 1025, limits) == Problem("(record)", "encoded event is 1025 bytes, over the limit of 1024 bytes")
+    assert size_problem(b"x" * 524_288) is None and size_problem(b"x" * 524_289) is not None
