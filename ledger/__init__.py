@@ -8,6 +8,8 @@ against them.
 from ledger.append import (
     GENESIS_HASH,
     Appended,
+    NOT_COVERED,
+    OUTCOMES,
     EntryDraft,
     StoredEntry,
     append,
@@ -16,9 +18,12 @@ from ledger.append import (
     entries,
     entry_hash,
     entry_hashes,
+    event_entries,
     init_ledger,
     lookup,
+    require_current_columns,
     to_millis,
+    writer,
 )
 from ledger.guard import install_guards
 from ledger.tables import LedgerBase, LedgerCheckpoint, LedgerCosignature, LedgerEntry
@@ -26,6 +31,8 @@ from ledger.verify import VerifyResult, verify
 
 __all__ = [
     "GENESIS_HASH",
+    "NOT_COVERED",
+    "OUTCOMES",
     "Appended",
     "EntryDraft",
     "LedgerBase",
@@ -40,9 +47,12 @@ __all__ = [
     "entries",
     "entry_hash",
     "entry_hashes",
+    "event_entries",
     "init_ledger",
     "install_guards",
     "lookup",
+    "require_current_columns",
     "to_millis",
     "verify",
+    "writer",
 ]

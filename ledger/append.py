@@ -9,7 +9,8 @@ proofs never re-encode old entries (ledger/merkle.py, ledger/checkpoint.py).
 
 append() is idempotent on disclosure_id (invariant I7) and serialises writers (a
 transaction-scoped advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so concurrent
-appenders never leave duplicate seqs, gaps or a broken chain.
+appenders never leave duplicate seqs, gaps or a broken chain. writer() opens that locked
+transaction for a caller that must read (event_entries) and append in it atomically.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from sqlalchemy import Connection, Engine, func, insert, inspect, select, text
+from sqlalchemy import ARRAY, Connection, Engine, String, any_, bindparam, func, insert, inspect, select, text
 
 from ledger import merkle
 from ledger.guard import install_guards
@@ -35,8 +36,13 @@ from ledger.tables import LedgerBase, LedgerEntry
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "disclosure.avsc"
 GENESIS_HASH = bytes(32)
-# RECEIVED: a partner's receipt for a disclosure (ledger/receipts.py).
-OUTCOMES = frozenset({"DISCLOSED", "WITHHELD", "RETRACTED", "RECEIVED"})
+# RECEIVED: a partner's receipt for a disclosure (ledger/receipts.py). NOT_COVERED: an
+# event no agreement in force covers, recorded with no recipient so an auditor sees it (I2).
+OUTCOMES = frozenset({"DISCLOSED", "WITHHELD", "RETRACTED", "RECEIVED", "NOT_COVERED"})
+NOT_COVERED = "NOT_COVERED"
+# Columns added after the first ledgers were written; create_all never adds a column.
+_REQUIRED_COLUMNS = ("leaf_hash", "event_digest", "subjects")
+_HEX = frozenset("0123456789abcdef")
 # pg_advisory_xact_lock key serialising ledger writers (first 8 bytes of sha256("accord.ledger")).
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"accord.ledger").digest()[:8], "big", signed=True)
 # Bound on bind parameters per IN (...) query.
@@ -67,6 +73,10 @@ class EntryDraft:
     subject_key: str
     decided_at: datetime  # tz-aware; stored and hashed at millisecond precision, in UTC
     refers_to: str | None = None  # the disclosure a retraction (or receipt) is about
+    # Hex SHA-256 of the event's bytes as received (the Kafka record value), so a replay
+    # tells the same event from a different one reusing its id; "" when not from an event.
+    event_digest: str = ""
+    subjects: tuple[str, ...] = ()  # the event's other subject keys besides subject_key
 
 
 @dataclass(frozen=True)
@@ -94,21 +104,26 @@ def init_ledger(engine: Engine) -> None:
             # Two processes initialising at once would otherwise race on the DDL.
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
         LedgerBase.metadata.create_all(conn)
-        _require_leaf_hashes(conn)
+        require_current_columns(conn)
         install_guards(conn)
 
 
-def _require_leaf_hashes(conn: Connection) -> None:
-    """Refuse a ledger_entries table made before entries carried their Merkle leaf hash.
+def require_current_columns(conn: Connection) -> None:
+    """Refuse a ledger_entries table made before entries carried every hashed column.
 
-    create_all adds missing tables, never missing columns; such a table cannot be
-    checkpointed, and filling the column in would take UPDATEs the guards refuse.
+    create_all adds missing tables, never missing columns; filling a column in would take
+    UPDATEs the guards refuse, and the old entries' hashes cover different bytes, so such
+    a ledger cannot verify under the current schemas/disclosure.avsc (docs/ledger.md,
+    "Format changes").
     """
     columns = {c["name"] for c in inspect(conn).get_columns("ledger_entries")}
-    if "leaf_hash" not in columns:
+    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        why = "it predates signed checkpoints" if "leaf_hash" in missing else "it predates event digests"
         raise LedgerSchemaMissing(
-            "ledger_entries has no leaf_hash column (it predates signed checkpoints): recreate a development "
-            "database (delete the SQLite file); a production ledger needs a migration run by the owner"
+            f"ledger_entries has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''} ({why}): "
+            "recreate a development database (delete the SQLite file); a production ledger needs a "
+            "migration run by the owner"
         )
 
 
@@ -154,6 +169,8 @@ def canonical_bytes(seq: int, draft: EntryDraft, prev_hash: bytes) -> bytes:
         "subject_key": draft.subject_key,
         "decided_at": _epoch_millis(draft.decided_at),
         "refers_to": draft.refers_to,
+        "event_digest": draft.event_digest,
+        "subjects": list(draft.subjects),
         "prev_hash": bytes(prev_hash),
     }
     buf = io.BytesIO()
@@ -177,13 +194,26 @@ def _normalise(draft: EntryDraft) -> EntryDraft:
         raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {draft.outcome!r}")
     if not draft.disclosure_id or len(draft.disclosure_id) > 64:
         raise ValueError("disclosure_id must be 1 to 64 characters")
+    if draft.event_digest and (len(draft.event_digest) != 64 or not set(draft.event_digest) <= _HEX):
+        raise ValueError("event_digest must be 64 lower-case hex digits (SHA-256) or empty")
+    if draft.outcome == NOT_COVERED and (
+        draft.recipient or draft.agreement_id or draft.agreement_version or draft.fields
+    ):
+        raise ValueError("a NOT_COVERED entry has no recipient, agreement or fields")
     # UTC, whole milliseconds: SQLite drops the offset, and the hash carries milliseconds.
-    return replace(draft, decided_at=to_millis(draft.decided_at), fields=tuple(draft.fields))
+    return replace(
+        draft, decided_at=to_millis(draft.decided_at), fields=tuple(draft.fields), subjects=tuple(draft.subjects)
+    )
 
 
 @contextmanager
-def _writer(engine: Engine) -> Iterator[Connection]:
-    """One write transaction that holds the ledger's writer lock from its start."""
+def writer(engine: Engine) -> Iterator[Connection]:
+    """One write transaction that holds the ledger's writer lock from its start.
+
+    For a caller that reads the ledger and appends what it read decides, with no other
+    writer in between: ``with writer(engine) as conn: event_entries(conn, ids); append(conn, drafts)``.
+    It commits when the block ends, rolls back if it raises.
+    """
     dialect = engine.dialect.name
     if dialect == "postgresql":
         # READ COMMITTED: every statement after the lock sees the previous writer's commit.
@@ -224,36 +254,47 @@ def _lookup(conn: Connection, disclosure_ids: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def append(engine: Engine, drafts: Sequence[EntryDraft]) -> list[Appended]:
+def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:
     """Append the drafts in one transaction; one result per draft, in the drafts' order.
 
     A draft whose disclosure_id is already in the ledger, or earlier in the batch, is not
-    appended again: it comes back with the existing seq and new=False.
+    appended again: it comes back with the existing seq and new=False. Given an Engine it
+    opens and commits its own writer() transaction; given a Connection it must be one
+    from writer(), and the append commits with that transaction.
     """
     prepared = [_normalise(d) for d in drafts]
     if not prepared:
         return []
+    if isinstance(target, Connection):
+        if target.dialect.name == "postgresql":
+            # Re-entrant for the session that holds it; takes it for one that does not.
+            target.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        return _append(target, prepared)
+    with writer(target) as conn:
+        return _append(conn, prepared)
+
+
+def _append(conn: Connection, prepared: list[EntryDraft]) -> list[Appended]:
     results: list[Appended] = []
-    with _writer(engine) as conn:
-        head = conn.execute(
-            select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
-        ).first()
-        last_seq, prev = (head[0], bytes(head[1])) if head else (0, GENESIS_HASH)
-        known = _lookup(conn, (d.disclosure_id for d in prepared))
-        rows: list[dict[str, Any]] = []
-        for d in prepared:
-            seq = known.get(d.disclosure_id)
-            if seq is not None:
-                results.append(Appended(seq, d.disclosure_id, False))
-                continue
-            last_seq += 1
-            h, leaf = entry_hashes(last_seq, d, prev)
-            rows.append(_row(last_seq, d, prev, h, leaf))
-            known[d.disclosure_id] = last_seq
-            results.append(Appended(last_seq, d.disclosure_id, True))
-            prev = h
-        if rows:
-            _insert(conn, rows)
+    head = conn.execute(
+        select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
+    ).first()
+    last_seq, prev = (head[0], bytes(head[1])) if head else (0, GENESIS_HASH)
+    known = _lookup(conn, (d.disclosure_id for d in prepared))
+    rows: list[dict[str, Any]] = []
+    for d in prepared:
+        seq = known.get(d.disclosure_id)
+        if seq is not None:
+            results.append(Appended(seq, d.disclosure_id, False))
+            continue
+        last_seq += 1
+        h, leaf = entry_hashes(last_seq, d, prev)
+        rows.append(_row(last_seq, d, prev, h, leaf))
+        known[d.disclosure_id] = last_seq
+        results.append(Appended(last_seq, d.disclosure_id, True))
+        prev = h
+    if rows:
+        _insert(conn, rows)
     return results
 
 
@@ -296,6 +337,9 @@ def _row(seq: int, d: EntryDraft, prev_hash: bytes, h: bytes, leaf: bytes) -> di
         "subject_key": d.subject_key,
         "decided_at": d.decided_at,
         "refers_to": d.refers_to,
+        "event_digest": d.event_digest,
+        # Not ASCII-escaped: a subject key is matched as written (SQL LIKE, JSON operators).
+        "subjects": json.dumps(list(d.subjects), separators=(",", ":"), ensure_ascii=False),
         "prev_hash": prev_hash,
         "entry_hash": h,
         "leaf_hash": leaf,
@@ -310,9 +354,8 @@ def stored_entry(row: Any) -> StoredEntry:
     decided_at = row.decided_at
     if decided_at.tzinfo is None:  # SQLite keeps no offset; the ledger stores UTC
         decided_at = decided_at.replace(tzinfo=UTC)
-    fields = json.loads(row.fields)
-    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-        raise ValueError("fields is not a JSON list of strings")
+    fields = _string_list(row.fields, "fields")
+    subjects = _string_list(row.subjects, "subjects")
     draft = EntryDraft(
         disclosure_id=row.disclosure_id,
         event_id=row.event_id,
@@ -331,9 +374,50 @@ def stored_entry(row: Any) -> StoredEntry:
         subject_key=row.subject_key,
         decided_at=decided_at.astimezone(UTC),
         refers_to=row.refers_to,
+        event_digest=row.event_digest,
+        subjects=tuple(subjects),
     )
     leaf = getattr(row, "leaf_hash", None)
     return StoredEntry(row.seq, draft, bytes(row.prev_hash), bytes(row.entry_hash), bytes(leaf) if leaf else b"")
+
+
+def _string_list(stored: str, column: str) -> list[str]:
+    values = json.loads(stored)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{column} is not a JSON list of strings")
+    return values
+
+
+@contextmanager
+def _reading(target: Engine | Connection) -> Iterator[Connection]:
+    """The given Connection as it is (its transaction, its locks), or a new one from an Engine."""
+    if isinstance(target, Connection):
+        yield target
+    else:
+        with target.connect() as conn:
+            yield conn
+
+
+def event_entries(target: Engine | Connection, event_ids: Iterable[str]) -> dict[str, list[StoredEntry]]:
+    """Every entry (any outcome) of each given event, in seq order: event id -> entries.
+
+    Events with no entry are absent. For the processor's replay: inside writer() it sees
+    exactly what the append that follows will be judged against. One query per 1,000 ids
+    (``= ANY(:ids)``, one bind parameter, on PostgreSQL; IN elsewhere), on the event_id index.
+    """
+    ids = sorted(set(event_ids))
+    found: dict[str, list[StoredEntry]] = {}
+    with _reading(target) as conn:
+        postgres = conn.dialect.name == "postgresql"
+        for chunk in _chunks(ids):
+            if postgres:
+                match = LedgerEntry.event_id == any_(bindparam("ids", list(chunk), type_=ARRAY(String)))
+            else:
+                match = LedgerEntry.event_id.in_(chunk)
+            stmt = select(LedgerEntry.__table__).where(match).order_by(LedgerEntry.seq)
+            for row in conn.execute(stmt):
+                found.setdefault(row.event_id, []).append(stored_entry(row))
+    return found
 
 
 def lookup(engine: Engine, disclosure_ids: Iterable[str]) -> dict[str, int]:

@@ -8,7 +8,8 @@ and its proof leads to the root the checkpoint signs (the signature checked when
 ledger's public key is given).
 
 Formats: ``jsonl`` (a header line, then one entry per line) and ``csv`` (one row per
-entry; the checkpoint note in the ``checkpoint`` column of the first row).
+entry; the checkpoint note in the ``checkpoint`` column of the first row; ``fields`` and
+``subjects`` as JSON lists).
 An export holds subject keys (NHS numbers): it is personal data, for auditors.
 """
 
@@ -45,11 +46,11 @@ __all__ = [
     "verify_export",
 ]
 
-EXPORT_FORMAT = "accord-ledger-export/1"
+EXPORT_FORMAT = "accord-ledger-export/2"  # /2: event_digest and subjects
 COLUMNS = (
     "seq", "disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id",
     "agreement_version", "purpose", "legal_basis", "outcome", "reason", "fields", "consent_mode",
-    "consent_version", "subject_key", "decided_at", "refers_to", "prev_hash", "entry_hash",
+    "consent_version", "subject_key", "decided_at", "refers_to", "event_digest", "subjects", "prev_hash", "entry_hash",
     "leaf", "leaf_hash", "proof",
 )
 
@@ -120,7 +121,8 @@ def export_rows(
             "outcome": d.outcome, "reason": d.reason, "fields": list(d.fields), "consent_mode": d.consent_mode,
             "consent_version": d.consent_version, "subject_key": d.subject_key,
             "decided_at": d.decided_at.astimezone(UTC).isoformat(timespec="milliseconds"),
-            "refers_to": d.refers_to, "prev_hash": _b64(e.prev_hash), "entry_hash": _b64(e.entry_hash),
+            "refers_to": d.refers_to, "event_digest": d.event_digest, "subjects": list(d.subjects),
+            "prev_hash": _b64(e.prev_hash), "entry_hash": _b64(e.entry_hash),
             "leaf": _b64(p.leaf), "leaf_hash": _b64(p.leaf_hash), "proof": [_b64(h) for h in p.proof],
         })
     note = proofs[0].checkpoint if proofs else chosen.note
@@ -141,7 +143,8 @@ def render_csv(export: Export) -> Iterator[str]:
     consistency = json.dumps(list(export.consistency), separators=(",", ":")) if export.consistency else ""
     for i, row in enumerate(export.rows):
         values = [row[c] for c in COLUMNS]
-        values[COLUMNS.index("fields")] = json.dumps(row["fields"], separators=(",", ":"))
+        for column in ("fields", "subjects"):
+            values[COLUMNS.index(column)] = json.dumps(row[column], separators=(",", ":"))
         values[COLUMNS.index("proof")] = " ".join(row["proof"])
         first = i == 0
         writer.writerow((*("" if v is None else v for v in values), export.note if first else "",
@@ -211,6 +214,9 @@ def _parse(text: str) -> tuple[str | None, list[dict[str, Any]], list[dict[str, 
                 note = obj["checkpoint"]
                 consistency = obj.get("consistency") or []
             elif obj.get("type") == "entry":
+                missing = [c for c in COLUMNS if c not in obj]
+                if missing:
+                    raise KeyError(missing[0])
                 rows.append(obj)
         return note, rows, consistency
     for rec in csv.DictReader(io.StringIO(text)):
@@ -224,6 +230,7 @@ def _parse(text: str) -> tuple[str | None, list[dict[str, Any]], list[dict[str, 
         for c in ("reason", "refers_to"):
             row[c] = row[c] or None
         row["fields"] = json.loads(row["fields"])
+        row["subjects"] = json.loads(row["subjects"])
         row["proof"] = row["proof"].split() if row["proof"] else []
         rows.append(row)
     return note, rows, consistency
@@ -255,7 +262,12 @@ def _decoded_matches(row: dict[str, Any], leaf: bytes) -> str | None:
 
 def verify_export(text: str, verifier: NoteVerifier | None = None, origin: str | None = None) -> ExportCheck:
     """Re-check an export from its text alone (no database)."""
-    note, rows, consistency = _parse(text)
+    try:
+        note, rows, consistency = _parse(text)
+    except (KeyError, ValueError, TypeError) as exc:  # a missing column, a damaged line: a finding
+        what = f"column {exc} is missing" if isinstance(exc, KeyError) else f"a line does not parse ({type(exc).__name__})"
+        return ExportCheck(False, 0, None, verifier is not None,
+                           [f"not an {EXPORT_FORMAT} file: {what}"])
     check = ExportCheck(False, len(rows), None, verifier is not None)
     if note is None:
         check.problems.append("no checkpoint note in the export")

@@ -18,7 +18,7 @@ class LedgerEntry(LedgerBase):
     # Assigned by append() under a lock: 1, 2, 3, ... without gaps.
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     disclosure_id: Mapped[str] = mapped_column(String(64), unique=True)
-    event_id: Mapped[str] = mapped_column(String)
+    event_id: Mapped[str] = mapped_column(String, index=True)  # the processor's replay reads by event (event_entries)
     event_type: Mapped[str] = mapped_column(String)
     provider: Mapped[str] = mapped_column(String)
     recipient: Mapped[str] = mapped_column(String)
@@ -26,7 +26,7 @@ class LedgerEntry(LedgerBase):
     agreement_version: Mapped[int] = mapped_column(Integer)
     purpose: Mapped[str] = mapped_column(Text)
     legal_basis: Mapped[str] = mapped_column(Text)
-    outcome: Mapped[str] = mapped_column(String(16))  # 'DISCLOSED' or 'WITHHELD'
+    outcome: Mapped[str] = mapped_column(String(16))  # a symbol of schemas/disclosure.avsc's Outcome
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     fields: Mapped[str] = mapped_column(Text)  # JSON list of dotted paths, in disclosure order
     consent_mode: Mapped[str] = mapped_column(String)
@@ -34,6 +34,9 @@ class LedgerEntry(LedgerBase):
     subject_key: Mapped[str] = mapped_column(String, index=True)
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     refers_to: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Hex SHA-256 of the event as received: a replay tells the same event from another reusing its id.
+    event_digest: Mapped[str] = mapped_column(String(64))
+    subjects: Mapped[str] = mapped_column(Text)  # JSON list of the event's other subject keys
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     entry_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     # RFC 9162 leaf hash, SHA-256(0x00 || canonical bytes): kept so the Merkle tree over

@@ -38,7 +38,7 @@ from ledger.checkpoint import (
 )
 from ledger.note import NoteError, NoteSignature, NoteSigner, NoteVerifier, SignedNote, key_id, sign_note
 from ledger.proofs import LedgerMismatch, NotCovered, prove_consistency, prove_entries, prove_entry
-from tests.test_ledger import draft, tamper
+from tests.test_ledger import draft, not_covered, tamper
 
 ORIGIN = "accord.example/ledger"
 
@@ -308,12 +308,14 @@ def test_inserted_entry_is_named(ledger_engine: Engine, signer: NoteSigner) -> N
         "UPDATE ledger_entries SET seq = -seq WHERE seq < 0",
         "INSERT INTO ledger_entries (seq, disclosure_id, event_id, event_type, provider, recipient, agreement_id, "
         "agreement_version, purpose, legal_basis, outcome, reason, fields, consent_mode, consent_version, "
-        "subject_key, decided_at, refers_to, prev_hash, entry_hash, leaf_hash) VALUES (8, :did, :eid, :et, :prov, "
-        ":rec, :aid, :av, :pur, :lb, :out, :reason, :fields, :cm, :cv, :sk, :at, NULL, :prev, :h, :l)",
+        "subject_key, decided_at, refers_to, event_digest, subjects, prev_hash, entry_hash, leaf_hash) VALUES (8, "
+        ":did, :eid, :et, :prov, :rec, :aid, :av, :pur, :lb, :out, :reason, :fields, :cm, :cv, :sk, :at, NULL, "
+        ":digest, :subjects, :prev, :h, :l)",
         did=fake.disclosure_id, eid=fake.event_id, et=fake.event_type, prov=fake.provider, rec=fake.recipient,
         aid=fake.agreement_id, av=fake.agreement_version, pur=fake.purpose, lb=fake.legal_basis, out=fake.outcome,
         reason=fake.reason, fields=json.dumps(list(fake.fields), separators=(",", ":")), cm=fake.consent_mode,
-        cv=fake.consent_version, sk=fake.subject_key, at=fake.decided_at, prev=stored[6].entry_hash,
+        cv=fake.consent_version, sk=fake.subject_key, at=fake.decided_at, digest=fake.event_digest,
+        subjects=json.dumps(list(fake.subjects)), prev=stored[6].entry_hash,
         h=hashlib.sha256(leaf).digest(), l=hashlib.sha256(b"\x00" + leaf).digest(),
     )
     result = check(ledger_engine, signer)
@@ -589,15 +591,18 @@ def _optional(s: str | None) -> bytes:
 
 def documented_leaf(seq: int, e, prev_hash: bytes) -> bytes:  # e: EntryDraft
     """The canonical bytes, field by field, exactly as docs/ledger.md specifies them."""
-    outcomes = ["DISCLOSED", "WITHHELD", "RETRACTED", "RECEIVED"]
+    outcomes = ["DISCLOSED", "WITHHELD", "RETRACTED", "RECEIVED", "NOT_COVERED"]
     millis = (e.decided_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
-    fields = (_zigzag(len(e.fields)) + b"".join(_string(f) for f in e.fields) if e.fields else b"") + b"\x00"
+
+    def strings(values: tuple[str, ...]) -> bytes:
+        return (_zigzag(len(values)) + b"".join(_string(v) for v in values) if values else b"") + b"\x00"
+
     return b"".join([
         _zigzag(seq), _string(e.disclosure_id), _string(e.event_id), _string(e.event_type), _string(e.provider),
         _string(e.recipient), _string(e.agreement_id), _zigzag(e.agreement_version), _string(e.purpose),
-        _string(e.legal_basis), _zigzag(outcomes.index(e.outcome)), _optional(e.reason), fields,
+        _string(e.legal_basis), _zigzag(outcomes.index(e.outcome)), _optional(e.reason), strings(e.fields),
         _string(e.consent_mode), _zigzag(e.consent_version), _string(e.subject_key), _zigzag(millis),
-        _optional(e.refers_to), prev_hash,
+        _optional(e.refers_to), _string(e.event_digest), strings(e.subjects), prev_hash,
     ])
 
 
@@ -606,6 +611,8 @@ def test_leaf_encoding_as_documented(ledger_engine: Engine, signer: NoteSigner) 
     drafts = [draft(i) for i in range(1, 40)]
     drafts[5] = replace(drafts[5], purpose="caf\u00e9 \u2014 non-ASCII " * 10, refers_to=drafts[1].disclosure_id)
     drafts[6] = replace(drafts[6], consent_version=-3, agreement_version=300)
+    drafts[7] = not_covered(drafts[7])
+    drafts[8] = replace(drafts[8], subjects=("nhs:9434765870", "local:b\u00e9b\u00e9"), event_digest="")
     append(ledger_engine, drafts)
     made = make_checkpoint(ledger_engine, signer, ORIGIN)
     assert made is not None

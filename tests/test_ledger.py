@@ -50,6 +50,17 @@ def draft(i: int, tag: str = "a") -> EntryDraft:
         consent_version=i % 5,
         subject_key=f"subj-{i % 7}",
         decided_at=T0 + timedelta(seconds=i),
+        event_digest=hashlib.sha256(f"event bytes {tag}:{i}".encode()).hexdigest(),
+        subjects=(f"subj-baby-{i}",) if i % 2 else (),
+    )
+
+
+def not_covered(d: EntryDraft) -> EntryDraft:
+    """The entry of an event no agreement in force covers: no recipient, no agreement, no fields."""
+    return replace(
+        d, recipient="", agreement_id="", agreement_version=0, purpose="", legal_basis="", outcome="NOT_COVERED",
+        reason="no agreement in force covers this provider and event type", fields=(), consent_mode="",
+        consent_version=0,
     )
 
 
@@ -328,3 +339,196 @@ def test_sqlite_concurrent_appends(sqlite_engine: Engine) -> None:
     assert errors == []
     assert count(sqlite_engine) == 400
     assert verify(sqlite_engine).ok
+
+
+# --------------------------------------------------------------------------- event digest, subjects, NOT_COVERED
+
+
+def test_new_fields_round_trip(ledger_engine: Engine) -> None:
+    d = replace(draft(1), subjects=("nhs:9434765870", "local:b\u00e9b\u00e9 1"), event_digest="0f" * 32)
+    bare = replace(draft(2), subjects=(), event_digest="")
+    append(ledger_engine, [d, bare])
+    assert [e.draft for e in entries(ledger_engine)] == [d, bare]
+    with ledger_engine.connect() as conn:
+        stored = conn.execute(text("SELECT event_digest, subjects FROM ledger_entries ORDER BY seq")).all()
+    assert [tuple(r) for r in stored] == [("0f" * 32, '["nhs:9434765870","local:b\u00e9b\u00e9 1"]'), ("", "[]")]
+    # Both are hashed: another digest or subject list is other canonical bytes.
+    base = canonical_bytes(1, d, GENESIS_HASH)
+    assert canonical_bytes(1, replace(d, event_digest="1f" * 32), GENESIS_HASH) != base
+    assert canonical_bytes(1, replace(d, subjects=d.subjects[:1]), GENESIS_HASH) != base
+    assert verify(ledger_engine).ok
+
+
+def test_sqlite_new_fields_round_trip(sqlite_engine: Engine) -> None:
+    d = replace(draft(1), subjects=("nhs:9434765870", "pnc:01/123456X"), event_digest="ab" * 32)
+    append(sqlite_engine, [d, not_covered(draft(2))])
+    assert [e.draft for e in entries(sqlite_engine)] == [d, not_covered(draft(2))]
+    assert verify(sqlite_engine).ok
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE ledger_entries SET event_digest = :other WHERE seq = :s",
+        "UPDATE ledger_entries SET subjects = '[\"nhs:9434765870\"]' WHERE seq = :s",
+        "UPDATE ledger_entries SET subjects = '[]' WHERE seq = :s",
+    ],
+    ids=["event_digest", "subjects", "subjects-emptied"],
+)
+def test_verify_names_changed_digest_or_subjects(ledger_engine: Engine, sql: str) -> None:
+    append(ledger_engine, [draft(i) for i in range(1, 21)])
+    assert draft(13).subjects  # odd i: one subject, so emptying it is a change
+    tamper(ledger_engine, sql, s=13, other=hashlib.sha256(b"another event").hexdigest())
+    result = verify(ledger_engine)
+    assert (result.ok, result.first_bad_seq) == (False, 13)
+    assert result.describe() == "ledger BROKEN at entry 13: entry hash does not match its contents (changed)"
+
+
+def test_sqlite_verify_names_changed_digest(sqlite_engine: Engine) -> None:
+    append(sqlite_engine, [draft(i) for i in range(1, 11)])
+    with sqlite_engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER ledger_entries_no_update")
+        conn.exec_driver_sql(f"UPDATE ledger_entries SET event_digest = '{'0' * 64}' WHERE seq = 6")
+    assert (verify(sqlite_engine).ok, verify(sqlite_engine).first_bad_seq) == (False, 6)
+
+
+def test_drafts_refused_before_anything_is_written(ledger_engine: Engine) -> None:
+    good = draft(1)
+    for bad, message in (
+        (replace(good, event_digest="AB" * 32), "event_digest"),
+        (replace(good, event_digest="ab" * 31), "event_digest"),
+        (replace(not_covered(good), recipient="partner-1"), "NOT_COVERED"),
+        (replace(not_covered(good), agreement_id="agr-synthetic"), "NOT_COVERED"),
+        (replace(not_covered(good), fields=("patient.id",)), "NOT_COVERED"),
+        (replace(good, outcome="LOST"), "outcome"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            append(ledger_engine, [good, bad])
+    assert count(ledger_engine) == 0
+
+
+def test_not_covered_entry_verifies_exports_and_is_proved(ledger_engine: Engine, tmp_path: Path) -> None:
+    from ledger.checkpoint import make_checkpoint
+    from ledger.export import export_rows, render_csv, render_jsonl, verify_export
+    from ledger.note import NoteSigner
+    from ledger.proofs import prove_entry
+    from ledger.receipts import pending_receipts
+
+    uncovered = not_covered(replace(draft(2), subjects=("nhs:9434765870",)))
+    append(ledger_engine, [draft(1), uncovered, draft(4)])
+    [stored] = [e for e in entries(ledger_engine) if e.seq == 2]
+    assert stored.draft == uncovered and stored.draft.outcome == "NOT_COVERED"
+    # ... event_digest, then subjects (one block of 1: 02, 14 bytes: 1c, end: 00), then prev_hash.
+    tail = b"\x80\x01" + uncovered.event_digest.encode() + b"\x02\x1cnhs:9434765870\x00" + stored.prev_hash
+    assert canonical_bytes(2, uncovered, stored.prev_hash).endswith(tail)
+    assert verify(ledger_engine).ok
+    assert uncovered.disclosure_id not in {e.draft.disclosure_id for e in pending_receipts(ledger_engine)}
+    signer = NoteSigner.generate("accord.test/not-covered")
+    make_checkpoint(ledger_engine, signer, "accord.test/not-covered")
+    proof = prove_entry(ledger_engine, 2)
+    assert proof.verify() and proof.leaf == canonical_bytes(2, uncovered, stored.prev_hash)
+    export = export_rows(ledger_engine, 1, 3)
+    row = export.rows[1]
+    assert (row["outcome"], row["recipient"], row["agreement_id"], row["subjects"]) == (
+        "NOT_COVERED", "", "", ["nhs:9434765870"]
+    )
+    assert row["event_digest"] == uncovered.event_digest
+    for text_ in ("".join(render_jsonl(export)), "".join(render_csv(export))):
+        check = verify_export(text_, signer.verifier, "accord.test/not-covered")
+        assert check.ok, check.problems
+        # The readable columns are checked against the leaf: a changed digest is named.
+        forged = verify_export(text_.replace(uncovered.event_digest, "0" * 64), signer.verifier,
+                               "accord.test/not-covered")
+        assert not forged.ok and "entry 2: columns event_digest differ" in forged.describe()
+
+
+def _events(tag: str, n: int) -> list[EntryDraft]:
+    """Per event: one or two decisions, and some NOT_COVERED; event ids evt-<tag>-<k>."""
+    out: list[EntryDraft] = []
+    for k in range(n):
+        base = replace(draft(k, tag), event_id=f"evt-{tag}-{k}")
+        if k % 5 == 0:
+            out.append(not_covered(base))
+            continue
+        out.append(base)
+        if k % 2:
+            out.append(replace(base, disclosure_id=f"{base.disclosure_id[:30]}-second", recipient="partner-9",
+                               outcome="WITHHELD", reason="consent denied (consent record 1)", fields=()))
+    return out
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_event_entries(dialect: str, request: pytest.FixtureRequest) -> None:
+    from ledger import event_entries, writer
+
+    engine: Engine = request.getfixturevalue("ledger_engine" if dialect == "postgresql" else "sqlite_engine")
+    wanted, other = _events("w", 1300), _events("o", 200)
+    mixed = [d for pair in zip(wanted, other) for d in pair] + wanted[len(other):]
+    append(engine, mixed)
+    ids = {d.event_id for d in wanted}
+    assert len(ids) == 1300
+    by_seq = {e.draft.disclosure_id: e for e in entries(engine)}
+    expected: dict[str, list] = {}
+    for d in wanted:
+        expected.setdefault(d.event_id, []).append(by_seq[d.disclosure_id])
+    found = event_entries(engine, [*ids, *ids, "evt-absent"])  # duplicates and an unknown id
+    assert found == expected
+    assert all([e.seq for e in v] == sorted(e.seq for e in v) for v in found.values())
+    assert sum(len(v) for v in found.values()) == len(wanted)
+    assert {e.draft.outcome for v in found.values() for e in v} == {"DISCLOSED", "WITHHELD", "NOT_COVERED"}
+    assert event_entries(engine, []) == {}
+    # Inside the writer's transaction: it reads, then appends, atomically.
+    with writer(engine) as conn:
+        before = event_entries(conn, ["evt-w-1"])
+        assert [e.draft.disclosure_id for e in before["evt-w-1"]] == [d.disclosure_id for d in wanted[1:3]]
+        [added] = append(conn, [replace(wanted[1], disclosure_id="late-decision")])
+        assert added.new and [e.seq for e in event_entries(conn, ["evt-w-1"])["evt-w-1"]][-1] == added.seq
+    assert count(engine) == len(mixed) + 1
+    assert verify(engine).ok
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_writer_rolls_back_on_error(dialect: str, request: pytest.FixtureRequest) -> None:
+    from ledger import writer
+
+    engine: Engine = request.getfixturevalue("ledger_engine" if dialect == "postgresql" else "sqlite_engine")
+    append(engine, [draft(1)])
+    with pytest.raises(RuntimeError, match="delivery planning failed"):
+        with writer(engine) as conn:
+            append(conn, [draft(2), draft(3)])
+            raise RuntimeError("delivery planning failed")
+    assert count(engine) == 1
+    assert [a.seq for a in append(engine, [draft(2)])] == [2]
+    assert verify(engine).ok
+
+
+def test_event_id_is_indexed(ledger_engine: Engine) -> None:
+    from sqlalchemy import inspect
+
+    indexed = {tuple(i["column_names"]) for i in inspect(ledger_engine).get_indexes("ledger_entries")}
+    assert ("event_id",) in indexed
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_init_refuses_a_table_without_the_new_columns(dialect: str, request: pytest.FixtureRequest,
+                                                      tmp_path: Path) -> None:
+    """A ledger written before event_digest and subjects cannot verify: init says so in one line."""
+    from sqlalchemy import MetaData, Table
+
+    from ledger.roles import LedgerSchemaMissing
+    from ledger.tables import LedgerEntry
+
+    if dialect == "postgresql":
+        engine: Engine = request.getfixturevalue("pg_engine")
+    else:
+        engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    old = Table("ledger_entries", MetaData(), *(c._copy() for c in LedgerEntry.__table__.columns
+                                                 if c.name not in ("event_digest", "subjects")))
+    old.create(engine)
+    with pytest.raises(LedgerSchemaMissing) as info:
+        init_ledger(engine)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("ledger_entries has no event_digest, subjects columns (it predates event digests)")
+    assert "recreate a development database" in message
+    engine.dispose()

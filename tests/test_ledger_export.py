@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -124,3 +126,20 @@ def test_export_carries_consistency_from_a_checkpoint_the_reader_holds(
     broken = json.dumps(header) + "\n" + "".join(text.splitlines(keepends=True)[1:])
     bad = verify_export(broken, signed.verifier, ORIGIN)
     assert not bad.ok and any("consistency from checkpoint 30" in p for p in bad.problems)
+
+
+def test_an_export_missing_a_column_is_a_finding(role_db: RoleDatabase, signed: NoteSigner) -> None:
+    """A file from before event_digest and subjects, or with a column cut: named, never a traceback."""
+    lines = _jsonl(role_db)
+    for obj in lines[1:]:
+        del obj["subjects"]
+    result = verify_export(_text(lines), signed.verifier, ORIGIN)
+    assert not result.ok
+    assert result.describe() == "export BROKEN: not an accord-ledger-export/2 file: column 'subjects' is missing"
+    records = list(csv.reader(io.StringIO("".join(render_csv(export_rows(role_db.app, 1, 3))))))
+    gone = records[0].index("event_digest")
+    cut = io.StringIO()
+    csv.writer(cut, lineterminator="\n").writerows([r[:gone] + r[gone + 1:] for r in records])
+    assert verify_export(cut.getvalue()).describe() == (
+        "export BROKEN: not an accord-ledger-export/2 file: column 'event_digest' is missing"
+    )

@@ -23,7 +23,7 @@ from ledger.receipts import ReceiptClaim, check_claim, pending_receipts, record_
 from producers.synthetic import build_scenario
 from tests.bus import Bus, settings_env, running_bus
 from tests.conftest import RoleDatabase
-from tests.test_ledger import draft
+from tests.test_ledger import draft, not_covered
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -48,6 +48,11 @@ def test_check_claim() -> None:
     assert "was sent" in check_claim(_claim("nope", "cps"), receipt_id("nope", "cps"), None)
     withheld = replace(sent, outcome="WITHHELD")
     assert "was sent" in check_claim(_claim(sent.disclosure_id, "cps"), receipt_id(sent.disclosure_id, "cps"), withheld)
+    # Nothing was sent for an event no agreement covers, to anyone (its recipient is "").
+    uncovered = not_covered(sent)
+    for partner in ("", "cps"):
+        claim = _claim(sent.disclosure_id, partner)
+        assert "was sent" in check_claim(claim, receipt_id(sent.disclosure_id, partner), uncovered)
     forged = _claim(sent.disclosure_id, "cps", rid="my-own-id")
     assert "uuid5" in check_claim(forged, receipt_id(sent.disclosure_id, "cps"), sent)
 
@@ -61,17 +66,19 @@ def test_record_receipts_once_and_only_from_the_recipient(role_db: RoleDatabase)
     d2 = replace(draft(2), recipient="cps", outcome="DISCLOSED", decided_at=NOW - timedelta(minutes=1))
     d3 = replace(draft(4), recipient="hmcts", outcome="DISCLOSED", decided_at=NOW - timedelta(hours=2))
     w = replace(draft(3), recipient="cps", outcome="WITHHELD")
-    append(engine, [d1, d2, d3, w])
+    nc = not_covered(draft(5))
+    append(engine, [d1, d2, d3, w, nc])
     assert [e.draft.disclosure_id for e in pending_receipts(engine)] == [d1.disclosure_id, d2.disclosure_id, d3.disclosure_id]
 
     out = record_receipts(
         engine,
         [_claim(d1.disclosure_id, "cps"), _claim(d3.disclosure_id, "cps"), _claim(w.disclosure_id, "cps"),
-         _claim(d1.disclosure_id, "cps")],
+         _claim(d1.disclosure_id, "cps"), _claim(nc.disclosure_id, ""), _claim(nc.disclosure_id, "cps")],
         receipt_id,
         recorded_at=NOW,
     )
-    assert [o.refusal is None for o in out] == [True, False, False, True]
+    assert [o.refusal is None for o in out] == [True, False, False, True, False, False]
+    assert all("no disclosure with that id was sent" in o.refusal for o in (out[2], out[4], out[5]))
     assert out[0].appended.new and not out[3].appended.new and out[0].appended.seq == out[3].appended.seq
     assert "another recipient" in out[1].refusal
     # Recorded once, pointing at the disclosure; a replay records nothing.
@@ -83,6 +90,9 @@ def test_record_receipts_once_and_only_from_the_recipient(role_db: RoleDatabase)
     assert receipt.draft.refers_to == d1.disclosure_id and receipt.draft.recipient == "cps"
     assert receipt.draft.disclosure_id == receipt_id(d1.disclosure_id, "cps")
     assert receipt.draft.fields == ()
+    # The receipt keeps the disclosure's event context, its digest and other subjects included.
+    assert (receipt.draft.event_digest, receipt.draft.subjects) == (d1.event_digest, d1.subjects)
+    assert d1.event_digest and d1.subjects
     assert verify(engine).ok
 
     assert [e.draft.disclosure_id for e in pending_receipts(engine)] == [d2.disclosure_id, d3.disclosure_id]
