@@ -140,9 +140,19 @@ _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
 def _show(value: Any) -> str:
-    """A short repr: refusal messages end up in reports and must not dump whole records."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """What kind of value it is, never the value: refusals end up in files, dead letters and
+    logs, and a misplaced NHS number, name or date of birth is still personal data."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, datetime):
+        return "a naive datetime" if value.tzinfo is None else "a datetime"
+    if isinstance(value, (bytes, bytearray)):
+        return f"{len(value)} bytes"
+    if isinstance(value, (list, tuple, dict, set)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a value of type {type(value).__name__}"
 
 
 def _join(path: str, name: str) -> str:
@@ -270,7 +280,7 @@ def _check_logical(logical: str, kind: str, s: Any, value: Any, where: str) -> b
         if isinstance(value, datetime):
             if value.tzinfo is None or value.utcoffset() is None:
                 # fastavro would read a naive datetime as local time: refuse rather than shift it.
-                raise InvalidRecord(where, f"expected a timezone-aware timestamp, got naive {_show(value)}")
+                raise InvalidRecord(where, "expected a timezone-aware timestamp, got a naive datetime")
             try:
                 value.astimezone(UTC)
             except OverflowError:  # written, it could never be read back
@@ -496,7 +506,7 @@ class Catalogue:
         try:
             fastavro.schemaless_writer(out, schema, record)
         except Exception as exc:  # validation should have caught it; never emit half a message
-            raise InvalidRecord("(record)", f"cannot encode as {name}: {type(exc).__name__}: {_show(str(exc))}") from exc
+            raise InvalidRecord("(record)", f"cannot encode as {name}: {type(exc).__name__}") from exc
         return out.getvalue()
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:

@@ -547,7 +547,7 @@ def test_wrong_type_deep_inside(catalogue: Catalogue) -> None:
     record["subject"]["date_of_birth"] = "abc"
     exc = _invalid(catalogue, "custody", record)
     assert exc.field == "subject.date_of_birth"
-    assert str(exc) == "subject.date_of_birth: expected date, got 'abc'"
+    assert str(exc) == "subject.date_of_birth: expected date, got a string of 3 characters"
 
 
 def test_wrong_type_inside_nullable_record(catalogue: Catalogue) -> None:
@@ -589,7 +589,7 @@ def test_bad_enum_symbol(catalogue: Catalogue) -> None:
     record["urgency"] = "WHENEVER"
     exc = _invalid(catalogue, "referral", record)
     assert exc.field == "urgency"
-    assert "ROUTINE" in exc.problem and "'WHENEVER'" in exc.problem
+    assert "ROUTINE" in exc.problem and "WHENEVER" not in exc.problem  # values are never echoed
 
 
 def test_naive_timestamp_is_refused(catalogue: Catalogue) -> None:
