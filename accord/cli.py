@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -15,6 +16,15 @@ def _agreements(settings: Settings):
     from agreements import load_dir
 
     return load_dir(settings.agreements_dir)
+
+
+def _quiet_kafka(settings: Settings) -> dict[str, int]:
+    """librdkafka config for a one-shot command: its own log lines stay off the terminal.
+
+    A broker that is down shows as one line from main() naming the bootstrap
+    servers, not as librdkafka's reconnect messages; at DEBUG they are shown.
+    """
+    return {} if settings.log_level.upper() == "DEBUG" else {"log_level": 0}
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
@@ -37,7 +47,8 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from agreements import recipients_by_type
 
     specs = TopicNames(settings.topic_prefix).catalogue(recipients_by_type(_agreements(settings)))
-    for name, state in sorted(create_topics(kafka.admin(settings), specs).items()):
+    admin = kafka.admin(settings, **_quiet_kafka(settings))
+    for name, state in sorted(create_topics(admin, specs).items()):
         print(f"{state:8} {name}")
     return 0
 
@@ -140,7 +151,9 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from consumers import Retraction, Subscription
     from schemas.serde import to_json
 
-    with Subscription(settings, args.partner, _agreements(settings), group_id=args.group) as sub:
+    agreements = _agreements(settings)
+    with Subscription(settings, args.partner, agreements, group_id=args.group,
+                      client_config=_quiet_kafka(settings)) as sub:
         count = 0
         for d in sub.iter(max_records=args.max, idle_timeout=args.idle):
             count += 1
@@ -262,11 +275,9 @@ def cmd_ledger_init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.database import engine_for, open_database
     from ledger import verify
 
-    engine = engine_for(settings)
-    open_database(engine)
+    engine = _ledger_engine(settings)
     from accord.checkpointer import read_published_notes, verifier_from_settings
     from accord.topics import TopicNames
     from ledger.checkpoint import open_checkpoint
@@ -296,11 +307,9 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ledger_pending_receipts(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import timedelta
 
-    from accord.database import engine_for, open_database
     from ledger.receipts import pending_receipts
 
-    engine = engine_for(settings)
-    open_database(engine)
+    engine = _ledger_engine(settings)
     older = timedelta(seconds=args.older_than) if args.older_than is not None else None
     pending = pending_receipts(engine, partner=args.partner, older_than=older)
     for e in pending:
@@ -315,11 +324,10 @@ def cmd_ledger_pending_receipts(args: argparse.Namespace, settings: Settings) ->
 
 
 def _ledger_engine(settings: Settings):
-    from accord.database import engine_for, open_database
+    """The ledger of a command that reads it: refuses (exit 2) one that does not exist, never creates it."""
+    from accord.database import open_ledger
 
-    engine = engine_for(settings)
-    open_database(engine)
-    return engine
+    return open_ledger(settings)
 
 
 def cmd_ledger_keygen(args: argparse.Namespace, settings: Settings) -> int:
@@ -431,7 +439,6 @@ def cmd_ledger_cosign(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.database import engine_for, open_database
     from agreements import load_dir
     from ledger.report import InvalidNhsNumber, collect, normalise_nhs_number, render_html, render_json
 
@@ -440,8 +447,7 @@ def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
     except InvalidNhsNumber as exc:
         print(f"accord ledger report: --subject: {exc}", file=sys.stderr)
         return 2
-    engine = engine_for(settings)
-    open_database(engine)
+    engine = _ledger_engine(settings)
     agreements = {a.key: a for a in load_dir(settings.agreements_dir)}
     from ledger.proofs import LedgerMismatch
 
@@ -462,12 +468,10 @@ def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.database import engine_for, open_database
     from ledger.export import export_rows, render_csv, render_jsonl
     from ledger.proofs import LedgerMismatch, NotCovered
 
-    engine = engine_for(settings)
-    open_database(engine)
+    engine = _ledger_engine(settings)
     try:
         export = export_rows(engine, args.from_seq, args.to_seq, since=args.since or ())
     except (NotCovered, ValueError) as exc:
@@ -631,10 +635,8 @@ def cmd_agreements_explain(args: argparse.Namespace, settings: Settings) -> int:
     consents = []
     if not args.no_consent:
         import consent
-        from accord.database import engine_for, open_database
 
-        engine = engine_for(settings)
-        open_database(engine)
+        engine = _ledger_engine(settings)  # reads consent; refuses a database that does not exist
         consents = consent.history(engine, [subject_key(event_type, record)]).get(subject_key(event_type, record), [])
     agreements = load_dir(_agreements_dir(args, settings))
     pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
@@ -742,23 +744,136 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """The command as typed (``ledger verify``, ``topics create``, ``consume``), for error lines."""
+    sub = next((v for v in (getattr(args, "action", None), getattr(args, "what", None)) if isinstance(v, str)), None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _settings_problems(exc: Exception) -> str:
+    """A refused ACCORD_* setting, named by its variable; the value given is never repeated."""
+    parts = []
+    for err in exc.errors():  # pydantic ValidationError
+        name = "ACCORD_" + "_".join(str(p) for p in err["loc"]).upper()
+        parts.append(f"{name}: {err['msg']}")
+    return "; ".join(parts) + "; fix the environment variable"
+
+
+def _kafka_problem(exc: Exception, settings: Settings | None) -> str:
+    from confluent_kafka import KafkaError
+
+    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    servers = settings.bootstrap_servers if settings is not None else "ACCORD_BOOTSTRAP_SERVERS"
+    detail = _one_line(err.str() if err is not None else exc)
+    unreachable = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+                   KafkaError._RESOLVE, KafkaError._MSG_TIMED_OUT)
+    if err is not None and err.code() in unreachable:
+        return (f"no Kafka broker answered at {servers} ({detail}); start it (`accord dev up` for the "
+                "embedded one) or set ACCORD_BOOTSTRAP_SERVERS")
+    return f"the Kafka broker at {servers} refused: {detail}"
+
+
+def _where_raised(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame in Accord's own code (not a value, so safe to print)."""
+    import traceback
+
+    from accord.settings import PACKAGE_ROOT
+
+    where = "?"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename)
+        if path.is_relative_to(PACKAGE_ROOT) and ".venv" not in path.parts and "site-packages" not in path.parts:
+            where = f"{path.relative_to(PACKAGE_ROOT)}:{frame.lineno}"
+    return where
+
+
+def describe_error(exc: Exception, settings: Settings | None, command: str) -> tuple[list[str], int] | None:
+    """The lines a person sees for an expected error, and the exit code; None when unexpected.
+
+    One line each (what is wrong, where, what to do); agreements refused print
+    every problem as ``file:line: field: problem``, as ``agreements validate`` does.
+    Database errors never echo a statement's parameters; no line repeats a
+    record's values (I6).
+    """
+    from confluent_kafka import KafkaException
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from accord.devstack import DevStackError
+    from agreements.loader import AgreementError, AgreementsRefused
+    from ledger.roles import LedgerRoleError, LedgerSchemaMissing
+
+    prefix = f"accord {command}: "
+    if isinstance(exc, AgreementsRefused):
+        lines = [_one_line(p) for p in exc.problems]
+        lines.append(f"{prefix}{len(exc.problems)} problem(s) in the agreements of {exc.directory}; nothing done: "
+                     f"fix them (`accord agreements validate {exc.directory}` lists them)")
+        return lines, 2
+    if isinstance(exc, ValidationError) and exc.title == "Settings":
+        return [prefix + _settings_problems(exc)], 2
+    if isinstance(exc, DBAPIError):
+        from accord.database import describe_database_error
+
+        url = ""
+        if settings is not None:
+            url = settings.ledger_owner_url if command == "ledger init" and settings.ledger_owner_url else (
+                settings.resolved_ledger_url)
+        return [prefix + describe_database_error(exc, url or "sqlite://")], 2
+    if isinstance(exc, ArgumentError):  # a URL SQLAlchemy cannot parse; the text does not echo it
+        return [f"{prefix}ACCORD_LEDGER_URL (or ACCORD_LEDGER_OWNER_URL): {_one_line(exc)}; "
+                "give a URL such as postgresql+psycopg://user@host:5432/accord"], 2
+    if isinstance(exc, KafkaException):
+        return [prefix + _kafka_problem(exc, settings)], 2
+    if isinstance(exc, OSError) and exc.filename is not None:  # a path the person gave, or the state folder
+        reason = (exc.strerror or type(exc).__name__).lower()
+        return [f"{prefix}{exc.filename}: {reason}; check the path and its permissions"], 2
+    if isinstance(exc, ValidationError):  # pydantic on input: field and message, never the input value
+        return [prefix + "; ".join(f"{'.'.join(map(str, e['loc'])) or '(input)'}: {e['msg']}" for e in exc.errors())], 2
+    expected = (AgreementError, DevStackError, LedgerRoleError, LedgerSchemaMissing, PermissionError, TimeoutError,
+                ConnectionError, ValueError)  # ValueError covers SerdeError and every refusal of input
+    if isinstance(exc, expected):
+        return [prefix + _one_line(exc)], 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an error becomes one line on stderr and exit 2, never a traceback.
+
+    An unexpected error also gives one line (its kind and where, never its text,
+    which could hold a record's values) and exit 70; ACCORD_LOG_LEVEL=DEBUG adds
+    the traceback.
+    """
     args = build_parser().parse_args(argv)
-    settings = get_settings()
-    from accord.logs import configure_logging
-
-    configure_logging(settings)
+    command = _command_name(args)
+    settings: Settings | None = None
     try:
-        return args.func(args, settings)
-    except Exception as exc:  # one clear line, no traceback, for known error kinds
-        from agreements import AgreementError
-        from accord.devstack import DevStackError
-        from ledger.roles import LedgerRoleError, LedgerSchemaMissing
+        settings = get_settings()
+        from accord.logs import configure_logging
 
-        if isinstance(exc, (AgreementError, DevStackError, FileNotFoundError, LedgerRoleError, LedgerSchemaMissing)):
-            print(f"accord {args.command}: {exc}", file=sys.stderr)
-            return 2
-        raise
+        configure_logging(settings)
+        return args.func(args, settings)
+    except KeyboardInterrupt:
+        print(f"accord {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        debug = (settings.log_level if settings is not None else os.environ.get("ACCORD_LOG_LEVEL", "")).upper() == "DEBUG"
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        described = describe_error(exc, settings, command)
+        if described is not None:
+            lines, code = described
+            for line in lines:
+                print(line, file=sys.stderr)
+            return code
+        print(f"accord {command}: unexpected error ({type(exc).__name__} at {_where_raised(exc)}); "
+              "run with ACCORD_LOG_LEVEL=DEBUG for the traceback", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

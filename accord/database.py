@@ -6,14 +6,20 @@ application role only SELECT and INSERT on the append-only ones. The bus calls
 :func:`require_app_role` at start and refuses to run as the owner, a superuser
 or any role that could UPDATE, DELETE or TRUNCATE them (DESIGN: triggers alone
 do not make a table append-only). SQLite is the demo's development-only store:
-it has no roles, so tables are created on first use and no check is made.
+it has no roles, so the commands that write (``demo``, ``run``, ``consent``,
+``ledger init``) create its tables on first use and no role check is made.
+Commands that only read (:func:`open_ledger`, :func:`open_database`) never
+create anything: pointed at a ledger that does not exist, they refuse.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import structlog
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from accord.cursors import CursorBase, init_cursors
 from accord.settings import Settings
@@ -34,12 +40,15 @@ __all__ = [
     "LedgerSchemaMissing",
     "app_grants",
     "app_role_of",
+    "describe_database_error",
     "engine_for",
     "init_database",
     "open_database",
+    "open_ledger",
     "owner_engine_for",
     "require_app_role",
     "setup_database",
+    "sqlite_path",
 ]
 
 log = structlog.get_logger("accord.database")
@@ -106,17 +115,89 @@ def setup_database(owner: Engine, app_role: str | None) -> list[str]:
         return grant_app_role(conn, app_role, app_grants())
 
 
-def open_database(engine: Engine) -> None:
-    """For commands other than init: SQLite creates on first use; PostgreSQL must be set up."""
-    if engine.dialect.name == "sqlite":
-        init_database(engine)
-        return
-    missing = missing_tables(engine, _all_tables())
-    if missing:
+def _where(engine: Engine) -> str:
+    """The database, as a person can find it: the URL without its password."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database, or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _refuse_missing_file(path: Path | None) -> None:
+    if path is not None and not path.is_file():
         raise LedgerSchemaMissing(
-            f"tables missing: {', '.join(missing)}; run `accord ledger init` as the owner role "
-            "(ACCORD_LEDGER_OWNER_URL) first"
+            f"no ledger at {path}; check ACCORD_STATE_DIR (or ACCORD_LEDGER_URL), "
+            "or run `accord ledger init` to make a new one"
         )
+
+
+def open_ledger(settings: Settings) -> Engine:
+    """The engine of a ledger that must already exist: for commands that read it.
+
+    Never creates anything: a mistyped ACCORD_STATE_DIR must not give an empty
+    ledger that then verifies "OK" and reports that nothing was shared. The
+    SQLite file is checked before the engine is made (engine_for makes the
+    state folder; connecting would make the file).
+    """
+    _refuse_missing_file(sqlite_path(settings.resolved_ledger_url))
+    engine = engine_for(settings)
+    open_database(engine)
+    return engine
+
+
+def open_database(engine: Engine) -> None:
+    """Refuse (LedgerSchemaMissing) a database without the bus's tables; creates nothing.
+
+    For every command but those that write (``ledger init``, ``demo``, ``run``,
+    ``consent``), which create the tables on SQLite; on PostgreSQL only
+    ``accord ledger init`` does, as the owner.
+    """
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    _refuse_missing_file(path)  # connecting would create it
+    missing = missing_tables(engine, _all_tables())
+    if not missing:
+        return
+    if engine.dialect.name == "sqlite":
+        raise LedgerSchemaMissing(
+            f"no ledger in {path} (tables missing: {', '.join(missing)}); run `accord ledger init` first"
+        )
+    raise LedgerSchemaMissing(
+        f"no ledger in database {_where(engine)} (tables missing: {', '.join(missing)}); run "
+        "`accord ledger init` as the owner role (ACCORD_LEDGER_OWNER_URL) first"
+    )
+
+
+def describe_database_error(exc: DBAPIError, url: str) -> str:
+    """One line for a database error: which database, what went wrong, what to do.
+
+    Only the first line of the driver's message is used, and for data and
+    integrity errors not even that (PostgreSQL may quote the offending value
+    there); the statement and its parameters never appear (I6).
+    """
+    path = sqlite_path(url)
+    where = str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+    orig = exc.orig
+    text = str(orig) if orig is not None else ""
+    first = " ".join(text.splitlines()[0].split()) if text.strip() else type(orig or exc).__name__
+    first = first.removeprefix("connection failed: ")
+    if isinstance(exc, DataError | IntegrityError):
+        sqlstate = getattr(getattr(orig, "diag", None), "sqlstate", None) or getattr(orig, "sqlstate", None)
+        code = f", SQLSTATE {sqlstate}" if sqlstate else ""
+        return f"the database {where} refused a value ({type(orig or exc).__name__}{code})"
+    if path is not None:
+        return f"the SQLite ledger {where} failed: {first}; check ACCORD_STATE_DIR and its permissions"
+    if isinstance(exc, OperationalError) and "FATAL:" in first:  # the server answered, and refused
+        reason = first.split("FATAL:", 1)[1].strip()
+        return f"cannot open the database {where}: {reason}; check ACCORD_LEDGER_URL"
+    if isinstance(exc, OperationalError):
+        return (f"could not reach the database {where} ({first}); check that PostgreSQL is running "
+                "and that ACCORD_LEDGER_URL points at it")
+    return f"the database {where} refused: {first}"
 
 
 def require_app_role(engine: Engine) -> RoleCheck | None:

@@ -41,5 +41,5 @@ def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     return Consumer(config)
 
 
-def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+def admin(settings: Settings, **overrides: Any) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, **overrides})

@@ -80,8 +80,13 @@ class TopicNames:
         return specs
 
 
-def create_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 15.0) -> dict[str, str]:
-    """Create the topics that do not exist yet; returns ``{name: "created"|"exists"}``."""
+def create_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 10.0) -> dict[str, str]:
+    """Create the topics that do not exist yet; returns ``{name: "created"|"exists"}``.
+
+    A broker that does not answer within ``timeout`` seconds raises KafkaException
+    (``_TRANSPORT``, ``_TIMED_OUT``): a bounded wait, so ``accord topics create``
+    can say which servers it tried instead of hanging.
+    """
     existing = set(admin.list_topics(timeout=timeout).topics)
     result = {s.name: "exists" for s in specs if s.name in existing}
     wanted = [NewTopic(s.name, s.partitions, 1, config=s.config) for s in specs if s.name not in existing]

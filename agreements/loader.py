@@ -15,8 +15,11 @@ the calendar:
 - in a folder: two files with one id and version, and two ``active`` versions
   of one id whose validity periods overlap (which one applies would be a guess).
 
-``load_file`` and ``load_dir`` raise the first problem; ``validate_dir`` returns
-every problem in every file, for ``accord agreements validate DIR``.
+``load_file`` raises the first problem; ``load_dir`` raises
+:class:`AgreementsRefused` (the first problem, carrying every problem of the
+folder); ``validate_dir`` returns every problem in every file, for
+``accord agreements validate DIR``. An impossible date (``2026-02-30``) is one
+of these problems, reported at its line like any other.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from agreements.model import COHERENCE_KEY, Agreement, Status
 from schemas.projection import UnknownField, check_paths
 from schemas.serde import load_schema
 
-__all__ = ["AgreementError", "load_dir", "load_file", "recipients_by_type", "schema_problems", "validate_dir"]
+__all__ = ["AgreementError", "AgreementsRefused", "load_dir", "load_file", "recipients_by_type", "schema_problems", "validate_dir"]
 
 
 class AgreementError(ValueError):
@@ -43,6 +46,38 @@ class AgreementError(ValueError):
     def __init__(self, path: Path, line: int, field: str, problem: str) -> None:
         self.path, self.line, self.field, self.problem = path, line, field, problem
         super().__init__(f"{path}:{line}: {field}: {problem}")
+
+
+class AgreementsRefused(AgreementError):
+    """A folder refused: reads as its first problem, and carries them all (``problems``).
+
+    So a command that loads agreements can print every problem, as
+    ``accord agreements validate`` does, not only the first.
+    """
+
+    def __init__(self, directory: Path, problems: list[AgreementError]) -> None:
+        first = problems[0]
+        super().__init__(first.path, first.line, first.field, first.problem)
+        self.directory, self.problems = directory, list(problems)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps an impossible date (``2026-02-30``) as its text.
+
+    PyYAML raises a bare ValueError for it, without file or line, and stops the
+    file there; kept as text, the model refuses it at its key's line along with
+    every other problem of the file.
+    """
+
+
+def _timestamp(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
 
 
 def _line_index(node: yaml.Node, prefix: tuple = (), index: dict | None = None) -> dict[tuple, int]:
@@ -90,6 +125,9 @@ def _pydantic_problems(path: Path, exc: ValidationError, index: Mapping[tuple, i
             loc = kept
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
+        if err["type"].startswith("date_"):  # the agreement's own text, never personal data
+            reason = msg.split(", ", 1)[1] if msg.startswith("Input should be a valid date or datetime, ") else msg
+            msg = f"{err['input']!r} is not a date ({reason}); write a calendar date as YYYY-MM-DD"
         problems.append(AgreementError(path, _nearest_line(index, loc), _field_name(loc), msg))
     return problems
 
@@ -165,8 +203,8 @@ def _check_file(path: Path, today: date) -> tuple[Agreement | None, list[Agreeme
     except (OSError, UnicodeDecodeError) as exc:
         return None, [AgreementError(path, 1, "(file)", f"cannot read: {exc}")], {}
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         return None, [AgreementError(path, (mark.line + 1) if mark else 1, "(yaml)", str(exc).splitlines()[0])], {}
@@ -262,14 +300,14 @@ def _scan(directory: Path, today: date) -> tuple[list[Agreement], list[Agreement
 
 
 def load_dir(directory: Path, *, today: date | None = None) -> list[Agreement]:
-    """Every ``*.yaml`` agreement in ``directory``; raises AgreementError for the first problem.
+    """Every ``*.yaml`` agreement in ``directory``; raises AgreementsRefused (every problem, first first).
 
     Refused besides a bad file: two files with one id and version, and two active
     versions of one id whose validity periods overlap.
     """
     agreements, problems = _scan(Path(directory), today or date.today())
     if problems:
-        raise problems[0]
+        raise AgreementsRefused(Path(directory), problems)
     return agreements
 
 

@@ -9,7 +9,7 @@ defines, so a partner never needs the source schema.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +59,40 @@ def partner_topics(names: TopicNames, partner: str, agreements: Iterable[Agreeme
     )
 
 
+# How long a new Subscription waits for the broker's metadata before it gives up.
+BROKER_TIMEOUT_S = 10.0
+
+
 class Subscription:
-    def __init__(self, settings: Settings, partner: str, agreements: Iterable[Agreement], group_id: str | None = None):
+    """A partner's consumer of its own topics.
+
+    Made only when the broker answers: a broker that is down, or a wrong
+    ``bootstrap_servers``, raises KafkaException within ``BROKER_TIMEOUT_S``
+    instead of waiting for an assignment that never comes. ``client_config``
+    adds librdkafka settings (the CLI uses it to keep librdkafka's own log lines
+    off the terminal).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        partner: str,
+        agreements: Iterable[Agreement],
+        group_id: str | None = None,
+        client_config: Mapping[str, Any] | None = None,
+    ):
         agreements = list(agreements)
         self.partner = partner
         self.topics = partner_topics(TopicNames(settings.topic_prefix), partner, agreements)
         if not self.topics:
             raise ValueError(f"no agreement names {partner!r} as a recipient")
         self.catalogue = recipient_catalogue(agreements)
-        self.consumer = kafka.consumer(settings, group_id or f"accord-partner-{partner}")
+        self.consumer = kafka.consumer(settings, group_id or f"accord-partner-{partner}", **(client_config or {}))
+        try:
+            self.consumer.list_topics(timeout=BROKER_TIMEOUT_S)  # raises when no broker answers
+        except KafkaException:
+            self.consumer.close()
+            raise
         self.consumer.subscribe(self.topics)
         self._pending: Message | None = None
         self._settings = settings

@@ -135,3 +135,46 @@ def test_validate_dir_reports_every_problem_in_every_file(tmp_path: Path) -> Non
     assert ("b.yaml", "titel") in found and ("b.yaml", "title") in found
     assert any(p.path.name == "b.yaml" and "shoe_size" in p.problem for p in problems)
     assert validate_dir(EXAMPLES) == []
+
+
+def test_an_impossible_date_is_a_problem_at_its_line_with_the_others(tmp_path: Path) -> None:
+    """PyYAML raises a bare ValueError for 2026-02-30; the loader reports it like any other problem."""
+    bad_dates = GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-02-30").replace(
+        "review_date: 2027-03-31", "review_date: 2027-13-01\nshare_everything: true")
+    (tmp_path / "a.yaml").write_text(bad_dates)
+    (tmp_path / "b.yaml").write_text(GOOD.replace("id: natal-care-to-health-visiting", "id: other")
+                                     .replace("purpose: individual_care", "purpose: marketing"))
+    (tmp_path / "c.yaml").write_text(
+        (EXAMPLES / "referral-to-mash.yaml").read_text().replace("until: 2027-03-31", "until: 2027-04-31"))
+    problems = validate_dir(tmp_path)
+    by_field = {(p.path.name, p.field): p for p in problems}
+    valid_from = by_field[("a.yaml", "valid_from")]
+    assert valid_from.line == _line_of(bad_dates, "valid_from")
+    assert valid_from.problem == ("'2026-02-30' is not a date (day value is outside expected range); "
+                                  "write a calendar date as YYYY-MM-DD")
+    assert by_field[("a.yaml", "review_date")].line == _line_of(bad_dates, "review_date")
+    assert "'2027-13-01' is not a date (month value" in by_field[("a.yaml", "review_date")].problem
+    assert ("a.yaml", "share_everything") in by_field  # the rest of the file is still checked
+    assert ("b.yaml", "purpose") in by_field  # and the other files
+    until = by_field[("c.yaml", "transparency.until")]
+    assert "'2027-04-31' is not a date" in until.problem and until.line == _line_of(
+        (tmp_path / "c.yaml").read_text(), "until: 2027-04-31")
+    assert len(problems) == 5
+
+
+def test_load_dir_refuses_with_every_problem(tmp_path: Path) -> None:
+    from agreements.loader import AgreementsRefused
+
+    (tmp_path / "a.yaml").write_text(GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-02-30"))
+    (tmp_path / "b.yaml").write_text(GOOD.replace("id: natal-care-to-health-visiting", "id: other")
+                                     .replace("purpose: individual_care", "purpose: marketing"))
+    with pytest.raises(AgreementsRefused) as info:
+        load_dir(tmp_path)
+    assert [(p.path.name, p.field) for p in info.value.problems] == [("a.yaml", "valid_from"), ("b.yaml", "purpose")]
+    assert str(info.value) == str(info.value.problems[0])  # reads as the first, as before
+    assert info.value.directory == tmp_path
+
+
+def test_a_valid_date_still_loads_as_a_date() -> None:
+    agreement = load_file(EXAMPLES / "referral-to-mash.yaml")
+    assert agreement.valid_from == date(2026, 1, 1) and agreement.transparency.until == date(2027, 3, 31)
