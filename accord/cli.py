@@ -440,19 +440,20 @@ def cmd_ledger_cosign(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
     from agreements import load_dir
-    from ledger.report import InvalidNhsNumber, collect, normalise_nhs_number, render_html, render_json
+    from ledger.report import collect, render_html, render_json
+    from schemas.subject_keys import InvalidSubjectKey, normalise
 
-    try:
-        number = normalise_nhs_number(args.subject)
-    except InvalidNhsNumber as exc:
-        print(f"accord ledger report: --subject: {exc}", file=sys.stderr)
+    try:  # any subject-key kind the ledger holds; a bare NHS number means nhs:<number>
+        key = normalise(args.subject)
+    except InvalidSubjectKey as exc:
+        print(f"accord ledger report: --subject: {exc.reason}", file=sys.stderr)
         return 2
     engine = _ledger_engine(settings)
     agreements = {a.key: a for a in load_dir(settings.agreements_dir)}
     from ledger.proofs import LedgerMismatch
 
     try:
-        report = collect(engine, number, agreements, as_of=args.as_of)
+        report = collect(engine, key, agreements, as_of=args.as_of)
     except LedgerMismatch as exc:  # no proof that would not verify is ever handed out
         print(f"accord ledger report: the ledger does not match its signed checkpoint ({exc}); "
               "no report given: run `accord ledger verify`", file=sys.stderr)
@@ -518,7 +519,8 @@ def _ledger_parsers(ledger_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ledger_pending_receipts)
 
     p = ledger_sub.add_parser("report", help="a citizen's subject report: every decision about them, with proofs")
-    p.add_argument("--subject", required=True, metavar="NHS_NUMBER", help="the citizen's NHS number (Modulus 11 checked)")
+    p.add_argument("--subject", required=True, metavar="KEY",
+                   help="the person's subject key: an NHS number (bare or nhs:...), pnc:<PNC id> or local:<agency>:<id>")
     p.add_argument("--format", choices=["json", "html"], default="json")
     p.add_argument("--out", default=None, help="write to this file (default standard output)")
     p.add_argument("--as-of", type=date.fromisoformat, default=None,

@@ -2,9 +2,18 @@
 
 ``collect`` reads the ledger (the subject's entries, their agreements, inclusion
 proofs against the newest signed checkpoint); ``render_json`` and ``render_html``
-are pure functions of what it returns. Entries under an agreement whose
-transparency is deferred (agreements/model.py ``Transparency``) are left out until
-its date, and the report says how many were left out, never which.
+are pure functions of what it returns.
+
+The subject is any subject key the ledger holds (``nhs:``, ``pnc:``, ``local:``;
+schemas.subject_keys, so a bare NHS number works too). An entry is about the
+subject when the key is its ``subject_key`` or one of its ``subjects`` (the
+event's other people, e.g. the baby in a natal-care event): a person is found
+wherever their identifier was shared. Retractions and receipts of those
+entries are included whatever key they were filed under.
+
+Entries under an agreement whose transparency is deferred (agreements/model.py
+``Transparency``) are left out until its date, and the report says how many were
+left out, never which.
 
 The HTML is one self-contained page (no scripts, no external resources) and every
 value from the ledger is escaped.
@@ -19,40 +28,54 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, or_, select
 
-from ledger.append import StoredEntry, entries
-from schemas.nhs_number import is_valid
+from ledger.append import StoredEntry, stored_entry
+from ledger.tables import LedgerEntry
+from schemas.subject_keys import InvalidSubjectKey, normalise
 
 __all__ = [
-    "InvalidNhsNumber",
+    "InvalidSubjectKey",
     "ReportItem",
     "SubjectReport",
     "build_report",
     "collect",
-    "normalise_nhs_number",
     "render_html",
     "render_json",
+    "subject_entries",
 ]
 
 SHOWN_OUTCOMES = ("DISCLOSED", "WITHHELD", "RETRACTED")
 
 
-class InvalidNhsNumber(ValueError):
-    pass
+_IN_CHUNK = 1000  # bound parameters per IN list
 
 
-def normalise_nhs_number(text: str) -> str:
-    """Ten digits (spaces and hyphens allowed between groups) passing the Modulus 11 check."""
-    digits = "".join(ch for ch in text if ch not in " -")
-    if not (len(digits) == 10 and digits.isascii() and digits.isdigit()):
-        raise InvalidNhsNumber("an NHS number is 10 digits, e.g. 943 476 5919")
-    if not is_valid(digits):
-        raise InvalidNhsNumber(
-            "that is not a valid NHS number: its last digit is not the Modulus 11 check digit of the first nine "
-            "(check it for a mistyped digit)"
-        )
-    return digits
+def _like_literal(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def subject_entries(engine: Engine, subject_key: str) -> list[StoredEntry]:
+    """Every entry about ``subject_key`` (a normalised key), in seq order.
+
+    Main subject or one of ``subjects``: the JSON text is pre-filtered with LIKE
+    on the key as JSON writes it, then checked exactly. Then every entry that
+    refers to one of those (retractions, receipts), whoever it was filed under.
+    """
+    t = LedgerEntry.__table__
+    pattern = f"%{_like_literal(json.dumps(subject_key, ensure_ascii=False))}%"
+    stmt = select(t).where(or_(t.c.subject_key == subject_key, t.c.subjects.like(pattern, escape="\\")))
+    with engine.connect() as conn:
+        found = {
+            e.seq: e
+            for e in map(stored_entry, conn.execute(stmt))
+            if e.draft.subject_key == subject_key or subject_key in e.draft.subjects
+        }
+        ids = sorted({e.draft.disclosure_id for e in found.values()})
+        for i in range(0, len(ids), _IN_CHUNK):
+            for row in conn.execute(select(t).where(t.c.refers_to.in_(ids[i:i + _IN_CHUNK]))):
+                found.setdefault(row.seq, stored_entry(row))
+    return [found[seq] for seq in sorted(found)]
 
 
 @dataclass(frozen=True)
@@ -100,9 +123,25 @@ class ReportItem:
         }
 
 
+_KIND_WORDS = {"nhs": "NHS number", "pnc": "Police National Computer id", "local": "record"}
+
+
+def _described(subject_key: str) -> str:
+    """How the report names the subject to the person: ``NHS number 943…``, ``record X at agency``."""
+    scheme, _, rest = subject_key.partition(":")
+    if scheme == "local":
+        agency, _, local_id = rest.partition(":")
+        return f"record {local_id} at {agency}"
+    return f"{_KIND_WORDS.get(scheme, scheme)} {rest}"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 @dataclass(frozen=True)
 class SubjectReport:
-    nhs_number: str
+    subject_key: str  # normalised, e.g. nhs:9434765919, pnc:25/123456A, local:salford-council:LCS123456
     as_of: date
     generated_at: datetime
     items: tuple[ReportItem, ...]
@@ -111,9 +150,16 @@ class SubjectReport:
     unproven: int = 0  # shown entries newer than the newest checkpoint
     notes: tuple[str, ...] = field(default=())
 
+    @property
+    def kind(self) -> str:
+        return self.subject_key.partition(":")[0]
+
     def to_dict(self) -> dict[str, Any]:
+        subject: dict[str, str] = {"key": self.subject_key, "kind": self.kind}
+        if self.kind == "nhs":
+            subject["nhs_number"] = self.subject_key.partition(":")[2]
         return {
-            "subject": {"nhs_number": self.nhs_number},
+            "subject": subject,
             "as_of": self.as_of.isoformat(),
             "generated_at": self.generated_at.isoformat(),
             "entries": [i.to_dict() for i in self.items],
@@ -131,7 +177,7 @@ def _visible(entry: StoredEntry, agreements: Mapping[str, Any], day: date) -> bo
 
 
 def build_report(
-    nhs_number: str,
+    subject_key: str,
     stored: Sequence[StoredEntry],
     agreements: Mapping[str, Any],
     proofs: Mapping[int, dict[str, Any]],
@@ -166,20 +212,24 @@ def build_report(
             f"{unproven} of the entries shown {'is' if unproven == 1 else 'are'} newer than the newest signed "
             "checkpoint; ask again later for their proofs"
         )
-    return SubjectReport(nhs_number, as_of, generated_at, tuple(items), hidden, checkpoint, unproven, tuple(notes))
+    return SubjectReport(subject_key, as_of, generated_at, tuple(items), hidden, checkpoint, unproven, tuple(notes))
 
 
 def collect(
-    engine: Engine, nhs_number: str, agreements: Mapping[str, Any], *, as_of: date | None = None,
+    engine: Engine, subject: str, agreements: Mapping[str, Any], *, as_of: date | None = None,
     now: datetime | None = None,
 ) -> SubjectReport:
-    """Read the subject's entries and prove each shown one against the newest checkpoint."""
+    """Read the subject's entries and prove each shown one against the newest checkpoint.
+
+    ``subject``: any form :func:`schemas.subject_keys.normalise` accepts (a bare NHS
+    number included); :class:`InvalidSubjectKey` otherwise.
+    """
     from ledger.proofs import NotCovered, latest_checkpoint, prove_entries
 
-    number = normalise_nhs_number(nhs_number)
+    key = normalise(subject)
     now = now or datetime.now(UTC)
     day = as_of or now.date()
-    stored = entries(engine, subject_key=f"nhs:{number}")
+    stored = subject_entries(engine, key)
     shown = [e.seq for e in stored if e.draft.outcome in SHOWN_OUTCOMES and _visible(e, agreements, day)]
     checkpoint = latest_checkpoint(engine)
     proofs: dict[int, dict[str, Any]] = {}
@@ -193,7 +243,7 @@ def collect(
         except NotCovered:
             proofs = {}
         note = note or checkpoint.note
-    return build_report(number, stored, agreements, proofs, note, day, now)
+    return build_report(key, stored, agreements, proofs, note, day, now)
 
 
 def render_json(report: SubjectReport) -> str:
@@ -284,10 +334,10 @@ def render_html(report: SubjectReport) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-        f"<title>Who has your information: NHS number {_e(report.nhs_number)}</title>"
+        f"<title>Who has your information: {_e(_described(report.subject_key))}</title>"
         f"<style>{_STYLE}</style></head><body>"
         f"<h1>Who has been sent information about you</h1>"
-        f"<p>NHS number {_e(report.nhs_number)}. This report lists every decision recorded in the ledger "
+        f"<p>{_e(_sentence(_described(report.subject_key)))}. This report lists every decision recorded in the ledger "
         f"to share, or not to share, information about you, as of {_e(report.as_of.isoformat())}. "
         f"{len(report.items)} {'decision is' if len(report.items) == 1 else 'decisions are'} shown.</p>"
         f"{left_out}{notes}{items}{checkpoint}"

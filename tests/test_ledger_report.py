@@ -22,7 +22,7 @@ from ledger.append import SCHEMA_PATH
 from ledger.checkpoint import make_checkpoint, open_checkpoint
 from ledger.merkle import leaf_hash, verify_inclusion
 from ledger.note import NoteSigner
-from ledger.report import InvalidNhsNumber, collect, normalise_nhs_number, render_html, render_json
+from ledger.report import InvalidSubjectKey, collect, render_html, render_json
 from producers.nhs_number import generate
 from tests.conftest import RoleDatabase
 
@@ -120,11 +120,61 @@ def test_html_is_escaped_and_self_contained(role_db: RoleDatabase, people) -> No
     assert "No proof yet" in page  # no checkpoint was made
 
 
-@pytest.mark.parametrize("bad", ["943476591", "9434765918", "94347659l9", ""])
-def test_invalid_nhs_numbers_are_refused(bad: str) -> None:
-    with pytest.raises(InvalidNhsNumber):
-        normalise_nhs_number(bad)
-    assert normalise_nhs_number("943 476 5919") == "9434765919"
+@pytest.mark.parametrize(
+    "bad", ["943476591", "9434765918", "94347659l9", "", "NHS:9434765919", "nhs:9434765919 ", "943 476 5919",
+            "pnc:25/123456a", "passport:1"],
+)
+def test_malformed_subjects_are_refused_before_the_ledger_is_read(bad: str) -> None:
+    with pytest.raises(InvalidSubjectKey):
+        collect(None, bad, AGREEMENTS)  # type: ignore[arg-type]  # never reaches the engine
+
+
+def _custody(subject_key: str, i: int, **changes) -> EntryDraft:
+    return _entry("custody-to-prosecution@v1", "x", i, subject_key=subject_key,
+                  disclosure_id=f"d-{subject_key}-{i}", event_id=f"e-{subject_key}-{i}", **changes)
+
+
+@pytest.mark.parametrize(
+    ("key", "near", "words"),
+    [
+        ("pnc:25/123456A", "pnc:25/1234567A", "Police National Computer id 25/123456A"),
+        # `_` is SQL LIKE's one-character wildcard: the near miss must not match.
+        ("local:salford_council:LCS_12", "local:salford_council:LCSX12", "record LCS_12 at salford_council"),
+    ],
+)
+def test_reports_for_pnc_and_local_subjects(role_db: RoleDatabase, people, key: str, near: str, words: str) -> None:
+    me, _other = people
+    out = append(role_db.app, [
+        _custody(key, 1), _custody(near, 2), _custody(f"nhs:{me}", 3, subjects=(near,)), _custody(key, 4),
+    ])
+    report = collect(role_db.app, key, AGREEMENTS, as_of=date(2026, 11, 24))
+    assert [i.seq for i in report.items] == [out[0].seq, out[3].seq]
+    data = json.loads(render_json(report))
+    assert data["subject"] == {"key": key, "kind": key.partition(":")[0]}
+    page = render_html(report)
+    assert words in page and near not in page and me not in page
+
+
+def test_a_baby_is_found_in_the_natal_care_entries_about_them(role_db: RoleDatabase, people) -> None:
+    """The baby's NHS number was shared in the mother's event: the baby's report shows it, with its aftermath."""
+    mother, baby = people
+    natal = "natal-care-to-health-visiting@v1"
+    birth = _entry(natal, mother, 1, subjects=(f"nhs:{baby}",))
+    unrelated = _entry(natal, mother, 2)  # the mother alone
+    # A retraction and a receipt of the birth disclosure, filed under the mother only.
+    retracted = _entry(natal, mother, 3, outcome="RETRACTED", refers_to=birth.disclosure_id)
+    received = _entry(natal, mother, 4, outcome="RECEIVED", refers_to=birth.disclosure_id, reason=None)
+    out = append(role_db.app, [birth, unrelated, retracted, received])
+
+    report = collect(role_db.app, baby, AGREEMENTS, as_of=date(2026, 11, 24))  # a bare NHS number works
+    assert report.subject_key == f"nhs:{baby}"
+    assert [(i.seq, i.outcome) for i in report.items] == [(out[0].seq, "DISCLOSED"), (out[2].seq, "RETRACTED")]
+    assert report.items[0].acknowledged_at == received.decided_at
+    assert json.loads(render_json(report))["subject"] == {"key": f"nhs:{baby}", "kind": "nhs", "nhs_number": baby}
+    # The mother's report still has all of hers.
+    assert [i.seq for i in collect(role_db.app, f"nhs:{mother}", AGREEMENTS, as_of=date(2026, 11, 24)).items] == [
+        out[0].seq, out[1].seq, out[2].seq,
+    ]
 
 
 def test_report_command(role_db: RoleDatabase, people, tmp_path) -> None:
@@ -144,6 +194,14 @@ def test_report_command(role_db: RoleDatabase, people, tmp_path) -> None:
     assert out.read_text().startswith("<!DOCTYPE html>")
     bad = run("--subject", me[:9] + str((int(me[9]) + 1) % 10))
     assert bad.returncode == 2 and "Modulus 11" in bad.stderr
+    for text, reason in [(f"NHS:{me}", "lower case"), (f"nhs:{me} ", "contains spaces")]:
+        refused = run("--subject", text)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and reason in refused.stderr
+    prefixed = run("--subject", f"nhs:{me}", "--as-of", "2026-11-24")
+    assert prefixed.returncode == 0 and json.loads(prefixed.stdout) == {
+        **json.loads(ok.stdout), "generated_at": json.loads(prefixed.stdout)["generated_at"],
+    }
 
 
 def test_report_on_a_tampered_ledger_gives_no_proofs_but_an_error(role_db: RoleDatabase, people, tmp_path) -> None:
