@@ -3,12 +3,20 @@
 A new version takes effect without a restart. Within one agreement id the
 highest version received supersedes the others for new decisions; every
 version stays known so that retractions and explanations can name it.
+
+I9: the processor decides nothing before it has read the feed to its end
+(``FeedFollower.catch_up``), at start and after every rebalance, so a version
+suspended before a start is in force from that start's first decision.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from accord import kafka
 from accord.settings import Settings
@@ -16,6 +24,8 @@ from accord.topics import TopicNames, create_topics
 from agreements import Agreement, recipients_by_type
 from agreements.recipient_schemas import recipient_catalogue
 from schemas.serde import Catalogue
+
+log = structlog.get_logger("accord.agreement_feed")
 
 
 class AgreementSet:
@@ -73,3 +83,81 @@ def publish_agreements(settings: Settings, agreements: list[Agreement]) -> int:
     if errors:
         raise RuntimeError(f"agreements not published: {errors[:3]}")
     return len(agreements)
+
+
+class FeedNotReached(RuntimeError):
+    """The agreements feed could not be read to its end in time: the broker is unreachable."""
+
+
+class FeedFollower:
+    """Reads the agreements feed (one partition) from its beginning into an AgreementSet.
+
+    No consumer group: every processor reads the whole feed. "The end" is the high
+    watermark the broker returned in a fetch response (ListOffsets is wrong on the
+    embedded broker, DESIGN), so a catch-up waits until a fetch made after it began
+    has answered: ``settle_s`` covers the fetch wait plus a round trip.
+    """
+
+    def __init__(self, settings: Settings, agreements: AgreementSet, settle_s: float = 0.5) -> None:
+        self.agreements = agreements
+        self.settle_s = settle_s
+        self.partition = TopicPartition(TopicNames(settings.topic_prefix).agreements, 0, OFFSET_BEGINNING)
+        self.consumer: Consumer = kafka.consumer(
+            settings, f"{settings.processor_group}.agreements", **{"fetch.wait.max.ms": 100}
+        )
+        self.consumer.assign([self.partition])
+        self.applied = 0
+
+    def poll(self) -> int:
+        """Apply whatever has arrived, without waiting; returns how many versions were read."""
+        read = 0
+        while True:
+            msgs = self.consumer.consume(100, timeout=0)
+            if not msgs:
+                return read
+            for msg in msgs:
+                read += self._apply(msg)
+
+    def catch_up(self, timeout_s: float) -> int:
+        """Read the feed up to the end it has now; FeedNotReached if that takes longer than ``timeout_s``.
+
+        1. keep reading for ``settle_s`` so a fetch answered after this call began sets the watermark;
+        2. then read until our position reaches that high watermark.
+        """
+        started = time.monotonic()
+        read = 0
+        while True:
+            for msg in self.consumer.consume(100, timeout=0.1):
+                read += self._apply(msg)
+            if time.monotonic() - started >= self.settle_s and self._at_end():
+                return read
+            if time.monotonic() - started > timeout_s:
+                raise FeedNotReached(f"the agreements feed {self.partition.topic} could not be read to its end")
+
+    def _at_end(self) -> bool:
+        _low, high = self.consumer.get_watermark_offsets(self.partition, cached=True)
+        if high < 0:
+            return False  # no fetch answered yet
+        if high == 0:
+            return True
+        position = self.consumer.position([self.partition])[0].offset
+        return position >= high
+
+    def _apply(self, msg) -> int:  # noqa: ANN001 - a confluent_kafka.Message
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("agreements_feed_error", error=err.name())
+            return 0
+        try:
+            agreement = self.agreements.apply(msg.value() or b"")
+        except ValueError as exc:
+            # A bad publication is refused, not fatal: the previous versions stay in force.
+            log.error("agreement_refused", offset=msg.offset(), error=str(exc).splitlines()[0])
+            return 1
+        self.applied += 1
+        log.info("agreement_applied", agreement=agreement.key, status=agreement.status.value, offset=msg.offset())
+        return 1
+
+    def close(self) -> None:
+        self.consumer.close()

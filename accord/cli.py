@@ -71,80 +71,13 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from faust import Worker
+    from accord.processor import run_processor
 
-    from accord import kafka
-    from accord.database import engine_for, require_app_role
-    from accord.agreement_feed import AgreementSet
-    from accord.processor import BatchHandler, build_app
-    from accord.sweeper import RetractionSweeper
-    from accord.topics import TopicNames
-    from agreements.recipient_schemas import recipient_catalogue
-
-    from agreements import IdentifierTreatment
-    from agreements.partners import load_partners
-
-    agreements = _agreements(settings)
-    pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
-    if not pseudonym_key and any(a.identifier_treatment is IdentifierTreatment.PSEUDONYMISED for a in agreements):
-        print("accord run: an agreement pseudonymises identifiers; set ACCORD_PSEUDONYM_KEY", file=sys.stderr)
+    try:
+        return run_processor(settings)
+    except ValueError as exc:  # a setting the processor cannot start without (e.g. ACCORD_PSEUDONYM_KEY)
+        print(f"accord run: {exc}", file=sys.stderr)
         return 2
-    partner_classes = load_partners(settings.partners_file)
-    engine = engine_for(settings)
-    # The bus appends only: refuse to run as the ledger's owner, a superuser, or a
-    # role that could UPDATE, DELETE or TRUNCATE it (PostgreSQL; SQLite is dev-only).
-    require_app_role(engine)
-
-    agreement_set = AgreementSet(agreements, recipient_catalogue(agreements))
-
-    def handler() -> BatchHandler:
-        return BatchHandler(
-            agreement_set,
-            engine,
-            kafka.producer(settings),
-            TopicNames(settings.topic_prefix),
-            partner_classes,
-            pseudonym_key,
-        )
-
-    def sweeper() -> RetractionSweeper:
-        return RetractionSweeper(
-            engine,
-            agreement_set,
-            kafka.producer(settings),
-            TopicNames(settings.topic_prefix),
-            partner_classes,
-        )
-
-    from accord.checkpointer import Checkpointer, signer_from_settings
-
-    signer = signer_from_settings(settings)
-    checkpointer_factory = None
-    if signer is None:
-        import structlog
-
-        structlog.get_logger("accord.checkpointer").warning(
-            "ledger_checkpoints_off", reason="no signing key: set ACCORD_LEDGER_SIGNING_KEY or run `accord ledger keygen`"
-        )
-    else:
-
-        def checkpointer() -> Checkpointer:
-            return Checkpointer(
-                engine, signer, settings.ledger_origin, kafka.producer(settings), TopicNames(settings.topic_prefix),
-                settings.checkpoint_every_entries, settings.checkpoint_interval_s,
-            )
-
-        checkpointer_factory = checkpointer
-
-    app = build_app(settings, handler, sweeper, agreement_set, checkpointer_factory)
-    from accord.receipts import ReceiptRecorder, add_receipts_agent
-
-    # Partners' receipts: checked against the ledger and appended (ledger/receipts.py).
-    add_receipts_agent(
-        app, settings, lambda: ReceiptRecorder(engine, kafka.producer(settings), TopicNames(settings.topic_prefix))
-    )
-    Worker(app, loglevel=settings.log_level.lower().replace("warning", "warn"), quiet=True).execute_from_commandline()
-    return 0
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:

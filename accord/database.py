@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
+from accord.connection_guard import psycopg_connect_args
 from accord.cursors import CursorBase, init_cursors
 from accord.settings import Settings
 from consent.store import ConsentBase, init_consent
@@ -58,8 +59,11 @@ def engine_for(settings: Settings) -> Engine:
     url = settings.resolved_ledger_url
     if url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Connect timeout and TCP keepalives notice a dead server within seconds
+    # (accord/connection_guard.py); the processor adds a statement timeout and a watchdog.
+    connect_args = psycopg_connect_args(settings.database_timeout_s) if "+psycopg" in url.split("://", 1)[0] else {}
     # hide_parameters: a database error must never print a record's values (I6).
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
 
 
 def owner_engine_for(settings: Settings) -> Engine:

@@ -1,4 +1,4 @@
-"""The receipts agent's shell: partners' receipts from ``accord.receipts`` into the ledger.
+"""The receipts shell: partners' receipts from ``accord.receipts`` into the ledger.
 
 Per batch: decode every receipt, check each against the ledger (the disclosure
 must have been sent to the partner that acknowledges it) and append the good
@@ -20,7 +20,7 @@ from accord.topics import TopicNames
 from consumers.receipts import decode_receipt, receipt_id, with_receipt_schema
 from ledger.receipts import ReceiptClaim, record_receipts
 
-__all__ = ["ReceiptRecorder", "ReceiptReport", "ReceiptsFailed", "add_receipts_agent"]
+__all__ = ["ReceiptRecorder", "ReceiptReport", "ReceiptsFailed"]
 
 log = structlog.get_logger("accord.receipts")
 
@@ -90,26 +90,3 @@ class ReceiptRecorder:
         if dead and (self.producer.flush(30) or errors):
             raise ReceiptsFailed(f"dead letters not delivered: {errors[:3]}")
         return report
-
-
-def add_receipts_agent(app: Any, settings: Any, recorder_factory: Any) -> None:
-    """Register the receipts agent on the processor's faust app (same consumer group)."""
-    import asyncio
-
-    from accord.processor import _exit_on_failure, inbound_batches
-
-    names = TopicNames(settings.topic_prefix)
-    recorder: ReceiptRecorder | None = None
-
-    @app.agent(app.topic(names.receipts, key_type=bytes, value_type=bytes))
-    async def record_receipts_agent(stream: Any) -> None:
-        nonlocal recorder
-        loop = asyncio.get_running_loop()
-        if recorder is None:
-            recorder = recorder_factory()
-        async for batch in inbound_batches(stream, settings):
-            try:
-                report = await loop.run_in_executor(None, recorder.handle, batch)
-            except Exception as exc:
-                _exit_on_failure("receipts", exc, receipts=len(batch))
-            log.info("receipts", receipts=report.receipts, recorded=report.recorded, refused=report.refused)

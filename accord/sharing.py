@@ -77,6 +77,38 @@ def subject_key(event_type: str, record: dict[str, Any]) -> str:
     return f"local:{record['envelope']['source_agency']}:{subject['local_id']}"
 
 
+def other_subjects(event_type: str, record: dict[str, Any]) -> tuple[str, ...]:
+    """Subject keys of the other people the event is about (a baby in a natal-care event).
+
+    The ledger records them beside ``subject_key`` so a subject report finds a person
+    wherever their identifier was shared; consent is still checked under ``subject_key``.
+    """
+    if event_type == "natal_care":
+        baby = record.get("baby") or {}
+        if baby.get("nhs_number"):
+            return (f"nhs:{baby['nhs_number']}",)
+    return ()
+
+
+def projection_for(
+    event_type: str,
+    record: dict[str, Any],
+    agreement: Agreement,
+    fields: Sequence[str],
+    recipient: str,
+    context: Context,
+) -> dict[str, Any]:
+    """What ``recipient`` receives of ``record``: the allowed ``fields``, pseudonymised if the agreement says.
+
+    Used for a new decision and, with the fields its ledger entry recorded, for the
+    redelivery of an existing one (I8), so both send the same bytes.
+    """
+    projection = project_record(record, list(fields))
+    if agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED:
+        return pseudonymise(event_type, projection, context.pseudonym_key, recipient)
+    return projection
+
+
 def consent_outcome(
     agreement: Agreement, recipient: str, records: Sequence[ConsentRecord], context: Context
 ) -> tuple[Outcome, str | None]:

@@ -40,6 +40,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "ACCORD_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
         "ACCORD_LOG_FORMAT": "json",
         "ACCORD_PSEUDONYM_KEY": settings.pseudonym_key.get_secret_value(),
+        "ACCORD_BATCH_SIZE": str(settings.batch_size),
+        "ACCORD_MAX_EVENT_BYTES": str(settings.max_event_bytes),
+        "ACCORD_MAX_STRING_BYTES": str(settings.max_string_bytes),
+        "ACCORD_DATABASE_TIMEOUT_S": str(settings.database_timeout_s),
+        "ACCORD_HEALTH_PORT": str(settings.health_port),
+        "ACCORD_RETRACTION_INTERVAL_S": str(settings.retraction_interval_s),
     }
 
 

@@ -1,0 +1,115 @@
+"""I8 and I9 on the real broker and PostgreSQL, each case set up so the old processor broke it.
+
+- A replay after a consent change delivers what the ledger recorded, not a new decision.
+- An agreement suspended before a start is in force from that start's first decision,
+  and what an earlier run disclosed under it is retracted once, however often it restarts.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import consent
+from accord.agreement_feed import publish_agreements
+from accord.sharing import subject_key
+from agreements import Status, load_dir
+from agreements.partners import load_partners
+from ledger import verify
+from producers.synthetic import build_scenario
+from tests.bus import Bus, make_settings, running_bus
+from tests.conftest import fresh_role_database
+from tests.test_end_to_end import _wait_for
+
+
+def _events(event_type: str, n: int, where=lambda r: True) -> list[dict]:  # noqa: ANN001
+    found: list[dict] = []
+    while len(found) < n:
+        scenario = build_scenario(120, seed=random.randrange(1 << 30), n_malformed=0)
+        found += [e.record for e in scenario.events if e.event_type == event_type and where(e.record)]
+    return found[:n]
+
+
+@pytest.fixture
+def bus(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
+    with running_bus(broker, tmp_path_factory.mktemp("i8")) as bus:
+        yield bus
+
+
+def test_a_replay_after_consent_was_given_delivers_nothing_for_a_withheld_entry(bus: Bus) -> None:
+    [event] = _events("custody", 1, where=lambda r: bool(r["subject"]["nhs_number"]))
+    bus.publish([("custody", event)])
+    [withheld] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="liaison-diversion")
+    assert withheld.outcome == "WITHHELD"
+
+    known = consent.KnownScopes.from_partners(load_partners(bus.settings.partners_file))
+    consent.record(bus.engine, subject_key("custody", event), consent.ConsentDecision.PERMIT,
+                   known=known, recipient="liaison-diversion")
+    bus.publish([("custody", event)])  # the source system sends the same event again
+
+    [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="liaison-diversion")
+    assert entry.outcome == "WITHHELD" and entry.seq == withheld.seq
+    assert entry.disclosure_id not in {d.disclosure_id for d in bus.received("liaison-diversion")}
+    # The statutory recipients get the recorded disclosure again, under the same id and seq.
+    cps = [d for d in bus.received("cps") if d.disclosure_id in
+           {e.disclosure_id for e in bus.ledger(event_id=event["envelope"]["event_id"], recipient="cps")}]
+    assert len(cps) == 2 and len({d.ledger_seq for d in cps}) == 1
+
+
+def test_a_replay_after_consent_was_withdrawn_is_retracted_not_redecided(bus: Bus) -> None:
+    [event] = _events("natal_care", 1)
+    bus.publish([("natal_care", event)])
+    [disclosed] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-health-visiting")
+    assert disclosed.outcome == "DISCLOSED"
+    known = consent.KnownScopes.from_partners(load_partners(bus.settings.partners_file))
+    consent.record(bus.engine, subject_key("natal_care", event), consent.ConsentDecision.DENY,
+                   known=known, recipient="salford-health-visiting")
+    [retraction] = _wait_for(lambda: bus.ledger(refers_to=disclosed.disclosure_id))
+    bus.publish([("natal_care", event)])
+    entries = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-health-visiting")
+    assert {(e.outcome, e.disclosure_id) for e in entries} == {
+        ("DISCLOSED", disclosed.disclosure_id), ("RETRACTED", retraction.disclosure_id)}
+    # Sent once, before the withdrawal; the replay sends nothing more of a retracted disclosure.
+    got = [d for d in bus.received("salford-health-visiting") if d.disclosure_id == disclosed.disclosure_id]
+    assert len(got) == 1
+
+
+def test_a_suspension_on_the_feed_before_start_holds_and_retracts_once_across_restarts(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with fresh_role_database() as db:
+        settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("i9"))
+        bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
+        bus.create_topics()
+        first, second = _events("custody", 2)
+        bus.start_processor()
+        try:
+            bus.publish([("custody", first)])  # an earlier run discloses under version 1
+        finally:
+            bus.stop_processor()
+        disclosed = bus.ledger(event_id=first["envelope"]["event_id"], agreement_id="custody-to-prosecution")
+        assert {e.outcome for e in disclosed} == {"DISCLOSED"} and len(disclosed) == 2
+
+        current = next(a for a in bus.agreements if a.id == "custody-to-prosecution")
+        suspended = current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})
+        publish_agreements(settings, [suspended])  # while no processor runs
+        for _ in range(3):  # restart after restart
+            bus.start_processor()
+            try:
+                bus.publish([("custody", second)])
+                for entry in disclosed:
+                    _wait_for(lambda e=entry: bus.ledger(refers_to=e.disclosure_id))
+                time.sleep(2 * settings.retraction_interval_s)
+            finally:
+                bus.stop_processor()
+        assert not [e for e in bus.ledger(event_id=second["envelope"]["event_id"])
+                    if e.agreement_id == "custody-to-prosecution"]
+        for entry in disclosed:
+            [retraction] = bus.ledger(refers_to=entry.disclosure_id)
+            assert retraction.outcome == "RETRACTED"
+            notices = [r for r in bus.retractions(entry.recipient) if r.retracts_disclosure_id == entry.disclosure_id]
+            assert notices and {n.ledger_seq for n in notices} == {retraction.seq}
+        assert verify(db.owner).ok

@@ -1,0 +1,143 @@
+"""kill -9, again and again, while citizens change their consent: the ledger and the partners still agree.
+
+The processor is killed at random moments (during start-up and mid-batch) while a
+thread records consent changes for the events' subjects, with an agreement's
+suspended version on the feed before the first start. Afterwards, from outside:
+every partner record has the committed ledger entry it names (I1, I8), nothing is
+decided under the suspended agreement (I9), no decision is recorded twice (I7),
+every event is fully decided or dead-lettered (I2), each decision agrees with the
+consent version it names (I5), and the ledger verifies (I3).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+import consent
+from accord.agreement_feed import publish_agreements
+from accord.drain import wait_for_group
+from accord.sharing import Context, Outcome, consent_outcome, subject_key
+from agreements import Status
+from agreements.model import ConsentMode
+from agreements.partners import load_partners
+from ledger import verify
+from producers import Publisher
+from producers.synthetic import build_scenario
+from tests.bus import Bus, make_settings
+from tests.conftest import fresh_role_database
+from tests.faults import audit, dead_letters, ledger_rows
+
+EVENTS = 3000
+KILLS = 6
+SUSPENDED = "custody-to-prosecution"
+
+
+def _known_scopes(bus: Bus) -> consent.KnownScopes:
+    return consent.KnownScopes.from_partners(load_partners(bus.settings.partners_file))
+
+
+def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_path_factory) -> None:  # noqa: ANN001
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    scenario = build_scenario(EVENTS, seed=seed, n_malformed=12)
+    with fresh_role_database() as db:
+        settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("kill"))
+        settings = settings.model_copy(update={"batch_size": 100})
+        from agreements import load_dir
+
+        bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
+        bus.create_topics()
+        # The suspended version is on the feed before the processor ever starts (I9).
+        current = next(a for a in bus.agreements if a.id == SUSPENDED)
+        suspended = current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})
+        publish_agreements(settings, [suspended])
+        in_force = [a for a in bus.agreements if a.id != SUSPENDED] + [suspended]
+
+        publisher = Publisher(settings)
+        for e in scenario.events:
+            publisher.publish(e.event_type, e.record)
+        for event_type, raw in scenario.malformed:
+            publisher.publish_raw(event_type, raw, key=b"raw")
+        report = publisher.flush()
+        assert not report.failed
+
+        # Consent changes, two or more a second, for the subjects of consent-based sharing.
+        subjects = sorted({subject_key(e.event_type, e.record) for e in scenario.events
+                           if e.event_type in ("natal_care", "custody") and subject_key(e.event_type, e.record).startswith("nhs:")})
+        known = _known_scopes(bus)
+        stop = threading.Event()
+        changes: list[int] = []
+
+        def change_consent() -> None:
+            crng = random.Random(seed)
+            while not stop.is_set():
+                decision = crng.choice([consent.ConsentDecision.DENY, consent.ConsentDecision.PERMIT])
+                recipient = crng.choice(["salford-health-visiting", "liaison-diversion", "salford-research"])
+                consent.record(db.owner, crng.choice(subjects), decision, known=known, recipient=recipient)
+                changes.append(1)
+                stop.wait(0.2)
+
+        changer = threading.Thread(target=change_consent, daemon=True)
+        changer.start()
+        kills = 0
+        try:
+            for i in range(KILLS):
+                bus.start_processor()
+                # Early kills land in start-up (imports, feed catch-up, group join); later ones mid-batch.
+                time.sleep(rng.uniform(0.3, 1.5) if i % 2 == 0 else rng.uniform(2.0, 4.0))
+                if bus.processor.poll() is None:
+                    bus.processor.send_signal(signal.SIGKILL)
+                    bus.processor.wait()
+                    kills += 1
+            bus.start_processor()
+            wait_for_group(settings, settings.processor_group, report.end_offsets, timeout=240)
+        finally:
+            stop.set()
+            changer.join()
+        try:
+            time.sleep(3 * settings.retraction_interval_s + 2)  # let the last sweep send its notices
+            assert bus.processor.poll() is None, "the processor died on its own"
+        finally:
+            bus.stop_processor()
+
+        valid = {e.record["envelope"]["event_id"]: (e.event_type, e.record) for e in scenario.events}
+        today = datetime.now(UTC).date()
+        breaks = audit(bus, valid, in_force, today)
+        rows = ledger_rows(bus)
+        print(f"\nkill -9 test: {len(valid)} events + {len(scenario.malformed)} malformed, {kills} kills, "
+              f"{len(changes)} consent changes, {len(rows)} ledger entries; breaks: "
+              f"I1 {len(breaks.undelivered_ledger)}, I8 {len(breaks.delivered_withheld)}, "
+              f"I4 {len(breaks.extra_fields)}, I7 {len(breaks.duplicates)}, I2 {len(breaks.undecided)}")
+        assert kills >= KILLS - 1, "the processor exited before it could be killed"
+        assert breaks.total() == 0, breaks
+
+        # I9: nothing decided under the suspended agreement, by any run.
+        assert not [r for r in rows if r.agreement_id == SUSPENDED and r.outcome != "RETRACTED"]
+
+        # I2: every malformed record is a dead letter with a reason.
+        dlq = dead_letters(bus)
+        topics_offsets = {(d["accord.source_topic"], d["accord.source_offset"]) for d in dlq if d.get("accord.reason")}
+        assert len(topics_offsets) >= len(scenario.malformed)
+
+        # I5: each decision agrees with the consent history up to the version it names.
+        histories = consent.history(db.owner, {r.subject_key for r in rows})
+        by_key = {a.key: a for a in bus.agreements + [suspended]}
+        partner_classes = load_partners(settings.partners_file)
+        for r in rows:
+            if r.outcome not in ("DISCLOSED", "WITHHELD") or not r.agreement_id:
+                continue
+            agreement = by_key[f"{r.agreement_id}@v{r.agreement_version}"]
+            if agreement.consent_mode is ConsentMode.NOT_REQUIRED:
+                continue
+            seen = [c for c in histories.get(r.subject_key, []) if c.id <= r.consent_version]
+            assert (max((c.id for c in seen), default=0)) == r.consent_version
+            outcome, _ = consent_outcome(agreement, r.recipient, seen, Context(r.decided_at, partner_classes))
+            assert outcome is Outcome(r.outcome), (r.disclosure_id, r.consent_version)
+
+        assert verify(db.owner).ok

@@ -1,0 +1,116 @@
+"""The database goes away under a running processor: it delivers nothing meanwhile and resumes by itself.
+
+PostgreSQL is reached through a TCP proxy the test controls: first every
+connection is cut and new ones refused (an outage), then the open connections go
+silent without a reset while new ones work (a failover, a NAT drop). The same
+processor process must come through both, with nothing restarting it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from accord.drain import wait_for_group
+from agreements import load_dir
+from producers import Publisher
+from producers.synthetic import build_scenario
+from tests.bus import Bus, make_settings
+from tests.conftest import fresh_role_database
+from tests.faults import TcpProxy, ledger_rows
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _health(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+def _referrals(n: int) -> list[dict]:
+    scenario = build_scenario(n * 8, seed=random.randrange(1 << 30), n_malformed=0)
+    found = [e.record for e in scenario.events if e.event_type == "referral"]
+    assert len(found) >= n
+    return found[:n]
+
+
+def _publish(settings, records: list[dict]) -> dict:  # noqa: ANN001
+    publisher = Publisher(settings)
+    for r in records:
+        publisher.publish("referral", r)
+    report = publisher.flush()
+    assert not report.failed
+    return report.end_offsets
+
+
+def _mash_ids(bus: Bus) -> set[str]:
+    return {d.disclosure_id for d in bus.received("salford-mash")}
+
+
+def test_database_cut_and_silenced_the_same_processor_resumes(broker, tmp_path_factory) -> None:  # noqa: ANN001
+    with fresh_role_database() as db:
+        proxy = TcpProxy(urlsplit(db.app_url).port or 5432)
+        health_port = _free_port()
+        settings = make_settings(broker, _via(db.app_url, proxy.port), tmp_path_factory.mktemp("outage"))
+        settings = settings.model_copy(update={"database_timeout_s": 2.0, "health_port": health_port})
+        bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
+        bus.create_topics()
+        bus.start_processor()
+        try:
+            before = _referrals(5)
+            wait_for_group(settings, settings.processor_group, _publish(settings, before), timeout=60)
+            assert len(_mash_ids(bus)) == 5
+            pid = bus.processor.pid
+
+            # 1. cut: every connection closed, new ones refused, for 8 s.
+            proxy.cut()
+            during = _referrals(5)
+            ends = _publish(settings, during)
+            time.sleep(4)
+            state = _health(health_port)
+            assert state["state"] == "waiting" and state["waiting_for"] == "database", state
+            assert len(_mash_ids(bus)) == 5, "something was delivered while the ledger was unreachable (I1)"
+            time.sleep(4)
+            assert len(_mash_ids(bus)) == 5
+            assert bus.processor.poll() is None, "the processor exited during the outage"
+            proxy.restore()
+            wait_for_group(settings, settings.processor_group, ends, timeout=60)
+            assert bus.processor.poll() is None and bus.processor.pid == pid
+            assert len(_mash_ids(bus)) == 10
+            assert _health(health_port)["state"] == "running"
+
+            # 2. silence: open connections carry nothing and send no reset; new ones work.
+            proxy.freeze()
+            silent = _referrals(5)
+            started = time.monotonic()
+            wait_for_group(settings, settings.processor_group, _publish(settings, silent), timeout=90)
+            took = time.monotonic() - started
+            print(f"\nresumed {took:.1f}s after its connections went silent (ACCORD_DATABASE_TIMEOUT_S=2)")
+            assert bus.processor.poll() is None and bus.processor.pid == pid
+            ids = _mash_ids(bus)
+            assert len(ids) == 15
+            entries = {r.disclosure_id: r for r in ledger_rows(bus)}
+            assert all(entries[i].outcome == "DISCLOSED" for i in ids)
+        finally:
+            bus.stop_processor()
+            proxy.close()
