@@ -666,3 +666,35 @@ def test_processor_signs_and_publishes_checkpoints(broker: str, tmp_path: Path) 
         result = verify(db.owner, key.verifier, settings.ledger_origin, kept)
         assert result.ok, result.describe()
         assert prove_entry(db.owner, size).verify()
+
+
+def test_documented_examples() -> None:
+    """docs/ledger.md's worked example (bytes, leaf hash) and signed checkpoint are what the code makes."""
+    import re
+
+    from ledger import GENESIS_HASH, EntryDraft
+    from ledger import merkle
+    from ledger.checkpoint import CheckpointBody
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ledger.md").read_text(encoding="utf-8")
+    leaf_section = doc.split("### The leaf, byte by byte", 1)[1]
+    hex_block = leaf_section.split("```\n", 2)[1]
+    documented = bytes.fromhex(hex_block.replace("\n", " "))
+    entry = EntryDraft(
+        "d1", "e1", "custody", "gmp", "cps", "a", 1, "p", "l", "DISCLOSED", None, ("x",), "not-required", 0, "s",
+        datetime(2026, 1, 1, tzinfo=UTC), None, hashlib.sha256(b"abc").hexdigest(), ("t",),
+    )
+    leaf = canonical_bytes(1, entry, GENESIS_HASH)
+    assert documented == leaf == documented_leaf(1, entry, GENESIS_HASH)
+    assert f"is these {len(leaf)} bytes" in leaf_section
+    [leaf_hash] = re.findall(r"its leaf hash is `([0-9a-f]{64})`", leaf_section)
+    assert bytes.fromhex(leaf_hash) == merkle.leaf_hash(leaf)
+
+    signed_section = doc.split("## Signed checkpoints", 1)[1]
+    note = signed_section.split("```\n", 2)[1]
+    [vkey] = re.findall(r"e\.g\. `(accord\.example/ledger\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+)`", signed_section)
+    signer = NoteSigner("accord.example/ledger", hashlib.sha256(b"accord documentation example key; never use").digest())
+    assert signer.verifier.vkey == vkey
+    body = open_checkpoint(note, NoteVerifier.parse(vkey), "accord.example/ledger")
+    assert (body.tree_size, body.root) == (1, merkle.leaf_hash(leaf))
+    assert note == sign_note(CheckpointBody("accord.example/ledger", 1, body.root).text(), signer)
