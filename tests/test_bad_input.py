@@ -70,6 +70,8 @@ def _field(schema: dict, path: str) -> dict:
 
 def _bad(kind: str, good: dict, base: dict) -> tuple[str, bytes | None]:
     """(topic's event type, value) of one bad record; ``base`` is a fresh valid referral to spoil."""
+    if kind == "reused event id with different content":
+        base["referral_id"] = f"REUSED-{uuid.uuid4().hex[:8]}"  # synthetic ids repeat across scenarios
     r = copy.deepcopy(base)
     if kind == "empty value":
         return "referral", b""
@@ -188,6 +190,7 @@ def test_bad_record_is_dead_lettered_and_its_neighbours_shared(outcome: dict[str
     assert outcome["alive"], "the processor stopped"
     [dead] = [d for d in outcome["dead"]
               if d["accord.source_offset"] == str(offset) and d["accord.source_topic"] == bus.names.event("referral")]
+    print(f"\n{kind}: {dead['accord.error']}: {dead['accord.reason']}")
     assert KINDS[kind] in dead["accord.reason"], dead["accord.reason"]
     assert "Traceback" not in dead["accord.reason"]
     rows = outcome["ledger"]
