@@ -27,6 +27,15 @@ def _quiet_kafka(settings: Settings) -> dict[str, int]:
     return {} if settings.log_level.upper() == "DEBUG" else {"log_level": 0}
 
 
+def _quiet_kafka(settings: Settings) -> dict[str, int]:
+    """librdkafka config for a one-shot command: its own log lines stay off the terminal.
+
+    A broker that is down shows as one line from main() naming the bootstrap
+    servers, not as librdkafka's reconnect messages; at DEBUG they are shown.
+    """
+    return {} if settings.log_level.upper() == "DEBUG" else {"log_level": 0}
+
+
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from accord import devstack
 
@@ -307,7 +316,9 @@ def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
         print("the ledger is empty: no checkpoint made")
         return 0
     if made is not None and not args.no_publish:
-        publish_checkpoint(kafka.producer(settings), TopicNames(settings.topic_prefix), made, settings.ledger_origin)
+        # A broker that is down fails the publication within 10 s (PublishFailed: one line from main()).
+        producer = kafka.producer(settings, **_quiet_kafka(settings), **{"message.timeout.ms": 10_000})
+        publish_checkpoint(producer, TopicNames(settings.topic_prefix), made, settings.ledger_origin)
     state = "new" if made else "no new entries; newest"
     print(f"{state} checkpoint at tree size {checkpoint.tree_size:,}"
           f"{' (published)' if made and not args.no_publish else ''}:\n")
@@ -768,6 +779,12 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
         return [f"{prefix}{exc.filename}: {reason}; check the path and its permissions"], 2
     if isinstance(exc, ValidationError):  # pydantic on input: field and message, never the input value
         return [prefix + "; ".join(f"{'.'.join(map(str, e['loc'])) or '(input)'}: {e['msg']}" for e in exc.errors())], 2
+    from accord.checkpointer import PublishFailed
+
+    if isinstance(exc, PublishFailed):
+        servers = settings.bootstrap_servers if settings is not None else "ACCORD_BOOTSTRAP_SERVERS"
+        return [f"{prefix}{_one_line(exc)}: no Kafka broker took it at {servers}; the checkpoint is stored in the "
+                "ledger, the processor publishes the next one (or start the broker and sign again after new entries)"], 2
     expected = (AgreementError, DevStackError, LedgerRoleError, LedgerSchemaMissing, PermissionError, TimeoutError,
                 ConnectionError, ValueError)  # ValueError covers SerdeError and every refusal of input
     if isinstance(exc, expected):

@@ -262,3 +262,20 @@ def test_an_unexpected_error_is_one_line_without_its_text_and_debug_adds_the_tra
     debug = crash(ACCORD_LOG_LEVEL="DEBUG")
     assert debug.returncode == 70 and "Traceback" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == line
+
+
+def test_checkpoint_with_the_broker_down_is_one_line_within_seconds(tmp_path: Path) -> None:
+    from ledger import append
+    from tests.test_ledger import draft
+
+    env = {"ACCORD_STATE_DIR": str(tmp_path), "ACCORD_LEDGER_SIGNING_KEY": SIGNING_SEED,
+           "ACCORD_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}"}
+    assert accord("ledger", "init", **env).returncode == 0
+    engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    append(engine, [draft(i) for i in range(1, 4)])
+    engine.dispose()
+    started = time.monotonic()
+    line = one_line(accord("ledger", "checkpoint", timeout=30, **env))
+    assert time.monotonic() - started < 15
+    assert line.startswith("accord ledger checkpoint: checkpoint 3 not delivered: ")
+    assert f"no Kafka broker took it at {env['ACCORD_BOOTSTRAP_SERVERS']}; the checkpoint is stored" in line
