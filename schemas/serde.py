@@ -524,7 +524,7 @@ class Catalogue:
         string, so a digest of the bytes identifies the content.
         """
         if data is None:
-            raise NotSingleObject("no message value (null): expected an Avro single-object message")
+            raise NotSingleObject("empty message value (null): expected an Avro single-object message")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise NotSingleObject(f"expected bytes, got {type(data).__name__}")
         data = bytes(data)
@@ -533,8 +533,8 @@ class Catalogue:
         if data[0] == 0 and len(data) >= 5:
             schema_id = struct.unpack(">I", data[1:5])[0]
             raise NotSingleObject(
-                f"Confluent Schema Registry framing, not Avro single-object encoding (schema id {schema_id}): "
-                "publish with the Accord producer, which writes 0xC3 0x01 and the schema fingerprint"
+                f"Confluent Schema Registry framing, not Avro single-object encoding (magic byte 00 and schema id "
+                f"{schema_id} where 0xC3 0x01 and a schema fingerprint belong): publish with the Accord producer"
             )
         if len(data) < HEADER_SIZE:
             raise NotSingleObject(f"too short for a single-object header: {len(data)} bytes, need {HEADER_SIZE}")

@@ -334,7 +334,7 @@ def test_the_hand_built_body_is_what_the_serde_writes(catalogue: Catalogue) -> N
 
 @pytest.mark.parametrize("value", [None, "c301", 7, [0xC3, 0x01]])
 def test_a_value_that_is_not_bytes_is_refused(catalogue: Catalogue, value: Any) -> None:
-    with pytest.raises(NotSingleObject, match="null|expected bytes"):
+    with pytest.raises(NotSingleObject, match=r"^empty message value \(null\)|^expected bytes"):
         catalogue.decode(value)
 
 
@@ -361,7 +361,9 @@ def test_confluent_schema_registry_framing_is_named(catalogue: Catalogue) -> Non
     data = b"\x00" + struct.pack(">I", 42) + custody_body()
     with pytest.raises(NotSingleObject) as info:
         catalogue.decode(data)
-    assert "Confluent Schema Registry framing, not Avro single-object encoding (schema id 42)" in str(info.value)
+    assert str(info.value).startswith(
+        "Confluent Schema Registry framing, not Avro single-object encoding (magic byte 00 and schema id 42 "
+    )
 
 
 def test_every_truncation_is_refused(catalogue: Catalogue) -> None:
