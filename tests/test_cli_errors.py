@@ -155,16 +155,16 @@ SIGNING_SEED = base64.b64encode(bytes(range(32))).decode()
     ("ledger", "checkpoint", "--no-publish"),
     ("ledger", "pending-receipts"),
     ("ledger", "cosign", "--size", "1"),
-    ("agreements", "explain", str(PACKAGE_ROOT / "tests" / "does-not-matter.json")),
+    ("agreements", "explain", "EVENT"),
 ])
 def test_a_mistyped_state_dir_refuses_and_creates_nothing(tmp_path: Path, args) -> None:
     state = tmp_path / "statee"  # the typo: no such folder
     event = tmp_path / "event.json"
-    if args[0] == "agreements":  # explain reads consent from the ledger database
+    if "EVENT" in args:  # explain reads the event, then consent from the ledger database
         from producers.synthetic import build_scenario, to_json_line
 
         event.write_text(to_json_line(build_scenario(n_events=5, seed=1).events[0]))
-        args = (*args[:2], str(event))
+        args = tuple(str(event) if a == "EVENT" else a for a in args)
     result = accord(*args, ACCORD_STATE_DIR=str(state), ACCORD_LEDGER_SIGNING_KEY=SIGNING_SEED)
     line = one_line(result)
     assert line == (f"accord {' '.join(args[:2])}: no ledger at {state / 'ledger.db'}; check ACCORD_STATE_DIR "
