@@ -27,15 +27,6 @@ def _quiet_kafka(settings: Settings) -> dict[str, int]:
     return {} if settings.log_level.upper() == "DEBUG" else {"log_level": 0}
 
 
-def _quiet_kafka(settings: Settings) -> dict[str, int]:
-    """librdkafka config for a one-shot command: its own log lines stay off the terminal.
-
-    A broker that is down shows as one line from main() naming the bootstrap
-    servers, not as librdkafka's reconnect messages; at DEBUG they are shown.
-    """
-    return {} if settings.log_level.upper() == "DEBUG" else {"log_level": 0}
-
-
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from accord import devstack
 
