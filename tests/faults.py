@@ -6,6 +6,7 @@ fresh group and the ledger table as the owner, as an auditor would.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import uuid
@@ -92,10 +93,11 @@ def audit(bus: Bus, published: dict[str, tuple[str, dict]], agreements: list, to
                 continue
             if entry.outcome != "DISCLOSED" or entry.recipient != partner:
                 breaks.delivered_withheld.append(f"{partner}: {rec.disclosure_id} has a {entry.outcome} entry")
-            import json
-
             allowed = set(json.loads(entry.fields))
-            extra = _leaf_paths(rec.record) - allowed
+            # An allowed path may name a whole sub-record (subject.address); a null sub-record
+            # (no baby yet) is a leaf of the record but the parent of allowed fields.
+            extra = {p for p in _leaf_paths(rec.record) - allowed
+                     if not any(a.startswith(p + ".") or p.startswith(a + ".") for a in allowed)}
             if extra:
                 breaks.extra_fields.append(f"{partner}: {rec.disclosure_id} carries {sorted(extra)}")
     decisions: dict[str, list[Any]] = defaultdict(list)
