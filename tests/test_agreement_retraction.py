@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 
 from accord.agreement_feed import publish_agreements
-from accord.drain import wait_for_group
 from agreements import Status
 from ledger import verify
 from producers.synthetic import build_scenario
@@ -38,7 +37,7 @@ def test_suspending_an_agreement_retracts_its_disclosures_and_stops_new_ones(bus
     current = next(a for a in bus.agreements if a.id == "custody-to-prosecution")
     suspended = current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})
     publish_agreements(bus.settings, [suspended])
-    wait_for_group(bus.settings, bus.settings.processor_group, {(bus.names.agreements, 0): 1}, timeout=30)
+    # The processor follows the feed without a consumer group: the retractions show it applied it.
 
     for entry in disclosed:
         [retraction] = _wait_for(lambda: bus.ledger(refers_to=entry.disclosure_id))
