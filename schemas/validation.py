@@ -238,7 +238,10 @@ def event_problems(
         return [Problem("(record)", f"expected a record, got {type(record).__name__}")]
     if now.tzinfo is None or now.utcoffset() is None:
         now = now.replace(tzinfo=UTC)
-    utc = now.astimezone(UTC)
+    try:
+        utc = now.astimezone(UTC)
+    except OverflowError:  # a `now` at the very edge of the calendar (only a fuzzer passes one)
+        utc = datetime.min.replace(tzinfo=UTC) if now.year < 2 else datetime.max.replace(tzinfo=UTC)
     ctx = _Context(
         now=utc,
         latest_birth=(utc + LATEST_ZONE).date() if utc < datetime.max.replace(tzinfo=UTC) - LATEST_ZONE else date.max,
