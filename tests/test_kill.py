@@ -34,7 +34,9 @@ from tests.conftest import fresh_role_database
 from tests.faults import audit, dead_letters, ledger_rows
 
 EVENTS = 3000
-KILLS = 6
+KILLS = 8
+EVENTS_PER_S = 150  # 3,000 events over about 20 s, the span of the kills
+RESEND_EVERY = 5  # one event in five is followed by a re-send of an earlier one
 CHANGES_PER_TICK = 10  # every 0.2 s
 SUSPENDED = "custody-to-prosecution"
 
@@ -60,13 +62,28 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
         publish_agreements(settings, [suspended])
         in_force = [a for a in bus.agreements if a.id != SUSPENDED] + [suspended]
 
-        publisher = Publisher(settings)
-        for e in scenario.events:
-            publisher.publish(e.event_type, e.record)
-        for event_type, raw in scenario.malformed:
-            publisher.publish_raw(event_type, raw, key=b"raw")
-        report = publisher.flush()
-        assert not report.failed
+        # Events arrive as a stream during the kills, and a source system re-sends some it
+        # already sent: each re-send is a replay that meets whatever consent says by then (I8).
+        published: dict[str, object] = {}
+
+        def stream() -> None:
+            prng = random.Random(seed + 1)
+            publisher = Publisher(settings)
+            sent: list = []
+            for n, e in enumerate(scenario.events):
+                publisher.publish(e.event_type, e.record)
+                sent.append(e)
+                if n % RESEND_EVERY == 0 and len(sent) > 200:
+                    old = sent[prng.randrange(len(sent) - 200)]  # sent a while ago, so likely decided
+                    publisher.publish(old.event_type, old.record)
+                    published["resent"] = int(published.get("resent", 0)) + 1
+                if n % 50 == 0:
+                    time.sleep(50 / EVENTS_PER_S)
+            for event_type, raw in scenario.malformed:
+                publisher.publish_raw(event_type, raw, key=b"raw")
+            published["report"] = publisher.flush()
+
+        streamer = threading.Thread(target=stream, daemon=True)
 
         # Consent changes, far more than two a second, aimed at the subjects of consent-based
         # sharing so that a replayed batch often meets a changed preference (where I8 broke).
@@ -89,6 +106,7 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
 
         changer = threading.Thread(target=change_consent, daemon=True)
         changer.start()
+        streamer.start()
         kills = 0
         try:
             for i in range(KILLS):
@@ -99,6 +117,9 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
                     bus.processor.send_signal(signal.SIGKILL)
                     bus.processor.wait()
                     kills += 1
+            streamer.join()
+            report = published["report"]
+            assert not report.failed
             bus.start_processor()
             wait_for_group(settings, settings.processor_group, report.end_offsets, timeout=240)
         finally:
@@ -114,7 +135,8 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
         today = datetime.now(UTC).date()
         breaks = audit(bus, valid, in_force, today)
         rows = ledger_rows(bus)
-        print(f"\nkill -9 test: {len(valid)} events + {len(scenario.malformed)} malformed, {kills} kills, "
+        print(f"\nkill -9 test: {len(valid)} events ({published['resent']} re-sent) + "
+              f"{len(scenario.malformed)} malformed, {kills} kills, "
               f"{len(changes)} consent changes, {len(rows)} ledger entries; breaks: "
               f"I1 {len(breaks.undelivered_ledger)}, I8 {len(breaks.delivered_withheld)}, "
               f"I4 {len(breaks.extra_fields)}, I7 {len(breaks.duplicates)}, I2 {len(breaks.undecided)}")
