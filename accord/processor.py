@@ -224,11 +224,12 @@ class BatchHandler:
     ``handle`` in five steps:
 
     1. read: decode and validate each record; one that cannot be read or is implausible
-       is a dead letter (I2). A second copy of an event id in the batch is the same event
-       if its bytes are the same, else a conflicting duplicate;
+       is a dead letter (I2). Copies of one event id are told apart by their digest;
     2. look in the ledger for the batch's event ids: an event already recorded is a
-       replay, and its entries decide what is delivered, never a new decision (I8); one
-       recorded with another digest is a conflicting duplicate, dead-lettered naming the first;
+       replay, and its entries decide what is delivered, never a new decision (I8); a
+       copy with another digest is a conflicting duplicate, dead-lettered naming the
+       first. Of an event not recorded yet, the batch's first copy is decided and any
+       copy with other content is the conflicting one;
     3. decide the new events with the consent history read now (I5); an event that no
        agreement covers gets a NOT_COVERED entry;
     4. append every new decision in one transaction, BEFORE anything is produced (I1); a
@@ -296,28 +297,32 @@ class BatchHandler:
         decided_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
         context = Context(decided_at, self.partner_classes, self.pseudonym_key)
 
-        # 1. read
+        # 1. read; copies of one event id are kept apart by content until the ledger has spoken
         dead: list[DeadLetter] = []
-        events: dict[str, Event] = {}
+        copies: dict[str, dict[str, Event]] = {}  # event id -> digest -> its first copy in the batch
         for msg in batch:
             read = self._read(msg, now)
             if isinstance(read, DeadLetter):
                 dead.append(read)
-                continue
-            first = events.get(read.event_id)
-            if first is None:
-                events[read.event_id] = read
-            elif first.digest != read.digest:
-                dead.append(DeadLetter(msg, "ConflictingDuplicate",
-                                       f"event id {read.event_id} reused with different content: the first is at "
-                                       f"{first.msg.topic}[{first.msg.partition}]@{first.msg.offset} in this batch"))
+            else:
+                copies.setdefault(read.event_id, {}).setdefault(read.digest, read)
 
-        # 2. what the ledger already holds
+        # 2. what the ledger already holds decides; only then does the batch's first copy
+        events: dict[str, Event] = {}
         deliveries: list[Delivery] = []
-        known = event_entries(self.engine, list(events)) if events else {}
-        for event_id, stored in known.items():
-            event = events.pop(event_id)
-            self._replay(event, stored, context, deliveries, dead)
+        known = event_entries(self.engine, list(copies)) if copies else {}
+        for event_id, versions in copies.items():
+            stored = known.get(event_id)
+            if stored is not None:
+                for event in versions.values():  # the recorded content is replayed, any other dead-lettered
+                    self._replay(event, stored, context, deliveries, dead)
+                continue
+            first, *others = versions.values()
+            events[event_id] = first
+            for other in others:
+                dead.append(DeadLetter(other.msg, "ConflictingDuplicate",
+                                       f"event id {event_id} reused with different content: the first is at "
+                                       f"{first.msg.topic}[{first.msg.partition}]@{first.msg.offset} in this batch"))
 
         # 3. decide the new events
         histories = consent.history(self.engine, {e.subject_key for e in events.values()})

@@ -113,3 +113,44 @@ def test_a_suspension_on_the_feed_before_start_holds_and_retracts_once_across_re
             notices = [r for r in bus.retractions(entry.recipient) if r.retracts_disclosure_id == entry.disclosure_id]
             assert notices and {n.ledger_seq for n in notices} == {retraction.seq}
         assert verify(db.owner).ok
+
+
+def test_a_resend_and_a_reused_id_in_one_batch_the_ledger_tells_which_is_which(bus: Bus) -> None:
+    """Found by hand: with both in one batch, the batch's first copy was taken for the original."""
+    import copy
+    import uuid as uuid_
+
+    from accord import kafka
+    from schemas.serde import Catalogue
+    from tests.faults import dead_letters
+
+    [event] = _events("referral", 1)
+    bus.publish([("referral", event)])
+    [entry] = bus.ledger(event_id=event["envelope"]["event_id"])
+    impostor = copy.deepcopy(event)
+    impostor["referral_id"] = f"IMPOSTOR-{uuid_.uuid4().hex[:8]}"
+    impostor["subject"]["family_name"] = "Other"
+
+    bus.stop_processor()  # both wait for the next start, so they are read in one batch
+    catalogue = Catalogue.default()
+    producer = kafka.producer(bus.settings)
+    offsets: dict[str, tuple[int, int]] = {}
+    for name, record in (("impostor", impostor), ("resend", event)):
+        producer.produce(bus.names.event("referral"), key=b"one-partition",  # impostor first, in order
+                         value=catalogue.encode("referral", record, validated=True),
+                         on_delivery=lambda err, m, name=name: offsets.__setitem__(name, (m.partition(), m.offset())))
+        producer.flush(30)
+    bus.start_processor()
+    from accord.drain import wait_for_group
+
+    wait_for_group(bus.settings, bus.settings.processor_group,
+                   {(bus.names.event("referral"), p): o + 1 for p, o in offsets.values()}, timeout=60)
+
+    conflicts = [d for d in dead_letters(bus) if d.get("accord.error") == "ConflictingDuplicate"
+                 and event["envelope"]["event_id"] in d["accord.reason"]]
+    assert [(int(d["accord.source_partition"]), int(d["accord.source_offset"])) for d in conflicts] == [offsets["impostor"]]
+    assert f"ledger seq {entry.seq}" in conflicts[0]["accord.reason"]
+    got = [d for d in bus.received("salford-mash") if d.disclosure_id == entry.disclosure_id]
+    assert len(got) == 2 and all(d.record["referral_id"] == event["referral_id"] for d in got)
+    assert not [d for d in bus.received("salford-mash") if d.record.get("referral_id") == impostor["referral_id"]]
+    assert [e.disclosure_id for e in bus.ledger(event_id=event["envelope"]["event_id"])] == [entry.disclosure_id]
