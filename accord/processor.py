@@ -139,6 +139,11 @@ def _data_exception(exc: BaseException | None) -> bool:
     return bool(sqlstate) and str(sqlstate).startswith("22")
 
 
+def backoff(attempt: int, most_s: float = 10.0) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): 0.5 s, doubling, at most ``most_s``."""
+    return min(0.5 * 2**attempt, most_s)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     msg: Inbound
@@ -168,6 +173,15 @@ class Delivery:
     projected: dict[str, Any]
     seq: int
     source: Inbound
+
+
+@dataclass(frozen=True)
+class _ReplayView:
+    """The agreements as one batch sees them, for redelivering recorded entries."""
+
+    by_key: Mapping[str, Agreement]  # every version known, by id@vN
+    newest: Mapping[str, Agreement]  # the newest version of each id
+    context: Context
 
 
 def _draft(d: Decision, decided_at: datetime, event: Event) -> EntryDraft:
@@ -311,11 +325,13 @@ class BatchHandler:
         events: dict[str, Event] = {}
         deliveries: list[Delivery] = []
         known = event_entries(self.engine, list(copies)) if copies else {}
+        agreements = self.agreements.current()  # one view for the whole batch
+        replay = _ReplayView(self.agreements.by_key(), {a.id: a for a in agreements}, context)
         for event_id, versions in copies.items():
             stored = known.get(event_id)
             if stored is not None:
                 for event in versions.values():  # the recorded content is replayed, any other dead-lettered
-                    self._replay(event, stored, context, deliveries, dead)
+                    self._replay(event, stored, replay, deliveries, dead)
                 continue
             first, *others = versions.values()
             events[event_id] = first
@@ -326,7 +342,6 @@ class BatchHandler:
 
         # 3. decide the new events
         histories = consent.history(self.engine, {e.subject_key for e in events.values()})
-        agreements = self.agreements.current()  # one view for the whole batch
         drafts: list[EntryDraft] = []
         decided: list[tuple[Event, Decision]] = []
         for event in events.values():
@@ -356,7 +371,7 @@ class BatchHandler:
         if raced:
             by_id = {e.event_id: e for e in events.values()}
             for event_id, stored in event_entries(self.engine, sorted(raced)).items():
-                self._replay(by_id[event_id], stored, context, deliveries, dead)
+                self._replay(by_id[event_id], stored, replay, deliveries, dead)
 
         # 5. deliver, then dead letters, then flush
         report.redelivered = len(deliveries) - sum(1 for d in deliveries if d.disclosure_id in fresh)
@@ -371,7 +386,7 @@ class BatchHandler:
         self,
         event: Event,
         stored: Sequence[StoredEntry],
-        context: Context,
+        view: _ReplayView,
         deliveries: list[Delivery],
         dead: list[DeadLetter],
     ) -> None:
@@ -384,17 +399,15 @@ class BatchHandler:
                                    f"recorded at ledger seq {first}; nothing of this one was shared"))
             return
         retracted = {e.draft.refers_to for e in stored if e.draft.outcome == "RETRACTED"}
-        by_key = self.agreements.by_key()
-        newest = {a.id: a for a in self.agreements.current()}
         for entry in stored:
             d = entry.draft
             if d.outcome != Outcome.DISCLOSED.value or d.disclosure_id in retracted:
                 continue  # a WITHHELD entry delivers nothing, whatever consent says now (I8)
-            agreement = by_key.get(f"{d.agreement_id}@v{d.agreement_version}")
-            current = newest.get(d.agreement_id)
+            agreement = view.by_key.get(f"{d.agreement_id}@v{d.agreement_version}")
+            current = view.newest.get(d.agreement_id)
             if agreement is None or (current is not None and current.status in ENDED):
                 continue  # ended since: the retraction sweep retracts it; nothing more is sent
-            projected = projection_for(event.event_type, event.record, agreement, d.fields, d.recipient, context)
+            projected = projection_for(event.event_type, event.record, agreement, d.fields, d.recipient, view.context)
             deliveries.append(Delivery(d.disclosure_id, d.recipient, d.event_type, agreement, projected,
                                        entry.seq, event.msg))
 
@@ -561,7 +574,7 @@ class SharingLoop:
 
     def run_once(self) -> BatchReport | None:
         # 1. agreements
-        self._guarded("broker", self.feed.poll)
+        self._guarded(self.feed.poll)
         # 2. consume
         msgs = self.consumer.consume(self.batch_size, timeout=self.batch_window_s)
         self.moved.clear()  # what consume returned belongs to the assignment it ends with
@@ -671,7 +684,7 @@ class SharingLoop:
         log.info("agreements_caught_up", read=read, known=len(self.feed.agreements.by_key()))
 
     def _wait(self, service: str, exc: BaseException, attempt: int) -> None:
-        delay = min(0.5 * 2**attempt, self.max_backoff_s)
+        delay = backoff(attempt, self.max_backoff_s)
         error = type(exc).__name__
         self.health.waiting(service, error)
         # The reason is the exception's class: its text may quote a record's values (I6).
@@ -704,9 +717,9 @@ class SharingLoop:
             if now - last < interval:
                 continue
             timer[3] = now
-            self._guarded(None, fn, name=name)
+            self._guarded(fn, name=name)
 
-    def _guarded(self, service: str | None, fn: Callable[[], Any], name: str = "agreements_feed") -> Any:
+    def _guarded(self, fn: Callable[[], Any], name: str = "agreements_feed") -> Any:
         """Run control-plane work; an outage or a failure is logged and retried on the next tick."""
         try:
             return fn()
@@ -794,7 +807,7 @@ def run_processor(settings: Any) -> int:
         except (OperationalError, InterfaceError) as exc:
             if stop["now"]:
                 return 0
-            delay = min(0.5 * 2**attempt, 10.0)
+            delay = backoff(attempt)
             health.waiting("database", type(exc).__name__)
             log.warning("waiting", service="database", error=type(exc).__name__, retry_in_s=delay)
             time.sleep(delay)

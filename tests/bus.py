@@ -49,6 +49,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def read_topic(settings: Settings, topic: str, idle_polls: int = 3) -> list[tuple[dict[str, bytes], bytes | None]]:
+    """(headers, value) of every record on ``topic``, read with a fresh group until it has been idle."""
+    consumer = kafka.consumer(settings, f"{settings.topic_prefix}check.{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    seen: list[tuple[dict[str, bytes], bytes | None]] = []
+    idle = 0
+    try:
+        while idle < idle_polls or not consumer.assignment():
+            msg = consumer.poll(1.0)
+            if msg is None:
+                idle += 1
+                continue
+            idle = 0
+            assert msg.error() is None, msg.error()
+            seen.append((dict(msg.headers() or []), msg.value()))
+    finally:
+        consumer.close()
+    return seen
+
+
 def make_settings(bootstrap: str, ledger_url: str, state_dir: Path) -> Settings:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     return Settings(

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
-from accord import kafka
 from accord.sharing import candidate_agreements
 from agreements import recipients_by_type
 from consumers import Disclosure, Retraction
 from ledger import LedgerEntry
-from tests.bus import Bus
+from tests.bus import Bus, read_topic
+from tests.test_end_to_end import _leaf_paths
 
 
 def ledger_rows(bus: Bus) -> list[Any]:
@@ -34,25 +33,10 @@ def partner_records(bus: Bus) -> dict[str, list[Disclosure | Retraction]]:
     return {p: bus.everything(p) for p in partners}
 
 
-def dead_letters(bus: Bus, idle_s: float = 2.0) -> list[dict[str, Any]]:
-    """Every dead letter: its headers (decoded) and the value's length."""
-    consumer = kafka.consumer(bus.settings, f"{bus.settings.topic_prefix}dlq.{uuid.uuid4().hex[:6]}")
-    consumer.subscribe([bus.names.dead_letter])
-    out: list[dict[str, Any]] = []
-    idle = 0.0
-    try:
-        while idle < idle_s:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                idle += 0.5
-                continue
-            idle = 0.0
-            headers = {k: (v or b"").decode() for k, v in (msg.headers() or [])}
-            headers["value"] = msg.value()
-            out.append(headers)
-    finally:
-        consumer.close()
-    return out
+def dead_letters(bus: Bus) -> list[dict[str, Any]]:
+    """Every dead letter: its headers (decoded) and, under "value", the value."""
+    return [{**{k: (v or b"").decode() for k, v in headers.items()}, "value": value}
+            for headers, value in read_topic(bus.settings, bus.names.dead_letter)]
 
 
 @dataclass
@@ -119,17 +103,6 @@ def audit(bus: Bus, published: dict[str, tuple[str, dict]], agreements: list, to
         if got != expected:
             breaks.undecided.append(f"{event_id}: expected {sorted(expected)}, ledger has {sorted(got)}")
     return breaks
-
-
-def _leaf_paths(record: dict, prefix: str = "") -> set[str]:
-    paths: set[str] = set()
-    for key, value in record.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            paths |= _leaf_paths(value, f"{path}.")
-        else:
-            paths.add(path)
-    return paths
 
 
 class TcpProxy:

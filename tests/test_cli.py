@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
-from accord import kafka
 from accord.settings import Settings
 from accord.topics import TopicNames
 from producers.synthetic import build_scenario, to_json_line
-from tests.bus import make_settings, settings_env
+from tests.bus import make_settings, read_topic, settings_env
 
 
 def accord(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -47,19 +45,7 @@ def test_consent_needs_a_purpose_or_recipient(tmp_path: Path) -> None:
 
 
 def _events_on_topic(settings: Settings, topic: str) -> list[str]:
-    consumer = kafka.consumer(settings, f"check-{uuid.uuid4().hex[:6]}")
-    consumer.subscribe([topic])
-    ids: list[str] = []
-    idle = 0
-    while idle < 3 or not consumer.assignment():
-        msg = consumer.poll(1.0)
-        if msg is None:
-            idle += 1
-            continue
-        idle = 0
-        ids.append(dict(msg.headers())["accord.event_id"].decode())
-    consumer.close()
-    return ids
+    return [headers["accord.event_id"].decode() for headers, _ in read_topic(settings, topic)]
 
 
 def test_publish_refuses_bad_lines_by_number_and_field_and_publishes_the_rest(broker: str, tmp_path: Path) -> None:

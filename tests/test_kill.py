@@ -17,7 +17,6 @@ import threading
 import time
 from datetime import UTC, datetime
 
-import pytest
 
 import consent
 from accord.agreement_feed import publish_agreements

@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit, urlunsplit
 
-import pytest
 
 from accord.drain import wait_for_group
 from agreements import load_dir

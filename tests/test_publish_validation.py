@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from accord.settings import Settings
 from accord.topics import TopicNames, create_topics
 from agreements import load_dir, recipients_by_type
 from producers import Publisher, RefusedEvent
-from producers.synthetic import build_scenario, to_json_line
+from producers.synthetic import build_scenario
 from schemas.serde import Catalogue, from_json, load_schema
-from tests.bus import make_settings
+from tests.bus import make_settings, read_topic
 
 ACCORD = Path(sys.executable).parent / "accord"
 AGENCY = "salford-council"
@@ -51,22 +50,8 @@ def settings(broker: str, tmp_path: Path) -> Settings:
 
 def on_topic(settings: Settings, event_type: str) -> list[tuple[str, bytes]]:
     """(event id header, value) of everything on the event topic, read with a fresh group until idle."""
-    consumer = kafka.consumer(settings, f"check-{uuid.uuid4().hex[:8]}")
-    consumer.subscribe([TopicNames(settings.topic_prefix).event(event_type)])
-    seen: list[tuple[str, bytes]] = []
-    idle = 0
-    try:
-        while idle < 3 or not consumer.assignment():
-            msg = consumer.poll(1.0)
-            if msg is None:
-                idle += 1
-                continue
-            idle = 0
-            assert msg.error() is None, msg.error()
-            seen.append((dict(msg.headers())["accord.event_id"].decode(), msg.value()))
-    finally:
-        consumer.close()
-    return seen
+    topic = TopicNames(settings.topic_prefix).event(event_type)
+    return [(headers["accord.event_id"].decode(), value) for headers, value in read_topic(settings, topic)]
 
 
 def run_publish(settings: Settings, path: Path) -> subprocess.CompletedProcess:
