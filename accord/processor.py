@@ -376,7 +376,7 @@ class BatchHandler:
         # 5. deliver, then dead letters, then flush
         report.redelivered = len(deliveries) - sum(1 for d in deliveries if d.disclosure_id in fresh)
         dead.extend(self._deliver(deliveries))
-        self._dead_letters(dead)
+        self.dead_letters(dead)
         report.dead_letters = len(dead)
         return report
 
@@ -473,7 +473,7 @@ class BatchHandler:
         if infra:
             raise Outage("broker", f"{what} not delivered: {infra[0].name()}")
 
-    def _dead_letters(self, dead: Iterable[DeadLetter]) -> None:
+    def dead_letters(self, dead: Iterable[DeadLetter]) -> None:
         dead = list(dead)
         if not dead:
             return
@@ -504,11 +504,8 @@ class BatchHandler:
         self._flush(errors, "dead letters")
         if errors:  # the broker refused a dead letter for itself: send its headers alone
             again = [replace(d, msg=replace(d.msg, key=None, value=None)) for i, d in enumerate(dead) if i in errors]
-            self._dead_letters(again)
+            self.dead_letters(again)
 
-    def dead_letter_alone(self, msg: Inbound, error: str, reason: str) -> None:
-        """Dead-letter one record that could not be processed (the loop found it by splitting its batch)."""
-        self._dead_letters([DeadLetter(msg, error, reason)])
 
 
 def _inbound(msg: Any) -> Inbound:
@@ -626,13 +623,9 @@ class SharingLoop:
         return report
 
     def _record_receipts(self, batch: list[Inbound]) -> BatchReport:
-        from accord.receipts import ReceiptsFailed
-
-        try:
-            r = self.receipts.handle(batch)
-        except ReceiptsFailed as exc:
-            raise Outage("broker", str(exc)) from exc
-        return BatchReport(receipts=r.receipts, dead_letters=r.refused)
+        r = self.receipts.handle(batch)
+        self.handler.dead_letters(DeadLetter(msg, error, reason) for msg, error, reason in r.refused)
+        return BatchReport(receipts=r.receipts, dead_letters=len(r.refused))
 
     def _split(self, batch: list[Inbound], handle: Callable[[list[Inbound]], BatchReport]) -> BatchReport:
         try:
@@ -644,7 +637,8 @@ class SharingLoop:
                 [msg] = batch
                 log.error("record_unprocessable", topic=msg.topic, partition=msg.partition, offset=msg.offset,
                           error=type(exc).__name__)
-                self.handler.dead_letter_alone(msg, "Unprocessable", f"could not be processed: {type(exc).__name__}")
+                self.handler.dead_letters(
+                    [DeadLetter(msg, "Unprocessable", f"could not be processed: {type(exc).__name__}")])
                 return BatchReport(events=1, dead_letters=1)
             mid = len(batch) // 2
             report = self._split(batch[:mid], handle)
@@ -841,7 +835,7 @@ def run_processor(settings: Any) -> int:
         health,
         batch_size=settings.batch_size,
         batch_window_s=settings.batch_window_s,
-        receipts=ReceiptRecorder(engine, producer, names),
+        receipts=ReceiptRecorder(engine),
         timers=timers,
     )
     loop.stopping = stop["now"]
