@@ -73,6 +73,13 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from accord.processor import run_processor
 
+    if args.workers < 1:
+        print(f"accord run: --workers must be at least 1, not {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from accord.workers import run_workers
+
+        return run_workers(args.workers, settings.health_port)
     try:
         return run_processor(settings)
     except ValueError as exc:  # a setting the processor cannot start without (e.g. ACCORD_PSEUDONYM_KEY)
@@ -645,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a stream processor")
     p.add_argument("what", choices=["processor"])
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N processor processes in one consumer group (default 1); with a health "
+                        "port set, worker i listens on ACCORD_HEALTH_PORT + i")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("consume", help="print the disclosures a partner receives")

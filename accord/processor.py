@@ -7,7 +7,10 @@ One pass of the loop (``SharingLoop.run_once``), in this order:
 2. consume up to ``batch_size`` records from the event topics and the receipts topic;
 3. handle the batch (``BatchHandler.handle``: decide, ledger, deliver, dead letters);
 4. commit the batch's offsets;
-5. run the control plane when due: the retraction sweep and ledger checkpoints.
+5. run the control plane when due: the retraction sweep and ledger checkpoints, in the
+   one worker that holds the control-plane lease (accord/control_lease.py). A timer
+   whose work returns True has more waiting and runs again on the next pass, so a
+   large job (retracting a suspended agreement) goes in bounded chunks between batches.
 
 An outage of PostgreSQL or the broker in any step is a wait (``SharingLoop._wait``):
 the processor logs it, reports it on the health check, backs off and retries the same
@@ -41,6 +44,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 import consent
 from accord.agreement_feed import AgreementSet, FeedFollower, FeedNotReached
+from accord.control_lease import Lease
 from accord.health import Health
 from accord.retraction import ENDED
 from accord.sharing import Context, Decision, Outcome, decide, disclosure_id, other_subjects, projection_for, subject_key
@@ -527,6 +531,7 @@ class SharingLoop:
         batch_window_s: float = 0.2,
         receipts: Any = None,
         timers: Sequence[tuple[str, float, Callable[[], Any]]] = (),
+        lease: Lease | None = None,
         feed_timeout_s: float = 10.0,
         max_backoff_s: float = 10.0,
     ) -> None:
@@ -539,6 +544,7 @@ class SharingLoop:
         self.batch_window_s = batch_window_s
         self.receipts = receipts
         self.timers = [[name, interval, fn, 0.0] for name, interval, fn in timers]
+        self.lease = lease  # None: this loop runs the control plane alone (tests, one worker)
         self.feed_timeout_s = feed_timeout_s
         self.max_backoff_s = max_backoff_s
         self.stopping = False
@@ -706,12 +712,17 @@ class SharingLoop:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        for timer in self.timers:
-            name, interval, fn, last = timer
-            if now - last < interval:
-                continue
-            timer[3] = now
-            self._guarded(fn, name=name)
+        due = [t for t in self.timers if now - t[3] >= t[1]]
+        if not due:
+            return
+        if self.lease is not None and not self._guarded(self.lease.held, name="control_lease"):
+            for timer in due:
+                timer[3] = now  # another worker runs them; ask again at the next interval
+            return
+        for timer in due:
+            name, _interval, fn, _last = timer
+            more = self._guarded(fn, name=name)
+            timer[3] = 0.0 if more is True else now
 
     def _guarded(self, fn: Callable[[], Any], name: str = "agreements_feed") -> Any:
         """Run control-plane work; an outage or a failure is logged and retried on the next tick."""
@@ -739,7 +750,8 @@ class SharingLoop:
         )
 
     def close(self) -> None:
-        for close in (self.consumer.close, self.feed.close):
+        closers = [self.consumer.close, self.feed.close] + ([self.lease.release] if self.lease else [])
+        for close in closers:
             try:
                 close()
             except Exception as exc:  # closing during an outage must not turn a stop into a crash
@@ -756,7 +768,8 @@ def run_processor(settings: Any) -> int:
     """
     from accord import kafka
     from accord.checkpointer import Checkpointer, signer_from_settings
-    from accord.connection_guard import guard
+    from accord.connection_guard import guard, psycopg_connect_args
+    from accord.control_lease import lease_for
     from accord.database import engine_for, require_app_role
     from accord.health import serve
     from accord.receipts import ReceiptRecorder
@@ -837,6 +850,7 @@ def run_processor(settings: Any) -> int:
         batch_window_s=settings.batch_window_s,
         receipts=ReceiptRecorder(engine),
         timers=timers,
+        lease=lease_for(engine, psycopg_connect_args(settings.database_timeout_s)),
     )
     loop.stopping = stop["now"]
     log.info("processor_starting", group=settings.processor_group, agreements=len(agreements))

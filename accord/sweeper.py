@@ -18,6 +18,13 @@ records one twice and a replay re-sends a notice with the same id (I7).
 Steps 2 and 3 read ledger entries up to a head read first: seqs are assigned
 under the ledger's writer lock and committed in order, so every entry up to
 that head is already committed and none can appear behind the cursor later.
+
+Every step handles at most ``batch`` rows per pass and says whether more are
+waiting (``sweep`` returns True): the processor then runs the next pass right
+after its next batch of events, so suspending an agreement with 100k
+disclosures costs the event stream one bounded chunk per batch, never one pass
+holding all of them in memory. Only the worker holding the control-plane lease
+sweeps (accord/control_lease.py).
 """
 
 from __future__ import annotations
@@ -74,18 +81,18 @@ class RetractionSweeper:
         self.batch = batch
         cursors.init_cursors(engine)
 
-    def sweep(self) -> int:
-        """One pass; returns the number of retraction notices sent."""
+    def sweep(self) -> bool:
+        """One bounded pass of the three steps; True when any step left work for the next."""
         context = self._context()
-        self._consent_step(context)
-        self._agreement_step(context)
-        return self._notice_step()
+        more = self._consent_step(context)
+        more = self._agreement_step(context) or more
+        return self._notice_step() or more
 
     def _context(self) -> Context:
         now = datetime.now(UTC)
         return Context(now.replace(microsecond=now.microsecond // 1000 * 1000), self.partner_classes)
 
-    def _consent_step(self, context: Context) -> None:
+    def _consent_step(self, context: Context) -> bool:
         start = cursors.get(self.engine, CURSOR)
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -95,7 +102,7 @@ class RetractionSweeper:
                 .limit(self.batch)
             ).all()
         if not rows:
-            return
+            return False
         subjects = sorted({r.subject_key for r in rows if r.decision == consent.ConsentDecision.DENY.value})
         histories = consent.history(self.engine, subjects)
         owed: list[Retraction] = []
@@ -109,18 +116,20 @@ class RetractionSweeper:
             self._publish_change(row, errors)
         self._flush(errors, "consent changes")
         cursors.advance(self.engine, CURSOR, rows[-1].id)
+        return len(rows) == self.batch
 
-    def _agreement_step(self, context: Context) -> None:
+    def _agreement_step(self, context: Context) -> bool:
         ended = [a for a in self.agreements.current() if a.status in ENDED]
         if not ended:
-            return
+            return False
         head = self._head()
+        more = False
         for agreement in ended:
             name = agreement_cursor(agreement.key)
             start = cursors.get(self.engine, name)
             if start >= head:
                 continue
-            disclosed = self._entries(
+            disclosed, reached = self._entries(
                 start, head, LedgerEntry.outcome == Outcome.DISCLOSED.value, LedgerEntry.agreement_id == agreement.id
             )
             owed = retractions_for_agreement([e.draft for e in disclosed], agreement, context)
@@ -130,35 +139,44 @@ class RetractionSweeper:
             if owed:
                 append(self.engine, [r.entry for r in owed])
                 log.info("agreement_retractions", agreement=agreement.key, retractions=len(owed))
-            cursors.advance(self.engine, name, head)
+            cursors.advance(self.engine, name, reached)
+            more = more or reached < head
+        return more
 
-    def _notice_step(self) -> int:
+    def _notice_step(self) -> bool:
         start = cursors.get(self.engine, NOTICE_CURSOR)
         head = self._head()
         if head <= start:
-            return 0
-        to_send = self._entries(start, head, LedgerEntry.outcome == "RETRACTED")
+            return False
+        to_send, reached = self._entries(start, head, LedgerEntry.outcome == "RETRACTED")
         errors: list[str] = []
         for stored in to_send:
             self._send(stored.seq, stored.draft, errors)
         self._flush(errors, "retraction notices")
-        cursors.advance(self.engine, NOTICE_CURSOR, head)
+        cursors.advance(self.engine, NOTICE_CURSOR, reached)
         if to_send:
             log.info("retractions", notices=len(to_send))
-        return len(to_send)
+        return reached < head
 
     def _head(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.max(LedgerEntry.seq))).scalar_one() or 0
 
-    def _entries(self, after: int, upto: int, *where: Any) -> list[StoredEntry]:
+    def _entries(self, after: int, upto: int, *where: Any) -> tuple[list[StoredEntry], int]:
+        """At most ``batch`` matching entries in (after, upto], and the seq the cursor may move to.
+
+        A full chunk moves the cursor to its last entry (the rest waits for the next pass);
+        a short one means none is left below ``upto``.
+        """
         stmt = (
             select(LedgerEntry.__table__)
             .where(LedgerEntry.seq > after, LedgerEntry.seq <= upto, *where)
             .order_by(LedgerEntry.seq)
+            .limit(self.batch)
         )
         with self.engine.connect() as conn:
-            return [stored_entry(r) for r in conn.execute(stmt)]
+            found = [stored_entry(r) for r in conn.execute(stmt)]
+        return found, (found[-1].seq if len(found) == self.batch else upto)
 
     def _flush(self, errors: list[str], what: str) -> None:
         if self.producer.flush(30) or errors:

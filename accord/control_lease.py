@@ -1,0 +1,136 @@
+"""Who runs the control plane: one worker at a time, chosen by the database, not by luck.
+
+Several processor workers share one consumer group: Kafka gives each its event and
+receipt partitions, so every record is handled once. The control plane — the retraction
+sweep (consent relay, retractions, notices) and the signed checkpoints — is not
+partitioned, so it runs in whichever worker holds this lease:
+
+- PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of the
+  lease's own, outside the engine's pool and its watchdog. The server releases it when
+  that session ends, so a worker killed with SIGKILL, or cut off from the database,
+  hands it on within the connection's keepalive bound (``ACCORD_DATABASE_TIMEOUT_S``).
+- SQLite (development): an exclusive ``flock`` on ``<ledger file>.control.lock``; the
+  kernel releases it when the process dies.
+
+``held()`` is asked before every control-plane tick: it takes the lease if it is free,
+and checks that a held PostgreSQL lease's session is still alive (a dead session means
+another worker may hold it now). Everything the control plane writes is idempotent
+(stable retraction ids, cursors that only move forward, one checkpoint per tree size), so
+the short overlap when a cut-off holder has not noticed yet cannot corrupt anything; the
+lease is what keeps the normal case to one runner.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import psycopg
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+log = structlog.get_logger("accord.control_lease")
+
+
+
+def lease_key(schema: str) -> int:
+    """The advisory lock key of the control plane of the ledger in ``schema``.
+
+    Advisory locks are per database; the schema is part of the key so that buses sharing
+    one database in different schemas (as the tests do) do not take each other's lease.
+    """
+    return int.from_bytes(hashlib.sha256(f"accord.control-plane:{schema}".encode()).digest()[:8], "big", signed=True)
+
+
+class Lease(Protocol):
+    def held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class AdvisoryLease:
+    """The PostgreSQL lease: a session advisory lock on a dedicated connection."""
+
+    def __init__(self, conninfo: str, connect_args: dict[str, Any] | None = None) -> None:
+        self.conninfo = conninfo
+        self.connect_args = dict(connect_args or {})
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def held(self) -> bool:
+        if self.conn is not None:
+            try:
+                self.conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                log.warning("control_lease_lost", reason="its database session ended")
+                self._drop()
+        try:
+            conn = psycopg.connect(self.conninfo, autocommit=True, **self.connect_args)
+        except psycopg.Error:
+            return False  # the database is down: nobody's control plane can do anything
+        try:
+            schema = conn.execute("SELECT current_schema()").fetchone()
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lease_key(schema[0] if schema else ""),)).fetchone()
+        except psycopg.Error:
+            conn.close()
+            return False
+        if got and got[0]:
+            self.conn = conn
+            log.info("control_lease_taken")
+            return True
+        conn.close()
+        return False
+
+    def release(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()  # closing the session releases the lock
+            except psycopg.Error:
+                pass
+            self.conn = None
+
+
+class FileLease:
+    """The SQLite lease: an exclusive flock, released by the kernel when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: IO[bytes] | None = None
+
+    def held(self) -> bool:
+        if self.file is not None:
+            return True
+        f = open(self.path, "ab")  # noqa: SIM115 - kept open for as long as the lease is held
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self.file = f
+        log.info("control_lease_taken")
+        return True
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def lease_for(engine: Engine, connect_args: dict[str, Any] | None = None) -> Lease:
+    """The lease that fits the ledger database behind ``engine``."""
+    url = engine.url
+    if url.get_backend_name() == "postgresql":
+        libpq = make_url(url.render_as_string(hide_password=False)).set(drivername="postgresql")
+        return AdvisoryLease(libpq.render_as_string(hide_password=False), connect_args)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return FileLease(Path(f"{url.database}.control.lock"))
+    raise NotImplementedError(f"no control-plane lease for {url.get_backend_name()!r} (in-memory SQLite?)")
+
+
+__all__ = ["AdvisoryLease", "FileLease", "Lease", "lease_key", "lease_for"]
