@@ -3,10 +3,20 @@
 This is the functional core of Accord. It does no I/O, so every rule about who
 may receive what is unit-tested without Kafka or a database. The processor
 (``accord.processor``) is the imperative shell around it.
+
+A decision should cost little next to its I/O, so what depends only on the
+agreements is worked out once per set of agreements (:class:`Sharing`): the
+agreements indexed by (provider, event type), each one's compiled allow list
+and the id bytes of each recipient. ``decide`` keeps its signature and finds
+the compiled form in a small cache keyed by the agreements' identities; a
+caller deciding many events with one set builds ``Sharing.of(agreements)``
+once and calls its ``decide``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +27,7 @@ from typing import Any
 from accord.pseudonymise import pseudonymise
 from agreements.model import Agreement, ConsentMode, IdentifierTreatment
 from consent.model import ConsentDecision, ConsentRecord, applicable, version
-from schemas.projection import project_record
+from schemas.projection import Projector, project_record, projector
 
 # Fixed namespace: disclosure ids must be stable across runs and machines (I7).
 DISCLOSURE_NAMESPACE = uuid.UUID("7d1f3c9e-2b4a-5e6f-8a9b-0c1d2e3f4a5b")
@@ -57,8 +67,22 @@ class Decision:
     projected: dict[str, Any] | None  # the record the recipient receives; None when withheld
 
 
+_DISCLOSURE_SHA1 = hashlib.sha1(DISCLOSURE_NAMESPACE.bytes)
+
+
+def _uuid5(prefix: Any, name: bytes) -> str:
+    """``str(uuid.uuid5(namespace, name))`` from a sha1 already fed the namespace's bytes: the same string, a third of the time."""
+    h = prefix.copy()
+    h.update(name)
+    d = bytearray(h.digest()[:16])
+    d[6] = d[6] & 0x0F | 0x50  # version 5
+    d[8] = d[8] & 0x3F | 0x80  # RFC 4122 variant
+    x = d.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 def disclosure_id(event_id: str, recipient: str, agreement_id: str, agreement_version: int) -> str:
-    return str(uuid.uuid5(DISCLOSURE_NAMESPACE, f"{event_id}|{recipient}|{agreement_id}|{agreement_version}"))
+    return _uuid5(_DISCLOSURE_SHA1, f"{event_id}|{recipient}|{agreement_id}|{agreement_version}".encode())
 
 
 def subject_key(event_type: str, record: dict[str, Any]) -> str:
@@ -143,49 +167,150 @@ def candidate_agreements(
     return [a for a in agreements if a.exclusion(provider, event_type, today, record) is None]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One agreement as ``decide`` needs it for one event type."""
+
+    agreement: Agreement
+    fields: tuple[str, ...] | None  # None: the agreement names no fields for it (the model refuses that)
+    project: Projector | None
+    pseudonymised: bool
+    id_suffixes: tuple[tuple[str, bytes], ...]  # (recipient, b"|recipient|agreement id|version")
+
+
+class Sharing:
+    """A set of agreements compiled for deciding; immutable, so one may serve every thread.
+
+    Built once per agreements version (``Sharing.of`` keeps the last few), it
+    answers exactly as ``candidate_agreements`` and the decision over the same
+    agreements in the same order: the index only skips agreements whose
+    providers or event types cannot match, and ``Agreement.exclusion`` still
+    judges every other one.
+    """
+
+    _cache: dict[tuple[int, ...], Sharing] = {}
+    _cache_size = 16
+    _lock = threading.Lock()
+
+    def __init__(self, agreements: Iterable[Agreement]) -> None:
+        self.agreements: tuple[Agreement, ...] = tuple(agreements)
+        index: dict[tuple[str, str], list[_Plan]] = {}
+        for agreement in self.agreements:
+            for event_type in dict.fromkeys(agreement.event_types):
+                fields = agreement.fields.get(event_type)
+                plan = _Plan(
+                    agreement=agreement,
+                    fields=None if fields is None else tuple(fields),
+                    project=None if fields is None else projector(fields),
+                    pseudonymised=agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED,
+                    id_suffixes=tuple(
+                        (r, f"|{r}|{agreement.id}|{agreement.version}".encode()) for r in agreement.recipients
+                    ),
+                )
+                for provider in dict.fromkeys(agreement.providers):
+                    index.setdefault((provider, event_type), []).append(plan)
+        self._index: dict[tuple[str, str], tuple[_Plan, ...]] = {k: tuple(v) for k, v in index.items()}
+
+    @classmethod
+    def of(cls, agreements: Iterable[Agreement] | Sharing) -> Sharing:
+        """The compiled form of ``agreements``, from a bounded cache keyed by the agreements' identities.
+
+        An entry holds its agreements, so no id in its key can be reused by another
+        object while it is cached; a new version of an agreement is a new object,
+        hence a new entry, and the oldest entries go first.
+        """
+        if isinstance(agreements, Sharing):
+            return agreements
+        items = tuple(agreements)
+        key = tuple(map(id, items))
+        found = cls._cache.get(key)
+        if found is not None:
+            return found
+        built = cls(items)
+        with cls._lock:
+            while len(cls._cache) >= cls._cache_size:
+                cls._cache.pop(next(iter(cls._cache)))
+            cls._cache[key] = built
+        return built
+
+    def candidates(self, provider: str, event_type: str, today: date, record: dict[str, Any] | None = None) -> list[Agreement]:
+        """``candidate_agreements`` over these agreements."""
+        return [p.agreement for p in self._plans(provider, event_type, today, record)]
+
+    def _plans(self, provider: str, event_type: str, today: date, record: dict[str, Any] | None) -> list[_Plan]:
+        return [
+            p for p in self._index.get((provider, event_type), ())
+            if p.agreement.exclusion(provider, event_type, today, record) is None
+        ]
+
+    def decide(
+        self,
+        event_type: str,
+        record: dict[str, Any],
+        consents: Sequence[ConsentRecord],
+        context: Context,
+        *,
+        key: str | None = None,
+    ) -> list[Decision]:
+        """``decide`` over these agreements; ``key`` is the event's ``subject_key`` when the caller has it."""
+        envelope = record["envelope"]
+        provider = envelope["source_agency"]
+        event_id = envelope["event_id"]
+        if key is None:
+            key = subject_key(event_type, record)
+        consent_version = version(consents)
+        id_prefix = _DISCLOSURE_SHA1.copy()
+        id_prefix.update(event_id.encode())
+        decisions = []
+        for plan in self._plans(provider, event_type, context.today, record):
+            agreement = plan.agreement
+            fields, project = plan.fields, plan.project
+            if fields is None or project is None:
+                raise KeyError(event_type)  # as agreement.fields[event_type] would
+            projection: dict[str, Any] | None = None  # one per agreement, shared by its recipients
+            for recipient, suffix in plan.id_suffixes:
+                outcome, reason = consent_outcome(agreement, recipient, consents, context)
+                disclosed = outcome is Outcome.DISCLOSED
+                projected = None
+                if disclosed:
+                    if projection is None:
+                        projection = project(record)
+                    projected = (
+                        pseudonymise(event_type, projection, context.pseudonym_key, recipient)
+                        if plan.pseudonymised
+                        else projection
+                    )
+                decisions.append(
+                    Decision(
+                        disclosure_id=_uuid5(id_prefix, suffix),
+                        event_id=event_id,
+                        event_type=event_type,
+                        provider=provider,
+                        recipient=recipient,
+                        agreement=agreement,
+                        outcome=outcome,
+                        reason=reason,
+                        fields=fields if disclosed else (),
+                        consent_version=consent_version,
+                        subject_key=key,
+                        projected=projected,
+                    )
+                )
+        return decisions
+
+
 def decide(
     event_type: str,
     record: dict[str, Any],
-    agreements: Iterable[Agreement],
+    agreements: Iterable[Agreement] | Sharing,
     consents: Sequence[ConsentRecord],
     context: Context,
+    *,
+    key: str | None = None,
 ) -> list[Decision]:
-    """One decision per (agreement in force, recipient) covering this event."""
-    provider = record["envelope"]["source_agency"]
-    event_id = record["envelope"]["event_id"]
-    key = subject_key(event_type, record)
-    consent_version = version(consents)
-    decisions = []
-    for agreement in candidate_agreements(agreements, provider, event_type, context.today, record=record):
-        fields = agreement.fields[event_type]
-        pseudonymised = agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED
-        projection: dict[str, Any] | None = None  # one per agreement, shared by its recipients
-        for recipient in agreement.recipients:
-            outcome, reason = consent_outcome(agreement, recipient, consents, context)
-            disclosed = outcome is Outcome.DISCLOSED
-            projected = None
-            if disclosed:
-                if projection is None:
-                    projection = project_record(record, list(fields))
-                projected = (
-                    pseudonymise(event_type, projection, context.pseudonym_key, recipient)
-                    if pseudonymised
-                    else projection
-                )
-            decisions.append(
-                Decision(
-                    disclosure_id=disclosure_id(event_id, recipient, agreement.id, agreement.version),
-                    event_id=event_id,
-                    event_type=event_type,
-                    provider=provider,
-                    recipient=recipient,
-                    agreement=agreement,
-                    outcome=outcome,
-                    reason=reason,
-                    fields=tuple(fields) if disclosed else (),
-                    consent_version=consent_version,
-                    subject_key=key,
-                    projected=projected,
-                )
-            )
-    return decisions
+    """One decision per (agreement in force, recipient) covering this event.
+
+    ``agreements`` may be a :class:`Sharing` already; ``key`` the event's
+    ``subject_key`` when the caller has computed it.
+    """
+    return Sharing.of(agreements).decide(event_type, record, consents, context, key=key)

@@ -10,12 +10,13 @@ schema later is withheld until an agreement names it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import fastavro
 
-__all__ = ["UnknownField", "check_paths", "project_schema", "project_record"]
+__all__ = ["UnknownField", "check_paths", "project_schema", "project_record", "projector"]
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _NAMED = ("record", "error", "enum", "fixed")
@@ -219,24 +220,53 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _project(record: Mapping[str, Any], tree: _Tree, path: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        if key not in tree:
-            continue
-        sub = tree[key]
-        if sub is WHOLE:
-            out[key] = _copy(value)
-        elif value is None:
-            out[key] = None
-        elif isinstance(value, Mapping):
-            out[key] = _project(value, sub, f"{path}{key}.")
-        else:
-            # Never pass a non-record through a partial allow: it could hold anything.
-            raise ValueError(f"{path}{key}: expected a record or null to project, got {type(value).__name__}")
-    return out
+# Values _copy returns as they are, tested by exact type first (the common case on the hot path).
+_SCALARS = frozenset({str, int, bool, float, bytes, type(None)})
+
+Projector = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def _compile(tree: _Tree, path: str) -> Projector:
+    """A function projecting one record level through ``tree``; partial fields get their own.
+
+    It walks the record's own keys, in the record's order, exactly as the allow
+    list says: a whole field is copied, a partial one must be a record or None.
+    """
+    plan: dict[str, Projector | None] = {
+        key: None if sub is WHOLE else _compile(sub, f"{path}{key}.") for key, sub in tree.items()
+    }
+    absent = object()
+
+    def project(record: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in record.items():
+            sub = plan.get(key, absent)
+            if sub is absent:
+                continue
+            if sub is None:
+                out[key] = value if type(value) in _SCALARS else _copy(value)
+            elif value is None:
+                out[key] = None
+            elif isinstance(value, Mapping):
+                out[key] = sub(value)
+            else:
+                # Never pass a non-record through a partial allow: it could hold anything.
+                raise ValueError(f"{path}{key}: expected a record or null to project, got {type(value).__name__}")
+        return out
+
+    return project
+
+
+@lru_cache(maxsize=512)
+def _projector(paths: tuple[str, ...]) -> Projector:
+    return _compile(_tree(paths), "")
+
+
+def projector(paths: Iterable[str]) -> Projector:
+    """``project_record`` for one allow list, compiled once (bounded cache): ``projector(paths)(record)``."""
+    return _projector(tuple(paths))
 
 
 def project_record(record: dict[str, Any], paths: list[str]) -> dict[str, Any]:
     """The record holding only the allowed paths; a None sub-record stays None."""
-    return _project(record, _tree(paths), "")
+    return _projector(tuple(paths))(record)
