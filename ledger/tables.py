@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -12,12 +12,18 @@ class LedgerBase(DeclarativeBase):
     pass
 
 
+# The name PostgreSQL gave the column's UNIQUE constraint, now spelled out: append() tells
+# a duplicate disclosure id (I7) from any other violation by it.
+DISCLOSURE_ID_UNIQUE = "ledger_entries_disclosure_id_key"
+
+
 class LedgerEntry(LedgerBase):
     __tablename__ = "ledger_entries"
+    __table_args__ = (UniqueConstraint("disclosure_id", name=DISCLOSURE_ID_UNIQUE),)
 
     # Assigned by append() under a lock: 1, 2, 3, ... without gaps.
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    disclosure_id: Mapped[str] = mapped_column(String(64), unique=True)
+    disclosure_id: Mapped[str] = mapped_column(String(64))  # UNIQUE: __table_args__
     event_id: Mapped[str] = mapped_column(String, index=True)  # the processor's replay reads by event (event_entries)
     event_type: Mapped[str] = mapped_column(String)
     provider: Mapped[str] = mapped_column(String)
