@@ -29,7 +29,9 @@ demo: $(STAMP)
 test: $(STAMP) database
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+# raw Kafka, the I/O floor and the pipeline (PostgreSQL as the app role, SQLite; 1 and 2
+# workers) on one broker and the same records, then latency at steady loads (~5 minutes).
+bench: $(STAMP) database
 	$(BIN)/python bench/pipeline.py
 
 # ledger.append (100,000 entries, 1,000 per transaction) against a raw COPY of the same rows.

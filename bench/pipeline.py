@@ -1,131 +1,378 @@
-"""Benchmark: raw confluent-kafka consume->produce vs the Accord pipeline, same records.
+"""Benchmark: the Accord pipeline against raw Kafka and against its own I/O floor, same run.
 
-Both run in this process's run on the same broker and the same encoded events,
-so the ratio compares like with like on this machine. Measure only: nothing here
-asserts a time.
+    python bench/pipeline.py [--events 40000] [--no-latency]      (make bench)
 
-    python bench/pipeline.py [--events N]
+Everything runs in one invocation, on one broker (a fresh embedded Tansu on a free
+port unless ACCORD_BOOTSTRAP_SERVERS is set) and the same encoded records, so every
+ratio compares like with like on this machine at this moment. Measure only: nothing
+here asserts a time. The steps, each with its own topic prefix, group and ledger:
 
-The Accord side is the real processor (faust, decide, ledger append, produce).
-Its ledger is ACCORD_LEDGER_URL if set, otherwise a fresh SQLite file; the
-faust start-up and group join are excluded (timing starts at its first commit).
+1. encode the synthetic scenario once (the publishing SDK's checks and encoding);
+2. raw: confluent-kafka consume -> produce of the same bytes (bench/baselines.py);
+3. the pipeline on PostgreSQL, 1 worker: the real ``accord run processor``,
+   connected as an APP role of a fresh schema that an OWNER role set up
+   (bench/roles.py), timed on a published backlog from its first commit to its
+   last (bench/workers.py). Its ledger says how many rows and partner records an
+   event makes, per event type;
+4. the I/O floor: decode, COPY that many of the pipeline's own ledger rows and
+   produce that many records per event, commit offsets; no decisions, no hashing;
+5. the pipeline on PostgreSQL with 2 workers (one group), then on SQLite with 1
+   and 2 workers;
+6. latency, publish -> partner record, at steady offered loads on PostgreSQL with
+   1 and 2 workers (bench/latency.py);
+7. two markdown tables, for the README.
+
+The processor runs with its default batch settings (ACCORD_BATCH_SIZE,
+ACCORD_BATCH_WINDOW_S), which the floor uses too; ledger checkpoints are off
+(no signing key in the bench's state folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import secrets
-import subprocess
+import shutil
+import socket
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from accord import devstack, kafka  # noqa: E402
-from accord.database import engine_for, init_database  # noqa: E402
-from accord.drain import committed  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+from sqlalchemy import Engine, create_engine, select, text  # noqa: E402
+
+from accord import devstack  # noqa: E402
 from accord.settings import Settings  # noqa: E402
-from accord.topics import TopicNames, TopicSpec, create_topics  # noqa: E402
-from agreements import load_dir, recipients_by_type  # noqa: E402
-from producers import Publisher  # noqa: E402
-from producers.synthetic import build_scenario  # noqa: E402
+from accord.topics import EVENT_PARTITIONS, EVENT_TYPES, TopicNames, TopicSpec  # noqa: E402
+from bench import backlog, baselines, latency  # noqa: E402
+from bench.baselines import PerEvent  # noqa: E402
+from bench.roles import role_database, scratch_schema  # noqa: E402
+from bench.workers import Drained, Workers, drain_backlog, processor_env  # noqa: E402
+from ledger import LedgerEntry  # noqa: E402
 
 
-def raw_copy(settings: Settings, topics: list[str], out_topic: str, total: int) -> float:
-    """Consume every record and produce its bytes unchanged; events per second."""
-    consumer = kafka.consumer(settings, f"bench-raw-{uuid.uuid4().hex[:6]}")
-    producer = kafka.producer(settings)
-    consumer.subscribe(topics)
-    seen = 0
-    started = None
-    while seen < total:
-        for msg in consumer.consume(1000, timeout=1.0):
-            if msg.error():
-                continue
-            if started is None:
-                started = time.perf_counter()
-            while True:
-                try:
-                    producer.produce(out_topic, key=msg.key(), value=msg.value())
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            seen += 1
-        producer.poll(0)
-    producer.flush()
-    consumer.commit(asynchronous=False)
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    return total / elapsed
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def accord_pipeline(settings: Settings, end_offsets: dict[tuple[str, int], int], total: int) -> float:
-    env = {**os.environ, "ACCORD_LOG_LEVEL": "WARNING", "ACCORD_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "ACCORD_TOPIC_PREFIX": settings.topic_prefix, "ACCORD_LEDGER_URL": settings.resolved_ledger_url,
-           "ACCORD_PROCESSOR_GROUP": settings.processor_group, "ACCORD_STATE_DIR": str(settings.state_dir),
-           "ACCORD_SESSION_TIMEOUT_MS": "2000", "ACCORD_HEARTBEAT_INTERVAL_MS": "500",
-           "ACCORD_PSEUDONYM_KEY": os.environ.get("ACCORD_PSEUDONYM_KEY") or secrets.token_hex(32)}
-    proc = subprocess.Popen([sys.executable, "-m", "accord.cli", "run", "processor"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        partitions = list(end_offsets)
-        first_done, started = 0, None
-        while True:
-            seen = committed(settings, settings.processor_group, partitions)
-            done = sum(seen.values())
-            if started is None and done > 0:
-                first_done, started = done, time.perf_counter()
-            if done >= total:
-                return (total - first_done) / (time.perf_counter() - started)
-            if proc.poll() is not None:
-                raise RuntimeError("processor exited early")
-            time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait(15)
+@dataclass
+class Run:
+    label: str
+    rate: float | None = None
+    detail: str = ""
+    failure: str | None = None
+
+
+@dataclass
+class LedgerShape:
+    """What the pipeline's ledger holds after a run: rows and disclosures per event type."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    disclosed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def per_event(self) -> dict[str, PerEvent]:
+        return {t: PerEvent(self.rows.get(t, 0) / n, self.disclosed.get(t, 0) / n) for t, n in self.events.items() if n}
+
+    def ratio(self, of: dict[str, int]) -> float:
+        return sum(of.values()) / max(1, sum(self.events.values()))
+
+
+def ledger_shape(engine: Engine) -> LedgerShape:
+    shape = LedgerShape()
+    with engine.connect() as conn:
+        for event_type, events, rows, disclosed in conn.execute(text(
+                "SELECT event_type, COUNT(DISTINCT event_id), COUNT(*), "
+                "SUM(CASE WHEN outcome = 'DISCLOSED' THEN 1 ELSE 0 END) FROM ledger_entries GROUP BY event_type")):
+            shape.events[event_type], shape.rows[event_type], shape.disclosed[event_type] = events, rows, int(disclosed)
+    return shape
+
+
+class Bench:
+    def __init__(self, base: Settings, root: Path, events: list[backlog.Encoded], n_backlog: int) -> None:
+        self.base = base
+        self.root = root
+        self.events = events
+        self.backlog = events[:n_backlog]
+        self.pseudonym_key = os.environ.get("ACCORD_PSEUDONYM_KEY") or secrets.token_hex(32)
+
+    def fresh(self, name: str) -> Settings:
+        """Settings of one run: its own prefix, group and state folder."""
+        prefix = f"bench{uuid.uuid4().hex[:6]}.{name}."
+        state = self.root / prefix.rstrip(".")
+        state.mkdir(parents=True)
+        return self.base.model_copy(update={
+            "topic_prefix": prefix, "processor_group": f"{prefix}processor", "state_dir": state,
+            "pseudonym_key": SecretStr(self.pseudonym_key), "ledger_signing_key": SecretStr(""),
+        })
+
+    def event_topics(self, settings: Settings) -> list[str]:
+        names = TopicNames(settings.topic_prefix)
+        return [names.event(t) for t in EVENT_TYPES]
+
+    def publish_backlog(self, settings: Settings, extra: list[TopicSpec] = ()) -> dict[tuple[str, int], int]:
+        backlog.create_bus_topics(settings, list(extra))
+        started = time.perf_counter()
+        ends = backlog.publish(settings, self.backlog)
+        log(f"  published {sum(ends.values()):,} events to {len(ends)} partitions in "
+            f"{time.perf_counter() - started:.1f} s")
+        return ends
+
+    @contextmanager
+    def ledger(self, settings: Settings, backend: str) -> Iterator[tuple[str, Engine]]:
+        """(the URL the processor connects with, an engine the bench reads the results through)."""
+        if backend == "postgresql":
+            with role_database() as db:
+                yield db.app_url, db.admin
+        else:
+            url = f"sqlite:///{settings.state_dir / 'ledger.db'}"
+            engine = create_engine(url)
+            try:
+                yield url, engine
+            finally:
+                engine.dispose()
+
+    def pipeline(self, backend: str, workers: int,
+                 keep: Callable[[Engine], None] | None = None) -> tuple[Drained, LedgerShape, str]:
+        settings = self.fresh(f"{backend[:2]}{workers}")
+        ends = self.publish_backlog(settings)
+        with self.ledger(settings, backend) as (url, engine):
+            with Workers(workers, processor_env(settings, url), settings.state_dir, "processor") as group:
+                drained = drain_backlog(settings, group, ends)
+                how = group.description
+                rebalances = group.count("partitions_revoked")
+            shape = ledger_shape(engine)
+            if keep is not None:
+                keep(engine)
+        if sum(shape.events.values()) != len(self.backlog):
+            raise RuntimeError(f"the ledger records {sum(shape.events.values())} events of {len(self.backlog)}")
+        detail = (f"{how}; timed {drained.events:,} events in {drained.seconds:.1f} s "
+                  f"({drained.before_window:,} committed before the group settled; {rebalances} revocations)")
+        return drained, shape, detail
+
+    def latency(self, workers: int, loads: list[tuple[float, float]]) -> list[latency.Stage]:
+        settings = self.fresh(f"lat{workers}")
+        backlog.create_bus_topics(settings)
+        partner_topics = [t for ts in backlog.partner_topics(settings).values() for t in ts]
+        with role_database() as db:
+            with Workers(workers, processor_env(settings, db.app_url), settings.state_dir, "processor") as group:
+                group.wait_settled()
+                group.check_alive()
+                return latency.measure(settings, db.admin, partner_topics, self.events, loads)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.3f}" if a and b else "-"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=20_000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=40_000, help="backlog size of each throughput run")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency steps")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite runs")
+    parser.add_argument("--loads", default="250,500,1000,2000,3000,4000", help="offered loads, events/s")
+    parser.add_argument("--stage-seconds", type=float, default=5.0)
+    parser.add_argument("--headline-load", type=float, default=2000.0, help="this load runs --headline-seconds")
+    parser.add_argument("--headline-seconds", type=float, default=10.0)
+    parser.add_argument("--latency-workers", default="1,2")
     args = parser.parse_args()
+    begun = time.perf_counter()
 
-    state = Path(tempfile.mkdtemp(prefix="accord-bench-"))
-    base = Settings()
-    started_broker = False
-    if not devstack.broker_answers(base.bootstrap_servers):
-        devstack.up(Settings(state_dir=state))
-        started_broker = True
-    prefix = f"bench{uuid.uuid4().hex[:6]}."
-    settings = Settings(topic_prefix=prefix, state_dir=state, processor_group=f"{prefix}processor",
-                        ledger_url=os.environ.get("ACCORD_LEDGER_URL", f"sqlite:///{state / 'ledger.db'}"))
-    names = TopicNames(prefix)
-    agreements = load_dir(settings.agreements_dir)
-    create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements)) + [TopicSpec(f"{prefix}raw.out", 1, {})])
-    init_database(engine_for(settings))
+    loads = [(float(x), args.headline_seconds if float(x) == args.headline_load else args.stage_seconds)
+             for x in args.loads.split(",")]
+    latency_workers = [int(x) for x in args.latency_workers.split(",") if x]
+    needed = max(args.events, 300 + int(sum(r * s for r, s in loads)) if not args.no_latency else 0)
 
-    scenario = build_scenario(n_events=args.events, seed=1, n_malformed=0)
-    publisher = Publisher(settings)
-    for e in scenario.events:
-        publisher.publish(e.event_type, e.record)
-    report = publisher.flush()
-    total = report.delivered
-    topics = sorted({t for t, _ in report.end_offsets})
-    print(f"published {total} events to {len(topics)} topics")
+    root = Path(tempfile.mkdtemp(prefix="accord-bench-"))
+    ours = "ACCORD_BOOTSTRAP_SERVERS" not in os.environ
+    base = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}") if ours else Settings()
+    broker = base.model_copy(update={"state_dir": root / "broker"})
+    if ours:
+        devstack.up(broker)
+    ok = True
+    try:
+        log(f"broker {base.bootstrap_servers} ({'embedded Tansu, started for this run' if ours else 'given'}); "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; Python {platform.python_version()}")
+        log(f"batch size {base.batch_size}, batch window {base.batch_window_s} s; event topics have "
+            f"{EVENT_PARTITIONS} partitions each ({EVENT_PARTITIONS * len(EVENT_TYPES)} in all)")
+        # 1.
+        started = time.perf_counter()
+        events = backlog.encode_scenario(base, needed)
+        log(f"encoded {len(events):,} synthetic events in {time.perf_counter() - started:.1f} s; "
+            f"{args.events:,} per throughput run")
+        bench = Bench(base, root, events, args.events)
+        runs: dict[str, Run] = {}
 
-    raw = raw_copy(settings, topics, f"{prefix}raw.out", total)
-    print(f"raw confluent-kafka consume->produce: {raw:,.0f} events/s")
-    pipeline = accord_pipeline(settings, report.end_offsets, total)
-    print(f"accord pipeline (decode, decide, ledger, produce): {pipeline:,.0f} events/s "
-          f"(ledger: {settings.resolved_ledger_url.split(':')[0]})")
-    print(f"ratio accord/raw: {pipeline / raw:.3f}")
-    if started_broker:
-        devstack.down(Settings(state_dir=state))
-    return 0
+        def attempt(key: str, label: str, fn: Callable[[], tuple[float, str]]) -> None:
+            log(f"{label} ...")
+            try:
+                rate, detail = fn()
+                runs[key] = Run(label, rate, detail)
+                log(f"  {rate:,.0f} events/s; {detail}")
+            except Exception as exc:
+                runs[key] = Run(label, failure=f"{type(exc).__name__}: {exc}")
+                log(f"  FAILED: {type(exc).__name__}: {exc}")
+
+        # 2.
+        def raw() -> tuple[float, str]:
+            settings = bench.fresh("raw")
+            ends = bench.publish_backlog(settings, [TopicSpec(f"{settings.topic_prefix}raw.out", 1, {})])
+            t = baselines.raw_copy(settings, bench.event_topics(settings), f"{settings.topic_prefix}raw.out",
+                                   sum(ends.values()), base.batch_size)
+            return t.rate, f"timed {t.events:,} events in {t.seconds:.1f} s"
+
+        attempt("raw", "raw consume->produce", raw)
+
+        # 3.
+        kept: dict[str, object] = {}
+
+        def keep_rows(engine: Engine) -> None:
+            with engine.connect() as conn:
+                kept["rows"] = [tuple(r) for r in conn.execute(
+                    select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))]
+
+        def pg1() -> tuple[float, str]:
+            drained, shape, detail = bench.pipeline("postgresql", 1, keep_rows)
+            kept["shape"] = shape
+            return drained.rate, (f"{detail}; {shape.ratio(shape.rows):.2f} ledger rows and "
+                                  f"{shape.ratio(shape.disclosed):.2f} partner records per event")
+
+        attempt("pg1", "pipeline, PostgreSQL (app role), 1 worker", pg1)
+
+        # 4.
+        def floor() -> tuple[float, str]:
+            shape = kept.get("shape")
+            if not isinstance(shape, LedgerShape):
+                raise RuntimeError("needs the PostgreSQL 1-worker run's ledger")
+            settings = bench.fresh("floor")
+            ends = bench.publish_backlog(settings)
+            columns = [c.name for c in LedgerEntry.__table__.columns]
+            with scratch_schema() as engine:
+                t, copied, produced = baselines.io_floor(
+                    settings, bench.event_topics(settings), sum(ends.values()), shape.per_event,
+                    backlog.partner_topics(settings), engine, columns, kept["rows"], base.batch_size,
+                    base.batch_window_s)
+            n = sum(ends.values())
+            return t.rate, (f"timed {t.events:,} events in {t.seconds:.1f} s; {copied / n:.2f} rows COPYd and "
+                            f"{produced / n:.2f} records produced per event")
+
+        attempt("floor", "I/O floor (decode, COPY, produce, commit)", floor)
+        kept.pop("rows", None)
+
+        # 5.
+        def pipeline(backend: str, workers: int) -> Callable[[], tuple[float, str]]:
+            def run() -> tuple[float, str]:
+                drained, _shape, detail = bench.pipeline(backend, workers)
+                return drained.rate, detail
+            return run
+
+        attempt("pg2", "pipeline, PostgreSQL (app role), 2 workers", pipeline("postgresql", 2))
+        if not args.no_sqlite:
+            attempt("sq1", "pipeline, SQLite, 1 worker", pipeline("sqlite", 1))
+            attempt("sq2", "pipeline, SQLite, 2 workers", pipeline("sqlite", 2))
+
+        # 6.
+        stages: dict[int, list[latency.Stage] | str] = {}
+        if not args.no_latency:
+            for n in latency_workers:
+                backlog_rate = runs.get("pg1" if n == 1 else "pg2", Run("")).rate
+                todo = [(r, s) for r, s in loads if backlog_rate is None or r <= 1.25 * backlog_rate]
+                skipped = [r for r, _ in loads if (r, _) not in todo]
+                log(f"latency, PostgreSQL, {n} worker(s): loads {', '.join(f'{r:.0f}' for r, _ in todo)}/s"
+                    + (f" (skipped {', '.join(f'{r:.0f}' for r in skipped)}/s: above 1.25x the backlog rate)"
+                       if skipped else ""))
+                try:
+                    stages[n] = bench.latency(n, todo)
+                    for s in stages[n]:
+                        log(f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
+                            f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms")
+                except Exception as exc:
+                    stages[n] = f"{type(exc).__name__}: {exc}"
+                    log(f"  FAILED: {stages[n]}")
+
+        # 7.
+        print()
+        print(f"Throughput, {args.events:,}-event backlog, same broker and records "
+              f"({os.cpu_count()} CPUs, Tansu in memory, PostgreSQL {base_pg_version()}):")
+        print()
+        print("| run | events/s | ratio to raw | ratio to floor |")
+        print("|---|---:|---:|---:|")
+        raw_rate = runs.get("raw", Run("")).rate
+        floor_rate = runs.get("floor", Run("")).rate
+        for key in ("raw", "floor", "pg1", "pg2", "sq1", "sq2"):
+            r = runs.get(key)
+            if r is None:
+                continue
+            if r.rate is None:
+                ok = False
+                print(f"| {r.label} | failed | - | - |")
+                continue
+            print(f"| {r.label} | {r.rate:,.0f} | {ratio(r.rate, raw_rate)} | {ratio(r.rate, floor_rate)} |")
+        pg1, pg2 = runs.get("pg1", Run("")).rate, runs.get("pg2", Run("")).rate
+        if pg1 and pg2:
+            print(f"\n2 workers / 1 worker on PostgreSQL: {pg2 / pg1:.2f}x")
+        if stages:
+            print()
+            print(f"Latency, publish -> partner record (one sample per partner record), PostgreSQL (app role), "
+                  f"batch window {base.batch_window_s * 1000:.0f} ms:")
+            print()
+            print("| workers | offered events/s | achieved | partner records | p50 ms | p99 ms | max ms |")
+            print("|---:|---:|---:|---:|---:|---:|---:|")
+            for n, result in stages.items():
+                if isinstance(result, str):
+                    ok = False
+                    print(f"| {n} | failed | | | | | |")
+                    continue
+                for s in result:
+                    print(f"| {n} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
+                          f"{s.p99_ms:.0f} | {s.max_ms:.0f} |")
+            print()
+            for n, result in stages.items():
+                if isinstance(result, str):
+                    continue
+                under = [s.load for s in result if s.p99_ms < 100]
+                best = f"{max(under):,.0f} events/s" if under else "none of the loads tried"
+                print(f"{n} worker(s): highest offered load with p99 < 100 ms: {best}")
+        for r in runs.values():
+            if r.failure:
+                print(f"\n{r.label} failed: {r.failure}")
+        for n, result in stages.items():
+            if isinstance(result, str):
+                print(f"\nlatency with {n} worker(s) failed: {result}")
+        print(f"\n(whole benchmark: {time.perf_counter() - begun:.0f} s)")
+        return 0 if ok else 1
+    finally:
+        if ours:
+            devstack.down(broker)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def base_pg_version() -> str:
+    from bench.roles import ADMIN_URL
+
+    try:
+        engine = create_engine(ADMIN_URL)
+        with engine.connect() as conn:
+            version = conn.execute(text("SHOW server_version")).scalar_one()
+        engine.dispose()
+        return str(version).split()[0]
+    except Exception:
+        return "?"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,181 @@
+"""Latency from an event's publish to its partner record, at steady offered loads.
+
+With the processor(s) running and caught up on empty topics:
+
+1. a partner-side consumer (a thread of this process) subscribes to every partner
+   topic and notes the monotonic time each record arrives, by its key (the
+   disclosure id);
+2. a warm-up of a few hundred events, so connections, caches and the first
+   decisions are behind us;
+3. for each offered load: events are produced at that steady rate (a token
+   bucket: event k is due at start + k / rate; the publish time is taken just
+   before ``produce``, on the same monotonic clock as the receive time), then the
+   bench waits until the group has committed them and the last partner records
+   have arrived;
+4. the ledger maps each disclosure id to its event, so each partner record's
+   latency is its receive time minus its event's publish time. One sample per
+   partner record (an event sent to two partners gives two).
+
+Nothing in the processor is changed: its batch window (ACCORD_BATCH_WINDOW_S, the
+longest ``consume`` waits to fill a batch of ACCORD_BATCH_SIZE) is part of what is
+measured, and below a load that fills a batch within the window it is a floor
+under the latency of every event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, Message
+from sqlalchemy import Engine, text
+
+from accord import kafka
+from accord.drain import wait_for_group
+from accord.settings import Settings
+from accord.topics import TopicNames
+from bench.backlog import Encoded
+
+
+@dataclass(frozen=True)
+class Stage:
+    load: float  # offered, events/s
+    achieved: float  # what the token bucket actually managed
+    events: int
+    samples: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile of an already sorted sequence."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 1))))
+    return sorted_values[rank - 1]
+
+
+class PartnerClock:
+    """1. Receives partner records in a thread and notes when each arrived."""
+
+    def __init__(self, settings: Settings, topics: list[str]) -> None:
+        self.consumer = kafka.consumer(settings, f"{settings.topic_prefix}latency-{uuid.uuid4().hex[:6]}",
+                                       **{"fetch.wait.max.ms": 10, "fetch.min.bytes": 1})
+        self.assigned = threading.Event()
+        self.consumer.subscribe(topics, on_assign=lambda _c, ps: self.assigned.set() if ps else None)
+        self.arrived: dict[bytes, int] = {}
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="partner-clock", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            msgs = self.consumer.consume(1000, timeout=0.05)
+            now = time.monotonic_ns()
+            for m in msgs:
+                if m.error() is None and m.key() is not None:
+                    self.arrived.setdefault(m.key(), now)
+
+    def count(self) -> int:
+        return len(self.arrived)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        self.consumer.close()
+
+
+class SteadyPublisher:
+    """3. Produces events at a steady rate and notes each one's publish time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.names = TopicNames(settings.topic_prefix)
+        self.producer = kafka.producer(settings)
+        self.sent: dict[str, int] = {}  # event id -> monotonic ns just before produce
+        self.ends: dict[tuple[str, int], int] = {}
+        self.failed: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failed.append(err.name())
+            return
+        tp = (msg.topic(), msg.partition())
+        self.ends[tp] = max(self.ends.get(tp, 0), msg.offset() + 1)
+
+    def run(self, events: Sequence[Encoded], rate: float) -> float:
+        """Publish ``events`` at ``rate`` per second; returns the rate achieved."""
+        start = time.perf_counter()
+        for k, e in enumerate(events):
+            wait = start + k / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            self.sent[e.event_id] = time.monotonic_ns()
+            while True:
+                try:
+                    self.producer.produce(self.names.event(e.event_type), key=e.key, value=e.value,
+                                          headers=list(e.headers), on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    self.producer.poll(0.01)
+            self.producer.poll(0)
+        elapsed = time.perf_counter() - start
+        if self.producer.flush(30) or self.failed:
+            raise RuntimeError(f"latency events not delivered: {self.failed[:3]}")
+        return len(events) / elapsed if elapsed > 0 else float("inf")
+
+
+def measure(
+    settings: Settings,
+    ledger: Engine,
+    partner_topics: list[str],
+    events: Sequence[Encoded],
+    loads: Sequence[tuple[float, float]],
+    warmup: int = 300,
+) -> list[Stage]:
+    """Steps 1-4 for ``loads`` as (events/s, seconds); the processor(s) must be running and settled."""
+    clock = PartnerClock(settings, partner_topics)
+    publisher = SteadyPublisher(settings)
+    try:
+        if not clock.assigned.wait(30):
+            raise RuntimeError("the partner-side consumer got no partitions within 30 s")
+        # 2.
+        cursor = 0
+        stages: list[tuple[float, float, list[str]]] = []
+        plan = [(200.0, warmup / 200.0, True)] + [(load, seconds, False) for load, seconds in loads]
+        for load, seconds, is_warmup in plan:
+            n = int(load * seconds)
+            chunk = events[cursor : cursor + n]
+            if len(chunk) < n:
+                raise ValueError(f"not enough events for {load:.0f}/s for {seconds:.0f} s: make more")
+            cursor += n
+            # 3.
+            achieved = publisher.run(chunk, load)
+            wait_for_group(settings, settings.processor_group, dict(publisher.ends), timeout=300)
+            settle_until = time.monotonic() + 0.5
+            last = -1
+            while time.monotonic() < settle_until or clock.count() != last:
+                last = clock.count()
+                time.sleep(0.2)
+            if not is_warmup:
+                stages.append((load, achieved, [e.event_id for e in chunk]))
+        # 4.
+        with ledger.connect() as conn:
+            event_of = {d.encode(): e for d, e in conn.execute(
+                text("SELECT disclosure_id, event_id FROM ledger_entries WHERE outcome = 'DISCLOSED'"))}
+        by_event: dict[str, list[float]] = {}
+        for key, arrived in clock.arrived.items():
+            event_id = event_of.get(key)
+            if event_id is not None and event_id in publisher.sent:
+                by_event.setdefault(event_id, []).append((arrived - publisher.sent[event_id]) / 1e6)
+        out = []
+        for load, achieved, ids in stages:
+            samples = sorted(ms for i in ids for ms in by_event.get(i, ()))
+            out.append(Stage(load, achieved, len(ids), len(samples), quantile(samples, 0.50),
+                             quantile(samples, 0.99), samples[-1] if samples else float("nan")))
+        return out
+    finally:
+        clock.close()
