@@ -202,14 +202,20 @@ def _compile_record(s: Mapping[str, Any], names: Mapping[str, Any], path: str) -
         else:
             check = _compile(f["type"], names, where)
         if check is not None:
-            fields.append((name, where, check))
+            fields.append((name, where, None if check is _check_string else check))
 
     def record(value: Any, p: str, out: list[Problem], ctx: _Context) -> None:
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):  # the exact type first: abc checks are slow
             return
+        limit = ctx.max_string_bytes
+        static = p == path  # paths are static except under arrays; rebuild only there
         for name, where, check in fields:
-            # Paths are static except under arrays; rebuild only there.
-            check(value.get(name), where if p == path else _join(p, name), out, ctx)
+            item = value.get(name)
+            if check is None:  # a string: _check_string's own first test, without the call
+                if isinstance(item, str) and len(item) * 4 > limit:
+                    _check_string(item, where if static else _join(p, name), out, ctx)
+            else:
+                check(item, where if static else _join(p, name), out, ctx)
 
     return record
 
@@ -236,13 +242,26 @@ def event_problems(
         return [Problem("(event type)", f"unknown event type {str(event_type)[:40]!r}")]
     if not isinstance(record, Mapping):
         return [Problem("(record)", f"expected a record, got {type(record).__name__}")]
+    key = (now, now.tzinfo, now.fold, limits.max_string_bytes)  # equal times may differ in fold
+    last = _last_context
+    if last[0] == key:  # a processor judges a whole batch against one `now`
+        ctx = last[1]
+    else:
+        ctx = _context(now, limits)
+        _remember((key, ctx))
+    out: list[Problem] = []
+    plan(record, "", out, ctx)
+    return out
+
+
+def _context(now: datetime, limits: Limits) -> _Context:
     if now.tzinfo is None or now.utcoffset() is None:
         now = now.replace(tzinfo=UTC)
     try:
         utc = now.astimezone(UTC)
     except OverflowError:  # a `now` at the very edge of the calendar (only a fuzzer passes one)
         utc = datetime.min.replace(tzinfo=UTC) if now.year < 2 else datetime.max.replace(tzinfo=UTC)
-    ctx = _Context(
+    return _Context(
         now=utc,
         latest_birth=(utc + LATEST_ZONE).date() if utc < datetime.max.replace(tzinfo=UTC) - LATEST_ZONE else date.max,
         today=utc.date(),
@@ -250,9 +269,15 @@ def event_problems(
         else datetime.max.replace(tzinfo=UTC),
         max_string_bytes=limits.max_string_bytes,
     )
-    out: list[Problem] = []
-    plan(record, "", out, ctx)
-    return out
+
+
+# The context of the last (now, limits) seen: one slot, replaced whole, so threads cannot tear it.
+_last_context: tuple[Any, _Context | None] = (None, None)
+
+
+def _remember(entry: tuple[Any, _Context]) -> None:
+    global _last_context
+    _last_context = entry
 
 
 def size_problem(payload: bytes, limits: Limits = Limits()) -> Problem | None:
