@@ -2,7 +2,8 @@
 
 The entries are also the leaves of an RFC 9162 Merkle tree (ledger.merkle) whose root is
 signed in checkpoints (ledger.checkpoint, ledger.note); ledger.proofs proves entries
-against them.
+against them, reading the tree from its stored tiles (ledger.tiles, whose table is
+registered on LedgerBase's metadata by importing it here).
 """
 
 from ledger.append import (
@@ -27,6 +28,7 @@ from ledger.append import (
 )
 from ledger.guard import install_guards
 from ledger.tables import LedgerBase, LedgerCheckpoint, LedgerCosignature, LedgerEntry
+from ledger.tiles import LedgerTile
 from ledger.verify import VerifyResult, verify
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "LedgerCheckpoint",
     "LedgerCosignature",
     "LedgerEntry",
+    "LedgerTile",
     "StoredEntry",
     "VerifyResult",
     "append",

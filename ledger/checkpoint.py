@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from ledger import merkle
+from ledger import merkle, tiles
 from ledger.append import GENESIS_HASH, entry_hashes, stored_entry
 from ledger.note import NoteError, NoteSignature, NoteSigner, NoteVerifier, SignedNote, sign_note
 from ledger.tables import LedgerCheckpoint, LedgerCosignature, LedgerEntry
@@ -177,8 +177,9 @@ def ledger_size(engine: Engine) -> int:
 
 
 def _rows_after(conn: Connection, after: int) -> Iterator[Any]:
-    result = conn.execution_options(yield_per=_BATCH).execute(
-        select(LedgerEntry.__table__).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq)
+    result = conn.execute(  # per statement: Connection.execution_options would stream the tile INSERTs too
+        select(LedgerEntry.__table__).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq),
+        execution_options={"yield_per": _BATCH},
     )
     try:
         for partition in result.partitions():
@@ -213,18 +214,26 @@ def make_checkpoint(
     """
     verifier = signer.verifier
     with engine.connect() as conn:
-        last = _latest(conn)
+        last = _latest(conn)  # 1.
         if last is None:
             frontier, prev = merkle.Frontier(), GENESIS_HASH
+            builder: tiles.TileBuilder | None = tiles.TileBuilder()
         else:
             frontier, prev = _continue_from(conn, last, verifier, origin)
-        for row in _rows_after(conn, frontier.size):
+            builder = tiles.TileBuilder.resume(conn, last.tree_size, last.root)  # 2.
+        for row in _rows_after(conn, frontier.size):  # 3.
             prev, leaf = _recheck(row, frontier.size + 1, prev)
             frontier.append(leaf)
+            if builder is not None:
+                builder.append(leaf)
+                builder.flush(conn)
+        if builder is not None and frontier.size != (last.tree_size if last else 0):
+            builder.flush(conn, final=True)
+            conn.commit()
     if frontier.size == (last.tree_size if last else 0):
         return None
     body = CheckpointBody(origin, frontier.size, frontier.root())
-    stored = StoredCheckpoint(
+    stored = StoredCheckpoint(  # 4.
         body.tree_size, body.root, sign_note(body.text(), signer), now or datetime.now(UTC), frontier.to_bytes()
     )
     try:
@@ -243,7 +252,12 @@ def make_checkpoint(
         existing = checkpoint_at(engine, stored.tree_size)
         if existing is None or existing.root != stored.root:
             raise
-        return existing
+        stored = existing
+    if builder is None:  # 5.
+        try:
+            tiles.ensure(engine, stored.tree_size)
+        except tiles.TilesMismatch:
+            pass  # an entry went missing since step 3: readers rebuild, verify names it
     return stored
 
 

@@ -11,6 +11,13 @@ Formats: ``jsonl`` (a header line, then one entry per line) and ``csv`` (one row
 entry; the checkpoint note in the ``checkpoint`` column of the first row; ``fields`` and
 ``subjects`` as JSON lists).
 An export holds subject keys (NHS numbers): it is personal data, for auditors.
+
+An export of any size streams: :func:`export_rows` checks what it can at once (the
+range is covered, the tree's tiles fit the signed root, the consistency proofs), and
+its ``rows`` are read 1,000 entries at a time by keyset while they are rendered, each
+proved from the stored tiles (ledger/tiles.py, O(log N) rows per proof, shared between
+neighbours), so memory stays bounded whatever the range. A missing or changed entry
+met on the way raises ledger.proofs.LedgerMismatch from the rendering loop.
 """
 
 from __future__ import annotations
@@ -20,26 +27,29 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import fastavro
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from ledger import merkle
-from ledger.append import SCHEMA_PATH, stored_entry
-from ledger.checkpoint import CheckpointBody, StoredCheckpoint, latest_checkpoint, open_checkpoint
+from ledger.append import SCHEMA_PATH, StoredEntry
+from ledger.checkpoint import CheckpointBody, StoredCheckpoint, cosigned_note, latest_checkpoint, open_checkpoint
 from ledger.note import NoteError, NoteVerifier, SignedNote
-from ledger.tables import LedgerEntry
+
+if TYPE_CHECKING:
+    from ledger.proofs import InclusionProof
 
 __all__ = [
     "COLUMNS",
     "EXPORT_FORMAT",
     "Export",
     "ExportCheck",
+    "ExportRows",
     "export_rows",
     "render_csv",
     "render_jsonl",
@@ -59,13 +69,49 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+class ExportRows:
+    """The exported entries as rows, read from the ledger each time they are iterated (bounded memory).
+
+    ``len()`` is the number of entries the range holds (every seq from..to is in the
+    ledger, or iterating raises LedgerMismatch).
+    """
+
+    def __init__(self, engine: Engine, from_seq: int, to_seq: int, checkpoint: StoredCheckpoint, note: str) -> None:
+        self._args = (engine, from_seq, to_seq, checkpoint, note)
+        self._count = to_seq - from_seq + 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from ledger.proofs import iter_range_proofs
+
+        for e, p in iter_range_proofs(*self._args):
+            yield _row(e, p)
+
+
+def _row(e: StoredEntry, p: InclusionProof) -> dict[str, Any]:
+    d = e.draft
+    return {
+        "seq": e.seq, "disclosure_id": d.disclosure_id, "event_id": d.event_id, "event_type": d.event_type,
+        "provider": d.provider, "recipient": d.recipient, "agreement_id": d.agreement_id,
+        "agreement_version": d.agreement_version, "purpose": d.purpose, "legal_basis": d.legal_basis,
+        "outcome": d.outcome, "reason": d.reason, "fields": list(d.fields), "consent_mode": d.consent_mode,
+        "consent_version": d.consent_version, "subject_key": d.subject_key,
+        "decided_at": d.decided_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+        "refers_to": d.refers_to, "event_digest": d.event_digest, "subjects": list(d.subjects),
+        "prev_hash": _b64(e.prev_hash), "entry_hash": _b64(e.entry_hash),
+        "leaf": _b64(p.leaf), "leaf_hash": _b64(p.leaf_hash), "proof": [_b64(h) for h in p.proof],
+    }
+
+
 @dataclass(frozen=True)
 class Export:
     from_seq: int
     to_seq: int
     checkpoint: StoredCheckpoint
     note: str  # the checkpoint's signed note (with any cosignatures)
-    rows: tuple[dict[str, Any], ...]
+    rows: Iterable[dict[str, Any]]  # ExportRows: streamed from the ledger when iterated
     # From checkpoints the reader already holds to this one: proves it extends theirs.
     consistency: tuple[dict[str, Any], ...] = ()
 
@@ -93,41 +139,21 @@ def export_rows(
 
     ``since``: tree sizes of checkpoints the reader already holds; the export carries a
     consistency proof from each to the export's checkpoint. NotCovered (ledger.proofs)
-    when no checkpoint covers ``to_seq`` yet, or a ``since`` size is not a stored checkpoint.
+    when no checkpoint covers ``to_seq`` yet, or a ``since`` size is not a stored
+    checkpoint; LedgerMismatch when the tree cannot be made to fit the signed root.
+    The rows are read when iterated (:class:`ExportRows`).
     """
-    from ledger.proofs import NotCovered, prove_consistency, prove_entries
+    from ledger.proofs import NotCovered, iter_range_proofs, prove_consistency
 
     if from_seq < 1 or to_seq < from_seq:
         raise ValueError("give 1 <= --from <= --to")
     chosen = checkpoint or latest_checkpoint(engine)
     if chosen is None:
         raise NotCovered("the ledger has no checkpoint yet (`accord ledger checkpoint`)")
-    proofs = prove_entries(engine, range(from_seq, to_seq + 1), chosen)
-    with engine.connect() as conn:
-        stored = {
-            r.seq: stored_entry(r)
-            for r in conn.execute(
-                select(LedgerEntry.__table__).where(LedgerEntry.seq.between(from_seq, to_seq)).order_by(LedgerEntry.seq)
-            )
-        }
-    rows = []
-    for p in proofs:
-        e = stored[p.seq]
-        d = e.draft
-        rows.append({
-            "seq": e.seq, "disclosure_id": d.disclosure_id, "event_id": d.event_id, "event_type": d.event_type,
-            "provider": d.provider, "recipient": d.recipient, "agreement_id": d.agreement_id,
-            "agreement_version": d.agreement_version, "purpose": d.purpose, "legal_basis": d.legal_basis,
-            "outcome": d.outcome, "reason": d.reason, "fields": list(d.fields), "consent_mode": d.consent_mode,
-            "consent_version": d.consent_version, "subject_key": d.subject_key,
-            "decided_at": d.decided_at.astimezone(UTC).isoformat(timespec="milliseconds"),
-            "refers_to": d.refers_to, "event_digest": d.event_digest, "subjects": list(d.subjects),
-            "prev_hash": _b64(e.prev_hash), "entry_hash": _b64(e.entry_hash),
-            "leaf": _b64(p.leaf), "leaf_hash": _b64(p.leaf_hash), "proof": [_b64(h) for h in p.proof],
-        })
-    note = proofs[0].checkpoint if proofs else chosen.note
+    note = cosigned_note(engine, chosen.tree_size) or chosen.note
+    iter_range_proofs(engine, from_seq, to_seq, chosen, note)  # NotCovered, LedgerMismatch: now, not mid-stream
     consistency = tuple(prove_consistency(engine, size, chosen.tree_size).to_dict() for size in since)
-    return Export(from_seq, to_seq, chosen, note, tuple(rows), consistency)
+    return Export(from_seq, to_seq, chosen, note, ExportRows(engine, from_seq, to_seq, chosen, note), consistency)
 
 
 def render_jsonl(export: Export) -> Iterator[str]:
@@ -141,18 +167,19 @@ def render_csv(export: Export) -> Iterator[str]:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow((*COLUMNS, "checkpoint", "consistency"))
     consistency = json.dumps(list(export.consistency), separators=(",", ":")) if export.consistency else ""
-    for i, row in enumerate(export.rows):
+    first = True
+    for row in export.rows:
         values = [row[c] for c in COLUMNS]
         for column in ("fields", "subjects"):
             values[COLUMNS.index(column)] = json.dumps(row[column], separators=(",", ":"))
         values[COLUMNS.index("proof")] = " ".join(row["proof"])
-        first = i == 0
         writer.writerow((*("" if v is None else v for v in values), export.note if first else "",
                          consistency if first else ""))
+        first = False
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()
-    if not export.rows:
+    if first:
         yield buf.getvalue()
 
 

@@ -6,22 +6,36 @@ an older checkpoint's tree is a prefix of a newer one's (nothing was rewritten o
 between them). Both come with the checkpoint notes, so a holder needs only the ledger's
 public key (and RFC 9162's verification algorithms) to check them.
 
-Proofs are made from the stored leaf hashes, and only after checking that they
-reproduce the checkpoint's signed root: a tampered ledger yields an error, never a
-proof that would not verify.
+Proofs are read from the stored tiles of the tree (ledger/tiles.py): O(log N) rows per
+proof, never every leaf. Making one:
+
+1. the tiles are brought up to the checkpoint's size if they are behind (a ledger
+   written before tiles existed: once, streaming its leaf hashes);
+2. the tiles are checked against the checkpoint's SIGNED root (edge tiles fold to it,
+   every other tile hashes to its checked parent); a damaged tile is rebuilt from the
+   leaf hashes it covers, and stored entries that do not make the signed tree are
+   LedgerMismatch;
+3. the entry is re-encoded and must hash to the leaf the signed tree holds for it
+   (an entry changed since it was signed is LedgerMismatch, naming it);
+4. the proof is checked with RFC 9162's verifier against the signed root before it is
+   returned: no proof that would not verify is ever handed out.
+
+A proof speaks for its own entry only: it does not re-read the rest of the ledger
+(``accord ledger verify`` does, and names what was changed, removed or cut).
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from ledger import merkle
-from ledger.append import canonical_bytes, stored_entry
+from ledger import merkle, tiles
+from ledger.append import StoredEntry, canonical_bytes, stored_entry
 from ledger.checkpoint import StoredCheckpoint, checkpoint_at, cosigned_note, latest_checkpoint
 from ledger.tables import LedgerEntry
 
@@ -30,11 +44,16 @@ __all__ = [
     "InclusionProof",
     "LedgerMismatch",
     "NotCovered",
+    "iter_range_proofs",
     "latest_checkpoint",
     "prove_consistency",
     "prove_entries",
     "prove_entry",
 ]
+
+
+_IN_CHUNK = 1000  # seqs per IN list (a database's parameter limit is never reached)
+_RANGE_CHUNK = 1000  # entries per keyset page
 
 
 class NotCovered(LookupError):
@@ -111,26 +130,44 @@ class ConsistencyProof:
         }
 
 
-def _leaf_hashes(conn: Connection, size: int) -> list[bytes]:
-    """Stored leaf hashes of entries 1..size, in order; LedgerMismatch on a gap."""
-    rows = conn.execute(
-        select(LedgerEntry.seq, LedgerEntry.leaf_hash).where(LedgerEntry.seq <= size).order_by(LedgerEntry.seq)
-    ).all()
-    for expected, (seq, _leaf) in enumerate(rows, start=1):
-        if seq != expected:
-            raise LedgerMismatch(f"entry {expected:,} is missing")
-    if len(rows) != size:
-        raise LedgerMismatch(f"entries {len(rows) + 1:,} to {size:,} are missing")
-    return [bytes(leaf) for _seq, leaf in rows]
+@contextmanager
+def _signed_tree_errors() -> Iterator[None]:
+    """Tiles that cannot be made to fit the signed root (ledger.tiles.TilesMismatch) as LedgerMismatch."""
+    try:
+        yield
+    except tiles.TilesMismatch as exc:
+        raise LedgerMismatch(str(exc)) from exc
 
 
-def _checked_tree(conn: Connection, checkpoint: StoredCheckpoint) -> merkle.MerkleTree:
-    tree = merkle.MerkleTree(_leaf_hashes(conn, checkpoint.tree_size))
-    if tree.root() != checkpoint.root:
+def _open_tree(engine: Engine, conn: Connection, checkpoint: StoredCheckpoint) -> tiles.TileTree:
+    """Steps 1 and 2: the checkpoint's tree, from tiles checked against its signed root.
+
+    ``conn`` must not be in a transaction that wrote (the tiles are extended, if they
+    are behind, on a connection of their own).
+    """
+    with _signed_tree_errors():
+        tiles.ensure(engine, checkpoint.tree_size)
+        return tiles.TileTree.open(conn, checkpoint.tree_size, checkpoint.root)
+
+
+def _proof(tree: tiles.TileTree, row: Any, note: str) -> InclusionProof:
+    """Steps 3 and 4 for one ledger_entries row."""
+    seq = row.seq
+    try:
+        leaf = canonical_bytes(seq, stored_entry(row).draft, bytes(row.prev_hash))
+    except Exception as exc:  # undecodable contents were changed
+        raise LedgerMismatch(f"entry {seq:,} cannot be encoded ({type(exc).__name__}) (changed)") from exc
+    leaf_hash = merkle.leaf_hash(leaf)
+    with _signed_tree_errors():
+        signed_leaf = tree.leaf_hash(seq - 1)
+        path = tuple(tree.inclusion_proof(seq - 1))
+    if leaf_hash != signed_leaf:
         raise LedgerMismatch(
-            f"the stored entries do not reproduce checkpoint {checkpoint.tree_size:,}'s root; run `accord ledger verify`"
+            f"entry {seq:,} does not hash to its leaf in checkpoint {tree.size:,}'s signed tree (changed)"
         )
-    return tree
+    if not merkle.verify_inclusion(leaf_hash, seq - 1, tree.size, path, tree.signed_root):
+        raise LedgerMismatch(f"the proof of entry {seq:,} does not verify against checkpoint {tree.size:,}")
+    return InclusionProof(seq, leaf, leaf_hash, tree.size, tree.signed_root, path, note)
 
 
 def _covering(engine: Engine, checkpoint: StoredCheckpoint | None) -> StoredCheckpoint:
@@ -140,37 +177,81 @@ def _covering(engine: Engine, checkpoint: StoredCheckpoint | None) -> StoredChec
     return chosen
 
 
-def prove_entries(
-    engine: Engine, seqs: Iterable[int], checkpoint: StoredCheckpoint | None = None
-) -> list[InclusionProof]:
-    """Inclusion proofs of several entries against one checkpoint (default the newest), building the tree once."""
-    wanted = list(seqs)
-    chosen = _covering(engine, checkpoint)
-    outside = [s for s in wanted if not 1 <= s <= chosen.tree_size]
+def _require_covered(chosen: StoredCheckpoint, seqs: Iterable[int]) -> None:
+    outside = [s for s in seqs if not 1 <= s <= chosen.tree_size]
     if outside:
         raise NotCovered(
             f"entry {outside[0]:,} is not covered by checkpoint {chosen.tree_size:,} "
             "(the next checkpoint will cover newer entries)"
         )
+
+
+def prove_entries(
+    engine: Engine, seqs: Iterable[int], checkpoint: StoredCheckpoint | None = None
+) -> list[InclusionProof]:
+    """Inclusion proofs of several entries against one checkpoint (default the newest).
+
+    The entries are read 1,000 at a time by seq; the tiles are checked once and shared.
+    For a long range, :func:`iter_range_proofs` streams instead of building a list.
+    """
+    wanted = list(seqs)
+    chosen = _covering(engine, checkpoint)
+    _require_covered(chosen, wanted)
+    if not wanted:
+        return []
     note = cosigned_note(engine, chosen.tree_size) or chosen.note
+    t = LedgerEntry.__table__
+    proofs: dict[int, InclusionProof] = {}
     with engine.connect() as conn:
-        tree = _checked_tree(conn, chosen) if wanted else None
-        rows = {
-            r.seq: r
-            for r in conn.execute(select(LedgerEntry.__table__).where(LedgerEntry.seq.in_(sorted(set(wanted)))))
-        } if wanted else {}
-    proofs: list[InclusionProof] = []
-    for seq in wanted:
-        row = rows[seq]
-        leaf = canonical_bytes(seq, stored_entry(row).draft, bytes(row.prev_hash))
-        leaf_hash = merkle.leaf_hash(leaf)
-        if tree is None or leaf_hash != tree.levels[0][seq - 1]:
-            raise LedgerMismatch(f"entry {seq:,} does not hash to its stored leaf hash (changed)")
-        proofs.append(
-            InclusionProof(seq, leaf, leaf_hash, chosen.tree_size, chosen.root,
-                           tuple(tree.inclusion_proof(seq - 1)), note)
-        )
-    return proofs
+        tree = _open_tree(engine, conn, chosen)
+        unique = sorted(set(wanted))
+        for i in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[i : i + _IN_CHUNK]
+            for row in conn.execute(select(t).where(t.c.seq.in_(chunk))):
+                proofs[row.seq] = _proof(tree, row, note)
+    missing = [s for s in wanted if s not in proofs]
+    if missing:
+        raise LedgerMismatch(f"entry {missing[0]:,} is missing")
+    return [proofs[s] for s in wanted]
+
+
+def iter_range_proofs(
+    engine: Engine, from_seq: int, to_seq: int, checkpoint: StoredCheckpoint, note: str
+) -> Iterator[tuple[StoredEntry, InclusionProof]]:
+    """Entries ``from_seq``..``to_seq`` in order, each with its inclusion proof: bounded memory.
+
+    NotCovered, and LedgerMismatch for tiles that cannot be made to fit the signed
+    root, are raised here, before anything is yielded; a missing or changed entry is
+    LedgerMismatch while iterating. Entries are read by keyset (``seq >= next ...
+    LIMIT 1000``), so any range streams with one page of rows and the reader's tile
+    cache in memory.
+    """
+    if to_seq < from_seq:
+        return iter(())
+    _require_covered(checkpoint, (from_seq, to_seq))
+    with engine.connect() as conn:
+        _open_tree(engine, conn, checkpoint)
+    return _range_proofs(engine, from_seq, to_seq, checkpoint, note)
+
+
+def _range_proofs(
+    engine: Engine, from_seq: int, to_seq: int, checkpoint: StoredCheckpoint, note: str
+) -> Iterator[tuple[StoredEntry, InclusionProof]]:
+    t = LedgerEntry.__table__
+    with engine.connect() as conn:
+        tree = _open_tree(engine, conn, checkpoint)
+        expected = from_seq
+        while expected <= to_seq:
+            rows = conn.execute(
+                select(t).where(t.c.seq >= expected, t.c.seq <= to_seq).order_by(t.c.seq).limit(_RANGE_CHUNK)
+            ).all()
+            if not rows:
+                raise LedgerMismatch(f"entry {expected:,} is missing")
+            for row in rows:
+                if row.seq != expected:
+                    raise LedgerMismatch(f"entry {expected:,} is missing")
+                yield stored_entry(row), _proof(tree, row, note)
+                expected += 1
 
 
 def prove_entry(engine: Engine, seq: int, checkpoint: StoredCheckpoint | None = None) -> InclusionProof:
@@ -193,14 +274,17 @@ def prove_consistency(engine: Engine, old_size: int, new_size: int | None = None
     if old.tree_size > new.tree_size:
         raise ValueError(f"checkpoint {old.tree_size:,} is newer than {new.tree_size:,}")
     with engine.connect() as conn:
-        leaves = _checked_tree(conn, new).levels[0]
-    if merkle.root(leaves[: old.tree_size]) != old.root:
+        tree = _open_tree(engine, conn, new)
+        with _signed_tree_errors():
+            proof = tuple(tree.consistency_proof(old.tree_size))
+    if not merkle.verify_consistency(old.tree_size, new.tree_size, old.root, new.root, proof):
         raise LedgerMismatch(
-            f"the stored entries do not reproduce checkpoint {old.tree_size:,}'s root; run `accord ledger verify`"
+            f"checkpoint {old.tree_size:,}'s root is not a prefix of checkpoint {new.tree_size:,}'s signed tree; "
+            "run `accord ledger verify`"
         )
     return ConsistencyProof(
         old.tree_size, new.tree_size, old.root, new.root,
-        tuple(merkle.consistency_proof(old.tree_size, leaves)),
+        proof,
         cosigned_note(engine, old.tree_size) or old.note,
         cosigned_note(engine, new.tree_size) or new.note,
     )

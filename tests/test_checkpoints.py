@@ -279,9 +279,11 @@ def test_deleted_entry_is_named(ledger_engine: Engine, signer: NoteSigner) -> No
     result = check(ledger_engine, signer)
     assert (result.ok, result.first_bad_seq) == (False, 9)
     assert "removed" in (result.problem or "")
-    # Proofs refuse too: the stored entries no longer make the signed tree.
+    # The removed entry has no proof; a proof reads O(log N) tiles, not the whole ledger, so
+    # entry 3's is still given, and still true: it verifies against the signed root.
     with pytest.raises(LedgerMismatch, match="entry 9 is missing"):
-        prove_entry(ledger_engine, 3)
+        prove_entry(ledger_engine, 9)
+    assert prove_entry(ledger_engine, 3).verify()
 
 
 def test_deleted_entry_renumbered_is_named(ledger_engine: Engine, signer: NoteSigner) -> None:
@@ -356,8 +358,11 @@ def test_rewritten_history_is_caught_by_a_checkpoint(ledger_engine: Engine, sign
     assert "signed checkpoint 40" in problem and "rewritten" in problem
     # Narrowed by the signed tree's subtrees: 40 = 32 + 8, so entries 17..32.
     assert "entries 17 to 32" in problem
-    with pytest.raises(LedgerMismatch):
-        prove_entry(ledger_engine, 3)
+    # The rewritten entries no longer hash to the leaves the signed tree holds: no proof.
+    for seq in (27, 45):
+        with pytest.raises(LedgerMismatch, match=f"entry {seq} does not hash to its leaf"):
+            prove_entry(ledger_engine, seq)
+    assert prove_entry(ledger_engine, 3).verify()  # before the rewrite: what was signed
     # Later checkpoints extend checkpoint 60's signed frontier, not the rewritten entries,
     # so they stay consistent with everything signed before and the rewrite stays evident.
     append(ledger_engine, [draft(i) for i in range(61, 65)])
