@@ -42,6 +42,9 @@ from hashlib import sha256
 from typing import Any
 
 import psycopg
+from psycopg import pq
+from psycopg.dbapi20 import BinaryBinaryDumper
+from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -84,7 +87,6 @@ _IN_CHUNK = 1000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-_LEAF_PREFIX = sha256(b"\x00")  # RFC 9162 leaf hash: SHA-256(0x00 || leaf), copied per entry
 # Stored JSON of a fields or subjects tuple, by value: a batch repeats a handful of them.
 _FIELDS_JSON: dict[tuple[str, ...], str] = {}
 _SUBJECTS_JSON: dict[tuple[str, ...], str] = {}
@@ -278,12 +280,11 @@ def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Ap
     """Append the drafts in one transaction; one result per draft, in the drafts' order.
 
     A draft whose disclosure_id is already in the ledger, or earlier in the batch, is not
-    appended again: it comes back with the existing seq and new=False. Given an Engine it
-    opens and commits its own writer() transaction; given a Connection it must be one
-    from writer(), and the append commits with that transaction.
+    appended again: it comes back with the existing seq and new=False. A draft the ledger
+    must not hold (_check) raises ValueError and nothing of the batch is written. Given an
+    Engine it opens and commits its own writer() transaction; given a Connection it must
+    be one from writer(), and the append commits with that transaction.
     """
-    for d in drafts:
-        _check(d)
     if not drafts:
         return []
     if isinstance(target, Connection):
@@ -297,38 +298,45 @@ def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Ap
 
 def _append(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:
     """Under the writer lock, in the writer's transaction (module docstring, "Appending")."""
+    if not (conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"):
+        return _append_elsewhere(conn, drafts)
+    cursor = conn.connection.driver_connection.cursor()
     # 1. the head: the lock's previous holder committed before releasing it, so this is the true head
+    cursor.execute(_HEAD_SQL)
+    head = cursor.fetchone()
+    last_seq, prev = (head[0], head[1]) if head else (0, GENESIS_HASH)
+    # 2. optimistic: no draft in the ledger yet (the batch's own repeats are skipped in
+    # memory); COPY inside a savepoint, which UNIQUE(disclosure_id) aborts if one is.
+    results: list[Appended] = []
+    cursor.execute("SAVEPOINT ledger_append")
+    try:
+        try:
+            _copy(cursor, _rows(drafts, {}, last_seq, prev, results))
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
+                raise
+            # 3. some were recorded already (a replay, or another worker deciding the same
+            # events): look the batch's ids up and append only the others. Under the lock
+            # nothing was added since the head read, so this COPY meets no other one.
+            cursor.execute("ROLLBACK TO SAVEPOINT ledger_append")
+            results = []
+            known = _lookup(conn, (d.disclosure_id for d in drafts))
+            _copy(cursor, _rows(drafts, known, last_seq, prev, results))
+    except BaseException:
+        _rollback_to_savepoint(cursor)  # nothing of the batch is written; the caller's transaction stays usable
+        raise
+    # 4. done: the rows commit with the caller's (or writer()'s) transaction
+    cursor.execute("RELEASE SAVEPOINT ledger_append")
+    return results
+
+
+def _append_elsewhere(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:
+    """SQLite (the demo): look the ids up, then executemany."""
     head = conn.execute(
         select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
     ).first()
     last_seq, prev = (head[0], bytes(head[1])) if head else (0, GENESIS_HASH)
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        cursor = conn.connection.driver_connection.cursor()
-        # 2. optimistic: assume no draft is in the ledger yet (the batch's own repeats are
-        # skipped in memory); COPY inside a savepoint, which the UNIQUE(disclosure_id)
-        # constraint aborts if one is.
-        results: list[Appended] = []
-        cursor.execute("SAVEPOINT ledger_append")
-        try:
-            try:
-                _copy(cursor, _rows(drafts, {}, last_seq, prev, results))
-            except psycopg.errors.UniqueViolation as exc:
-                if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
-                    raise
-                # 3. some were recorded already (a replay, or another worker deciding the same
-                # events): look the batch's ids up and append only the others. Under the lock
-                # nothing was added since the head read, so this COPY meets no other one.
-                cursor.execute("ROLLBACK TO SAVEPOINT ledger_append")
-                results = []
-                known = _lookup(conn, (d.disclosure_id for d in drafts))
-                _copy(cursor, _rows(drafts, known, last_seq, prev, results))
-        except BaseException:
-            _rollback_to_savepoint(cursor)  # the caller's transaction stays usable
-            raise
-        # 4. done: the rows commit with the caller's (or writer()'s) transaction
-        cursor.execute("RELEASE SAVEPOINT ledger_append")
-        return results
-    results = []
+    results: list[Appended] = []
     rows = list(_rows(drafts, _lookup(conn, (d.disclosure_id for d in drafts)), last_seq, prev, results))
     if rows:
         conn.execute(insert(LedgerEntry), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
@@ -344,56 +352,76 @@ def _rollback_to_savepoint(cursor: psycopg.Cursor[Any]) -> None:
 
 def _copy(cursor: psycopg.Cursor[Any], rows: Iterable[tuple[Any, ...]]) -> None:
     """Binary COPY of the rows as they are made: PostgreSQL inserts (and indexes) one
-    buffer while Python encodes and hashes the next, on another core."""
+    buffer while Python encodes and hashes the next, when a core is free for it."""
+    use_c_bytea_dumper(cursor.connection)
     with cursor.copy(_COPY_SQL) as copy:
         copy.set_types(_COPY_TYPES)
         for row in rows:
             copy.write_row(row)
 
 
+def use_c_bytea_dumper(connection: psycopg.Connection[Any]) -> None:
+    """Make COPY's bytea columns use psycopg's C dumper on this connection (3 of them a row).
+
+    set_types picks dumpers by type oid, and for bytea psycopg.dbapi20 registers a Python
+    one (it unwraps its Binary objects) over the C one; bytes need no unwrapping.
+    """
+    if connection.adapters.get_dumper_by_oid(_BYTEA_OID, pq.Format.BINARY) is BinaryBinaryDumper:
+        connection.adapters.register_dumper(bytes, BytesBinaryDumper)
+
+
 def _rows(
     drafts: Sequence[EntryDraft], known: dict[str, int], last_seq: int, prev: bytes, results: list[Appended]
 ) -> Iterator[tuple[Any, ...]]:
     """The ledger rows of the drafts not in ``known`` (disclosure_id -> seq), numbered and
-    chained from (last_seq, prev); one Appended per draft goes to ``results``.
+    chained from (last_seq, prev), checked as they go (_check); one Appended per draft
+    goes to ``results``.
 
     ``known`` is extended with the new rows, so a repeat within the batch gets its first
     copy's seq. Rows are tuples in _COLUMNS order, built straight from the drafts: no
-    normalised copy of each draft, no dict per row.
+    normalised copy of each draft, no dict per row. The decisions of one event sit together
+    and share a decided_at and a digest, so each is converted or checked once per run.
     """
-    cached_dt: datetime | None = None
+    cached_dt: Any = None
     utc, ms = _EPOCH, 0
-    fields_json, subjects_json = _FIELDS_JSON, _SUBJECTS_JSON
+    checked_digest = ""
+    fields_json, subjects_json, outcomes = _FIELDS_JSON, _SUBJECTS_JSON, OUTCOMES
     for d in drafts:
         did = d.disclosure_id
+        outcome = d.outcome
+        digest = d.event_digest
+        if outcome not in outcomes or not did or len(did) > 64 or outcome == NOT_COVERED:
+            _check(d)  # raises, or passes a valid NOT_COVERED
+        if digest != checked_digest:
+            if digest and _DIGEST.fullmatch(digest) is None:
+                _check(d)
+            checked_digest = digest
         seen = known.get(did)
         if seen is not None:
             results.append(Appended(seen, did, False))
             continue
         dt = d.decided_at
-        if dt != cached_dt:  # a batch's decisions usually share one decided_at
+        if dt != cached_dt:  # equal instants: the same stored value
             cached_dt = dt
-            utc = dt if dt.tzinfo is UTC and not dt.microsecond % 1000 else to_millis(dt)
+            utc = dt if dt.tzinfo is UTC and not dt.microsecond % 1000 else to_millis(dt)  # refuses a naive one
             ms = (utc - _EPOCH) // _MS
         last_seq += 1
         fields, subjects = d.fields, d.subjects
-        fj = fields_json.get(fields) if fields.__class__ is tuple else None
-        sj = subjects_json.get(subjects) if subjects.__class__ is tuple else None
         leaf = encode_entry(
             last_seq, did, d.event_id, d.event_type, d.provider, d.recipient, d.agreement_id, d.agreement_version,
-            d.purpose, d.legal_basis, d.outcome, d.reason, fields, d.consent_mode, d.consent_version,
-            d.subject_key, ms, d.refers_to, d.event_digest, subjects, prev,
+            d.purpose, d.legal_basis, outcome, d.reason, fields, d.consent_mode, d.consent_version,
+            d.subject_key, ms, d.refers_to, digest, subjects, prev,
         )
         h = sha256(leaf).digest()
-        lh = _LEAF_PREFIX.copy()
-        lh.update(leaf)
+        fj = fields_json.get(fields) if fields.__class__ is tuple else None
+        sj = subjects_json.get(subjects) if subjects.__class__ is tuple else None
         yield (
             last_seq, did, d.event_id, d.event_type, d.provider, d.recipient, d.agreement_id, d.agreement_version,
-            d.purpose, d.legal_basis, d.outcome, d.reason,
+            d.purpose, d.legal_basis, outcome, d.reason,
             fj or _json_list(fields_json, fields, True),
-            d.consent_mode, d.consent_version, d.subject_key, utc, d.refers_to, d.event_digest,
+            d.consent_mode, d.consent_version, d.subject_key, utc, d.refers_to, digest,
             sj or _json_list(subjects_json, subjects, False),
-            prev, h, lh.digest(),
+            prev, h, sha256(b"\x00" + leaf).digest(),
         )
         known[did] = last_seq
         results.append(Appended(last_seq, did, True))
@@ -436,6 +464,8 @@ if _COLUMNS != (
     raise RuntimeError("ledger_entries' columns or disclosure.avsc's fields changed: update ledger/append.py _rows")
 _COPY_SQL = f"COPY ledger_entries ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = [_pg_type(c) for c in LedgerEntry.__table__.columns]
+_HEAD_SQL = "SELECT seq, entry_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1"
+_BYTEA_OID = 17
 
 
 def stored_entry(row: Any) -> StoredEntry:

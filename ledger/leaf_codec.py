@@ -34,45 +34,63 @@ __all__ = ["SCHEMA_PATH", "FIELD_NAMES", "compile_record", "encode_entry", "enco
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "disclosure.avsc"
 
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
-# Zig-zag varints of 0..N-1: every length and most ints in a leaf are small.
-_SMALL = 1 << 14
+# Varints by table, 14 bits at a time: _UV[z] is the varint of z < 2**14 (1 or 2 bytes),
+# _CONT[x] the two bytes of 14 bits x followed by more (both with the high bit set).
+_UV: tuple[bytes, ...] = tuple(bytes((z,)) for z in range(0x80)) + tuple(
+    bytes(((z & 0x7F) | 0x80, z >> 7)) for z in range(0x80, 1 << 14)
+)
+_CONT: tuple[bytes, ...] = tuple(bytes(((x & 0x7F) | 0x80, (x >> 7) | 0x80)) for x in range(1 << 14))
+# Zig-zag varints of 0.._SMALL-1 (zig-zag of i >= 0 is 2i): every length, and most ints.
+_SMALL = 1 << 13
+_ZZ: tuple[bytes, ...] = _UV[0 : 2 * _SMALL : 2]
+# A fields or subjects tuple's encoding, by value: a ledger repeats a handful of them.
+_ARRAYS: dict[tuple[str, ...], bytes] = {}
+_ARRAYS_KEPT = 4096
 
 
 def encode_long(n: int) -> bytes:
     """Avro int/long: zig-zag, then 7 bits a byte, least significant first."""
+    if not isinstance(n, int):
+        raise TypeError(f"an Avro int or long must be an int, not {type(n).__name__}")
     if not _LONG_MIN <= n <= _LONG_MAX:
         raise OverflowError(f"{n} does not fit an Avro long (64 bits)")
     z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-_ZZ: tuple[bytes, ...] = tuple(encode_long(i) for i in range(_SMALL))
-
-
-def _int_value(v: Any) -> bytes:
-    """The slow path of an int or long (negative, large, or not an int at all)."""
-    if not isinstance(v, int):
-        raise TypeError(f"an Avro int or long must be an int, not {type(v).__name__}")
-    return encode_long(v)
+    if z < 1 << 14:
+        return _UV[z]
+    if z < 1 << 28:
+        return _CONT[z & 0x3FFF] + _UV[z >> 14]
+    if z < 1 << 42:  # milliseconds since 1970 until the year 2248
+        return b"".join((_CONT[z & 0x3FFF], _CONT[(z >> 14) & 0x3FFF], _UV[z >> 28]))
+    out = []
+    while z >= 1 << 14:
+        out.append(_CONT[z & 0x3FFF])
+        z >>= 14
+    out.append(_UV[z])
+    return b"".join(out)
 
 
 def _string_array(items: Iterable[str]) -> bytes:
     """An array of strings as one block: count, each string, then the 0 that ends it."""
     if not items:
         return b"\x00"
-    out = [_int_value(len(items))]  # type: ignore[arg-type]
+    keep = items.__class__ is tuple
+    if keep:
+        hit = _ARRAYS.get(items)  # type: ignore[call-overload]
+        if hit is not None:
+            return hit
+    out = [encode_long(len(items))]  # type: ignore[arg-type]
     for s in items:
         b = s.encode()
         n = len(b)
         out.append(_ZZ[n] if n < _SMALL else encode_long(n))
         out.append(b)
     out.append(b"\x00")
-    return b"".join(out)
+    encoded = b"".join(out)
+    if keep:
+        if len(_ARRAYS) >= _ARRAYS_KEPT:
+            _ARRAYS.clear()
+        _ARRAYS[items] = encoded  # type: ignore[index]
+    return encoded
 
 
 def _enum_error(name: str, symbols: Iterable[str]) -> Callable[[Any], bytes]:
@@ -94,7 +112,7 @@ class _Compiler:
         self.constants: dict[str, Any] = {
             "_ZZ": _ZZ,
             "_SMALL": _SMALL,
-            "_long": _int_value,
+            "_long": encode_long,
             "_string_array": _string_array,
         }
 
