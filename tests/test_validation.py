@@ -318,3 +318,137 @@ def test_size_problem_at_the_limit() -> None:
     assert size_problem(b"x" * 1024, limits) is None
     assert size_problem(b"x" * 1025, limits) == Problem("(record)", "encoded event is 1025 bytes, over the limit of 1024 bytes")
     assert size_problem(b"x" * 524_288) is None and size_problem(b"x" * 524_289) is not None
+
+
+# --------------------------------------------------------------------------- against the old event_problems
+#
+# event_problems now reuses the context of the last (now, limits) and judges plain string
+# fields without a call. The oracle is the record walk and the context as they were,
+# kept here (the leaf rules, _check_*, are unchanged and shared): the same problems in
+# the same order, whatever the record, the clock or the limits, and however calls alternate.
+
+from collections.abc import Mapping  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from schemas import validation as v  # noqa: E402
+from schemas.serde import _join, _resolve, load_schema  # noqa: E402
+from tests.test_serde_fuzz import JSONISH, KEYS, WHEN, record_strategy  # noqa: E402
+
+
+def oracle_compile(schema: Any, names: Any, path: str) -> Any:
+    s = _resolve(schema, names)
+    if isinstance(s, list):
+        branches = [c for c in (oracle_compile(b, names, path) for b in s) if c is not None]
+        if not branches:
+            return None
+        if len(branches) == 1:
+            return branches[0]
+        return lambda value, p, out, ctx: [check(value, p, out, ctx) for check in branches] and None
+    kind = s if isinstance(s, str) else s["type"]
+    if kind == "string":
+        return v._check_string
+    if kind in ("record", "error"):
+        return oracle_compile_record(s, names, path)
+    if kind in ("array", "map"):
+        inner = oracle_compile(s["items"] if kind == "array" else s["values"], names, path)
+        if kind == "array":
+            def array(value: Any, p: str, out: list, ctx: Any) -> None:
+                if inner is not None and isinstance(value, (list, tuple)):
+                    for i, item in enumerate(value):
+                        inner(item, f"{p}[{i}]", out, ctx)
+            return array
+
+        def mapping(value: Any, p: str, out: list, ctx: Any) -> None:
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    where = _join(p, str(key))
+                    v._check_string(key, where, out, ctx)
+                    if inner is not None:
+                        inner(item, where, out, ctx)
+        return mapping
+    return None
+
+
+def oracle_compile_record(s: Any, names: Any, path: str) -> Any:
+    fields = []
+    for f in s["fields"]:
+        name, where = f["name"], _join(path, f["name"])
+        nullable = v._nullable(f["type"], names) or "default" in f
+        if name == "nhs_number":
+            check = v._required(v._check_nhs_number, nullable)
+        elif where == "envelope.event_id":
+            check = v._required(v._check_event_id, nullable)
+        elif name == "date_of_birth":
+            check = v._check_date_of_birth
+        elif where in v.ENVELOPE_TIMESTAMPS:
+            check = v._check_timestamp
+        else:
+            check = oracle_compile(f["type"], names, where)
+        if check is not None:
+            fields.append((name, where, check))
+
+    def record(value: Any, p: str, out: list, ctx: Any) -> None:
+        if not isinstance(value, Mapping):
+            return
+        for name, where, check in fields:
+            check(value.get(name), where if p == path else _join(p, name), out, ctx)
+    return record
+
+
+def oracle_event_problems(event_type: Any, record: Any, now: datetime, limits: Limits = Limits()) -> list[Problem]:
+    try:
+        schema = load_schema(event_type) if isinstance(event_type, str) else None
+    except (FileNotFoundError, ValueError):
+        schema = None
+    if schema is None:
+        return [Problem("(event type)", f"unknown event type {str(event_type)[:40]!r}")]
+    if not isinstance(record, Mapping):
+        return [Problem("(record)", f"expected a record, got {type(record).__name__}")]
+    plan = oracle_compile_record(_resolve(schema, _named_types(schema)), _named_types(schema), "")
+    if now.tzinfo is None or now.utcoffset() is None:
+        now = now.replace(tzinfo=UTC)
+    try:
+        utc = now.astimezone(UTC)
+    except OverflowError:
+        utc = datetime.min.replace(tzinfo=UTC) if now.year < 2 else datetime.max.replace(tzinfo=UTC)
+    top = datetime.max.replace(tzinfo=UTC)
+    ctx = v._Context(
+        now=utc,
+        latest_birth=(utc + v.LATEST_ZONE).date() if utc < top - v.LATEST_ZONE else date.max,
+        today=utc.date(),
+        latest_timestamp=utc + v.FUTURE_TOLERANCE if utc < top - v.FUTURE_TOLERANCE else top,
+        max_string_bytes=limits.max_string_bytes,
+    )
+    out: list[Problem] = []
+    plan(record, "", out, ctx)
+    return out
+
+
+VALIDATION_TYPES = ("custody", "referral", "natal_care")
+SHAPED = st.one_of(*[
+    st.tuples(st.just(t), record_strategy(load_schema(t), dict(_named_types(load_schema(t))))) for t in VALIDATION_TYPES
+])
+ANYTHING = st.tuples(st.sampled_from(VALIDATION_TYPES + ("nope",)), st.dictionaries(KEYS, JSONISH, max_size=6))
+NOWS = st.one_of(st.just(NOW), WHEN, st.datetimes(), st.datetimes(timezones=st.timezones()).map(
+    lambda d: d.replace(fold=1)))
+ORACLE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@ORACLE
+@given(st.lists(st.tuples(st.one_of(SHAPED, ANYTHING), NOWS, st.integers(1, 200)), min_size=1, max_size=4))
+def test_event_problems_are_the_old_ones(calls: list) -> None:
+    """Several calls in a row, so a cached context is reused and replaced as the clock and limits change."""
+    for (event_type, record), now, max_string in calls:
+        limits = Limits(max_string_bytes=max_string)
+        assert event_problems(event_type, record, now, limits) == oracle_event_problems(event_type, record, now, limits)
+        assert event_problems(event_type, record, NOW) == oracle_event_problems(event_type, record, NOW)
+
+
+def test_the_synthetic_events_have_the_old_problems_at_every_clock() -> None:
+    events = build_scenario(n_events=300, seed=4).events
+    for now in (NOW, datetime(1999, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, 12), datetime(9999, 12, 31, 23, tzinfo=UTC)):
+        for e in events:
+            assert event_problems(e.event_type, e.record, now, Limits(max_string_bytes=40)) == oracle_event_problems(
+                e.event_type, e.record, now, Limits(max_string_bytes=40))
