@@ -81,10 +81,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_workers(args.workers, settings.health_port)
     try:
-        return run_processor(settings)
+        code = run_processor(settings)
     except ValueError as exc:  # a setting the processor cannot start without (e.g. ACCORD_PSEUDONYM_KEY)
         print(f"accord run: {exc}", file=sys.stderr)
         return 2
+    if not settings.leave_group_on_stop:
+        # End the process without running the consumer's destructor, which would leave the
+        # group (ACCORD_LEAVE_GROUP_ON_STOP): everything is committed and flushed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -68,7 +69,9 @@ class AdvisoryLease:
                 log.warning("control_lease_lost", reason="its database session ended")
                 self._drop()
         try:
-            conn = psycopg.connect(self.conninfo, autocommit=True, **self.connect_args)
+            # Named, so an operator (and the tests) can see which worker holds it in pg_stat_activity.
+            conn = psycopg.connect(self.conninfo, autocommit=True, application_name=f"accord-control-lease:{os.getpid()}",
+                                   **self.connect_args)
         except psycopg.Error:
             return False  # the database is down: nobody's control plane can do anything
         try:

@@ -749,8 +749,14 @@ class SharingLoop:
             withheld=sum(n for (_, o, _), n in report.outcomes.items() if o == "WITHHELD"),
         )
 
-    def close(self) -> None:
-        closers = [self.consumer.close, self.feed.close] + ([self.lease.release] if self.lease else [])
+    def close(self, leave_group: bool = True) -> None:
+        """Close the feed and the lease; the consumer too (leaving the group) when ``leave_group``.
+
+        Not leaving: the caller keeps the consumer alive until the process ends (its
+        destructor would leave the group), and the group notices after the session timeout.
+        """
+        closers = ([self.consumer.close] if leave_group else []) + [self.feed.close]
+        closers += [self.lease.release] if self.lease else []
         for close in closers:
             try:
                 close()
@@ -858,7 +864,14 @@ def run_processor(settings: Any) -> int:
     try:
         loop.run()
     finally:
-        loop.close()
+        loop.close(leave_group=settings.leave_group_on_stop)
+        if not settings.leave_group_on_stop:
+            LINGERING.append(consumer)  # destroying it would send LeaveGroup; the process exit drops it
         producer.flush(10)
         log.info("processor_stopped")
     return 0
+
+
+# Consumers kept until the process ends without leaving their group (ACCORD_LEAVE_GROUP_ON_STOP);
+# `accord run` ends such a process with os._exit, so no destructor sends LeaveGroup.
+LINGERING: list[Consumer] = []
