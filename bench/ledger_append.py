@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 import uuid
@@ -148,9 +149,8 @@ def read_rows(engine: Engine) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in conn.execute(select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))]
 
 
-def copy_batch(raw: Any, table: str, rows: list[tuple[Any, ...]]) -> float:
-    """Seconds to binary-COPY finished rows into ``table`` and commit."""
-    started = time.perf_counter()
+def copy_batch(raw: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Binary-COPY finished rows into ``table`` and commit, as append's COPY does it."""
     use_c_bytea_dumper(raw.driver_connection)
     cursor = raw.driver_connection.cursor()
     with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
@@ -158,7 +158,41 @@ def copy_batch(raw: Any, table: str, rows: list[tuple[Any, ...]]) -> float:
         for row in rows:
             copy.write_row(row)
     raw.driver_connection.commit()
-    return time.perf_counter() - started
+
+
+def backend_pid(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def on_cpu_ns(pid: int) -> int:
+    """Nanoseconds process ``pid`` has run on a CPU (/proc/PID/schedstat; 0 where unreadable)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass
+class Meter:
+    """Wall time, this thread's CPU time and its PostgreSQL backend's CPU time, over many intervals.
+
+    On a shared machine wall time moves with everyone else's load; CPU time much less, so
+    the two CPU figures say what each side costs, whatever else was running.
+    """
+
+    backend: int
+    wall: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        server, client, wall = on_cpu_ns(self.backend), time.thread_time(), time.perf_counter()
+        yield
+        self.wall += time.perf_counter() - wall
+        self.client_cpu += time.thread_time() - client
+        self.server_cpu += (on_cpu_ns(self.backend) - server) / 1e9
 
 
 def main() -> int:
@@ -182,41 +216,61 @@ def main() -> int:
         fresh_table(db.owner, "raw_indexed", "INCLUDING ALL", db.app)
         fresh_table(db.owner, "raw_plain", "", db.app)
 
-        ledger_s = indexed_s = plain_s = 0.0
-        raw = db.app.raw_connection()
+        # One connection each, so each side's backend is one process whose CPU time can be read.
+        ledger_engine = create_engine(db.app.url, pool_size=1, max_overflow=0)
+        raw_engine = create_engine(db.app.url, pool_size=1, max_overflow=0)
+        ledger, indexed, plain = Meter(backend_pid(ledger_engine)), Meter(0), Meter(0)
+        raw = raw_engine.raw_connection()
         try:
+            indexed.backend = plain.backend = raw.driver_connection.info.backend_pid
             for i, batch in enumerate(batches):
-                started = time.perf_counter()
-                append(db.app, batch)
-                ledger_s += time.perf_counter() - started
                 finished = rows[i * args.batch : (i + 1) * args.batch]
-                indexed_s += copy_batch(raw, "raw_indexed", finished)
-                plain_s += copy_batch(raw, "raw_plain", finished)
+                # Alternate which side goes first, so neither always follows the other's commit.
+                sides = [("ledger", batch), ("indexed", finished), ("plain", finished)]
+                for side, data in sides if i % 2 == 0 else sides[::-1]:
+                    if side == "ledger":
+                        with ledger.measure():
+                            append(ledger_engine, data)
+                    else:
+                        meter = indexed if side == "indexed" else plain
+                        with meter.measure():
+                            copy_batch(raw, f"raw_{side}", data)
         finally:
             raw.close()
+            ledger_engine.dispose()
+            raw_engine.dispose()
 
         same = read_rows(db.app) == rows
         result = verify(db.app)
         role = db.app.url.username
 
     n = args.entries
-    ledger_rate, indexed_rate, plain_rate = n / ledger_s, n / indexed_s, n / plain_s
-    ratio = ledger_rate / indexed_rate
+    rate = {name: n / m.wall for name, m in (("ledger", ledger), ("indexed", indexed), ("plain", plain))}
+    ratio = rate["ledger"] / rate["indexed"]
+
+    def cpu(m: Meter) -> str:
+        return (f"CPU {(m.client_cpu + m.server_cpu) / n * 1e6:5.1f} us/entry "
+                f"(Python {m.client_cpu / n * 1e6:4.1f}, PostgreSQL {m.server_cpu / n * 1e6:4.1f})")
+
+    cpu_ratio = (indexed.client_cpu + indexed.server_cpu) / (ledger.client_cpu + ledger.server_cpu)
     print(f"{n:,} entries, {args.batch:,} per transaction, PostgreSQL ({make_url(url).host}), as app role {role}")
     print(f"ledger.append (lock, head, Avro + 2 x SHA-256, chain, binary COPY in a savepoint): "
-          f"{ledger_rate:,.0f} entries/s ({ledger_s:.2f} s)")
+          f"{rate['ledger']:>8,.0f} entries/s ({ledger.wall:.2f} s); {cpu(ledger)}")
     print(f"raw binary COPY of the same finished rows, same indexes:                        "
-          f"{indexed_rate:,.0f} entries/s ({indexed_s:.2f} s)")
+          f"{rate['indexed']:>8,.0f} entries/s ({indexed.wall:.2f} s); {cpu(indexed)}")
     print(f"raw binary COPY of the same finished rows, no index:                            "
-          f"{plain_rate:,.0f} entries/s ({plain_s:.2f} s)")
-    print(f"ratio ledger.append / raw COPY into the same indexed table: {ratio:.3f}")
-    print(f"same rows as the first append: {'yes' if same else 'NO'}; {result.describe()}")
+          f"{rate['plain']:>8,.0f} entries/s ({plain.wall:.2f} s); {cpu(plain)}")
+    print(f"ratio ledger.append / raw COPY into the same indexed table: {ratio:.3f} (entries/s); "
+          f"{cpu_ratio:.3f} (CPU per entry, inverted)")
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs; "
+          f"same rows as the first append: {'yes' if same else 'NO'}; {result.describe()}")
     print()
-    print(f"| {n:,} entries, {args.batch:,} per transaction | entries/s | vs raw COPY, same indexes |")
-    print("| --- | ---: | ---: |")
-    print(f"| `ledger.append` | {ledger_rate:,.0f} | {ratio:.2f} |")
-    print(f"| raw binary COPY, same indexes | {indexed_rate:,.0f} | 1.00 |")
-    print(f"| raw binary COPY, no index | {plain_rate:,.0f} | {plain_rate / indexed_rate:.2f} |")
+    print(f"| {n:,} entries, {args.batch:,} per transaction | entries/s | vs raw COPY | CPU us/entry (Python + PostgreSQL) |")
+    print("| --- | ---: | ---: | ---: |")
+    for label, key, m in (("`ledger.append`", "ledger", ledger), ("raw binary COPY, same indexes", "indexed", indexed),
+                          ("raw binary COPY, no index", "plain", plain)):
+        print(f"| {label} | {rate[key]:,.0f} | {rate[key] / rate['indexed']:.2f} | "
+              f"{(m.client_cpu + m.server_cpu) / n * 1e6:.1f} ({m.client_cpu / n * 1e6:.1f} + {m.server_cpu / n * 1e6:.1f}) |")
     return 0 if result.ok and same else 1
 
 

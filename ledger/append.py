@@ -39,10 +39,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
-from psycopg import pq
+from psycopg import postgres, pq
 from psycopg.dbapi20 import BinaryBinaryDumper
 from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import (
@@ -91,6 +91,7 @@ _MS = timedelta(milliseconds=1)
 _FIELDS_JSON: dict[tuple[str, ...], str] = {}
 _SUBJECTS_JSON: dict[tuple[str, ...], str] = {}
 _JSON_CACHE = 4096  # entries kept before a cache starts over
+_new_tuple = tuple.__new__  # Appended(seq, id, new) without NamedTuple's keyword handling
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,13 @@ class EntryDraft:
     subjects: tuple[str, ...] = ()  # the event's other subject keys besides subject_key
 
 
-@dataclass(frozen=True)
-class Appended:
+class Appended(NamedTuple):
+    """What append() did with one draft: its seq, and whether this call recorded it.
+
+    A NamedTuple (immutable, compared by value) rather than a dataclass: append makes one
+    per entry, and a tuple is made in a fifth of the time.
+    """
+
     seq: int
     disclosure_id: str
     new: bool
@@ -282,8 +288,9 @@ def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Ap
     A draft whose disclosure_id is already in the ledger, or earlier in the batch, is not
     appended again: it comes back with the existing seq and new=False. A draft the ledger
     must not hold (_check) raises ValueError and nothing of the batch is written. Given an
-    Engine it opens and commits its own writer() transaction; given a Connection it must
-    be one from writer(), and the append commits with that transaction.
+    Engine it opens and commits its own transaction, under the writer lock as writer()
+    takes it; given a Connection it must be one from writer(), and the append commits with
+    that transaction.
     """
     if not drafts:
         return []
@@ -291,47 +298,142 @@ def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Ap
         if target.dialect.name == "postgresql":
             # Re-entrant for the session that holds it; takes it for one that does not.
             target.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-        return _append(target, drafts)
+        if _psycopg(target):
+            return _append_in_writer(target, drafts)
+        return _append_elsewhere(target, drafts)
+    if _psycopg(target):
+        return _append_own_transaction(target, drafts)
     with writer(target) as conn:
-        return _append(conn, drafts)
-
-
-def _append(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:
-    """Under the writer lock, in the writer's transaction (module docstring, "Appending")."""
-    if not (conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"):
         return _append_elsewhere(conn, drafts)
-    cursor = conn.connection.driver_connection.cursor()
-    # 1. the head: the lock's previous holder committed before releasing it, so this is the true head
-    cursor.execute(_HEAD_SQL)
-    head = cursor.fetchone()
-    last_seq, prev = (head[0], head[1]) if head else (0, GENESIS_HASH)
-    # 2. optimistic: no draft in the ledger yet (the batch's own repeats are skipped in
-    # memory); COPY inside a savepoint, which UNIQUE(disclosure_id) aborts if one is.
-    results: list[Appended] = []
-    cursor.execute("SAVEPOINT ledger_append")
+
+
+def _psycopg(target: Engine | Connection) -> bool:
+    return target.dialect.name == "postgresql" and target.dialect.driver == "psycopg"
+
+
+class _AlreadyRecorded(Exception):
+    """The COPY met UNIQUE(disclosure_id): some of the batch is in the ledger already."""
+
+
+def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft]) -> list[Appended]:
+    """append(engine, drafts) on PostgreSQL: writer()'s protocol on the driver connection, three round trips.
+
+    1. BEGIN at READ COMMITTED, take the writer lock, read the head: one round trip (each
+       statement of it has its own snapshot, so the head read sees the previous holder's
+       commit);
+    2. number, chain and COPY the rows (_copy_batch), assuming none is in the ledger;
+    3. COMMIT. If step 2 met UNIQUE(disclosure_id), roll back and do it again, looking
+       the batch's ids up first.
+    """
+    raw = engine.raw_connection()
     try:
+        conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            conn.rollback()
+        autocommit = conn.autocommit
+        conn.autocommit = True  # BEGIN and COMMIT are ours: BEGIN goes with the lock and the head read
         try:
-            _copy(cursor, _rows(drafts, {}, last_seq, prev, results))
-        except psycopg.errors.UniqueViolation as exc:
-            if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
-                raise
-            # 3. some were recorded already (a replay, or another worker deciding the same
-            # events): look the batch's ids up and append only the others. Under the lock
-            # nothing was added since the head read, so this COPY meets no other one.
-            cursor.execute("ROLLBACK TO SAVEPOINT ledger_append")
-            results = []
-            known = _lookup(conn, (d.disclosure_id for d in drafts))
-            _copy(cursor, _rows(drafts, known, last_seq, prev, results))
-    except BaseException:
-        _rollback_to_savepoint(cursor)  # nothing of the batch is written; the caller's transaction stays usable
+            try:
+                return _append_transaction(conn, drafts, look_up=False)
+            except _AlreadyRecorded:
+                return _append_transaction(conn, drafts, look_up=True)
+        finally:
+            conn.autocommit = autocommit
+    finally:
+        raw.close()
+
+
+def _append_transaction(conn: psycopg.Connection[Any], drafts: Sequence[EntryDraft], look_up: bool) -> list[Appended]:
+    cursor = conn.cursor()
+    try:
+        # 1. BEGIN, lock, head
+        cursor.execute(_BEGIN_LOCK_HEAD)
+        cursor.nextset()
+        cursor.nextset()
+        last_seq, prev = _head(cursor)
+        known: dict[str, int] = {}
+        if look_up:
+            cursor.execute(_LOOKUP_SQL, ([d.disclosure_id for d in drafts],))
+            known = dict(cursor.fetchall())
+        # 2. COPY
+        results = _copy_batch(cursor, drafts, last_seq, prev, known)
+        if results is None:
+            if look_up:
+                raise RuntimeError("ledger_entries took a disclosure id from outside the writer lock")
+            cursor.execute("ROLLBACK")
+            raise _AlreadyRecorded  # the caller does it again, looking the ids up
+        # 3. COMMIT
+        cursor.execute("COMMIT")
+    except _AlreadyRecorded:
         raise
-    # 4. done: the rows commit with the caller's (or writer()'s) transaction
+    except BaseException:
+        try:
+            cursor.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # the connection is gone; the error being raised says why
+        raise
+    return results
+
+
+def _append_in_writer(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:
+    """append(connection, drafts): in the caller's writer() transaction, under its lock.
+
+    1. SAVEPOINT and read the head, in one round trip;
+    2. number, chain and COPY the rows (_copy_batch), assuming none is in the ledger;
+    3. if that met UNIQUE(disclosure_id): roll back to the savepoint, look the batch's ids
+       up, and COPY the others; under the lock nothing was added since the head read, so
+       this COPY meets no other one;
+    4. RELEASE the savepoint; the rows commit with the caller's transaction.
+    """
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        # 1.
+        cursor.execute(_SAVEPOINT_HEAD)
+        cursor.nextset()
+        last_seq, prev = _head(cursor)
+        # 2.
+        results = _copy_batch(cursor, drafts, last_seq, prev, {})
+        if results is None:
+            # 3.
+            cursor.execute("ROLLBACK TO SAVEPOINT ledger_append")
+            results = _copy_batch(cursor, drafts, last_seq, prev, _lookup(conn, (d.disclosure_id for d in drafts)))
+            if results is None:
+                raise RuntimeError("ledger_entries took a disclosure id from outside the writer lock")
+    except BaseException:
+        try:
+            cursor.execute("ROLLBACK TO SAVEPOINT ledger_append")  # nothing of the batch is written
+        except psycopg.Error:
+            pass  # the connection is gone; the error being raised says why
+        raise
+    # 4.
     cursor.execute("RELEASE SAVEPOINT ledger_append")
     return results
 
 
+def _head(cursor: psycopg.Cursor[Any]) -> tuple[int, bytes]:
+    """(seq, entry_hash) of the last entry, (0, genesis) for an empty ledger; the lock's
+    previous holder committed before releasing it, so this is the true head."""
+    row = cursor.fetchone()
+    return (int(row[0]), bytes(row[1])) if row else (0, GENESIS_HASH)
+
+
+def _copy_batch(
+    cursor: psycopg.Cursor[Any], drafts: Sequence[EntryDraft], last_seq: int, prev: bytes, known: dict[str, int]
+) -> list[Appended] | None:
+    """COPY the drafts not in ``known`` after (last_seq, prev); None if UNIQUE(disclosure_id)
+    refused one (the transaction, or savepoint, must then be rolled back)."""
+    results: list[Appended] = []
+    try:
+        _copy(cursor, _rows(drafts, known, last_seq, prev, results))
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
+            raise
+        return None
+    return results
+
+
 def _append_elsewhere(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:
-    """SQLite (the demo): look the ids up, then executemany."""
+    """Other drivers (SQLite, for the demo): look the ids up, then executemany, in writer()'s transaction."""
     head = conn.execute(
         select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
     ).first()
@@ -341,13 +443,6 @@ def _append_elsewhere(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Ap
     if rows:
         conn.execute(insert(LedgerEntry), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
     return results
-
-
-def _rollback_to_savepoint(cursor: psycopg.Cursor[Any]) -> None:
-    try:
-        cursor.execute("ROLLBACK TO SAVEPOINT ledger_append")
-    except psycopg.Error:
-        pass  # the connection is gone; the error being raised says why
 
 
 def _copy(cursor: psycopg.Cursor[Any], rows: Iterable[tuple[Any, ...]]) -> None:
@@ -398,7 +493,7 @@ def _rows(
             checked_digest = digest
         seen = known.get(did)
         if seen is not None:
-            results.append(Appended(seen, did, False))
+            results.append(_new_tuple(Appended, (seen, did, False)))
             continue
         dt = d.decided_at
         if dt != cached_dt:  # equal instants: the same stored value
@@ -424,7 +519,7 @@ def _rows(
             prev, h, sha256(b"\x00" + leaf).digest(),
         )
         known[did] = last_seq
-        results.append(Appended(last_seq, did, True))
+        results.append(_new_tuple(Appended, (last_seq, did, True)))
         prev = h
 
 
@@ -463,9 +558,14 @@ if _COLUMNS != (
 ) or FIELD_NAMES != (*_COLUMNS[:-2],):
     raise RuntimeError("ledger_entries' columns or disclosure.avsc's fields changed: update ledger/append.py _rows")
 _COPY_SQL = f"COPY ledger_entries ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-_COPY_TYPES = [_pg_type(c) for c in LedgerEntry.__table__.columns]
+# By oid: set_types looks a name up in the type registry on every COPY.
+_COPY_TYPES = [postgres.types[_pg_type(c)].oid for c in LedgerEntry.__table__.columns]
 _HEAD_SQL = "SELECT seq, entry_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1"
-_BYTEA_OID = 17
+# Several statements in one round trip (no parameters: the simple query protocol).
+_BEGIN_LOCK_HEAD = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY}); {_HEAD_SQL}"
+_SAVEPOINT_HEAD = f"SAVEPOINT ledger_append; {_HEAD_SQL}"
+_LOOKUP_SQL = "SELECT disclosure_id, seq FROM ledger_entries WHERE disclosure_id = ANY(%s)"
+_BYTEA_OID = postgres.types["bytea"].oid
 
 
 def stored_entry(row: Any) -> StoredEntry:

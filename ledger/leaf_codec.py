@@ -114,6 +114,7 @@ class _Compiler:
             "_SMALL": _SMALL,
             "_long": encode_long,
             "_string_array": _string_array,
+            "_memo": _memo,
         }
 
     def constant(self, name: str, value: Any) -> str:
@@ -167,20 +168,55 @@ class _Compiler:
         ], [f"u{i}"]
 
 
-def compile_record(schema: Mapping[str, Any]) -> tuple[Callable[..., bytes], tuple[str, ...]]:
+def _memo(cache: dict[str | None, bytes], value: str | None, encode: Callable[[Any], bytes]) -> bytes:
+    encoded = encode(value)
+    if len(cache) >= _MEMO_KEPT:
+        cache.clear()
+    cache[value] = encoded
+    return encoded
+
+
+_MEMO_KEPT = 4096  # encodings kept per memoised field before its memo starts over
+
+
+def _single(compiler: _Compiler, i: int, schema: Any) -> Callable[[Any], bytes]:
+    """One field's encoder on its own (what a memoised field calls on a miss)."""
+    prelude, parts = compiler.field(i, "v", schema)
+    source = "def encode(v):\n" + "".join(f"    {line}\n" for line in (*prelude, f"return b''.join(({', '.join(parts)},))"))
+    namespace: dict[str, Any] = dict(compiler.constants)
+    exec(compile(source, f"<leaf_codec field {i}>", "exec"), namespace)  # noqa: S102
+    return namespace["encode"]
+
+
+def compile_record(
+    schema: Mapping[str, Any], memo: Iterable[str] = ()
+) -> tuple[Callable[..., bytes], tuple[str, ...]]:
     """(encode, field names): encode(*values in field order) is the record's Avro binary encoding.
 
     Values are given positionally, in the schema's field order; a timestamp-millis field
-    takes integer milliseconds since the epoch.
+    takes integer milliseconds since the epoch. The string (or [null, string]) fields named
+    in ``memo`` keep their values' encodings (up to _MEMO_KEPT each): for fields that
+    repeat from record to record, one dictionary look-up instead of encoding the string.
     """
     if schema.get("type") != "record":
         raise NotImplementedError("only a record schema is compiled")
     names = tuple(f["name"] for f in schema["fields"])
+    memoised = set(memo)
+    if memoised - set(names):
+        raise ValueError(f"no such fields to memoise: {sorted(memoised - set(names))}")
     compiler = _Compiler()
     args = [f"v{i}" for i in range(len(names))]
     body: list[str] = []
     parts: list[str] = []
     for i, (arg, f) in enumerate(zip(args, schema["fields"], strict=True)):
+        if f["name"] in memoised:
+            if f["type"] not in ("string", ["null", "string"]):
+                raise NotImplementedError(f"only string fields are memoised, not {f['name']}")
+            cache = compiler.constant(f"_M{i}", {})
+            single = compiler.constant(f"_S{i}", _single(compiler, i, f["type"]))
+            body += [f"m{i} = {cache}.get({arg})", f"if m{i} is None:", f"    m{i} = _memo({cache}, {arg}, {single})"]
+            parts.append(f"m{i}")
+            continue
         prelude, exprs = compiler.field(i, arg, f["type"])
         body.extend(prelude)
         parts.extend(exprs)
@@ -201,4 +237,7 @@ def _load(path: Path) -> Mapping[str, Any]:
         return json.load(f)
 
 
-encode_entry, FIELD_NAMES = compile_record(_load(SCHEMA_PATH))
+# The decision's context repeats from entry to entry (one agreement, a few recipients);
+# the ids, digests and subject keys rarely do.
+_REPEATING = ("event_type", "provider", "recipient", "agreement_id", "purpose", "legal_basis", "reason", "consent_mode")
+encode_entry, FIELD_NAMES = compile_record(_load(SCHEMA_PATH), memo=_REPEATING)
