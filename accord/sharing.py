@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
+from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -27,7 +28,8 @@ from typing import Any
 from accord.pseudonymise import pseudonymise
 from agreements.model import Agreement, ConsentMode, IdentifierTreatment
 from consent.model import ConsentDecision, ConsentRecord, applicable, version
-from schemas.projection import Projector, project_record, projector
+from schemas.projection import Order, Projector, key_order, projector
+from schemas.serde import load_schema
 
 # Fixed namespace: disclosure ids must be stable across runs and machines (I7).
 DISCLOSURE_NAMESPACE = uuid.UUID("7d1f3c9e-2b4a-5e6f-8a9b-0c1d2e3f4a5b")
@@ -67,14 +69,13 @@ class Decision:
     projected: dict[str, Any] | None  # the record the recipient receives; None when withheld
 
 
-_DISCLOSURE_SHA1 = hashlib.sha1(DISCLOSURE_NAMESPACE.bytes)
+_DISCLOSURE_NS = DISCLOSURE_NAMESPACE.bytes
+_sha1 = hashlib.sha1
 
 
-def _uuid5(prefix: Any, name: bytes) -> str:
-    """``str(uuid.uuid5(namespace, name))`` from a sha1 already fed the namespace's bytes: the same string, a third of the time."""
-    h = prefix.copy()
-    h.update(name)
-    d = bytearray(h.digest()[:16])
+def _uuid5(namespaced: bytes) -> str:
+    """``str(uuid.uuid5(namespace, name))`` given the namespace's bytes + the name's: the same string, a third of the time."""
+    d = bytearray(_sha1(namespaced).digest()[:16])
     d[6] = d[6] & 0x0F | 0x50  # version 5
     d[8] = d[8] & 0x3F | 0x80  # RFC 4122 variant
     x = d.hex()
@@ -82,7 +83,7 @@ def _uuid5(prefix: Any, name: bytes) -> str:
 
 
 def disclosure_id(event_id: str, recipient: str, agreement_id: str, agreement_version: int) -> str:
-    return _uuid5(_DISCLOSURE_SHA1, f"{event_id}|{recipient}|{agreement_id}|{agreement_version}".encode())
+    return _uuid5(_DISCLOSURE_NS + f"{event_id}|{recipient}|{agreement_id}|{agreement_version}".encode())
 
 
 def subject_key(event_type: str, record: dict[str, Any]) -> str:
@@ -114,6 +115,15 @@ def other_subjects(event_type: str, record: dict[str, Any]) -> tuple[str, ...]:
     return ()
 
 
+@lru_cache(maxsize=64)
+def _order_of(event_type: str) -> Order | None:
+    """The key order of the event type's schema, for straight-line projections; None if there is no such schema."""
+    try:
+        return key_order(load_schema(event_type))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
 def projection_for(
     event_type: str,
     record: dict[str, Any],
@@ -127,7 +137,7 @@ def projection_for(
     Used for a new decision and, with the fields its ledger entry recorded, for the
     redelivery of an existing one (I8), so both send the same bytes.
     """
-    projection = project_record(record, list(fields))
+    projection = projector(fields, _order_of(event_type))(record)
     if agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED:
         return pseudonymise(event_type, projection, context.pseudonym_key, recipient)
     return projection
@@ -201,7 +211,7 @@ class Sharing:
                 plan = _Plan(
                     agreement=agreement,
                     fields=None if fields is None else tuple(fields),
-                    project=None if fields is None else projector(fields),
+                    project=None if fields is None else projector(fields, _order_of(event_type)),
                     pseudonymised=agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED,
                     id_suffixes=tuple(
                         (r, f"|{r}|{agreement.id}|{agreement.version}".encode()) for r in agreement.recipients
@@ -259,8 +269,7 @@ class Sharing:
         if key is None:
             key = subject_key(event_type, record)
         consent_version = version(consents)
-        id_prefix = _DISCLOSURE_SHA1.copy()
-        id_prefix.update(event_id.encode())
+        id_prefix = _DISCLOSURE_NS + event_id.encode()
         decisions = []
         for plan in self._plans(provider, event_type, context.today, record):
             agreement = plan.agreement
@@ -282,7 +291,7 @@ class Sharing:
                     )
                 decisions.append(
                     Decision(
-                        disclosure_id=_uuid5(id_prefix, suffix),
+                        disclosure_id=_uuid5(id_prefix + suffix),
                         event_id=event_id,
                         event_type=event_type,
                         provider=provider,

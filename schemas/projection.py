@@ -16,7 +16,7 @@ from typing import Any
 
 import fastavro
 
-__all__ = ["UnknownField", "check_paths", "project_schema", "project_record", "projector"]
+__all__ = ["UnknownField", "check_paths", "key_order", "project_schema", "project_record", "projector"]
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _NAMED = ("record", "error", "enum", "fixed")
@@ -257,14 +257,105 @@ def _compile(tree: _Tree, path: str) -> Projector:
     return project
 
 
+# The key order of a source schema: field name -> the order of the record it holds, if any.
+Order = tuple[tuple[str, "Order | None"], ...]
+
+
+def key_order(parsed_source: Any) -> Order:
+    """The field names of every record level of ``parsed_source``, in schema order (what decode returns)."""
+    names = _named_types(parsed_source)
+
+    def of(record: Mapping[str, Any], seen: frozenset[str]) -> Order:
+        out = []
+        for f in record["fields"]:
+            inner, _ = _record_of(f["type"], names)
+            sub = None if inner is None or inner["name"] in seen else of(inner, seen | {inner["name"]})
+            out.append((f["name"], sub))
+        return tuple(out)
+
+    top = _resolve(parsed_source, names)
+    return of(top, frozenset({top["name"]}))
+
+
+class _NoFast(Exception):
+    """The allow list descends where the order has no record: only the generic projector applies."""
+
+
+class _FastGen:
+    """Straight-line code for records whose every level holds exactly the schema's keys in its order.
+
+    That is every record ``Catalogue.decode`` returns. Any other record (a key
+    missing, added or out of order, a sub-record that is not a dict) is handed
+    whole to the generic projector, so the result, its key order and its errors
+    are the generic projector's in every case.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self.n = 0
+
+    def var(self) -> str:
+        self.n += 1
+        return f"v{self.n}"
+
+    def emit(self, ind: int, line: str) -> None:
+        self.lines.append("    " * ind + line)
+
+    def level(self, tree: _Tree, order: Order, src: str, ind: int) -> str:
+        keys = f"k{len(self.consts)}"
+        self.consts[keys] = tuple(name for name, _ in order)
+        self.emit(ind, f"if {src}.__class__ is not dict or tuple({src}) != {keys}:")
+        self.emit(ind + 1, "return slow(record)")
+        items = []
+        for name, sub_order in order:
+            if name not in tree:
+                continue
+            sub, x = tree[name], self.var()
+            self.emit(ind, f"{x} = {src}[{name!r}]")
+            if sub is WHOLE:
+                self.emit(ind, f"if {x}.__class__ not in SCALARS:")
+                self.emit(ind + 1, f"{x} = copy({x})")
+            else:
+                if sub_order is None:
+                    raise _NoFast
+                self.emit(ind, f"if {x} is not None:")
+                inner = self.level(sub, sub_order, x, ind + 1)
+                self.emit(ind + 1, f"{x} = {inner}")
+            items.append((name, x))
+        out = self.var()
+        self.emit(ind, f"{out} = {{{', '.join(f'{name!r}: {x}' for name, x in items)}}}")
+        return out
+
+
+def _compile_fast(tree: _Tree, order: Order, slow: Projector) -> Projector | None:
+    gen = _FastGen()
+    try:
+        top = gen.level(tree, order, "record", 1)
+    except _NoFast:
+        return None
+    gen.emit(1, f"return {top}")
+    namespace: dict[str, Any] = {"slow": slow, "copy": _copy, "SCALARS": _SCALARS, **gen.consts}
+    source = "\n".join(["def project(record):", *gen.lines])
+    exec(compile(source, "<projection>", "exec"), namespace)  # noqa: S102 - our own generated code
+    return namespace["project"]
+
+
 @lru_cache(maxsize=512)
-def _projector(paths: tuple[str, ...]) -> Projector:
-    return _compile(_tree(paths), "")
+def _projector(paths: tuple[str, ...], order: Order | None = None) -> Projector:
+    generic = _compile(_tree(paths), "")
+    if order is None:
+        return generic
+    return _compile_fast(_tree(paths), order, generic) or generic
 
 
-def projector(paths: Iterable[str]) -> Projector:
-    """``project_record`` for one allow list, compiled once (bounded cache): ``projector(paths)(record)``."""
-    return _projector(tuple(paths))
+def projector(paths: Iterable[str], order: Order | None = None) -> Projector:
+    """``project_record`` for one allow list, compiled once (bounded cache): ``projector(paths)(record)``.
+
+    Given the source schema's ``key_order``, records in that order (every decoded
+    record) take straight-line code; the result is the same either way.
+    """
+    return _projector(tuple(paths), order)
 
 
 def project_record(record: dict[str, Any], paths: list[str]) -> dict[str, Any]:

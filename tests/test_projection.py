@@ -255,3 +255,125 @@ def test_projection_never_leaks_a_leaf_outside_the_subset(subset: set[str], with
     catalogue = Catalogue()
     catalogue.register("p", project_schema(CUSTODY, sorted(subset), NS_CPS))
     assert catalogue.decode(catalogue.encode("p", out))[1] == out
+
+
+# --------------------------------------------------------------------------- compiled projectors against the old one
+#
+# project_record and projector() compile each allow list once; given the schema's key
+# order, records in that order take straight-line code. The oracle is project_record as
+# it was (a tree built per call, a walk of the record's own keys), kept here: every
+# projector must give the same dict, key order and value types included, or the same error.
+
+from collections import OrderedDict  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+
+from schemas.projection import key_order, projector  # noqa: E402
+
+
+def oracle_project_record(record: Any, paths: list[str]) -> dict[str, Any]:
+    root: dict = {}
+    for path in paths:
+        parts = path.split(".")
+        node = root
+        for i, part in enumerate(parts):
+            if part in node and node[part] is None:
+                break
+            if i == len(parts) - 1:
+                node[part] = None
+            else:
+                node = node.setdefault(part, {})
+
+    def copy(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: copy(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [copy(v) for v in value]
+        return value
+
+    def walk(value: Mapping[str, Any], tree: dict, path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, v in value.items():
+            if key not in tree:
+                continue
+            sub = tree[key]
+            if sub is None:
+                out[key] = copy(v)
+            elif v is None:
+                out[key] = None
+            elif isinstance(v, Mapping):
+                out[key] = walk(v, sub, f"{path}{key}.")
+            else:
+                raise ValueError(f"{path}{key}: expected a record or null to project, got {type(v).__name__}")
+        return out
+
+    return walk(record, root, "")
+
+
+def exact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return (type(value).__name__, [(k, exact(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("list", [exact(v) for v in value])
+    return (type(value).__name__, value)
+
+
+def answer(fn: Any) -> Any:
+    try:
+        return exact(fn())
+    except Exception as exc:  # noqa: BLE001 - whatever is raised must be raised alike
+        return (type(exc).__name__, str(exc))
+
+
+BUILDERS = {"custody": custody_record, "referral": referral_record, "natal_care": natal_care_record}
+ORDERS = {t: key_order(load_schema(t)) for t in BUILDERS}
+PATHS = {t: sorted(leaf_paths(BUILDERS[t]())) + sorted({p.split(".")[0] for p in leaf_paths(BUILDERS[t]()) if "." in p})
+         for t in BUILDERS}
+ODD = st.one_of(st.none(), st.integers(), st.text(max_size=4), st.lists(st.integers(), max_size=2),
+                st.just({"line1": "x"}), st.just(OrderedDict(town="y")), st.just(("t",)))
+
+
+@st.composite
+def disturbed(draw: st.DrawFn, event_type: str) -> dict[str, Any]:
+    """A record as decode returns it, or with a key dropped, added, moved, or a value swapped for an odd one."""
+    record = BUILDERS[event_type]()
+    for _ in range(draw(st.integers(0, 2))):
+        target, path = record, draw(st.sampled_from(PATHS[event_type])).split(".")
+        for part in path[:-1]:
+            target = target.get(part) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            continue
+        how = draw(st.sampled_from(["drop", "add", "move", "odd"]))
+        if how == "drop":
+            target.pop(path[-1], None)
+        elif how == "add":
+            target["extra_key"] = draw(ODD)
+        elif how == "move" and path[-1] in target:
+            target[path[-1]] = target.pop(path[-1])
+        else:
+            target[path[-1]] = draw(ODD)
+    return record
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(BUILDERS)), st.data())
+def test_compiled_projectors_are_the_old_projection(event_type: str, data: st.DataObject) -> None:
+    record = data.draw(disturbed(event_type))
+    paths = data.draw(st.lists(st.sampled_from(PATHS[event_type]), min_size=1, max_size=8))
+    expected = answer(lambda: oracle_project_record(record, paths))
+    assert answer(lambda: project_record(record, paths)) == expected
+    assert answer(lambda: projector(paths, ORDERS[event_type])(record)) == expected
+    assert answer(lambda: projector(paths)(record)) == expected
+
+
+def test_a_decoded_record_takes_the_straight_line_path() -> None:
+    """The fast path is what decoded records meet (else the test above would only test the generic one)."""
+    fast = projector(CPS_PATHS, ORDERS["custody"])
+    assert fast is not projector(CPS_PATHS) and fast.__name__ == "project" and "slow" in fast.__globals__
+    record = BUILDERS["custody"]()
+    calls = []
+    fast.__globals__["slow"], slow = (lambda r: calls.append(r) or {}), fast.__globals__["slow"]
+    try:
+        assert exact(fast(record)) == exact(oracle_project_record(record, CPS_PATHS))
+        assert calls == []
+    finally:
+        fast.__globals__["slow"] = slow
