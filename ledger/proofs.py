@@ -150,11 +150,11 @@ def _open_tree(engine: Engine, conn: Connection, checkpoint: StoredCheckpoint) -
         return tiles.TileTree.open(conn, checkpoint.tree_size, checkpoint.root)
 
 
-def _proof(tree: tiles.TileTree, row: Any, note: str) -> InclusionProof:
-    """Steps 3 and 4 for one ledger_entries row."""
-    seq = row.seq
+def _proof(tree: tiles.TileTree, entry: StoredEntry, note: str) -> InclusionProof:
+    """Steps 3 and 4 for one stored entry."""
+    seq = entry.seq
     try:
-        leaf = canonical_bytes(seq, stored_entry(row).draft, bytes(row.prev_hash))
+        leaf = canonical_bytes(seq, entry.draft, entry.prev_hash)
     except Exception as exc:  # undecodable contents were changed
         raise LedgerMismatch(f"entry {seq:,} cannot be encoded ({type(exc).__name__}) (changed)") from exc
     leaf_hash = merkle.leaf_hash(leaf)
@@ -168,6 +168,13 @@ def _proof(tree: tiles.TileTree, row: Any, note: str) -> InclusionProof:
     if not merkle.verify_inclusion(leaf_hash, seq - 1, tree.size, path, tree.signed_root):
         raise LedgerMismatch(f"the proof of entry {seq:,} does not verify against checkpoint {tree.size:,}")
     return InclusionProof(seq, leaf, leaf_hash, tree.size, tree.signed_root, path, note)
+
+
+def _stored(row: Any) -> StoredEntry:
+    try:
+        return stored_entry(row)
+    except Exception as exc:  # a column that no longer decodes was changed
+        raise LedgerMismatch(f"entry {row.seq:,} cannot be read ({type(exc).__name__}) (changed)") from exc
 
 
 def _covering(engine: Engine, checkpoint: StoredCheckpoint | None) -> StoredCheckpoint:
@@ -208,7 +215,7 @@ def prove_entries(
         for i in range(0, len(unique), _IN_CHUNK):
             chunk = unique[i : i + _IN_CHUNK]
             for row in conn.execute(select(t).where(t.c.seq.in_(chunk))):
-                proofs[row.seq] = _proof(tree, row, note)
+                proofs[row.seq] = _proof(tree, _stored(row), note)
     missing = [s for s in wanted if s not in proofs]
     if missing:
         raise LedgerMismatch(f"entry {missing[0]:,} is missing")
@@ -250,7 +257,8 @@ def _range_proofs(
             for row in rows:
                 if row.seq != expected:
                     raise LedgerMismatch(f"entry {expected:,} is missing")
-                yield stored_entry(row), _proof(tree, row, note)
+                entry = _stored(row)
+                yield entry, _proof(tree, entry, note)
                 expected += 1
 
 

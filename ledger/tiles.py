@@ -340,6 +340,7 @@ class TileTree:
         self.rebuilt: list[tuple[int, int]] = []  # tiles that were missing or damaged
         self._edges: dict[int, Tile] = {}
         self._cache: OrderedDict[tuple[int, int], Tile] = OrderedDict()
+        self._above: dict[int, list[bytes]] = {}  # one full level-0 tile's path above it
 
     @classmethod
     def open(cls, conn: Connection, size: int, root: bytes) -> TileTree:
@@ -435,12 +436,31 @@ class TileTree:
         return merkle.node_hash(self.range_root(start, start + k), self.range_root(start + k, end))
 
     def inclusion_proof(self, index: int) -> list[bytes]:
-        """PATH(index, D[size]) of RFC 9162 2.1.3.1, leaf side first."""
+        """PATH(index, D[size]) of RFC 9162 2.1.3.1, leaf side first.
+
+        When the leaf's level-0 tile is full, RFC 9162's recursion reaches that tile's
+        aligned 256 leaves exactly, so the path is the 8 siblings inside the tile, then
+        the siblings above it, which every leaf of the tile shares (kept for the next
+        leaf: an export's neighbours cost 8 look-ups each).
+        """
         if not 0 <= index < self.size:
             raise ValueError(f"index {index} is outside a tree of size {self.size}")
+        block = index >> HEIGHT
+        if block >= self.size >> HEIGHT:  # in the open tile at the right edge
+            return self._path_down(index, 1)[::-1]
+        above = self._above.get(block)
+        if above is None:
+            above = self._path_down(index, WIDTH)[::-1]
+            self._above = {block: above}
+        rows = self.tile(0, block).rows
+        i = index & (WIDTH - 1)
+        return [rows[r][(i >> r) ^ 1] for r in range(HEIGHT)] + above
+
+    def _path_down(self, index: int, stop: int) -> list[bytes]:
+        """The siblings of RFC 9162's PATH from the root down, until a subtree of ``stop`` leaves."""
         siblings: list[bytes] = []
         start, end = 0, self.size
-        while end - start > 1:
+        while end - start > stop:
             k = 1 << ((end - start - 1).bit_length() - 1)
             if index < start + k:
                 siblings.append(self.range_root(start + k, end))
@@ -448,7 +468,9 @@ class TileTree:
             else:
                 siblings.append(self.range_root(start, start + k))
                 start += k
-        return siblings[::-1]
+        if end - start != stop:
+            raise AssertionError(f"leaf {index}'s path did not reach an aligned subtree of {stop}")
+        return siblings
 
     def consistency_proof(self, old_size: int) -> list[bytes]:
         """PROOF(old_size, D[size]) of RFC 9162 2.1.4.1."""
