@@ -186,16 +186,19 @@ class _Plan:
     project: Projector | None
     pseudonymised: bool
     id_suffixes: tuple[tuple[str, bytes], ...]  # (recipient, b"|recipient|agreement id|version")
+    overridden: tuple[Outcome, str | None] | None  # consent_outcome under a NOT_REQUIRED agreement: the same for all
 
 
 class Sharing:
-    """A set of agreements compiled for deciding; immutable, so one may serve every thread.
+    """A set of agreements compiled for deciding; one may serve every thread.
 
     Built once per agreements version (``Sharing.of`` keeps the last few), it
     answers exactly as ``candidate_agreements`` and the decision over the same
     agreements in the same order: the index only skips agreements whose
     providers or event types cannot match, and ``Agreement.exclusion`` still
-    judges every other one.
+    judges every other one (its record-free part once a day). Its one mutable
+    part is that per-day answer: a dict filled as (provider, event type) pairs are
+    met (single item stores, atomic in CPython) and replaced whole when the day changes.
     """
 
     _cache: dict[tuple[int, ...], Sharing] = {}
@@ -216,10 +219,17 @@ class Sharing:
                     id_suffixes=tuple(
                         (r, f"|{r}|{agreement.id}|{agreement.version}".encode()) for r in agreement.recipients
                     ),
+                    overridden=(
+                        (Outcome.DISCLOSED, f"consent overridden: {agreement.gateway}")
+                        if agreement.consent_mode is ConsentMode.NOT_REQUIRED
+                        else None
+                    ),
                 )
                 for provider in dict.fromkeys(agreement.providers):
                     index.setdefault((provider, event_type), []).append(plan)
         self._index: dict[tuple[str, str], tuple[_Plan, ...]] = {k: tuple(v) for k, v in index.items()}
+        # (day, (provider, event type) -> plans in force that day before conditions), replaced whole
+        self._in_force: tuple[date | None, dict[tuple[str, str], tuple[_Plan, ...]]] = (None, {})
 
     @classmethod
     def of(cls, agreements: Iterable[Agreement] | Sharing) -> Sharing:
@@ -248,9 +258,27 @@ class Sharing:
         return [p.agreement for p in self._plans(provider, event_type, today, record)]
 
     def _plans(self, provider: str, event_type: str, today: date, record: dict[str, Any] | None) -> list[_Plan]:
+        """The plans ``Agreement.exclusion`` lets apply to this event.
+
+        What does not depend on the record (provider, type, status, dates: exclusion
+        without a record) is asked once per day and kept; an agreement with conditions
+        is then asked again with the record, which is exclusion's whole answer.
+        """
+        day, in_force = self._in_force
+        if day != today:
+            in_force = {}
+            self._in_force = (today, in_force)
+        key = (provider, event_type)
+        plans = in_force.get(key)
+        if plans is None:
+            plans = in_force[key] = tuple(
+                p for p in self._index.get(key, ()) if p.agreement.exclusion(provider, event_type, today) is None
+            )
+        if record is None:
+            return list(plans)
         return [
-            p for p in self._index.get((provider, event_type), ())
-            if p.agreement.exclusion(provider, event_type, today, record) is None
+            p for p in plans
+            if not p.agreement.conditions or p.agreement.exclusion(provider, event_type, today, record) is None
         ]
 
     def decide(
@@ -277,8 +305,9 @@ class Sharing:
             if fields is None or project is None:
                 raise KeyError(event_type)  # as agreement.fields[event_type] would
             projection: dict[str, Any] | None = None  # one per agreement, shared by its recipients
+            overridden = plan.overridden
             for recipient, suffix in plan.id_suffixes:
-                outcome, reason = consent_outcome(agreement, recipient, consents, context)
+                outcome, reason = overridden or consent_outcome(agreement, recipient, consents, context)
                 disclosed = outcome is Outcome.DISCLOSED
                 projected = None
                 if disclosed:

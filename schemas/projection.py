@@ -11,6 +11,7 @@ schema later is withheld until an agreement names it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -220,8 +221,8 @@ def _copy(value: Any) -> Any:
     return value
 
 
-# Values _copy returns as they are, tested by exact type first (the common case on the hot path).
-_SCALARS = frozenset({str, int, bool, float, bytes, type(None)})
+# Types _copy returns as they are (it copies dicts and lists only), tested by exact type first.
+_SCALARS = frozenset({str, int, bool, float, bytes, type(None), datetime, date, tuple})
 
 Projector = Callable[[Mapping[str, Any]], dict[str, Any]]
 

@@ -373,17 +373,24 @@ def rich_cases(draw: st.DrawFn):
 
 
 
+CONTEXTS = [CONTEXT, Context(NOW, {}, b"another-secret"), Context(datetime(2025, 3, 1, tzinfo=UTC), CLASSES, b"k"),
+            Context(datetime(2026, 12, 31, 23, 59, tzinfo=UTC), CLASSES, b"k")]
+
+
 @settings(max_examples=300, deadline=None)
-@given(rich_cases(), st.sampled_from([CONTEXT, Context(NOW, {}, b"another-secret"), Context(
-    datetime(2025, 3, 1, tzinfo=UTC), CLASSES, b"k")]))
-def test_decide_is_the_old_decision(case, context: Context) -> None:
+@given(rich_cases(), st.lists(st.sampled_from(CONTEXTS), min_size=1, max_size=3))
+def test_decide_is_the_old_decision(case, contexts: list[Context]) -> None:
+    """Contexts in turn, so one compiled set meets several days (its per-day answer is replaced)."""
     event_type, record, found, records = case
-    expected = oracle_decide(event_type, record, found, records, context)
-    assert as_tuples(decide(event_type, record, found, records, context)) == expected
-    sharing = Sharing.of(found)
-    key = subject_key(event_type, record)
-    assert as_tuples(sharing.decide(event_type, record, records, context, key=key)) == expected
-    assert as_tuples(decide(event_type, record, sharing, records, context)) == expected
+    for context in contexts:
+        expected = oracle_decide(event_type, record, found, records, context)
+        assert as_tuples(decide(event_type, record, found, records, context)) == expected
+        sharing = Sharing.of(found)
+        key = subject_key(event_type, record)
+        assert as_tuples(sharing.decide(event_type, record, records, context, key=key)) == expected
+        assert as_tuples(decide(event_type, record, sharing, records, context)) == expected
+        assert sharing.candidates(record["envelope"]["source_agency"], event_type, context.today, record) == [
+            a for a in found if a.exclusion(record["envelope"]["source_agency"], event_type, context.today, record) is None]
 
 
 def test_decide_over_the_scenario_with_the_example_agreements_is_the_old_decision() -> None:
