@@ -2,8 +2,9 @@
 
 The entries are also the leaves of an RFC 9162 Merkle tree (ledger.merkle) whose root is
 signed in checkpoints (ledger.checkpoint, ledger.note); ledger.proofs proves entries
-against them, reading the tree from its stored tiles (ledger.tiles, whose table is
-registered on LedgerBase's metadata by importing it here).
+against them, reading the tree from its stored tiles (ledger.tiles; subject reports
+use ledger.subject_refs, written with them; both tables are registered on
+LedgerBase's metadata by importing them here).
 """
 
 from ledger.append import (
@@ -28,6 +29,7 @@ from ledger.append import (
 )
 from ledger.guard import install_guards
 from ledger.tables import LedgerBase, LedgerCheckpoint, LedgerCosignature, LedgerEntry
+from ledger.subject_refs import LedgerSubjectRef
 from ledger.tiles import LedgerTile
 from ledger.verify import VerifyResult, verify
 
@@ -41,6 +43,7 @@ __all__ = [
     "LedgerCheckpoint",
     "LedgerCosignature",
     "LedgerEntry",
+    "LedgerSubjectRef",
     "LedgerTile",
     "StoredEntry",
     "VerifyResult",

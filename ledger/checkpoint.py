@@ -188,19 +188,20 @@ def _rows_after(conn: Connection, after: int) -> Iterator[Any]:
         result.close()
 
 
-def _recheck(row: Any, expected_seq: int, prev: bytes) -> tuple[bytes, bytes]:
-    """(entry_hash, leaf_hash) of a row after checking it links and hashes as stored."""
+def _recheck(row: Any, expected_seq: int, prev: bytes) -> tuple[bytes, bytes, tuple[str, ...]]:
+    """(entry_hash, leaf_hash, subjects) of a row after checking it links and hashes as stored."""
     if row.seq != expected_seq:
         raise CheckpointRefused(f"entry {expected_seq:,} is missing (seq jumps to {row.seq:,})", expected_seq)
     if bytes(row.prev_hash) != prev:
         raise CheckpointRefused(f"entry {row.seq:,} does not link to the entry before it", row.seq)
     try:
-        h, leaf = entry_hashes(row.seq, stored_entry(row).draft, prev)
+        draft = stored_entry(row).draft
+        h, leaf = entry_hashes(row.seq, draft, prev)
     except Exception as exc:  # undecodable contents were changed
         raise CheckpointRefused(f"entry {row.seq:,} cannot be encoded ({type(exc).__name__})", row.seq) from exc
     if h != bytes(row.entry_hash) or leaf != bytes(row.leaf_hash):
         raise CheckpointRefused(f"entry {row.seq:,} does not hash to its stored hashes", row.seq)
-    return h, leaf
+    return h, leaf, draft.subjects
 
 
 def make_checkpoint(
@@ -222,10 +223,11 @@ def make_checkpoint(
             frontier, prev = _continue_from(conn, last, verifier, origin)
             builder = tiles.TileBuilder.resume(conn, last.tree_size, last.root)  # 2.
         for row in _rows_after(conn, frontier.size):  # 3.
-            prev, leaf = _recheck(row, frontier.size + 1, prev)
+            prev, leaf, subjects = _recheck(row, frontier.size + 1, prev)
             frontier.append(leaf)
             if builder is not None:
                 builder.append(leaf)
+                builder.note_subjects(row.seq, subjects)
                 builder.flush(conn)
         if builder is not None and frontier.size != (last.tree_size if last else 0):
             builder.flush(conn, final=True)
@@ -280,7 +282,7 @@ def _continue_from(
         raise CheckpointRefused(
             f"entry {last.tree_size:,}, covered by checkpoint {last.tree_size:,}, is missing", last.tree_size
         )
-    prev, _leaf = _recheck(head, last.tree_size, bytes(head.prev_hash))
+    prev, _leaf, _subjects = _recheck(head, last.tree_size, bytes(head.prev_hash))
     return frontier, prev
 
 

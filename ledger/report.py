@@ -2,7 +2,9 @@
 
 ``collect`` reads the ledger (the subject's entries, their agreements, inclusion
 proofs against the newest signed checkpoint); ``render_json`` and ``render_html``
-are pure functions of what it returns.
+are pure functions of what it returns. It reads the subject's rows through indexes
+(``subject_key``, ledger/subject_refs.py, ``refers_to``) and O(log N) tile rows per
+proof (ledger/tiles.py), never the whole ledger.
 
 The subject is any subject key the ledger holds (``nhs:``, ``pnc:``, ``local:``;
 schemas.subject_keys, so a bare NHS number works too). An entry is about the
@@ -28,10 +30,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, select
 
 from ledger.append import StoredEntry, stored_entry
+from ledger.subject_refs import LedgerSubjectRef
 from ledger.tables import LedgerEntry
+from ledger.tiles import stored_end
 from schemas.subject_keys import InvalidSubjectKey, normalise
 
 __all__ = [
@@ -58,16 +62,26 @@ def _like_literal(text: str) -> str:
 def subject_entries(engine: Engine, subject_key: str) -> list[StoredEntry]:
     """Every entry about ``subject_key`` (a normalised key), in seq order.
 
-    Main subject or one of ``subjects``: the JSON text is pre-filtered with LIKE
-    on the key as JSON writes it, then checked exactly. Then every entry that
-    refers to one of those (retractions, receipts), whoever it was filed under.
+    Main subject: the ``subject_key`` index. One of ``subjects``: the subject index
+    (ledger/subject_refs.py) for the entries the tiles cover, and for the few after
+    them (newer than the newest checkpoint) the JSON text pre-filtered with LIKE on a
+    ``seq >`` range; every candidate is checked exactly. Then every entry that refers
+    to one of those (retractions, receipts), whoever it was filed under. So the rows
+    read are the subject's own, never the whole ledger's.
     """
     t = LedgerEntry.__table__
     pattern = f"%{_like_literal(json.dumps(subject_key, ensure_ascii=False))}%"
-    stmt = select(t).where(or_(t.c.subject_key == subject_key, t.c.subjects.like(pattern, escape="\\")))
+    refs = LedgerSubjectRef.__table__
     with engine.connect() as conn:
+        indexed = stored_end(conn)
+        queries = (
+            select(t).where(t.c.subject_key == subject_key),
+            select(t).where(t.c.seq.in_(select(refs.c.seq).where(refs.c.subject_key == subject_key))),
+            select(t).where(t.c.seq > indexed, t.c.subjects.like(pattern, escape="\\")),
+        )
         found = {
             e.seq: e
+            for stmt in queries
             for e in map(stored_entry, conn.execute(stmt))
             if e.draft.subject_key == subject_key or subject_key in e.draft.subjects
         }

@@ -30,6 +30,8 @@ checkpoint's signed root), so old leaves are never re-read. A ledger made before
 existed, or a store that is behind, is extended by :func:`ensure` from where its tiles
 end, streaming the ``leaf_hash`` column in bounded memory (one pass, once). Every write
 is ``INSERT ... ON CONFLICT DO NOTHING``: two builders at once write identical rows.
+The subject index (ledger/subject_refs.py) is written in the same transactions, so it
+covers exactly the entries the tiles do.
 
 Reading (:class:`TileTree`). Tiles are derived data and are trusted only once checked
 against the checkpoint's SIGNED root, in this order:
@@ -47,13 +49,15 @@ handing it out, so a damaged tile can cost time, never yield a false proof.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 from sqlalchemy import BigInteger, Connection, Engine, LargeBinary, SmallInteger, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ledger import merkle
+from ledger import merkle, subject_refs
 from ledger.tables import LedgerBase, LedgerEntry
 
 __all__ = [
@@ -193,22 +197,42 @@ def _edge_tiles(conn: Connection, size: int) -> dict[int, Tile] | None:
     return edges
 
 
-def _leaf_hashes(conn: Connection, first: int, end: int) -> Iterator[bytes]:
-    """Stored leaf hashes of leaf indices first..end-1 (seqs first+1..end), in order; TilesMismatch on a gap."""
+def _leaf_rows(conn: Connection, first: int, end: int, *columns: Any) -> Iterator[Any]:
+    """(seq, leaf_hash, *columns) of leaf indices first..end-1 (seqs first+1..end), in order, by keyset.
+
+    TilesMismatch on a gap.
+    """
     expected = first + 1
     while expected <= end:
         rows = conn.execute(
-            select(LedgerEntry.seq, LedgerEntry.leaf_hash)
+            select(LedgerEntry.seq, LedgerEntry.leaf_hash, *columns)
             .where(LedgerEntry.seq >= expected, LedgerEntry.seq <= end)
             .order_by(LedgerEntry.seq).limit(_READ_BATCH)
         ).all()
         if not rows:
             raise TilesMismatch(f"entry {expected:,} is missing")
-        for seq, leaf in rows:
-            if seq != expected:
+        for row in rows:
+            if row.seq != expected:
                 raise TilesMismatch(f"entry {expected:,} is missing")
-            yield bytes(leaf)
+            yield row
             expected += 1
+
+
+def _leaf_hashes(conn: Connection, first: int, end: int) -> Iterator[bytes]:
+    """Stored leaf hashes of leaf indices first..end-1, in order."""
+    for row in _leaf_rows(conn, first, end):
+        yield bytes(row.leaf_hash)
+
+
+def _subjects(text: str) -> list[str]:
+    """An entry's ``subjects`` column (a JSON list); [] if it does not decode (verify names such an entry)."""
+    if text == "[]":
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    return [s for s in value if isinstance(s, str)] if isinstance(value, list) else []
 
 
 # --------------------------------------------------------------------------- writing
@@ -226,6 +250,7 @@ class TileBuilder:
         self.size = size
         self.levels: list[list[bytes]] = [list(row) for row in levels]
         self.closed: list[tuple[int, int, bytes]] = []  # (level, index, hashes) of full tiles
+        self.refs: list[tuple[str, int]] = []  # (subject, seq) for ledger.subject_refs, not yet sent
 
     @classmethod
     def resume(cls, conn: Connection, size: int, root: bytes) -> TileBuilder | None:
@@ -255,6 +280,11 @@ class TileBuilder:
         for h in leaf_hashes:
             self.append(h)
 
+    def note_subjects(self, seq: int, subjects: Sequence[str]) -> None:
+        """The entry's other subjects, for the subject index written with these tiles."""
+        if subjects:
+            self.refs.extend(subject_refs.refs(seq, subjects))
+
     def partials(self) -> list[tuple[int, int, int, bytes]]:
         """(level, index, width, hashes) of the open tiles at the current size."""
         return [
@@ -264,9 +294,11 @@ class TileBuilder:
 
     def flush(self, conn: Connection, *, final: bool = False) -> None:
         """Send the closed tiles (when enough are buffered, or ``final``) and, if final, the open ones."""
-        if final or len(self.closed) >= _FLUSH_TILES:
+        if final or len(self.closed) >= _FLUSH_TILES or len(self.refs) >= _READ_BATCH:
             write_tiles(conn, [(lv, ix, WIDTH, hs) for lv, ix, hs in self.closed])
             self.closed.clear()
+            subject_refs.write_refs(conn, self.refs)
+            self.refs.clear()
         if final:
             write_tiles(conn, self.partials())
 
@@ -303,8 +335,9 @@ def ensure(engine: Engine, size: int) -> bool:
             return True
         builder = _resume_unchecked(conn, end)
         try:
-            for h in _leaf_hashes(conn, builder.size, size):
-                builder.append(h)
+            for row in _leaf_rows(conn, builder.size, size, LedgerEntry.subjects):
+                builder.append(bytes(row.leaf_hash))
+                builder.note_subjects(row.seq, _subjects(row.subjects))
                 builder.flush(conn)
             builder.flush(conn, final=True)
             conn.commit()

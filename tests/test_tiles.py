@@ -154,6 +154,7 @@ def draft(i: int) -> EntryDraft:
         subject_key=f"local:test-agency:S{i % 5_000:05d}",
         decided_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(milliseconds=i),
         event_digest=hashlib.sha256(f"tiles event {i}".encode()).hexdigest(),
+        subjects=(f"local:test-agency:B{i // 10 % 1_000:03d}",) if i % 10 == 0 else (),  # 10 entries each at 100k
     )
 
 
@@ -277,6 +278,26 @@ def test_a_subject_report_reads_log_n_rows_per_entry(big: Engine) -> None:
         )
     # 20 entries, and per entry at most one tile per level (3); the edge tiles once.
     assert seen.total <= 20 + 20 * 3 + 30, seen
+    # Someone named only in other entries' subjects: found through the subject index, not a scan.
+    other = collect(big, "local:test-agency:B042", {})
+    seen = rows.reset()
+    assert [i.seq for i in other.items] == list(range(420, 100_001, 10_000))
+    assert seen.total <= 10 + 10 * 3 + 30, seen
+
+
+def test_subjects_after_the_newest_checkpoint_are_found_too(small: Engine) -> None:
+    """Entries the subject index does not cover yet (no checkpoint since) are matched on a seq range."""
+    grow(small, 760)  # entry 710 names B071: not covered by the index yet (the tiles end at 700)
+    for key, seqs in (("local:test-agency:B071", [710]), ("local:test-agency:B010", [100]),
+                      ("local:test-agency:B070", [700])):
+        report = collect(small, key, {})
+        assert [i.seq for i in report.items] == seqs
+    assert collect(small, "local:test-agency:B071", {}).unproven == 1
+    make_checkpoint(small, SIGNER, ORIGIN)
+    with small.connect() as conn:
+        indexed = conn.execute(text("SELECT seq FROM ledger_subject_refs WHERE subject_key = 'local:test-agency:B071'"))
+        assert [r.seq for r in indexed] == [710]
+    assert collect(small, "local:test-agency:B071", {}).unproven == 0
 
 
 # --- damaged, missing and lazily built tiles ------------------------------------------------------
