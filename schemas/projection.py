@@ -306,7 +306,7 @@ class _FastGen:
     def level(self, tree: _Tree, order: Order, src: str, ind: int) -> str:
         keys = f"k{len(self.consts)}"
         self.consts[keys] = tuple(name for name, _ in order)
-        self.emit(ind, f"if {src}.__class__ is not dict or tuple({src}) != {keys}:")
+        self.emit(ind, f"if type({src}) is not dict or tuple({src}) != {keys}:")
         self.emit(ind + 1, "return slow(record)")
         items = []
         for name, sub_order in order:
@@ -315,7 +315,7 @@ class _FastGen:
             sub, x = tree[name], self.var()
             self.emit(ind, f"{x} = {src}[{name!r}]")
             if sub is WHOLE:
-                self.emit(ind, f"if {x}.__class__ not in SCALARS:")
+                self.emit(ind, f"if type({x}) not in SCALARS:")
                 self.emit(ind + 1, f"{x} = copy({x})")
             else:
                 if sub_order is None:

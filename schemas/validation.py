@@ -185,22 +185,25 @@ def _compile(schema: Any, names: Mapping[str, Any], path: str) -> _Check | None:
     return None
 
 
+def _field_check(f: Mapping[str, Any], names: Mapping[str, Any], path: str) -> tuple[str, str, _Check | None, bool]:
+    """(name, path, check, by type) of one field: a named rule, else what its type needs (by type: True)."""
+    name, where = f["name"], _join(path, f["name"])
+    nullable = _nullable(f["type"], names) or "default" in f
+    if name == "nhs_number":
+        return name, where, _required(_check_nhs_number, nullable), False
+    if where == "envelope.event_id":
+        return name, where, _required(_check_event_id, nullable), False
+    if name == "date_of_birth":
+        return name, where, _check_date_of_birth, False
+    if where in ENVELOPE_TIMESTAMPS:
+        return name, where, _check_timestamp, False
+    return name, where, _compile(f["type"], names, where), True
+
+
 def _compile_record(s: Mapping[str, Any], names: Mapping[str, Any], path: str) -> _Check:
-    fields: list[tuple[str, str, _Check]] = []
+    fields: list[tuple[str, str, _Check | None]] = []
     for f in s["fields"]:
-        name, where = f["name"], _join(path, f["name"])
-        nullable = _nullable(f["type"], names) or "default" in f
-        check: _Check | None
-        if name == "nhs_number":
-            check = _required(_check_nhs_number, nullable)
-        elif where == "envelope.event_id":
-            check = _required(_check_event_id, nullable)
-        elif name == "date_of_birth":
-            check = _check_date_of_birth
-        elif where in ENVELOPE_TIMESTAMPS:
-            check = _check_timestamp
-        else:
-            check = _compile(f["type"], names, where)
+        name, where, check, _ = _field_check(f, names, path)
         if check is not None:
             fields.append((name, where, None if check is _check_string else check))
 
@@ -220,13 +223,76 @@ def _compile_record(s: Mapping[str, Any], names: Mapping[str, Any], path: str) -
     return record
 
 
+def _record_checked_as_such(schema: Any, names: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
+    """The record whose ``_compile_record`` check is all ``_compile(schema)`` amounts to, if it is one."""
+    s = _resolve(schema, names)
+    if isinstance(s, dict) and s.get("type") in ("record", "error"):
+        return s
+    if isinstance(s, list):
+        judged = [b for b in s if _compile(b, names, path) is not None]
+        if len(judged) == 1:
+            return _record_checked_as_such(judged[0], names, path)
+    return None
+
+
+def _generate(top: Mapping[str, Any], names: Mapping[str, Any]) -> _Check:
+    """The top-level record check as straight-line code: ``_compile_record(top, names, "")`` unrolled.
+
+    Each record level outside an array becomes inline code with its paths as
+    constants; anything else (arrays, maps, unions of several kinds, the named
+    rules) is called as ``_compile`` built it. The checks run in the same order
+    with the same paths, so the problems are the same list.
+    """
+    lines: list[str] = []
+    consts: dict[str, Any] = {"Mapping": Mapping, "check_string": _check_string,
+                              "generic": _compile_record(top, names, "")}
+    count = [0]
+
+    def fresh(prefix: str) -> str:
+        count[0] += 1
+        return f"{prefix}{count[0]}"
+
+    def level(s: Mapping[str, Any], path: str, src: str, ind: int) -> None:
+        pad = "    " * ind
+        lines.append(f"{pad}if type({src}) is dict or isinstance({src}, Mapping):")
+        lines.append(f"{pad}    pass")
+        for f in s["fields"]:
+            name, where, check, by_type = _field_check(f, names, path)
+            if check is None:
+                continue
+            x = fresh("v")
+            lines.append(f"{pad}    {x} = {src}.get({name!r})")
+            inner = _record_checked_as_such(f["type"], names, where) if by_type else None
+            if check is _check_string:
+                lines.append(f"{pad}    if isinstance({x}, str) and len({x}) * 4 > limit:")
+                lines.append(f"{pad}        check_string({x}, {where!r}, out, ctx)")
+            elif inner is not None:
+                level(inner, where, x, ind + 1)
+            else:
+                c = fresh("c")
+                consts[c] = check
+                lines.append(f"{pad}    {c}({x}, {where!r}, out, ctx)")
+
+    level(top, "", "value", 1)
+    source = "\n".join([
+        "def check(value, p, out, ctx):",
+        "    if p:",  # event_problems passes ""; any other caller gets the closures
+        "        return generic(value, p, out, ctx)",
+        "    limit = ctx.max_string_bytes",
+        *lines,
+    ])
+    exec(compile(source, "<validation plan>", "exec"), consts)  # noqa: S102 - our own generated code
+    return consts["check"]
+
+
 @lru_cache(maxsize=64)
 def _plan(event_type: str) -> _Check | None:
     try:
         schema = load_schema(event_type)
     except (FileNotFoundError, ValueError):
         return None
-    return _compile_record(_resolve(schema, _named_types(schema)), _named_types(schema), "")
+    names = _named_types(schema)
+    return _generate(_resolve(schema, names), names)
 
 
 def event_problems(

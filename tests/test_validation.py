@@ -452,3 +452,9 @@ def test_the_synthetic_events_have_the_old_problems_at_every_clock() -> None:
         for e in events:
             assert event_problems(e.event_type, e.record, now, Limits(max_string_bytes=40)) == oracle_event_problems(
                 e.event_type, e.record, now, Limits(max_string_bytes=40))
+
+
+def test_the_plans_event_problems_runs_are_the_generated_ones() -> None:
+    """Otherwise the comparison above would only compare the closures with themselves."""
+    for event_type in VALIDATION_TYPES:
+        assert v._plan(event_type).__code__.co_filename == "<validation plan>"
