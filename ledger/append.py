@@ -326,19 +326,23 @@ def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft]) -> lis
        the batch's ids up first.
     """
     raw = engine.raw_connection()
+    conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
     try:
-        conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
         if conn.info.transaction_status != pq.TransactionStatus.IDLE:
             conn.rollback()
         autocommit = conn.autocommit
         conn.autocommit = True  # BEGIN and COMMIT are ours: BEGIN goes with the lock and the head read
         try:
-            try:
-                return _append_transaction(conn, drafts, look_up=False)
-            except _AlreadyRecorded:
-                return _append_transaction(conn, drafts, look_up=True)
+            return _append_transaction(conn, drafts, look_up=False)
+        except _AlreadyRecorded:
+            return _append_transaction(conn, drafts, look_up=True)
         finally:
-            conn.autocommit = autocommit
+            if not conn.closed:
+                conn.autocommit = autocommit
+    except BaseException:
+        if conn.closed or conn.broken:
+            raw.invalidate()  # what SQLAlchemy does for a connection it sees fail: not back into the pool
+        raise
     finally:
         raw.close()
 

@@ -532,3 +532,140 @@ def test_init_refuses_a_table_without_the_new_columns(dialect: str, request: pyt
     assert message.startswith("ledger_entries has no event_digest, subjects columns (it predates event digests)")
     assert "recreate a development database" in message
     engine.dispose()
+
+
+# --------------------------------------------------------------------------- written before the compiled writer
+
+
+def _written_the_old_way(drafts: list[EntryDraft]) -> list[dict[str, object]]:
+    """The rows the ledger wrote before ledger/leaf_codec.py: leaves by fastavro, rows as dicts.
+
+    Written here from schemas/disclosure.avsc alone, as append did it then, so that the
+    test does not lean on the code it checks.
+    """
+    import io
+    import json
+
+    import fastavro
+
+    from ledger.append import SCHEMA_PATH
+
+    schema = fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    epoch, ms = datetime(1970, 1, 1, tzinfo=UTC), timedelta(milliseconds=1)
+    rows, prev = [], GENESIS_HASH
+    for seq, d in enumerate(drafts, 1):
+        at = d.decided_at.astimezone(UTC)
+        at = at.replace(microsecond=at.microsecond - at.microsecond % 1000)
+        record = {**{k: getattr(d, k) for k in (
+            "disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id", "agreement_version",
+            "purpose", "legal_basis", "outcome", "reason", "consent_mode", "consent_version", "subject_key",
+            "refers_to", "event_digest")},
+            "seq": seq, "fields": list(d.fields), "subjects": list(d.subjects), "decided_at": (at - epoch) // ms,
+            "prev_hash": prev}
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, schema, record, strict=True)
+        leaf = buf.getvalue()
+        h = hashlib.sha256(leaf).digest()
+        rows.append({**record, "decided_at": at, "fields": json.dumps(list(d.fields), separators=(",", ":")),
+                     "subjects": json.dumps(list(d.subjects), separators=(",", ":"), ensure_ascii=False),
+                     "entry_hash": h, "leaf_hash": hashlib.sha256(b"\x00" + leaf).digest()})
+        prev = h
+    return rows
+
+
+def _fastavro_hashes(engine: Engine) -> list[tuple[int, bool]]:
+    """(seq, whether fastavro's encoding of the stored columns hashes to the stored hashes), every entry."""
+    import io
+    import json
+
+    import fastavro
+
+    from ledger.append import SCHEMA_PATH
+
+    schema = fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    out = []
+    for e in entries(engine):
+        d = e.draft
+        record = {**{k: getattr(d, k) for k in (
+            "disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id", "agreement_version",
+            "purpose", "legal_basis", "outcome", "reason", "consent_mode", "consent_version", "subject_key",
+            "refers_to", "event_digest")},
+            "seq": e.seq, "fields": list(d.fields), "subjects": list(d.subjects),
+            "decided_at": (d.decided_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1),
+            "prev_hash": e.prev_hash}
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, schema, record, strict=True)
+        leaf = buf.getvalue()
+        out.append((e.seq, hashlib.sha256(leaf).digest() == e.entry_hash
+                    and hashlib.sha256(b"\x00" + leaf).digest() == e.leaf_hash))
+    return out
+
+
+def test_a_ledger_written_by_fastavro_verifies_and_appends_chain_on(ledger_engine: Engine) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from sqlalchemy import insert
+
+    from accord.database import init_database
+    from ledger import LedgerEntry, event_entries, writer
+
+    init_database(ledger_engine)  # `accord ledger verify` wants the whole database there
+    old = [replace(draft(i, "old"), subjects=("local:b\u00e9b\u00e9 1", "nhs:9434765870") if i % 4 == 1 else ())
+           for i in range(1, 31)]
+    old[6] = not_covered(old[6])
+    old[9] = replace(old[9], outcome="RETRACTED", refers_to=old[8].disclosure_id, reason="agreement suspended")
+    old[11] = replace(old[11], outcome="RECEIVED", refers_to=old[10].disclosure_id, reason=None,
+                      decided_at=old[11].decided_at.astimezone(timezone(timedelta(hours=-5))))
+    with ledger_engine.begin() as conn:
+        conn.execute(insert(LedgerEntry), _written_the_old_way(old))
+    result = verify(ledger_engine)
+    assert result.ok and result.entries == 30, result.describe()
+    url = ledger_engine.url.render_as_string(hide_password=False)
+    cli = subprocess.run([sys.executable, "-m", "accord.cli", "ledger", "verify"], capture_output=True, text=True,
+                         env={**os.environ, "ACCORD_LEDGER_URL": url}, timeout=120)
+    assert cli.returncode == 0 and "ledger OK: 30 entries, chain intact" in cli.stdout, cli.stdout + cli.stderr
+
+    # Appends after them: new entries, old ones again (found by the constraint, then looked up), repeats.
+    new = [draft(i, "new") for i in range(1, 21)]
+    out = append(ledger_engine, [new[0], old[3], *new[1:10], old[29], new[1]])
+    assert [(a.seq, a.new) for a in out] == [(31, True), (4, False), *((s, True) for s in range(32, 41)),
+                                             (30, False), (32, False)]
+    with writer(ledger_engine) as conn:
+        again = append(conn, [old[0], *new[10:], new[0]])  # in the caller's transaction: savepoint, look-up
+        assert [(a.seq, a.new) for a in again] == [(1, False), *((s, True) for s in range(41, 51)), (31, False)]
+        assert [e.seq for e in event_entries(conn, [new[19].event_id])[new[19].event_id]] == [50]
+    stored = {e.seq: e for e in entries(ledger_engine)}
+    assert stored[31].prev_hash == stored[30].entry_hash and stored[41].prev_hash == stored[40].entry_hash
+    assert [stored[s].draft for s in range(31, 51)] == new
+    result = verify(ledger_engine)
+    assert result.ok and result.entries == 50, result.describe()
+    # fastavro's bytes of every stored entry, old and new, hash to what is stored.
+    assert _fastavro_hashes(ledger_engine) == [(s, True) for s in range(1, 51)]
+    cli = subprocess.run([sys.executable, "-m", "accord.cli", "ledger", "verify"], capture_output=True, text=True,
+                         env={**os.environ, "ACCORD_LEDGER_URL": url}, timeout=120)
+    assert cli.returncode == 0 and "ledger OK: 50 entries, chain intact" in cli.stdout, cli.stdout + cli.stderr
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_a_refused_draft_mid_batch_writes_nothing_and_leaves_the_writer_usable(
+    dialect: str, request: pytest.FixtureRequest
+) -> None:
+    from ledger import writer
+
+    engine: Engine = request.getfixturevalue("ledger_engine" if dialect == "postgresql" else "sqlite_engine")
+    append(engine, [draft(1)])
+    bad = [draft(i) for i in range(2, 900)] + [replace(draft(900), event_digest="not hex" * 9)]
+    with pytest.raises(ValueError, match="event_digest"):
+        append(engine, bad)
+    naive = replace(draft(901), decided_at=datetime(2025, 1, 1))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        append(engine, [draft(2), naive])
+    with writer(engine) as conn:
+        with pytest.raises(ValueError, match="outcome"):
+            append(conn, [draft(2), replace(draft(3), outcome="LOST")])
+        [ok] = append(conn, [draft(2)])  # the same transaction goes on
+        assert (ok.seq, ok.new) == (2, True)
+    assert count(engine) == 2
+    assert verify(engine).ok

@@ -109,3 +109,99 @@ def test_two_processors_append_without_gaps_or_duplicates(two_processors: tuple[
     # Every event the processors decided on is in the ledger once per recipient, however the
     # group rebalanced while the second processor joined (replays append nothing twice).
     assert sum(_appended(log) for log in logs) == n
+
+
+# --------------------------------------------------------------------------- two writers, the same decisions
+
+
+def _decision(i: int) -> "EntryDraft":
+    import hashlib
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from ledger import EntryDraft
+
+    return EntryDraft(
+        disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"race:{i}")), event_id=f"evt-race-{i // 2}",
+        event_type="custody", provider="synthetic-force", recipient=f"partner-{i % 3}", agreement_id="agr-race",
+        agreement_version=1, purpose="p", legal_basis="l", outcome="DISCLOSED", reason=None, fields=("a.b",),
+        consent_mode="opt-out", consent_version=0, subject_key=f"local:race:{i % 17}",
+        decided_at=datetime(2026, 2, 1, tzinfo=UTC) + timedelta(milliseconds=i),
+        event_digest=hashlib.sha256(f"race event {i // 2}".encode()).hexdigest(),
+    )
+
+
+@pytest.mark.parametrize("paths", [("engine", "engine"), ("engine", "writer")])
+def test_two_writers_appending_the_same_decisions_record_each_once(pg_engine, paths: tuple[str, str]) -> None:  # noqa: ANN001
+    """I7 under two writers deciding the same events (a rebalance): each disclosure id once, one seq, one new=True.
+
+    Each thread appends overlapping batches of the same 1,200 decisions in its own order, so
+    most batches meet ids the other has just recorded: the COPY meets UNIQUE(disclosure_id),
+    and the batch is redone with a look-up (in a writer() transaction: from a savepoint).
+    """
+    import threading
+
+    from ledger import append, count, init_ledger, writer
+
+    init_ledger(pg_engine)
+    decisions = [_decision(i) for i in range(1200)]
+    forward = [decisions[i : i + 60] for i in range(0, 1200, 40)]  # overlapping windows
+    backward = [list(reversed(b)) for b in reversed(forward)]
+    seen: dict[str, list[tuple[str, int, bool]]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def worker(name: str, path: str, batches: list) -> None:  # noqa: ANN001
+        try:
+            start.wait()
+            for batch in batches:
+                if path == "writer":
+                    with writer(pg_engine) as conn:
+                        out = append(conn, batch)
+                else:
+                    out = append(pg_engine, batch)
+                assert [a.disclosure_id for a in out] == [d.disclosure_id for d in batch]
+                for a in out:
+                    seen.setdefault(a.disclosure_id, []).append((name, a.seq, a.new))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=("a", paths[0], forward)),
+               threading.Thread(target=worker, args=("b", paths[1], backward))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count(pg_engine) == 1200
+    with pg_engine.connect() as conn:
+        stored = dict(conn.execute(select(LedgerEntry.disclosure_id, LedgerEntry.seq)).all())
+    assert sorted(stored.values()) == list(range(1, 1201))
+    for did, sightings in seen.items():
+        assert {seq for _, seq, _ in sightings} == {stored[did]}, did  # everyone was told the one seq
+        assert sum(new for _, _, new in sightings) == 1, did  # and exactly one append recorded it
+    result = verify(pg_engine)
+    assert result.ok and result.entries == 1200, result.describe()
+
+
+def test_the_database_refuses_a_second_entry_for_a_disclosure_id(pg_engine) -> None:  # noqa: ANN001
+    """The mechanism behind I7 is the database's, not only append's: UNIQUE(disclosure_id)."""
+    from dataclasses import replace
+
+    from sqlalchemy.exc import IntegrityError
+
+    from ledger import append, init_ledger
+    from ledger.append import _rows
+    from ledger.tables import DISCLOSURE_ID_UNIQUE
+
+    init_ledger(pg_engine)
+    [first] = append(pg_engine, [_decision(1)])
+    # A writer that skips append's look-up: the next row, chained right, reusing the id.
+    with pg_engine.connect() as conn:
+        head = conn.execute(select(LedgerEntry.entry_hash).where(LedgerEntry.seq == first.seq)).scalar_one()
+    [row] = _rows([replace(_decision(2), disclosure_id=_decision(1).disclosure_id)], {}, first.seq, head, [])
+    columns = [c.name for c in LedgerEntry.__table__.columns]
+    with pytest.raises(IntegrityError, match=DISCLOSURE_ID_UNIQUE):
+        with pg_engine.begin() as conn:
+            conn.execute(LedgerEntry.__table__.insert(), [dict(zip(columns, row, strict=True))])
+    assert verify(pg_engine).entries == 1
