@@ -26,6 +26,7 @@ import base64
 import csv
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -229,38 +230,49 @@ def _consistency_problem(
     return None
 
 
-def _parse(text: str) -> tuple[str | None, list[dict[str, Any]], list[dict[str, Any]]]:
-    """(checkpoint note, entries with typed values, consistency proofs) from a jsonl or csv export."""
-    note = None
-    consistency: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    if text.startswith("{"):
-        for line in text.splitlines():
-            obj = json.loads(line)
-            if obj.get("type") == "header":
-                note = obj["checkpoint"]
-                consistency = obj.get("consistency") or []
-            elif obj.get("type") == "entry":
-                missing = [c for c in COLUMNS if c not in obj]
-                if missing:
-                    raise KeyError(missing[0])
-                rows.append(obj)
-        return note, rows, consistency
-    for rec in csv.DictReader(io.StringIO(text)):
-        if rec.get("checkpoint"):
-            note = note or rec["checkpoint"]
-        if rec.get("consistency"):
-            consistency = consistency or json.loads(rec["consistency"])
-        row: dict[str, Any] = {c: rec[c] for c in COLUMNS}
-        for c in ("seq", "agreement_version", "consent_version"):
-            row[c] = int(row[c])
-        for c in ("reason", "refers_to"):
-            row[c] = row[c] or None
-        row["fields"] = json.loads(row["fields"])
-        row["subjects"] = json.loads(row["subjects"])
-        row["proof"] = row["proof"].split() if row["proof"] else []
-        rows.append(row)
-    return note, rows, consistency
+def _records(lines: Iterator[str]) -> tuple[str | None, list[dict[str, Any]], Iterator[dict[str, Any]]]:
+    """(checkpoint note, consistency proofs, entries with typed values) of a jsonl or csv export.
+
+    Reads the header (jsonl) or first row (csv) now and the entries lazily, so a file of
+    any size is checked in bounded memory. KeyError, ValueError or TypeError (now or
+    while iterating) for a missing column or a line that does not parse.
+    """
+    first = next(lines, "")
+    if first.startswith("{"):
+        header = json.loads(first)
+        if header.get("type") != "header":  # the header line comes first, as render_jsonl writes it
+            return None, [], _jsonl_entries(itertools.chain([first], lines))
+        return header["checkpoint"], header.get("consistency") or [], _jsonl_entries(lines)
+    reader = csv.DictReader(itertools.chain([first], lines))
+    head = next(reader, None)
+    if head is None:
+        return None, [], iter(())
+    consistency = json.loads(head["consistency"]) if head.get("consistency") else []
+    return head.get("checkpoint") or None, consistency, map(_csv_entry, itertools.chain([head], reader))
+
+
+def _jsonl_entries(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if not line.strip():
+            continue
+        obj = json.loads(line)
+        if obj.get("type") == "entry":
+            missing = [c for c in COLUMNS if c not in obj]
+            if missing:
+                raise KeyError(missing[0])
+            yield obj
+
+
+def _csv_entry(rec: dict[str, str]) -> dict[str, Any]:
+    row: dict[str, Any] = {c: rec[c] for c in COLUMNS}
+    for c in ("seq", "agreement_version", "consent_version"):
+        row[c] = int(row[c])
+    for c in ("reason", "refers_to"):
+        row[c] = row[c] or None
+    row["fields"] = json.loads(row["fields"])
+    row["subjects"] = json.loads(row["subjects"])
+    row["proof"] = row["proof"].split() if row["proof"] else []
+    return row
 
 
 @lru_cache(maxsize=1)
@@ -287,21 +299,34 @@ def _decoded_matches(row: dict[str, Any], leaf: bytes) -> str | None:
     return None
 
 
-def verify_export(text: str, verifier: NoteVerifier | None = None, origin: str | None = None) -> ExportCheck:
-    """Re-check an export from its text alone (no database)."""
+def verify_export(
+    source: str | Iterable[str], verifier: NoteVerifier | None = None, origin: str | None = None
+) -> ExportCheck:
+    """Re-check an export from its text alone (no database).
+
+    ``source``: the file's text, or its lines (an open text file, read with
+    ``newline=""`` for csv): then it is checked as it is read, in bounded memory.
+    """
+    lines = iter(io.StringIO(source, newline="") if isinstance(source, str) else source)
     try:
-        note, rows, consistency = _parse(text)
+        return _verify(lines, verifier, origin)
     except (KeyError, ValueError, TypeError) as exc:  # a missing column, a damaged line: a finding
         what = f"column {exc} is missing" if isinstance(exc, KeyError) else f"a line does not parse ({type(exc).__name__})"
         return ExportCheck(False, 0, None, verifier is not None,
                            [f"not an {EXPORT_FORMAT} file: {what}"])
-    check = ExportCheck(False, len(rows), None, verifier is not None)
+
+
+def _verify(lines: Iterator[str], verifier: NoteVerifier | None, origin: str | None) -> ExportCheck:
+    note, consistency, rows = _records(lines)
+    check = ExportCheck(False, 0, None, verifier is not None)
     if note is None:
+        check.entries = sum(1 for _ in rows)
         check.problems.append("no checkpoint note in the export")
         return check
     try:
         body = _note_body(note, verifier, origin)
     except NoteError as exc:
+        check.entries = sum(1 for _ in rows)
         check.problems.append(f"checkpoint: {exc}")
         return check
     check.tree_size = body.tree_size
@@ -313,6 +338,7 @@ def verify_export(text: str, verifier: NoteVerifier | None = None, origin: str |
             check.consistent_with.append(int(c["old_size"]))
     prev_seq, prev_hash = None, None
     for row in rows:
+        check.entries += 1
         seq = row["seq"]
         where = f"entry {seq:,}"
         try:

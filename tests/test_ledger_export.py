@@ -46,6 +46,9 @@ def test_export_verifies_offline(role_db: RoleDatabase, signed: NoteSigner, fmt:
     assert "21 entries" in result.describe() and "signature verified" in result.describe()
     unsigned = verify_export(text)
     assert unsigned.ok and "NOT checked" in unsigned.describe()
+    with path.open(encoding="utf-8", newline="") as lines:  # read as it is checked: any size, bounded memory
+        streamed = verify_export(lines, signed.verifier, ORIGIN)
+    assert (streamed.ok, streamed.entries, streamed.tree_size) == (True, 21, 30)
 
 
 def _jsonl(role_db: RoleDatabase) -> list[dict]:
