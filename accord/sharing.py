@@ -318,22 +318,13 @@ class Sharing:
                         if plan.pseudonymised
                         else projection
                     )
-                decisions.append(
-                    Decision(
-                        disclosure_id=_uuid5(id_prefix + suffix),
-                        event_id=event_id,
-                        event_type=event_type,
-                        provider=provider,
-                        recipient=recipient,
-                        agreement=agreement,
-                        outcome=outcome,
-                        reason=reason,
-                        fields=fields if disclosed else (),
-                        consent_version=consent_version,
-                        subject_key=key,
-                        projected=projected,
-                    )
-                )
+                # Positional, in Decision's field order (a quarter cheaper than keywords on this path):
+                # disclosure_id, event_id, event_type, provider, recipient, agreement, outcome, reason,
+                # fields, consent_version, subject_key, projected.
+                decisions.append(Decision(
+                    _uuid5(id_prefix + suffix), event_id, event_type, provider, recipient, agreement, outcome,
+                    reason, fields if disclosed else (), consent_version, key, projected,
+                ))
         return decisions
 
 
