@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import cycle
 from typing import Any
@@ -35,6 +35,7 @@ from sqlalchemy import Engine, text
 
 from accord import kafka
 from accord.settings import Settings
+from bench.cpu import CpuMeter, Usage
 from ledger import init_ledger
 from schemas.serde import Catalogue
 
@@ -43,6 +44,7 @@ from schemas.serde import Catalogue
 class Timed:
     events: int
     seconds: float
+    cpu: Usage | None = None
 
     @property
     def rate(self) -> float:
@@ -67,26 +69,41 @@ def _produce(producer: Any, topic: str, key: bytes | None, value: bytes | None,
             producer.poll(0.05)
 
 
-def raw_copy(settings: Settings, topics: list[str], out_topic: str, total: int, batch_size: int) -> Timed:
-    """Consume every record and produce its bytes unchanged."""
+def raw_copy(settings: Settings, ends: Mapping[tuple[str, int], int], out_topic: str, batch_size: int,
+             min_seconds: float = 2.0, min_passes: int = 3,
+             cpu_groups: dict[str, Callable[[], list[int]]] | None = None) -> Timed:
+    """Consume every record and produce its bytes unchanged, in passes over the backlog.
+
+    One pass of 40,000 records takes a fraction of a second, too short to time, so the
+    partitions are assigned from offset 0 again until ``min_seconds`` of passes are timed;
+    each pass is timed from the end of its first batch, like everything else here.
+    """
     consumer = kafka.consumer(settings, f"{settings.topic_prefix}raw-{uuid.uuid4().hex[:6]}")
     producer = kafka.producer(settings)
-    consumer.subscribe(topics)
-    seen, first, started = 0, 0, 0.0
+    total = sum(ends.values())
+    timed_events, timed_seconds, passes = 0, 0.0, 0
+    meter = CpuMeter(cpu_groups or {})  # over every pass, gaps included: CPU per event, not per second
+    meter.start(time.perf_counter())
     try:
-        while seen < total:
-            msgs = consumer.consume(batch_size, timeout=1.0)
-            for msg in msgs:
-                if msg.error():
-                    continue
-                _produce(producer, out_topic, msg.key(), msg.value())
-                seen += 1
-            producer.poll(0)
-            if msgs and not started:
-                first, started = seen, time.perf_counter()
-        producer.flush(60)
-        consumer.commit(asynchronous=False)
-        return Timed(total - first, time.perf_counter() - started)
+        while passes < min_passes or timed_seconds < min_seconds:
+            consumer.assign([TopicPartition(t, p, 0) for (t, p) in ends])
+            seen, first, started = 0, 0, 0.0
+            while seen < total:
+                msgs = consumer.consume(batch_size, timeout=1.0)
+                for msg in msgs:
+                    if msg.error():
+                        continue
+                    _produce(producer, out_topic, msg.key(), msg.value())
+                    seen += 1
+                producer.poll(0)
+                if msgs and not started:
+                    first, started = seen, time.perf_counter()
+            producer.flush(60)
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
+            timed_events += total - first
+            timed_seconds += time.perf_counter() - started
+            passes += 1
+        return Timed(timed_events, timed_seconds, meter.stop(time.perf_counter(), passes * total))
     finally:
         consumer.close()
 
@@ -116,6 +133,7 @@ def io_floor(
     rows: Sequence[tuple],
     batch_size: int,
     batch_window_s: float,
+    cpu_groups: dict[str, Callable[[], list[int]]] | None = None,
 ) -> tuple[Timed, int, int]:
     """Decode, COPY and produce as the pipeline's I/O does; (timing, rows copied, records produced)."""
     init_ledger(engine)  # only so that the plain table can copy the ledger's columns
@@ -135,6 +153,9 @@ def io_floor(
     copy_sql = f"COPY floor_entries ({', '.join(columns)}) FROM STDIN"
     raw = engine.raw_connection()
     pg = raw.driver_connection
+    backend = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
+    pg.commit()
+    meter = CpuMeter({**(cpu_groups or {}), "postgres": lambda: [backend]})
     seen, copied, produced, first, started = 0, 0, 0, 0, 0.0
     try:
         while seen < total:
@@ -168,7 +189,9 @@ def io_floor(
             seen += len(msgs)
             if not started:
                 first, started = seen, time.perf_counter()
-        return Timed(total - first, time.perf_counter() - started), copied, produced
+                meter.start(started)
+        now = time.perf_counter()
+        return Timed(total - first, now - started, meter.stop(now, total - first)), copied, produced
     finally:
         raw.close()
         consumer.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message
@@ -73,12 +73,11 @@ class PartnerClock:
         self.thread.start()
 
     def _run(self) -> None:
+        # poll() returns as soon as a record is there (consume(n) would wait to fill n).
         while not self.stopping:
-            msgs = self.consumer.consume(1000, timeout=0.05)
-            now = time.monotonic_ns()
-            for m in msgs:
-                if m.error() is None and m.key() is not None:
-                    self.arrived.setdefault(m.key(), now)
+            m = self.consumer.poll(0.05)
+            if m is not None and m.error() is None and m.key() is not None:
+                self.arrived.setdefault(m.key(), time.monotonic_ns())
 
     def count(self) -> int:
         return len(self.arrived)
@@ -135,6 +134,7 @@ def measure(
     events: Sequence[Encoded],
     loads: Sequence[tuple[float, float]],
     warmup: int = 300,
+    progress: Callable[[str], None] = print,
 ) -> list[Stage]:
     """Steps 1-4 for ``loads`` as (events/s, seconds); the processor(s) must be running and settled."""
     clock = PartnerClock(settings, partner_topics)
@@ -162,6 +162,8 @@ def measure(
                 time.sleep(0.2)
             if not is_warmup:
                 stages.append((load, achieved, [e.event_id for e in chunk]))
+                progress(f"  {load:,.0f}/s for {seconds:.0f} s published and drained; "
+                         f"{clock.count():,} partner records received so far")
         # 4.
         with ledger.connect() as conn:
             event_of = {d.encode(): e for d, e in conn.execute(

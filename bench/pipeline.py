@@ -55,6 +55,8 @@ from accord.topics import EVENT_PARTITIONS, EVENT_TYPES, TopicNames, TopicSpec  
 from bench import backlog, baselines, latency  # noqa: E402
 from bench.baselines import PerEvent  # noqa: E402
 from bench.roles import role_database, scratch_schema  # noqa: E402
+from bench.cpu import CpuMeter, Usage  # noqa: E402
+from bench.pg_waits import PgWaits  # noqa: E402
 from bench.workers import Drained, Workers, drain_backlog, processor_env  # noqa: E402
 from ledger import LedgerEntry  # noqa: E402
 
@@ -68,7 +70,16 @@ class Run:
     label: str
     rate: float | None = None
     detail: str = ""
+    cpu: Usage | None = None
     failure: str | None = None
+
+    def cost(self) -> str:
+        """CPU per event, µs: the Python side (processor or bench), PostgreSQL, the broker."""
+        if self.cpu is None:
+            return "-"
+        python = self.cpu.per_event_us("processor") or self.cpu.per_event_us("bench")
+        parts = [python, self.cpu.per_event_us("postgres"), self.cpu.per_event_us("broker")]
+        return " / ".join("-" if p is None else f"{p:.0f}" for p in parts)
 
 
 @dataclass
@@ -104,6 +115,7 @@ class Bench:
         self.events = events
         self.backlog = events[:n_backlog]
         self.pseudonym_key = os.environ.get("ACCORD_PSEUDONYM_KEY") or secrets.token_hex(32)
+        self.broker_pid: int | None = None
 
     def fresh(self, name: str) -> Settings:
         """Settings of one run: its own prefix, group and state folder."""
@@ -128,26 +140,44 @@ class Bench:
         return ends
 
     @contextmanager
-    def ledger(self, settings: Settings, backend: str) -> Iterator[tuple[str, Engine]]:
-        """(the URL the processor connects with, an engine the bench reads the results through)."""
+    def ledger(self, settings: Settings, backend: str) -> Iterator[tuple[str, Engine, Callable[[], list[int]],
+                                                                         PgWaits | None]]:
+        """(the URL the processor connects with, an engine the bench reads results through, its server
+        pids, a sampler of its sessions)."""
         if backend == "postgresql":
             with role_database() as db:
-                yield db.app_url, db.admin
+                def backends() -> list[int]:
+                    with db.admin.connect() as conn:
+                        return [int(p) for p in conn.execute(
+                            text("SELECT pid FROM pg_stat_activity WHERE usename = :r"), {"r": db.app_role}).scalars()]
+                yield db.app_url, db.admin, backends, PgWaits(db.admin, db.app_role)
         else:
             url = f"sqlite:///{settings.state_dir / 'ledger.db'}"
             engine = create_engine(url)
             try:
-                yield url, engine
+                yield url, engine, list, None
             finally:
                 engine.dispose()
+
+    def cpu_groups(self) -> dict[str, Callable[[], list[int]]]:
+        groups: dict[str, Callable[[], list[int]]] = {"bench": lambda: [os.getpid()]}
+        if self.broker_pid is not None:
+            groups["broker"] = lambda: [self.broker_pid]
+        return groups
+
+    def meter(self, workers: Workers, database: Callable[[], list[int]]) -> CpuMeter:
+        groups: dict[str, Callable[[], list[int]]] = {"processor": workers.pids}
+        if database is not list:
+            groups["postgres"] = database
+        return CpuMeter({**groups, **self.cpu_groups()})
 
     def pipeline(self, backend: str, workers: int,
                  keep: Callable[[Engine], None] | None = None) -> tuple[Drained, LedgerShape, str]:
         settings = self.fresh(f"{backend[:2]}{workers}")
         ends = self.publish_backlog(settings)
-        with self.ledger(settings, backend) as (url, engine):
+        with self.ledger(settings, backend) as (url, engine, database, waits):
             with Workers(workers, processor_env(settings, url), settings.state_dir, "processor") as group:
-                drained = drain_backlog(settings, group, ends)
+                drained = drain_backlog(settings, group, ends, meter=self.meter(group, database), waits=waits)
                 how = group.description
                 rebalances = group.count("partitions_revoked")
             shape = ledger_shape(engine)
@@ -156,7 +186,8 @@ class Bench:
         if sum(shape.events.values()) != len(self.backlog):
             raise RuntimeError(f"the ledger records {sum(shape.events.values())} events of {len(self.backlog)}")
         detail = (f"{how}; timed {drained.events:,} events in {drained.seconds:.1f} s "
-                  f"({drained.before_window:,} committed before the group settled; {rebalances} revocations)")
+                  f"({drained.before_window:,} committed before the group settled; {rebalances} revocations)"
+                  + (f"\n    {drained.waits}" if drained.waits else ""))
         return drained, shape, detail
 
     def latency(self, workers: int, loads: list[tuple[float, float]]) -> list[latency.Stage]:
@@ -167,7 +198,7 @@ class Bench:
             with Workers(workers, processor_env(settings, db.app_url), settings.state_dir, "processor") as group:
                 group.wait_settled()
                 group.check_alive()
-                return latency.measure(settings, db.admin, partner_topics, self.events, loads)
+                return latency.measure(settings, db.admin, partner_topics, self.events, loads, progress=log)
 
 
 def free_port() -> int:
@@ -216,25 +247,28 @@ def main() -> int:
         log(f"encoded {len(events):,} synthetic events in {time.perf_counter() - started:.1f} s; "
             f"{args.events:,} per throughput run")
         bench = Bench(base, root, events, args.events)
+        if ours:
+            bench.broker_pid = devstack.status(broker).pid
         runs: dict[str, Run] = {}
 
-        def attempt(key: str, label: str, fn: Callable[[], tuple[float, str]]) -> None:
-            log(f"{label} ...")
+        def attempt(key: str, label: str, fn: Callable[[], tuple[float, str, Usage | None]]) -> None:
+            log(f"{label} ... (load average {os.getloadavg()[0]:.1f})")
             try:
-                rate, detail = fn()
-                runs[key] = Run(label, rate, detail)
-                log(f"  {rate:,.0f} events/s; {detail}")
+                rate, detail, cpu = fn()
+                runs[key] = Run(label, rate, detail, cpu)
+                log(f"  {rate:,.0f} events/s; {detail}" + (f"\n    {cpu.describe()}" if cpu else ""))
             except Exception as exc:
                 runs[key] = Run(label, failure=f"{type(exc).__name__}: {exc}")
                 log(f"  FAILED: {type(exc).__name__}: {exc}")
 
         # 2.
-        def raw() -> tuple[float, str]:
+        def raw() -> tuple[float, str, Usage | None]:
             settings = bench.fresh("raw")
             ends = bench.publish_backlog(settings, [TopicSpec(f"{settings.topic_prefix}raw.out", 1, {})])
-            t = baselines.raw_copy(settings, bench.event_topics(settings), f"{settings.topic_prefix}raw.out",
-                                   sum(ends.values()), base.batch_size)
-            return t.rate, f"timed {t.events:,} events in {t.seconds:.1f} s"
+            t = baselines.raw_copy(settings, ends, f"{settings.topic_prefix}raw.out", base.batch_size,
+                                   cpu_groups=bench.cpu_groups())
+            passes = round(t.events / len(bench.backlog))
+            return t.rate, f"timed {t.events:,} events in {t.seconds:.1f} s ({passes} passes)", t.cpu
 
         attempt("raw", "raw consume->produce", raw)
 
@@ -246,16 +280,16 @@ def main() -> int:
                 kept["rows"] = [tuple(r) for r in conn.execute(
                     select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))]
 
-        def pg1() -> tuple[float, str]:
+        def pg1() -> tuple[float, str, Usage | None]:
             drained, shape, detail = bench.pipeline("postgresql", 1, keep_rows)
             kept["shape"] = shape
             return drained.rate, (f"{detail}; {shape.ratio(shape.rows):.2f} ledger rows and "
-                                  f"{shape.ratio(shape.disclosed):.2f} partner records per event")
+                                  f"{shape.ratio(shape.disclosed):.2f} partner records per event"), drained.cpu
 
         attempt("pg1", "pipeline, PostgreSQL (app role), 1 worker", pg1)
 
         # 4.
-        def floor() -> tuple[float, str]:
+        def floor() -> tuple[float, str, Usage | None]:
             shape = kept.get("shape")
             if not isinstance(shape, LedgerShape):
                 raise RuntimeError("needs the PostgreSQL 1-worker run's ledger")
@@ -266,19 +300,19 @@ def main() -> int:
                 t, copied, produced = baselines.io_floor(
                     settings, bench.event_topics(settings), sum(ends.values()), shape.per_event,
                     backlog.partner_topics(settings), engine, columns, kept["rows"], base.batch_size,
-                    base.batch_window_s)
+                    base.batch_window_s, bench.cpu_groups())
             n = sum(ends.values())
             return t.rate, (f"timed {t.events:,} events in {t.seconds:.1f} s; {copied / n:.2f} rows COPYd and "
-                            f"{produced / n:.2f} records produced per event")
+                            f"{produced / n:.2f} records produced per event"), t.cpu
 
         attempt("floor", "I/O floor (decode, COPY, produce, commit)", floor)
         kept.pop("rows", None)
 
         # 5.
-        def pipeline(backend: str, workers: int) -> Callable[[], tuple[float, str]]:
-            def run() -> tuple[float, str]:
+        def pipeline(backend: str, workers: int) -> Callable[[], tuple[float, str, Usage | None]]:
+            def run() -> tuple[float, str, Usage | None]:
                 drained, _shape, detail = bench.pipeline(backend, workers)
-                return drained.rate, detail
+                return drained.rate, detail, drained.cpu
             return run
 
         attempt("pg2", "pipeline, PostgreSQL (app role), 2 workers", pipeline("postgresql", 2))
@@ -310,8 +344,8 @@ def main() -> int:
         print(f"Throughput, {args.events:,}-event backlog, same broker and records "
               f"({os.cpu_count()} CPUs, Tansu in memory, PostgreSQL {base_pg_version()}):")
         print()
-        print("| run | events/s | ratio to raw | ratio to floor |")
-        print("|---|---:|---:|---:|")
+        print("| run | events/s | ratio to raw | ratio to floor | CPU µs/event: Python / PostgreSQL / broker |")
+        print("|---|---:|---:|---:|---:|")
         raw_rate = runs.get("raw", Run("")).rate
         floor_rate = runs.get("floor", Run("")).rate
         for key in ("raw", "floor", "pg1", "pg2", "sq1", "sq2"):
@@ -320,9 +354,10 @@ def main() -> int:
                 continue
             if r.rate is None:
                 ok = False
-                print(f"| {r.label} | failed | - | - |")
+                print(f"| {r.label} | failed | - | - | - |")
                 continue
-            print(f"| {r.label} | {r.rate:,.0f} | {ratio(r.rate, raw_rate)} | {ratio(r.rate, floor_rate)} |")
+            print(f"| {r.label} | {r.rate:,.0f} | {ratio(r.rate, raw_rate)} | {ratio(r.rate, floor_rate)} | "
+                  f"{r.cost()} |")
         pg1, pg2 = runs.get("pg1", Run("")).rate, runs.get("pg2", Run("")).rate
         if pg1 and pg2:
             print(f"\n2 workers / 1 worker on PostgreSQL: {pg2 / pg1:.2f}x")
@@ -356,10 +391,16 @@ def main() -> int:
                 print(f"\nlatency with {n} worker(s) failed: {result}")
         print(f"\n(whole benchmark: {time.perf_counter() - begun:.0f} s)")
         return 0 if ok else 1
+    except BaseException:
+        ok = False
+        raise
     finally:
         if ours:
             devstack.down(broker)
-        shutil.rmtree(root, ignore_errors=True)
+        if ok:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"(logs of every run kept in {root})")
 
 
 def base_pg_version() -> str:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from accord.drain import committed
 from accord.settings import Settings
+from bench.cpu import CpuMeter, Usage, descendants
+from bench.pg_waits import PgWaits
 
 CLI = [sys.executable, "-m", "accord.cli"]
 
@@ -62,8 +64,9 @@ class Workers:
             path = self.log_dir / f"{self.name}.{i}.log"
             self.logs.append(path)
             with path.open("wb") as log:
+                # Own session: stop() can reach the supervisor's children too, and only them.
                 self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL))
+                                                   stdin=subprocess.DEVNULL, start_new_session=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -73,12 +76,12 @@ class Workers:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 45  # the supervisor gives its children 40 s
         for p in self.procs:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)  # the session this bench started for it
                 p.wait(5)
 
     @property
@@ -114,6 +117,13 @@ class Workers:
         for p in self.procs:
             if p.poll() is not None:
                 raise WorkerFailed(f"a worker exited early (code {p.returncode}):\n{self.tail()}")
+        exited = [line for line in self.lines() if line.get("event") == "worker_exited"]
+        if exited:  # the --workers supervisor restarts a child that died: a crash all the same
+            raise WorkerFailed(f"a worker died and was restarted by the supervisor ({exited[0]}):\n{self.tail()}")
+
+    def pids(self) -> list[int]:
+        """Every process of the group (the supervisor and its children, with --workers)."""
+        return [d for p in self.procs if p.poll() is None for d in descendants(p.pid)]
 
     def settled(self) -> bool:
         # 1. (lines of several files are put in time order first)
@@ -164,6 +174,8 @@ class Drained:
     events: int  # events inside the timed window
     seconds: float
     before_window: int  # committed before the group settled (not timed)
+    cpu: Usage | None = None
+    waits: str | None = None
 
     @property
     def rate(self) -> float:
@@ -171,7 +183,7 @@ class Drained:
 
 
 def drain_backlog(settings: Settings, workers: Workers, ends: dict[tuple[str, int], int],
-                  timeout: float = 300.0) -> Drained:
+                  timeout: float = 300.0, meter: CpuMeter | None = None, waits: PgWaits | None = None) -> Drained:
     """Settle the group, then time it from its first commit to every offset in ``ends`` committed."""
     total = sum(ends.values())
     partitions = list(ends)
@@ -183,10 +195,16 @@ def drain_backlog(settings: Settings, workers: Workers, ends: dict[tuple[str, in
         now = time.perf_counter()
         if not started and done > 0:
             first, started = done, now
+            if meter is not None:
+                meter.start(now)
+            if waits is not None:
+                waits.start()
         if done >= total:
             if first >= total:
                 raise WorkerFailed("the backlog was drained before the group settled: publish more events")
-            return Drained(total - first, now - started, first)
+            return Drained(total - first, now - started, first,
+                           meter.stop(now, total - first) if meter is not None else None,
+                           waits.stop() if waits is not None else None)
         workers.check_alive()
         if time.monotonic() > deadline:
             raise WorkerFailed(f"stuck at {done}/{total} committed after {timeout:.0f}s:\n{workers.tail()}")
