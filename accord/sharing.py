@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 from accord.pseudonymise import pseudonymise
@@ -185,8 +185,16 @@ class _Plan:
     fields: tuple[str, ...] | None  # None: the agreement names no fields for it (the model refuses that)
     project: Projector | None
     pseudonymised: bool
-    id_suffixes: tuple[tuple[str, bytes], ...]  # (recipient, b"|recipient|agreement id|version")
+    id_suffixes: tuple[tuple[str, bytes | None], ...]  # (recipient, b"|recipient|agreement id|version" or None)
     overridden: tuple[Outcome, str | None] | None  # consent_outcome under a NOT_REQUIRED agreement: the same for all
+
+
+def _id_suffix(recipient: str, agreement: Agreement) -> bytes | None:
+    """The end of a disclosure id's name; None where it cannot be UTF-8 (disclosure_id then raises, as it did)."""
+    try:
+        return f"|{recipient}|{agreement.id}|{agreement.version}".encode()
+    except UnicodeEncodeError:
+        return None
 
 
 class Sharing:
@@ -216,9 +224,7 @@ class Sharing:
                     fields=None if fields is None else tuple(fields),
                     project=None if fields is None else projector(fields, _order_of(event_type)),
                     pseudonymised=agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED,
-                    id_suffixes=tuple(
-                        (r, f"|{r}|{agreement.id}|{agreement.version}".encode()) for r in agreement.recipients
-                    ),
+                    id_suffixes=tuple((r, _id_suffix(r, agreement)) for r in agreement.recipients),
                     overridden=(
                         (Outcome.DISCLOSED, f"consent overridden: {agreement.gateway}")
                         if agreement.consent_mode is ConsentMode.NOT_REQUIRED
@@ -297,7 +303,7 @@ class Sharing:
         if key is None:
             key = subject_key(event_type, record)
         consent_version = version(consents)
-        id_prefix = _DISCLOSURE_NS + event_id.encode()
+        id_prefix: bytes | None = None  # made when the first id is: where disclosure_id would first raise
         decisions = []
         for plan in self._plans(provider, event_type, context.today, record):
             agreement = plan.agreement
@@ -318,11 +324,17 @@ class Sharing:
                         if plan.pseudonymised
                         else projection
                     )
+                if id_prefix is None:
+                    id_prefix = _DISCLOSURE_NS + f"{event_id}".encode()
+                if suffix is None:
+                    disclosure = disclosure_id(event_id, recipient, agreement.id, agreement.version)
+                else:
+                    disclosure = _uuid5(id_prefix + suffix)
                 # Positional, in Decision's field order (a quarter cheaper than keywords on this path):
                 # disclosure_id, event_id, event_type, provider, recipient, agreement, outcome, reason,
                 # fields, consent_version, subject_key, projected.
                 decisions.append(Decision(
-                    _uuid5(id_prefix + suffix), event_id, event_type, provider, recipient, agreement, outcome,
+                    disclosure, event_id, event_type, provider, recipient, agreement, outcome,
                     reason, fields if disclosed else (), consent_version, key, projected,
                 ))
         return decisions

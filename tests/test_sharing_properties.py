@@ -486,3 +486,22 @@ def test_a_new_version_is_decided_by_its_own_content_and_the_cache_stays_bounded
     for i in range(3 * Sharing._cache_size):
         decide(event_type, record, [a.model_copy(update={"version": a.version + 10 + i}) for a in examples], [], CONTEXT)
     assert len(Sharing._cache) <= Sharing._cache_size
+
+
+def _raised(fn):
+    try:
+        return ("value", fn())
+    except Exception as exc:  # noqa: BLE001 - the same exception class, wherever it arises
+        return ("raised", type(exc).__name__)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rich_cases(), st.sampled_from(["\ud800-not-utf8", 12345, None, "plain"]), st.booleans())
+def test_odd_event_ids_and_recipients_fail_or_pass_as_before(case, event_id, odd_recipient: bool) -> None:
+    """decide is public: an id that cannot be UTF-8 or is not a string fails (or not) exactly as it did."""
+    event_type, record, found, records = case
+    record = {**record, "envelope": {**record["envelope"], "event_id": event_id}}
+    if odd_recipient:
+        found = [a.model_copy(update={"recipients": ("\udfff", *a.recipients)}) for a in found]
+    new = _raised(lambda: as_tuples(decide(event_type, record, found, records, CONTEXT)))
+    assert new == _raised(lambda: oracle_decide(event_type, record, found, records, CONTEXT))
