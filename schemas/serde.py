@@ -5,6 +5,10 @@ fingerprint, then the Avro binary body. A consumer therefore never needs a
 schema registry round trip; it only needs the schemas it has agreed to read,
 held in a :class:`Catalogue`. Anything that does not carry a known fingerprint
 or does not decode exactly with the matching schema is refused, never guessed.
+
+Every event is decoded once and every disclosure encoded once on the bus's hot
+path, so the catalogue compiles a reader and a writer per schema (see "compiled
+codecs" below); fastavro stays the judge of anything they are not sure of.
 """
 
 from __future__ import annotations
