@@ -278,8 +278,14 @@ class BatchHandler:
         self.names = names
         self.limits = limits
         self.flush_timeout_s = flush_timeout_s
+        self._topic_types: dict[str, str] = {}
 
     # -- step 1 -----------------------------------------------------------------
+
+    def _topic_type(self, topic: str) -> str:
+        event_type = self.names.event_type_of(topic)  # ValueError for a topic that is not an event topic
+        self._topic_types[topic] = event_type
+        return event_type
 
     def _read(self, msg: Inbound, now: datetime) -> Event | DeadLetter:
         if msg.value is None or len(msg.value) == 0:
@@ -288,7 +294,7 @@ class BatchHandler:
         if too_large is not None:
             return DeadLetter(msg, "TooLarge", f"{too_large} (ACCORD_MAX_EVENT_BYTES)")
         try:
-            event_type = self.names.event_type_of(msg.topic)
+            event_type = self._topic_types.get(msg.topic) or self._topic_type(msg.topic)
             name, record = self.catalogue.decode(msg.value)
         except (SerdeError, ValueError) as exc:
             return DeadLetter(msg, type(exc).__name__, str(exc))
@@ -455,11 +461,13 @@ class BatchHandler:
                           f"by the broker: {error}")
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list, on_delivery: Callable) -> str | None:
-        """produce(), waiting while the local queue is full; a per-record refusal is returned, not raised."""
+        """produce(), waiting while the local queue is full; a per-record refusal is returned, not raised.
+
+        Delivery reports are served by the flush that ends each step, not per record.
+        """
         while True:
             try:
                 self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
-                self.producer.poll(0)
                 return None
             except BufferError:
                 self.producer.poll(0.5)
