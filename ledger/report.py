@@ -74,10 +74,13 @@ def subject_entries(engine: Engine, subject_key: str) -> list[StoredEntry]:
     refs = LedgerSubjectRef.__table__
     with engine.connect() as conn:
         indexed = stored_end(conn)
+        # Both bounds on the tail: a planner without statistics yet takes a closed seq range
+        # as narrow (an index scan), an open one as a third of the table (a full scan).
+        head = conn.execute(select(t.c.seq).order_by(t.c.seq.desc()).limit(1)).scalar() or 0
         queries = (
             select(t).where(t.c.subject_key == subject_key),
             select(t).where(t.c.seq.in_(select(refs.c.seq).where(refs.c.subject_key == subject_key))),
-            select(t).where(t.c.seq > indexed, t.c.subjects.like(pattern, escape="\\")),
+            select(t).where(t.c.seq > indexed, t.c.seq <= head, t.c.subjects.like(pattern, escape="\\")),
         )
         found = {
             e.seq: e

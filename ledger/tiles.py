@@ -53,6 +53,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
 from sqlalchemy import BigInteger, Connection, Engine, LargeBinary, SmallInteger, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, mapped_column
