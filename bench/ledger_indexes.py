@@ -8,11 +8,12 @@ builder) by binary COPY in ``--batch``-row transactions, as append writes them. 
 per design: entries/s (wall) and the PostgreSQL backend's CPU per entry (from
 /proc/PID/schedstat: on a shared machine the wall time follows everyone's load, the CPU
 time much less), the best of ``--rounds`` rounds, designs taken in a different order
-each round. Then, on the full table, the readers' look-ups: 1,000 keys with ``= ANY``
-by each lookup column, btree against hash.
+each round. Then the readers' look-ups by each lookup column, btree against hash: 1,000
+keys with ``= ANY`` (the processor's replay reads a batch's event ids so) and one key.
 
 PostgreSQL hash indexes cannot be UNIQUE, so disclosure_id's uniqueness (invariant I7)
-needs a btree (the constraint) or another mechanism. The results are in ledger/tables.py.
+needs a btree (the constraint) or another mechanism. The figures and the choice are in
+ledger/tables.py (LedgerEntry).
 Measure only: nothing asserts a time.
 """
 
@@ -50,21 +51,30 @@ def hash_(column: str) -> str:
 
 
 NOT_NULL = " WHERE refers_to IS NOT NULL"
-# (name, DDL after CREATE TABLE ... (LIKE ledger_entries)), cumulative first, then alternatives.
+BASE = [PK, UNIQUE_ID]
+# (name, DDL after CREATE TABLE ... (LIKE ledger_entries)): cumulative, then each lookup
+# index alone over PK + UNIQUE in each kind, then whole designs.
 DESIGNS: list[tuple[str, list[str]]] = [
     ("no index", []),
     ("PK (seq)", [PK]),
-    ("PK + UNIQUE (disclosure_id)", [PK, UNIQUE_ID]),
-    ("PK + UNIQUE + event_id", [PK, UNIQUE_ID, btree("event_id")]),
-    ("PK + UNIQUE + event_id + subject_key", [PK, UNIQUE_ID, btree("event_id"), btree("subject_key")]),
-    ("before: PK + UNIQUE + event_id + subject_key + refers_to (all btree)",
-     [PK, UNIQUE_ID, btree("event_id"), btree("subject_key"), btree("refers_to")]),
-    ("PK + UNIQUE + btree event_id, subject_key + partial btree refers_to IS NOT NULL",
-     [PK, UNIQUE_ID, btree("event_id"), btree("subject_key"), btree("refers_to", NOT_NULL)]),
+    ("PK + UNIQUE (disclosure_id) btree", BASE),
+    ("PK + UNIQUE + btree event_id", [*BASE, btree("event_id")]),
+    ("PK + UNIQUE + hash event_id", [*BASE, hash_("event_id")]),
+    ("PK + UNIQUE + btree subject_key", [*BASE, btree("subject_key")]),
+    ("PK + UNIQUE + hash subject_key", [*BASE, hash_("subject_key")]),
+    ("PK + UNIQUE + btree refers_to", [*BASE, btree("refers_to")]),
+    ("PK + UNIQUE + btree refers_to WHERE NOT NULL", [*BASE, btree("refers_to", NOT_NULL)]),
+    ("PK + UNIQUE + hash refers_to", [*BASE, hash_("refers_to")]),
+    ("before: PK + UNIQUE + btree event_id, subject_key, refers_to",
+     [*BASE, btree("event_id"), btree("subject_key"), btree("refers_to")]),
     ("PK + UNIQUE + hash event_id, subject_key, refers_to",
-     [PK, UNIQUE_ID, hash_("event_id"), hash_("subject_key"), hash_("refers_to")]),
-    ("PK + UNIQUE + hash event_id, subject_key + partial btree refers_to",
-     [PK, UNIQUE_ID, hash_("event_id"), hash_("subject_key"), btree("refers_to", NOT_NULL)]),
+     [*BASE, hash_("event_id"), hash_("subject_key"), hash_("refers_to")]),
+    ("PK + UNIQUE + hash event_id + btree subject_key + btree refers_to WHERE NOT NULL",
+     [*BASE, hash_("event_id"), btree("subject_key"), btree("refers_to", NOT_NULL)]),
+    ("PK + UNIQUE + hash event_id, subject_key + btree refers_to WHERE NOT NULL",
+     [*BASE, hash_("event_id"), hash_("subject_key"), btree("refers_to", NOT_NULL)]),
+    ("now: PK + UNIQUE + btree event_id, subject_key + hash refers_to",
+     [*BASE, btree("event_id"), btree("subject_key"), hash_("refers_to")]),
     ("PK + hash disclosure_id (NOT unique) + hash event_id, subject_key, refers_to",
      [PK, hash_("disclosure_id"), hash_("event_id"), hash_("subject_key"), hash_("refers_to")]),
 ]
@@ -140,14 +150,15 @@ def main() -> int:
             wall, cpu = best[name]
             print(f"| {name} | {n / wall:,.0f} | {cpu / n * 1e6:.1f} |")
 
-        # Readers: 1,000 keys with = ANY on the last design's table and on a btree one.
+        # Readers: the same rows under one index per lookup column, btree then hash; each
+        # look-up's PostgreSQL CPU (and wall) time, best of 3 runs of 10 (= ANY) or 200 (=).
         print()
-        print("| look-up of 1,000 keys (= ANY) | btree ms | hash ms |")
+        print("| look-up | btree: PostgreSQL CPU ms (wall ms) | hash: PostgreSQL CPU ms (wall ms) |")
         print("| --- | ---: | ---: |")
         sample = random.Random(7).sample(rows, 1000)
         keys = {"disclosure_id": [r[1] for r in sample], "event_id": [r[2] for r in sample],
                 "subject_key": [r[15] for r in sample], "refers_to": [r[17] for r in sample if r[17]]}
-        timings: dict[tuple[str, str], float] = {}
+        timings: dict[tuple[str, str, str], tuple[float, float]] = {}
         for kind in ("btree", "hash"):
             conn.execute("DROP TABLE IF EXISTS t")
             conn.execute("CREATE TABLE t (LIKE ledger_entries)")
@@ -160,16 +171,25 @@ def main() -> int:
             conn.execute("ANALYZE t")
             conn.commit()
             for column, values in keys.items():
-                stmt = f"SELECT seq FROM t WHERE {column} = ANY(%s)"
-                conn.execute(stmt, (values,)).fetchall()  # warm
-                started = time.perf_counter()
-                for _ in range(5):
-                    conn.execute(stmt, (values,)).fetchall()
-                timings[(column, kind)] = (time.perf_counter() - started) / 5 * 1e3
+                for shape, stmt, args, reps in (
+                    ("= ANY", f"SELECT * FROM t WHERE {column} = ANY(%s)", lambda i: (values,), 10),
+                    ("=", f"SELECT * FROM t WHERE {column} = %s", lambda i: (values[i % len(values)],), 200),
+                ):
+                    conn.execute(stmt, args(0)).fetchall()  # warm
+                    runs = []
+                    for _ in range(3):
+                        cpu, wall = on_cpu_ns(pid), time.perf_counter()
+                        for i in range(reps):
+                            conn.execute(stmt, args(i)).fetchall()
+                        runs.append(((on_cpu_ns(pid) - cpu) / 1e6 / reps, (time.perf_counter() - wall) * 1e3 / reps))
+                    timings[(column, kind, shape)] = min(runs)
             conn.rollback()
         for column in keys:
-            print(f"| {column} ({len(keys[column])} keys) | {timings[(column, 'btree')]:.1f} | "
-                  f"{timings[(column, 'hash')]:.1f} |")
+            for shape in ("= ANY", "="):
+                label = f"`{column} = ANY` ({len(keys[column])} keys)" if shape == "= ANY" else f"`{column} =` (one key)"
+                cells = [f"{timings[(column, kind, shape)][0]:.2f} ({timings[(column, kind, shape)][1]:.2f})"
+                         for kind in ("btree", "hash")]
+                print(f"| {label} | {cells[0]} | {cells[1]} |")
         raw.close()
     finally:
         engine.dispose()

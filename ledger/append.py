@@ -14,19 +14,23 @@ transaction-scoped advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so c
 appenders never leave duplicate seqs, gaps or a broken chain. writer() opens that locked
 transaction for a caller that must read (event_entries) and append in it atomically.
 
-Appending a batch on PostgreSQL, under the lock (_append):
+Appending a batch on PostgreSQL (psycopg), under the lock:
 
-1. read the head (highest seq, its entry_hash);
-2. number and chain the drafts in memory, skipping a disclosure_id seen earlier in the
-   batch, and stream the rows, as they are made, into one binary COPY inside a
-   savepoint: no look-up of the batch's ids first, because almost always none is in the
-   ledger (the processor has already judged its events against the ledger);
+1. read the head (highest seq, its entry_hash); on an Engine in the same round trip as
+   BEGIN and the lock (_append_own_transaction), in a writer() transaction with a
+   savepoint (_append_in_writer);
+2. number and chain the drafts in memory, checking each and skipping a disclosure_id
+   seen earlier in the batch, and stream the rows, as they are made, into one binary
+   COPY: no look-up of the batch's ids first, because almost always none is in the
+   ledger (the processor has already judged its events against it);
 3. only if the COPY breaks UNIQUE(disclosure_id) (a replay, or two workers deciding the
-   same event): roll back to the savepoint, look the batch's ids up, and COPY the others;
-4. release the savepoint; the rows commit with the transaction.
+   same event): roll back (the transaction, or to the savepoint), look the batch's ids
+   up, and COPY the others;
+4. COMMIT (or release the savepoint, committing with the caller's transaction).
 
-On SQLite (the demo) the ids are looked up first and the rows inserted with executemany.
-bench/ledger_append.py measures it against a raw COPY of the same rows.
+Elsewhere (SQLite, for the demo) the ids are looked up first and the rows inserted with
+executemany. bench/ledger_append.py measures append against a raw COPY of the same rows;
+bench/ledger_indexes.py the indexes (ledger/tables.py).
 """
 
 from __future__ import annotations
@@ -63,9 +67,8 @@ from sqlalchemy import (
     text,
 )
 
-from ledger import merkle
+from ledger import leaf_codec, merkle
 from ledger.guard import install_guards
-from ledger import leaf_codec
 from ledger.leaf_codec import FIELD_NAMES, encode_entry
 from ledger.roles import LedgerSchemaMissing
 from ledger.tables import DISCLOSURE_ID_UNIQUE, LedgerBase, LedgerEntry
@@ -215,7 +218,7 @@ def entry_hashes(seq: int, draft: EntryDraft, prev_hash: bytes) -> tuple[bytes, 
 
 
 def _check(draft: EntryDraft) -> None:
-    """Refuse a draft the ledger must not hold (before anything of its batch is written)."""
+    """Refuse a draft the ledger must not hold (append then writes nothing of its batch)."""
     if draft.outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {draft.outcome!r}")
     if not draft.disclosure_id or len(draft.disclosure_id) > 64:
@@ -272,13 +275,14 @@ def _lookup(conn: Connection, disclosure_ids: Iterable[str]) -> dict[str, int]:
     """disclosure_id -> seq of those in the ledger: ``= ANY(:ids)`` (one bind) on PostgreSQL, IN elsewhere."""
     ids = sorted(set(disclosure_ids))
     found: dict[str, int] = {}
-    postgres = conn.dialect.name == "postgresql"
+    on_postgres = conn.dialect.name == "postgresql"
     for chunk in _chunks(ids):
-        if postgres:
+        if on_postgres:
             match = LedgerEntry.disclosure_id == any_(bindparam("ids", list(chunk), type_=ARRAY(String)))
         else:
             match = LedgerEntry.disclosure_id.in_(chunk)
-        found.update({did: seq for did, seq in conn.execute(select(LedgerEntry.disclosure_id, LedgerEntry.seq).where(match))})
+        rows = conn.execute(select(LedgerEntry.disclosure_id, LedgerEntry.seq).where(match))
+        found.update({did: seq for did, seq in rows})
     return found
 
 
