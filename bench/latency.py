@@ -127,9 +127,18 @@ class SteadyPublisher:
         return len(events) / elapsed if elapsed > 0 else float("inf")
 
 
+def ledger_keys(ledger: Engine) -> Callable[[], dict[bytes, str]]:
+    """4. partner record key (disclosure id) -> event id, from the ledger."""
+    def resolve() -> dict[bytes, str]:
+        with ledger.connect() as conn:
+            return {d.encode(): e for d, e in conn.execute(
+                text("SELECT disclosure_id, event_id FROM ledger_entries WHERE outcome = 'DISCLOSED'"))}
+    return resolve
+
+
 def measure(
     settings: Settings,
-    ledger: Engine,
+    resolve: Callable[[], dict[bytes, str]],
     partner_topics: list[str],
     events: Sequence[Encoded],
     loads: Sequence[tuple[float, float]],
@@ -165,9 +174,7 @@ def measure(
                 progress(f"  {load:,.0f}/s for {seconds:.0f} s published and drained; "
                          f"{clock.count():,} partner records received so far")
         # 4.
-        with ledger.connect() as conn:
-            event_of = {d.encode(): e for d, e in conn.execute(
-                text("SELECT disclosure_id, event_id FROM ledger_entries WHERE outcome = 'DISCLOSED'"))}
+        event_of = resolve()
         by_event: dict[str, list[float]] = {}
         for key, arrived in clock.arrived.items():
             event_id = event_of.get(key)
@@ -181,3 +188,45 @@ def measure(
         return out
     finally:
         clock.close()
+
+
+class Relay:
+    """The processor's Kafka loop with nothing in it: the latency floor of its settings on this broker.
+
+    A thread consumes from the event topics as the processor does (``consume(batch_size,
+    timeout=window)``, the processor's consumer configuration unless ``overrides`` say
+    otherwise), produces each record keyed by its event id to ``out_topic``, flushes, and
+    commits the batch: the publish -> partner path without decoding, deciding or a ledger.
+    """
+
+    def __init__(self, settings: Settings, topics: list[str], out_topic: str, batch_size: int, window_s: float,
+                 **overrides: object) -> None:
+        self.consumer = kafka.consumer(settings, settings.processor_group, **overrides)
+        self.producer = kafka.producer(settings)
+        self.assigned = threading.Event()
+        self.consumer.subscribe(topics, on_assign=lambda _c, ps: self.assigned.set() if ps else None)
+        self.out_topic, self.batch_size, self.window_s = out_topic, batch_size, window_s
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="relay", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        while not self.stopping:
+            msgs = [m for m in self.consumer.consume(self.batch_size, timeout=self.window_s) if m.error() is None]
+            if not msgs:
+                continue
+            ends: dict[tuple[str, int], int] = {}
+            for m in msgs:
+                event_id = dict(m.headers() or []).get("accord.event_id", b"")
+                self.producer.produce(self.out_topic, key=event_id, value=m.value())
+                tp = (m.topic(), m.partition())
+                ends[tp] = max(ends.get(tp, -1), m.offset() + 1)
+            self.producer.flush(30)
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(10)
+        self.consumer.close()

@@ -38,7 +38,7 @@ class PgWaits:
             while self.running:
                 for state, wait_type, wait_event in conn.execute(query, {"r": self.role}):
                     if wait_type == "Lock":
-                        self.counts[f"waiting on a {wait_event} lock"] += 1
+                        self.counts[f"waiting on a lock ({wait_event})"] += 1
                     elif state == "active":
                         self.counts["active"] += 1
                     elif state == "idle in transaction":
