@@ -25,7 +25,7 @@ value of the wrong size (ValueError), which fastavro would write as given.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,6 @@ class _Compiler:
             "_SMALL": _SMALL,
             "_long": encode_long,
             "_string_array": _string_array,
-            "_memo": _memo,
         }
 
     def constant(self, name: str, value: Any) -> str:
@@ -168,58 +167,97 @@ class _Compiler:
         ], [f"u{i}"]
 
 
-def _memo(cache: dict[str | None, bytes], value: str | None, encode: Callable[[Any], bytes]) -> bytes:
-    encoded = encode(value)
-    if len(cache) >= _MEMO_KEPT:
-        cache.clear()
-    cache[value] = encoded
-    return encoded
+_MEMO_KEPT = 4096  # encodings kept per memoised run of fields before its memo starts over
+_INT_KINDS = ("int", "long")
 
 
-_MEMO_KEPT = 4096  # encodings kept per memoised field before its memo starts over
+def _kind(schema: Any) -> Any:
+    return schema if isinstance(schema, str) else None if isinstance(schema, list) else schema.get("type")
 
 
-def _single(compiler: _Compiler, i: int, schema: Any) -> Callable[[Any], bytes]:
-    """One field's encoder on its own (what a memoised field calls on a miss)."""
-    prelude, parts = compiler.field(i, "v", schema)
-    source = "def encode(v):\n" + "".join(f"    {line}\n" for line in (*prelude, f"return b''.join(({', '.join(parts)},))"))
+def _run_encoder(compiler: _Compiler, first: int, fields: Sequence[Mapping[str, Any]]) -> Callable[..., bytes]:
+    """The encoder of a run of fields on its own: ``run(key, *values)``, what a memo miss calls.
+
+    It encodes the values and keeps the bytes under ``key`` (None: not kept, the key
+    could not be hashed), so that only values that did encode are ever remembered.
+    """
+    args = [f"v{first + k}" for k in range(len(fields))]
+    body: list[str] = []
+    parts: list[str] = []
+    for k, (arg, f) in enumerate(zip(args, fields, strict=True)):
+        prelude, exprs = compiler.field(first + k, arg, f["type"])
+        body += prelude
+        parts += exprs
+    cache = f"_R{first}"
+    body += [
+        f"encoded = b''.join(({', '.join(parts)},))",
+        "if key is not None:",
+        f"    if len({cache}) >= _MEMO_KEPT:",
+        f"        {cache}.clear()",
+        f"    {cache}[key] = encoded",
+        "return encoded",
+    ]
+    source = f"def run(key, {', '.join(args)}):\n" + "".join(f"    {line}\n" for line in body)
     namespace: dict[str, Any] = dict(compiler.constants)
-    exec(compile(source, f"<leaf_codec field {i}>", "exec"), namespace)  # noqa: S102
-    return namespace["encode"]
+    exec(compile(source, f"<leaf_codec run {first}>", "exec"), namespace)  # noqa: S102
+    return namespace["run"]
 
 
 def compile_record(
-    schema: Mapping[str, Any], memo: Iterable[str] = ()
+    schema: Mapping[str, Any], memo: Iterable[Sequence[str]] = ()
 ) -> tuple[Callable[..., bytes], tuple[str, ...]]:
     """(encode, field names): encode(*values in field order) is the record's Avro binary encoding.
 
     Values are given positionally, in the schema's field order; a timestamp-millis field
-    takes integer milliseconds since the epoch. The string (or [null, string]) fields named
-    in ``memo`` keep their values' encodings (up to _MEMO_KEPT each): for fields that
-    repeat from record to record, one dictionary look-up instead of encoding the string.
+    takes integer milliseconds since the epoch.
+
+    Each of ``memo`` names a run of consecutive fields whose values repeat together from
+    record to record (a decision's context): their encoding is kept under the tuple of
+    their values (up to _MEMO_KEPT per run), so a repeat costs one dictionary look-up.
+    The key holds each int field's class too, so a float or a bool equal to an int never
+    takes the int's bytes; a value that cannot be hashed (a list) is encoded every time.
     """
     if schema.get("type") != "record":
         raise NotImplementedError("only a record schema is compiled")
-    names = tuple(f["name"] for f in schema["fields"])
-    memoised = set(memo)
-    if memoised - set(names):
-        raise ValueError(f"no such fields to memoise: {sorted(memoised - set(names))}")
+    fields = list(schema["fields"])
+    names = tuple(f["name"] for f in fields)
+    runs: dict[int, int] = {}  # first field index -> one past the last
+    for run in memo:
+        if not run or any(n not in names for n in run):
+            raise ValueError(f"no such fields to memoise: {list(run)}")
+        first = names.index(run[0])
+        if list(names[first : first + len(run)]) != list(run):
+            raise ValueError(f"a memoised run must be consecutive fields in schema order: {list(run)}")
+        runs[first] = first + len(run)
     compiler = _Compiler()
+    compiler.constants["_MEMO_KEPT"] = _MEMO_KEPT
     args = [f"v{i}" for i in range(len(names))]
     body: list[str] = []
     parts: list[str] = []
-    for i, (arg, f) in enumerate(zip(args, schema["fields"], strict=True)):
-        if f["name"] in memoised:
-            if f["type"] not in ("string", ["null", "string"]):
-                raise NotImplementedError(f"only string fields are memoised, not {f['name']}")
-            cache = compiler.constant(f"_M{i}", {})
-            single = compiler.constant(f"_S{i}", _single(compiler, i, f["type"]))
-            body += [f"m{i} = {cache}.get({arg})", f"if m{i} is None:", f"    m{i} = _memo({cache}, {arg}, {single})"]
-            parts.append(f"m{i}")
+    i = 0
+    while i < len(fields):
+        if i in runs:
+            end = runs[i]
+            compiler.constant(f"_R{i}", {})
+            run = compiler.constant(f"_run{i}", _run_encoder(compiler, i, fields[i:end]))
+            key = [args[k] for k in range(i, end)]
+            key += [f"{args[k]}.__class__" for k in range(i, end) if _kind(fields[k]["type"]) in _INT_KINDS]
+            body += [
+                f"k{i} = ({', '.join(key)},)",
+                "try:",
+                f"    r{i} = _R{i}.get(k{i})",
+                "except TypeError:  # unhashable: encoded, not kept",
+                f"    r{i} = k{i} = None",
+                f"if r{i} is None:",
+                f"    r{i} = {run}(k{i}, {', '.join(args[i:end])})",
+            ]
+            parts.append(f"r{i}")
+            i = end
             continue
-        prelude, exprs = compiler.field(i, arg, f["type"])
+        prelude, exprs = compiler.field(i, args[i], fields[i]["type"])
         body.extend(prelude)
         parts.extend(exprs)
+        i += 1
     body.append("return b''.join((")
     body.extend(f"    {p}," for p in parts)
     body.append("))")
@@ -237,7 +275,8 @@ def _load(path: Path) -> Mapping[str, Any]:
         return json.load(f)
 
 
-# The decision's context repeats from entry to entry (one agreement, a few recipients);
-# the ids, digests and subject keys rarely do.
-_REPEATING = ("event_type", "provider", "recipient", "agreement_id", "purpose", "legal_basis", "reason", "consent_mode")
-encode_entry, FIELD_NAMES = compile_record(_load(SCHEMA_PATH), memo=_REPEATING)
+# A decision's context repeats from entry to entry (one agreement, a few recipients, the
+# same fields); the ids, digests, subject keys and times rarely do.
+_REPEATING = ("event_type", "provider", "recipient", "agreement_id", "agreement_version", "purpose", "legal_basis",
+              "outcome", "reason", "fields", "consent_mode")
+encode_entry, FIELD_NAMES = compile_record(_load(SCHEMA_PATH), memo=[_REPEATING])

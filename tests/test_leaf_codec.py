@@ -208,8 +208,31 @@ def test_a_schema_it_cannot_compile_fails_at_compile_time() -> None:
         schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": kind}]}
         with pytest.raises(NotImplementedError):
             compile_record(schema)
-    with pytest.raises(NotImplementedError):
-        compile_record({"type": "record", "name": "R", "fields": [{"name": "x", "type": "long"}]}, memo=["x"])
+    two = {"type": "record", "name": "R", "fields": [{"name": "x", "type": "long"}, {"name": "y", "type": "string"},
+                                                     {"name": "z", "type": "string"}]}
+    with pytest.raises(ValueError, match="consecutive"):
+        compile_record(two, memo=[("x", "z")])
+    with pytest.raises(ValueError, match="no such fields"):
+        compile_record(two, memo=[("w",)])
+
+
+def test_a_memoised_run_never_lends_its_bytes_to_other_values() -> None:
+    """The decision's context is memoised as one run: a float equal to a remembered int is
+    still refused, a bool is written as fastavro writes it, a list is encoded every time."""
+    record = {name: "v" for name in FIELD_NAMES} | {"seq": 1, "agreement_version": 1, "consent_version": 1,
+                                                    "decided_at": 1, "outcome": "DISCLOSED", "reason": None,
+                                                    "refers_to": None, "fields": ("a", "b"), "subjects": (),
+                                                    "prev_hash": bytes(32)}
+    as_lists = record | {"fields": ["a", "b"], "subjects": []}
+    assert ours(record) == ours(record) == reference(as_lists)  # the second from the memo
+    with pytest.raises(TypeError):
+        ours(record | {"agreement_version": 1.0})
+    assert ours(record | {"agreement_version": True}) == reference(as_lists | {"agreement_version": True})
+    assert ours(as_lists) == reference(as_lists)
+    assert ours(record | {"fields": ("a", "c")}) == reference(as_lists | {"fields": ["a", "c"]})
+    with pytest.raises((TypeError, AttributeError)):
+        ours(record | {"fields": ("a", 7)})
+    assert ours(record) == reference(as_lists)
 
 
 def test_compiled_from_the_schema_file() -> None:
