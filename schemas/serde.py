@@ -625,6 +625,13 @@ class _WriterGen(_Gen):
         self.emit(ind, "else:")
         self.emit(ind + 1, f"out += long_bytes({x})")
 
+    def length(self, ind: int, x: str) -> None:
+        """A count or size, never negative."""
+        self.emit(ind, f"if {x} < 64:")
+        self.emit(ind + 1, f"out.append({x} << 1)")
+        self.emit(ind, "else:")
+        self.emit(ind + 1, f"out += long_bytes({x})")
+
     def check(self, ind: int, condition: str) -> None:
         self.emit(ind, f"if {condition}:")
         self.emit(ind + 1, "raise NotFast")
@@ -674,23 +681,23 @@ class _WriterGen(_Gen):
                 b = x
             n = self.var()
             self.emit(ind, f"{n} = len({b})")
-            self.long(ind, n)
+            self.length(ind, n)
             self.emit(ind, f"out += {b}")
         elif kind == "fixed":
             self.check(ind, f"type({x}) is not bytes or len({x}) != {int(s['size'])}")
             self.emit(ind, f"out += {x}")
         elif kind == "enum":
-            index = self.const({symbol: i for i, symbol in enumerate(s["symbols"])})
-            i = self.var()
-            self.emit(ind, f"{i} = {index}.get({x})")
-            self.check(ind, f"{i} is None")
-            self.long(ind, i)
+            encoded = self.const({symbol: _long_bytes(i) for i, symbol in enumerate(s["symbols"])})
+            e = self.var()
+            self.emit(ind, f"{e} = {encoded}.get({x})")
+            self.check(ind, f"{e} is None")
+            self.emit(ind, f"out += {e}")
         elif kind == "array":
             self.check(ind, f"type({x}) is not list")
             self.emit(ind, f"if {x}:")
             n, item = self.var(), self.var()
             self.emit(ind + 1, f"{n} = len({x})")
-            self.long(ind + 1, n)
+            self.length(ind + 1, n)
             self.emit(ind + 1, f"for {item} in {x}:")
             self.write(s["items"], item, ind + 2)
             self.emit(ind, "out.append(0)")
