@@ -56,12 +56,12 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COLUMNS = [c.name for c in LedgerEntry.__table__.columns]
 
 
-def drafts(n: int) -> list[EntryDraft]:
+def drafts(n: int, batch: int = 1000) -> list[EntryDraft]:
     """Synthetic decisions shaped like the processor's (no personal data: made-up keys).
 
     Two recipients' decisions per event (same event id and digest), a quarter withheld,
-    every tenth event about a second subject; each entry its own decided_at (the
-    processor gives a whole batch one, which append handles faster).
+    every tenth event about a second subject; one decided_at per batch, as the processor,
+    the retraction sweep and the receipts recorder each decide a batch at one time.
     """
     out = []
     for i in range(n):
@@ -84,7 +84,7 @@ def drafts(n: int) -> list[EntryDraft]:
             consent_mode="opt_out",
             consent_version=i % 11,
             subject_key=f"bench:{event % 5000:05d}",
-            decided_at=T0 + timedelta(milliseconds=i),
+            decided_at=T0 + timedelta(seconds=i // batch, milliseconds=7),
             event_digest=hashlib.sha256(f"synthetic event {event}".encode()).hexdigest(),
             subjects=(f"bench:second:{event:06d}",) if event % 10 == 0 else (),
         ))
@@ -204,7 +204,7 @@ def main() -> int:
     args = parser.parse_args()
     url = args.url or (Settings().ledger_url if Settings().ledger_url.startswith("postgresql") else DEFAULT_URL)
 
-    todo = drafts(args.entries)
+    todo = drafts(args.entries, args.batch)
     batches = [todo[i : i + args.batch] for i in range(0, len(todo), args.batch)]
     with role_database(url) as db:
         # The finished rows, from an unmeasured append of the same drafts.

@@ -111,6 +111,8 @@ class _Compiler:
     def __init__(self) -> None:
         self.constants: dict[str, Any] = {
             "_ZZ": _ZZ,
+            "_UV": _UV,
+            "_CONT": _CONT,
             "_SMALL": _SMALL,
             "_long": encode_long,
             "_string_array": _string_array,
@@ -128,8 +130,21 @@ class _Compiler:
         if kind in ("long", "int"):  # timestamp-millis too: an int of milliseconds
             if isinstance(schema, dict) and schema.get("logicalType") not in (None, "timestamp-millis"):
                 raise NotImplementedError(f"logical type {schema['logicalType']!r} is not compiled")
-            # The class test keeps floats (and bools) off the table: _long refuses a float.
-            return [], [f"(_ZZ[{arg}] if {arg}.__class__ is int and 0 <= {arg} < _SMALL else _long({arg}))"]
+            # Non-negative ints inline, up to 3 table pieces (seq, and milliseconds until 2039);
+            # the class test sends floats (refused) and bools (as fastavro: 0, 1) to _long.
+            return [
+                f"if {arg}.__class__ is int and {arg} >= 0:",
+                f"    if {arg} < _SMALL:",
+                f"        p{i} = _ZZ[{arg}]",
+                f"    elif {arg} < 134217728:  # 2**27: zig-zag below 2**28, two pieces",
+                f"        p{i} = _CONT[({arg} << 1) & 16383] + _UV[{arg} >> 13]",
+                f"    elif {arg} < 2199023255552:  # 2**41: three pieces",
+                f"        p{i} = b''.join((_CONT[({arg} << 1) & 16383], _CONT[({arg} >> 13) & 16383], _UV[{arg} >> 27]))",
+                "    else:",
+                f"        p{i} = _long({arg})",
+                "else:",
+                f"    p{i} = _long({arg})",
+            ], [f"p{i}"]
         if kind == "string":
             return [f"b{i} = {arg}.encode()", f"n{i} = len(b{i})"], [
                 f"(_ZZ[n{i}] if n{i} < _SMALL else _long(n{i}))",
@@ -223,6 +238,8 @@ def compile_record(
     names = tuple(f["name"] for f in fields)
     runs: dict[int, int] = {}  # first field index -> one past the last
     for run in memo:
+        if isinstance(run, str):
+            raise TypeError(f"memo takes runs of field names, [(name, ...), ...], not {run!r}")
         if not run or any(n not in names for n in run):
             raise ValueError(f"no such fields to memoise: {list(run)}")
         first = names.index(run[0])
