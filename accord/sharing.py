@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import Enum
 from functools import lru_cache
 from typing import Any
@@ -187,6 +187,10 @@ class _Plan:
     pseudonymised: bool
     id_suffixes: tuple[tuple[str, bytes | None], ...]  # (recipient, b"|recipient|agreement id|version" or None)
     overridden: tuple[Outcome, str | None] | None  # consent_outcome under a NOT_REQUIRED agreement: the same for all
+    unrecorded: tuple[Outcome, str | None]  # consent_outcome for anyone with no consent records: the same for all
+
+
+_ANY_CONTEXT = Context(datetime(2000, 1, 1, tzinfo=UTC))
 
 
 def _id_suffix(recipient: str, agreement: Agreement) -> bytes | None:
@@ -230,6 +234,8 @@ class Sharing:
                         if agreement.consent_mode is ConsentMode.NOT_REQUIRED
                         else None
                     ),
+                    # With no records nothing governs, whoever the recipient and whenever the decision.
+                    unrecorded=consent_outcome(agreement, "", (), _ANY_CONTEXT),
                 )
                 for provider in dict.fromkeys(agreement.providers):
                     index.setdefault((provider, event_type), []).append(plan)
@@ -311,9 +317,9 @@ class Sharing:
             if fields is None or project is None:
                 raise KeyError(event_type)  # as agreement.fields[event_type] would
             projection: dict[str, Any] | None = None  # one per agreement, shared by its recipients
-            overridden = plan.overridden
+            settled = plan.overridden or (None if consents else plan.unrecorded)
             for recipient, suffix in plan.id_suffixes:
-                outcome, reason = overridden or consent_outcome(agreement, recipient, consents, context)
+                outcome, reason = settled or consent_outcome(agreement, recipient, consents, context)
                 disclosed = outcome is Outcome.DISCLOSED
                 projected = None
                 if disclosed:
