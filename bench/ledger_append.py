@@ -11,7 +11,9 @@ COPY (psycopg set_types, write_row) of the very rows append wrote, read back wit
 their hashes, into a table made ``LIKE ledger_entries INCLUDING ALL`` (the same
 columns, constraints and indexes), in the same batch size, one transaction per batch.
 The ratio append / raw is what encoding, hashing, chaining and idempotency cost over
-loading finished rows. A COPY into a table with no index at all is shown for scale.
+loading finished rows. Shown for scale: a text COPY of the same rows into the same
+indexes (what this bench compared with before), and a binary COPY into a table with no
+index at all.
 
 To keep the two sides under the same load (the machine is shared), the measured run
 interleaves them batch by batch: append batch i to a fresh ledger, then COPY batch i's
@@ -149,14 +151,19 @@ def read_rows(engine: Engine) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in conn.execute(select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))]
 
 
-def copy_batch(raw: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
-    """Binary-COPY finished rows into ``table`` and commit, as append's COPY does it."""
-    use_c_bytea_dumper(raw.driver_connection)
+def copy_batch(raw: Any, table: str, rows: list[tuple[Any, ...]], binary: bool = True) -> None:
+    """COPY finished rows into ``table`` and commit: binary as append's COPY does it, or text."""
     cursor = raw.driver_connection.cursor()
-    with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_COPY_TYPES)
-        for row in rows:
-            copy.write_row(row)
+    if binary:
+        use_c_bytea_dumper(raw.driver_connection)
+        with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+    else:
+        with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
     raw.driver_connection.commit()
 
 
@@ -214,27 +221,26 @@ def main() -> int:
         assert len(rows) == args.entries
         recreate_ledger(db.owner, db.app)
         fresh_table(db.owner, "raw_indexed", "INCLUDING ALL", db.app)
+        fresh_table(db.owner, "raw_text", "INCLUDING ALL", db.app)
         fresh_table(db.owner, "raw_plain", "", db.app)
 
         # One connection each, so each side's backend is one process whose CPU time can be read.
         ledger_engine = create_engine(db.app.url, pool_size=1, max_overflow=0)
         raw_engine = create_engine(db.app.url, pool_size=1, max_overflow=0)
-        ledger, indexed, plain = Meter(backend_pid(ledger_engine)), Meter(0), Meter(0)
         raw = raw_engine.raw_connection()
+        raw_pid = raw.driver_connection.info.backend_pid
+        meters = {"ledger": Meter(backend_pid(ledger_engine)), "indexed": Meter(raw_pid),
+                  "text": Meter(raw_pid), "plain": Meter(raw_pid)}
         try:
-            indexed.backend = plain.backend = raw.driver_connection.info.backend_pid
             for i, batch in enumerate(batches):
                 finished = rows[i * args.batch : (i + 1) * args.batch]
                 # Alternate which side goes first, so neither always follows the other's commit.
-                sides = [("ledger", batch), ("indexed", finished), ("plain", finished)]
-                for side, data in sides if i % 2 == 0 else sides[::-1]:
-                    if side == "ledger":
-                        with ledger.measure():
-                            append(ledger_engine, data)
-                    else:
-                        meter = indexed if side == "indexed" else plain
-                        with meter.measure():
-                            copy_batch(raw, f"raw_{side}", data)
+                for side in list(meters) if i % 2 == 0 else list(meters)[::-1]:
+                    with meters[side].measure():
+                        if side == "ledger":
+                            append(ledger_engine, batch)
+                        else:
+                            copy_batch(raw, f"raw_{side}", finished, binary=side != "text")
         finally:
             raw.close()
             ledger_engine.dispose()
@@ -245,32 +251,35 @@ def main() -> int:
         role = db.app.url.username
 
     n = args.entries
-    rate = {name: n / m.wall for name, m in (("ledger", ledger), ("indexed", indexed), ("plain", plain))}
+    rate = {name: n / m.wall for name, m in meters.items()}
+    ledger, indexed = meters["ledger"], meters["indexed"]
     ratio = rate["ledger"] / rate["indexed"]
-
-    def cpu(m: Meter) -> str:
-        return (f"CPU {(m.client_cpu + m.server_cpu) / n * 1e6:5.1f} us/entry "
-                f"(Python {m.client_cpu / n * 1e6:4.1f}, PostgreSQL {m.server_cpu / n * 1e6:4.1f})")
-
     cpu_ratio = (indexed.client_cpu + indexed.server_cpu) / (ledger.client_cpu + ledger.server_cpu)
-    print(f"{n:,} entries, {args.batch:,} per transaction, PostgreSQL ({make_url(url).host}), as app role {role}")
-    print(f"ledger.append (lock, head, Avro + 2 x SHA-256, chain, binary COPY in a savepoint): "
-          f"{rate['ledger']:>8,.0f} entries/s ({ledger.wall:.2f} s); {cpu(ledger)}")
-    print(f"raw binary COPY of the same finished rows, same indexes:                        "
-          f"{rate['indexed']:>8,.0f} entries/s ({indexed.wall:.2f} s); {cpu(indexed)}")
-    print(f"raw binary COPY of the same finished rows, no index:                            "
-          f"{rate['plain']:>8,.0f} entries/s ({plain.wall:.2f} s); {cpu(plain)}")
-    print(f"ratio ledger.append / raw COPY into the same indexed table: {ratio:.3f} (entries/s); "
-          f"{cpu_ratio:.3f} (CPU per entry, inverted)")
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs; "
-          f"same rows as the first append: {'yes' if same else 'NO'}; {result.describe()}")
+    labels = {
+        "ledger": "`ledger.append` (lock, head, Avro + 2 SHA-256, chain, binary COPY)",
+        "indexed": "raw binary COPY of the same finished rows, same indexes",
+        "text": "raw text COPY of the same rows, same indexes (the bench's old baseline)",
+        "plain": "raw binary COPY of the same rows, no index",
+    }
+
+    def us(seconds: float) -> str:
+        return f"{seconds / n * 1e6:.1f}"
+
+    print(f"{n:,} entries, {args.batch:,} per transaction, PostgreSQL ({make_url(url).host}), as app role {role}; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    for key, m in meters.items():
+        print(f"{labels[key]:74s} {rate[key]:>8,.0f} entries/s ({m.wall:.2f} s); CPU {us(m.client_cpu + m.server_cpu)} "
+              f"us/entry (Python {us(m.client_cpu)}, PostgreSQL {us(m.server_cpu)})")
+    print(f"ratio ledger.append / raw binary COPY into the same indexed table: {ratio:.3f} in entries/s, "
+          f"{cpu_ratio:.3f} in CPU per entry (inverted)")
+    print(f"same rows as the first append: {'yes' if same else 'NO'}; {result.describe()}")
     print()
-    print(f"| {n:,} entries, {args.batch:,} per transaction | entries/s | vs raw COPY | CPU us/entry (Python + PostgreSQL) |")
+    print(f"| {n:,} entries, {args.batch:,} per transaction | entries/s | vs raw binary COPY, same indexes "
+          "| CPU us/entry (Python + PostgreSQL) |")
     print("| --- | ---: | ---: | ---: |")
-    for label, key, m in (("`ledger.append`", "ledger", ledger), ("raw binary COPY, same indexes", "indexed", indexed),
-                          ("raw binary COPY, no index", "plain", plain)):
-        print(f"| {label} | {rate[key]:,.0f} | {rate[key] / rate['indexed']:.2f} | "
-              f"{(m.client_cpu + m.server_cpu) / n * 1e6:.1f} ({m.client_cpu / n * 1e6:.1f} + {m.server_cpu / n * 1e6:.1f}) |")
+    for key, m in meters.items():
+        print(f"| {labels[key]} | {rate[key]:,.0f} | {rate[key] / rate['indexed']:.2f} | "
+              f"{us(m.client_cpu + m.server_cpu)} ({us(m.client_cpu)} + {us(m.server_cpu)}) |")
     return 0 if result.ok and same else 1
 
 
