@@ -433,8 +433,12 @@ def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
     chunks = render_csv(export) if args.format == "csv" else render_jsonl(export)
     out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
     try:
+        # Streamed: an entry missing or changed part-way is found while writing.
         for chunk in chunks:
             out.write(chunk)
+    except LedgerMismatch as exc:
+        print(f"accord ledger export: {exc}; the output is incomplete", file=sys.stderr)
+        return 1
     finally:
         if args.out:
             out.close()
@@ -449,7 +453,9 @@ def cmd_ledger_verify_export(args: argparse.Namespace, settings: Settings) -> in
     from ledger.note import NoteVerifier
 
     verifier = NoteVerifier.parse(args.key) if args.key else verifier_from_settings(settings)
-    result = verify_export(Path(args.file).read_text(encoding="utf-8"), verifier)
+    # Read as it is checked, in bounded memory (a missing file is main()'s one-line error).
+    with open(args.file, encoding="utf-8", newline="") as lines:
+        result = verify_export(lines, verifier)
     print(result.describe())
     return 0 if result.ok else 1
 
