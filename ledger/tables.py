@@ -18,29 +18,33 @@ DISCLOSURE_ID_UNIQUE = "ledger_entries_disclosure_id_key"
 
 
 class LedgerEntry(LedgerBase):
-    """One ledger entry. Its indexes, chosen by bench/ledger_indexes.py (100k rows by binary
-    COPY in 1,000-row transactions, PostgreSQL 15, 2 shared cores; PostgreSQL CPU per entry,
-    best of 3, which moved by about 0.3 us between runs):
+    """One ledger entry. Its indexes were chosen by measuring (bench/ledger_indexes.py: 100k
+    rows by binary COPY in 1,000-row transactions, PostgreSQL 15 on 2 shared cores; the
+    PostgreSQL backend's CPU per entry, best of 3, ranges over 4 runs, which moved by
+    about 0.3 us between runs). Insert cost, added to PRIMARY KEY + UNIQUE for a lookup
+    column:
 
     - no index 2.9 us; PRIMARY KEY (seq) 3.5 (ascending keys: cheap);
-    - UNIQUE (disclosure_id), btree: +1.7. Kept: it is what keeps I7 under two writers
-      (tests/test_ledger_concurrency.py), and it is what lets append COPY without looking
-      the batch's ids up first (that look-up, = ANY of 1,000 ids, cost 3 ms of server CPU
-      and 6 ms wall per batch, 3 to 6 us an entry). A hash index would save about 0.7 but
-      cannot be UNIQUE;
-    - event_id, btree: +1.4 (hash +0.5 to +1.1). Kept a btree: the processor's replay
-      reads a batch's 1,000 event ids with = ANY, 3.8 ms of server CPU on the btree,
-      4.6 on a hash, which takes back what the hash saves per batch of 1,000 to 2,000
-      entries;
-    - subject_key, btree: +1.0 (hash +0.9): no gain; readers (the sweeper, reports) read
-      one key's many entries, as fast either way, 20,000 rows by = ANY twice as fast on
-      the btree. Kept a btree;
-    - refers_to, hash: +0.3 to +0.6, against +1.2 to +1.7 for a btree (+0.7 with WHERE
-      refers_to IS NOT NULL): only receipts and retractions have one, and a hash index
-      stores no NULLs. Its readers use = and IN (reports, receipts), as fast on either.
+    - UNIQUE (disclosure_id), btree: +1.5 to +2.0. Kept: it is what keeps I7 under two
+      writers (tests/test_ledger_concurrency.py), and what lets append COPY without
+      looking the batch's ids up first: that look-up (= ANY of 1,000 ids) took 3.0 to
+      3.7 ms of server CPU and 6 to 10 ms wall per batch, more than the index costs. A
+      hash index cannot be UNIQUE; COLLATE "C" (byte order) saved 0.2 to 0.3, not worth
+      changing the column's collation;
+    - event_id: btree +1.3 to +1.4, hash +0.5 to +1.1. Kept a btree: the processor's
+      replay reads a batch's 1,000 event ids with = ANY, 3.8 to 4.7 ms of server CPU on
+      the btree against 4.6 to 5.3 on a hash, which takes back what the hash saves on a
+      batch's 1,000 to 2,000 entries;
+    - subject_key: btree +0.8 to +1.4, hash +0.0 to +0.9. Kept a btree: readers (the
+      sweeper, reports) read one key's many entries, as fast on either, and 1,000 keys'
+      20,000 rows twice as fast on the btree;
+    - refers_to: hash +0.3 to +0.6, against +1.1 to +1.7 for a btree (+0.5 to +1.3 with
+      WHERE refers_to IS NOT NULL). A hash index: only receipts and retractions have a
+      refers_to, a hash index stores no NULLs, and its readers (reports, receipts) use =
+      and IN, as fast on either (1.5 ms for 412 keys, 0.03 ms for one).
 
-    So 7.7 us an entry against 8.6 to 9.6 with four btrees. On SQLite every index is a
-    btree (postgresql_using is PostgreSQL's).
+    So 8.1 to 8.6 us an entry, against 8.6 to 9.6 with four btrees. On SQLite every
+    index is a btree (postgresql_using is PostgreSQL's).
     """
 
     __tablename__ = "ledger_entries"
