@@ -207,7 +207,8 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--url", default=None,
-                        help="a PostgreSQL superuser's URL (default ACCORD_LEDGER_URL if PostgreSQL, else the test database)")
+                        help="a PostgreSQL superuser's URL (default ACCORD_LEDGER_URL if PostgreSQL, "
+                             "else the test database)")
     args = parser.parse_args()
     url = args.url or (Settings().ledger_url if Settings().ledger_url.startswith("postgresql") else DEFAULT_URL)
 

@@ -58,6 +58,8 @@ DESIGNS: list[tuple[str, list[str]]] = [
     ("no index", []),
     ("PK (seq)", [PK]),
     ("PK + UNIQUE (disclosure_id) btree", BASE),
+    ('PK + UNIQUE (disclosure_id COLLATE "C") btree (byte order; needs the column so collated)',
+     [PK, 'CREATE UNIQUE INDEX ON {t} (disclosure_id COLLATE "C")']),
     ("PK + UNIQUE + btree event_id", [*BASE, btree("event_id")]),
     ("PK + UNIQUE + hash event_id", [*BASE, hash_("event_id")]),
     ("PK + UNIQUE + btree subject_key", [*BASE, btree("subject_key")]),
@@ -81,7 +83,8 @@ DESIGNS: list[tuple[str, list[str]]] = [
 
 
 def finished_rows(n: int, batch: int) -> list[tuple[Any, ...]]:
-    """ledger.append's rows for the bench's drafts, two in five a receipt (refers_to set), as when partners acknowledge most disclosures."""
+    """ledger.append's rows for the bench's drafts, two in five of them a receipt (refers_to
+    set), as when partners acknowledge most disclosures."""
     from dataclasses import replace
 
     todo = drafts(n)
@@ -90,7 +93,8 @@ def finished_rows(n: int, batch: int) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     seq, prev = 0, GENESIS_HASH
     for i in range(0, n, batch):
-        chunk = list(_rows(todo[i : i + batch], {}, seq, prev, []))
+        chunk: list[tuple[Any, ...]] = []
+        _rows(todo[i : i + batch], {}, seq, prev, [], chunk.append)
         rows += chunk
         seq, prev = chunk[-1][0], chunk[-1][21]
     return rows
@@ -186,7 +190,8 @@ def main() -> int:
             conn.rollback()
         for column in keys:
             for shape in ("= ANY", "="):
-                label = f"`{column} = ANY` ({len(keys[column])} keys)" if shape == "= ANY" else f"`{column} =` (one key)"
+                many = f"`{column} = ANY` ({len(keys[column])} keys)"
+                label = many if shape == "= ANY" else f"`{column} =` (one key)"
                 cells = [f"{timings[(column, kind, shape)][0]:.2f} ({timings[(column, kind, shape)][1]:.2f})"
                          for kind in ("btree", "hash")]
                 print(f"| {label} | {cells[0]} | {cells[1]} |")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -432,7 +432,12 @@ def _copy_batch(
     refused one (the transaction, or savepoint, must then be rolled back)."""
     results: list[Appended] = []
     try:
-        _copy(cursor, _rows(drafts, known, last_seq, prev, results))
+        use_c_bytea_dumper(cursor.connection)
+        with cursor.copy(_COPY_SQL) as copy:
+            copy.set_types(_COPY_TYPES)
+            # Each row goes to COPY as it is made: PostgreSQL inserts and indexes one buffer
+            # while Python encodes and hashes the next, when a core is free for it.
+            _rows(drafts, known, last_seq, prev, results, copy.write_row)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
             raise
@@ -447,20 +452,11 @@ def _append_elsewhere(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Ap
     ).first()
     last_seq, prev = (head[0], bytes(head[1])) if head else (0, GENESIS_HASH)
     results: list[Appended] = []
-    rows = list(_rows(drafts, _lookup(conn, (d.disclosure_id for d in drafts)), last_seq, prev, results))
+    rows: list[tuple[Any, ...]] = []
+    _rows(drafts, _lookup(conn, (d.disclosure_id for d in drafts)), last_seq, prev, results, rows.append)
     if rows:
         conn.execute(insert(LedgerEntry), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
     return results
-
-
-def _copy(cursor: psycopg.Cursor[Any], rows: Iterable[tuple[Any, ...]]) -> None:
-    """Binary COPY of the rows as they are made: PostgreSQL inserts (and indexes) one
-    buffer while Python encodes and hashes the next, when a core is free for it."""
-    use_c_bytea_dumper(cursor.connection)
-    with cursor.copy(_COPY_SQL) as copy:
-        copy.set_types(_COPY_TYPES)
-        for row in rows:
-            copy.write_row(row)
 
 
 def use_c_bytea_dumper(connection: psycopg.Connection[Any]) -> None:
@@ -474,10 +470,15 @@ def use_c_bytea_dumper(connection: psycopg.Connection[Any]) -> None:
 
 
 def _rows(
-    drafts: Sequence[EntryDraft], known: dict[str, int], last_seq: int, prev: bytes, results: list[Appended]
-) -> Iterator[tuple[Any, ...]]:
-    """The ledger rows of the drafts not in ``known`` (disclosure_id -> seq), numbered and
-    chained from (last_seq, prev), checked as they go (_check); one Appended per draft
+    drafts: Sequence[EntryDraft],
+    known: dict[str, int],
+    last_seq: int,
+    prev: bytes,
+    results: list[Appended],
+    write: Callable[[tuple[Any, ...]], Any],
+) -> None:
+    """Write the ledger rows of the drafts not in ``known`` (disclosure_id -> seq), numbered
+    and chained from (last_seq, prev), checked as they go (_check); one Appended per draft
     goes to ``results``.
 
     ``known`` is extended with the new rows, so a repeat within the batch gets its first
@@ -518,14 +519,14 @@ def _rows(
         h = sha256(leaf).digest()
         fj = fields_json.get(fields) if fields.__class__ is tuple else None
         sj = subjects_json.get(subjects) if subjects.__class__ is tuple else None
-        yield (
+        write((
             last_seq, did, d.event_id, d.event_type, d.provider, d.recipient, d.agreement_id, d.agreement_version,
             d.purpose, d.legal_basis, outcome, d.reason,
             fj or _json_list(fields_json, fields, True),
             d.consent_mode, d.consent_version, d.subject_key, utc, d.refers_to, digest,
             sj or _json_list(subjects_json, subjects, False),
             prev, h, sha256(b"\x00" + leaf).digest(),
-        )
+        ))
         known[did] = last_seq
         results.append(_new_tuple(Appended, (last_seq, did, True)))
         prev = h
@@ -570,7 +571,9 @@ _COPY_SQL = f"COPY ledger_entries ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BIN
 _COPY_TYPES = [postgres.types[_pg_type(c)].oid for c in LedgerEntry.__table__.columns]
 _HEAD_SQL = "SELECT seq, entry_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1"
 # Several statements in one round trip (no parameters: the simple query protocol).
-_BEGIN_LOCK_HEAD = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY}); {_HEAD_SQL}"
+_BEGIN_LOCK_HEAD = (
+    f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY}); {_HEAD_SQL}"
+)
 _SAVEPOINT_HEAD = f"SAVEPOINT ledger_append; {_HEAD_SQL}"
 _LOOKUP_SQL = "SELECT disclosure_id, seq FROM ledger_entries WHERE disclosure_id = ANY(%s)"
 _BYTEA_OID = postgres.types["bytea"].oid

@@ -139,7 +139,8 @@ class _Compiler:
                 f"    elif {arg} < 134217728:  # 2**27: zig-zag below 2**28, two pieces",
                 f"        p{i} = _CONT[({arg} << 1) & 16383] + _UV[{arg} >> 13]",
                 f"    elif {arg} < 2199023255552:  # 2**41: three pieces",
-                f"        p{i} = b''.join((_CONT[({arg} << 1) & 16383], _CONT[({arg} >> 13) & 16383], _UV[{arg} >> 27]))",
+                f"        p{i} = b''.join((_CONT[({arg} << 1) & 16383], _CONT[({arg} >> 13) & 16383], "
+                f"_UV[{arg} >> 27]))",
                 "    else:",
                 f"        p{i} = _long({arg})",
                 "else:",

@@ -27,7 +27,9 @@ with SCHEMA_PATH.open(encoding="utf-8") as f:
     SCHEMA_JSON = json.load(f)
 SCHEMA = fastavro.parse_schema(SCHEMA_JSON)
 # To read decided_at back as the integer milliseconds written (any long, not only a datetime's).
-PLAIN = fastavro.parse_schema(json.loads(json.dumps(SCHEMA_JSON).replace('"logicalType": "timestamp-millis"', '"x": 0')))
+PLAIN = fastavro.parse_schema(
+    json.loads(json.dumps(SCHEMA_JSON).replace('"logicalType": "timestamp-millis"', '"x": 0'))
+)
 SYMBOLS = next(f["type"]["symbols"] for f in SCHEMA_JSON["fields"] if f["name"] == "outcome")
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
 # Where a varint grows a byte (zig-zag: 2**k / 2 either side), and the writer's table edges.
@@ -157,7 +159,8 @@ def test_memoised_fields_stay_right_past_their_bound() -> None:
                                                   "refers_to": None, "fields": ("a",), "subjects": (),
                                                   "prev_hash": bytes(32)}
     for i in list(range(9000)) + list(range(0, 9000, 7)):
-        record = base | {"recipient": f"partner-{i}", "reason": None if i % 3 else f"why {i}", "fields": (f"f{i % 5000}",)}
+        record = base | {"recipient": f"partner-{i}", "reason": None if i % 3 else f"why {i}",
+                         "fields": (f"f{i % 5000}",)}
         expected = reference(record | {"fields": list(record["fields"]), "subjects": []})
         assert ours(record) == expected, i
 

@@ -132,7 +132,9 @@ def _decision(i: int) -> "EntryDraft":
 
 
 @pytest.mark.parametrize("paths", [("engine", "engine"), ("engine", "writer")])
-def test_two_writers_appending_the_same_decisions_record_each_once(pg_engine, paths: tuple[str, str]) -> None:  # noqa: ANN001
+def test_two_writers_appending_the_same_decisions_record_each_once(  # noqa: ANN001
+    pg_engine, paths: tuple[str, str]
+) -> None:
     """I7 under two writers deciding the same events (a rebalance): each disclosure id once, one seq, one new=True.
 
     Each thread appends overlapping batches of the same 1,200 decisions in its own order, so
@@ -199,7 +201,9 @@ def test_the_database_refuses_a_second_entry_for_a_disclosure_id(pg_engine) -> N
     # A writer that skips append's look-up: the next row, chained right, reusing the id.
     with pg_engine.connect() as conn:
         head = conn.execute(select(LedgerEntry.entry_hash).where(LedgerEntry.seq == first.seq)).scalar_one()
-    [row] = _rows([replace(_decision(2), disclosure_id=_decision(1).disclosure_id)], {}, first.seq, head, [])
+    rows: list = []
+    _rows([replace(_decision(2), disclosure_id=_decision(1).disclosure_id)], {}, first.seq, head, [], rows.append)
+    [row] = rows
     columns = [c.name for c in LedgerEntry.__table__.columns]
     with pytest.raises(IntegrityError, match=DISCLOSURE_ID_UNIQUE):
         with pg_engine.begin() as conn:
