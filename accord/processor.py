@@ -47,7 +47,16 @@ from accord.agreement_feed import AgreementSet, FeedFollower, FeedNotReached
 from accord.control_lease import Lease
 from accord.health import Health
 from accord.retraction import ENDED
-from accord.sharing import Context, Decision, Outcome, decide, disclosure_id, other_subjects, projection_for, subject_key
+from accord.sharing import (
+    Context,
+    Decision,
+    Outcome,
+    Sharing,
+    disclosure_id,
+    other_subjects,
+    projection_for,
+    subject_key,
+)
 from accord.topics import EVENT_TYPES, TopicNames
 from agreements.model import Agreement
 from agreements.recipient_schemas import projection_name
@@ -336,6 +345,7 @@ class BatchHandler:
         deliveries: list[Delivery] = []
         known = event_entries(self.engine, list(copies)) if copies else {}
         agreements = self.agreements.current()  # one view for the whole batch
+        sharing = Sharing.of(agreements)  # compiled once per set of agreements (cached)
         replay = _ReplayView(self.agreements.by_key(), {a.id: a for a in agreements}, context)
         for event_id, versions in copies.items():
             stored = known.get(event_id)
@@ -357,7 +367,7 @@ class BatchHandler:
         for event in events.values():
             consents = histories.get(event.subject_key, ())
             try:
-                decisions = decide(event.event_type, event.record, agreements, consents, context)
+                decisions = sharing.decide(event.event_type, event.record, consents, context, key=event.subject_key)
             except Exception as exc:  # pure code failing on one record must not stop the bus (I10)
                 dead.append(DeadLetter(event.msg, "Undecidable", f"could not be decided: {type(exc).__name__}"))
                 continue
