@@ -16,11 +16,19 @@ here asserts a time. The steps, each with its own topic prefix, group and ledger
    event makes, per event type;
 4. the I/O floor: decode, COPY that many of the pipeline's own ledger rows and
    produce that many records per event, commit offsets; no decisions, no hashing;
-5. the pipeline on PostgreSQL with 2 workers (one group), then on SQLite with 1
-   and 2 workers;
+5. the pipeline on PostgreSQL with 2 workers (``accord run processor --workers 2``,
+   one group), then on SQLite with 1 and 2 workers. Steps 2-5 run ``--rounds``
+   times, interleaved, and the best try of each is reported (every try is shown):
+   other work on the machine moves a single try by as much as 2x;
 6. latency, publish -> partner record, at steady offered loads on PostgreSQL with
-   1 and 2 workers (bench/latency.py);
-7. two markdown tables, for the README.
+   1 and 2 workers (bench/latency.py), then the same path through the processor's
+   Kafka loop with nothing in it, with its consume settings and without their waits;
+7. markdown tables, for the README.
+
+Each throughput run also says where the CPU went (bench/cpu.py: processor, PostgreSQL
+backends of the app role, broker, per event) and what the app role's sessions were
+doing (bench/pg_waits.py), so a rate can be told apart from a busy machine. A run in
+which the processor dead-letters anything, or a worker dies, counts as failed.
 
 The processor runs with its default batch settings (ACCORD_BATCH_SIZE,
 ACCORD_BATCH_WINDOW_S), which the floor uses too; ledger checkpoints are off
@@ -178,6 +186,7 @@ class Bench:
         with self.ledger(settings, backend) as (url, engine, database, waits):
             with Workers(workers, processor_env(settings, url), settings.state_dir, "processor") as group:
                 drained = drain_backlog(settings, group, ends, meter=self.meter(group, database), waits=waits)
+                group.no_dead_letters()
                 how = group.description
                 rebalances = group.count("partitions_revoked")
             shape = ledger_shape(engine)
@@ -198,8 +207,11 @@ class Bench:
             with Workers(workers, processor_env(settings, db.app_url), settings.state_dir, "processor") as group:
                 group.wait_settled()
                 group.check_alive()
-                return latency.measure(settings, latency.ledger_keys(db.admin), partner_topics, self.events,
-                                       loads, progress=log)
+                stages = latency.measure(settings, latency.ledger_keys(db.admin), partner_topics, self.events,
+                                         loads, progress=log)
+                group.check_alive()
+                group.no_dead_letters()
+                return stages
 
     def relay_latency(self, load: tuple[float, float], window_s: float, **overrides: object) -> latency.Stage:
         """Latency through the processor's Kafka loop with nothing in it (bench/latency.py Relay)."""

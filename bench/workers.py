@@ -121,6 +121,13 @@ class Workers:
         if exited:  # the --workers supervisor restarts a child that died: a crash all the same
             raise WorkerFailed(f"a worker died and was restarted by the supervisor ({exited[0]}):\n{self.tail()}")
 
+    def no_dead_letters(self) -> None:
+        """Every synthetic event is valid: a dead letter means the processor failed, not the data."""
+        dead = [line for line in self.lines() if line.get("event") in ("dead_letter", "record_unprocessable")]
+        if dead:
+            kinds = sorted({str(line.get("error")) for line in dead})
+            raise WorkerFailed(f"{len(dead)} records dead-lettered ({', '.join(kinds)}); first: {dead[0]}")
+
     def pids(self) -> list[int]:
         """Every process of the group (the supervisor and its children, with --workers)."""
         return [d for p in self.procs if p.poll() is None for d in descendants(p.pid)]
