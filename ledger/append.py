@@ -437,9 +437,10 @@ def _copy_batch(
             copy.set_types(_COPY_TYPES)
             # Each row goes to COPY as it is made. (PostgreSQL still inserts and indexes a
             # binary COPY's rows 1,000 at a time: its copyfrom.c counts buffered bytes by the
-            # text line, so only MAX_BUFFERED_TUPLES flushes, at the end of a 1,000-row batch.
-            # A text COPY flushes every ~64 kB and so overlaps this loop on an idle core, but
-            # costs Python 1.2 to 2.4 us a row more to format: a loss when the cores are busy.)
+            # text line, so only MAX_BUFFERED_TUPLES flushes, at the end of a 1,000-row batch,
+            # and its work does not overlap this loop's. A text COPY flushes every ~64 kB and
+            # does overlap, for 1.5 to 3 us more Python CPU a row: measured at 1,000 a batch
+            # on 2 lightly loaded cores, 0.73 to 0.76 of a raw binary COPY against 0.66 to 0.71.)
             _rows(drafts, known, last_seq, prev, results, copy.write_row)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
