@@ -199,12 +199,13 @@ class Bench:
                   + (f"\n    {drained.waits}" if drained.waits else ""))
         return drained, shape, detail
 
-    def latency(self, workers: int, loads: list[tuple[float, float]]) -> list[latency.Stage]:
+    def latency(self, workers: int, loads: list[tuple[float, float]],
+                env: dict[str, str] | None = None) -> list[latency.Stage]:
         settings = self.fresh(f"lat{workers}")
         backlog.create_bus_topics(settings)
         partner_topics = [t for ts in backlog.partner_topics(settings).values() for t in ts]
         with role_database() as db:
-            with Workers(workers, processor_env(settings, db.app_url), settings.state_dir, "processor") as group:
+            with Workers(workers, processor_env(settings, db.app_url, env), settings.state_dir, "processor") as group:
                 group.wait_settled()
                 group.check_alive()
                 stages = latency.measure(settings, latency.ledger_keys(db.admin), partner_topics, self.events,
@@ -250,12 +251,17 @@ def main() -> int:
     parser.add_argument("--headline-load", type=float, default=2000.0, help="this load runs --headline-seconds")
     parser.add_argument("--headline-seconds", type=float, default=10.0)
     parser.add_argument("--latency-workers", default="1,2")
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
+    parser.add_argument("--latency-env", action="append", default=[], metavar="ACCORD_X=VALUE",
+                        help="an extra setting for the processor in the latency runs only (experiments; "
+                             "the output says so)")
     args = parser.parse_args()
     begun = time.perf_counter()
 
     loads = [(float(x), args.headline_seconds if float(x) == args.headline_load else args.stage_seconds)
              for x in args.loads.split(",")]
     latency_workers = [int(x) for x in args.latency_workers.split(",") if x]
+    latency_env = dict(kv.split("=", 1) for kv in args.latency_env)
     needed = max(args.events, 300 + int(sum(r * s for r, s in loads)) if not args.no_latency else 0)
 
     root = Path(tempfile.mkdtemp(prefix="accord-bench-"))
@@ -300,7 +306,7 @@ def main() -> int:
                 kept["rows"] = [tuple(r) for r in conn.execute(
                     select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))]
 
-        for round_no in range(args.rounds):  # interleaved, so a busy spell hits one try, not one run
+        for round_no in range(0 if args.latency_only else args.rounds):  # interleaved: a busy spell hits one try
             # 2.
             def raw() -> tuple[float, str, Usage | None]:
                 settings = bench.fresh("raw")
@@ -366,7 +372,7 @@ def main() -> int:
                     + (f" (skipped {', '.join(f'{r:.0f}' for r in skipped)}/s: above 1.25x the backlog rate)"
                        if skipped else ""))
                 try:
-                    stages[n] = bench.latency(n, todo)
+                    stages[n] = bench.latency(n, todo, latency_env)
                     for s in stages[n]:
                         log(f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
                             f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms")
@@ -389,36 +395,39 @@ def main() -> int:
                     log(f"  FAILED: {type(exc).__name__}: {exc}")
 
         # 7.
-        print()
-        print(f"Throughput, {args.events:,}-event backlog, same broker and records "
-              f"({os.cpu_count()} CPUs, Tansu in memory, PostgreSQL {base_pg_version()}):")
-        print()
-        print(f"Best of {args.rounds} interleaved tries each (all tries in the last column); CPU per event is the "
-              "best try's.")
-        print()
-        print("| run | events/s | ratio to raw | ratio to floor | CPU µs/event: Python / PostgreSQL / broker | tries |")
-        print("|---|---:|---:|---:|---:|---:|")
-        raw_rate = runs.get("raw", Run("")).rate
-        floor_rate = runs.get("floor", Run("")).rate
-        for key in ("raw", "floor", "pg1", "pg2", "sq1", "sq2"):
-            r = runs.get(key)
-            if r is None:
-                continue
-            each = ", ".join("failed" if t.rate is None else f"{t.rate:,.0f}" for t in tries.get(key, []))
-            if any(t.rate is None for t in tries.get(key, [])):
-                ok = False
-            if r.rate is None:
-                print(f"| {r.label} | failed | - | - | - | {each} |")
-                continue
-            print(f"| {r.label} | {r.rate:,.0f} | {ratio(r.rate, raw_rate)} | {ratio(r.rate, floor_rate)} | "
-                  f"{r.cost()} | {each} |")
+        if runs:
+            print()
+            print(f"Throughput, {args.events:,}-event backlog, same broker and records "
+                  f"({os.cpu_count()} CPUs, Tansu in memory, PostgreSQL {base_pg_version()}):")
+            print()
+            print(f"Best of {args.rounds} interleaved tries each (all tries in the last column); CPU per event is the "
+                  "best try's.")
+            print()
+            print("| run | events/s | ratio to raw | ratio to floor | CPU µs/event: Python / PostgreSQL / broker | tries |")
+            print("|---|---:|---:|---:|---:|---:|")
+            raw_rate = runs.get("raw", Run("")).rate
+            floor_rate = runs.get("floor", Run("")).rate
+            for key in ("raw", "floor", "pg1", "pg2", "sq1", "sq2"):
+                r = runs.get(key)
+                if r is None:
+                    continue
+                each = ", ".join("failed" if t.rate is None else f"{t.rate:,.0f}" for t in tries.get(key, []))
+                if any(t.rate is None for t in tries.get(key, [])):
+                    ok = False
+                if r.rate is None:
+                    print(f"| {r.label} | failed | - | - | - | {each} |")
+                    continue
+                print(f"| {r.label} | {r.rate:,.0f} | {ratio(r.rate, raw_rate)} | {ratio(r.rate, floor_rate)} | "
+                      f"{r.cost()} | {each} |")
         pg1, pg2 = runs.get("pg1", Run("")).rate, runs.get("pg2", Run("")).rate
         if pg1 and pg2:
             print(f"\n2 workers / 1 worker on PostgreSQL: {pg2 / pg1:.2f}x")
         if stages:
             print()
+            setting = (", ".join(f"{k}={v}" for k, v in latency_env.items()) + " (NOT the defaults)") if latency_env \
+                else f"default settings, batch window {base.batch_window_s * 1000:.0f} ms"
             print(f"Latency, publish -> partner record (one sample per partner record), PostgreSQL (app role), "
-                  f"batch window {base.batch_window_s * 1000:.0f} ms:")
+                  f"{setting}:")
             print()
             print("| workers | offered events/s | achieved | partner records | p50 ms | p99 ms | max ms |")
             print("|---:|---:|---:|---:|---:|---:|---:|")
