@@ -440,7 +440,10 @@ def _copy_batch(
             # text line, so only MAX_BUFFERED_TUPLES flushes, at the end of a 1,000-row batch,
             # and its work does not overlap this loop's. A text COPY flushes every ~64 kB and
             # does overlap, for 1.5 to 3 us more Python CPU a row: measured at 1,000 a batch
-            # on 2 lightly loaded cores, 0.73 to 0.76 of a raw binary COPY against 0.66 to 0.71.)
+            # on 2 lightly loaded cores, 0.73 to 0.76 of a raw binary COPY against 0.66 to 0.71.
+            # Binary COPYs of 250 or 500 rows, each ended without waiting while the next was
+            # made, measured 0.62 to 0.75 against 0.71 to 0.76: more COPYs cost more than the
+            # overlap gave.)
             _rows(drafts, known, last_seq, prev, results, copy.write_row)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
