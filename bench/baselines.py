@@ -85,7 +85,9 @@ def raw_copy(settings: Settings, ends: Mapping[tuple[str, int], int], out_topic:
     meter = CpuMeter(cpu_groups or {})  # over every pass, gaps included: CPU per event, not per second
     meter.start(time.perf_counter())
     try:
-        while passes < min_passes or timed_seconds < min_seconds:
+        begun = time.perf_counter()
+        # Each pass costs a re-assignment (~0.5 s on Tansu) besides its timed part: bound the wall time too.
+        while passes < min_passes or (timed_seconds < min_seconds and time.perf_counter() - begun < 20):
             consumer.assign([TopicPartition(t, p, 0) for (t, p) in ends])
             seen, first, started = 0, 0, 0.0
             while seen < total:
