@@ -4,7 +4,9 @@ One pass of the loop (``SharingLoop.run_once``), in this order:
 
 1. agreements: apply what is new on the feed; after the start and after every
    rebalance, read it to its end before deciding anything (I9);
-2. consume up to ``batch_size`` records from the event topics and the receipts topic;
+2. consume: wait up to ``batch_window_s`` for the first record, then take whatever else
+   has already arrived, up to ``batch_size`` records (events and receipts). A batch is
+   never held back to fill up, so a quiet stream is not delayed by the window;
 3. handle the batch (``BatchHandler.handle``: decide, ledger, deliver, dead letters);
 4. commit the batch's offsets;
 5. run the control plane when due: the retraction sweep and ledger checkpoints, in the
@@ -597,7 +599,10 @@ class SharingLoop:
         # 1. agreements
         self._guarded(self.feed.poll)
         # 2. consume
-        msgs = self.consumer.consume(self.batch_size, timeout=self.batch_window_s)
+        first = self.consumer.poll(self.batch_window_s)  # returns at the first record
+        msgs = [] if first is None else [first]
+        if first is not None and self.batch_size > 1:
+            msgs += self.consumer.consume(self.batch_size - 1, timeout=0)
         self.moved.clear()  # what consume returned belongs to the assignment it ends with
         batch: list[Inbound] = []
         for m in msgs:
@@ -863,7 +868,7 @@ def run_processor(settings: Any) -> int:
         checkpointer = Checkpointer(engine, signer, settings.ledger_origin, kafka.producer(settings), names,
                                     settings.checkpoint_every_entries, settings.checkpoint_interval_s)
         timers.append(("checkpoint", min(settings.checkpoint_interval_s, 1.0), checkpointer.tick))
-    consumer = kafka.consumer(settings, settings.processor_group)
+    consumer = kafka.consumer(settings, settings.processor_group, **{"fetch.wait.max.ms": settings.fetch_wait_max_ms})
     loop = SharingLoop(
         consumer,
         FeedFollower(settings, agreement_set),

@@ -53,7 +53,15 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix of every topic name, to share one broker")
     processor_group: str = Field("accord-processor", description="Consumer group (faust app id) of the sharing processor")
     batch_size: int = Field(500, ge=1, description="Most events the processor decides in one batch")
-    batch_window_s: float = Field(0.2, gt=0, description="Longest the processor waits to fill a batch")
+    batch_window_s: float = Field(
+        0.2, gt=0, description="Longest the processor waits for a record when none is there; a batch is then "
+        "whatever has arrived (up to ACCORD_BATCH_SIZE), never held back to fill up"
+    )
+    fetch_wait_max_ms: int = Field(
+        10, ge=0, description="librdkafka fetch.wait.max.ms of the processor's consumer: how long the broker may "
+        "hold a fetch when no record is waiting (the embedded broker holds every fetch this long, so it is a "
+        "floor under latency there)"
+    )
     retraction_interval_s: float = Field(1.0, gt=0, description="How often the processor looks for withdrawn consent")
     ledger_signing_key: SecretStr = Field(
         SecretStr(""),
