@@ -8,7 +8,8 @@ each with a bound from ``ACCORD_DATABASE_TIMEOUT_S`` (T, default 10 s):
 1. ``connect_timeout`` T: a new connection that does not answer fails;
 2. TCP keepalives (idle T/2, then 3 probes T/6 apart) and ``tcp_user_timeout`` T: an idle
    connection, or one whose sent data is never acknowledged, is dropped by the kernel;
-3. ``statement_timeout`` 3T on the server: a statement that runs too long is cancelled;
+3. ``statement_timeout`` 3T on the server: a statement that runs too long is cancelled
+   (and ``jit`` off: see ``_on_connect``);
 4. this module's watchdog: a connection checked out of the pool for longer than 3T + 5 s
    (a reply that never comes, though the peer acknowledged the query) has its socket shut
    down, so the blocked call fails at once with an OperationalError.
@@ -53,6 +54,9 @@ def guard(engine: Engine, timeout_s: float) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         with dbapi_conn.cursor() as cur:
             cur.execute(f"SET statement_timeout = {statement_ms}")
+            # The processor's queries are small index look-ups: compiling them (JIT, which
+            # large row estimates trigger when statistics are missing) costs 10-80 ms each.
+            cur.execute("SET jit = off")
         dbapi_conn.commit()
 
     @event.listens_for(engine, "checkout")

@@ -651,13 +651,24 @@ def event_entries(target: Engine | Connection, event_ids: Iterable[str]) -> dict
         postgres = conn.dialect.name == "postgresql"
         for chunk in _chunks(ids):
             if postgres:
-                match = LedgerEntry.event_id == any_(bindparam("ids", list(chunk), type_=ARRAY(String)))
+                rows = conn.execute(_BY_EVENT_PG, {"ids": list(chunk)})
             else:
-                match = LedgerEntry.event_id.in_(chunk)
-            stmt = select(LedgerEntry.__table__).where(match).order_by(LedgerEntry.seq)
-            for row in conn.execute(stmt):
+                rows = conn.execute(select(LedgerEntry.__table__).where(LedgerEntry.event_id.in_(chunk)))
+            for row in rows:
                 found.setdefault(row.event_id, []).append(stored_entry(row))
+    for stored in found.values():
+        stored.sort(key=lambda e: e.seq)
     return found
+
+
+# One index probe per id, whatever the planner believes. ``event_id = ANY(:ids) ORDER BY
+# seq`` was planned as a walk of the whole table in seq order when the statistics were
+# missing or stale (measured: 460 ms for 500 ids at 1.28M entries, against 2-4 ms here);
+# OFFSET 0 keeps the lateral subquery from being flattened into a hash join over a seq scan.
+_BY_EVENT_PG = text(
+    "SELECT e.* FROM unnest(:ids) AS ids(event_id) "
+    "CROSS JOIN LATERAL (SELECT * FROM ledger_entries WHERE event_id = ids.event_id OFFSET 0) AS e"
+).bindparams(bindparam("ids", type_=ARRAY(String)))
 
 
 def lookup(engine: Engine, disclosure_ids: Iterable[str]) -> dict[str, int]:
