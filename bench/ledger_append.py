@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,6 +57,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from accord.database import setup_database  # noqa: E402
 from accord.settings import Settings  # noqa: E402
+from bench import roles  # noqa: E402
 from ledger import EntryDraft, LedgerEntry, append, verify  # noqa: E402
 from ledger.append import _COPY_TYPES, use_c_bytea_dumper  # noqa: E402  # append's binary COPY, as it does it
 
@@ -110,32 +110,13 @@ class Roles:
 @contextmanager
 def role_database(url: str) -> Iterator[Roles]:
     """A fresh schema owned by a fresh owner role, set up as `accord ledger init` does, and an app role."""
-    tag = uuid.uuid4().hex[:10]
-    schema, owner_role, app_role = f"bench_{tag}", f"bench_owner_{tag}", f"bench_app_{tag}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-
-    def as_role(role: str) -> str:
-        u = make_url(url).set(username=role, password=None)
-        sep = "&" if u.query else "?"
-        return f"{u.render_as_string(hide_password=False)}{sep}options={quote(f'-csearch_path={schema}')}"
-
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE ROLE "{owner_role}" LOGIN'))
-        conn.execute(text(f'CREATE ROLE "{app_role}" LOGIN'))
-        conn.execute(text(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{owner_role}"'))
-    roles = Roles(create_engine(as_role(owner_role)), create_engine(as_role(app_role)))
-    try:
-        setup_database(roles.owner, app_role)
-        yield roles
-    finally:
-        roles.owner.dispose()
-        roles.app.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            for role in (owner_role, app_role):
-                conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
-                conn.execute(text(f'DROP ROLE "{role}"'))
-        admin.dispose()
+    with roles.role_database(admin_url=url) as db:
+        owner, app = create_engine(db.owner_url), create_engine(db.app_url)
+        try:
+            yield Roles(owner, app)
+        finally:
+            owner.dispose()
+            app.dispose()
 
 
 def fresh_table(owner: Engine, name: str, like: str, app: Engine) -> None:

@@ -39,6 +39,7 @@ class RoleDatabase:
     owner_role: str
     app_role: str
     app_url: str  # what the processor connects as (ACCORD_LEDGER_URL)
+    owner_url: str  # the tables' owner, for a bench that makes tables of its own beside the ledger
     admin: Engine  # superuser, search_path at the schema: the bench reads results through it
 
 
@@ -50,23 +51,24 @@ def schema_url(schema: str, user: str | None = None, base: str = ADMIN_URL) -> s
 
 
 @contextmanager
-def role_database(tag: str | None = None) -> Iterator[RoleDatabase]:
+def role_database(tag: str | None = None, admin_url: str = ADMIN_URL) -> Iterator[RoleDatabase]:
     tag = tag or uuid.uuid4().hex[:12]
     schema, owner_role, app_role = f"bench_{tag}", f"accord_owner_bench_{tag}", f"accord_app_bench_{tag}"
-    root = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    root = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     # 1.
     with root.connect() as conn:
         conn.execute(text(f'CREATE ROLE "{owner_role}" LOGIN'))
         conn.execute(text(f'CREATE ROLE "{app_role}" LOGIN'))
         conn.execute(text(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{owner_role}"'))
-    owner = create_engine(schema_url(schema, owner_role))
-    admin = create_engine(schema_url(schema))
+    owner = create_engine(schema_url(schema, owner_role, admin_url))
+    admin = create_engine(schema_url(schema, base=admin_url))
     try:
         # 2.
         setup_database(owner, app_role)
         owner.dispose()
         # 3.
-        yield RoleDatabase(schema, owner_role, app_role, schema_url(schema, app_role), admin)
+        yield RoleDatabase(schema, owner_role, app_role, schema_url(schema, app_role, admin_url),
+                           schema_url(schema, owner_role, admin_url), admin)
     finally:
         # 4.
         owner.dispose()
