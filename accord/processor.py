@@ -23,7 +23,7 @@ batch failing for a reason that is not an outage is split until the one record a
 fault is found. A rebalance during a wait drops the records of the partitions it
 moved; their new owner reads them again, and the ledger makes that safe (I7, I8).
 
-faust is not in this path (DESIGN: its per-message cost capped the bus at ~3k events/s);
+faust is not used at all (its per-message cost capped the bus at ~3k events/s):
 the control plane runs on the loop's own timers.
 """
 

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     topic_prefix: str = Field("", description="Prefix of every topic name, to share one broker")
-    processor_group: str = Field("accord-processor", description="Consumer group (faust app id) of the sharing processor")
+    processor_group: str = Field("accord-processor", description="Consumer group of the sharing processor (every worker joins it)")
     batch_size: int = Field(500, ge=1, description="Most events the processor decides in one batch")
     batch_window_s: float = Field(
         0.2, gt=0, description="Longest the processor waits for a record when none is there; a batch is then "
