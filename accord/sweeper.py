@@ -19,8 +19,8 @@ Steps 2 and 3 read ledger entries up to a head read first: seqs are assigned
 under the ledger's writer lock and committed in order, so every entry up to
 that head is already committed and none can appear behind the cursor later.
 
-Every step handles at most ``batch`` rows per pass and says whether more are
-waiting (``sweep`` returns True): the processor then runs the next pass right
+Every step handles at most ``batch`` rows (read from at most ``window`` ledger
+seqs) per pass and says whether more are waiting (``sweep`` returns True): the processor then runs the next pass right
 after its next batch of events, so suspending an agreement with 100k
 disclosures costs the event stream one bounded chunk per batch, never one pass
 holding all of them in memory. Only the worker holding the control-plane lease
@@ -71,6 +71,7 @@ class RetractionSweeper:
         names: TopicNames,
         partner_classes: Mapping[str, str] | None = None,
         batch: int = 500,
+        window: int = 20_000,
     ) -> None:
         self.engine = engine
         self.agreements = agreements
@@ -79,6 +80,7 @@ class RetractionSweeper:
         self.names = names
         self.partner_classes = dict(partner_classes or {})
         self.batch = batch
+        self.window = window
         cursors.init_cursors(engine)
 
     def sweep(self) -> bool:
@@ -165,18 +167,21 @@ class RetractionSweeper:
     def _entries(self, after: int, upto: int, *where: Any) -> tuple[list[StoredEntry], int]:
         """At most ``batch`` matching entries in (after, upto], and the seq the cursor may move to.
 
-        A full chunk moves the cursor to its last entry (the rest waits for the next pass);
-        a short one means none is left below ``upto``.
+        One pass reads at most ``window`` seqs: (after, after + window]. With no index on
+        outcome or agreement, a query over the whole range sorted every match first (about
+        0.3 s per pass at 1M entries); a window bounds each pass whatever the ledger's size.
+        A full chunk moves the cursor to its last entry, a short one to the window's end.
         """
+        end = min(upto, after + self.window)
         stmt = (
             select(LedgerEntry.__table__)
-            .where(LedgerEntry.seq > after, LedgerEntry.seq <= upto, *where)
+            .where(LedgerEntry.seq > after, LedgerEntry.seq <= end, *where)
             .order_by(LedgerEntry.seq)
             .limit(self.batch)
         )
         with self.engine.connect() as conn:
             found = [stored_entry(r) for r in conn.execute(stmt)]
-        return found, (found[-1].seq if len(found) == self.batch else upto)
+        return found, (found[-1].seq if len(found) == self.batch else end)
 
     def _flush(self, errors: list[str], what: str) -> None:
         if self.producer.flush(30) or errors:

@@ -58,7 +58,6 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
-    any_,
     bindparam,
     func,
     insert,
@@ -272,18 +271,26 @@ def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[st
 
 
 def _lookup(conn: Connection, disclosure_ids: Iterable[str]) -> dict[str, int]:
-    """disclosure_id -> seq of those in the ledger: ``= ANY(:ids)`` (one bind) on PostgreSQL, IN elsewhere."""
+    """disclosure_id -> seq of those in the ledger: one index probe per id on PostgreSQL, IN elsewhere."""
     ids = sorted(set(disclosure_ids))
     found: dict[str, int] = {}
     on_postgres = conn.dialect.name == "postgresql"
     for chunk in _chunks(ids):
         if on_postgres:
-            match = LedgerEntry.disclosure_id == any_(bindparam("ids", list(chunk), type_=ARRAY(String)))
+            rows = conn.execute(_BY_DISCLOSURE_PG, {"ids": list(chunk)})
         else:
-            match = LedgerEntry.disclosure_id.in_(chunk)
-        rows = conn.execute(select(LedgerEntry.disclosure_id, LedgerEntry.seq).where(match))
+            rows = conn.execute(select(LedgerEntry.disclosure_id, LedgerEntry.seq)
+                                .where(LedgerEntry.disclosure_id.in_(chunk)))
         found.update({did: seq for did, seq in rows})
     return found
+
+
+# As _BY_EVENT_PG below: ``= ANY(:ids)`` became a bitmap scan of the index (77 ms for 500
+# ids at 1M entries with no statistics); one probe per id is a few milliseconds.
+_BY_DISCLOSURE_PG = text(
+    "SELECT e.disclosure_id, e.seq FROM unnest(:ids) AS ids(disclosure_id) CROSS JOIN LATERAL "
+    "(SELECT disclosure_id, seq FROM ledger_entries WHERE disclosure_id = ids.disclosure_id OFFSET 0) AS e"
+).bindparams(bindparam("ids", type_=ARRAY(String)))
 
 
 def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:

@@ -25,6 +25,7 @@ from tests.conftest import fresh_role_database
 AGREEMENT = "custody-to-prosecution"
 DISCLOSURES = 1_300
 CHUNK = 200
+WINDOW = 700  # ledger seqs read per pass: several windows, some with no match at all
 
 
 def _disclosures(agreement, n: int) -> list[EntryDraft]:  # noqa: ANN001
@@ -55,7 +56,7 @@ def test_a_suspended_agreement_is_retracted_in_bounded_chunks_once_each(broker, 
         append(db.app, _disclosures(current, DISCLOSURES))
         suspended = current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})
         agreement_set = AgreementSet(agreements + [suspended], recipient_catalogue(agreements + [suspended]))
-        sweeper = RetractionSweeper(db.app, agreement_set, kafka.producer(settings), bus.names, batch=CHUNK)
+        sweeper = RetractionSweeper(db.app, agreement_set, kafka.producer(settings), bus.names, batch=CHUNK, window=WINDOW)
 
         def retracted() -> int:
             with db.owner.connect() as conn:
