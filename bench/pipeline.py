@@ -380,12 +380,13 @@ def main() -> int:
                 except Exception as exc:
                     stages[n] = f"{type(exc).__name__}: {exc}"
                     log(f"  FAILED: {stages[n]}")
-            # The Kafka loop alone, at the headline load: what the processor's consume settings cost by themselves.
+            # The Kafka loop alone, at the headline load: what consume settings cost by themselves.
             relay_load = (args.headline_load, args.stage_seconds)
             for label, window, overrides in (
                 (f"consume({base.batch_size}, timeout={base.batch_window_s}), librdkafka's default fetch wait "
-                 "(the processor's settings)", base.batch_window_s, {}),
-                (f"consume({base.batch_size}, timeout=0.01), fetch.wait.max.ms=10", 0.01, {"fetch.wait.max.ms": 10}),
+                 "(the processor's settings before it took what is buffered)", base.batch_window_s, {}),
+                (f"consume({base.batch_size}, timeout=0.01), fetch.wait.max.ms=10 (close to the processor's: "
+                 "first record, then what is buffered, ACCORD_FETCH_WAIT_MAX_MS=10)", 0.01, {"fetch.wait.max.ms": 10}),
             ):
                 log(f"latency of the Kafka loop alone (consume, produce, flush, commit), {label} ...")
                 try:
