@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-ledger database clean
+.PHONY: demo test bench bench-ledger bench-reads bench-memory database clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench: $(STAMP) database
 # ledger.append (100,000 entries, 1,000 per transaction) against a raw COPY of the same rows.
 bench-ledger: $(STAMP) database
 	$(BIN)/python bench/ledger_append.py
+
+# Proofs, a subject report and an export on a 1,000,000-entry ledger (built once, kept in schema bench_ledger_reads).
+bench-reads: $(STAMP) database
+	$(BIN)/python bench/ledger_reads.py
+
+# The processor's memory over 1,000,000 events, and while it retracts a suspended agreement.
+bench-memory: $(STAMP) database
+	$(BIN)/python bench/processor_memory.py
 
 clean:
 	-$(BIN)/accord dev down
