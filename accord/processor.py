@@ -29,6 +29,7 @@ the control plane runs on the loop's own timers.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import signal
 import time
@@ -885,6 +886,13 @@ def run_processor(settings: Any) -> int:
     )
     loop.stopping = stop["now"]
     log.info("processor_starting", group=settings.processor_group, agreements=len(agreements))
+    # Everything built so far (modules, compiled codecs, agreements) lives as long as the
+    # process: moved out of the collector's view, so full collections do not walk it again;
+    # and a batch allocates tens of thousands of short-lived objects, so the youngest
+    # generation is collected per 20,000 allocations, not 700. Measured (make bench, PostgreSQL,
+    # 1 worker): 89 -> 77 CPU us/event, 8.1k -> 9.1k events/s.
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
     # 4.
     try:
         loop.run()
