@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Engine, String, select
+from sqlalchemy import BigInteger, Engine, String, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -39,12 +39,11 @@ def get(engine: Engine, name: str) -> int:
 def advance(engine: Engine, name: str, position: int) -> None:
     """Move the cursor forward (never back), whoever else moved it meanwhile.
 
-    The row is created with ON CONFLICT DO NOTHING first: two workers creating the same
+    One upsert that keeps the larger position: two workers creating or moving the same
     cursor at once must not fail (one of them used to exit with an IntegrityError).
     """
     with engine.begin() as conn:
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(insert(Cursor).values(name=name, position=0).on_conflict_do_nothing(index_elements=["name"]))
-        current = conn.execute(select(Cursor).where(Cursor.name == name).with_for_update()).first()
-        if current is not None and position > current.position:
-            conn.execute(Cursor.__table__.update().where(Cursor.name == name).values(position=position))
+        postgres = conn.dialect.name == "postgresql"
+        stmt = (pg_insert if postgres else sqlite_insert)(Cursor).values(name=name, position=position)
+        larger = (func.greatest if postgres else func.max)(Cursor.position, stmt.excluded.position)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"position": larger}))

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
@@ -38,7 +38,6 @@ class _Child:
     started: float = 0.0
     restart_at: float = 0.0
     delay_s: float = 1.0
-    restarts: int = field(default=0)
 
 
 def _command() -> list[str]:
@@ -81,7 +80,6 @@ def run_workers(n: int, health_port: int = 0, stop_timeout_s: float = 40.0) -> i
         for child in children:
             if child.proc is None:
                 if now >= child.restart_at and not stopping["now"]:
-                    child.restarts += 1
                     start(child)
                 continue
             rc = child.proc.poll()
