@@ -646,7 +646,9 @@ def test_processor_signs_and_publishes_checkpoints(broker: str, tmp_path: Path) 
     from tests.conftest import fresh_role_database
 
     with fresh_role_database() as db:
-        settings = make_settings(broker, db.app_url, tmp_path)
+        # The first checkpoint is made as soon as the ledger grows, often mid-batch; the one
+        # covering everything waits for the interval, so the test sets one well under its deadline.
+        settings = make_settings(broker, db.app_url, tmp_path).model_copy(update={"checkpoint_interval_s": 2.0})
         key = generate_key_file(tmp_path / KEY_FILE_NAME, settings.ledger_origin)
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
         bus.create_topics()
