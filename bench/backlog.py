@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message
 
-from accord import kafka
-from accord.settings import Settings
-from accord.sharing import subject_key
-from accord.topics import TopicNames, TopicSpec, create_topics
+from accord.sharing.decide import subject_key
 from agreements import load_dir, recipients_by_type
+from bus import headers as header
+from bus import kafka
+from bus.settings import Settings
+from bus.topics import TopicNames, TopicSpec, create_topics
 from producers import Publisher
 from producers.synthetic import build_scenario
 
@@ -40,10 +41,10 @@ def encode_scenario(settings: Settings, n_events: int, seed: int = 1) -> list[En
             raise ValueError(f"synthetic event refused by the publisher's checks: {problems}")
         env = e.record["envelope"]
         headers = (
-            ("accord.agency", str(env["source_agency"]).encode()),
-            ("accord.source_system", str(env["source_system"]).encode()),
-            ("accord.event_id", str(env["event_id"]).encode()),
-            ("accord.occurred_at", str(env["occurred_at"]).encode()),
+            (header.AGENCY, str(env["source_agency"]).encode()),
+            (header.SOURCE_SYSTEM, str(env["source_system"]).encode()),
+            (header.EVENT_ID, str(env["event_id"]).encode()),
+            (header.OCCURRED_AT, str(env["occurred_at"]).encode()),
         )
         out.append(Encoded(e.event_type, str(env["event_id"]), subject_key(e.event_type, e.record).encode(),
                            value, headers))

@@ -33,9 +33,10 @@ from typing import Any
 from confluent_kafka import TopicPartition
 from sqlalchemy import Engine, text
 
-from accord import kafka
-from accord.settings import Settings
 from bench.cpu import CpuMeter, Usage
+from bus import headers as header
+from bus import kafka
+from bus.settings import Settings
 from ledger import init_ledger
 from schemas.serde import Catalogue
 
@@ -150,8 +151,8 @@ def io_floor(
     targets = {t: cycle(ts) for t, ts in partner_topics.items()}
     source = cycle(rows)
     # Four headers the size of the processor's (disclosure id, agreement key, event type, ledger seq).
-    headers_of = {t: [("accord.disclosure_id", b"0" * 64), ("accord.agreement", b"x" * 32 + b"@v1"),
-                      ("accord.event_type", t.encode()), ("accord.ledger_seq", b"1234567")] for t in per_event}
+    headers_of = {t: [(header.DISCLOSURE_ID, b"0" * 64), (header.AGREEMENT, b"x" * 32 + b"@v1"),
+                      (header.EVENT_TYPE, t.encode()), (header.LEDGER_SEQ, b"1234567")] for t in per_event}
     copy_sql = f"COPY floor_entries ({', '.join(columns)}) FROM STDIN"
     raw = engine.raw_connection()
     pg = raw.driver_connection

@@ -44,12 +44,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from accord import sharing as after_sharing  # noqa: E402
+from accord.sharing import decide as after_sharing  # noqa: E402
 from agreements import load_dir  # noqa: E402
 from agreements.recipient_schemas import projection_name, recipient_catalogue  # noqa: E402
 from consent.model import ConsentDecision, ConsentRecord  # noqa: E402
 from producers.synthetic import build_scenario  # noqa: E402
-from schemas import serde as after_serde  # noqa: E402
 from schemas import validation as after_validation  # noqa: E402
 
 BASE = "645edee"  # the commit before the work this measures

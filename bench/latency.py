@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, Message
 from sqlalchemy import Engine, text
 
-from accord import kafka
-from accord.drain import wait_for_group
-from accord.settings import Settings
-from accord.topics import TopicNames
+from accord.dev.drain import wait_for_group
 from bench.backlog import Encoded
+from bus import headers as header
+from bus import kafka
+from bus.settings import Settings
+from bus.topics import TopicNames
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class Relay:
                 continue
             ends: dict[tuple[str, int], int] = {}
             for m in msgs:
-                event_id = dict(m.headers() or []).get("accord.event_id", b"")
+                event_id = dict(m.headers() or []).get(header.EVENT_ID, b"")
                 self.producer.produce(self.out_topic, key=event_id, value=m.value())
                 tp = (m.topic(), m.partition())
                 ends[tp] = max(ends.get(tp, -1), m.offset() + 1)

@@ -55,9 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import Engine, create_engine, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from accord.database import setup_database  # noqa: E402
-from accord.settings import Settings  # noqa: E402
+from accord.provision import setup_database  # noqa: E402
 from bench import roles  # noqa: E402
+from bus.settings import Settings  # noqa: E402
 from ledger import EntryDraft, LedgerEntry, append, verify  # noqa: E402
 from ledger.append import _COPY_TYPES, use_c_bytea_dumper  # noqa: E402  # append's binary COPY, as it does it
 

@@ -266,7 +266,7 @@ def main() -> None:
         print(json.dumps(MEASURES[args.measure](args.schema)))
         return
 
-    from accord.database import init_database
+    from accord.provision import init_database
     from ledger import count
     from ledger.checkpoint import latest_checkpoint, make_checkpoint
 

@@ -58,15 +58,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydantic import SecretStr  # noqa: E402
 from sqlalchemy import Engine, create_engine, select, text  # noqa: E402
 
-from accord import devstack  # noqa: E402
-from accord.settings import Settings  # noqa: E402
-from accord.topics import EVENT_PARTITIONS, EVENT_TYPES, TopicNames, TopicSpec  # noqa: E402
+from accord.dev import devstack  # noqa: E402
 from bench import backlog, baselines, latency  # noqa: E402
 from bench.baselines import PerEvent  # noqa: E402
-from bench.roles import role_database, scratch_schema  # noqa: E402
 from bench.cpu import CpuMeter, Usage  # noqa: E402
 from bench.pg_waits import PgWaits  # noqa: E402
+from bench.roles import role_database, scratch_schema  # noqa: E402
 from bench.workers import Drained, Workers, drain_backlog, processor_env  # noqa: E402
+from bus.settings import Settings  # noqa: E402
+from bus.topics import EVENT_PARTITIONS, EVENT_TYPES, TopicNames, TopicSpec  # noqa: E402
 from ledger import LedgerEntry  # noqa: E402
 
 

@@ -33,16 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydantic import SecretStr  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from accord import devstack  # noqa: E402
-from accord.agreement_feed import publish_agreements  # noqa: E402
-from accord.drain import committed  # noqa: E402
-from accord.settings import Settings  # noqa: E402
+from accord.dev import devstack  # noqa: E402
+from accord.dev.drain import committed  # noqa: E402
+from accord.processor.agreement_feed import publish_agreements  # noqa: E402
 from agreements import Status, load_dir  # noqa: E402
 from bench.backlog import create_bus_topics, encode_scenario, partner_topics, publish  # noqa: E402
 from bench.latency import PartnerClock, SteadyPublisher, ledger_keys, quantile  # noqa: E402
 from bench.pipeline import free_port  # noqa: E402
 from bench.roles import role_database  # noqa: E402
 from bench.workers import Workers, processor_env  # noqa: E402
+from bus.settings import Settings  # noqa: E402
 
 PSEUDONYM_KEY = "bench-only-pseudonym-key-0123456789abcdef"
 

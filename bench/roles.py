@@ -25,7 +25,7 @@ from urllib.parse import quote
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from accord.database import setup_database
+from accord.provision import setup_database
 
 ADMIN_URL = os.environ.get(
     "ACCORD_BENCH_DATABASE_URL",

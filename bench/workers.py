@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from accord.drain import committed
-from accord.settings import Settings
+from accord.dev.drain import committed
 from bench.cpu import CpuMeter, Usage, descendants
 from bench.pg_waits import PgWaits
+from bus.settings import Settings
 
 CLI = [sys.executable, "-m", "accord.cli"]
 

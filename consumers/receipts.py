@@ -22,6 +22,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from bus import headers as header
+from bus.errors import flush_or_raise
 from schemas.serde import Catalogue, load_schema
 
 __all__ = [
@@ -29,7 +31,6 @@ __all__ = [
     "RECEIPT_SCHEMA",
     "Receipt",
     "ReceiptSender",
-    "ReceiptsNotDelivered",
     "decode_receipt",
     "encode_receipt",
     "receipt_id",
@@ -88,10 +89,6 @@ def decode_receipt(catalogue: Catalogue, data: bytes) -> Receipt:
     return Receipt(record["receipt_id"], record["disclosure_id"], record["partner"], received_at)
 
 
-class ReceiptsNotDelivered(RuntimeError):
-    pass
-
-
 class ReceiptSender:
     """Produces a partner's receipts; ``flush`` before committing the offsets they cover."""
 
@@ -113,7 +110,7 @@ class ReceiptSender:
             self.topic,
             key=disclosure_id.encode(),
             value=encode_receipt(self.catalogue, receipt),
-            headers=[("accord.partner", self.partner.encode())],
+            headers=[(header.PARTNER, self.partner.encode())],
             on_delivery=self._on_delivery,
         )
         self.producer.poll(0)
@@ -122,7 +119,4 @@ class ReceiptSender:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every receipt is on the broker; raise if any is not."""
-        remaining = self.producer.flush(timeout)
-        errors, self._errors = self._errors, []
-        if remaining or errors:
-            raise ReceiptsNotDelivered(f"{remaining} receipts undelivered, errors: {errors[:3]}")
+        flush_or_raise(self.producer, "receipts", self._errors, timeout)

@@ -15,11 +15,12 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Message
 
-from accord import kafka
-from accord.settings import Settings
-from accord.topics import TopicNames
 from agreements.model import Agreement
 from agreements.recipient_schemas import recipient_catalogue
+from bus import headers as header
+from bus import kafka
+from bus.settings import Settings
+from bus.topics import TopicNames
 from consumers.receipts import ReceiptSender
 
 
@@ -110,16 +111,16 @@ class Subscription:
                 reason=record["reason"],
                 since=record["since"],
                 fields=tuple(record["fields"]),
-                ledger_seq=int(headers["accord.ledger_seq"]),
+                ledger_seq=int(headers[header.LEDGER_SEQ]),
                 topic=msg.topic(),
                 partition=msg.partition(),
                 offset=msg.offset(),
             )
         return Disclosure(
-            disclosure_id=headers["accord.disclosure_id"],
-            agreement=headers["accord.agreement"],
-            event_type=headers["accord.event_type"],
-            ledger_seq=int(headers["accord.ledger_seq"]),
+            disclosure_id=headers[header.DISCLOSURE_ID],
+            agreement=headers[header.AGREEMENT],
+            event_type=headers[header.EVENT_TYPE],
+            ledger_seq=int(headers[header.LEDGER_SEQ]),
             schema=schema,
             record=record,
             topic=msg.topic(),

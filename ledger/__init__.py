@@ -9,9 +9,9 @@ LedgerBase's metadata by importing them here).
 
 from ledger.append import (
     GENESIS_HASH,
-    Appended,
     NOT_COVERED,
     OUTCOMES,
+    Appended,
     EntryDraft,
     StoredEntry,
     append,
@@ -28,8 +28,8 @@ from ledger.append import (
     writer,
 )
 from ledger.guard import install_guards
-from ledger.tables import LedgerBase, LedgerCheckpoint, LedgerCosignature, LedgerEntry
 from ledger.subject_refs import LedgerSubjectRef
+from ledger.tables import LedgerBase, LedgerCheckpoint, LedgerCosignature, LedgerEntry
 from ledger.tiles import LedgerTile
 from ledger.verify import VerifyResult, verify
 

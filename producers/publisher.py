@@ -19,10 +19,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from accord import kafka
-from accord.settings import Settings
-from accord.sharing import subject_key
-from accord.topics import EVENT_TYPES, TopicNames
+from accord.sharing.decide import subject_key
+from bus import headers as header
+from bus import kafka
+from bus.settings import Settings
+from bus.topics import EVENT_TYPES, TopicNames
 from schemas.serde import Catalogue, InvalidRecord, validate
 from schemas.validation import Limits, Problem, event_problems, size_problem
 
@@ -79,7 +80,7 @@ class Publisher:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         headers = dict(msg.headers() or [])
         if err is not None:
-            self.report.failed.append((headers.get("accord.event_id", b"?").decode(), err.str()))
+            self.report.failed.append((headers.get(header.EVENT_ID, b"?").decode(), err.str()))
             return
         self.report.delivered += 1
         tp = (msg.topic(), msg.partition())
@@ -165,10 +166,10 @@ class Publisher:
 
     def _send(self, event_type: str, value: bytes, key: bytes | None, envelope: Mapping[str, Any]) -> None:
         headers = [
-            ("accord.agency", str(envelope.get("source_agency", "")).encode()),
-            ("accord.source_system", str(envelope.get("source_system", "")).encode()),
-            ("accord.event_id", str(envelope.get("event_id", "")).encode()),
-            ("accord.occurred_at", str(envelope.get("occurred_at", "")).encode()),
+            (header.AGENCY, str(envelope.get("source_agency", "")).encode()),
+            (header.SOURCE_SYSTEM, str(envelope.get("source_system", "")).encode()),
+            (header.EVENT_ID, str(envelope.get("event_id", "")).encode()),
+            (header.OCCURRED_AT, str(envelope.get("occurred_at", "")).encode()),
         ]
         while True:
             try:

@@ -14,16 +14,15 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from accord import kafka
-from accord.drain import wait_for_group
-from accord.settings import Settings
-from accord.topics import TopicNames, create_topics
+from accord.dev.drain import wait_for_group
 from agreements import Agreement, load_dir, recipients_by_type
+from bus import kafka
+from bus.settings import Settings
+from bus.topics import TopicNames, create_topics
 from consumers import Disclosure, Retraction, Subscription
 from ledger import LedgerEntry
 from producers import Publisher
 from tests.conftest import RoleDatabase, fresh_role_database
-
 
 TEST_PSEUDONYM_KEY = "test-only-pseudonym-key-0123456789abcdef"
 

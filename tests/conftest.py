@@ -74,7 +74,7 @@ def fresh_role_database(setup: bool = True) -> Iterator[RoleDatabase]:
     With ``setup`` the tables are created as the owner and granted to the app
     role, as `accord ledger init` does.
     """
-    from accord.database import setup_database
+    from accord.provision import setup_database
 
     tag = uuid.uuid4().hex[:12]
     schema, owner_role, app_role = f"t_{tag}", f"accord_owner_{tag}", f"accord_app_{tag}"
@@ -124,8 +124,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One embedded Tansu broker for the whole session, on a free port."""
-    from accord import devstack
-    from accord.settings import Settings
+    from accord.dev import devstack
+    from bus.settings import Settings
 
     settings = Settings(
         bootstrap_servers=f"127.0.0.1:{_free_port()}", state_dir=tmp_path_factory.mktemp("broker")

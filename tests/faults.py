@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from accord.sharing import candidate_agreements
+from accord.sharing.decide import candidate_agreements
 from agreements import recipients_by_type
 from consumers import Disclosure, Retraction
 from ledger import LedgerEntry

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from accord.agreement_feed import publish_agreements
+from accord.processor.agreement_feed import publish_agreements
 from agreements import Status
 from ledger import verify
 from producers.synthetic import build_scenario

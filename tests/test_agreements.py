@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from accord.settings import PACKAGE_ROOT
 from agreements import AgreementError, Status, load_dir, load_file, validate_dir
+from bus.settings import PACKAGE_ROOT
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"
 GOOD = (EXAMPLES / "natal-care-to-health-visiting.yaml").read_text()

@@ -18,8 +18,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from accord import kafka
-from accord.drain import wait_for_group
+from accord.dev.drain import wait_for_group
+from bus import kafka
 from producers.synthetic import build_scenario
 from schemas.serde import MAGIC, Catalogue, load_schema
 from tests.bus import Bus, running_bus

@@ -16,10 +16,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from accord import kafka
-from accord.checkpointer import Checkpointer, read_published_notes, signer_from_settings, verifier_from_settings
-from accord.settings import Settings
-from accord.topics import TopicNames, create_topics
+from accord.processor.checkpointer import (
+    Checkpointer,
+    read_published_notes,
+    signer_from_settings,
+    verifier_from_settings,
+)
+from bus import kafka
+from bus.settings import Settings
+from bus.topics import TopicNames, create_topics
 from ledger import append, canonical_bytes, entries, init_ledger, install_guards, verify
 from ledger.checkpoint import (
     KEY_FILE_NAME,
@@ -679,8 +684,7 @@ def test_documented_examples() -> None:
     """docs/ledger.md's worked example (bytes, leaf hash) and signed checkpoint are what the code makes."""
     import re
 
-    from ledger import GENESIS_HASH, EntryDraft
-    from ledger import merkle
+    from ledger import GENESIS_HASH, EntryDraft, merkle
     from ledger.checkpoint import CheckpointBody
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "ledger.md").read_text(encoding="utf-8")

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from accord.settings import Settings
-from accord.topics import TopicNames
+from bus.settings import Settings
+from bus.topics import TopicNames
 from producers.synthetic import build_scenario, to_json_line
 from tests.bus import make_settings, read_topic, settings_env
 

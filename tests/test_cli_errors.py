@@ -22,8 +22,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from accord.database import describe_database_error
-from accord.settings import PACKAGE_ROOT
+from bus.database import describe_database_error
+from bus.settings import PACKAGE_ROOT
 from tests.conftest import TEST_DATABASE_URL, fresh_schema
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"

@@ -1,6 +1,6 @@
 """The citizens' consent API: own data only, tokens checked, agreements for staff.
 
-Choice documented here (and in ``consent.api``): a valid staff token on ``/v1/me``
+Choice documented here (and in ``accord.web.consent_api``): a valid staff token on ``/v1/me``
 is 403 (authenticated, wrong role), not 401.
 """
 
@@ -20,11 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from accord.settings import PACKAGE_ROOT
+from accord.web.consent_api import create_app
 from agreements import load_dir
 from agreements.partners import load_partners
+from bus.settings import PACKAGE_ROOT
 from consent import store
-from consent.api import create_app
 from consent.model import ConsentDecision, KnownScopes
 from consent.tokens import TokenError, issue_token, verify_token
 from producers.nhs_number import is_valid
@@ -319,11 +319,11 @@ def _free_port() -> int:
 
 
 def _uvicorn(url: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
-    """The API started the way consent.api documents, not through `accord consent serve`."""
+    """The API started the way accord.web.consent_api documents, not through `accord consent serve`."""
     port = _free_port()
     env = {**os.environ, "ACCORD_LEDGER_URL": url, "ACCORD_API_SECRET": SECRET, "ACCORD_STATE_DIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "consent.api:app_from_settings", "--port", str(port)],
+        [sys.executable, "-m", "uvicorn", "--factory", "accord.web.consent_api:app_from_settings", "--port", str(port)],
         env=env, cwd=PACKAGE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     return proc, port

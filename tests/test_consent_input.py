@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 import consent
-from accord.settings import PACKAGE_ROOT
-from accord.sharing import Context, Outcome, decide, subject_key
+from accord.sharing.decide import Context, Outcome, decide, subject_key
 from agreements import load_dir
 from agreements.partners import load_partners
+from bus.settings import PACKAGE_ROOT
 from consent.store import ConsentRow
 from producers.nhs_number import is_valid
 from producers.synthetic import build_scenario

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 import consent
-from accord.agreement_feed import publish_agreements
-from accord.sharing import subject_key
+from accord.processor.agreement_feed import publish_agreements
+from accord.sharing.decide import subject_key
 from agreements import Status, load_dir
 from agreements.partners import load_partners
 from ledger import verify
@@ -120,7 +120,7 @@ def test_a_resend_and_a_reused_id_in_one_batch_the_ledger_tells_which_is_which(b
     import copy
     import uuid as uuid_
 
-    from accord import kafka
+    from bus import kafka
     from schemas.serde import Catalogue
     from tests.faults import dead_letters
 
@@ -141,7 +141,7 @@ def test_a_resend_and_a_reused_id_in_one_batch_the_ledger_tells_which_is_which(b
                          on_delivery=lambda err, m, name=name: offsets.__setitem__(name, (m.partition(), m.offset())))
         producer.flush(30)
     bus.start_processor()
-    from accord.drain import wait_for_group
+    from accord.dev.drain import wait_for_group
 
     wait_for_group(bus.settings, bus.settings.processor_group,
                    {(bus.names.event("referral"), p): o + 1 for p, o in offsets.values()}, timeout=60)

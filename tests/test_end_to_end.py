@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import text
 
 import consent
-from accord.settings import PACKAGE_ROOT
-from accord.sharing import disclosure_id, subject_key
+from accord.sharing.decide import disclosure_id, subject_key
+from accord.sharing.pseudonymise import token
 from agreements.partners import load_partners
+from bus.settings import PACKAGE_ROOT
 from ledger import verify
 from ledger.guard import install_guards
 from producers.synthetic import build_scenario
-from accord.pseudonymise import token
-from tests.bus import TEST_PSEUDONYM_KEY, Bus, settings_env, running_bus
+from tests.bus import TEST_PSEUDONYM_KEY, Bus, running_bus, settings_env
 
 KNOWN = consent.KnownScopes.from_partners(load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"))
 
@@ -113,7 +113,7 @@ def test_permit_under_explicit_consent_discloses(bus: Bus) -> None:
 
 
 def test_bytes_that_are_not_avro_land_on_the_dead_letter_topic(bus: Bus) -> None:
-    from accord import kafka
+    from bus import kafka
 
     payload = f"not avro {uuid.uuid4()}".encode()
     bus.publish([("referral", payload)])
@@ -168,7 +168,7 @@ def test_withdrawing_consent_after_a_disclosure_sends_a_retraction_and_records_i
 
 
 def test_consent_changes_are_relayed_to_the_preferences_topic(bus: Bus) -> None:
-    from accord import kafka
+    from bus import kafka
     from schemas.serde import Catalogue
 
     key = f"nhs:{_events('natal_care')[0]['mother']['nhs_number']}"
@@ -245,7 +245,7 @@ def test_consume_command_prints_disclosures_with_their_ids(bus: Bus) -> None:
 
 
 def test_a_new_agreement_version_published_while_running_changes_the_next_decision(bus: Bus, tmp_path) -> None:
-    from accord.agreement_feed import publish_agreements
+    from accord.processor.agreement_feed import publish_agreements
 
     current = next(a for a in bus.agreements if a.id == "referral-to-mash")
     narrower = current.model_copy(update={

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from accord.settings import PACKAGE_ROOT
-from accord.sharing import Context, Outcome, decide
+from accord.sharing.decide import Context, decide
+from accord.sharing.explain import EventError, explain, parse_event, render_text
 from agreements import Condition, Op, holds, load_dir
-from agreements.explain import EventError, explain, parse_event, render_text
 from agreements.partners import load_partners
+from bus.settings import PACKAGE_ROOT
 from producers.synthetic import age_on, build_scenario, to_json_line
 from tests.test_cli import accord
 

@@ -17,11 +17,10 @@ import threading
 import time
 from datetime import UTC, datetime
 
-
 import consent
-from accord.agreement_feed import publish_agreements
-from accord.drain import wait_for_group
-from accord.sharing import Context, Outcome, consent_outcome, subject_key
+from accord.dev.drain import wait_for_group
+from accord.processor.agreement_feed import publish_agreements
+from accord.sharing.decide import Context, Outcome, consent_outcome, subject_key
 from agreements import Status
 from agreements.model import ConsentMode
 from agreements.partners import load_partners

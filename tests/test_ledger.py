@@ -608,7 +608,7 @@ def test_a_ledger_written_by_fastavro_verifies_and_appends_chain_on(ledger_engin
 
     from sqlalchemy import insert
 
-    from accord.database import init_database
+    from accord.provision import init_database
     from ledger import LedgerEntry, event_entries, writer
 
     init_database(ledger_engine)  # `accord ledger verify` wants the whole database there

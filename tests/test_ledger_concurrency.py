@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from accord.drain import wait_for_group
+from accord.dev.drain import wait_for_group
+from agreements import load_dir
 from ledger import LedgerEntry, verify
 from producers import Publisher
 from producers.synthetic import build_scenario
-from agreements import load_dir
 from tests.bus import Bus, make_settings, settings_env
 from tests.conftest import fresh_role_database
 

@@ -15,8 +15,8 @@ from io import BytesIO
 import fastavro
 import pytest
 
-from accord.settings import PACKAGE_ROOT
 from agreements import load_dir
+from bus.settings import PACKAGE_ROOT
 from ledger import EntryDraft, append
 from ledger.append import SCHEMA_PATH
 from ledger.checkpoint import make_checkpoint, open_checkpoint

@@ -16,8 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 import consent
-from accord.database import LedgerRoleError, app_grants, require_app_role, setup_database
-from accord.settings import Settings
+from accord.provision import LedgerRoleError, app_grants, require_app_role, setup_database
+from bus.settings import Settings
 from ledger import append, count, verify
 from ledger.roles import LedgerSchemaMissing, check_app_role
 from tests.bus import TEST_PSEUDONYM_KEY
@@ -196,7 +196,7 @@ def test_ledger_init_without_owner_url_warns(tmp_path) -> None:
 
 def test_sqlite_is_not_role_checked(tmp_path) -> None:
     settings = Settings(state_dir=tmp_path, ledger_url="")
-    from accord.database import engine_for
+    from bus.database import engine_for
 
     engine = engine_for(settings)
     assert require_app_role(engine) is None  # creates the tables, warns, checks nothing

@@ -16,8 +16,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit, urlunsplit
 
-
-from accord.drain import wait_for_group
+from accord.dev.drain import wait_for_group
 from agreements import load_dir
 from producers import Publisher
 from producers.synthetic import build_scenario

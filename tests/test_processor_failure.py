@@ -8,8 +8,8 @@ import time
 import pytest
 from sqlalchemy import text
 
-from accord.database import setup_database
-from accord.drain import wait_for_group
+from accord.dev.drain import wait_for_group
+from accord.provision import setup_database
 from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import start_bus

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from accord import kafka
-from accord.settings import Settings
-from accord.topics import TopicNames, create_topics
 from agreements import load_dir, recipients_by_type
+from bus import kafka
+from bus.settings import Settings
+from bus.topics import TopicNames, create_topics
 from producers import Publisher, RefusedEvent
 from producers.synthetic import build_scenario
 from schemas.serde import Catalogue, from_json, load_schema

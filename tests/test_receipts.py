@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from accord import kafka
+from bus import kafka
 from consumers import Subscription
 from consumers.receipts import Receipt, ReceiptSender, receipt_id
 from ledger import append, verify
 from ledger.receipts import ReceiptClaim, check_claim, pending_receipts, record_receipts
 from producers.synthetic import build_scenario
-from tests.bus import Bus, settings_env, running_bus
+from tests.bus import Bus, running_bus, settings_env
 from tests.conftest import RoleDatabase
 from tests.test_ledger import draft, not_covered
 

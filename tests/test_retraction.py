@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from accord.retraction import retraction_id, retractions_for
-from accord.settings import PACKAGE_ROOT
-from accord.sharing import Context
+from accord.sharing.decide import Context
+from accord.sharing.retraction import retraction_id, retractions_for
 from agreements import load_dir
+from bus.settings import PACKAGE_ROOT
 from consent.model import ConsentDecision, ConsentRecord
 from ledger import EntryDraft
 
@@ -52,7 +52,7 @@ def test_nothing_to_retract_while_consent_still_permits() -> None:
 
 
 def test_suspending_an_agreement_retracts_every_disclosure_under_it_whatever_the_consent_mode() -> None:
-    from accord.retraction import retractions_for_agreement
+    from accord.sharing.retraction import retractions_for_agreement
     from agreements import Status
 
     prosecution = AGREEMENTS["custody-to-prosecution@v1"]
@@ -72,7 +72,7 @@ def test_suspending_an_agreement_retracts_every_disclosure_under_it_whatever_the
 def test_an_agreement_in_force_retracts_nothing_and_says_so() -> None:
     import pytest
 
-    from accord.retraction import retractions_for_agreement
+    from accord.sharing.retraction import retractions_for_agreement
 
     with pytest.raises(ValueError, match="not suspended or revoked"):
         retractions_for_agreement([], AGREEMENTS["custody-to-prosecution@v1"], NOW)

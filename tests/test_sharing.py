@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from accord.sharing import Context, Outcome, decide, disclosure_id, subject_key
+from accord.sharing.decide import Context, Outcome, decide, disclosure_id, subject_key
 from agreements import load_dir
 from agreements.model import Status
+from bus.settings import PACKAGE_ROOT
 from consent.model import ConsentDecision, ConsentRecord
 from producers.synthetic import build_scenario
-from accord.settings import PACKAGE_ROOT
 
 TODAY = Context(datetime(2026, 6, 1, 12, tzinfo=UTC), pseudonym_key=b"unit-test-key-0123456789abcdef01")
 AGREEMENTS = load_dir(PACKAGE_ROOT / "agreements" / "examples")
@@ -97,7 +97,7 @@ def test_class_level_denial_applies_to_every_partner_of_the_class_and_expired_re
 
 
 def test_pseudonyms_are_stable_per_recipient_and_differ_between_recipients() -> None:
-    from accord.pseudonymise import token
+    from accord.sharing.pseudonymise import token
 
     key = b"unit-test-key-0123456789abcdef01"
     assert token(key, "a", "9434765919") == token(key, "a", "9434765919")

@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.pseudonymise import IDENTIFIERS
-from accord.sharing import Context, Outcome, decide
+from accord.sharing.decide import Context, Outcome, decide
+from accord.sharing.pseudonymise import IDENTIFIERS
 from agreements.model import Agreement, ConsentMode, IdentifierTreatment, Purpose
 from consent.model import ConsentDecision, ConsentRecord
 from producers.synthetic import build_scenario
@@ -187,7 +187,7 @@ import uuid  # noqa: E402
 
 import fastavro  # noqa: E402
 
-from accord.sharing import Sharing, disclosure_id, projection_for, subject_key  # noqa: E402
+from accord.sharing.decide import Sharing, disclosure_id, projection_for, subject_key  # noqa: E402
 from agreements.conditions import Condition, Op  # noqa: E402
 from agreements.model import Status  # noqa: E402
 from agreements.recipient_schemas import projection_name, recipient_catalogue  # noqa: E402
@@ -394,8 +394,8 @@ def test_decide_is_the_old_decision(case, contexts: list[Context]) -> None:
 
 
 def test_decide_over_the_scenario_with_the_example_agreements_is_the_old_decision() -> None:
-    from accord.settings import PACKAGE_ROOT
     from agreements import load_dir
+    from bus.settings import PACKAGE_ROOT
 
     examples = load_dir(PACKAGE_ROOT / "agreements" / "examples")
     scenario = build_scenario(n_events=600, seed=9)
@@ -458,7 +458,7 @@ SUBRECORD = st.dictionaries(st.sampled_from(["pnc_id", "nhs_number", "local_id",
                        st.one_of(SUBRECORD, IDENTIFIER_VALUES), max_size=6),
        st.sampled_from(RECIPIENTS), st.binary(min_size=1, max_size=40))
 def test_pseudonymise_is_the_old_pseudonymise_and_leaves_its_input_alone(event_type, projected, recipient, secret) -> None:
-    from accord.pseudonymise import pseudonymise
+    from accord.sharing.pseudonymise import pseudonymise
 
     before = exact(projected)
     got = pseudonymise(event_type, projected, secret, recipient)
@@ -469,8 +469,8 @@ def test_pseudonymise_is_the_old_pseudonymise_and_leaves_its_input_alone(event_t
 def test_a_new_version_is_decided_by_its_own_content_and_the_cache_stays_bounded() -> None:
     """Sharing.of is keyed by the agreements' identities: a new version (or another object with the
     same id and version but other content) is compiled afresh, and old sets are let go."""
-    from accord.settings import PACKAGE_ROOT
     from agreements import load_dir
+    from bus.settings import PACKAGE_ROOT
 
     examples = load_dir(PACKAGE_ROOT / "agreements" / "examples")
     event_type, record = next((t, r) for t, r in EVENTS if t == "custody" and r["envelope"]["source_agency"] == "met-police")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from accord.sharing import subject_key
+from accord.sharing.decide import subject_key
 from producers.nhs_number import generate, is_valid
 from producers.synthetic import build_scenario
 from schemas.subject_keys import InvalidSubjectKey, kind, normalise

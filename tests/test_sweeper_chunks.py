@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from accord import kafka
-from accord.agreement_feed import AgreementSet
-from accord.sweeper import RetractionSweeper
+from accord.processor.agreement_feed import AgreementSet
+from accord.processor.sweeper import RetractionSweeper
 from agreements import Status, load_dir
 from agreements.recipient_schemas import recipient_catalogue
+from bus import kafka
 from ledger import EntryDraft, LedgerEntry, append, verify
 from tests.bus import Bus, make_settings, read_topic
 from tests.conftest import fresh_role_database

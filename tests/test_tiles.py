@@ -30,7 +30,7 @@ from ledger.export import export_rows, render_jsonl, verify_export
 from ledger.note import NoteSigner
 from ledger.proofs import LedgerMismatch, prove_consistency, prove_entries, prove_entry
 from ledger.report import collect
-from ledger.tiles import WIDTH, LedgerTile, TileBuilder, TileTree, TilesMismatch, ensure, stored_end
+from ledger.tiles import WIDTH, LedgerTile, TileBuilder, TilesMismatch, TileTree, ensure, stored_end
 from tests.conftest import fresh_schema
 from tests.test_checkpoints import rehash_from
 from tests.test_ledger import tamper

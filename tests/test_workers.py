@@ -19,9 +19,9 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from accord.agreement_feed import publish_agreements
-from accord.control_lease import lease_key
-from accord.drain import wait_for_group
+from accord.dev.drain import wait_for_group
+from accord.processor.agreement_feed import publish_agreements
+from accord.processor.control_lease import lease_key
 from agreements import Status, load_dir
 from ledger import verify
 from ledger.checkpoint import checkpoints, generate_key_file

@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from accord.settings import Settings
+from bus.settings import Settings
 
 
 def producer(settings: Settings, **overrides: Any) -> Producer:

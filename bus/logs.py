@@ -11,7 +11,7 @@ import sys
 
 import structlog
 
-from accord.settings import Settings
+from bus.settings import Settings
 
 
 def configure_logging(settings: Settings) -> None:

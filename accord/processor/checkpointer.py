@@ -14,18 +14,19 @@ start and shares as before.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
-
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, Producer
 from sqlalchemy import Engine
 
-from accord.settings import Settings
-from accord.topics import TopicNames
+from bus import headers as header
+from bus.errors import flush_or_raise
+from bus.settings import Settings
+from bus.topics import TopicNames
 from ledger.checkpoint import (
     KEY_FILE_NAME,
     CheckpointRefused,
@@ -39,7 +40,6 @@ from ledger.note import NoteSigner, NoteVerifier
 
 __all__ = [
     "Checkpointer",
-    "PublishFailed",
     "publish_checkpoint",
     "read_published_notes",
     "signer_from_settings",
@@ -47,10 +47,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("accord.checkpointer")
-
-
-class PublishFailed(RuntimeError):
-    pass
 
 
 def signer_from_settings(settings: Settings) -> NoteSigner | None:
@@ -69,7 +65,7 @@ def verifier_from_settings(settings: Settings) -> NoteVerifier | None:
 
 
 def publish_checkpoint(producer: Producer, names: TopicNames, checkpoint: StoredCheckpoint, origin: str) -> None:
-    """Produce the checkpoint's note to the checkpoints topic and wait for it; PublishFailed otherwise."""
+    """Produce the checkpoint's note to the checkpoints topic and wait for it; NotDelivered otherwise."""
     errors: list[str] = []
 
     def on_delivery(err: KafkaError | None, _msg: Any) -> None:
@@ -80,11 +76,10 @@ def publish_checkpoint(producer: Producer, names: TopicNames, checkpoint: Stored
         names.ledger_checkpoints,
         key=str(checkpoint.tree_size).encode(),
         value=checkpoint.note.encode(),
-        headers=[("accord.origin", origin.encode()), ("accord.tree_size", str(checkpoint.tree_size).encode())],
+        headers=[(header.ORIGIN, origin.encode()), (header.TREE_SIZE, str(checkpoint.tree_size).encode())],
         on_delivery=on_delivery,
     )
-    if producer.flush(30) or errors:
-        raise PublishFailed(f"checkpoint {checkpoint.tree_size} not delivered: {errors[:3]}")
+    flush_or_raise(producer, f"checkpoint {checkpoint.tree_size}", errors)
 
 
 def read_published_notes(settings: Settings, names: TopicNames, timeout_s: float = 30.0) -> list[str]:
@@ -93,7 +88,7 @@ def read_published_notes(settings: Settings, names: TopicNames, timeout_s: float
     Reads until the end of every partition (the fetch high watermark, which the embedded
     broker reports rightly); TimeoutError if that takes longer than ``timeout_s``.
     """
-    from accord import kafka
+    from bus import kafka
 
     consumer = kafka.consumer(settings, f"{names.prefix}accord-verify-{uuid.uuid4().hex[:8]}",
                               **{"enable.partition.eof": True})

@@ -38,11 +38,13 @@ from confluent_kafka import Producer
 from sqlalchemy import Engine, func, select
 
 import consent
-from accord import cursors
-from accord.agreement_feed import AgreementSet
-from accord.retraction import ENDED, Retraction, retractions_for, retractions_for_agreement
-from accord.sharing import Context, Outcome
-from accord.topics import TopicNames
+from accord.processor.agreement_feed import AgreementSet
+from accord.sharing.decide import Context, Outcome
+from accord.sharing.retraction import ENDED, Retraction, retractions_for, retractions_for_agreement
+from bus import cursors
+from bus import headers as header
+from bus.errors import flush_or_raise
+from bus.topics import TopicNames
 from consent.store import ConsentRow, utc
 from ledger import LedgerEntry, append, entries, lookup
 from ledger.append import StoredEntry, stored_entry
@@ -56,10 +58,6 @@ NOTICE_CURSOR = "retraction-notices"  # the ledger seq up to which notices were 
 def agreement_cursor(agreement_key: str) -> str:
     """The ledger seq up to which disclosures under an ended agreement were retracted."""
     return f"agreement-ended:{agreement_key}"
-
-
-class DeliveryFailed(RuntimeError):
-    pass
 
 
 class RetractionSweeper:
@@ -184,8 +182,7 @@ class RetractionSweeper:
         return found, (found[-1].seq if len(found) == self.batch else end)
 
     def _flush(self, errors: list[str], what: str) -> None:
-        if self.producer.flush(30) or errors:
-            raise DeliveryFailed(f"{what} not delivered: {errors[:3]}")
+        flush_or_raise(self.producer, what, errors)
 
     def _publish_change(self, row, errors: list[str]) -> None:
         """Relay the consent record to consent.preferences: the table is the outbox."""
@@ -224,12 +221,12 @@ class RetractionSweeper:
             key=entry.disclosure_id.encode(),
             value=self.catalogue.encode("retraction", notice),
             headers=[
-                ("accord.kind", b"retraction"),
-                ("accord.disclosure_id", entry.disclosure_id.encode()),
-                ("accord.retracts", (entry.refers_to or "").encode()),
-                ("accord.agreement", f"{entry.agreement_id}@v{entry.agreement_version}".encode()),
-                ("accord.event_type", entry.event_type.encode()),
-                ("accord.ledger_seq", str(seq).encode()),
+                (header.KIND, b"retraction"),
+                (header.DISCLOSURE_ID, entry.disclosure_id.encode()),
+                (header.RETRACTS, (entry.refers_to or "").encode()),
+                (header.AGREEMENT, f"{entry.agreement_id}@v{entry.agreement_version}".encode()),
+                (header.EVENT_TYPE, entry.event_type.encode()),
+                (header.LEDGER_SEQ, str(seq).encode()),
             ],
             on_delivery=lambda err, _m: errors.append(err.str()) if err else None,
         )

@@ -21,16 +21,19 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 import consent
-from accord import devstack, kafka
-from accord.database import engine_for, init_database
-from accord.drain import wait_for_group
-from accord.settings import Settings
-from accord.sharing import subject_key
-from accord.topics import TopicNames, create_topics
+from accord.dev import devstack
+from accord.dev.drain import wait_for_group
+from accord.processor.checkpointer import publish_checkpoint, signer_from_settings, verifier_from_settings
+from accord.provision import init_database
+from accord.sharing.decide import subject_key
 from agreements import load_dir, recipients_by_type
 from agreements.partners import load_partners
+from bus import headers as header
+from bus import kafka
+from bus.database import engine_for
+from bus.settings import Settings
+from bus.topics import TopicNames, create_topics
 from consumers import Disclosure, Subscription
-from accord.checkpointer import publish_checkpoint, signer_from_settings, verifier_from_settings
 from ledger import LedgerEntry, verify
 from ledger.checkpoint import KEY_FILE_NAME, generate_key_file, latest_checkpoint, make_checkpoint
 from producers import Publisher
@@ -87,7 +90,7 @@ def _count_dead_letters(settings: Settings, names: TopicNames, run_id: str, key:
             if msg is None or msg.error() or msg.key() != key:
                 continue  # earlier runs' dead letters stay on the topic
             headers = dict(msg.headers() or [])
-            reasons[headers.get("accord.error", b"?").decode()] += 1
+            reasons[headers.get(header.ERROR, b"?").decode()] += 1
     finally:
         consumer.close()
     return reasons
@@ -184,7 +187,7 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
           f"({len(scenario.events)} valid from {len(agencies)} agencies, {len(scenario.malformed)} malformed)")
     for agency, n in sorted(agencies.items()):
         print(f"  {agency:28} {n}")
-    print(f"consent choices:      " + ", ".join(f"{n} {what}" for what, n in sorted(consents.items())))
+    print("consent choices:      " + ", ".join(f"{n} {what}" for what, n in sorted(consents.items())))
     print("disclosures per partner (ledger / received on partner topic):")
     for partner in sorted(disclosed):
         print(f"  {partner:28} {disclosed[partner]} / {received[partner]}")

@@ -9,7 +9,7 @@ import sys
 from datetime import date, datetime
 from pathlib import Path
 
-from accord.settings import Settings, get_settings
+from bus.settings import Settings, get_settings
 
 
 def _agreements(settings: Settings):
@@ -28,7 +28,7 @@ def _quiet_kafka(settings: Settings) -> dict[str, int]:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from accord import devstack
+    from accord.dev import devstack
 
     if args.action == "up":
         print(devstack.up(settings).describe())
@@ -42,9 +42,9 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from accord import kafka
-    from accord.topics import TopicNames, create_topics
     from agreements import recipients_by_type
+    from bus import kafka
+    from bus.topics import TopicNames, create_topics
 
     specs = TopicNames(settings.topic_prefix).catalogue(recipients_by_type(_agreements(settings)))
     admin = kafka.admin(settings, **_quiet_kafka(settings))
@@ -71,13 +71,13 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.processor import run_processor
+    from accord.processor.app import run_processor
 
     if args.workers < 1:
         print(f"accord run: --workers must be at least 1, not {args.workers}", file=sys.stderr)
         return 2
     if args.workers > 1:
-        from accord.workers import run_workers
+        from accord.processor.workers import run_workers
 
         return run_workers(args.workers, settings.health_port)
     try:
@@ -130,13 +130,14 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     in; the consent store reads no files.
     """
     import consent
-    from accord.database import engine_for, require_app_role
+    from accord.provision import require_app_role
     from agreements.partners import load_partners
+    from bus.database import engine_for
 
     if args.action == "serve":
         import uvicorn
 
-        from consent.api import ApiSettingsError, app_from_settings
+        from accord.web.consent_api import ApiSettingsError, app_from_settings
 
         try:
             # Checks ACCORD_API_SECRET, then refuses to serve as a role that could change
@@ -196,7 +197,8 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger_init(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.database import app_grants, app_role_of, owner_engine_for, setup_database
+    from accord.provision import app_grants, setup_database
+    from bus.database import app_role_of, owner_engine_for
 
     owner = owner_engine_for(settings)
     where = owner.url.render_as_string(hide_password=True)
@@ -225,8 +227,8 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
     from ledger import verify
 
     engine = _ledger_engine(settings)
-    from accord.checkpointer import read_published_notes, verifier_from_settings
-    from accord.topics import TopicNames
+    from accord.processor.checkpointer import read_published_notes, verifier_from_settings
+    from bus.topics import TopicNames
     from ledger.checkpoint import open_checkpoint
     from ledger.note import NoteError
 
@@ -272,13 +274,13 @@ def cmd_ledger_pending_receipts(args: argparse.Namespace, settings: Settings) ->
 
 def _ledger_engine(settings: Settings):
     """The ledger of a command that reads it: refuses (exit 2) one that does not exist, never creates it."""
-    from accord.database import open_ledger
+    from accord.provision import open_ledger
 
     return open_ledger(settings)
 
 
 def cmd_ledger_keygen(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.checkpointer import signer_from_settings
+    from accord.processor.checkpointer import signer_from_settings
     from ledger.checkpoint import KEY_FILE_NAME, generate_key_file
 
     name = args.name or settings.ledger_origin
@@ -300,9 +302,9 @@ def cmd_ledger_keygen(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
-    from accord import kafka
-    from accord.checkpointer import publish_checkpoint, signer_from_settings
-    from accord.topics import TopicNames
+    from accord.processor.checkpointer import publish_checkpoint, signer_from_settings
+    from bus import kafka
+    from bus.topics import TopicNames
     from ledger.checkpoint import CheckpointRefused, latest_checkpoint, make_checkpoint
 
     signer = signer_from_settings(settings)
@@ -321,7 +323,7 @@ def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
         print("the ledger is empty: no checkpoint made")
         return 0
     if made is not None and not args.no_publish:
-        # A broker that is down fails the publication within 10 s (PublishFailed: one line from main()).
+        # A broker that is down fails the publication within 10 s (NotDelivered: one line from main()).
         producer = kafka.producer(settings, **_quiet_kafka(settings), **{"message.timeout.ms": 10_000})
         publish_checkpoint(producer, TopicNames(settings.topic_prefix), made, settings.ledger_origin)
     state = "new" if made else "no new entries; newest"
@@ -448,7 +450,7 @@ def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger_verify_export(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.checkpointer import verifier_from_settings
+    from accord.processor.checkpointer import verifier_from_settings
     from ledger.export import verify_export
     from ledger.note import NoteVerifier
 
@@ -546,7 +548,7 @@ def cmd_agreements_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_agreements_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.agreement_feed import publish_agreements
+    from accord.processor.agreement_feed import publish_agreements
     from agreements import load_dir
 
     directory = _agreements_dir(args, settings)
@@ -573,9 +575,9 @@ def cmd_agreements_validate(args: argparse.Namespace, settings: Settings) -> int
 def cmd_agreements_explain(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, time
 
-    from accord.sharing import Context, subject_key
+    from accord.sharing.decide import Context, subject_key
+    from accord.sharing.explain import EventError, explain, parse_event, render_text
     from agreements import IdentifierTreatment, load_dir
-    from agreements.explain import EventError, explain, parse_event, render_text
     from agreements.partners import load_partners
 
     path = Path(args.event)
@@ -633,7 +635,7 @@ def _agreements_parsers(agreements_sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.demo import run_demo
+    from accord.dev.demo import run_demo
 
     return run_demo(settings, n_events=args.events)
 
@@ -741,7 +743,7 @@ def _where_raised(exc: BaseException) -> str:
     """``file:line`` of the innermost frame in Accord's own code (not a value, so safe to print)."""
     import traceback
 
-    from accord.settings import PACKAGE_ROOT
+    from bus.settings import PACKAGE_ROOT
 
     where = "?"
     for frame in traceback.extract_tb(exc.__traceback__):
@@ -763,7 +765,7 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
     from pydantic import ValidationError
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
-    from accord.devstack import DevStackError
+    from accord.dev.devstack import DevStackError
     from agreements.loader import AgreementError, AgreementsRefused
     from ledger.roles import LedgerRoleError, LedgerSchemaMissing
 
@@ -776,7 +778,7 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
     if isinstance(exc, ValidationError) and exc.title == "Settings":
         return [prefix + _settings_problems(exc)], 2
     if isinstance(exc, DBAPIError):
-        from accord.database import describe_database_error
+        from bus.database import describe_database_error
 
         url = ""
         if settings is not None:
@@ -793,12 +795,16 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
         return [f"{prefix}{exc.filename}: {reason}; check the path and its permissions"], 2
     if isinstance(exc, ValidationError):  # pydantic on input: field and message, never the input value
         return [prefix + "; ".join(f"{'.'.join(map(str, e['loc'])) or '(input)'}: {e['msg']}" for e in exc.errors())], 2
-    from accord.checkpointer import PublishFailed
+    from bus.errors import NotDelivered
 
-    if isinstance(exc, PublishFailed):
+    if isinstance(exc, NotDelivered):
         servers = settings.bootstrap_servers if settings is not None else "ACCORD_BOOTSTRAP_SERVERS"
-        return [f"{prefix}{_one_line(exc)}: no Kafka broker took it at {servers}; the checkpoint is stored in the "
-                "ledger, the processor publishes the next one (or start the broker and sign again after new entries)"], 2
+        if exc.what.startswith("checkpoint"):
+            return [f"{prefix}{_one_line(exc)}: no Kafka broker took it at {servers}; the checkpoint is stored in "
+                    "the ledger, the processor publishes the next one (or start the broker and sign again after "
+                    "new entries)"], 2
+        return [f"{prefix}{_one_line(exc)}: no Kafka broker took it at {servers}; check that the broker is "
+                "running and ACCORD_BOOTSTRAP_SERVERS points at it"], 2
     expected = (AgreementError, DevStackError, LedgerRoleError, LedgerSchemaMissing, PermissionError, TimeoutError,
                 ConnectionError, ValueError)  # ValueError covers SerdeError and every refusal of input
     if isinstance(exc, expected):
@@ -818,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = get_settings()
-        from accord.logs import configure_logging
+        from bus.logs import configure_logging
 
         configure_logging(settings)
         return args.func(args, settings)
@@ -841,6 +847,3 @@ def main(argv: list[str] | None = None) -> int:
               "run with ACCORD_LOG_LEVEL=DEBUG for the traceback", file=sys.stderr)
         return 70
 
-
-if __name__ == "__main__":
-    sys.exit(main())

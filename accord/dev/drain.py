@@ -10,8 +10,8 @@ import time
 
 from confluent_kafka import TopicPartition
 
-from accord import kafka
-from accord.settings import Settings
+from bus import kafka
+from bus.settings import Settings
 
 
 def committed(settings: Settings, group: str, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:

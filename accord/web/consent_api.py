@@ -17,7 +17,7 @@ reasons only (I6).
 
 Run it (``accord consent serve`` does the same)::
 
-    uvicorn --factory consent.api:app_from_settings  # with ACCORD_API_SECRET set
+    uvicorn --factory accord.web.consent_api:app_from_settings  # with ACCORD_API_SECRET set
 
 however it is started, :func:`app_from_settings` refuses to build an app that
 would connect as the tables' owner, a superuser or any role that could change
@@ -44,7 +44,7 @@ from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, Kno
 from consent.tokens import CITIZEN, MIN_SECRET_BYTES, STAFF, Principal, TokenError, check_secret, verify_token
 
 if TYPE_CHECKING:
-    from accord.settings import Settings
+    from bus.settings import Settings
 
 log = structlog.get_logger("accord.consent.api")
 
@@ -348,7 +348,7 @@ def _secret_from(settings: Settings) -> str:
 
 
 def app_from_settings() -> FastAPI:
-    """An app from the environment, for ``uvicorn --factory consent.api:app_from_settings``.
+    """An app from the environment, for ``uvicorn --factory accord.web.consent_api:app_from_settings``.
 
     Reads ``ACCORD_API_SECRET`` (at least 32 bytes; :class:`ApiSettingsError`
     otherwise), the ledger URL, the agreements folder and the partner registry
@@ -356,10 +356,11 @@ def app_from_settings() -> FastAPI:
     that could change the consent history, so the guard holds however the API is
     started, not only through ``accord consent serve``.
     """
-    from accord.database import engine_for, require_app_role
-    from accord.settings import get_settings
+    from accord.provision import require_app_role
     from agreements import load_dir
     from agreements.partners import load_partners
+    from bus.database import engine_for
+    from bus.settings import get_settings
 
     settings = get_settings()
     secret_value = _secret_from(settings)

@@ -18,11 +18,12 @@ from collections.abc import Iterable
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from accord import kafka
-from accord.settings import Settings
-from accord.topics import TopicNames, create_topics
 from agreements import Agreement, recipients_by_type
 from agreements.recipient_schemas import recipient_catalogue
+from bus import kafka
+from bus.errors import flush_or_raise
+from bus.settings import Settings
+from bus.topics import TopicNames, create_topics
 from schemas.serde import Catalogue
 
 log = structlog.get_logger("accord.agreement_feed")
@@ -79,9 +80,7 @@ def publish_agreements(settings: Settings, agreements: list[Agreement]) -> int:
             value=a.model_dump_json().encode(),
             on_delivery=lambda err, _m: errors.append(err.str()) if err else None,
         )
-    producer.flush(30)
-    if errors:
-        raise RuntimeError(f"agreements not published: {errors[:3]}")
+    flush_or_raise(producer, "agreements", errors)
     return len(agreements)
 
 

@@ -1,4 +1,4 @@
-"""The ledger and consent database: one engine; the owner creates, the bus appends.
+"""The bus's tables: the owner creates them, the app role only appends.
 
 On PostgreSQL ``accord ledger init`` runs :func:`setup_database` as the OWNER
 role (``ACCORD_LEDGER_OWNER_URL``): it creates the tables and grants the
@@ -17,13 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import Engine
 
-from accord.connection_guard import psycopg_connect_args
-from accord.cursors import CursorBase, init_cursors
-from accord.settings import Settings
+from bus.cursors import CursorBase, init_cursors
+from bus.database import engine_for, sqlite_path, where
+from bus.settings import Settings
 from consent.store import ConsentBase, init_consent
 from ledger import LedgerBase, init_ledger
 from ledger.roles import (
@@ -40,47 +38,14 @@ __all__ = [
     "LedgerRoleError",
     "LedgerSchemaMissing",
     "app_grants",
-    "app_role_of",
-    "describe_database_error",
-    "engine_for",
     "init_database",
     "open_database",
     "open_ledger",
-    "owner_engine_for",
     "require_app_role",
     "setup_database",
-    "sqlite_path",
 ]
 
 log = structlog.get_logger("accord.database")
-
-
-def engine_for(settings: Settings) -> Engine:
-    url = settings.resolved_ledger_url
-    if url.startswith("sqlite"):
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    # Connect timeout and TCP keepalives notice a dead server within seconds
-    # (accord/connection_guard.py); the processor adds a statement timeout and a watchdog.
-    connect_args = psycopg_connect_args(settings.database_timeout_s) if "+psycopg" in url.split("://", 1)[0] else {}
-    # hide_parameters: a database error must never print a record's values (I6).
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
-
-
-def owner_engine_for(settings: Settings) -> Engine:
-    """The owner's engine for `accord ledger init`; the app URL when no owner URL is set."""
-    if not settings.ledger_owner_url:
-        return engine_for(settings)
-    return create_engine(settings.ledger_owner_url, pool_pre_ping=True, hide_parameters=True)
-
-
-def app_role_of(settings: Settings) -> str | None:
-    """The application role: the setting, else the user of ledger_url (None on SQLite)."""
-    if settings.ledger_app_role:
-        return settings.ledger_app_role
-    url = settings.resolved_ledger_url
-    if url.startswith("sqlite"):
-        return None
-    return make_url(url).username
 
 
 def app_grants() -> list[TableGrant]:
@@ -117,19 +82,6 @@ def setup_database(owner: Engine, app_role: str | None) -> list[str]:
         return []
     with owner.begin() as conn:
         return grant_app_role(conn, app_role, app_grants())
-
-
-def _where(engine: Engine) -> str:
-    """The database, as a person can find it: the URL without its password."""
-    return engine.url.render_as_string(hide_password=True)
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite URL (None for another database, or an in-memory one)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
 
 
 def _refuse_missing_file(path: Path | None) -> None:
@@ -171,37 +123,9 @@ def open_database(engine: Engine) -> None:
             f"no ledger in {path} (tables missing: {', '.join(missing)}); run `accord ledger init` first"
         )
     raise LedgerSchemaMissing(
-        f"no ledger in database {_where(engine)} (tables missing: {', '.join(missing)}); run "
+        f"no ledger in database {where(engine)} (tables missing: {', '.join(missing)}); run "
         "`accord ledger init` as the owner role (ACCORD_LEDGER_OWNER_URL) first"
     )
-
-
-def describe_database_error(exc: DBAPIError, url: str) -> str:
-    """One line for a database error: which database, what went wrong, what to do.
-
-    Only the first line of the driver's message is used, and for data and
-    integrity errors not even that (PostgreSQL may quote the offending value
-    there); the statement and its parameters never appear (I6).
-    """
-    path = sqlite_path(url)
-    where = str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
-    orig = exc.orig
-    text = str(orig) if orig is not None else ""
-    first = " ".join(text.splitlines()[0].split()) if text.strip() else type(orig or exc).__name__
-    first = first.removeprefix("connection failed: ")
-    if isinstance(exc, DataError | IntegrityError):
-        sqlstate = getattr(getattr(orig, "diag", None), "sqlstate", None) or getattr(orig, "sqlstate", None)
-        code = f", SQLSTATE {sqlstate}" if sqlstate else ""
-        return f"the database {where} refused a value ({type(orig or exc).__name__}{code})"
-    if path is not None:
-        return f"the SQLite ledger {where} failed: {first}; check ACCORD_STATE_DIR and its permissions"
-    if isinstance(exc, OperationalError) and "FATAL:" in first:  # the server answered, and refused
-        reason = first.split("FATAL:", 1)[1].strip()
-        return f"cannot open the database {where}: {reason}; check ACCORD_LEDGER_URL"
-    if isinstance(exc, OperationalError):
-        return (f"could not reach the database {where} ({first}); check that PostgreSQL is running "
-                "and that ACCORD_LEDGER_URL points at it")
-    return f"the database {where} refused: {first}"
 
 
 def require_app_role(engine: Engine) -> RoleCheck | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from accord.settings import Settings
+from bus.settings import Settings
 
 
 class DevStackError(RuntimeError):

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from accord.sharing import Context, Outcome, consent_outcome
+from accord.sharing.decide import Context, Outcome, consent_outcome
 from agreements.model import Agreement, ConsentMode, Status
 from consent.model import ConsentRecord, version
 from ledger import EntryDraft

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from accord.sharing import Context, Decision, decide
-from accord.topics import EVENT_TYPES
+from accord.sharing.decide import Context, Decision, decide
 from agreements.model import Agreement
+from bus.topics import EVENT_TYPES
 from consent.model import ConsentRecord
 from schemas.serde import InvalidRecord, from_json, load_schema, to_json, validate
 

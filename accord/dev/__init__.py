@@ -1,0 +1,1 @@
+"""The developer's stack: the embedded broker, the demo, and draining a topic."""

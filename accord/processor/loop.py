@@ -1,0 +1,309 @@
+"""The sharing processor: a confluent-kafka batch loop, with the control plane beside it.
+
+One pass of the loop (``SharingLoop.run_once``), in this order:
+
+1. agreements: apply what is new on the feed; after the start and after every
+   rebalance, read it to its end before deciding anything (I9);
+2. consume: wait up to ``batch_window_s`` for the first record, then take whatever else
+   has already arrived, up to ``batch_size`` records (events and receipts). A batch is
+   never held back to fill up, so a quiet stream is not delayed by the window;
+3. handle the batch (``BatchHandler.handle``: decide, ledger, deliver, dead letters);
+4. commit the batch's offsets;
+5. run the control plane when due: the retraction sweep and ledger checkpoints, in the
+   one worker that holds the control-plane lease (accord/control_lease.py). A timer
+   whose work returns True has more waiting and runs again on the next pass, so a
+   large job (retracting a suspended agreement) goes in bounded chunks between batches.
+
+An outage of PostgreSQL or the broker in any step is a wait (``SharingLoop._wait``):
+the processor logs it, reports it on the health check, backs off and retries the same
+batch by itself; nothing is delivered before its ledger entry is committed and no
+offset is committed before its records are delivered (I10). A record that cannot be
+decided or delivered is dead-lettered with a reason and the loop goes on (I10): a
+batch failing for a reason that is not an outage is split until the one record at
+fault is found. A rebalance during a wait drops the records of the partitions it
+moved; their new owner reads them again, and the ledger makes that safe (I7, I8).
+
+faust is not used at all (its per-message cost capped the bus at ~3k events/s):
+the control plane runs on the loop's own timers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from accord.processor.agreement_feed import FeedFollower
+from accord.processor.control_lease import Lease
+from accord.processor.handler import BatchHandler, BatchReport, DeadLetter, Inbound
+from accord.processor.health import Health
+from accord.processor.outage import backoff, outage_of
+from bus.topics import EVENT_TYPES, TopicNames
+
+log = structlog.get_logger("accord.processor")
+
+# Commit failures that mean "the partitions moved": the new owner replays, nothing to wait for.
+_MOVED_ERRORS = frozenset(
+    getattr(KafkaError, name)
+    for name in ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS", "_ASSIGNMENT_LOST",
+                 "FENCED_INSTANCE_ID", "_NO_OFFSET")
+    if hasattr(KafkaError, name)
+)
+
+
+def _inbound(msg: Any) -> Inbound:
+    return Inbound(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+
+
+class SharingLoop:
+    """The processor's loop: owns the consumer, the feed, the waits and the control-plane timers."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        feed: FeedFollower,
+        handler: BatchHandler,
+        names: TopicNames,
+        health: Health,
+        *,
+        batch_size: int = 500,
+        batch_window_s: float = 0.2,
+        receipts: Any = None,
+        timers: Sequence[tuple[str, float, Callable[[], Any]]] = (),
+        lease: Lease | None = None,
+        feed_timeout_s: float = 10.0,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.consumer = consumer
+        self.feed = feed
+        self.handler = handler
+        self.names = names
+        self.health = health
+        self.batch_size = batch_size
+        self.batch_window_s = batch_window_s
+        self.receipts = receipts
+        self.timers = [[name, interval, fn, 0.0] for name, interval, fn in timers]
+        self.lease = lease  # None: this loop runs the control plane alone (tests, one worker)
+        self.feed_timeout_s = feed_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.stopping = False
+        self.feed_stale = True
+        self.moved: set[tuple[str, int]] = set()
+
+    # confluent-kafka calls these from inside consume()
+    def on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.moved.update((p.topic, p.partition) for p in partitions)
+        self.feed_stale = True
+        log.info("partitions_assigned", partitions=len(partitions))
+
+    def on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.moved.update((p.topic, p.partition) for p in partitions)
+        log.info("partitions_revoked", partitions=len(partitions))
+
+    def topics(self) -> list[str]:
+        return [self.names.event(t) for t in EVENT_TYPES] + [self.names.receipts]
+
+    def start(self) -> None:
+        """Catch up with the agreements feed before subscribing: no decision before it (I9)."""
+        self._catch_up()
+        self.consumer.subscribe(self.topics(), on_assign=self.on_assign, on_revoke=self.on_revoke)
+        self.health.running()
+
+    def run(self) -> None:
+        self.start()
+        while not self.stopping:
+            self.run_once()
+
+    def run_once(self) -> BatchReport | None:
+        # 1. agreements
+        self._guarded(self.feed.poll)
+        # 2. consume
+        first = self.consumer.poll(self.batch_window_s)  # returns at the first record
+        msgs = [] if first is None else [first]
+        if first is not None and self.batch_size > 1:
+            msgs += self.consumer.consume(self.batch_size - 1, timeout=0)
+        self.moved.clear()  # what consume returned belongs to the assignment it ends with
+        batch: list[Inbound] = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                batch.append(_inbound(m))
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer_error", error=err.name())
+                if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+                    self.health.waiting("broker", err.name())
+        report = None
+        if batch:
+            # 3. handle, 4. commit: retried through outages until done or dropped by a rebalance
+            report = self._complete(batch)
+        # 5. control plane
+        self._tick()
+        return report
+
+    def _complete(self, batch: list[Inbound]) -> BatchReport | None:
+        attempt = 0
+        while batch and not self.stopping:
+            try:
+                if self.feed_stale:
+                    self._catch_up_once()
+                report = self._handle(batch)
+                self._commit(batch)
+                self.health.running()
+                self._log(report)
+                return report
+            except Exception as exc:
+                service = outage_of(exc)
+                if service is None:
+                    raise
+                self._wait(service, exc, attempt)
+                attempt += 1
+                batch = [m for m in batch if (m.topic, m.partition) not in self.moved]
+                self.moved.clear()
+        return None
+
+    def _handle(self, batch: list[Inbound]) -> BatchReport:
+        """Handle events and receipts; a failure that is not an outage is narrowed to its record."""
+        receipts = [m for m in batch if m.topic == self.names.receipts]
+        events = [m for m in batch if m.topic != self.names.receipts]
+        report = self._split(events, self.handler.handle) if events else BatchReport()
+        if receipts and self.receipts is not None:
+            report.add(self._split(receipts, self._record_receipts))
+        return report
+
+    def _record_receipts(self, batch: list[Inbound]) -> BatchReport:
+        r = self.receipts.handle(batch)
+        self.handler.dead_letters(DeadLetter(msg, error, reason) for msg, error, reason in r.refused)
+        return BatchReport(receipts=r.receipts, dead_letters=len(r.refused))
+
+    def _split(self, batch: list[Inbound], handle: Callable[[list[Inbound]], BatchReport]) -> BatchReport:
+        try:
+            return handle(batch)
+        except Exception as exc:
+            if outage_of(exc) is not None:
+                raise
+            if len(batch) == 1:
+                [msg] = batch
+                log.error("record_unprocessable", topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                          error=type(exc).__name__)
+                self.handler.dead_letters(
+                    [DeadLetter(msg, "Unprocessable", f"could not be processed: {type(exc).__name__}")])
+                return BatchReport(events=1, dead_letters=1)
+            mid = len(batch) // 2
+            report = self._split(batch[:mid], handle)
+            report.add(self._split(batch[mid:], handle))
+            return report
+
+    def _commit(self, batch: Sequence[Inbound]) -> None:
+        ends: dict[tuple[str, int], int] = {}
+        for m in batch:
+            ends[(m.topic, m.partition)] = max(ends.get((m.topic, m.partition), -1), m.offset + 1)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if isinstance(err, KafkaError) and err.code() in _MOVED_ERRORS:
+                # The partitions moved: their new owner replays from the last commit (I7, I8).
+                log.warning("commit_dropped", reason=err.name())
+                return
+            raise
+
+    def _catch_up(self) -> None:
+        attempt = 0
+        while not self.stopping:
+            try:
+                self._catch_up_once()
+                return
+            except Exception as exc:
+                if outage_of(exc) is None:
+                    raise
+                self._wait("broker", exc, attempt)
+                attempt += 1
+
+    def _catch_up_once(self) -> None:
+        read = self.feed.catch_up(self.feed_timeout_s)
+        self.feed_stale = False
+        log.info("agreements_caught_up", read=read, known=len(self.feed.agreements.by_key()))
+
+    def _wait(self, service: str, exc: BaseException, attempt: int) -> None:
+        delay = backoff(attempt, self.max_backoff_s)
+        error = type(exc).__name__
+        self.health.waiting(service, error)
+        # The reason is the exception's class: its text may quote a record's values (I6).
+        log.warning("waiting", service=service, error=error, retry_in_s=delay, attempt=attempt + 1)
+        self._idle(delay)
+
+    def _idle(self, seconds: float) -> None:
+        """Sleep while serving the group (heartbeats, rebalances); records fetched meanwhile are read again later."""
+        end = time.monotonic() + seconds
+        while not self.stopping:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            msgs = self.consumer.consume(self.batch_size, timeout=min(left, 0.5))
+            first: dict[tuple[str, int], int] = {}
+            for m in msgs:
+                if m.error() is None:
+                    tp = (m.topic(), m.partition())
+                    first[tp] = min(first.get(tp, m.offset()), m.offset())
+            for (topic, partition), offset in first.items():
+                try:
+                    self.consumer.seek(TopicPartition(topic, partition, offset))
+                except KafkaException:
+                    pass  # no longer ours: its new owner reads it
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        due = [t for t in self.timers if now - t[3] >= t[1]]
+        if not due:
+            return
+        if self.lease is not None and not self._guarded(self.lease.held, name="control_lease"):
+            for timer in due:
+                timer[3] = now  # another worker runs them; ask again at the next interval
+            return
+        for timer in due:
+            name, _interval, fn, _last = timer
+            more = self._guarded(fn, name=name)
+            timer[3] = 0.0 if more is True else now
+
+    def _guarded(self, fn: Callable[[], Any], name: str = "agreements_feed") -> Any:
+        """Run control-plane work; an outage or a failure is logged and retried on the next tick."""
+        try:
+            return fn()
+        except Exception as exc:
+            down = outage_of(exc)
+            if down is not None:
+                self.health.waiting(down, type(exc).__name__)
+                log.warning(f"{name}_waiting", service=down, error=type(exc).__name__)
+            else:
+                log.error(f"{name}_failed", error=type(exc).__name__)
+            return None
+
+    def _log(self, report: BatchReport) -> None:
+        log.info(
+            "batch",
+            events=report.events,
+            dead_letters=report.dead_letters,
+            appended=report.appended,
+            redelivered=report.redelivered,
+            receipts=report.receipts,
+            disclosed=sum(n for (_, o, _), n in report.outcomes.items() if o == "DISCLOSED"),
+            withheld=sum(n for (_, o, _), n in report.outcomes.items() if o == "WITHHELD"),
+        )
+
+    def close(self, leave_group: bool = True) -> None:
+        """Close the feed and the lease; the consumer too (leaving the group) when ``leave_group``.
+
+        Not leaving: the caller keeps the consumer alive until the process ends (its
+        destructor would leave the group), and the group notices after the session timeout.
+        """
+        closers = ([self.consumer.close] if leave_group else []) + [self.feed.close]
+        closers += [self.lease.release] if self.lease else []
+        for close in closers:
+            try:
+                close()
+            except Exception as exc:  # closing during an outage must not turn a stop into a crash
+                log.warning("close_failed", error=type(exc).__name__)

@@ -1,0 +1,59 @@
+"""When the database or the broker stops answering: what counts as an outage, and how long to wait.
+
+An outage pauses the bus and never skips a record (I10): the loop and the composition
+root wait with :func:`backoff` and retry the same work. What is not an outage (a value
+the database refused, a record the broker will never take) belongs to one record and is
+dead-lettered instead; :func:`outage_of` tells the two apart.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from confluent_kafka import KafkaException
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from accord.processor.agreement_feed import FeedNotReached
+
+
+class Outage(RuntimeError):
+    """PostgreSQL or the broker is not answering: wait and retry, never skip."""
+
+    def __init__(self, service: str, detail: str) -> None:
+        super().__init__(f"{service}: {detail}")
+        self.service = service
+
+
+def outage_of(exc: BaseException) -> str | None:
+    """``"database"`` or ``"broker"`` when ``exc`` means a service is unavailable; None for a record's fault.
+
+    Database errors are outages unless their SQLSTATE is class 22 (data exception: a
+    value the database refuses, which is one record's fault). A missing table or a
+    revoked privilege is an outage too: waiting for the operator is right, dead-lettering
+    every record would not be.
+    """
+    if isinstance(exc, Outage):
+        return exc.service
+    if isinstance(exc, FeedNotReached):
+        return "broker"
+    if isinstance(exc, KafkaException):
+        return "broker"
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return "database"
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        return None if _data_exception(orig) else "database"
+    if isinstance(exc, psycopg.Error):
+        return None if _data_exception(exc) else "database"
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return "database"
+    return None
+
+
+def _data_exception(exc: BaseException | None) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
+    return bool(sqlstate) and str(sqlstate).startswith("22")
+
+
+def backoff(attempt: int, most_s: float = 10.0) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): 0.5 s, doubling, at most ``most_s``."""
+    return min(0.5 * 2**attempt, most_s)

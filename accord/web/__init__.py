@@ -1,0 +1,1 @@
+"""What Accord serves over HTTP: the citizens' consent API (``consent_api``)."""

@@ -1,0 +1,89 @@
+"""The database engine: one way to connect, one way to describe a failure.
+
+Every part of Accord that talks to the ledger and consent database makes its engine
+here: a connect timeout and TCP keepalives (``bus.connection_guard``), and
+``hide_parameters`` so that a database error never prints a record's values (I6).
+Creating the tables and checking the roles is ``accord.provision``'s work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+
+from bus.connection_guard import psycopg_connect_args
+from bus.settings import Settings
+
+__all__ = ["app_role_of", "describe_database_error", "engine_for", "owner_engine_for", "sqlite_path", "where"]
+
+
+def engine_for(settings: Settings) -> Engine:
+    url = settings.resolved_ledger_url
+    if url.startswith("sqlite"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Connect timeout and TCP keepalives notice a dead server within seconds
+    # (accord/connection_guard.py); the processor adds a statement timeout and a watchdog.
+    connect_args = psycopg_connect_args(settings.database_timeout_s) if "+psycopg" in url.split("://", 1)[0] else {}
+    # hide_parameters: a database error must never print a record's values (I6).
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
+
+
+def owner_engine_for(settings: Settings) -> Engine:
+    """The owner's engine for `accord ledger init`; the app URL when no owner URL is set."""
+    if not settings.ledger_owner_url:
+        return engine_for(settings)
+    return create_engine(settings.ledger_owner_url, pool_pre_ping=True, hide_parameters=True)
+
+
+def app_role_of(settings: Settings) -> str | None:
+    """The application role: the setting, else the user of ledger_url (None on SQLite)."""
+    if settings.ledger_app_role:
+        return settings.ledger_app_role
+    url = settings.resolved_ledger_url
+    if url.startswith("sqlite"):
+        return None
+    return make_url(url).username
+
+
+def where(engine: Engine) -> str:
+    """The database, as a person can find it: the URL without its password."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database, or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def describe_database_error(exc: DBAPIError, url: str) -> str:
+    """One line for a database error: which database, what went wrong, what to do.
+
+    Only the first line of the driver's message is used, and for data and
+    integrity errors not even that (PostgreSQL may quote the offending value
+    there); the statement and its parameters never appear (I6).
+    """
+    path = sqlite_path(url)
+    where = str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+    orig = exc.orig
+    text = str(orig) if orig is not None else ""
+    first = " ".join(text.splitlines()[0].split()) if text.strip() else type(orig or exc).__name__
+    first = first.removeprefix("connection failed: ")
+    if isinstance(exc, DataError | IntegrityError):
+        sqlstate = getattr(getattr(orig, "diag", None), "sqlstate", None) or getattr(orig, "sqlstate", None)
+        code = f", SQLSTATE {sqlstate}" if sqlstate else ""
+        return f"the database {where} refused a value ({type(orig or exc).__name__}{code})"
+    if path is not None:
+        return f"the SQLite ledger {where} failed: {first}; check ACCORD_STATE_DIR and its permissions"
+    if isinstance(exc, OperationalError) and "FATAL:" in first:  # the server answered, and refused
+        reason = first.split("FATAL:", 1)[1].strip()
+        return f"cannot open the database {where}: {reason}; check ACCORD_LEDGER_URL"
+    if isinstance(exc, OperationalError):
+        return (f"could not reach the database {where} ({first}); check that PostgreSQL is running "
+                "and that ACCORD_LEDGER_URL points at it")
+    return f"the database {where} refused: {first}"
