@@ -1,0 +1,1 @@
+"""Tests against the real parts: the embedded broker, PostgreSQL, subprocesses."""
