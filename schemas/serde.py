@@ -45,6 +45,7 @@ __all__ = [
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 SCHEMA_DIR = Path(__file__).resolve().parent
+EVENTS_DIR = SCHEMA_DIR / "events"
 DEFAULT_EVENT_TYPES = ("custody", "referral", "natal_care", "disclosure", "retraction", "consent_change")
 
 
@@ -97,7 +98,9 @@ def load_schema(name: str) -> dict[str, Any]:
     """
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise FileNotFoundError(f"no schema named {name!r}")
-    path = SCHEMA_DIR / f"{name}.avsc"
+    folder = EVENTS_DIR / name
+    versions = sorted(folder.glob("v*.avsc"), key=lambda p: int(p.stem[1:])) if folder.is_dir() else []
+    path = versions[-1] if versions else SCHEMA_DIR / f"{name}.avsc"
     with path.open(encoding="utf-8") as fh:
         return fastavro.parse_schema(json.load(fh))
 

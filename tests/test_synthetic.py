@@ -27,7 +27,7 @@ EVENT_TYPES = ("custody", "referral", "natal_care")
 def schemas() -> dict[str, dict]:
     out = {}
     for event_type in EVENT_TYPES:
-        with (SCHEMA_DIR / f"{event_type}.avsc").open() as f:
+        with (SCHEMA_DIR / "events" / event_type / "v1.avsc").open() as f:
             out[event_type] = fastavro.parse_schema(json.load(f))
     return out
 
