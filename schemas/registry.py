@@ -18,6 +18,7 @@ from typing import Any
 
 import fastavro
 
+from schemas import catalogue as events
 from schemas.codegen import _compile_reader, _compile_writer
 from schemas.diagnosis import _diagnose, _reader_hint
 from schemas.errors import BodyMismatch, InvalidRecord, NotSingleObject, SerdeError, UnknownFingerprint
@@ -28,20 +29,21 @@ from schemas.wire import HEADER_SIZE, MAGIC, fingerprint
 __all__ = ["DEFAULT_EVENT_TYPES", "SCHEMA_DIR", "Catalogue", "load_schema"]
 
 SCHEMA_DIR = Path(__file__).resolve().parent
-EVENTS_DIR = SCHEMA_DIR / "events"
-DEFAULT_EVENT_TYPES = ("custody", "referral", "natal_care", "disclosure", "retraction", "consent_change")
+# Schemas of the bus's own records, beside the event catalogue (schemas/events/).
+OWN_SCHEMAS = ("disclosure", "retraction", "consent_change")
+DEFAULT_EVENT_TYPES = (*events.default().names(), *OWN_SCHEMAS)
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """Parse ``schemas/<name>.avsc`` shipped with this package.
+    """Parse a schema shipped with this package: an event type's latest version, else ``schemas/<name>.avsc``.
 
-    Raises FileNotFoundError for an unknown name (the agreement loader relies on it).
+    A new parse each call, so a caller may change what it gets. Raises
+    FileNotFoundError for an unknown name (the agreement loader relies on it).
     """
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise FileNotFoundError(f"no schema named {name!r}")
-    folder = EVENTS_DIR / name
-    versions = sorted(folder.glob("v*.avsc"), key=lambda p: int(p.stem[1:])) if folder.is_dir() else []
-    path = versions[-1] if versions else SCHEMA_DIR / f"{name}.avsc"
+    catalogue = events.default()
+    path = catalogue[name].latest.path if name in catalogue else SCHEMA_DIR / f"{name}.avsc"
     with path.open(encoding="utf-8") as fh:
         return fastavro.parse_schema(json.load(fh))
 
@@ -55,17 +57,53 @@ class Catalogue:
 
     def __init__(self) -> None:
         self._by_name: dict[str, tuple[Any, bytes, dict[str, Any]]] = {}
-        self._by_fp: dict[bytes, tuple[str, Any]] = {}
+        self._by_fp: dict[bytes, tuple[str, Any]] = {}  # fingerprint -> (name it decodes as, schema)
         self._readers: dict[bytes, Any] = {}  # fingerprint -> compiled reader (absent: fastavro's path only)
         self._writers: dict[str, Any] = {}  # name -> compiled writer
+        # Every version of an event type, as "<type>.v<N>": decoded as the type, written on request.
+        self._versions: dict[str, tuple[Any, bytes, dict[str, Any]]] = {}
+        self._version_readers: dict[bytes, Any] = {}  # older versions' compiled readers
 
     @classmethod
-    def default(cls) -> Catalogue:
-        """A new catalogue holding the source event schemas and the ledger's disclosure schema."""
+    def default(cls, event_catalogue: events.EventCatalogue | None = None) -> Catalogue:
+        """A new catalogue holding every version of every event type and the bus's own schemas.
+
+        Each event type's latest version is registered under the type's name (what a
+        producer writes); every version's fingerprint decodes as the type, so the
+        processor reads v1 and v2 records side by side. ``event_catalogue``: another
+        catalogue folder's types (default: the package's ``schemas/events/``).
+        """
         catalogue = cls()
-        for name in DEFAULT_EVENT_TYPES:
+        for event_type in event_catalogue or events.default():
+            catalogue.register_event_type(event_type)
+        for name in OWN_SCHEMAS:
             catalogue.register(name, load_schema(name))
         return catalogue
+
+    def register_event_type(self, event_type: events.EventType) -> None:
+        """The type's latest version under its name, and every version under ``<type>.v<N>``.
+
+        A record of any version decodes as the type's name; ``encode("<type>.v<N>", ...)``
+        writes an older version (fastavro's path: the hot path writes the latest).
+        """
+        name = event_type.name
+        self.register(name, event_type.latest.schema)
+        for version in event_type.versions:
+            vname, schema = f"{name}.v{version.number}", version.schema
+            fp = fingerprint(schema)
+            if vname in self._versions or vname in self._by_name:
+                if self._entry(vname)[1] == fp:
+                    continue
+                raise SerdeError(f"schema name {vname!r} is already registered with another schema")
+            if fp in self._by_fp and self._by_fp[fp][0] != name:
+                raise SerdeError(f"schema {fp.hex()} is already registered as {self._by_fp[fp][0]!r}, not {name!r}")
+            names = dict(_named_types(schema))
+            self._versions[vname] = (schema, fp, names)
+            if fp not in self._by_fp:
+                self._by_fp[fp] = (name, schema)
+                reader = _compile_reader(schema, names)
+                if reader is not None:
+                    self._version_readers[fp] = reader
 
     def register(self, name: str, parsed_schema: Any) -> bytes:
         """Add a schema; returns its fingerprint. Re-registering the same schema is a no-op.
@@ -97,6 +135,10 @@ class Catalogue:
         try:
             return self._by_name[name]
         except KeyError:
+            pass
+        try:
+            return self._versions[name]
+        except KeyError:
             raise SerdeError(f"no schema registered as {name!r}") from None
 
     def schema(self, name: str) -> Any:
@@ -104,6 +146,10 @@ class Catalogue:
 
     def fingerprint_of(self, name: str) -> bytes:
         return self._entry(name)[1]
+
+    def versions(self) -> list[str]:
+        """Every event type version held, ``<type>.v<N>`` (not in :meth:`names`: each decodes as its type)."""
+        return list(self._versions)
 
     def names(self) -> list[str]:
         return list(self._by_name)
@@ -184,7 +230,7 @@ class Catalogue:
             name, schema = self._by_fp[fp]
         except KeyError:
             raise UnknownFingerprint(fp) from None
-        reader = self._readers.get(fp)
+        reader = self._readers.get(fp) or self._version_readers.get(fp)
         if reader is not None:
             # One pass that checks canonical form as it reads; whatever it does not vouch for
             # (including every refusal) is decided and worded by fastavro's path below.
@@ -199,7 +245,7 @@ class Catalogue:
         try:
             record = fastavro.schemaless_reader(body, schema)
         except Exception as exc:  # EOFError, UnicodeDecodeError, IndexError, OverflowError ...
-            raise self._mismatch(name, data, exc) from exc
+            raise self._mismatch(name, schema, data, exc) from exc
         left = len(data) - body.tell()
         if left:
             raise BodyMismatch(
@@ -214,13 +260,13 @@ class Catalogue:
         except Exception:
             canonical = False
         if not canonical:
-            raise self._mismatch(name, data, None)
+            raise self._mismatch(name, schema, data, None)
         return name, record
 
-    def _mismatch(self, name: str, data: bytes, exc: Exception | None) -> BodyMismatch:
-        """Say where and why the body is not a record of ``name``, from a walk of the bytes."""
+    def _mismatch(self, name: str, schema: Any, data: bytes, exc: Exception | None) -> BodyMismatch:
+        """Say where and why the body is not a record of ``name`` (as ``schema``), from a walk of the bytes."""
         try:
-            found = _diagnose(self._by_name[name][0], self._by_name[name][2], data, HEADER_SIZE)
+            found = _diagnose(schema, _named_types(schema), data, HEADER_SIZE)
         except Exception:  # the diagnosis is a courtesy; the refusal stands regardless
             found = None
         if found is not None:
