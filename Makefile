@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-ledger bench-reads bench-memory database clean
+.PHONY: demo test check bench bench-ledger bench-reads bench-memory database browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,27 @@ database:
 	   for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done) || \
 	  (echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1)
 
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot
+# work offline); install it when it is missing and the machine lets us.
+browser:
+	@command -v chromium >/dev/null || \
+	  (command -v apt-get >/dev/null && export DEBIAN_FRONTEND=noninteractive && \
+	   (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))) || \
+	  (echo "Chromium is needed for the browser tests: apt-get install chromium" >&2; exit 1)
+
 demo: $(STAMP)
 	$(BIN)/accord demo
 
-test: $(STAMP) database
+test: $(STAMP) database browser
 	$(BIN)/pytest -q
+
+# Lint, format, types and the import layers; CI runs it before the tests.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # raw Kafka, the I/O floor and the pipeline (PostgreSQL as the app role, SQLite; 1 and 2
 # workers) on one broker and the same records, then latency at steady loads (~5 minutes).
