@@ -8,8 +8,11 @@ Besides the model's own rules, loading checks what needs the event schemas or
 the calendar:
 
 - every allowed field, and every condition's field, exists in the schema of
-  each event type the agreement covers, and a condition's operator and value
-  fit the field's type;
+  each event type the agreement covers, in every version of it
+  (``schemas/events/<type>/v<N>.avsc``): the processor decodes each event with
+  the version it was written with, so a field only some versions have would be
+  missing from the others' disclosures; and a condition's operator and value
+  fit the field's type in every version;
 - an agreement whose ``valid_until`` is already past is refused as expired,
   unless its status is ``revoked`` or ``suspended`` (kept on file, never applied);
 - in a folder: two files with one id and version, and two ``active`` versions
@@ -24,20 +27,31 @@ of these problems, reported at its line like any other.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import yaml
 from pydantic import ValidationError
 
 from agreements.conditions import Condition, schema_problem
 from agreements.model import COHERENCE_KEY, Agreement, Status
 from schemas.projection import UnknownField, check_paths
-from schemas.serde import load_schema
+from schemas.serde import SCHEMA_DIR, load_schema
 
-__all__ = ["AgreementError", "AgreementsRefused", "load_dir", "load_file", "recipients_by_type", "schema_problems", "validate_dir"]
+__all__ = [
+    "AgreementError",
+    "AgreementsRefused",
+    "load_dir",
+    "load_file",
+    "recipients_by_type",
+    "schema_problems",
+    "validate_dir",
+]
 
 
 class AgreementError(ValueError):
@@ -80,7 +94,9 @@ def _timestamp(loader: _Loader, node: yaml.ScalarNode) -> Any:
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
 
 
-def _line_index(node: yaml.Node, prefix: tuple = (), index: dict | None = None) -> dict[tuple, int]:
+def _line_index(
+    node: yaml.Node, prefix: tuple[Any, ...] = (), index: dict[tuple[Any, ...], int] | None = None
+) -> dict[tuple[Any, ...], int]:
     """Map each key path (and list position) to its 1-based line."""
     index = {} if index is None else index
     if isinstance(node, yaml.MappingNode):
@@ -95,7 +111,7 @@ def _line_index(node: yaml.Node, prefix: tuple = (), index: dict | None = None) 
     return index
 
 
-def _nearest_line(index: Mapping[tuple, int], loc: tuple, default: int = 1) -> int:
+def _nearest_line(index: Mapping[tuple[Any, ...], int], loc: tuple[Any, ...], default: int = 1) -> int:
     for cut in range(len(loc), 0, -1):
         if loc[:cut] in index:
             return index[loc[:cut]]
@@ -110,7 +126,7 @@ def _field_name(loc: Iterable[Any]) -> str:
     return out or "(agreement)"
 
 
-def _pydantic_problems(path: Path, exc: ValidationError, index: Mapping[tuple, int]) -> list[AgreementError]:
+def _pydantic_problems(path: Path, exc: ValidationError, index: Mapping[tuple[Any, ...], int]) -> list[AgreementError]:
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -124,7 +140,7 @@ def _pydantic_problems(path: Path, exc: ValidationError, index: Mapping[tuple, i
             kept = next((loc[:cut] for cut in range(len(loc) - 1, 0, -1) if loc[:cut] in index), loc)
             loc = kept
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         if err["type"].startswith("date_"):  # the agreement's own text, never personal data
             reason = msg.split(", ", 1)[1] if msg.startswith("Input should be a valid date or datetime, ") else msg
             msg = f"{err['input']!r} is not a date ({reason}); write a calendar date as YYYY-MM-DD"
@@ -132,44 +148,94 @@ def _pydantic_problems(path: Path, exc: ValidationError, index: Mapping[tuple, i
     return problems
 
 
-def _schema(event_type: Any) -> Any | None:
-    if not isinstance(event_type, str):
+EVENTS_DIR = SCHEMA_DIR / "events"
+_VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.avsc$")
+
+
+def _versions(event_type: Any, events_dir: Path | None) -> dict[int, Any] | None:
+    """Every version of an event type's schema (number -> parsed schema), or None for an unknown type.
+
+    A type outside the catalogue folder (a schema shipped as ``schemas/<type>.avsc``)
+    has its one schema as version 1.
+    """
+    if not isinstance(event_type, str) or not event_type or event_type.startswith(".") or "/" in event_type:
+        return None
+    folder = (EVENTS_DIR if events_dir is None else Path(events_dir)) / event_type
+    if folder.is_dir():
+        found = {int(m.group(1)): path for path in folder.glob("*.avsc") if (m := _VERSION_FILE.match(path.name))}
+        if found:
+            versions = {}
+            for n in sorted(found):
+                with found[n].open(encoding="utf-8") as fh:
+                    versions[n] = fastavro.parse_schema(json.load(fh))
+            return versions
+    if events_dir is not None:
         return None
     try:
-        return load_schema(event_type)
+        return {1: load_schema(event_type)}
     except FileNotFoundError:
         return None
 
 
-def _schema_checks(data: Mapping[str, Any]) -> list[tuple[tuple, str, str]]:
+def _lacking(versions: Mapping[int, Any], path: Any) -> list[int]:
+    """The versions in which an allow-list path names nothing."""
+    lacking = []
+    for n, schema in versions.items():
+        try:
+            check_paths(schema, [path])
+        except UnknownField:
+            lacking.append(n)
+    return lacking
+
+
+def _named(versions: Iterable[int]) -> str:
+    return ", ".join(f"v{n}" for n in versions)
+
+
+def _schema_checks(data: Mapping[str, Any], events_dir: Path | None = None) -> list[tuple[tuple[Any, ...], str, str]]:
     """``(loc, field, problem)`` for fields and conditions that do not fit the event schemas.
 
     Works on the raw mapping so that ``validate_dir`` reports these even when
     the model itself refused the file.
     """
-    out: list[tuple[tuple, str, str]] = []
-    fields = data.get("fields") if isinstance(data.get("fields"), Mapping) else {}
+    out: list[tuple[tuple[Any, ...], str, str]] = []
+    raw_fields = data.get("fields")
+    fields: Mapping[str, Any] = raw_fields if isinstance(raw_fields, Mapping) else {}
     event_types = data.get("event_types")
     types = [t for t in event_types if isinstance(t, str)] if isinstance(event_types, list | tuple) else []
     types += [t for t in fields if t not in types]
-    schemas = {}
+    schemas: dict[str, dict[int, Any]] = {}
     for t in types:
-        schema = _schema(t)
-        if schema is None:
+        versions = _versions(t, events_dir)
+        if versions is None:
             out.append((("event_types",), "event_types", f"unknown event type {t!r}"))
         else:
-            schemas[t] = schema
+            schemas[t] = versions
     for event_type, paths in fields.items():
         if event_type not in schemas or not isinstance(paths, list | tuple):
             continue
+        versions = schemas[event_type]
         for pos, p in enumerate(paths):
-            try:
-                check_paths(schemas[event_type], [p])
-            except UnknownField as exc:
-                out.append(
-                    (("fields", event_type, pos), f"fields.{event_type}[{pos}]",
-                     f"{exc.path!r} is not a field of the {event_type} schema")
+            lacking = _lacking(versions, p)
+            if not lacking:
+                continue
+            loc, where = ("fields", event_type, pos), f"fields.{event_type}[{pos}]"
+            if len(lacking) == len(versions):
+                try:
+                    check_paths(versions[lacking[0]], [p])
+                except UnknownField as exc:
+                    out.append((loc, where, f"{exc.path!r} is not a field of the {event_type} schema"))
+                continue
+            having = [n for n in versions if n not in lacking]
+            out.append(
+                (
+                    loc,
+                    where,
+                    f"{p!r} is a field of the {event_type} schema's {_named(having)} but not of its {_named(lacking)}: "
+                    f"an agreement may only name fields present in every version of its event types "
+                    f"(a {event_type} v{lacking[0]} event has no such field to disclose)",
                 )
+            )
     conditions = data.get("conditions")
     if isinstance(conditions, list | tuple):
         for i, raw in enumerate(conditions):
@@ -177,26 +243,33 @@ def _schema_checks(data: Mapping[str, Any]) -> list[tuple[tuple, str, str]]:
                 condition = raw if isinstance(raw, Condition) else Condition.model_validate(raw)
             except ValidationError:
                 continue  # the model validation reports it
-            for event_type, schema in schemas.items():
-                problem = schema_problem(condition, schema, event_type)
-                if problem is not None:
-                    attr, text = problem
+            found = None
+            for event_type, versions in schemas.items():
+                for n, schema in versions.items():
+                    label = event_type if len(versions) == 1 else f"{event_type} v{n}"
+                    found = schema_problem(condition, schema, label)
+                    if found is not None:
+                        break
+                if found is not None:
+                    attr, text = found
                     out.append((("conditions", i, attr), f"conditions[{i}].{attr}", text))
                     break  # one problem per condition is enough to fix it
     return out
 
 
-def schema_problems(agreement: Agreement) -> list[str]:
+def schema_problems(agreement: Agreement, *, events_dir: Path | None = None) -> list[str]:
     """What in an already-built agreement does not fit the event schemas (for the agreement feed)."""
     data = {
         "event_types": list(agreement.event_types),
         "fields": {t: list(p) for t, p in agreement.fields.items()},
         "conditions": list(agreement.conditions),
     }
-    return [f"{field}: {problem}" for _, field, problem in _schema_checks(data)]
+    return [f"{field}: {problem}" for _, field, problem in _schema_checks(data, events_dir)]
 
 
-def _check_file(path: Path, today: date) -> tuple[Agreement | None, list[AgreementError], dict[tuple, int]]:
+def _check_file(
+    path: Path, today: date, events_dir: Path | None = None
+) -> tuple[Agreement | None, list[AgreementError], dict[tuple[Any, ...], int]]:
     """The agreement (when the model accepts it) and every problem found in one file."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -217,7 +290,7 @@ def _check_file(path: Path, today: date) -> tuple[Agreement | None, list[Agreeme
         agreement = Agreement.model_validate(data)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(path, exc, index))
-    for loc, field, problem in _schema_checks(data):
+    for loc, field, problem in _schema_checks(data, events_dir):
         problems.append(AgreementError(path, _nearest_line(index, loc), field, problem))
     if (
         agreement is not None
@@ -237,10 +310,13 @@ def _check_file(path: Path, today: date) -> tuple[Agreement | None, list[Agreeme
     return agreement, problems, index
 
 
-def load_file(path: Path, *, today: date | None = None) -> Agreement:
-    """One agreement; raises AgreementError for the first problem (file, line, field)."""
+def load_file(path: Path, *, today: date | None = None, events_dir: Path | None = None) -> Agreement:
+    """One agreement; raises AgreementError for the first problem (file, line, field).
+
+    ``events_dir`` is the schema catalogue to check against (``schemas/events`` when None).
+    """
     path = Path(path)
-    agreement, problems, _ = _check_file(path, today or date.today())
+    agreement, problems, _ = _check_file(path, today or date.today(), events_dir)
     if problems:
         raise problems[0]
     assert agreement is not None
@@ -259,7 +335,7 @@ def _overlap(a: Agreement, b: Agreement) -> bool:
     return a_from <= b_until and b_from <= a_until
 
 
-def _scan(directory: Path, today: date) -> tuple[list[Agreement], list[AgreementError]]:
+def _scan(directory: Path, today: date, events_dir: Path | None = None) -> tuple[list[Agreement], list[AgreementError]]:
     directory = Path(directory)
     paths = sorted(directory.glob("*.yaml"))
     if not paths:
@@ -269,14 +345,18 @@ def _scan(directory: Path, today: date) -> tuple[list[Agreement], list[Agreement
     seen: dict[str, Path] = {}
     active: dict[str, list[tuple[Agreement, Path]]] = {}
     for path in paths:
-        agreement, file_problems, index = _check_file(path, today)
+        agreement, file_problems, index = _check_file(path, today, events_dir)
         problems.extend(file_problems)
         if agreement is None:
             continue
         if agreement.key in seen:
             problems.append(
-                AgreementError(path, _nearest_line(index, ("id",)), "id",
-                               f"{agreement.key} is also defined in {seen[agreement.key]}")
+                AgreementError(
+                    path,
+                    _nearest_line(index, ("id",)),
+                    "id",
+                    f"{agreement.key} is also defined in {seen[agreement.key]}",
+                )
             )
             continue
         seen[agreement.key] = path
@@ -299,21 +379,21 @@ def _scan(directory: Path, today: date) -> tuple[list[Agreement], list[Agreement
     return agreements, problems
 
 
-def load_dir(directory: Path, *, today: date | None = None) -> list[Agreement]:
+def load_dir(directory: Path, *, today: date | None = None, events_dir: Path | None = None) -> list[Agreement]:
     """Every ``*.yaml`` agreement in ``directory``; raises AgreementsRefused (every problem, first first).
 
     Refused besides a bad file: two files with one id and version, and two active
     versions of one id whose validity periods overlap.
     """
-    agreements, problems = _scan(Path(directory), today or date.today())
+    agreements, problems = _scan(Path(directory), today or date.today(), events_dir)
     if problems:
         raise AgreementsRefused(Path(directory), problems)
     return agreements
 
 
-def validate_dir(directory: Path, *, today: date | None = None) -> list[AgreementError]:
+def validate_dir(directory: Path, *, today: date | None = None, events_dir: Path | None = None) -> list[AgreementError]:
     """Every problem in every ``*.yaml`` file of ``directory`` (empty when all load), in file order."""
-    return _scan(Path(directory), today or date.today())[1]
+    return _scan(Path(directory), today or date.today(), events_dir)[1]
 
 
 def recipients_by_type(agreements: Iterable[Agreement]) -> dict[str, set[str]]:
