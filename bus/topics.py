@@ -4,6 +4,10 @@ Every topic is created explicitly with its partition count before anything
 subscribes: the embedded broker would otherwise invent one with 4 partitions.
 A prefix (``ACCORD_TOPIC_PREFIX``) lets several buses, or several tests, share
 one broker.
+
+The event types and their topics' partitions come from the event catalogue
+(``schemas/events/<type>/``, ``accord.partitions``): a new type gets its topic by
+having a folder there.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-EVENT_TYPES: tuple[str, ...] = ("custody", "referral", "natal_care")
-EVENT_PARTITIONS = 4
+from schemas import catalogue as event_catalogue
+
+EVENT_TYPES: tuple[str, ...] = event_catalogue.default().names()
+# The consent-preference and receipt topics' partitions; an event topic has its type's accord.partitions.
+EVENT_PARTITIONS = event_catalogue.DEFAULT_PARTITIONS
+EVENT_TOPIC_PARTITIONS: dict[str, int] = {t.name: t.partitions for t in event_catalogue.default()}
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class TopicNames:
 
     def catalogue(self, partners_by_type: dict[str, set[str]]) -> list[TopicSpec]:
         """Every topic of the bus, given which partners receive which event types."""
-        specs = [TopicSpec(self.event(t), EVENT_PARTITIONS, {}) for t in EVENT_TYPES]
+        specs = [TopicSpec(self.event(t), EVENT_TOPIC_PARTITIONS[t], {}) for t in EVENT_TYPES]
         specs.append(TopicSpec(self.dead_letter, 1, {}))
         # Keyed by agreement id@version; one partition keeps versions in order.
         specs.append(TopicSpec(self.agreements, 1, {"cleanup.policy": "compact"}))

@@ -24,8 +24,15 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from producers import nhs_number
+from schemas import catalogue
 
+# The event types this module has generators for (one method each, below), in the order the
+# scenario interleaves them. The types themselves are the event catalogue's (schemas/events/):
+# a type without a generator here is published all the same, only not made up.
 EVENT_TYPES = ("custody", "referral", "natal_care")
+_UNKNOWN = [t for t in EVENT_TYPES if t not in catalogue.default()]
+if _UNKNOWN:
+    raise RuntimeError(f"synthetic generators for event types not in schemas/events/: {', '.join(_UNKNOWN)}")
 
 # Agency id -> (event type, source system)
 AGENCIES: dict[str, tuple[str, str]] = {

@@ -53,6 +53,7 @@ __all__ = [
     "Version",
     "default",
     "load",
+    "optional_steps",
 ]
 
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
@@ -194,6 +195,33 @@ def _is_string(schema: Any, names: Mapping[str, Any]) -> tuple[bool, bool]:
         others = [b for b in branches if b != "null"]
         return others == ["string"], "null" in branches
     return False, False
+
+
+def optional_steps(event_type: EventType, field: str) -> tuple[bool, ...]:
+    """For each step of a dotted ``field``: may a record lack it (null, defaulted or not in some version)?
+
+    What a reader of the field needs to know to index where it may and ``get`` where it must.
+    """
+    parts = field.split(".")
+    out = [False] * len(parts)
+    for version in event_type.versions:
+        names = _named_types(version.schema)
+        current: Any = version.schema
+        for i, part in enumerate(parts):
+            s = _resolve(current, names)
+            if isinstance(s, list):
+                records = [b for b in (_resolve(b, names) for b in s) if isinstance(b, dict) and "fields" in b]
+                s = records[0] if len(records) == 1 else None
+            found = next((f for f in s["fields"] if f["name"] == part), None) if isinstance(s, dict) else None
+            if found is None:
+                out[i:] = [True] * (len(parts) - i)
+                break
+            nullable = _is_string(found["type"], names)[1] or _resolve(found["type"], names) == "null"
+            branches = found["type"] if isinstance(found["type"], list) else []
+            if nullable or "default" in found or any(_resolve(b, names) == "null" for b in branches):
+                out[i] = True
+            current = found["type"]
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- loading

@@ -245,7 +245,7 @@ class Catalogue:
         try:
             record = fastavro.schemaless_reader(body, schema)
         except Exception as exc:  # EOFError, UnicodeDecodeError, IndexError, OverflowError ...
-            raise self._mismatch(name, schema, data, exc) from exc
+            raise self._mismatch(name, data, exc, schema) from exc
         left = len(data) - body.tell()
         if left:
             raise BodyMismatch(
@@ -260,12 +260,18 @@ class Catalogue:
         except Exception:
             canonical = False
         if not canonical:
-            raise self._mismatch(name, schema, data, None)
+            raise self._mismatch(name, data, None, schema)
         return name, record
 
-    def _mismatch(self, name: str, schema: Any, data: bytes, exc: Exception | None) -> BodyMismatch:
-        """Say where and why the body is not a record of ``name`` (as ``schema``), from a walk of the bytes."""
+    def _mismatch(self, name: str, data: bytes, exc: Exception | None, schema: Any = None) -> BodyMismatch:
+        """Say where and why the body is not a record of ``name``, from a walk of the bytes.
+
+        ``schema``: the one the fingerprint named (an older version of an event type);
+        default the schema registered as ``name``.
+        """
         try:
+            if schema is None:
+                schema = self._by_name[name][0]
             found = _diagnose(schema, _named_types(schema), data, HEADER_SIZE)
         except Exception:  # the diagnosis is a courtesy; the refusal stands regardless
             found = None

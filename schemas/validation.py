@@ -6,7 +6,9 @@ a mistyped NHS number would look up (and miss) someone else's consent, a date
 of birth in 2999 makes a child of anyone, and a 2 MB narrative is a poison record.
 
 The rules are found from the schema, not from a hand list, so a new event type
-is covered the day its ``.avsc`` is added:
+is covered the day its folder is added to ``schemas/events/`` (they are not per
+type, so the catalogue carries no ``accord.plausibility``; a record is judged
+against its type's latest version, whose field names the rules look for):
 
 - every field named ``nhs_number``, wherever it is nested: ten ASCII digits
   passing Modulus 11 when present (null or absent is fine where the schema lets
@@ -34,7 +36,8 @@ from functools import lru_cache
 from typing import Any
 
 from schemas import nhs_number
-from schemas.serde import _join, _named_types, _resolve, load_schema
+from schemas.named_types import _join, _named_types, _resolve
+from schemas.registry import load_schema
 
 __all__ = ["Limits", "Problem", "event_problems", "size_problem", "MAX_AGE_YEARS", "EARLIEST_TIMESTAMP"]
 

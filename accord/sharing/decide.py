@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import Enum
@@ -28,6 +28,8 @@ from typing import Any
 from accord.sharing.pseudonymise import pseudonymise
 from agreements.model import Agreement, ConsentMode, IdentifierTreatment
 from consent.model import ConsentDecision, ConsentRecord, applicable, version
+from schemas import catalogue as event_catalogue
+from schemas.catalogue import EventCatalogue, EventType, optional_steps
 from schemas.projection import Order, Projector, key_order, projector
 from schemas.serde import load_schema
 
@@ -86,20 +88,79 @@ def disclosure_id(event_id: str, recipient: str, agreement_id: str, agreement_ve
     return _uuid5(_DISCLOSURE_NS + f"{event_id}|{recipient}|{agreement_id}|{agreement_version}".encode())
 
 
+def _reach(event_type: EventType, field: str, *, fallback: bool) -> str:
+    """An expression reading ``field`` of ``record``: indexing where the schema says it is always there.
+
+    Where it may be missing (null, defaulted, not in some version) the reading turns
+    to ``get``; a non-fallback leaf is always read with ``get`` (it is tested, not trusted).
+    """
+    parts = field.split(".")
+    optional = optional_steps(event_type, field)
+    expr = "record"
+    for i, part in enumerate(parts):
+        leaf = i == len(parts) - 1
+        if leaf:
+            expr = f"{expr}[{part!r}]" if fallback else f"{expr}.get({part!r})"
+        elif optional[i]:
+            expr = f"({expr}.get({part!r}) or {{}})"
+        else:
+            expr = f"{expr}[{part!r}]"
+    return expr
+
+
+def _key_of(scheme: str, value: str) -> str:
+    """The f-string making a subject key of the value in variable ``value`` (see schemas.subject_keys)."""
+    if scheme == "local":  # an agency's own id means nothing without the agency
+        return f"f\"local:{{record['envelope']['source_agency']}}:{{{value}}}\""
+    return f"f\"{scheme}:{{{value}}}\""
+
+
+def _key_functions(catalogue: EventCatalogue) -> tuple[Callable[[str, dict[str, Any]], str],
+                                                        Callable[[str, dict[str, Any]], tuple[str, ...]]]:
+    """``subject_key`` and ``other_subjects`` for the catalogue's types, as straight-line code.
+
+    Generated once at import from each type's ``accord.subject_key`` and
+    ``accord.other_subjects``: one test of the event type, then the reads the
+    hand-written functions did, so a key costs what it did when the types were code.
+    """
+    keys = ["def subject_key(event_type, record):"]
+    others = ["def other_subjects(event_type, record):"]
+    for event_type in catalogue:
+        keys.append(f"    if event_type == {event_type.name!r}:")
+        *firsts, last = event_type.subject_key
+        for key in firsts:
+            keys.append(f"        v = {_reach(event_type, key.field, fallback=False)}")
+            keys.append("        if v:")
+            keys.append(f"            return {_key_of(key.scheme, 'v')}")
+        keys.append(f"        return {_key_of(last.scheme, _reach(event_type, last.field, fallback=True))}")
+        if event_type.other_subjects:
+            others.append(f"    if event_type == {event_type.name!r}:")
+            others.append("        out = []")
+            for key in event_type.other_subjects:
+                others.append(f"        v = {_reach(event_type, key.field, fallback=False)}")
+                others.append("        if v:")
+                others.append(f"            out.append({_key_of(key.scheme, 'v')})")
+            others.append("        return tuple(out)")
+    keys.append("    raise KeyError(event_type)")
+    others.append("    return ()")
+    namespace: dict[str, Any] = {}
+    # Our own code, generated from the catalogue's validated field paths and schemes.
+    exec(compile("\n".join([*keys, "", *others]), "<subject keys>", "exec"), namespace)  # noqa: S102
+    return namespace["subject_key"], namespace["other_subjects"]
+
+
+_subject_key, _other_subjects = _key_functions(event_catalogue.default())
+
+
 def subject_key(event_type: str, record: dict[str, Any]) -> str:
     """The key consent is recorded under: the NHS number where the event has one.
 
     Falling back to the provider's own identifier keeps events without an NHS
-    number decidable; their consent is recorded against that identifier.
+    number decidable; their consent is recorded against that identifier. Where to
+    look, in order, is the type's ``accord.subject_key`` (schemas/events/<type>/):
+    the first present wins, the last is always there.
     """
-    if event_type == "natal_care":
-        return f"nhs:{record['mother']['nhs_number']}"
-    subject = record["subject"]
-    if subject.get("nhs_number"):
-        return f"nhs:{subject['nhs_number']}"
-    if event_type == "custody":
-        return f"pnc:{subject['pnc_id']}"
-    return f"local:{record['envelope']['source_agency']}:{subject['local_id']}"
+    return _subject_key(event_type, record)
 
 
 def other_subjects(event_type: str, record: dict[str, Any]) -> tuple[str, ...]:
@@ -107,12 +168,9 @@ def other_subjects(event_type: str, record: dict[str, Any]) -> tuple[str, ...]:
 
     The ledger records them beside ``subject_key`` so a subject report finds a person
     wherever their identifier was shared; consent is still checked under ``subject_key``.
+    Who they are is the type's ``accord.other_subjects``.
     """
-    if event_type == "natal_care":
-        baby = record.get("baby") or {}
-        if baby.get("nhs_number"):
-            return (f"nhs:{baby['nhs_number']}",)
-    return ()
+    return _other_subjects(event_type, record)
 
 
 @lru_cache(maxsize=64)

@@ -4,6 +4,8 @@ A recipient under a ``pseudonymised`` agreement can link records about one
 person (the token is stable for that recipient) but cannot reverse it, and two
 recipients cannot join their data on it (each recipient has its own key,
 derived from the bus's secret). Pure functions; the key comes from settings.
+Which fields are identifiers is each event type's ``accord.identifiers``
+(schemas/events/<type>/).
 
 On the hot path each disclosure pays for its own tokens only: a recipient's key
 is derived once (a small bounded cache, keyed by secret and recipient), and the
@@ -18,12 +20,10 @@ import hmac
 from functools import lru_cache
 from typing import Any
 
-# Which fields of each event are identifiers, as dotted paths.
-IDENTIFIERS: dict[str, tuple[str, ...]] = {
-    "custody": ("subject.pnc_id", "subject.nhs_number", "custody_record_id"),
-    "referral": ("subject.nhs_number", "subject.local_id", "referral_id"),
-    "natal_care": ("mother.nhs_number", "baby.nhs_number"),
-}
+from schemas import catalogue
+
+# Which fields of each event are identifiers, as dotted paths: each type's accord.identifiers.
+IDENTIFIERS: dict[str, tuple[str, ...]] = {t.name: t.identifiers for t in catalogue.default()}
 
 TOKEN_PREFIX = "psn:"
 
