@@ -1,0 +1,168 @@
+"""Proof bundles for the citizen's page, checked in the citizen's own browser.
+
+Why: a proof the server checks for itself asks the citizen to trust the server. Each
+entry on ``/me`` comes with a bundle holding everything needed to check it without
+Accord: the entry's leaf (its canonical bytes), its index, the tree size, the RFC 9162
+inclusion proof, the signed checkpoint note and the ledger's public key (``vkey``).
+``static/proofs.js`` checks it with WebCrypto; :func:`check_bundle` is the same check
+in Python, step for step and with the same words, so tests can hold the two to each
+other on real bundles.
+
+The proofs themselves come from ledger/proofs.py (through ledger.report.collect, which
+proves every entry it shows against the newest checkpoint). A proof speaks for its own
+entry only, against a signed root: the browser checks the arithmetic and the
+signature; it cannot know that the key is the ledger's unless the citizen compares the
+key id shown on the page with the one the ledger publishes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger import merkle
+from ledger.checkpoint import KEY_FILE_NAME, CheckpointBody, load_signer
+from ledger.note import NoteError, NoteVerifier, SignedNote
+from ledger.report import ReportItem
+
+__all__ = [
+    "FAILURES",
+    "VERIFIED",
+    "ProofBundle",
+    "bundle_for",
+    "bundles_for",
+    "check_bundle",
+    "ledger_vkey",
+]
+
+VERIFIED = "Verified in your browser"
+# What failed, in the words the page shows (static/proofs.js has the same strings).
+FAILURES = {
+    "malformed": "the proof is not in the expected form",
+    "leaf": "the leaf does not match its hash",
+    "index": "the leaf is not the entry it claims to be",
+    "signature": "the checkpoint's signature does not verify with the ledger's key",
+    "checkpoint": "the signed checkpoint cannot be read",
+    "size": "the checkpoint is for a different tree size than the proof",
+    "root": "the proof does not lead to the signed root",
+}
+
+
+@dataclass(frozen=True)
+class ProofBundle:
+    """What the browser needs to check one entry, and nothing it must take on trust but the key."""
+
+    seq: int
+    leaf: bytes  # the entry's canonical bytes (Avro binary of schemas/disclosure.avsc)
+    leaf_hash: bytes  # SHA-256(0x00 || leaf), as the ledger stores it
+    leaf_index: int  # seq - 1
+    tree_size: int
+    proof: tuple[bytes, ...]  # audit path, leaf side first (RFC 9162 2.1.3)
+    checkpoint: str  # the signed note carrying tree size and root
+    vkey: str  # the ledger's verifier key, <name>+<hex key id>+<base64(0x01 || key)>
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "leaf": base64.b64encode(self.leaf).decode(),
+            "leaf_hash": base64.b64encode(self.leaf_hash).decode(),
+            "leaf_index": self.leaf_index,
+            "tree_size": self.tree_size,
+            "proof": [base64.b64encode(p).decode() for p in self.proof],
+            "checkpoint": self.checkpoint,
+            "vkey": self.vkey,
+        }
+
+
+def ledger_vkey(verifier_key: str, signing_key: str, origin: str, state_dir: Path) -> str | None:
+    """The ledger's public key: the configured verifier key, else the signing key's, else None.
+
+    The same rule as the processor's ``verifier_from_settings`` (accord.web may not
+    import accord.processor): a deployment serving pages should set only
+    ``ACCORD_LEDGER_VERIFIER_KEY`` and keep the signing key away from the web server.
+    """
+    if verifier_key.strip():
+        return NoteVerifier.parse(verifier_key).vkey
+    signer = load_signer(signing_key, origin, state_dir / KEY_FILE_NAME)
+    return signer.verifier.vkey if signer else None
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def bundle_for(proof: Mapping[str, Any], vkey: str) -> ProofBundle:
+    """A bundle from a proof as ledger.proofs.InclusionProof.to_dict() writes it (a report item's ``proof``)."""
+    return ProofBundle(
+        seq=int(proof["seq"]),
+        leaf=_b64(proof["leaf"]),
+        leaf_hash=_b64(proof["leaf_hash"]),
+        leaf_index=int(proof["leaf_index"]),
+        tree_size=int(proof["tree_size"]),
+        proof=tuple(_b64(p) for p in proof["proof"]),
+        checkpoint=str(proof["checkpoint"]),
+        vkey=vkey,
+    )
+
+
+def bundles_for(items: Sequence[ReportItem], vkey: str | None) -> dict[int, dict[str, Any]]:
+    """``{seq: bundle}`` for every item that has a proof (none without the ledger's key)."""
+    if vkey is None:
+        return {}
+    return {i.seq: bundle_for(i.proof, vkey).to_dict() for i in items if i.proof is not None}
+
+
+def _leaf_seq(leaf: bytes) -> int | None:
+    """The first field of the leaf, its seq (an Avro long: zig-zag varint), or None if unreadable."""
+    shift = value = 0
+    for byte in leaf[:10]:
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (value >> 1) ^ -(value & 1)
+        shift += 7
+    return None
+
+
+def check_bundle(bundle: Mapping[str, Any]) -> str | None:
+    """None when the bundle verifies, else the key of FAILURES naming the first check that failed.
+
+    The order is the browser's: the leaf against its hash and its index, the
+    checkpoint's signature by ``vkey`` over the note's text, the checkpoint's body,
+    its tree size against the bundle's, then RFC 9162's inclusion algorithm from the
+    leaf hash to the signed root.
+    """
+    try:
+        leaf = _b64(bundle["leaf"])
+        stated_hash = _b64(bundle["leaf_hash"])
+        index = int(bundle["leaf_index"])
+        size = int(bundle["tree_size"])
+        path = [_b64(p) for p in bundle["proof"]]
+        note = str(bundle["checkpoint"])
+        verifier = NoteVerifier.parse(str(bundle["vkey"]))
+    except (KeyError, TypeError, ValueError, binascii.Error, NoteError):
+        return "malformed"
+    computed = merkle.leaf_hash(leaf)
+    if computed != stated_hash:
+        return "leaf"
+    if _leaf_seq(leaf) != index + 1:
+        return "index"
+    try:
+        signed = SignedNote.parse(note)
+    except NoteError:
+        return "checkpoint"
+    mine = [s for s in signed.signatures if s.name == verifier.name and s.key_id == verifier.key_id]
+    if not mine or not all(verifier.verifies(signed.text, s) for s in mine):
+        return "signature"
+    try:
+        body = CheckpointBody.parse(signed.text)
+    except NoteError:
+        return "checkpoint"
+    if body.tree_size != size:
+        return "size"
+    if not merkle.verify_inclusion(computed, index, size, path, body.root):
+        return "root"
+    return None
