@@ -25,7 +25,7 @@ def engine_for(settings: Settings) -> Engine:
     if url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     # Connect timeout and TCP keepalives notice a dead server within seconds
-    # (accord/connection_guard.py); the processor adds a statement timeout and a watchdog.
+    # (bus/connection_guard.py); the processor adds a statement timeout and a watchdog.
     connect_args = psycopg_connect_args(settings.database_timeout_s) if "+psycopg" in url.split("://", 1)[0] else {}
     # hide_parameters: a database error must never print a record's values (I6).
     return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
