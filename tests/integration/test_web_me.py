@@ -1,0 +1,244 @@
+"""The citizen's page, ``/me``, and its proofs, in a real headless Chromium.
+
+One browser for the module (Debian's Chromium through Playwright; never Playwright's
+own download). The proof checker, accord/web/static/proofs.js, is first held to
+Python's own verification (accord.web.proofs.check_bundle, ledger.merkle,
+ledger.note) on real bundles and on each way of breaking one; then the page is served
+by uvicorn on 127.0.0.1 and a citizen signs in, reads it, sees every proof verify (and
+one fail when the test flips a byte of it), and withdraws consent with a processor
+running, so the next event is withheld and the retraction shows on the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from accord.web.labels import LABELS
+from accord.web.proofs import FAILURES, VERIFIED, bundles_for, check_bundle
+from agreements import load_dir
+from bus.settings import PACKAGE_ROOT
+from ledger import EntryDraft, append, merkle
+from ledger.checkpoint import CheckpointBody, make_checkpoint
+from ledger.leaf_codec import encode_long
+from ledger.note import NoteSigner, sign_note
+from ledger.report import collect
+from producers.nhs_number import generate
+from schemas import catalogue
+from tests.conftest import RoleDatabase
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PROOFS_JS = PACKAGE_ROOT / "accord" / "web" / "static" / "proofs.js"
+AGREEMENTS = {a.key: a for a in load_dir(PACKAGE_ROOT / "agreements" / "examples")}
+ORIGIN = "accord.test/ledger"
+T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def checker(browser: Browser) -> Iterator[Page]:
+    """A blank page on a secure origin (http://localhost) with proofs.js loaded."""
+    page = browser.new_page()
+    page.route(
+        "http://localhost/", lambda r: r.fulfill(body="<!doctype html><title>t</title>", content_type="text/html")
+    )
+    page.goto("http://localhost/")
+    page.add_script_tag(path=str(PROOFS_JS))
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def js_check(page: Page, bundles: list[dict[str, Any]]) -> list[str | None]:
+    return page.evaluate("bs => Promise.all(bs.map(b => AccordProofs.check(b)))", bundles)
+
+
+# --- the checker against Python's, on bundles that verify and on each way of breaking one ----------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _flip(text: str, at: int = 0) -> str:
+    raw = bytearray(base64.b64decode(text))
+    raw[at % len(raw)] ^= 0x01
+    return _b64(bytes(raw))
+
+
+def _resign(note: str, signer: NoteSigner, **changes: Any) -> str:
+    body = CheckpointBody.parse(note[: note.rfind("\n\n") + 1])
+    return sign_note(replace(body, **changes).text(), signer)
+
+
+def broken(bundle: dict[str, Any], signer: NoteSigner) -> dict[str, tuple[dict[str, Any], str]]:
+    """Each way of breaking ``bundle``, with the failure it must be reported as."""
+    note: str = bundle["checkpoint"]
+    text, sigs = note[: note.rfind("\n\n") + 1], note[note.rfind("\n\n") + 2 :]
+    dash, name, sig = sigs.rstrip("\n").split(" ")
+    other = NoteSigner.generate(signer.name)
+    leaf = bytearray(base64.b64decode(bundle["leaf"]))
+    leaf[-1] ^= 0x01  # the last byte: prev_hash, so the seq still reads right
+    cases = {
+        "leaf byte": ({**bundle, "leaf": _b64(bytes(leaf))}, "leaf"),
+        "leaf and its hash": (
+            {**bundle, "leaf": _b64(bytes(leaf)), "leaf_hash": _b64(merkle.leaf_hash(bytes(leaf)))},
+            "root",
+        ),
+        "leaf index": ({**bundle, "leaf_index": bundle["leaf_index"] + 1}, "index"),
+        "signature byte": ({**bundle, "checkpoint": f"{text}\n{dash} {name} {_flip(sig, 7)}\n"}, "signature"),
+        "root in the signed text": (
+            {**bundle, "checkpoint": text.replace(text.split("\n")[2], _flip(text.split("\n")[2])) + "\n" + sigs},
+            "signature",
+        ),
+        "another key": ({**bundle, "vkey": other.verifier.vkey}, "signature"),
+        "tree size": ({**bundle, "tree_size": bundle["tree_size"] + 1}, "size"),
+        "validly signed other root": (
+            {**bundle, "checkpoint": _resign(note, other, root=merkle.leaf_hash(b"x")), "vkey": other.verifier.vkey},
+            "root",
+        ),
+        "no blank line": ({**bundle, "checkpoint": note.replace("\n\n", "\n")}, "checkpoint"),
+        "not base64": ({**bundle, "leaf": "%%%"}, "malformed"),
+    }
+    if bundle["proof"]:
+        flipped = [_flip(bundle["proof"][0], 3), *bundle["proof"][1:]]
+        cases["proof byte"] = ({**bundle, "proof": flipped}, "root")
+        cases["proof hash dropped"] = ({**bundle, "proof": bundle["proof"][:-1]}, "root")
+    cases["proof hash added"] = ({**bundle, "proof": [*bundle["proof"], _b64(bytes(32))]}, "root")
+    return cases
+
+
+def _synthetic_bundles(size: int, signer: NoteSigner) -> list[dict[str, Any]]:
+    """Every leaf's bundle in a tree of ``size`` made here (each leaf starts with its seq, as an entry's does)."""
+    rng = random.Random(size)
+    leaves = [encode_long(i + 1) + rng.randbytes(rng.randrange(0, 40)) for i in range(size)]
+    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    tree = merkle.MerkleTree(hashes)
+    note = sign_note(CheckpointBody(ORIGIN, size, tree.root()).text(), signer)
+    return [
+        {
+            "seq": i + 1,
+            "leaf": _b64(leaf),
+            "leaf_hash": _b64(hashes[i]),
+            "leaf_index": i,
+            "tree_size": size,
+            "proof": [_b64(p) for p in tree.inclusion_proof(i)],
+            "checkpoint": note,
+            "vkey": signer.verifier.vkey,
+        }
+        for i, leaf in enumerate(leaves)
+    ]
+
+
+def test_browser_checker_agrees_with_python_on_every_leaf_of_small_trees(checker: Page) -> None:
+    signer = NoteSigner.generate(ORIGIN)
+    bundles = [b for size in (1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33) for b in _synthetic_bundles(size, signer)]
+    assert [check_bundle(b) for b in bundles] == [None] * len(bundles)
+    assert js_check(checker, bundles) == [None] * len(bundles)
+    # A proof for one leaf does not pass for its neighbour.
+    swapped = [{**b, "proof": bundles[i + 1]["proof"]} for i, b in enumerate(bundles[:-1]) if b["tree_size"] > 2]
+    python = [check_bundle(b) for b in swapped]
+    assert js_check(checker, swapped) == python and "root" in python
+
+
+def _ledger_with_checkpoint(role_db: RoleDatabase, subject: str, n: int, signer: NoteSigner) -> None:
+    a = AGREEMENTS["natal-care-to-health-visiting@v1"]
+    drafts = [
+        EntryDraft(
+            disclosure_id=f"d-{subject}-{i}",
+            event_id=f"e-{subject}-{i}",
+            event_type="natal_care",
+            provider=a.providers[0],
+            recipient=a.recipients[0],
+            agreement_id=a.id,
+            agreement_version=a.version,
+            purpose=a.purpose.value,
+            legal_basis=a.legal_basis,
+            outcome="DISCLOSED",
+            reason=None,
+            fields=a.fields["natal_care"],
+            consent_mode=a.consent_mode.value,
+            consent_version=0,
+            subject_key=f"nhs:{subject}",
+            decided_at=T0 + timedelta(minutes=i),
+        )
+        for i in range(n)
+    ]
+    append(role_db.app, drafts)
+    make_checkpoint(role_db.app, signer, ORIGIN)
+
+
+def test_browser_checker_agrees_with_python_on_real_bundles_and_names_each_failure(
+    checker: Page, role_db: RoleDatabase
+) -> None:
+    signer = NoteSigner.generate(ORIGIN)
+    me = generate(random.Random(20261201))
+    _ledger_with_checkpoint(role_db, me, 13, signer)
+    report = collect(role_db.app, me, AGREEMENTS, as_of=T0.date())
+    bundles = list(bundles_for(report.items, signer.verifier.vkey).values())
+    assert len(bundles) == 13
+    assert [check_bundle(b) for b in bundles] == [None] * 13
+    assert js_check(checker, bundles) == [None] * 13
+
+    for bundle in (bundles[0], bundles[6], bundles[-1]):
+        cases = broken(bundle, signer)
+        inputs = [b for b, _ in cases.values()]
+        expected = {name: want for name, (_, want) in cases.items()}
+        python = dict(zip(cases, (check_bundle(b) for b in inputs), strict=True))
+        browser = dict(zip(cases, js_check(checker, inputs), strict=True))
+        assert python == expected
+        assert browser == expected
+    # The words the page shows are the same in both.
+    words = checker.evaluate("() => [AccordProofs.VERIFIED, AccordProofs.FAILURES]")
+    assert words[0] == VERIFIED and {k: words[1][k] for k in FAILURES} == FAILURES
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+
+def _paths(schema: Any, prefix: str = "") -> set[str]:
+    """Every dotted path into a record schema: records, their fields, down to the leaves."""
+    if isinstance(schema, list):
+        return set().union(*(_paths(s, prefix) for s in schema))
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return set()
+    out: set[str] = set()
+    for f in schema["fields"]:
+        path = f"{prefix}{f['name']}"
+        out.add(path)
+        out |= _paths(f["type"], f"{path}.")
+    return out
+
+
+def test_every_field_of_every_event_schema_has_plain_words() -> None:
+    events = catalogue.load(PACKAGE_ROOT / "schemas" / "events")
+    for name in ("custody", "natal_care", "referral"):
+        paths = set().union(*(_paths(v.schema) for v in events[name].versions))
+        missing = sorted(p for p in paths if p not in LABELS[name])
+        assert not missing, f"{name}: no label for {missing}"
+        assert all("_" not in LABELS[name][p] and "." not in LABELS[name][p] for p in paths)
