@@ -27,21 +27,20 @@ of these problems, reported at its line like any other.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import yaml
 from pydantic import ValidationError
 
 from agreements.conditions import Condition, schema_problem
 from agreements.model import COHERENCE_KEY, Agreement, Status
+from schemas import catalogue
+from schemas.catalogue import EventCatalogue
 from schemas.projection import UnknownField, check_paths
-from schemas.serde import SCHEMA_DIR, load_schema
+from schemas.serde import load_schema
 
 __all__ = [
     "AgreementError",
@@ -148,28 +147,17 @@ def _pydantic_problems(path: Path, exc: ValidationError, index: Mapping[tuple[An
     return problems
 
 
-EVENTS_DIR = SCHEMA_DIR / "events"
-_VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.avsc$")
-
-
-def _versions(event_type: Any, events_dir: Path | None) -> dict[int, Any] | None:
+def _versions(event_type: Any, events: EventCatalogue, own: bool) -> dict[int, Any] | None:
     """Every version of an event type's schema (number -> parsed schema), or None for an unknown type.
 
-    A type outside the catalogue folder (a schema shipped as ``schemas/<type>.avsc``)
-    has its one schema as version 1.
+    ``own``: a schema shipped beside the catalogue (``schemas/<type>.avsc``) counts,
+    as its one version.
     """
-    if not isinstance(event_type, str) or not event_type or event_type.startswith(".") or "/" in event_type:
+    if not isinstance(event_type, str):
         return None
-    folder = (EVENTS_DIR if events_dir is None else Path(events_dir)) / event_type
-    if folder.is_dir():
-        found = {int(m.group(1)): path for path in folder.glob("*.avsc") if (m := _VERSION_FILE.match(path.name))}
-        if found:
-            versions = {}
-            for n in sorted(found):
-                with found[n].open(encoding="utf-8") as fh:
-                    versions[n] = fastavro.parse_schema(json.load(fh))
-            return versions
-    if events_dir is not None:
+    if event_type in events:
+        return {v.number: v.schema for v in events[event_type].versions}
+    if not own:
         return None
     try:
         return {1: load_schema(event_type)}
@@ -204,9 +192,10 @@ def _schema_checks(data: Mapping[str, Any], events_dir: Path | None = None) -> l
     event_types = data.get("event_types")
     types = [t for t in event_types if isinstance(t, str)] if isinstance(event_types, list | tuple) else []
     types += [t for t in fields if t not in types]
+    events = catalogue.default() if events_dir is None else catalogue.load(events_dir)
     schemas: dict[str, dict[int, Any]] = {}
     for t in types:
-        versions = _versions(t, events_dir)
+        versions = _versions(t, events, own=events_dir is None)
         if versions is None:
             out.append((("event_types",), "event_types", f"unknown event type {t!r}"))
         else:

@@ -26,9 +26,9 @@ mode name in the schema's ``accord.compatibility`` property (BACKWARD_TRANSITIVE
 when absent): BACKWARD, the new version reads data written with the previous
 one; FORWARD, the previous version reads data written with the new one; FULL,
 both; NONE, no check; the _TRANSITIVE modes check against every earlier
-version, not only the previous one. The mode a version declares is the one it is
-checked with against the versions before it, as a schema registry would have
-checked it when it was registered.
+version, not only the previous one. The mode is the type's, which its latest
+version states (``schemas.catalogue``): every version is checked against those
+before it, as a schema registry holding that mode would have checked it.
 
 Every problem is one line naming the event type, the two versions and the field,
 so that whoever changed the schema can go straight to it; no data is ever read,
@@ -37,14 +37,14 @@ so no line can carry personal data.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fastavro
+
+from schemas import catalogue as events
 
 __all__ = [
     "DEFAULT_MODE",
@@ -57,16 +57,8 @@ __all__ = [
     "require_compatible",
 ]
 
-MODES = (
-    "BACKWARD",
-    "BACKWARD_TRANSITIVE",
-    "FORWARD",
-    "FORWARD_TRANSITIVE",
-    "FULL",
-    "FULL_TRANSITIVE",
-    "NONE",
-)
-DEFAULT_MODE = "BACKWARD_TRANSITIVE"
+MODES = events.COMPATIBILITY_MODES  # BACKWARD ... FULL_TRANSITIVE, NONE
+DEFAULT_MODE = events.DEFAULT_COMPATIBILITY  # BACKWARD_TRANSITIVE
 MODE_PROPERTY = "accord.compatibility"
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -79,7 +71,6 @@ _PROMOTIONS = {
     "string": {"bytes"},
     "bytes": {"string"},
 }
-_VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.avsc$")
 
 
 @dataclass(frozen=True)
@@ -383,84 +374,67 @@ def reader_problems(
 # --------------------------------------------------------------------------- versions and modes
 
 
-def _mode_of(schema: Mapping[str, Any]) -> object:
-    return schema.get(MODE_PROPERTY, DEFAULT_MODE) if isinstance(schema, Mapping) else DEFAULT_MODE
-
-
 def _line(event_type: str, reader: str, writer: str, problem: Incompatibility) -> str:
     return f"{event_type}: {reader} cannot read {writer}: {problem.problem}"
 
 
-def check_versions(event_type: str, versions: Mapping[int, Any]) -> list[str]:
+def check_versions(event_type: str, versions: Mapping[int, Any], mode: str | None = None) -> list[str]:
     """Every problem between the versions of one event type (version number -> schema), in order.
 
-    Each version from the second on is checked against the earlier ones with the
-    mode it declares.
+    ``mode`` is the type's compatibility mode; when None, the latest version's
+    ``accord.compatibility`` (the catalogue's rule: the latest version carries the
+    type's facts), BACKWARD_TRANSITIVE when it has none. Every version from the
+    second on is checked against the previous one, or with a _TRANSITIVE mode
+    against every earlier one, as a registry holding that mode would have checked
+    it when it was registered.
     """
-    out: list[str] = []
     numbers = sorted(versions)
-    for i, n in enumerate(numbers):
-        mode = _mode_of(versions[n])
-        if mode not in MODES:
-            out.append(
-                f"{event_type}: v{n}: {MODE_PROPERTY} {mode!r} is not a compatibility mode (one of {', '.join(MODES)})"
-            )
-            continue
-        if i == 0 or mode == "NONE":
-            continue
-        earlier = numbers[:i] if str(mode).endswith("_TRANSITIVE") else numbers[i - 1 : i]
+    if not numbers:
+        return []
+    if mode is None:
+        latest = versions[numbers[-1]]
+        mode = latest.get(MODE_PROPERTY, DEFAULT_MODE) if isinstance(latest, Mapping) else DEFAULT_MODE
+    if mode not in MODES:
+        return [
+            f"{event_type}: v{numbers[-1]}: {MODE_PROPERTY} {str(mode)[:40]!r} is not a compatibility mode "
+            f"(one of {', '.join(MODES)})"
+        ]
+    if mode == "NONE":
+        return []
+    backward, forward = mode.startswith(("BACKWARD", "FULL")), mode.startswith(("FORWARD", "FULL"))
+    out: list[str] = []
+    for i, n in enumerate(numbers[1:], 1):
         new = f"v{n}"
-        for e in earlier:
+        for e in numbers[:i] if mode.endswith("_TRANSITIVE") else numbers[i - 1 : i]:
             old = f"v{e}"
-            if str(mode).startswith(("BACKWARD", "FULL")):
+            if backward:
                 for p in reader_problems(versions[n], versions[e], reader_label=new, writer_label=old, newer=new):
                     out.append(_line(event_type, new, old, p))
-            if str(mode).startswith(("FORWARD", "FULL")):
+            if forward:
                 for p in reader_problems(versions[e], versions[n], reader_label=old, writer_label=new, newer=new):
                     out.append(_line(event_type, old, new, p))
     return out
 
 
-def _read_type(event_type: str, directory: Path) -> tuple[dict[int, Any], list[str]]:
-    """The versions found in one type's folder, and why any file could not be used."""
-    versions: dict[int, Any] = {}
-    problems: list[str] = []
-    for path in sorted(directory.glob("*.avsc")):
-        m = _VERSION_FILE.match(path.name)
-        if m is None:
-            problems.append(f"{event_type}: {path}: not a version file (expected v1.avsc, v2.avsc ...)")
-            continue
-        try:
-            schema = json.loads(path.read_text(encoding="utf-8"))
-            fastavro.parse_schema(schema)
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
-            # fastavro's SchemaParseException is a ValueError; the text names the schema, never data.
-            problems.append(f"{event_type}: {path}: not a valid Avro schema: {exc}")
-            continue
-        versions[int(m.group(1))] = schema
-    missing = [n for n in range(1, max(versions, default=0) + 1) if n not in versions]
-    if missing and not problems:
-        problems.append(
-            f"{event_type}: {', '.join(f'v{n}' for n in missing)} missing from {directory} "
-            "(versions are numbered from v1 without gaps)"
-        )
-    return versions, problems
+def check_catalogue(folder: Path | str | None = None) -> list[str]:
+    """Every compatibility problem of every event type in a catalogue folder; empty: compatible.
 
-
-def check_catalogue(folder: Path | str) -> list[str]:
-    """Every compatibility problem of every event type in ``folder`` (``<type>/v<N>.avsc``); empty: compatible.
-
-    What ``accord schemas check`` prints, one line each.
+    ``folder`` holds ``<type>/v<N>.avsc`` (default: the package's ``schemas/events/``),
+    read by :func:`schemas.catalogue.load`; a catalogue it refuses is one problem,
+    its line. What ``accord schemas check`` prints, one line each.
     """
+    try:
+        catalogue = events.load(folder)
+    except events.CatalogueError as exc:
+        return [str(exc)]
     out: list[str] = []
-    for directory in sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        versions, problems = _read_type(directory.name, directory)
-        out += problems
-        out += check_versions(directory.name, versions)
+    for event_type in catalogue:
+        versions = {v.number: v.schema for v in event_type.versions}
+        out += check_versions(event_type.name, versions, event_type.compatibility)
     return out
 
 
-def require_compatible(folder: Path | str) -> None:
+def require_compatible(folder: Path | str | None = None) -> None:
     """Raise IncompatibleCatalogue (its first problem, one line) unless every event type is compatible.
 
     For a service's start: it must not read or write with a catalogue whose
