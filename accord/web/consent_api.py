@@ -12,8 +12,19 @@ Bearer``, and so is a token whose subject is not a well-formed subject key
 apply); a valid token of the wrong role is 403 (a staff token on ``/v1/me``
 included). A preference naming a recipient or class not in the partner registry,
 or an unknown purpose, is 422 with the reason. Error bodies never carry a
-subject key or the submitted input, and logs name record ids, counts and
-reasons only (I6).
+subject key or the submitted input (not even a submitted key: an NHS number
+used as a JSON key is not echoed in a 422's ``loc``), and logs name record ids,
+counts and reasons only (I6).
+
+In front of every route sits :class:`accord.web.guard.Guard`: a body over 64 KB
+is 413 unread, a write without a valid token is 401 before its body is read,
+invalid tokens and writes are throttled (429), and every response carries the
+security headers and ``Cache-Control: no-store``. The history is paginated:
+at most ``Limits.page_size`` records a page, oldest first, the next page named
+by a ``Link: <...?after=ID>; rel="next"`` header (RFC 8288).
+
+``/docs`` is a plain page rendered from ``/openapi.json`` by Accord itself
+(accord.web.api_docs): FastAPI's Swagger UI loads from a CDN and is blank offline.
 
 Run it (``accord consent serve`` does the same)::
 
@@ -31,13 +42,17 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Engine
 
+from accord.web import api_docs
+from accord.web.guard import Guard, Limits
+from accord.web.templating import STATIC_DIR
 from agreements.model import Agreement, Purpose
 from consent import store
 from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes
@@ -201,16 +216,40 @@ _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 # --- the app --------------------------------------------------------------------------------
 
 
+def _safe_loc(loc: Iterable[Any], names: frozenset[str]) -> list[str | int]:
+    """A validation error's location without anything the client wrote: cut at the first unknown key."""
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(part, int) or part in names:
+            out.append(part)
+        else:
+            break
+    return out
+
+
+# What a location may name: where in the request, and the request models' own field names.
+_LOC_NAMES = frozenset({"body", "query", "path", "header", "cookie", *ConsentRequest.model_fields})
+# Messages that quote the input or a key it had; replaced by a fixed text.
+_PLAIN_MESSAGES = {"extra_forbidden": "unexpected field (only decision, purpose and recipient are accepted)"}
+
+
 def create_app(
-    engine: Engine, agreements: Sequence[Agreement], secret: str | bytes, *, known: KnownScopes
+    engine: Engine,
+    agreements: Sequence[Agreement],
+    secret: str | bytes,
+    *,
+    known: KnownScopes,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """The consent API over ``engine`` (consent store) and the loaded ``agreements``.
 
     ``known``: the recipients and classes a preference may name, from the partner
     registry (:meth:`KnownScopes.from_partners`); the app reads no files itself.
+    ``limits``: the guard's (body size, throttling, page size); the defaults otherwise.
     """
     check_secret(secret)  # refuse a short secret at start-up, not on the first request
     agreements = tuple(agreements)
+    limits = limits or Limits()
 
     app = FastAPI(
         title="Accord consent API",
@@ -226,20 +265,34 @@ def create_app(
             {"name": "consent", "description": "Your own consent preferences (citizen token)"},
             {"name": "agreements", "description": "Data-sharing agreements (staff token)"},
         ],
+        docs_url=None,  # Swagger UI loads from a CDN: /docs is Accord's own page (below)
+        redoc_url=None,
+        redirect_slashes=False,  # Starlette builds that redirect from the Host header
     )
+    app.add_middleware(Guard, secret=secret, limits=limits)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs(request: Request) -> HTMLResponse:
+        return api_docs.page(request, app.openapi())
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default echoes the submitted input; keep location, message and type only.
+        # Nor a submitted key (an NHS number used as a JSON key came back in loc).
         issues = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            {
+                "loc": _safe_loc(e.get("loc", ()), _LOC_NAMES),
+                "msg": _PLAIN_MESSAGES.get(str(e.get("type", "")), str(e.get("msg", ""))),
+                "type": str(e.get("type", "")),
+            }
             for e in exc.errors()
         ]
         log.info("request_refused", path=request.url.path, status=422, issues=len(issues))
         return JSONResponse({"detail": issues}, status_code=422)
 
     def principal(
-        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     ) -> Principal:
         if credentials is None:
             log.info("auth_refused", reason="missing bearer token")
@@ -250,8 +303,8 @@ def create_app(
             log.info("auth_refused", reason=exc.reason)
             raise _unauthorized(f"invalid token: {exc.reason}") from None
 
-    def require(role: str):  # noqa: ANN202
-        def dependency(p: Principal = Depends(principal)) -> Principal:  # noqa: B008
+    def require(role: str):
+        def dependency(p: Principal = Depends(principal)) -> Principal:
             if p.role != role:
                 log.info("auth_forbidden", role=p.role, needed=role)
                 raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"needs a {role} token")
@@ -269,18 +322,29 @@ def create_app(
         tags=["consent"],
         summary="Your consent preferences",
         description=(
-            "Your full history (oldest first) and, per (purpose, recipient, recipient class) scope, "
-            "the newest preference still in force."
+            "Your history (oldest first) and, per (purpose, recipient, recipient class) scope, "
+            f"the newest preference still in force. The history comes {limits.page_size} records a page: "
+            "when there are more, a `Link: </v1/me/consents?after=ID>; rel=\"next\"` header names the "
+            "next page (`after` = the last id on this one)."
         ),
         response_model=MyConsents,
         responses=_AUTH_RESPONSES,
     )
-    def my_consents(who: Principal = as_citizen) -> MyConsents:
+    def my_consents(
+        response: Response,
+        who: Principal = as_citizen,
+        # Not in the schema: the published contract says no endpoint takes a parameter (no subject
+        # can be addressed); the description above documents this cursor.
+        after: int = Query(0, ge=0, le=2**63 - 1, include_in_schema=False),
+    ) -> MyConsents:
         assert who.subject is not None
         records = store.history(engine, [who.subject]).get(who.subject, [])
-        log.info("consents_read", records=len(records))
+        page = [r for r in records if r.id > after][: limits.page_size]
+        if page and page[-1].id != records[-1].id:
+            response.headers["Link"] = f'</v1/me/consents?after={page[-1].id}>; rel="next"'
+        log.info("consents_read", records=len(page))
         return MyConsents(
-            history=[ConsentRecordOut.of(r) for r in records],
+            history=[ConsentRecordOut.of(r) for r in page],
             current=[ConsentRecordOut.of(r) for r in current_view(records)],
         )
 

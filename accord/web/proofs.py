@@ -21,11 +21,10 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ledger import merkle
-from ledger.checkpoint import KEY_FILE_NAME, CheckpointBody, load_signer
+from ledger.checkpoint import CheckpointBody
 from ledger.note import NoteError, NoteVerifier, SignedNote
 from ledger.report import ReportItem
 
@@ -36,7 +35,6 @@ __all__ = [
     "bundle_for",
     "bundles_for",
     "check_bundle",
-    "ledger_vkey",
 ]
 
 VERIFIED = "Verified in your browser"
@@ -76,19 +74,6 @@ class ProofBundle:
             "checkpoint": self.checkpoint,
             "vkey": self.vkey,
         }
-
-
-def ledger_vkey(verifier_key: str, signing_key: str, origin: str, state_dir: Path) -> str | None:
-    """The ledger's public key: the configured verifier key, else the signing key's, else None.
-
-    The same rule as the processor's ``verifier_from_settings`` (accord.web may not
-    import accord.processor): a deployment serving pages should set only
-    ``ACCORD_LEDGER_VERIFIER_KEY`` and keep the signing key away from the web server.
-    """
-    if verifier_key.strip():
-        return NoteVerifier.parse(verifier_key).vkey
-    signer = load_signer(signing_key, origin, state_dir / KEY_FILE_NAME)
-    return signer.verifier.vkey if signer else None
 
 
 def _b64(text: str) -> bytes:

@@ -215,13 +215,9 @@
   function show(element, failure) {
     var status = element.querySelector("[data-accord-proof-status]") || element;
     element.setAttribute("data-accord-proof-result", failure ? "failed" : "verified");
-    if (failure) {
-      status.textContent = "Not verified: " + FAILURES[failure] + ".";
-      status.className = status.className.replace(/\baccord-proof--\w+/g, "") + " accord-proof--failed";
-    } else {
-      status.textContent = VERIFIED;
-      status.className = status.className.replace(/\baccord-proof--\w+/g, "") + " accord-proof--verified";
-    }
+    status.textContent = failure ? "Not verified: " + FAILURES[failure] + "." : VERIFIED;
+    status.classList.remove("govuk-tag--grey", "govuk-tag--green", "govuk-tag--red");
+    status.classList.add(failure ? "govuk-tag--red" : "govuk-tag--green");
   }
 
   function summarise(root, results) {
@@ -252,7 +248,7 @@
     var results = [];
     for (var i = 0; i < entries.length; i++) {
       var seq = entries[i].getAttribute("data-accord-proof");
-      var failure = bundles ? await check(bundles[seq]) : "unavailable";
+      var failure = bundles && bundles[seq] ? await check(bundles[seq]) : "unavailable";
       show(entries[i], failure);
       results.push(failure);
     }

@@ -1,0 +1,247 @@
+"""Accord's web application: the consent API beside server-rendered pages, fully offline.
+
+``create_app(settings)`` is one FastAPI app: the consent API
+(accord.web.consent_api, ``/v1/...``), the flows dashboard for staff
+(``/dashboard``, accord.web.dashboard), the citizen's page (``/me``, accord.web.me,
+included when present), sign-in (``/sign-in``, ``/sign-out``) and the offline API
+reference (``/docs``). Every asset is Accord's own, under ``/static``: GOV.UK
+Frontend's compiled CSS and JS (vendored by accord/web/build_assets.py) and a few
+lines of Accord's. The guard (accord.web.guard) sits in front of all of it.
+
+Routers a page module adds: a module with ``router: fastapi.APIRouter`` reads what
+it needs from ``request.app.state``: ``engine``, ``agreements``, ``directory``
+(names, accord.web.names), ``settings``, ``verifier`` (the ledger's public key or
+None) and ``token_secret``; it renders with :func:`accord.web.templating.render`
+and templates extending ``base.html``, reads the principal with
+:func:`accord.web.session.require_page_role` and checks forms with
+:func:`accord.web.session.check_csrf`.
+
+``serve(settings)`` prints where it listens and runs uvicorn (``accord serve``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from accord.web import consent_api
+from accord.web.guard import SESSION_COOKIE, Limits
+from accord.web.names import Directory
+from accord.web.session import SESSION_TTL_S, check_csrf, page_principal, read_form
+from accord.web.templating import render
+from agreements.model import Agreement
+from consent.model import KnownScopes
+from consent.tokens import CITIZEN, STAFF, TokenError, issue_token, verify_token
+from ledger.note import NoteVerifier
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from bus.settings import Settings
+
+log = structlog.get_logger("accord.web")
+
+# Page modules included when they exist (the citizen's page is built separately).
+PAGE_MODULES: Final = ("accord.web.dashboard", "accord.web.me")
+HOME: Final = {STAFF: "/dashboard", CITIZEN: "/me"}
+
+
+class SignInLinks:
+    """The sign-in links already used (by token id) until they expire: each works once, per process."""
+
+    def __init__(self) -> None:
+        self._used: dict[str, float] = {}
+
+    def spend(self, token_id: str, expires_at: float) -> bool:
+        """True the first time ``token_id`` is presented."""
+        now = time.time()
+        for jti in [j for j, exp in self._used.items() if exp < now]:
+            del self._used[jti]
+        if token_id in self._used:
+            return False
+        self._used[token_id] = expires_at
+        return True
+
+
+def verifier_for(settings: Settings) -> NoteVerifier | None:
+    """The ledger's public key: ACCORD_LEDGER_VERIFIER_KEY, else the signing key's, else None."""
+    from ledger.checkpoint import KEY_FILE_NAME, load_signer
+
+    if settings.ledger_verifier_key.strip():
+        return NoteVerifier.parse(settings.ledger_verifier_key)
+    signer = load_signer(
+        settings.ledger_signing_key.get_secret_value(), settings.ledger_origin, settings.state_dir / KEY_FILE_NAME
+    )
+    return signer.verifier if signer else None
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    agreements: Sequence[Agreement] | None = None,
+    partners: dict[str, str] | None = None,
+    limits: Limits | None = None,
+    verifier: NoteVerifier | None = None,
+    secret: str | None = None,
+) -> FastAPI:
+    """The whole web application from ``settings``; the keyword arguments replace what it would load.
+
+    ``secret`` defaults to ACCORD_API_SECRET (consent_api's check: at least 32 bytes).
+    """
+    from agreements import load_dir
+    from agreements.partners import load_partners
+    from bus.database import engine_for
+
+    token_secret = secret if secret is not None else consent_api._secret_from(settings)
+    partners = partners if partners is not None else load_partners(settings.partners_file)
+    agreements = tuple(agreements if agreements is not None else load_dir(settings.agreements_dir))
+    engine = engine if engine is not None else engine_for(settings)
+    app = consent_api.create_app(
+        engine, agreements, token_secret, known=KnownScopes.from_partners(partners), limits=limits
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.agreements = agreements
+    app.state.directory = Directory.build(agreements, partners)
+    app.state.token_secret = token_secret
+    app.state.verifier = verifier if verifier is not None else verifier_for(settings)
+    app.state.service_name = "Accord"
+    app.state.sign_in_links = SignInLinks()
+    app.state.last_verify = None
+
+    _add_pages(app)
+    for name in PAGE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        app.include_router(module.router)
+    return app
+
+
+def _is_page(request: Request) -> bool:
+    path = request.url.path
+    return not (path.startswith("/v1/") or path == "/openapi.json" or path.startswith("/static/"))
+
+
+def _add_pages(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not _is_page(request):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return render(
+            request,
+            "error.html",
+            {
+                "title": _TITLES.get(exc.status_code, "Sorry, there is a problem"),
+                "status": exc.status_code,
+                "detail": str(exc.detail),
+            },
+            status_code=exc.status_code,
+        )
+
+    @app.get("/", include_in_schema=False)
+    def home(request: Request) -> Response:
+        who = page_principal(request)
+        if who is not None:
+            return RedirectResponse(HOME[who.role], status_code=303)
+        return render(request, "home.html", {"title": "Sign in"})
+
+    @app.get("/sign-in", include_in_schema=False)
+    def sign_in(request: Request, token: str = "") -> Response:
+        """A one-time sign-in link: sets the session cookie and redirects (a relative Location: no Host)."""
+        secret = request.app.state.token_secret
+        try:
+            who = verify_token(secret, token)
+        except TokenError as exc:
+            log.info("sign_in_refused", reason=exc.reason)
+            raise HTTPException(401, detail=f"this sign-in link does not work ({exc.reason})") from None
+        if who.token_id is None or who.expires_at is None:
+            raise HTTPException(401, detail="this is not a sign-in link (its token has no id)")
+        if not request.app.state.sign_in_links.spend(who.token_id, who.expires_at):
+            log.info("sign_in_refused", reason="link already used")
+            raise HTTPException(401, detail="this sign-in link has already been used: ask for a new one")
+        session = issue_token(secret, who.role, who.subject, SESSION_TTL_S)
+        response = RedirectResponse(HOME[who.role], status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            session,
+            max_age=SESSION_TTL_S,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        log.info("signed_in", role=who.role)
+        return response
+
+    @app.post("/sign-out", include_in_schema=False)
+    async def sign_out(request: Request) -> Response:
+        check_csrf(request, await read_form(request))
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(
+            SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+        )
+        return response
+
+
+_TITLES: Final = {
+    401: "You need to sign in",
+    403: "You cannot see this page",
+    404: "Page not found",
+    413: "What you sent is too large",
+    429: "Too many requests",
+}
+
+
+def app_from_settings() -> FastAPI:
+    """The app from the environment, for ``uvicorn --factory accord.web.app:app_from_settings``.
+
+    Refuses, as the consent API does, to serve as a database role that could change
+    the consent history or the ledger (accord.provision.require_app_role).
+    """
+    from accord.provision import require_app_role
+    from bus.database import engine_for
+    from bus.settings import get_settings
+
+    settings = get_settings()
+    secret = consent_api._secret_from(settings)
+    engine = engine_for(settings)
+    require_app_role(engine)
+    return create_app(settings, engine=engine, secret=secret)
+
+
+def serve(settings: Settings) -> None:
+    """Print the address and run the app with uvicorn until stopped (``accord serve``).
+
+    uvicorn's access log is off: it would write each sign-in link's token (in the
+    query string) to the log; requests are logged by the app without query strings.
+    """
+    import uvicorn
+
+    from accord.provision import require_app_role
+    from bus.database import engine_for
+
+    secret = consent_api._secret_from(settings)
+    engine = engine_for(settings)
+    require_app_role(engine)
+    app = create_app(settings, engine=engine, secret=secret)
+    print(
+        f"Accord is serving at http://{settings.api_host}:{settings.api_port}/ (dashboard: /dashboard, citizens: /me)",
+        flush=True,
+    )
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, access_log=False, log_level="warning")
+
+
+__all__ = ["HOME", "PAGE_MODULES", "SignInLinks", "app_from_settings", "create_app", "serve", "verifier_for"]
