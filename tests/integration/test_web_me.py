@@ -13,18 +13,28 @@ from __future__ import annotations
 
 import base64
 import random
+import socket
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+import uvicorn
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
+import consent
+from accord.web.app import create_app
 from accord.web.labels import LABELS
+from accord.web.me import ICO_COMPLAINTS
 from accord.web.proofs import FAILURES, VERIFIED, bundles_for, check_bundle
 from agreements import load_dir
-from bus.settings import PACKAGE_ROOT
+from agreements.partners import load_partners
+from bus.settings import PACKAGE_ROOT, Settings
+from consent.tokens import CITIZEN, sign_in_link
 from ledger import EntryDraft, append, merkle
 from ledger.checkpoint import CheckpointBody, make_checkpoint
 from ledger.leaf_codec import encode_long
@@ -47,6 +57,13 @@ PROOFS_JS = PACKAGE_ROOT / "accord" / "web" / "static" / "proofs.js"
 AGREEMENTS = {a.key: a for a in load_dir(PACKAGE_ROOT / "agreements" / "examples")}
 ORIGIN = "accord.test/ledger"
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+KNOWN = consent.KnownScopes.from_partners(load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +259,181 @@ def test_every_field_of_every_event_schema_has_plain_words() -> None:
         missing = sorted(p for p in paths if p not in LABELS[name])
         assert not missing, f"{name}: no label for {missing}"
         assert all("_" not in LABELS[name][p] and "." not in LABELS[name][p] for p in paths)
+
+
+# --- the page, served -----------------------------------------------------------------------------
+
+SECRET = "test-only-web-secret-0123456789abcdef"
+# WCAG 2.0, 2.1 and 2.2, levels A and AA: the tags axe-core uses for them.
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
+AXE = PACKAGE_ROOT / "tests" / "assets" / "axe.min.js"
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` on uvicorn at 127.0.0.1 and a free port, in a thread; yields the base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _draft(key: str, subject: str, i: int, outcome: str = "DISCLOSED", **changes: Any) -> EntryDraft:
+    a = AGREEMENTS[key]
+    event_type = a.event_types[0]
+    d = EntryDraft(
+        disclosure_id=f"d-{subject}-{key}-{i}",
+        event_id=f"e-{subject}-{i}",
+        event_type=event_type,
+        provider=a.providers[0],
+        recipient=a.recipients[0],
+        agreement_id=a.id,
+        agreement_version=a.version,
+        purpose=a.purpose.value,
+        legal_basis=a.legal_basis,
+        outcome=outcome,
+        reason=None if outcome == "DISCLOSED" else "consent denied (consent record 1)",
+        fields=a.fields[event_type] if outcome == "DISCLOSED" else (),
+        consent_mode=a.consent_mode.value,
+        consent_version=0 if outcome == "DISCLOSED" else 1,
+        subject_key=f"nhs:{subject}",
+        decided_at=T0 + timedelta(days=i),
+    )
+    return replace(d, **changes)
+
+
+@dataclass
+class Citizen:
+    base: str
+    subject: str  # NHS number
+    other: str  # another person's, in the same ledger
+    proven: int  # entries under the checkpoint
+    engine: Any
+
+    def sign_in(self, page: Page) -> None:
+        link = sign_in_link(SECRET, CITIZEN, f"nhs:{self.subject}", self.base).link
+        response = page.goto(link)
+        assert response is not None and response.ok and page.url == f"{self.base}/me"
+
+
+@pytest.fixture
+def citizen(role_db: RoleDatabase) -> Iterator[Citizen]:
+    """A mother's ledger: natal care to health visiting and (pseudonymised) research, her baby named
+    as another subject, a custody disclosure to the CPS, a referral under a deferred agreement, one
+    entry withheld by her choice, one entry after the checkpoint; and another person's entries."""
+    rng = random.Random(20261201)
+    me, baby, other = generate(rng), generate(rng), generate(rng)
+    consent.record(role_db.app, f"nhs:{me}", consent.ConsentDecision.DENY, known=KNOWN, purpose="research")
+    drafts = [
+        _draft("natal-care-to-health-visiting@v1", me, 1, subjects=(f"nhs:{baby}",)),
+        _draft("natal-care-to-research@v1", me, 1, subjects=(f"nhs:{baby}",)),
+        _draft("custody-to-prosecution@v1", other, 2),
+        _draft("custody-to-prosecution@v1", me, 3),
+        _draft("referral-to-mash@v1", me, 4),  # deferred until 2027-03-31
+        _draft("natal-care-to-research@v1", me, 5, outcome="WITHHELD"),
+        _draft("natal-care-to-health-visiting@v1", other, 6),
+    ]
+    append(role_db.app, drafts)
+    signer = NoteSigner.generate(ORIGIN)
+    make_checkpoint(role_db.app, signer, ORIGIN)
+    append(role_db.app, [_draft("natal-care-to-health-visiting@v1", me, 7)])  # newer than the checkpoint
+    app = create_app(Settings(), engine=role_db.app, verifier=signer.verifier, secret=SECRET)
+    with serving(app) as base:
+        yield Citizen(base, me, other, 4, role_db.app)
+
+
+def _results(page: Page, n: int) -> list[str]:
+    page.wait_for_function(
+        "n => document.querySelectorAll('[data-accord-proof-result]').length >= n + 1", arg=n, timeout=15_000
+    )
+    return page.locator("[data-accord-proof] [data-accord-proof-status]").all_inner_texts()
+
+
+def test_citizen_sees_disclosures_by_name_in_plain_words_and_every_proof_verifies(
+    browser: Browser, citizen: Citizen
+) -> None:
+    context = browser.new_context(bypass_csp=True)  # only so the test can inject axe-core
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    citizen.sign_in(page)
+
+    text = page.locator("main").inner_text()
+    for name in (
+        "Manchester University NHS Foundation Trust",
+        "Salford City Council health visiting service",
+        "Salford City Council public-health intelligence",
+        "Crown Prosecution Service",
+        "Metropolitan Police Service",
+    ):
+        assert name in text
+    for label in ("your NHS number", "your baby's details (NHS number, date of birth and sex)", "your address"):
+        assert label in text
+    research = page.locator("[data-recipient=salford-research] [data-outcome=DISCLOSED]")
+    assert research.locator("[data-pseudonymised]").all_inner_texts() == [
+        "your NHS number, as a code that only this recipient can link",
+        "your baby's NHS number, as a code that only this recipient can link",
+    ]
+    # No ids or field paths where a person reads, and nothing of the other person's.
+    for raw in ("salford-health-visiting", "mft-nhs-trust", "mother.nhs_number", "baby.nhs_number", "nhs:"):
+        assert raw not in text
+    assert citizen.subject not in page.content() and citizen.other not in page.content()
+
+    summary = page.get_by_test_id("summary").inner_text()
+    assert "3 organisations were sent information about you, 4 times in all" in summary
+    assert "1 more record is not shown yet; it will appear on 31 March 2027." in summary
+    assert (
+        "1 more entry is not shown yet. It will appear here on 31 March 2027."
+        in page.get_by_test_id("deferred").inner_text()
+    )
+    not_sent = page.locator("#not-sent + ul").inner_text()
+    assert "Salford City Council public-health intelligence" in not_sent and "because you said no on" in not_sent
+    assert "No to sharing for research" in page.get_by_test_id("choices").inner_text()
+    assert "make a complaint to the ICO" in text
+    assert page.get_by_role("link", name="make a complaint to the ICO").get_attribute("href") == ICO_COMPLAINTS
+
+    assert _results(page, citizen.proven) == [VERIFIED] * citizen.proven
+    assert page.locator("[data-accord-proof-summary]").inner_text() == "All 4 proofs verified in your browser."
+    assert "Not yet: this entry is newer" in page.locator("[data-outcome]").first.inner_text()
+    assert page.locator("[data-accord-proof-status][aria-live=polite]").count() == citizen.proven
+    assert not errors, errors
+
+    page.add_script_tag(path=str(AXE))
+    axe = page.evaluate(
+        "tags => axe.run(document, {runOnly: {type: 'tag', values: tags}}).then(r => ({passes: r.passes.length, "
+        "violations: r.violations.map(v => v.id + ': ' + v.help + ' (' + v.nodes.length + ')')}))",
+        WCAG_TAGS,
+    )
+    assert axe["violations"] == [] and axe["passes"] > 10
+    context.close()
+
+
+def test_a_flipped_proof_byte_is_reported_as_not_verifying(browser: Browser, citizen: Citizen) -> None:
+    page = browser.new_page()
+    flipped: dict[str, int] = {}
+
+    def tamper(route: Route) -> None:
+        bundles = route.fetch().json()
+        seq = sorted(bundles, key=int)[1]
+        bundles[seq]["proof"][0] = _flip(bundles[seq]["proof"][0], 5)
+        flipped["seq"] = int(seq)
+        route.fulfill(json=bundles)
+
+    page.route("**/me/proofs.json", tamper)
+    citizen.sign_in(page)
+    results = _results(page, citizen.proven)
+    assert sorted(results) == sorted([VERIFIED] * (citizen.proven - 1) + [f"Not verified: {FAILURES['root']}."])
+    status = page.locator(f"#entry-{flipped['seq']} [data-accord-proof-status]")
+    assert status.inner_text() == "Not verified: the proof does not lead to the signed root."
+    assert status.get_attribute("aria-live") == "polite"
+    assert page.locator("[data-accord-proof-summary]").inner_text() == "1 of 4 proofs did not verify in your browser."
+    page.close()
