@@ -1,0 +1,152 @@
+"""``accord dev|topics|publish|run|consume|demo``: the bus itself, from the embedded broker to a partner's view.
+
+Each command parses, calls the library, prints; ``register`` adds them to the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from accord.cli.common import Subparsers, load_agreements, quiet_kafka
+from bus.settings import Settings
+
+__all__ = ["cmd_consume", "cmd_demo", "cmd_dev", "cmd_publish", "cmd_run", "cmd_topics", "register"]
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.dev import devstack
+
+    if args.action == "up":
+        print(devstack.up(settings).describe())
+    elif args.action == "down":
+        print("broker stopped" if devstack.down(settings) else "broker was not running")
+    else:
+        st = devstack.status(settings)
+        print(st.describe())
+        return 0 if st.running else 3
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from agreements import recipients_by_type
+    from bus import kafka
+    from bus.topics import TopicNames, create_topics
+
+    specs = TopicNames(settings.topic_prefix).catalogue(recipients_by_type(load_agreements(settings)))
+    admin = kafka.admin(settings, **quiet_kafka(settings))
+    for name, state in sorted(create_topics(admin, specs).items()):
+        print(f"{state:8} {name}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from producers import Publisher, ingest_jsonl
+
+    path = Path(args.file)
+    report = ingest_jsonl(path, args.type, args.agency, Publisher(settings))
+    for refusal in report.refused:
+        print(refusal.describe(path), file=sys.stderr)
+    published = report.published
+    print(
+        f"{report.read} lines read, {published.delivered} published, {len(report.refused)} refused, "
+        f"{len(published.failed)} failed delivery"
+    )
+    for event_id, error in published.failed:
+        print(f"delivery failed: event {event_id}: {error}", file=sys.stderr)
+    return 1 if report.refused or published.failed else 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.processor.app import run_processor
+
+    if args.workers < 1:
+        print(f"accord run: --workers must be at least 1, not {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from accord.processor.workers import run_workers
+
+        return run_workers(args.workers, settings.health_port)
+    try:
+        code = run_processor(settings)
+    except ValueError as exc:  # a setting the processor cannot start without (e.g. ACCORD_PSEUDONYM_KEY)
+        print(f"accord run: {exc}", file=sys.stderr)
+        return 2
+    if not settings.leave_group_on_stop:
+        # End the process without running the consumer's destructor, which would leave the
+        # group (ACCORD_LEAVE_GROUP_ON_STOP): everything is committed and flushed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers import Retraction, Subscription
+    from schemas.serde import to_json
+
+    agreements = load_agreements(settings)
+    with Subscription(settings, args.partner, agreements, group_id=args.group,
+                      client_config=quiet_kafka(settings)) as sub:
+        count = 0
+        for d in sub.iter(max_records=args.max, idle_timeout=args.idle):
+            count += 1
+            if isinstance(d, Retraction):
+                notice = {"retraction_id": d.retraction_id, "retracts": d.retracts_disclosure_id,
+                          "agreement": d.agreement, "reason": d.reason, "since": to_json(d.since),
+                          "fields": list(d.fields), "ledger_seq": d.ledger_seq}
+                print(json.dumps(notice) if args.json else f"RETRACTION {notice}")
+            elif args.json:
+                print(json.dumps({"disclosure_id": d.disclosure_id, "agreement": d.agreement,
+                                  "event_type": d.event_type, "ledger_seq": d.ledger_seq,
+                                  "record": to_json(d.record)}))
+            else:
+                print(f"{d.disclosure_id} {d.agreement} {d.event_type} seq={d.ledger_seq} {to_json(d.record)}")
+        sub.commit()
+    print(f"{count} records (disclosures and retractions) received by {args.partner}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.dev.demo import run_demo
+
+    return run_demo(settings, n_events=args.events)
+
+
+def register(sub: Subparsers) -> None:
+    """``dev``, ``topics``, ``publish``, ``run``, ``consume`` and ``demo``."""
+    p = sub.add_parser("dev", help="start, stop or check the embedded broker")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("topics", help="create every topic of the catalogue (idempotent)")
+    p.add_argument("action", choices=["create"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("publish", help="publish a JSON-lines file of events")
+    p.add_argument("--agency", required=True, help="publishing agency id; must match each event's envelope")
+    p.add_argument("--type", required=True, choices=["custody", "referral", "natal_care"])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("run", help="run a stream processor")
+    p.add_argument("what", choices=["processor"])
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N processor processes in one consumer group (default 1); with a health "
+                        "port set, worker i listens on ACCORD_HEALTH_PORT + i")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("consume", help="print the disclosures a partner receives")
+    p.add_argument("--partner", required=True)
+    p.add_argument("--max", type=int, default=None, help="stop after N records")
+    p.add_argument("--idle", type=float, default=10.0, help="stop after this many seconds with nothing new")
+    p.add_argument("--group", default=None, help="consumer group (default accord-partner-<partner>)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("demo", help="run the end-to-end demo on the embedded stack")
+    p.add_argument("--events", type=int, default=1200)
+    p.set_defaults(func=cmd_demo)
