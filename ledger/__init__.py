@@ -1,5 +1,9 @@
 """The disclosure ledger: append-only, hash-chained record of every sharing decision.
 
+An entry is defined once, by schemas/disclosure.avsc (ledger.entry: the draft, the
+stored entry, its leaf bytes and its row); ledger.append appends (lock, chain, COPY,
+idempotency), ledger.read reads.
+
 The entries are also the leaves of an RFC 9162 Merkle tree (ledger.merkle) whose root is
 signed in checkpoints (ledger.checkpoint, ledger.note); ledger.proofs proves entries
 against them, reading the tree from its stored tiles (ledger.tiles; subject reports
@@ -7,27 +11,21 @@ use ledger.subject_refs, written with them; both tables are registered on
 LedgerBase's metadata by importing them here).
 """
 
-from ledger.append import (
+from ledger.append import Appended, append, init_ledger, require_current_columns, writer
+from ledger.entry import (
     GENESIS_HASH,
     NOT_COVERED,
     OUTCOMES,
-    Appended,
     EntryDraft,
     StoredEntry,
-    append,
     canonical_bytes,
-    count,
-    entries,
     entry_hash,
     entry_hashes,
-    event_entries,
-    init_ledger,
-    lookup,
-    require_current_columns,
+    stored_entry,
     to_millis,
-    writer,
 )
 from ledger.guard import install_guards
+from ledger.read import count, entries, event_entries, lookup
 from ledger.subject_refs import LedgerSubjectRef
 from ledger.tables import LedgerBase, LedgerCheckpoint, LedgerCosignature, LedgerEntry
 from ledger.tiles import LedgerTile
@@ -58,6 +56,7 @@ __all__ = [
     "install_guards",
     "lookup",
     "require_current_columns",
+    "stored_entry",
     "to_millis",
     "verify",
     "writer",

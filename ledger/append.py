@@ -7,7 +7,8 @@ are the entry's leaf in the RFC 9162 Merkle tree (index seq - 1); leaf_hash,
 SHA-256(0x00 || canonical bytes), is stored beside entry_hash so signed checkpoints and
 proofs never re-encode old entries (ledger/merkle.py, ledger/checkpoint.py). The bytes
 are written by the encoder ledger/leaf_codec.py compiles from the schema (fastavro's
-bytes, several times faster).
+bytes, several times faster); the entry, its leaf and its row are ledger/entry.py's,
+the reads (event_entries, lookup, entries) ledger/read.py's.
 
 append() is idempotent on disclosure_id (invariant I7) and serialises writers (a
 transaction-scoped advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so concurrent
@@ -36,13 +37,9 @@ bench/ledger_indexes.py the indexes (ledger/tables.py).
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from hashlib import sha256
 from typing import Any, NamedTuple
 
 import psycopg
@@ -50,7 +47,6 @@ from psycopg import postgres, pq
 from psycopg.dbapi20 import BinaryBinaryDumper
 from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     Connection,
     DateTime,
@@ -58,69 +54,67 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
-    bindparam,
-    func,
     insert,
     inspect,
     select,
     text,
 )
 
-from ledger import leaf_codec, merkle
+from ledger.entry import (
+    COLUMNS,
+    DIGEST,
+    GENESIS_HASH,
+    NOT_COVERED,
+    OUTCOMES,
+    SCHEMA_PATH,
+    EntryDraft,
+    StoredEntry,
+    canonical_bytes,
+    check_draft,
+    entry_hash,
+    entry_hashes,
+    stored_entry,
+    to_millis,
+    write_row,
+)
 from ledger.guard import install_guards
-from ledger.leaf_codec import FIELD_NAMES, encode_entry
+from ledger.read import count, entries, event_entries, lookup, seqs
 from ledger.roles import LedgerSchemaMissing
 from ledger.tables import DISCLOSURE_ID_UNIQUE, LedgerBase, LedgerEntry
 
-SCHEMA_PATH = leaf_codec.SCHEMA_PATH  # ledger/export.py reads it from here
+__all__ = [
+    "ADVISORY_LOCK_KEY",
+    "Appended",
+    "append",
+    "init_ledger",
+    "require_current_columns",
+    "use_c_bytea_dumper",
+    "writer",
+    # the entry's, and the reads, under the names other modules import from here
+    "GENESIS_HASH",
+    "NOT_COVERED",
+    "OUTCOMES",
+    "SCHEMA_PATH",
+    "EntryDraft",
+    "StoredEntry",
+    "canonical_bytes",
+    "count",
+    "entries",
+    "entry_hash",
+    "entry_hashes",
+    "event_entries",
+    "lookup",
+    "stored_entry",
+    "to_millis",
+]
 
-GENESIS_HASH = bytes(32)
-# RECEIVED: a partner's receipt for a disclosure (ledger/receipts.py). NOT_COVERED: an
-# event no agreement in force covers, recorded with no recipient so an auditor sees it (I2).
-OUTCOMES = frozenset({"DISCLOSED", "WITHHELD", "RETRACTED", "RECEIVED", "NOT_COVERED"})
-NOT_COVERED = "NOT_COVERED"
 # Columns added after the first ledgers were written; create_all never adds a column.
 _REQUIRED_COLUMNS = ("leaf_hash", "event_digest", "subjects")
-_DIGEST = re.compile("[0-9a-f]{64}")
 # pg_advisory_xact_lock key serialising ledger writers (first 8 bytes of sha256("accord.ledger")).
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"accord.ledger").digest()[:8], "big", signed=True)
-# Bound on bind parameters per IN (...) query.
-_IN_CHUNK = 1000
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-# Stored JSON of a fields or subjects tuple, by value: a batch repeats a handful of them.
-_FIELDS_JSON: dict[tuple[str, ...], str] = {}
-_SUBJECTS_JSON: dict[tuple[str, ...], str] = {}
-_JSON_CACHE = 4096  # entries kept before a cache starts over
 _new_tuple = tuple.__new__  # Appended(seq, id, new) without NamedTuple's keyword handling
-
-
-@dataclass(frozen=True)
-class EntryDraft:
-    """A decision to record; the ledger assigns seq and the hashes."""
-
-    disclosure_id: str
-    event_id: str
-    event_type: str
-    provider: str
-    recipient: str
-    agreement_id: str
-    agreement_version: int
-    purpose: str
-    legal_basis: str
-    outcome: str
-    reason: str | None
-    fields: tuple[str, ...]
-    consent_mode: str
-    consent_version: int
-    subject_key: str
-    decided_at: datetime  # tz-aware; stored and hashed at millisecond precision, in UTC
-    refers_to: str | None = None  # the disclosure a retraction (or receipt) is about
-    # Hex SHA-256 of the event's bytes as received (the Kafka record value), so a replay
-    # tells the same event from a different one reusing its id; "" when not from an event.
-    event_digest: str = ""
-    subjects: tuple[str, ...] = ()  # the event's other subject keys besides subject_key
 
 
 class Appended(NamedTuple):
@@ -133,17 +127,6 @@ class Appended(NamedTuple):
     seq: int
     disclosure_id: str
     new: bool
-
-
-@dataclass(frozen=True)
-class StoredEntry:
-    """A ledger row read back: the draft as stored, its seq and its hashes."""
-
-    seq: int
-    draft: EntryDraft
-    prev_hash: bytes
-    entry_hash: bytes
-    leaf_hash: bytes = b""  # RFC 9162 leaf hash as stored (ledger/merkle.py)
 
 
 def init_ledger(engine: Engine) -> None:
@@ -176,63 +159,6 @@ def require_current_columns(conn: Connection) -> None:
         )
 
 
-def to_millis(dt: datetime) -> datetime:
-    """dt in UTC, truncated to whole milliseconds (what the ledger stores and hashes)."""
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError("decided_at must be timezone-aware")
-    dt = dt.astimezone(UTC)
-    return dt.replace(microsecond=dt.microsecond - dt.microsecond % 1000)
-
-
-def _epoch_millis(dt: datetime) -> int:
-    # Integer arithmetic; never a float, never a naive datetime (local time).
-    return (to_millis(dt) - _EPOCH) // _MS
-
-
-def canonical_bytes(seq: int, draft: EntryDraft, prev_hash: bytes) -> bytes:
-    """The Avro binary encoding of the entry (schemas/disclosure.avsc): what is hashed.
-
-    Encoded by the writer ledger/leaf_codec.py compiles from the schema: the same bytes
-    as fastavro.schemaless_writer (tests/test_leaf_codec.py).
-    """
-    if len(prev_hash) != 32:
-        raise ValueError("prev_hash must be 32 bytes")
-    d = draft
-    return encode_entry(
-        seq, d.disclosure_id, d.event_id, d.event_type, d.provider, d.recipient, d.agreement_id,
-        d.agreement_version, d.purpose, d.legal_basis, d.outcome, d.reason, d.fields, d.consent_mode,
-        d.consent_version, d.subject_key, _epoch_millis(d.decided_at), d.refers_to, d.event_digest, d.subjects,
-        bytes(prev_hash),
-    )
-
-
-def entry_hash(seq: int, draft: EntryDraft, prev_hash: bytes) -> bytes:
-    return sha256(canonical_bytes(seq, draft, prev_hash)).digest()
-
-
-def entry_hashes(seq: int, draft: EntryDraft, prev_hash: bytes) -> tuple[bytes, bytes]:
-    """(entry_hash, leaf_hash) from one encoding: the chain link and the Merkle leaf hash."""
-    leaf = canonical_bytes(seq, draft, prev_hash)
-    return sha256(leaf).digest(), merkle.leaf_hash(leaf)
-
-
-def _check(draft: EntryDraft) -> None:
-    """Refuse a draft the ledger must not hold (append then writes nothing of its batch)."""
-    if draft.outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {draft.outcome!r}")
-    if not draft.disclosure_id or len(draft.disclosure_id) > 64:
-        raise ValueError("disclosure_id must be 1 to 64 characters")
-    if draft.event_digest and _DIGEST.fullmatch(draft.event_digest) is None:
-        raise ValueError("event_digest must be 64 lower-case hex digits (SHA-256) or empty")
-    if draft.outcome == NOT_COVERED and (
-        draft.recipient or draft.agreement_id or draft.agreement_version or draft.fields
-    ):
-        raise ValueError("a NOT_COVERED entry has no recipient, agreement or fields")
-    decided_at = draft.decided_at
-    if decided_at.tzinfo is None or decided_at.utcoffset() is None:
-        raise ValueError("decided_at must be timezone-aware")
-
-
 @contextmanager
 def writer(engine: Engine) -> Iterator[Connection]:
     """One write transaction that holds the ledger's writer lock from its start.
@@ -263,34 +189,6 @@ def writer(engine: Engine) -> Iterator[Connection]:
             conn.exec_driver_sql("COMMIT")
     else:
         raise NotImplementedError(f"ledger does not support dialect {dialect!r}")
-
-
-def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _lookup(conn: Connection, disclosure_ids: Iterable[str]) -> dict[str, int]:
-    """disclosure_id -> seq of those in the ledger: one index probe per id on PostgreSQL, IN elsewhere."""
-    ids = sorted(set(disclosure_ids))
-    found: dict[str, int] = {}
-    on_postgres = conn.dialect.name == "postgresql"
-    for chunk in _chunks(ids):
-        if on_postgres:
-            rows = conn.execute(_BY_DISCLOSURE_PG, {"ids": list(chunk)})
-        else:
-            rows = conn.execute(select(LedgerEntry.disclosure_id, LedgerEntry.seq)
-                                .where(LedgerEntry.disclosure_id.in_(chunk)))
-        found.update({did: seq for did, seq in rows})
-    return found
-
-
-# As _BY_EVENT_PG below: ``= ANY(:ids)`` became a bitmap scan of the index (77 ms for 500
-# ids at 1M entries with no statistics); one probe per id is a few milliseconds.
-_BY_DISCLOSURE_PG = text(
-    "SELECT e.disclosure_id, e.seq FROM unnest(:ids) AS ids(disclosure_id) CROSS JOIN LATERAL "
-    "(SELECT disclosure_id, seq FROM ledger_entries WHERE disclosure_id = ids.disclosure_id OFFSET 0) AS e"
-).bindparams(bindparam("ids", type_=ARRAY(String)))
 
 
 def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:
@@ -411,7 +309,7 @@ def _append_in_writer(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Ap
         if results is None:
             # 3.
             cursor.execute("ROLLBACK TO SAVEPOINT ledger_append")
-            results = _copy_batch(cursor, drafts, last_seq, prev, _lookup(conn, (d.disclosure_id for d in drafts)))
+            results = _copy_batch(cursor, drafts, last_seq, prev, seqs(conn, (d.disclosure_id for d in drafts)))
             if results is None:
                 raise RuntimeError("ledger_entries took a disclosure id from outside the writer lock")
     except BaseException:
@@ -467,9 +365,9 @@ def _append_elsewhere(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Ap
     last_seq, prev = (head[0], bytes(head[1])) if head else (0, GENESIS_HASH)
     results: list[Appended] = []
     rows: list[tuple[Any, ...]] = []
-    _rows(drafts, _lookup(conn, (d.disclosure_id for d in drafts)), last_seq, prev, results, rows.append)
+    _rows(drafts, seqs(conn, (d.disclosure_id for d in drafts)), last_seq, prev, results, rows.append)
     if rows:
-        conn.execute(insert(LedgerEntry), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
+        conn.execute(insert(LedgerEntry), [dict(zip(COLUMNS, row, strict=True)) for row in rows])
     return results
 
 
@@ -492,27 +390,28 @@ def _rows(
     write: Callable[[tuple[Any, ...]], Any],
 ) -> None:
     """Write the ledger rows of the drafts not in ``known`` (disclosure_id -> seq), numbered
-    and chained from (last_seq, prev), checked as they go (_check); one Appended per draft
-    goes to ``results``.
+    and chained from (last_seq, prev), checked as they go (check_draft); one Appended per
+    draft goes to ``results``.
 
     ``known`` is extended with the new rows, so a repeat within the batch gets its first
-    copy's seq. Rows are tuples in _COLUMNS order, built straight from the drafts: no
+    copy's seq. Each row is a tuple in COLUMNS order that ledger/entry.py's write_row,
+    compiled from the schema, builds straight from the draft with its leaf and hashes: no
     normalised copy of each draft, no dict per row. The decisions of one event sit together
     and share a decided_at and a digest, so each is converted or checked once per run.
     """
     cached_dt: Any = None
     utc, ms = _EPOCH, 0
     checked_digest = ""
-    fields_json, subjects_json, outcomes = _FIELDS_JSON, _SUBJECTS_JSON, OUTCOMES
+    outcomes, row = OUTCOMES, write_row
     for d in drafts:
         did = d.disclosure_id
         outcome = d.outcome
         digest = d.event_digest
         if outcome not in outcomes or not did or len(did) > 64 or outcome == NOT_COVERED:
-            _check(d)  # raises, or passes a valid NOT_COVERED
+            check_draft(d)  # raises, or passes a valid NOT_COVERED
         if digest != checked_digest:
-            if digest and _DIGEST.fullmatch(digest) is None:
-                _check(d)
+            if digest and DIGEST.fullmatch(digest) is None:
+                check_draft(d)
             checked_digest = digest
         seen = known.get(did)
         if seen is not None:
@@ -524,36 +423,9 @@ def _rows(
             utc = dt if dt.tzinfo is UTC and not dt.microsecond % 1000 else to_millis(dt)  # refuses a naive one
             ms = (utc - _EPOCH) // _MS
         last_seq += 1
-        fields, subjects = d.fields, d.subjects
-        leaf = encode_entry(
-            last_seq, did, d.event_id, d.event_type, d.provider, d.recipient, d.agreement_id, d.agreement_version,
-            d.purpose, d.legal_basis, outcome, d.reason, fields, d.consent_mode, d.consent_version,
-            d.subject_key, ms, d.refers_to, digest, subjects, prev,
-        )
-        h = sha256(leaf).digest()
-        fj = fields_json.get(fields) if fields.__class__ is tuple else None
-        sj = subjects_json.get(subjects) if subjects.__class__ is tuple else None
-        write((
-            last_seq, did, d.event_id, d.event_type, d.provider, d.recipient, d.agreement_id, d.agreement_version,
-            d.purpose, d.legal_basis, outcome, d.reason,
-            fj or _json_list(fields_json, fields, True),
-            d.consent_mode, d.consent_version, d.subject_key, utc, d.refers_to, digest,
-            sj or _json_list(subjects_json, subjects, False),
-            prev, h, sha256(b"\x00" + leaf).digest(),
-        ))
+        prev = row(write, d, last_seq, prev, utc, ms)
         known[did] = last_seq
         results.append(_new_tuple(Appended, (last_seq, did, True)))
-        prev = h
-
-
-def _json_list(cache: dict[tuple[str, ...], str], values: Sequence[str], ascii_only: bool) -> str:
-    """A stored JSON list (fields: ASCII-escaped; subjects: as written, for SQL LIKE), cached by value."""
-    stored = json.dumps(list(values), separators=(",", ":"), ensure_ascii=ascii_only)
-    if isinstance(values, tuple):
-        if len(cache) >= _JSON_CACHE:
-            cache.clear()
-        cache[values] = stored
-    return stored
 
 
 def _pg_type(column: Any) -> str:
@@ -572,15 +444,8 @@ def _pg_type(column: Any) -> str:
     raise TypeError(f"no COPY type for ledger column {column.name} ({t!r})")
 
 
-_COLUMNS = tuple(c.name for c in LedgerEntry.__table__.columns)
-# _rows builds its tuples in this order; a column added to the table must be added there too.
-if _COLUMNS != (
-    "seq", "disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id", "agreement_version",
-    "purpose", "legal_basis", "outcome", "reason", "fields", "consent_mode", "consent_version", "subject_key",
-    "decided_at", "refers_to", "event_digest", "subjects", "prev_hash", "entry_hash", "leaf_hash",
-) or FIELD_NAMES != (*_COLUMNS[:-2],):
-    raise RuntimeError("ledger_entries' columns or disclosure.avsc's fields changed: update ledger/append.py _rows")
-_COPY_SQL = f"COPY ledger_entries ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+# write_row's tuples are in COLUMNS order, which ledger/entry.py checks is the table's.
+_COPY_SQL = f"COPY ledger_entries ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 # By oid: set_types looks a name up in the type registry on every COPY.
 _COPY_TYPES = [postgres.types[_pg_type(c)].oid for c in LedgerEntry.__table__.columns]
 _HEAD_SQL = "SELECT seq, entry_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1"
@@ -591,108 +456,3 @@ _BEGIN_LOCK_HEAD = (
 _SAVEPOINT_HEAD = f"SAVEPOINT ledger_append; {_HEAD_SQL}"
 _LOOKUP_SQL = "SELECT disclosure_id, seq FROM ledger_entries WHERE disclosure_id = ANY(%s)"
 _BYTEA_OID = postgres.types["bytea"].oid
-
-
-def stored_entry(row: Any) -> StoredEntry:
-    """A ledger_entries row (any object with the column attributes) as a StoredEntry.
-
-    Raises ValueError when the row cannot be decoded (e.g. fields is not a JSON list).
-    """
-    decided_at = row.decided_at
-    if decided_at.tzinfo is None:  # SQLite keeps no offset; the ledger stores UTC
-        decided_at = decided_at.replace(tzinfo=UTC)
-    fields = _string_list(row.fields, "fields")
-    subjects = _string_list(row.subjects, "subjects")
-    draft = EntryDraft(
-        disclosure_id=row.disclosure_id,
-        event_id=row.event_id,
-        event_type=row.event_type,
-        provider=row.provider,
-        recipient=row.recipient,
-        agreement_id=row.agreement_id,
-        agreement_version=row.agreement_version,
-        purpose=row.purpose,
-        legal_basis=row.legal_basis,
-        outcome=row.outcome,
-        reason=row.reason,
-        fields=tuple(fields),
-        consent_mode=row.consent_mode,
-        consent_version=row.consent_version,
-        subject_key=row.subject_key,
-        decided_at=decided_at.astimezone(UTC),
-        refers_to=row.refers_to,
-        event_digest=row.event_digest,
-        subjects=tuple(subjects),
-    )
-    leaf = getattr(row, "leaf_hash", None)
-    return StoredEntry(row.seq, draft, bytes(row.prev_hash), bytes(row.entry_hash), bytes(leaf) if leaf else b"")
-
-
-def _string_list(stored: str, column: str) -> list[str]:
-    values = json.loads(stored)
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ValueError(f"{column} is not a JSON list of strings")
-    return values
-
-
-@contextmanager
-def _reading(target: Engine | Connection) -> Iterator[Connection]:
-    """The given Connection as it is (its transaction, its locks), or a new one from an Engine."""
-    if isinstance(target, Connection):
-        yield target
-    else:
-        with target.connect() as conn:
-            yield conn
-
-
-def event_entries(target: Engine | Connection, event_ids: Iterable[str]) -> dict[str, list[StoredEntry]]:
-    """Every entry (any outcome) of each given event, in seq order: event id -> entries.
-
-    Events with no entry are absent. For the processor's replay: inside writer() it sees
-    exactly what the append that follows will be judged against. One query per 1,000 ids
-    (``= ANY(:ids)``, one bind parameter, on PostgreSQL; IN elsewhere), on the event_id index.
-    """
-    ids = sorted(set(event_ids))
-    found: dict[str, list[StoredEntry]] = {}
-    with _reading(target) as conn:
-        postgres = conn.dialect.name == "postgresql"
-        for chunk in _chunks(ids):
-            if postgres:
-                rows = conn.execute(_BY_EVENT_PG, {"ids": list(chunk)})
-            else:
-                rows = conn.execute(select(LedgerEntry.__table__).where(LedgerEntry.event_id.in_(chunk)))
-            for row in rows:
-                found.setdefault(row.event_id, []).append(stored_entry(row))
-    for stored in found.values():
-        stored.sort(key=lambda e: e.seq)
-    return found
-
-
-# One index probe per id, whatever the planner believes. ``event_id = ANY(:ids) ORDER BY
-# seq`` was planned as a walk of the whole table in seq order when the statistics were
-# missing or stale (measured: 460 ms for 500 ids at 1.28M entries, against 2-4 ms here);
-# OFFSET 0 keeps the lateral subquery from being flattened into a hash join over a seq scan.
-_BY_EVENT_PG = text(
-    "SELECT e.* FROM unnest(:ids) AS ids(event_id) "
-    "CROSS JOIN LATERAL (SELECT * FROM ledger_entries WHERE event_id = ids.event_id OFFSET 0) AS e"
-).bindparams(bindparam("ids", type_=ARRAY(String)))
-
-
-def lookup(engine: Engine, disclosure_ids: Iterable[str]) -> dict[str, int]:
-    """disclosure_id -> seq for those of the given ids that are in the ledger."""
-    with engine.connect() as conn:
-        return _lookup(conn, disclosure_ids)
-
-
-def count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
-
-
-def entries(engine: Engine, subject_key: str | None = None) -> list[StoredEntry]:
-    """Every entry (or a subject's), in seq order. Loads them all: for reports, not bulk."""
-    stmt = select(LedgerEntry.__table__).order_by(LedgerEntry.seq)
-    if subject_key is not None:
-        stmt = stmt.where(LedgerEntry.subject_key == subject_key)
-    with engine.connect() as conn:
-        return [stored_entry(r) for r in conn.execute(stmt)]

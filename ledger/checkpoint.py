@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger import merkle, tiles
-from ledger.append import GENESIS_HASH, entry_hashes, stored_entry
+from ledger.entry import GENESIS_HASH, entry_hashes, stored_entry
 from ledger.note import NoteError, NoteSignature, NoteSigner, NoteVerifier, SignedNote, sign_note
 from ledger.tables import LedgerCheckpoint, LedgerCosignature, LedgerEntry
 

@@ -38,8 +38,8 @@ import fastavro
 from sqlalchemy import Engine
 
 from ledger import merkle
-from ledger.append import SCHEMA_PATH, StoredEntry
 from ledger.checkpoint import CheckpointBody, StoredCheckpoint, cosigned_note, latest_checkpoint, open_checkpoint
+from ledger.entry import SCHEMA_PATH, StoredEntry
 from ledger.note import NoteError, NoteVerifier, SignedNote
 
 if TYPE_CHECKING:

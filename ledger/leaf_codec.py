@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_PATH", "FIELD_NAMES", "compile_record", "encode_entry", "encode_long"]
+__all__ = ["SCHEMA", "SCHEMA_PATH", "FIELD_NAMES", "compile_record", "encode_entry", "encode_long"]
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "disclosure.avsc"
 
@@ -297,4 +297,5 @@ def _load(path: Path) -> Mapping[str, Any]:
 # same fields); the ids, digests, subject keys and times rarely do.
 _REPEATING = ("event_type", "provider", "recipient", "agreement_id", "agreement_version", "purpose", "legal_basis",
               "outcome", "reason", "fields", "consent_mode")
-encode_entry, FIELD_NAMES = compile_record(_load(SCHEMA_PATH), memo=[_REPEATING])
+SCHEMA = _load(SCHEMA_PATH)  # as read; ledger/entry.py derives the entry's fields from it
+encode_entry, FIELD_NAMES = compile_record(SCHEMA, memo=[_REPEATING])

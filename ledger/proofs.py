@@ -35,8 +35,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from ledger import merkle, tiles
-from ledger.append import StoredEntry, canonical_bytes, stored_entry
 from ledger.checkpoint import StoredCheckpoint, checkpoint_at, cosigned_note, latest_checkpoint
+from ledger.entry import StoredEntry, canonical_bytes, stored_entry
 from ledger.tables import LedgerEntry
 
 __all__ = [

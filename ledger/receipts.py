@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, and_, exists, select
 from sqlalchemy.orm import aliased
 
-from ledger.append import Appended, EntryDraft, StoredEntry, append, stored_entry
+from ledger.append import Appended, append
+from ledger.entry import EntryDraft, StoredEntry, stored_entry
 from ledger.tables import LedgerEntry
 
 __all__ = [

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from ledger import merkle
-from ledger.append import GENESIS_HASH, entry_hashes, stored_entry
 from ledger.checkpoint import CheckpointBody, StoredCheckpoint, checkpoints, cosignatures, open_checkpoint
+from ledger.entry import GENESIS_HASH, entry_hashes, stored_entry
 from ledger.note import NoteError, NoteSignature, NoteVerifier, SignedNote
 from ledger.tables import LedgerEntry
 
