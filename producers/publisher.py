@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -80,11 +80,11 @@ class Publisher:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         headers = dict(msg.headers() or [])
         if err is not None:
-            self.report.failed.append((headers.get(header.EVENT_ID, b"?").decode(), err.str()))
+            self.report.failed.append((cast("bytes", headers.get(header.EVENT_ID, b"?")).decode(), err.str()))
             return
         self.report.delivered += 1
-        tp = (msg.topic(), msg.partition())
-        self.report.end_offsets[tp] = max(self.report.end_offsets.get(tp, 0), msg.offset() + 1)
+        tp = (cast("str", msg.topic()), cast("int", msg.partition()))
+        self.report.end_offsets[tp] = max(self.report.end_offsets.get(tp, 0), cast("int", msg.offset()) + 1)
 
     def problems(
         self, event_type: str, record: Any, agency: str | None = None, *, check_schema: bool = True
@@ -115,7 +115,7 @@ class Publisher:
         except InvalidRecord as exc:
             schema_ok = False
             problems.append(Problem(exc.field, exc.problem))
-        except Exception as exc:  # a value too odd for the checker is still the caller's error
+        except Exception as exc:  # noqa: BLE001 - a value too odd for the checker is still the caller's error
             schema_ok = False
             problems.append(Problem("(record)", f"cannot be checked against {event_type}: {type(exc).__name__}"))
         # The plausibility rules judge only values of the right type, so they add what the
@@ -127,7 +127,7 @@ class Publisher:
         try:
             value = self.catalogue.encode(event_type, dict(record), validated=True)
         except InvalidRecord as exc:  # e.g. a lone surrogate in a string: valid JSON, not UTF-8
-            return problems + [Problem(exc.field, exc.problem)], None
+            return [*problems, Problem(exc.field, exc.problem)], None
         too_big = size_problem(value, self.limits)
         if too_big is not None:
             problems.append(too_big)
@@ -165,7 +165,7 @@ class Publisher:
         self._send(event_type, value, key, {})
 
     def _send(self, event_type: str, value: bytes, key: bytes | None, envelope: Mapping[str, Any]) -> None:
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             (header.AGENCY, str(envelope.get("source_agency", "")).encode()),
             (header.SOURCE_SYSTEM, str(envelope.get("source_system", "")).encode()),
             (header.EVENT_ID, str(envelope.get("event_id", "")).encode()),

@@ -45,23 +45,99 @@ AGENCIES: dict[str, tuple[str, str]] = {
 TRUST_ODS_CODE = "R0A"
 
 GIVEN_NAMES_F = (
-    "Amelia", "Olivia", "Isla", "Ava", "Grace", "Freya", "Sophie", "Chloe", "Aisha", "Zara",
-    "Megan", "Holly", "Niamh", "Priya", "Leah", "Ellie", "Hannah", "Jasmine", "Kayleigh", "Rosie",
+    "Amelia",
+    "Olivia",
+    "Isla",
+    "Ava",
+    "Grace",
+    "Freya",
+    "Sophie",
+    "Chloe",
+    "Aisha",
+    "Zara",
+    "Megan",
+    "Holly",
+    "Niamh",
+    "Priya",
+    "Leah",
+    "Ellie",
+    "Hannah",
+    "Jasmine",
+    "Kayleigh",
+    "Rosie",
 )
 GIVEN_NAMES_M = (
-    "Oliver", "Jack", "Harry", "George", "Noah", "Leo", "Mohammed", "Callum", "Ryan", "Liam",
-    "Kieran", "Daniel", "Ethan", "Josh", "Tyler", "Arjun", "Connor", "Reece", "Owen", "Jamal",
+    "Oliver",
+    "Jack",
+    "Harry",
+    "George",
+    "Noah",
+    "Leo",
+    "Mohammed",
+    "Callum",
+    "Ryan",
+    "Liam",
+    "Kieran",
+    "Daniel",
+    "Ethan",
+    "Josh",
+    "Tyler",
+    "Arjun",
+    "Connor",
+    "Reece",
+    "Owen",
+    "Jamal",
 )
 MIDDLE_NAMES = ("Rose", "May", "Louise", "Jane", "James", "John", "Lee", "Ali", "Marie", "Thomas")
 FAMILY_NAMES = (
-    "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Patel", "Robinson",
-    "Wright", "Thompson", "Evans", "Walker", "White", "Roberts", "Green", "Hall", "Khan", "Clarke",
-    "Hughes", "Edwards", "Begum", "Murphy", "Kowalski", "Okafor", "Hussain", "Lewis", "Harris", "Ahmed",
+    "Smith",
+    "Jones",
+    "Taylor",
+    "Brown",
+    "Williams",
+    "Wilson",
+    "Johnson",
+    "Davies",
+    "Patel",
+    "Robinson",
+    "Wright",
+    "Thompson",
+    "Evans",
+    "Walker",
+    "White",
+    "Roberts",
+    "Green",
+    "Hall",
+    "Khan",
+    "Clarke",
+    "Hughes",
+    "Edwards",
+    "Begum",
+    "Murphy",
+    "Kowalski",
+    "Okafor",
+    "Hussain",
+    "Lewis",
+    "Harris",
+    "Ahmed",
 )
 STREETS = (
-    "Larkspur Road", "Mill Lane", "Canal Street", "Hawthorn Close", "Victoria Terrace", "Church Walk",
-    "Foundry Row", "Beech Avenue", "Weaver Street", "Orchard Drive", "Station Approach", "Kingfisher Way",
-    "Cobden Street", "Moss Bank", "Tannery Court", "Elm Grove",
+    "Larkspur Road",
+    "Mill Lane",
+    "Canal Street",
+    "Hawthorn Close",
+    "Victoria Terrace",
+    "Church Walk",
+    "Foundry Row",
+    "Beech Avenue",
+    "Weaver Street",
+    "Orchard Drive",
+    "Station Approach",
+    "Kingfisher Way",
+    "Cobden Street",
+    "Moss Bank",
+    "Tannery Court",
+    "Elm Grove",
 )
 # Invented towns, each with an unused "Q" postcode area so no postcode is real.
 TOWNS = (
@@ -231,14 +307,21 @@ class _Builder:
         for _ in range(n_mothers):
             self.people.append(self.person("F", date(SCENARIO_YEAR - 45, 1, 2), date(SCENARIO_YEAR - 17, 12, 31)))
         for _ in range(n_children):
-            self.people.append(self.person(rng.choice("FM"), date(SCENARIO_YEAR - 17, 1, 2), date(SCENARIO_YEAR - 5, 12, 31)))
+            self.people.append(
+                self.person(rng.choice("FM"), date(SCENARIO_YEAR - 17, 1, 2), date(SCENARIO_YEAR - 5, 12, 31))
+            )
         for _ in range(n_adults):
-            self.people.append(self.person(rng.choice("FMM"), date(SCENARIO_YEAR - 76, 1, 1), date(SCENARIO_YEAR - 19, 12, 31)))
+            self.people.append(
+                self.person(rng.choice("FMM"), date(SCENARIO_YEAR - 76, 1, 1), date(SCENARIO_YEAR - 19, 12, 31))
+            )
         rng.shuffle(self.people)
         ref = REFERENCE_DAY
         self.mothers = [
-            i for i, p in enumerate(self.people)
-            if p.sex == "F" and age_on(p.date_of_birth, ref) >= 16 and age_on(p.date_of_birth, date(SCENARIO_YEAR, 12, 31)) <= 45
+            i
+            for i, p in enumerate(self.people)
+            if p.sex == "F"
+            and age_on(p.date_of_birth, ref) >= 16
+            and age_on(p.date_of_birth, date(SCENARIO_YEAR, 12, 31)) <= 45
         ]
         self.pupils = [i for i, p in enumerate(self.people) if 4 <= age_on(p.date_of_birth, ref) <= 16]
         self.custody_pool = [i for i, p in enumerate(self.people) if age_on(p.date_of_birth, ref) >= 12]
@@ -284,6 +367,7 @@ class _Builder:
         detained = arrested + timedelta(minutes=rng.randrange(20, 120), milliseconds=rng.randrange(60_000))
         ended = detained + timedelta(hours=rng.randrange(2, 36), milliseconds=rng.randrange(3_600_000))
         final = rng.choices(("CHARGE", "RELEASE"), weights=(45, 55))[0]
+        final_outcome: str | None
         if final == "CHARGE":
             final_outcome = rng.choices(("CHARGED", "BAILED", "REMANDED"), weights=(60, 25, 15))[0]
         else:
@@ -453,9 +537,7 @@ def build_scenario(n_events: int = 1200, seed: int = 7, n_malformed: int = 12) -
     n_natal = round(n_events * 0.30)
     n_referral = n_events - n_custody - n_natal
     events = (
-        _fit(builder.custody_episode, n_custody)
-        + _fit(builder.pregnancy, n_natal)
-        + _fit(builder.referral, n_referral)
+        _fit(builder.custody_episode, n_custody) + _fit(builder.pregnancy, n_natal) + _fit(builder.referral, n_referral)
     )
     events.sort(key=lambda e: (e.record["envelope"]["occurred_at"], e.record["envelope"]["event_id"]))
     malformed = builder.malformed(n_malformed, events)

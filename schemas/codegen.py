@@ -217,7 +217,10 @@ class _WriterGen(_Gen):
         self.emit(ind + 1, "raise NotFast")
 
     def write(self, schema: Any, x: str, ind: int) -> None:
-        """Emit code writing the value in variable ``x``, refusing (NotFast) any value not of the exact expected type."""
+        """Emit code writing the value in variable ``x``.
+
+        It refuses (NotFast) any value not of the exact expected type.
+        """
         s, kind, logical = self.kind(schema)
         if kind == "union":
             branches = [_resolve(b, self.names) for b in s]

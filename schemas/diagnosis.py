@@ -117,14 +117,17 @@ class _Walk:
                 try:
                     chunk.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise _Malformed(where, f"string is not valid UTF-8 (byte {exc.start + 1} of {len(chunk)})") from None
+                    raise _Malformed(
+                        where, f"string is not valid UTF-8 (byte {exc.start + 1} of {len(chunk)})"
+                    ) from None
         elif kind == "fixed":
             self.take(s["size"], where, "fixed")
         elif kind == "enum":
             index = self.long(where)
             if not 0 <= index < len(s["symbols"]):
                 raise _Malformed(
-                    where, f"enum index {index} out of range: {s['name'].rsplit('.', 1)[-1]} has {len(s['symbols'])} symbols"
+                    where,
+                    f"enum index {index} out of range: {s['name'].rsplit('.', 1)[-1]} has {len(s['symbols'])} symbols",
                 )
         elif kind in ("array", "map"):
             self.blocks(s, path, kind)
@@ -152,7 +155,8 @@ class _Walk:
             self.items += count
             if count > self.remaining() or self.items > len(self.data):
                 raise _Malformed(
-                    where, f"{kind} declares {count} items but only {self.remaining()} bytes remain (truncated or corrupt)"
+                    where,
+                    f"{kind} declares {count} items but only {self.remaining()} bytes remain (truncated or corrupt)",
                 )
             for _ in range(count):
                 if kind == "map":

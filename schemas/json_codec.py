@@ -59,9 +59,7 @@ def _coerce(schema: Any, value: Any, path: str, names: Mapping[str, Any]) -> Any
         return _parse_date(value, where)
     if kind in ("record", "error") and isinstance(value, dict):
         fields = {f["name"]: f["type"] for f in s["fields"]}
-        return {
-            k: (_coerce(fields[k], v, _join(path, k), names) if k in fields else v) for k, v in value.items()
-        }
+        return {k: (_coerce(fields[k], v, _join(path, k), names) if k in fields else v) for k, v in value.items()}
     if kind == "array" and isinstance(value, list):
         return [_coerce(s["items"], v, f"{path}[{i}]", names) for i, v in enumerate(value)]
     if kind == "map" and isinstance(value, dict):

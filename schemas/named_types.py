@@ -7,7 +7,7 @@ and the plausibility rules, so each follows a reference the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from schemas.errors import SerdeError
 
@@ -19,7 +19,7 @@ def _join(path: str, name: str) -> str:
 def _named_types(schema: Any) -> dict[str, Any]:
     """Full name -> definition for every named type, so string references can be followed."""
     if isinstance(schema, dict) and "__named_schemas" in schema:
-        return schema["__named_schemas"]
+        return cast("dict[str, Any]", schema["__named_schemas"])
     names: dict[str, Any] = {}
 
     def walk(s: Any) -> None:
@@ -68,8 +68,8 @@ def _label(schema: Any, names: Mapping[str, Any]) -> str:
     if logical in ("timestamp-millis", "timestamp-micros"):
         return "timestamp"
     if logical:
-        return logical
+        return cast("str", logical)
     kind = s["type"]
     if kind in ("record", "error", "enum", "fixed"):
         return f"{kind} {s['name'].rsplit('.', 1)[-1]}"
-    return kind
+    return cast("str", kind)

@@ -22,7 +22,7 @@ def check_digit(first_nine: str) -> int | None:
     """The Modulus 11 check digit for nine digits, or None when it would be 10 (no valid number)."""
     if not isinstance(first_nine, str) or len(first_nine) != 9 or not (first_nine.isascii() and first_nine.isdigit()):
         raise ValueError("expected nine ASCII digits")
-    total = sum(int(d) * w for d, w in zip(first_nine, _WEIGHTS))
+    total = sum(int(d) * w for d, w in zip(first_nine, _WEIGHTS, strict=True))
     check = 11 - (total % 11)
     if check == 11:
         return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 
@@ -61,8 +61,9 @@ def _tree(paths: Iterable[str]) -> _Tree:
 
 def _named_types(schema: Any) -> Mapping[str, Any]:
     if isinstance(schema, dict) and "__named_schemas" in schema:
-        return schema["__named_schemas"]
-    return fastavro.parse_schema(schema)["__named_schemas"]
+        return cast("Mapping[str, Any]", schema["__named_schemas"])
+    parsed: Any = fastavro.parse_schema(schema)
+    return cast("Mapping[str, Any]", parsed["__named_schemas"])
 
 
 def _resolve(schema: Any, names: Mapping[str, Any]) -> Any:
@@ -153,9 +154,7 @@ class _Builder:
         self.defined[key] = new_name
         out = {**_plain(s), "name": new_name}
         if kind in ("record", "error"):
-            out["fields"] = [
-                {**_plain(f), "type": self.whole(f["type"], [*path, f["name"]])} for f in s["fields"]
-            ]
+            out["fields"] = [{**_plain(f), "type": self.whole(f["type"], [*path, f["name"]])} for f in s["fields"]]
         return out
 
     def record(self, s: Mapping[str, Any], tree: _Tree, path: list[str]) -> Any:
@@ -213,7 +212,7 @@ def project_schema(parsed_source: Any, paths: list[str], namespace: str) -> dict
     names = _named_types(parsed_source)
     source = _resolve(parsed_source, names)
     projected = _Builder(names, namespace).record(source, _tree(paths), [])
-    return fastavro.parse_schema(projected)
+    return cast("dict[str, Any]", fastavro.parse_schema(projected))
 
 
 def _copy(value: Any) -> Any:
@@ -245,7 +244,7 @@ def _compile(tree: _Tree, path: str) -> Projector:
     def project(record: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in record.items():
-            sub = plan.get(key, absent)
+            sub: Any = plan.get(key, absent)
             if sub is absent:
                 continue
             if sub is None:
@@ -343,7 +342,7 @@ def _compile_fast(tree: _Tree, order: Order, slow: Projector) -> Projector | Non
     namespace: dict[str, Any] = {"slow": slow, "copy": _copy, "SCALARS": _SCALARS, **gen.consts}
     source = "\n".join(["def project(record):", *gen.lines])
     exec(compile(source, "<projection>", "exec"), namespace)  # noqa: S102 - our own generated code
-    return namespace["project"]
+    return cast("Projector", namespace["project"])
 
 
 @lru_cache(maxsize=512)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from schemas import nhs_number
 from schemas.named_types import _join, _named_types, _resolve
@@ -247,8 +247,11 @@ def _generate(top: Mapping[str, Any], names: Mapping[str, Any]) -> _Check:
     with the same paths, so the problems are the same list.
     """
     lines: list[str] = []
-    consts: dict[str, Any] = {"Mapping": Mapping, "check_string": _check_string,
-                              "generic": _compile_record(top, names, "")}
+    consts: dict[str, Any] = {
+        "Mapping": Mapping,
+        "check_string": _check_string,
+        "generic": _compile_record(top, names, ""),
+    }
     count = [0]
 
     def fresh(prefix: str) -> str:
@@ -277,15 +280,17 @@ def _generate(top: Mapping[str, Any], names: Mapping[str, Any]) -> _Check:
                 lines.append(f"{pad}    {c}({x}, {where!r}, out, ctx)")
 
     level(top, "", "value", 1)
-    source = "\n".join([
-        "def check(value, p, out, ctx):",
-        "    if p:",  # event_problems passes ""; any other caller gets the closures
-        "        return generic(value, p, out, ctx)",
-        "    limit = ctx.max_string_bytes",
-        *lines,
-    ])
+    source = "\n".join(
+        [
+            "def check(value, p, out, ctx):",
+            "    if p:",  # event_problems passes ""; any other caller gets the closures
+            "        return generic(value, p, out, ctx)",
+            "    limit = ctx.max_string_bytes",
+            *lines,
+        ]
+    )
     exec(compile(source, "<validation plan>", "exec"), consts)  # noqa: S102 - our own generated code
-    return consts["check"]
+    return cast("_Check", consts["check"])
 
 
 @lru_cache(maxsize=64)
@@ -312,9 +317,9 @@ def event_problems(
     if not isinstance(record, Mapping):
         return [Problem("(record)", f"expected a record, got {type(record).__name__}")]
     key = (now, now.tzinfo, now.fold, limits.max_string_bytes)  # equal times may differ in fold
-    last = _last_context
-    if last[0] == key:  # a processor judges a whole batch against one `now`
-        ctx = last[1]
+    last_key, last_ctx = _last_context
+    if last_key == key and last_ctx is not None:  # a processor judges a whole batch against one `now`
+        ctx = last_ctx
     else:
         ctx = _context(now, limits)
         _remember((key, ctx))
@@ -334,7 +339,8 @@ def _context(now: datetime, limits: Limits) -> _Context:
         now=utc,
         latest_birth=(utc + LATEST_ZONE).date() if utc < datetime.max.replace(tzinfo=UTC) - LATEST_ZONE else date.max,
         today=utc.date(),
-        latest_timestamp=utc + FUTURE_TOLERANCE if utc < datetime.max.replace(tzinfo=UTC) - FUTURE_TOLERANCE
+        latest_timestamp=utc + FUTURE_TOLERANCE
+        if utc < datetime.max.replace(tzinfo=UTC) - FUTURE_TOLERANCE
         else datetime.max.replace(tzinfo=UTC),
         max_string_bytes=limits.max_string_bytes,
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import Enum
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 from accord.sharing.pseudonymise import pseudonymise
 from agreements.model import Agreement, ConsentMode, IdentifierTreatment
@@ -76,7 +76,10 @@ _sha1 = hashlib.sha1
 
 
 def _uuid5(namespaced: bytes) -> str:
-    """``str(uuid.uuid5(namespace, name))`` given the namespace's bytes + the name's: the same string, a third of the time."""
+    """``str(uuid.uuid5(namespace, name))`` given the namespace's bytes + the name's.
+
+    The same string, in a third of the time.
+    """
     d = bytearray(_sha1(namespaced).digest()[:16])
     d[6] = d[6] & 0x0F | 0x50  # version 5
     d[8] = d[8] & 0x3F | 0x80  # RFC 4122 variant
@@ -112,11 +115,12 @@ def _key_of(scheme: str, value: str) -> str:
     """The f-string making a subject key of the value in variable ``value`` (see schemas.subject_keys)."""
     if scheme == "local":  # an agency's own id means nothing without the agency
         return f"f\"local:{{record['envelope']['source_agency']}}:{{{value}}}\""
-    return f"f\"{scheme}:{{{value}}}\""
+    return f'f"{scheme}:{{{value}}}"'
 
 
-def _key_functions(catalogue: EventCatalogue) -> tuple[Callable[[str, dict[str, Any]], str],
-                                                        Callable[[str, dict[str, Any]], tuple[str, ...]]]:
+def _key_functions(
+    catalogue: EventCatalogue,
+) -> tuple[Callable[[str, dict[str, Any]], str], Callable[[str, dict[str, Any]], tuple[str, ...]]]:
     """``subject_key`` and ``other_subjects`` for the catalogue's types, as straight-line code.
 
     Generated once at import from each type's ``accord.subject_key`` and
@@ -271,7 +275,7 @@ class Sharing:
     met (single item stores, atomic in CPython) and replaced whole when the day changes.
     """
 
-    _cache: dict[tuple[int, ...], Sharing] = {}
+    _cache: ClassVar[dict[tuple[int, ...], Sharing]] = {}
     _cache_size = 16
     _lock = threading.Lock()
 
@@ -323,7 +327,9 @@ class Sharing:
             cls._cache[key] = built
         return built
 
-    def candidates(self, provider: str, event_type: str, today: date, record: dict[str, Any] | None = None) -> list[Agreement]:
+    def candidates(
+        self, provider: str, event_type: str, today: date, record: dict[str, Any] | None = None
+    ) -> list[Agreement]:
         """``candidate_agreements`` over these agreements."""
         return [p.agreement for p in self._plans(provider, event_type, today, record)]
 
@@ -347,7 +353,8 @@ class Sharing:
         if record is None:
             return list(plans)
         return [
-            p for p in plans
+            p
+            for p in plans
             if not p.agreement.conditions or p.agreement.exclusion(provider, event_type, today, record) is None
         ]
 
@@ -397,10 +404,22 @@ class Sharing:
                 # Positional, in Decision's field order (a quarter cheaper than keywords on this path):
                 # disclosure_id, event_id, event_type, provider, recipient, agreement, outcome, reason,
                 # fields, consent_version, subject_key, projected.
-                decisions.append(Decision(
-                    disclosure, event_id, event_type, provider, recipient, agreement, outcome,
-                    reason, fields if disclosed else (), consent_version, key, projected,
-                ))
+                decisions.append(
+                    Decision(
+                        disclosure,
+                        event_id,
+                        event_type,
+                        provider,
+                        recipient,
+                        agreement,
+                        outcome,
+                        reason,
+                        fields if disclosed else (),
+                        consent_version,
+                        key,
+                        projected,
+                    )
+                )
         return decisions
 
 

@@ -201,8 +201,13 @@ def test_a_new_event_type_needs_only_data(broker: str, tmp_path: Path) -> None:
         env.pop("ACCORD_AGREEMENTS_DIR", None)
         env.pop("ACCORD_PARTNERS_FILE", None)
 
-        where = run(copy, env, "-c", "import schemas, bus.topics; print(schemas.__file__); "
-                                     "print(bus.topics.EVENT_TOPIC_PARTITIONS['school_attendance'])")
+        where = run(
+            copy,
+            env,
+            "-c",
+            "import schemas, bus.topics; print(schemas.__file__); "
+            "print(bus.topics.EVENT_TOPIC_PARTITIONS['school_attendance'])",
+        )
         assert where.stdout.split() == [str(copy / "schemas" / "__init__.py"), "2"]
 
         topics = run(copy, env, "-m", "accord.cli", "topics", "create").stdout
@@ -212,7 +217,10 @@ def test_a_new_event_type_needs_only_data(broker: str, tmp_path: Path) -> None:
 
         log = (settings.state_dir / "processor.log").open("ab")
         processor = subprocess.Popen(
-            [sys.executable, "-m", "accord.cli", "run", "processor"], cwd=copy, env=env, stdout=log,
+            [sys.executable, "-m", "accord.cli", "run", "processor"],
+            cwd=copy,
+            env=env,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
@@ -234,14 +242,18 @@ def test_a_new_event_type_needs_only_data(broker: str, tmp_path: Path) -> None:
             assert record["subject"]["nhs_number"] == NHS_NUMBER
             assert "sessions_possible" not in record and "date_of_birth" not in record["subject"]  # not allowed
 
-            report_out = run(copy, env, "-m", "accord.cli", "ledger", "report", "--subject", f"nhs:{NHS_NUMBER}",
-                             "--format", "json").stdout
+            report_out = run(
+                copy, env, "-m", "accord.cli", "ledger", "report", "--subject", f"nhs:{NHS_NUMBER}", "--format", "json"
+            ).stdout
             report = json.loads(report_out)
             items = [i for i in _items(report) if i.get("disclosure_id") == got["disclosure_id"]]
             assert len(items) == 1, report_out[:2000]
             [item] = items
             assert (item["outcome"], item["recipient"], item["event_type"], item["provider"]) == (
-                "DISCLOSED", HUB, EVENT_TYPE, SCHOOL
+                "DISCLOSED",
+                HUB,
+                EVENT_TYPE,
+                SCHOOL,
             )
             assert item["agreement"]["id"] == "school-attendance-to-hub"
         finally:

@@ -84,7 +84,9 @@ def test_versions_are_sorted_and_the_latest_is_the_highest(folder: Path) -> None
     for n in range(3, 11):
         edit(
             folder / "referral" / f"v{n}.avsc",
-            lambda raw, n=n: raw["fields"].append({"name": f"extra_{n}", "type": ["null", "string"], "default": None}),
+            lambda raw, n=n: raw["fields"].append(  # type: ignore[misc]
+                {"name": f"extra_{n}", "type": ["null", "string"], "default": None}
+            ),
         )
     referral = load(folder)["referral"]
     assert [v.number for v in referral.versions] == list(range(1, 11))

@@ -76,7 +76,8 @@ def test_same_keys_as_the_hand_written_rules(event: Any) -> None:
 
 def test_a_record_without_its_subject_fails_as_it_did() -> None:
     """The publisher turns these into 'has no subject identifier to key it by'."""
-    for event_type, record in [("custody", {"envelope": {}}), ("natal_care", {"mother": {}})]:
+    cases: list[tuple[str, dict[str, Any]]] = [("custody", {"envelope": {}}), ("natal_care", {"mother": {}})]
+    for event_type, record in cases:
         with pytest.raises(KeyError):
             old_subject_key(event_type, record)
         with pytest.raises(KeyError):
