@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, Route, sync_playwright
+from sqlalchemy import create_engine
 
 import consent
 from accord.web.app import create_app
@@ -41,7 +42,9 @@ from ledger.leaf_codec import encode_long
 from ledger.note import NoteSigner, sign_note
 from ledger.report import collect
 from producers.nhs_number import generate
+from producers.synthetic import build_scenario
 from schemas import catalogue
+from tests.bus import running_bus
 from tests.conftest import RoleDatabase
 
 CHROMIUM = "/usr/bin/chromium"
@@ -437,3 +440,83 @@ def test_a_flipped_proof_byte_is_reported_as_not_verifying(browser: Browser, cit
     assert status.get_attribute("aria-live") == "polite"
     assert page.locator("[data-accord-proof-summary]").inner_text() == "1 of 4 proofs did not verify in your browser."
     page.close()
+
+
+def _two_natal_events_of_one_mother() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two natal-care events about the same (synthetic) mother, from a fresh scenario."""
+    for _ in range(20):
+        scenario = build_scenario(n_events=60, seed=random.SystemRandom().randrange(1 << 30))
+        by_mother: dict[str, list[dict[str, Any]]] = {}
+        for e in scenario.events:
+            if e.event_type == "natal_care":
+                by_mother.setdefault(e.record["mother"]["nhs_number"], []).append(e.record)
+        pairs = [events[:2] for events in by_mother.values() if len(events) >= 2]
+        if pairs:
+            return pairs[0][0], pairs[0][1]
+    raise AssertionError("no synthetic mother with two natal-care events")
+
+
+def _wait_for(probe: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError("condition not met within timeout")
+
+
+def test_withdrawing_consent_on_the_page_withholds_the_next_event_and_shows_the_retraction(
+    browser: Browser, broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    first, second = _two_natal_events_of_one_mother()
+    mother = first["mother"]["nhs_number"]
+    visiting = "Salford City Council health visiting service"
+    with running_bus(broker, tmp_path_factory.mktemp("web-me")) as bus:
+        engine = create_engine(bus.settings.ledger_url)  # the app role, as the processor
+        signer = NoteSigner.generate(bus.settings.ledger_origin)
+        bus.publish([("natal_care", first)])
+        [disclosed] = bus.ledger(event_id=first["envelope"]["event_id"], recipient="salford-health-visiting")
+        assert disclosed.outcome == "DISCLOSED"
+        make_checkpoint(engine, signer, bus.settings.ledger_origin)
+        app = create_app(bus.settings, engine=engine, verifier=signer.verifier, secret=SECRET)
+        with serving(app) as base:
+            page = browser.new_page()
+            Citizen(base, mother, "", 0, engine).sign_in(page)
+            section = page.locator("[data-recipient=salford-health-visiting]")
+            assert section.locator("[data-outcome=DISCLOSED]").count() == 1
+
+            page.get_by_role("link", name=f"Stop sharing with {visiting}").click()
+            effect = page.get_by_test_id("effect").inner_text()
+            assert f"Future sharing with {visiting} that rests on your agreement stops." in effect
+            assert (
+                f"1 past disclosure will be retracted: {visiting} will be told to stop using what it was sent."
+                in effect
+            )
+            page.get_by_role("button", name="Confirm: stop sharing").click()
+            page.wait_for_url(f"{base}/me?recorded=*")
+            banner = page.locator(".govuk-notification-banner").inner_text()
+            assert f"Your choice is recorded: No to sharing with {visiting}." in banner
+            [record] = consent.history(engine, [f"nhs:{mother}"])[f"nhs:{mother}"]
+            assert (record.recipient, record.decision) == ("salford-health-visiting", consent.ConsentDecision.DENY)
+
+            [retraction] = _wait_for(lambda: bus.ledger(refers_to=disclosed.disclosure_id))
+            assert retraction.outcome == "RETRACTED"
+            bus.publish([("natal_care", second)])
+            [withheld] = bus.ledger(event_id=second["envelope"]["event_id"], recipient="salford-health-visiting")
+            assert (withheld.outcome, withheld.reason) == ("WITHHELD", f"consent denied (consent record {record.id})")
+            make_checkpoint(engine, signer, bus.settings.ledger_origin)
+
+            page.goto(f"{base}/me")
+            told = section.locator("[data-outcome=RETRACTED]")
+            assert told.count() == 1 and "Told to stop using what was sent on" in told.inner_text()
+            assert "Because you withdrew your agreement on" in told.inner_text()
+            assert "was told to stop using this" in section.locator("[data-outcome=DISCLOSED]").inner_text()
+            assert section.locator("[data-outcome=WITHHELD]").count() == 1
+            assert f"{visiting}, " in page.locator("#not-sent + ul").inner_text()
+            assert f"No to sharing with {visiting}" in page.get_by_test_id("choices").inner_text()
+            assert page.get_by_role("link", name=f"Allow sharing with {visiting}").count() == 1
+            proven = page.locator("[data-accord-proof]").count()
+            assert proven >= 4 and _results(page, proven) == [VERIFIED] * proven
+            page.close()
+        engine.dispose()
