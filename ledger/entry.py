@@ -338,6 +338,17 @@ def _column_problem(f: LeafField, column: Any) -> str | None:
     return None if ok else f"column {f.name} is {t!r}, which cannot store a field of kind {f.kind}"
 
 
+def _differ(have: Sequence[str], want: Sequence[str]) -> str:
+    """How a list of names differs from the one wanted ("" when it does not)."""
+    if list(have) == list(want):
+        return ""
+    missing = [n for n in want if n not in have]
+    extra = [n for n in have if n not in want]
+    parts = [f"no {', '.join(missing)}"] if missing else []
+    parts += [f"{', '.join(extra)} not in the schema"] if extra else []
+    return "; ".join(parts) or f"{', '.join(have)} out of order (want {', '.join(want)})"
+
+
 def agreement_problems(
     schema: Mapping[str, Any], draft: type = EntryDraft, stored: type = StoredEntry, table: Table | None = None
 ) -> list[str]:
@@ -367,9 +378,9 @@ def agreement_problems(
     # EntryDraft: the schema's fields but ASSIGNED, in order, of their types
     want = [f for f in leaf if f.name not in ASSIGNED]
     have = dataclass_fields(draft)
-    if [f.name for f in want] != [f.name for f in have]:
-        problems.append(f"{draft.__name__}'s fields {[f.name for f in have]} are not the schema's "
-                        f"(but {', '.join(ASSIGNED)}) {[f.name for f in want]}")
+    if difference := _differ([f.name for f in have], [f.name for f in want]):
+        problems.append(f"{draft.__name__}'s fields are not the schema's (other than {', '.join(ASSIGNED)}): "
+                        f"{difference}")
     else:
         hints = typing.get_type_hints(draft)
         for f in want:
@@ -379,14 +390,15 @@ def agreement_problems(
     # StoredEntry: seq, the draft, prev_hash and the hashes
     stored_names = [f.name for f in dataclass_fields(stored)]
     expected = [*(n for n in names if n in ASSIGNED), *HASH_COLUMNS]
-    if [n for n in stored_names if n != "draft"] != expected or "draft" not in stored_names:
-        problems.append(f"{stored.__name__}'s fields {stored_names} are not draft and {expected}")
+    if difference := _differ([n for n in stored_names if n != "draft"], expected):
+        problems.append(f"{stored.__name__}'s fields are not draft, {', '.join(expected)}: {difference}")
+    elif "draft" not in stored_names:
+        problems.append(f"{stored.__name__} has no draft field")
 
     # the table: the schema's fields then the hashes, each column able to hold its field
     columns = list((table if table is not None else cast(Table, LedgerEntry.__table__)).columns)
-    if [c.name for c in columns] != [*names, *HASH_COLUMNS]:
-        problems.append(f"the table's columns {[c.name for c in columns]} are not the schema's fields "
-                        f"then {', '.join(HASH_COLUMNS)}")
+    if difference := _differ([c.name for c in columns], [*names, *HASH_COLUMNS]):
+        problems.append(f"the table's columns are not the schema's fields then {', '.join(HASH_COLUMNS)}: {difference}")
     else:
         for f, c in zip(leaf, columns, strict=False):
             if problem := _column_problem(f, c):
