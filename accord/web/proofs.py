@@ -21,15 +21,20 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
+
+import fastavro
 
 from ledger import merkle
 from ledger.checkpoint import CheckpointBody
+from ledger.leaf_codec import SCHEMA
 from ledger.note import NoteError, NoteVerifier, SignedNote
 from ledger.report import ReportItem
 
 __all__ = [
     "FAILURES",
+    "SHOWN",
     "VERIFIED",
     "ProofBundle",
     "bundle_for",
@@ -43,6 +48,7 @@ FAILURES = {
     "malformed": "the proof is not in the expected form",
     "leaf": "the leaf does not match its hash",
     "index": "the leaf is not the entry it claims to be",
+    "entry": "the signed entry is not the one shown here",
     "signature": "the checkpoint's signature does not verify with the ledger's key",
     "checkpoint": "the signed checkpoint cannot be read",
     "size": "the checkpoint is for a different tree size than the proof",
@@ -101,21 +107,24 @@ def bundles_for(items: Sequence[ReportItem], vkey: str | None) -> dict[int, dict
     return {i.seq: bundle_for(i.proof, vkey).to_dict() for i in items if i.proof is not None}
 
 
-def _leaf_seq(leaf: bytes) -> int | None:
-    """The first field of the leaf, its seq (an Avro long: zig-zag varint), or None if unreadable."""
-    shift = value = 0
-    for byte in leaf[:10]:
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (value >> 1) ^ -(value & 1)
-        shift += 7
-    return None
+_LEAF_SCHEMA = fastavro.parse_schema(SCHEMA)
+SHOWN = ("disclosure_id", "recipient", "outcome")  # what the page says an entry is, checked against its leaf
 
 
-def check_bundle(bundle: Mapping[str, Any]) -> str | None:
+def _leaf_record(leaf: bytes) -> dict[str, Any] | None:
+    """The entry the leaf encodes (fastavro, an independent reader of the same schema), or None."""
+    try:
+        record = fastavro.schemaless_reader(BytesIO(leaf), _LEAF_SCHEMA, None)
+    except Exception:  # noqa: BLE001 - any undecodable leaf is one answer: it is not the entry
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def check_bundle(bundle: Mapping[str, Any], shown: Mapping[str, str] | None = None) -> str | None:
     """None when the bundle verifies, else the key of FAILURES naming the first check that failed.
 
-    The order is the browser's: the leaf against its hash and its index, the
+    ``shown``: what the page says the entry is (:data:`SHOWN`), to be found in its leaf.
+    The order is the browser's: the leaf against its hash, its index and what is shown, the
     checkpoint's signature by ``vkey`` over the note's text, the checkpoint's body,
     its tree size against the bundle's, then RFC 9162's inclusion algorithm from the
     leaf hash to the signed root.
@@ -133,8 +142,11 @@ def check_bundle(bundle: Mapping[str, Any]) -> str | None:
     computed = merkle.leaf_hash(leaf)
     if computed != stated_hash:
         return "leaf"
-    if _leaf_seq(leaf) != index + 1:
+    record = _leaf_record(leaf)
+    if record is None or record.get("seq") != index + 1:
         return "index"
+    if shown is not None and any(record.get(k) != shown.get(k) for k in SHOWN):
+        return "entry"
     try:
         signed = SignedNote.parse(note)
     except NoteError:

@@ -16,6 +16,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -31,14 +32,14 @@ import consent
 from accord.web.app import create_app
 from accord.web.labels import LABELS
 from accord.web.me import ICO_COMPLAINTS
-from accord.web.proofs import FAILURES, VERIFIED, bundles_for, check_bundle
+from accord.web.proofs import FAILURES, SHOWN, VERIFIED, bundles_for, check_bundle
 from agreements import load_dir
 from agreements.partners import load_partners
 from bus.settings import PACKAGE_ROOT, Settings
 from consent.tokens import CITIZEN, sign_in_link
-from ledger import EntryDraft, append, merkle
+from ledger import EntryDraft, append, canonical_bytes, merkle
 from ledger.checkpoint import CheckpointBody, make_checkpoint
-from ledger.leaf_codec import encode_long
+from ledger.leaf_codec import SCHEMA
 from ledger.note import NoteSigner, sign_note
 from ledger.report import collect
 from producers.nhs_number import generate
@@ -94,8 +95,10 @@ def checker(browser: Browser) -> Iterator[Page]:
         page.close()
 
 
-def js_check(page: Page, bundles: list[dict[str, Any]]) -> list[str | None]:
-    return page.evaluate("bs => Promise.all(bs.map(b => AccordProofs.check(b)))", bundles)
+def js_check(page: Page, bundles: list[dict[str, Any]], shown: list[dict[str, str]] | None = None) -> list[str | None]:
+    return page.evaluate(
+        "([bs, ss]) => Promise.all(bs.map((b, i) => AccordProofs.check(b, ss ? ss[i] : undefined)))", [bundles, shown]
+    )
 
 
 # --- the checker against Python's, on bundles that verify and on each way of breaking one ----------
@@ -154,9 +157,34 @@ def broken(bundle: dict[str, Any], signer: NoteSigner) -> dict[str, tuple[dict[s
 
 
 def _synthetic_bundles(size: int, signer: NoteSigner) -> list[dict[str, Any]]:
-    """Every leaf's bundle in a tree of ``size`` made here (each leaf starts with its seq, as an entry's does)."""
+    """Every leaf's bundle in a tree of ``size`` made here from entries' canonical bytes (no database)."""
+    a = AGREEMENTS["natal-care-to-research@v1"]
     rng = random.Random(size)
-    leaves = [encode_long(i + 1) + rng.randbytes(rng.randrange(0, 40)) for i in range(size)]
+    leaves = [
+        canonical_bytes(
+            i + 1,
+            EntryDraft(
+                disclosure_id=f"d-{i}",
+                event_id=f"e-{i}",
+                event_type="natal_care",
+                provider=a.providers[0],
+                recipient=a.recipients[0],
+                agreement_id=a.id,
+                agreement_version=a.version,
+                purpose=a.purpose.value,
+                legal_basis="x" * rng.randrange(0, 300),
+                outcome="DISCLOSED",
+                reason=None,
+                fields=(),
+                consent_mode=a.consent_mode.value,
+                consent_version=0,
+                subject_key=f"nhs:{generate(rng)}",
+                decided_at=T0,
+            ),
+            rng.randbytes(32),
+        )
+        for i in range(size)
+    ]
     hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
     tree = merkle.MerkleTree(hashes)
     note = sign_note(CheckpointBody(ORIGIN, size, tree.root()).text(), signer)
@@ -225,17 +253,31 @@ def test_browser_checker_agrees_with_python_on_real_bundles_and_names_each_failu
     assert [check_bundle(b) for b in bundles] == [None] * 13
     assert js_check(checker, bundles) == [None] * 13
 
-    for bundle in (bundles[0], bundles[6], bundles[-1]):
-        cases = broken(bundle, signer)
+    shown = [{k: getattr(i, k) for k in SHOWN} for i in report.items]
+    assert [check_bundle(b, w) for b, w in zip(bundles, shown, strict=True)] == [None] * 13
+    assert js_check(checker, bundles, shown) == [None] * 13
+    # A proof of another entry than the one shown, or of the entry shown as something else, is refused.
+    wrong = [
+        (bundles[1], shown[0]),
+        (bundles[0], {**shown[0], "recipient": "cps"}),
+        (bundles[0], {**shown[0], "outcome": "WITHHELD"}),
+    ]
+    assert [check_bundle(b, w) for b, w in wrong] == ["entry"] * 3
+    assert js_check(checker, [b for b, _ in wrong], [w for _, w in wrong]) == ["entry"] * 3
+
+    for n in (0, 6, 12):
+        cases = broken(bundles[n], signer)
         inputs = [b for b, _ in cases.values()]
         expected = {name: want for name, (_, want) in cases.items()}
-        python = dict(zip(cases, (check_bundle(b) for b in inputs), strict=True))
-        browser = dict(zip(cases, js_check(checker, inputs), strict=True))
+        python = dict(zip(cases, (check_bundle(b, shown[n]) for b in inputs), strict=True))
+        browser = dict(zip(cases, js_check(checker, inputs, [shown[n]] * len(inputs)), strict=True))
         assert python == expected
         assert browser == expected
     # The words the page shows are the same in both.
-    words = checker.evaluate("() => [AccordProofs.VERIFIED, AccordProofs.FAILURES]")
+    words = checker.evaluate("() => [AccordProofs.VERIFIED, AccordProofs.FAILURES, AccordProofs.OUTCOMES]")
     assert words[0] == VERIFIED and {k: words[1][k] for k in FAILURES} == FAILURES
+    [outcome] = [f for f in SCHEMA["fields"] if f["name"] == "outcome"]
+    assert words[2] == outcome["type"]["symbols"]  # the leaf's enum, in the schema's order
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -293,7 +335,7 @@ def _draft(key: str, subject: str, i: int, outcome: str = "DISCLOSED", **changes
     a = AGREEMENTS[key]
     event_type = a.event_types[0]
     d = EntryDraft(
-        disclosure_id=f"d-{subject}-{key}-{i}",
+        disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{subject}|{key}|{i}")),
         event_id=f"e-{subject}-{i}",
         event_type=event_type,
         provider=a.providers[0],

@@ -5,8 +5,10 @@
  * [data-accord-proof="<seq>"] it takes that entry's bundle from the JSON at the URL in
  * [data-accord-proofs] (accord/web/proofs.py makes them) and checks, in this order:
  *
- *   1. the leaf: SHA-256(0x00 || leaf) equals the leaf hash, and the leaf's first field
- *      (its seq, an Avro long) is leaf_index + 1;
+ *   1. the leaf: SHA-256(0x00 || leaf) equals the leaf hash; the leaf's first field (its
+ *      seq, an Avro long) is leaf_index + 1; and its disclosure id, recipient and outcome
+ *      are those of the entry the page shows (the element's data-disclosure-id and
+ *      data-outcome, its section's data-recipient);
  *   2. the checkpoint's signature: a C2SP signed note (ledger/note.py) whose text, up to
  *      and including the newline before the last blank line, is signed with Ed25519 by
  *      the ledger's key (vkey = <name>+<hex key id>+<base64(0x01 || key)>, key id =
@@ -28,6 +30,7 @@
     malformed: "the proof is not in the expected form",
     leaf: "the leaf does not match its hash",
     index: "the leaf is not the entry it claims to be",
+    entry: "the signed entry is not the one shown here",
     signature: "the checkpoint's signature does not verify with the ledger's key",
     checkpoint: "the signed checkpoint cannot be read",
     size: "the checkpoint is for a different tree size than the proof",
@@ -85,16 +88,44 @@
     return typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
   }
 
-  // The leaf's first field, seq: an Avro long (zig-zag, 7 bits a byte, least significant first).
-  function leafSeq(leaf) {
+  // The leaf is the Avro binary of schemas/disclosure.avsc; its first fields, in order, are
+  // seq (long), disclosure_id, event_id, event_type, provider, recipient, agreement_id (strings),
+  // agreement_version (int), purpose, legal_basis (strings) and outcome (an enum's index).
+  var OUTCOMES = ["DISCLOSED", "WITHHELD", "RETRACTED", "RECEIVED", "NOT_COVERED"];
+  var strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+  function readLong(leaf, at) {
     var value = 0n;
     var shift = 0n;
-    for (var i = 0; i < Math.min(leaf.length, 10); i++) {
+    for (var i = at; i < Math.min(leaf.length, at + 10); i++) {
       value |= BigInt(leaf[i] & 0x7f) << shift;
-      if (!(leaf[i] & 0x80)) return (value >> 1n) ^ -(value & 1n);
+      if (!(leaf[i] & 0x80)) return { value: (value >> 1n) ^ -(value & 1n), next: i + 1 };
       shift += 7n;
     }
-    return null;
+    fail("index");
+  }
+
+  function readString(leaf, at) {
+    var n = readLong(leaf, at);
+    var end = n.next + Number(n.value);
+    if (n.value < 0n || end > leaf.length) fail("index");
+    return { value: strictUtf8.decode(leaf.subarray(n.next, end)), next: end };
+  }
+
+  function leafHead(leaf) {
+    var head = {};
+    var r = readLong(leaf, 0);
+    head.seq = r.value;
+    ["disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id"].forEach(function (name) {
+      r = readString(leaf, r.next);
+      head[name] = r.value;
+    });
+    r = readLong(leaf, r.next);
+    r = readString(leaf, r.next);
+    r = readString(leaf, r.next);
+    r = readLong(leaf, r.next);
+    head.outcome = OUTCOMES[Number(r.value)];
+    return head;
   }
 
   // RFC 9162 2.1.3.2. Plain arithmetic rather than bit operators: those are 32-bit in JavaScript.
@@ -186,7 +217,8 @@
   }
 
   // null when the bundle verifies, else the key of FAILURES naming the first check that failed.
-  async function check(bundle) {
+  // ``shown``: what the page says the entry is ({disclosure_id, recipient, outcome}), if anything.
+  async function check(bundle, shown) {
     try {
       if (!bundle || typeof bundle !== "object") fail("malformed");
       var leaf = b64(bundle.leaf);
@@ -199,7 +231,16 @@
 
       var leafHash = await sha256([LEAF, leaf]);
       if (!equal(leafHash, statedHash)) fail("leaf");
-      if (leafSeq(leaf) !== BigInt(index) + 1n) fail("index");
+      var head;
+      try {
+        head = leafHead(leaf);
+      } catch (e) {
+        fail("index");
+      }
+      if (head.seq !== BigInt(index) + 1n) fail("index");
+      if (shown && ["disclosure_id", "recipient", "outcome"].some(function (k) { return head[k] !== shown[k]; })) {
+        fail("entry");
+      }
       var note = parseNote(bundle.checkpoint);
       if (!(await signedBy(note, verifier))) fail("signature");
       var checkpoint = parseCheckpoint(note.text);
@@ -231,6 +272,15 @@
     summary.setAttribute("data-accord-proof-result", failed ? "failed" : "verified");
   }
 
+  function shownAs(element) {
+    var recipient = element.closest("[data-recipient]");
+    return {
+      disclosure_id: element.getAttribute("data-disclosure-id"),
+      recipient: recipient ? recipient.getAttribute("data-recipient") : null,
+      outcome: element.getAttribute("data-outcome")
+    };
+  }
+
   async function run(root) {
     var source = root.querySelector("[data-accord-proofs]");
     var entries = Array.prototype.slice.call(root.querySelectorAll("[data-accord-proof]"));
@@ -248,14 +298,14 @@
     var results = [];
     for (var i = 0; i < entries.length; i++) {
       var seq = entries[i].getAttribute("data-accord-proof");
-      var failure = bundles && bundles[seq] ? await check(bundles[seq]) : "unavailable";
+      var failure = bundles && bundles[seq] ? await check(bundles[seq], shownAs(entries[i])) : "unavailable";
       show(entries[i], failure);
       results.push(failure);
     }
     summarise(root, results);
   }
 
-  var api = { check: check, FAILURES: FAILURES, VERIFIED: VERIFIED, run: run };
+  var api = { check: check, FAILURES: FAILURES, OUTCOMES: OUTCOMES, VERIFIED: VERIFIED, run: run };
   if (typeof window !== "undefined") {
     window.AccordProofs = api;
     if (document.readyState === "loading") {
