@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -33,7 +34,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from accord.web import consent_api
-from accord.web.guard import SESSION_COOKIE, Limits
+from accord.web.guard import SESSION_COOKIE, Limits, client_key
 from accord.web.names import Directory
 from accord.web.session import SESSION_TTL_S, check_csrf, page_principal, read_form
 from accord.web.templating import render
@@ -162,9 +163,18 @@ def _add_pages(app: FastAPI) -> None:
     def sign_in(request: Request, token: str = "") -> Response:
         """A one-time sign-in link: sets the session cookie and redirects (a relative Location: no Host)."""
         secret = request.app.state.token_secret
+        bad_tokens = request.app.state.throttles.bad_tokens
+        client = client_key(request.scope)
+        if bad_tokens.empty(client):
+            raise HTTPException(
+                429,
+                detail="too many sign-in links that did not work; try again later",
+                headers={"Retry-After": str(bad_tokens.retry_after(client))},
+            )
         try:
             who = verify_token(secret, token)
         except TokenError as exc:
+            bad_tokens.take(client)
             log.info("sign_in_refused", reason=exc.reason)
             raise HTTPException(401, detail=f"this sign-in link does not work ({exc.reason})") from None
         if who.token_id is None or who.expires_at is None:
@@ -172,7 +182,8 @@ def _add_pages(app: FastAPI) -> None:
         if not request.app.state.sign_in_links.spend(who.token_id, who.expires_at):
             log.info("sign_in_refused", reason="link already used")
             raise HTTPException(401, detail="this sign-in link has already been used: ask for a new one")
-        session = issue_token(secret, who.role, who.subject, SESSION_TTL_S)
+        # Its own id: two sessions never share a token, nor so a CSRF token (accord.web.session).
+        session = issue_token(secret, who.role, who.subject, SESSION_TTL_S, token_id=uuid.uuid4().hex)
         response = RedirectResponse(HOME[who.role], status_code=303)
         response.set_cookie(
             SESSION_COOKIE,

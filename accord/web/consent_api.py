@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Engine
 
 from accord.web import api_docs
-from accord.web.guard import Guard, Limits
+from accord.web.guard import Guard, Limits, Throttles
 from accord.web.templating import STATIC_DIR
 from agreements.model import Agreement, Purpose
 from consent import store
@@ -269,7 +269,8 @@ def create_app(
         redoc_url=None,
         redirect_slashes=False,  # Starlette builds that redirect from the Host header
     )
-    app.add_middleware(Guard, secret=secret, limits=limits)
+    app.state.throttles = Throttles.of(limits)
+    app.add_middleware(Guard, secret=secret, limits=limits, throttles=app.state.throttles)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)

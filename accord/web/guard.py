@@ -117,6 +117,22 @@ class TokenBucket:
         return max(1, math.ceil((1.0 - tokens) / self.rate)) if self.rate > 0 else 60
 
 
+@dataclass(frozen=True)
+class Throttles:
+    """The buckets the guard keeps, shared with routes that see a credential the guard does not
+    (the sign-in link's token is in its query string)."""
+
+    bad_tokens: TokenBucket  # per client address
+    writes: TokenBucket  # per subject, or per role for staff
+
+    @classmethod
+    def of(cls, limits: Limits) -> Throttles:
+        return cls(
+            TokenBucket(limits.bad_token_burst, limits.bad_tokens_per_minute),
+            TokenBucket(limits.write_burst, limits.writes_per_minute),
+        )
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -155,11 +171,13 @@ def client_key(scope: Scope) -> str:
 class Guard:
     """The ASGI middleware described in the module docstring."""
 
-    def __init__(self, app: ASGIApp, secret: str | bytes, limits: Limits | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, secret: str | bytes, limits: Limits | None = None, throttles: Throttles | None = None
+    ) -> None:
         self.app, self.secret = app, secret
         self.limits = limits or Limits()
-        self.bad_tokens = TokenBucket(self.limits.bad_token_burst, self.limits.bad_tokens_per_minute)
-        self.writes = TokenBucket(self.limits.write_burst, self.limits.writes_per_minute)
+        self.throttles = throttles or Throttles.of(self.limits)
+        self.bad_tokens, self.writes = self.throttles.bad_tokens, self.throttles.writes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -270,4 +288,14 @@ async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["CSP", "SESSION_COOKIE", "Guard", "Limits", "TokenBucket", "client_key", "presented_token", "session_token"]
+__all__ = [
+    "CSP",
+    "SESSION_COOKIE",
+    "Guard",
+    "Limits",
+    "Throttles",
+    "TokenBucket",
+    "client_key",
+    "presented_token",
+    "session_token",
+]

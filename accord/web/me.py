@@ -504,9 +504,11 @@ def build_page(
     else:
         summary.append("No organisation has been sent information about you through this service.")
     if not_sent:
-        summary.append(f"Information was not sent {_times(len(not_sent))} because of your choices.")
-    if told:
-        summary.append(f"{_plural(told, 'time', 'times')} an organisation was told to stop using what it was sent.")
+        summary.append(f"Because of your choices, information was not sent {_times(len(not_sent))}.")
+    if told == 1:
+        summary.append("An organisation was told once to stop using what it was sent.")
+    elif told:
+        summary.append(f"Organisations were told {_times(told)} to stop using what they were sent.")
     if report.left_out_deferred:
         dates = " and ".join(day(d.until) for d in deferred) or "a later date"
         summary.append(

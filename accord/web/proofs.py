@@ -107,7 +107,7 @@ def bundles_for(items: Sequence[ReportItem], vkey: str | None) -> dict[int, dict
     return {i.seq: bundle_for(i.proof, vkey).to_dict() for i in items if i.proof is not None}
 
 
-_LEAF_SCHEMA = fastavro.parse_schema(SCHEMA)
+_LEAF_SCHEMA = fastavro.parse_schema(dict(SCHEMA))
 SHOWN = ("disclosure_id", "recipient", "outcome")  # what the page says an entry is, checked against its leaf
 
 

@@ -65,9 +65,10 @@ def csrf_token(request: Request) -> str:
 
 async def read_form(request: Request) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body (the guard has already capped its size); first value per name."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, detail="send the form as urlencoded")
     body = (await request.body()).decode("utf-8", errors="replace")
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if body and kind != "application/x-www-form-urlencoded":
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, detail="send the form as urlencoded")
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True, max_num_fields=50).items()}
 
 
