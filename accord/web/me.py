@@ -177,7 +177,7 @@ class Entry:
     outcome: str  # DISCLOSED, WITHHELD, RETRACTED
     heading: str  # "Sent on 1 June 2026 at 9:00am"
     on: str  # "1 June 2026 at 9:00am"
-    status: str  # "Sent", "Not sent", "Told to stop using it"
+    status: str  # "Sent", "Not sent", "Taken back"
     decided_at: datetime
     recipient: str
     recipient_name: str
@@ -194,15 +194,33 @@ class Entry:
     about_sent_on: str | None  # for a retraction: when the disclosure it is about was sent
     proven: bool  # has a proof bundle (covered by a signed checkpoint)
     disclosure_id: str
+    basis: tuple[str, bool]  # (agreement key, said to another subject of the event): entries sharing a Basis
+
+
+@dataclass(frozen=True)
+class Basis:
+    """Why and under what law a recipient is sent what, once per agreement, with each time it happened.
+
+    An agreement version sends the same fields every time (accord.sharing.decide sends
+    its field list), so they are said once here rather than on every entry.
+    """
+
+    agreement_title: str
+    purpose: str
+    law: str
+    legal_text: str
+    fields: tuple[FieldLabel, ...]  # empty when nothing was ever sent under it
+    entries: tuple[Entry, ...]  # newest first
 
 
 @dataclass(frozen=True)
 class Recipient:
-    """A recipient's entries, newest first, and a sentence summing them up."""
+    """A recipient's entries, newest first, by agreement, and a sentence summing them up."""
 
     id: str
     name: str
     entries: tuple[Entry, ...]
+    bases: tuple[Basis, ...]
     sent: int
     withheld: int
     retracted: int
@@ -304,7 +322,7 @@ def _entry(
     retracted: Mapping[str, ReportItem],
     received_by_id: Mapping[str, ReportItem],
 ) -> Entry:
-    status_words = {"DISCLOSED": "Sent", "WITHHELD": "Not sent", "RETRACTED": "Told to stop using it"}
+    status_words = {"DISCLOSED": "Sent", "WITHHELD": "Not sent", "RETRACTED": "Taken back"}
     head_words = {"DISCLOSED": "Sent", "WITHHELD": "Not sent", "RETRACTED": "Told to stop using what was sent"}
     why, chosen = _reason_words(item.reason, records)
     labels = field_labels(
@@ -337,6 +355,7 @@ def _entry(
         about_sent_on=day(about.decided_at) if about is not None else None,
         proven=item.proof is not None,
         disclosure_id=item.disclosure_id,
+        basis=(f"{item.agreement_id}@v{item.agreement_version}", own_key != subject_key),
     )
 
 
@@ -363,7 +382,21 @@ def _recipient(rid: str, name: str, entries: list[Entry]) -> Recipient:
         parts.append(f"told {_times(retracted)} to stop using what it was sent")
     summary = "; ".join(parts)
     summary = summary[:1].upper() + summary[1:] + f". Latest: {day(entries[0].decided_at)}."
-    return Recipient(rid, name, tuple(entries), sent, withheld, retracted, summary)
+    by_basis: dict[tuple[str, bool], list[Entry]] = {}
+    for e in entries:
+        by_basis.setdefault(e.basis, []).append(e)
+    bases = tuple(
+        Basis(
+            group[0].agreement_title,
+            group[0].purpose,
+            group[0].law,
+            group[0].legal_text,
+            next((e.fields for e in group if e.fields), ()),
+            tuple(group),
+        )
+        for group in by_basis.values()
+    )
+    return Recipient(rid, name, tuple(entries), bases, sent, withheld, retracted, summary)
 
 
 def _choice_text(r: ConsentRecord, names: Mapping[str, str]) -> str:
@@ -409,9 +442,9 @@ def _options(
         purposes = " and ".join(sorted({PURPOSE_WORDS[a.purpose.value] for a in under}))
         explicit = all(a.consent_mode is ConsentMode.EXPLICIT for a in under)
         if sharing:
-            state = "Shared with your agreement" if explicit else "Shared unless you say no"
+            state = "shared, because you agreed" if explicit else "shared unless you say no"
         else:
-            state = "Not shared: it needs your agreement" if explicit else "Not shared: you said no"
+            state = "not shared unless you agree" if explicit else "not shared, because you said no"
         options.append(
             Option(
                 rid,

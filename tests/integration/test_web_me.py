@@ -423,8 +423,7 @@ def test_citizen_sees_disclosures_by_name_in_plain_words_and_every_proof_verifie
         assert name in text
     for label in ("your NHS number", "your baby's details (NHS number, date of birth and sex)", "your address"):
         assert label in text
-    research = page.locator("[data-recipient=salford-research] [data-outcome=DISCLOSED]")
-    assert research.locator("[data-pseudonymised]").all_inner_texts() == [
+    assert page.locator("[data-recipient=salford-research] [data-pseudonymised]").all_inner_texts() == [
         "your NHS number, as a code that only this recipient can link",
         "your baby's NHS number, as a code that only this recipient can link",
     ]
@@ -447,7 +446,9 @@ def test_citizen_sees_disclosures_by_name_in_plain_words_and_every_proof_verifie
     assert page.get_by_role("link", name="make a complaint to the ICO").get_attribute("href") == ICO_COMPLAINTS
 
     assert _results(page, citizen.proven) == [VERIFIED] * citizen.proven
-    assert page.locator("[data-accord-proof-summary]").inner_text() == "All 4 proofs verified in your browser."
+    assert page.locator("[data-accord-proof-summary]").inner_text() == (
+        "All 4 entries below verified in your browser: each is in the signed record, unchanged."
+    )
     assert "Not yet: this entry is newer" in page.locator("[data-outcome]").first.inner_text()
     assert page.locator("[data-accord-proof-status][aria-live=polite]").count() == citizen.proven
     assert not errors, errors
@@ -480,7 +481,9 @@ def test_a_flipped_proof_byte_is_reported_as_not_verifying(browser: Browser, cit
     status = page.locator(f"#entry-{flipped['seq']} [data-accord-proof-status]")
     assert status.inner_text() == "Not verified: the proof does not lead to the signed root."
     assert status.get_attribute("aria-live") == "polite"
-    assert page.locator("[data-accord-proof-summary]").inner_text() == "1 of 4 proofs did not verify in your browser."
+    assert page.locator("[data-accord-proof-summary]").inner_text() == (
+        "1 of 4 entries did not verify in your browser; it is marked “Not verified” below."
+    )
     page.close()
 
 
@@ -551,9 +554,9 @@ def test_withdrawing_consent_on_the_page_withholds_the_next_event_and_shows_the_
 
             page.goto(f"{base}/me")
             told = section.locator("[data-outcome=RETRACTED]")
-            assert told.count() == 1 and "Told to stop using what was sent on" in told.inner_text()
-            assert "Because you withdrew your agreement on" in told.inner_text()
-            assert "was told to stop using this" in section.locator("[data-outcome=DISCLOSED]").inner_text()
+            assert told.count() == 1 and "Told to stop using what it was sent on" in told.inner_text()
+            assert "because you withdrew your agreement on" in told.inner_text()
+            assert "it was told to stop using it" in section.locator("[data-outcome=DISCLOSED]").inner_text()
             assert section.locator("[data-outcome=WITHHELD]").count() == 1
             assert f"{visiting}, " in page.locator("#not-sent + ul").inner_text()
             assert f"No to sharing with {visiting}" in page.get_by_test_id("choices").inner_text()

@@ -267,8 +267,10 @@
     var failed = results.filter(function (r) { return r !== null; }).length;
     var n = results.length;
     summary.textContent = failed
-      ? failed + " of " + n + (n === 1 ? " proof" : " proofs") + " did not verify in your browser."
-      : (n === 1 ? "The proof" : "All " + n + " proofs") + " verified in your browser.";
+      ? failed + " of " + n + (n === 1 ? " entry" : " entries") + " did not verify in your browser; " +
+        (failed === 1 ? "it is" : "they are") + " marked “Not verified” below."
+      : (n === 1 ? "The entry below" : "All " + n + " entries below") + " verified in your browser: " +
+        (n === 1 ? "it is" : "each is") + " in the signed record, unchanged.";
     summary.setAttribute("data-accord-proof-result", failed ? "failed" : "verified");
   }
 
