@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from agreements import Agreement, recipients_by_type
 from agreements.recipient_schemas import recipient_catalogue
@@ -142,7 +142,7 @@ class FeedFollower:
         position = self.consumer.position([self.partition])[0].offset
         return position >= high
 
-    def _apply(self, msg) -> int:  # noqa: ANN001 - a confluent_kafka.Message
+    def _apply(self, msg: Message) -> int:
         err = msg.error()
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:

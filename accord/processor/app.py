@@ -9,8 +9,7 @@ from __future__ import annotations
 import gc
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from types import FrameType
 
 import structlog
 from confluent_kafka import Consumer
@@ -19,13 +18,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from accord.processor.agreement_feed import AgreementSet, FeedFollower
 from accord.processor.handler import BatchHandler
 from accord.processor.health import Health
-from accord.processor.loop import SharingLoop
+from accord.processor.loop import SharingLoop, Timer
 from accord.processor.outage import backoff
 from bus.settings import Settings
 from bus.topics import TopicNames
 from schemas.validation import Limits
 
 log = structlog.get_logger("accord.processor")
+
 
 def run_processor(settings: Settings) -> int:
     """The composition root of ``accord run processor``: wire the parts, wait for the services, loop.
@@ -62,7 +62,7 @@ def run_processor(settings: Settings) -> int:
     stop = {"now": False}
     loop: SharingLoop | None = None
 
-    def on_signal(_signum: int, _frame: Any) -> None:
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop["now"] = True
         if loop is not None:
             loop.stopping = True
@@ -98,7 +98,7 @@ def run_processor(settings: Settings) -> int:
         Limits(settings.max_event_bytes, settings.max_string_bytes),
     )
     sweeper = RetractionSweeper(engine, agreement_set, kafka.producer(settings), names, partner_classes)
-    timers: list[tuple[str, float, Callable[[], Any]]] = [
+    timers: list[Timer] = [
         ("retraction_sweep", settings.retraction_interval_s, sweeper.sweep)
     ]
     signer = signer_from_settings(settings)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from sqlalchemy import Engine
 
 from bus import headers as header
@@ -68,7 +67,7 @@ def publish_checkpoint(producer: Producer, names: TopicNames, checkpoint: Stored
     """Produce the checkpoint's note to the checkpoints topic and wait for it; NotDelivered otherwise."""
     errors: list[str] = []
 
-    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             errors.append(err.str())
 
@@ -103,18 +102,23 @@ def read_published_notes(settings: Settings, names: TopicNames, timeout_s: float
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    ended.add(msg.partition())
+            err, partition, value = msg.error(), msg.partition(), msg.value()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF and partition is not None:
+                    ended.add(partition)
                     continue
-                raise RuntimeError(msg.error().str())
-            notes.append(msg.value().decode("utf-8"))
+                raise RuntimeError(err.str())
+            if value is None:
+                raise RuntimeError(f"a record without a note on {names.ledger_checkpoints}")
+            notes.append(value.decode("utf-8"))
     finally:
         consumer.close()
     return notes
 
 
 class Checkpointer:
+    """Makes a checkpoint when due and publishes it (see the module docstring); ``tick`` is the loop's timer work."""
+
     def __init__(
         self,
         engine: Engine,

@@ -25,16 +25,17 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import psycopg
 import structlog
+from psycopg.rows import TupleRow
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 log = structlog.get_logger("accord.control_lease")
-
 
 
 def lease_key(schema: str) -> int:
@@ -47,18 +48,25 @@ def lease_key(schema: str) -> int:
 
 
 class Lease(Protocol):
-    def held(self) -> bool: ...
+    """The control-plane lease as the loop asks for it before each tick."""
 
-    def release(self) -> None: ...
+    def held(self) -> bool:
+        """Take the lease if it is free; True while this worker holds it."""
+        ...
+
+    def release(self) -> None:
+        """Give it up (at stop); another worker takes it at its next tick."""
+        ...
 
 
 class AdvisoryLease:
     """The PostgreSQL lease: a session advisory lock on a dedicated connection."""
 
-    def __init__(self, conninfo: str, connect_args: dict[str, Any] | None = None) -> None:
+    def __init__(self, conninfo: str, connect_args: Mapping[str, Any] | None = None) -> None:
+        # connect_args: libpq keywords (bus.connection_guard.psycopg_connect_args), passed to psycopg.connect
         self.conninfo = conninfo
         self.connect_args = dict(connect_args or {})
-        self.conn: psycopg.Connection[Any] | None = None
+        self.conn: psycopg.Connection[TupleRow] | None = None
 
     def held(self) -> bool:
         if self.conn is not None:
@@ -125,7 +133,7 @@ class FileLease:
             self.file = None
 
 
-def lease_for(engine: Engine, connect_args: dict[str, Any] | None = None) -> Lease:
+def lease_for(engine: Engine, connect_args: Mapping[str, Any] | None = None) -> Lease:
     """The lease that fits the ledger database behind ``engine``."""
     url = engine.url
     if url.get_backend_name() == "postgresql":

@@ -12,7 +12,6 @@ import json
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import structlog
 
@@ -24,7 +23,7 @@ class Health:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {"state": "starting", "since": _now()}
+        self._state: dict[str, str] = {"state": "starting", "since": _now()}
 
     def running(self) -> None:
         with self._lock:
@@ -37,7 +36,8 @@ class Health:
                 self._state = {"state": "waiting", "waiting_for": service, "since": _now()}
             self._state["last_error"] = error
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, str]:
+        """``state`` and ``since``; while waiting also ``waiting_for`` and ``last_error`` (an error's kind)."""
         with self._lock:
             return dict(self._state)
 
@@ -62,7 +62,7 @@ def serve(health: Health, host: str, port: int) -> ThreadingHTTPServer | None:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *_args: Any) -> None:
+        def log_message(self, format: str, *_args: object) -> None:
             pass
 
     try:

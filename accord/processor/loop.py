@@ -10,7 +10,7 @@ One pass of the loop (``SharingLoop.run_once``), in this order:
 3. handle the batch (``BatchHandler.handle``: decide, ledger, deliver, dead letters);
 4. commit the batch's offsets;
 5. run the control plane when due: the retraction sweep and ledger checkpoints, in the
-   one worker that holds the control-plane lease (accord/control_lease.py). A timer
+   one worker that holds the control-plane lease (accord/processor/control_lease.py). A timer
    whose work returns True has more waiting and runs again on the next pass, so a
    large job (retracting a suspended agreement) goes in bounded chunks between batches.
 
@@ -30,17 +30,19 @@ the control plane runs on the loop's own timers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from accord.processor.agreement_feed import FeedFollower
+from accord.processor.agreement_feed import AgreementSet
 from accord.processor.control_lease import Lease
-from accord.processor.handler import BatchHandler, BatchReport, DeadLetter, Inbound
+from accord.processor.handler import BatchReport, DeadLetter, Inbound
 from accord.processor.health import Health
 from accord.processor.outage import backoff, outage_of
+from accord.processor.receipts import ReceiptReport
 from bus.topics import EVENT_TYPES, TopicNames
 
 log = structlog.get_logger("accord.processor")
@@ -54,8 +56,57 @@ _MOVED_ERRORS = frozenset(
 )
 
 
-def _inbound(msg: Any) -> Inbound:
-    return Inbound(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+T = TypeVar("T")
+
+
+# The loop's collaborators, as it uses them: app.py wires the real ones (BatchHandler,
+# ReceiptRecorder, FeedFollower, the sweeper's and checkpointer's ticks); a test can give its own.
+
+
+class Handler(Protocol):
+    """Step 3 for event records: decide, ledger, deliver (BatchHandler); and the dead-letter topic."""
+
+    def handle(self, batch: Sequence[Inbound]) -> BatchReport: ...
+
+    def dead_letters(self, dead: Iterable[DeadLetter]) -> None: ...
+
+
+class Receipts(Protocol):
+    """Step 3 for receipt records: check and record them (ReceiptRecorder); the loop dead-letters the refused."""
+
+    def handle(self, batch: Sequence[Inbound]) -> ReceiptReport: ...
+
+
+class Feed(Protocol):
+    """The agreements feed (FeedFollower): what is new, or everything up to its end (I9)."""
+
+    agreements: AgreementSet
+
+    def poll(self) -> int: ...
+
+    def catch_up(self, timeout_s: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# A control-plane timer: (name, interval in seconds, work). Work that returns True has more
+# waiting and runs again on the next pass; anything else waits for the next interval.
+Timer = tuple[str, float, Callable[[], object]]
+
+
+@dataclass
+class _TimerState:
+    name: str
+    interval_s: float
+    work: Callable[[], object]
+    last: float = 0.0  # monotonic time of the last run; 0.0: due at the next pass
+
+
+def _inbound(msg: Message) -> Inbound:
+    """A consumed record (one without an error, so its topic, partition and offset are set)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return Inbound(topic, partition, offset, msg.key(), msg.value())
 
 
 class SharingLoop:
@@ -64,15 +115,15 @@ class SharingLoop:
     def __init__(
         self,
         consumer: Consumer,
-        feed: FeedFollower,
-        handler: BatchHandler,
+        feed: Feed,
+        handler: Handler,
         names: TopicNames,
         health: Health,
         *,
         batch_size: int = 500,
         batch_window_s: float = 0.2,
-        receipts: Any = None,
-        timers: Sequence[tuple[str, float, Callable[[], Any]]] = (),
+        receipts: Receipts | None = None,
+        timers: Sequence[Timer] = (),
         lease: Lease | None = None,
         feed_timeout_s: float = 10.0,
         max_backoff_s: float = 10.0,
@@ -85,7 +136,7 @@ class SharingLoop:
         self.batch_size = batch_size
         self.batch_window_s = batch_window_s
         self.receipts = receipts
-        self.timers = [[name, interval, fn, 0.0] for name, interval, fn in timers]
+        self.timers = [_TimerState(name, interval, work) for name, interval, work in timers]
         self.lease = lease  # None: this loop runs the control plane alone (tests, one worker)
         self.feed_timeout_s = feed_timeout_s
         self.max_backoff_s = max_backoff_s
@@ -94,12 +145,12 @@ class SharingLoop:
         self.moved: set[tuple[str, int]] = set()
 
     # confluent-kafka calls these from inside consume()
-    def on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.moved.update((p.topic, p.partition) for p in partitions)
         self.feed_stale = True
         log.info("partitions_assigned", partitions=len(partitions))
 
-    def on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.moved.update((p.topic, p.partition) for p in partitions)
         log.info("partitions_revoked", partitions=len(partitions))
 
@@ -174,6 +225,7 @@ class SharingLoop:
         return report
 
     def _record_receipts(self, batch: list[Inbound]) -> BatchReport:
+        assert self.receipts is not None  # _handle sends receipts here only when there is a recorder
         r = self.receipts.handle(batch)
         self.handler.dead_letters(DeadLetter(msg, error, reason) for msg, error, reason in r.refused)
         return BatchReport(receipts=r.receipts, dead_letters=len(r.refused))
@@ -247,8 +299,9 @@ class SharingLoop:
             first: dict[tuple[str, int], int] = {}
             for m in msgs:
                 if m.error() is None:
-                    tp = (m.topic(), m.partition())
-                    first[tp] = min(first.get(tp, m.offset()), m.offset())
+                    read = _inbound(m)
+                    tp = (read.topic, read.partition)
+                    first[tp] = min(first.get(tp, read.offset), read.offset)
             for (topic, partition), offset in first.items():
                 try:
                     self.consumer.seek(TopicPartition(topic, partition, offset))
@@ -257,19 +310,18 @@ class SharingLoop:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        due = [t for t in self.timers if now - t[3] >= t[1]]
+        due = [t for t in self.timers if now - t.last >= t.interval_s]
         if not due:
             return
         if self.lease is not None and not self._guarded(self.lease.held, name="control_lease"):
             for timer in due:
-                timer[3] = now  # another worker runs them; ask again at the next interval
+                timer.last = now  # another worker runs them; ask again at the next interval
             return
         for timer in due:
-            name, _interval, fn, _last = timer
-            more = self._guarded(fn, name=name)
-            timer[3] = 0.0 if more is True else now
+            more = self._guarded(timer.work, name=timer.name)
+            timer.last = 0.0 if more is True else now
 
-    def _guarded(self, fn: Callable[[], Any], name: str = "agreements_feed") -> Any:
+    def _guarded(self, fn: Callable[[], T], name: str = "agreements_feed") -> T | None:
         """Run control-plane work; an outage or a failure is logged and retried on the next tick."""
         try:
             return fn()

@@ -56,4 +56,4 @@ def _data_exception(exc: BaseException | None) -> bool:
 
 def backoff(attempt: int, most_s: float = 10.0) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): 0.5 s, doubling, at most ``most_s``."""
-    return min(0.5 * 2**attempt, most_s)
+    return min(0.5 * 2.0**attempt, most_s)

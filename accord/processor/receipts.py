@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Engine
 
+from accord.processor.handler import Inbound
 from consumers.receipts import decode_receipt, receipt_id, with_receipt_schema
 from ledger.receipts import ReceiptClaim, record_receipts
 
@@ -24,7 +24,7 @@ __all__ = ["ReceiptRecorder", "ReceiptReport"]
 class ReceiptReport:
     receipts: int = 0
     recorded: int = 0  # new ledger entries
-    refused: list[tuple[Any, str, str]] = field(default_factory=list)  # (message, error kind, reason)
+    refused: list[tuple[Inbound, str, str]] = field(default_factory=list)  # (record, error kind, reason)
 
 
 class ReceiptRecorder:
@@ -34,10 +34,10 @@ class ReceiptRecorder:
         self.engine = engine
         self.catalogue = with_receipt_schema()
 
-    def handle(self, batch: Sequence[Any]) -> ReceiptReport:
-        """``batch``: messages with topic, partition, offset, key and value (processor.Inbound)."""
+    def handle(self, batch: Sequence[Inbound]) -> ReceiptReport:
+        """Record the good receipts of ``batch`` in one transaction; the others come back in ``refused``."""
         report = ReceiptReport(receipts=len(batch))
-        claims: list[tuple[Any, ReceiptClaim]] = []
+        claims: list[tuple[Inbound, ReceiptClaim]] = []
         for msg in batch:
             try:
                 if msg.value is None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import structlog
 from confluent_kafka import Producer
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Engine, Row, func, select
 
 import consent
 from accord.processor.agreement_feed import AgreementSet
@@ -46,7 +46,7 @@ from bus import headers as header
 from bus.errors import flush_or_raise
 from bus.topics import TopicNames
 from consent.store import ConsentRow, utc
-from ledger import LedgerEntry, append, entries, lookup
+from ledger import EntryDraft, LedgerEntry, append, entries, lookup
 from ledger.append import StoredEntry, stored_entry
 
 log = structlog.get_logger("accord.sweeper")
@@ -61,6 +61,8 @@ def agreement_cursor(agreement_key: str) -> str:
 
 
 class RetractionSweeper:
+    """The control plane's sweep (see the module docstring); ``sweep`` is the loop's timer work."""
+
     def __init__(
         self,
         engine: Engine,
@@ -162,7 +164,7 @@ class RetractionSweeper:
         with self.engine.connect() as conn:
             return conn.execute(select(func.max(LedgerEntry.seq))).scalar_one() or 0
 
-    def _entries(self, after: int, upto: int, *where: Any) -> tuple[list[StoredEntry], int]:
+    def _entries(self, after: int, upto: int, *where: ColumnElement[bool]) -> tuple[list[StoredEntry], int]:
         """At most ``batch`` matching entries in (after, upto], and the seq the cursor may move to.
 
         One pass reads at most ``window`` seqs: (after, after + window]. With no index on
@@ -184,7 +186,7 @@ class RetractionSweeper:
     def _flush(self, errors: list[str], what: str) -> None:
         flush_or_raise(self.producer, what, errors)
 
-    def _publish_change(self, row, errors: list[str]) -> None:
+    def _publish_change(self, row: Row[Any], errors: list[str]) -> None:
         """Relay the consent record to consent.preferences: the table is the outbox."""
         change = {
             "consent_record_id": row.id,
@@ -206,7 +208,7 @@ class RetractionSweeper:
             on_delivery=lambda err, _m: errors.append(err.str()) if err else None,
         )
 
-    def _send(self, seq: int, entry, errors: list[str]) -> None:
+    def _send(self, seq: int, entry: EntryDraft, errors: list[str]) -> None:
         notice = {
             "retraction_id": entry.disclosure_id,
             "retracts_disclosure_id": entry.refers_to,

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from types import FrameType
 
 import structlog
 
@@ -57,7 +58,7 @@ def run_workers(n: int, health_port: int = 0, stop_timeout_s: float = 40.0) -> i
     children = [_Child(i) for i in range(n)]
     stopping = {"now": False}
 
-    def on_signal(_signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stopping["now"] = True
 
     signal.signal(signal.SIGTERM, on_signal)
