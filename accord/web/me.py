@@ -377,7 +377,7 @@ def _recipient(rid: str, name: str, entries: list[Entry]) -> Recipient:
         purposes = sorted({e.purpose for e in entries if e.outcome == "DISCLOSED"})
         parts.append(f"Sent information about you {_times(sent)}, for {' and '.join(purposes)}")
     if withheld:
-        parts.append(f"not sent {_times(withheld)}")
+        parts.append(f"held back {_times(withheld)}")
     if retracted:
         parts.append(f"told {_times(retracted)} to stop using what it was sent")
     summary = "; ".join(parts)
@@ -537,7 +537,7 @@ def build_page(
     else:
         summary.append("No organisation has been sent information about you through this service.")
     if not_sent:
-        summary.append(f"Because of your choices, information was not sent {_times(len(not_sent))}.")
+        summary.append(f"Because of your choices, information was held back {_times(len(not_sent))}.")
     if told == 1:
         summary.append("An organisation was told once to stop using what it was sent.")
     elif told:
