@@ -1,0 +1,140 @@
+"""The batch handler in-process, on the real broker and PostgreSQL, judged from the outside.
+
+- a batch is decided, recorded, then delivered with each disclosure's ledger seq; what
+  cannot be read is dead-lettered; the same batch again appends nothing and delivers the
+  recorded disclosures again under the same ids and seqs (I7, I8);
+- I1: nothing reaches a partner topic while the ledger transaction is open, nor after it
+  failed. The append is made to fail (INSERT revoked from the app role: an outage, so the
+  handler raises and the loop would retry the batch), and held open (another session holds
+  the ledger's writer lock) while the partner topics are read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from accord.processor.handler import BatchReport, Inbound
+from accord.processor.outage import outage_of
+from bus import headers as header
+from ledger.append import ADVISORY_LOCK_KEY
+from tests.integration.parts import (
+    Parts,
+    agreement,
+    delivered,
+    disclosed,
+    ledger_size,
+    processor_parts,
+    shared_custody_events,
+)
+
+AGREEMENT = "custody-to-prosecution"  # custody events to cps and hmcts, no consent needed
+EVENTS = 6
+
+
+@pytest.fixture
+def parts(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Parts]:
+    with processor_parts(broker, tmp_path_factory.mktemp("handler")) as parts:
+        yield parts
+
+
+def _batch(parts: Parts, n: int = EVENTS) -> list[Inbound]:
+    events = shared_custody_events(agreement(parts, AGREEMENT), n)
+    return [parts.inbound("custody", e, offset=i) for i, e in enumerate(events)]
+
+
+def test_a_batch_is_recorded_then_delivered_and_a_replay_appends_nothing(parts: Parts) -> None:
+    batch = _batch(parts)
+    garbage = Inbound(parts.names.event("custody"), 0, len(batch), b"k", b"\x00 not an Avro record")
+    report = parts.handler.handle([*batch, garbage])
+    assert (report.events, report.dead_letters, report.redelivered) == (EVENTS + 1, 1, 0)
+    assert report.appended == ledger_size(parts) > 0
+
+    # Every disclosure to cps and hmcts is on its topic, once, with its ledger seq; nothing else is.
+    for partner in ("cps", "hmcts"):
+        recorded = disclosed(parts, partner)
+        assert len(recorded) == EVENTS
+        on_topic = delivered(parts.partner_topic(partner))
+        assert sorted(on_topic) == sorted(recorded.items())
+
+    [dead] = parts.dead_letters()
+    assert dead[header.SOURCE_TOPIC].decode() == parts.names.event("custody")
+    assert int(dead[header.SOURCE_OFFSET]) == garbage.offset
+    assert dead[header.ERROR] and dead[header.REASON]
+
+    # The source system sends the batch again (or the processor restarted before committing):
+    # the ledger decides, nothing is appended, the same disclosures go out again.
+    size = ledger_size(parts)
+    again = parts.handler_again().handle(batch)
+    everything_disclosed = sum(1 for e in parts.ledger(outcome="DISCLOSED"))
+    assert (again.appended, again.dead_letters, again.redelivered) == (0, 0, everything_disclosed)
+    assert ledger_size(parts) == size
+    for partner in ("cps", "hmcts"):
+        counts = Counter(delivered(parts.partner_topic(partner)))
+        assert set(counts) == set(disclosed(parts, partner).items())
+        assert set(counts.values()) == {2}
+
+
+def test_nothing_is_delivered_after_the_ledger_refused_the_batch(parts: Parts) -> None:
+    batch = _batch(parts)
+    with parts.db.owner.begin() as conn:
+        conn.execute(text(f'REVOKE INSERT ON ledger_entries FROM "{parts.db.app_role}"'))
+    with pytest.raises(Exception) as failed:
+        parts.handler.handle(batch)
+    # An outage: the loop waits and retries the same batch, never commits past it.
+    assert outage_of(failed.value) == "database"
+    assert ledger_size(parts) == 0
+    assert parts.partner_topic("cps") == [] and parts.partner_topic("hmcts") == []
+    assert parts.dead_letters() == []
+
+    with parts.db.owner.begin() as conn:
+        conn.execute(text(f'GRANT INSERT ON ledger_entries TO "{parts.db.app_role}"'))
+    report = parts.handler.handle(batch)  # the retry
+    assert report.appended == ledger_size(parts) > 0
+    assert sorted(delivered(parts.partner_topic("cps"))) == sorted(disclosed(parts, "cps").items())
+
+
+def _waiting_for_the_writer_lock(parts: Parts) -> bool:
+    """True when a session of the app role waits for the ledger's writer lock (an advisory lock)."""
+    with parts.db.admin.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.usename = :role"
+        ), {"role": parts.db.app_role}).scalar_one())
+
+
+def test_nothing_is_on_a_partner_topic_while_the_ledger_transaction_is_open(parts: Parts) -> None:
+    batch = _batch(parts)
+    done: dict[str, BatchReport | BaseException] = {}
+
+    def handle() -> None:
+        try:
+            done["report"] = parts.handler.handle(batch)
+        except BaseException as exc:  # handed to the test's thread
+            done["report"] = exc
+
+    # The ledger's writer lock is per database: hold it briefly, other buses' appends wait too.
+    with parts.db.admin.connect() as holder, holder.begin():
+        holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        worker = threading.Thread(target=handle, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not _waiting_for_the_writer_lock(parts):
+            assert worker.is_alive() and time.monotonic() < deadline, done
+            time.sleep(0.05)
+        # The handler is inside its ledger transaction, blocked before its append commits.
+        assert parts.partner_topic("cps") == [] and parts.partner_topic("hmcts") == []
+        assert ledger_size(parts) == 0
+        assert worker.is_alive()
+    # The lock is released (the holder's transaction ended): the append commits, then the deliveries go.
+    worker.join(60)
+    report = done.get("report")
+    assert isinstance(report, BatchReport), report
+    assert report.appended == ledger_size(parts) > 0
+    for partner in ("cps", "hmcts"):
+        assert sorted(delivered(parts.partner_topic(partner))) == sorted(disclosed(parts, partner).items())

@@ -1,0 +1,76 @@
+"""The retraction sweep in-process, on the real broker and PostgreSQL, judged from the outside.
+
+Disclosures are made by the real batch handler; the agreement is then suspended the way
+the agreements feed applies a new version; the sweep (built as app.py builds it) must
+retract each disclosure once in the ledger and send one notice per retraction to the
+recipient's partner topic, read back with the partner SDK. A second sweep sends nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from accord.processor.sweeper import RetractionSweeper
+from agreements import Status
+from agreements.partners import load_partners
+from bus import kafka
+from tests.integration.parts import Parts, agreement, disclosed, ledger_size, processor_parts, shared_custody_events
+
+AGREEMENT = "custody-to-prosecution"
+EVENTS = 5
+
+
+@pytest.fixture
+def parts(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Parts]:
+    with processor_parts(broker, tmp_path_factory.mktemp("sweeper")) as parts:
+        yield parts
+
+
+def _sweep_to_the_end(sweeper: RetractionSweeper) -> int:
+    passes = 1
+    while sweeper.sweep():
+        passes += 1
+        assert passes < 20, "the sweep never finished"
+    return passes
+
+
+def test_suspending_an_agreement_retracts_each_disclosure_once_in_the_ledger_then_on_the_topic(parts: Parts) -> None:
+    current = agreement(parts, AGREEMENT)
+    events = shared_custody_events(current, EVENTS)
+    parts.handler.handle([parts.inbound("custody", e, offset=i) for i, e in enumerate(events)])
+    sent = {p: disclosed(parts, p) for p in ("cps", "hmcts")}
+    assert all(len(ids) == EVENTS for ids in sent.values())
+    sweeper = RetractionSweeper(parts.db.app, parts.agreement_set, kafka.producer(parts.settings), parts.names,
+                                load_partners(parts.settings.partners_file))
+
+    # In force: a sweep retracts nothing.
+    _sweep_to_the_end(sweeper)
+    assert parts.ledger(outcome="RETRACTED") == []
+    assert parts.bus.retractions("cps") == []
+
+    # Suspended, as the feed applies a new version (FeedFollower -> AgreementSet.apply).
+    suspended = current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})
+    parts.agreement_set.apply(suspended.model_dump_json().encode())
+    _sweep_to_the_end(sweeper)
+
+    retracted = parts.ledger(outcome="RETRACTED")
+    assert Counter(r.refers_to for r in retracted) == Counter(d for ids in sent.values() for d in ids)
+    by_disclosure = {r.refers_to: r for r in retracted}
+    for partner, ids in sent.items():
+        assert {r.refers_to for r in retracted if r.recipient == partner} == set(ids)
+        notices = parts.bus.retractions(partner)
+        # One notice per retraction: naming the disclosure it withdraws, under the retraction's id and seq.
+        assert sorted(n.retracts_disclosure_id for n in notices) == sorted(ids)
+        for n in notices:
+            entry = by_disclosure[n.retracts_disclosure_id]
+            assert (n.retraction_id, n.ledger_seq) == (entry.disclosure_id, entry.seq)
+            assert n.agreement == f"{current.id}@v{current.version}"
+
+    # Done: sweeping again appends nothing and sends nothing.
+    size = ledger_size(parts)
+    _sweep_to_the_end(sweeper)
+    assert ledger_size(parts) == size
+    assert len(parts.bus.retractions("cps")) == EVENTS
