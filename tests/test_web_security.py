@@ -41,7 +41,15 @@ KNOWN = KnownScopes.from_partners(PARTNERS)
 
 
 def _app(engine: Engine, limits: Limits | None = None):
-    return create_app(Settings(), engine=engine, agreements=AGREEMENTS, partners=PARTNERS, secret=SECRET, limits=limits)
+    return create_app(
+        Settings(),
+        engine=engine,
+        agreements=AGREEMENTS,
+        partners=PARTNERS,
+        secret=SECRET,
+        limits=limits,
+        read_dead_letters=False,
+    )
 
 
 @pytest.fixture

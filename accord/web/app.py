@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from accord.web import consent_api
+from accord.web.dead_letters import DeadLetterCache
 from accord.web.guard import SESSION_COOKIE, Limits, client_key
 from accord.web.names import Directory
 from accord.web.session import SESSION_TTL_S, check_csrf, page_principal, read_form
@@ -93,10 +94,13 @@ def create_app(
     limits: Limits | None = None,
     verifier: NoteVerifier | None = None,
     secret: str | None = None,
+    read_dead_letters: bool = True,
 ) -> FastAPI:
     """The whole web application from ``settings``; the keyword arguments replace what it would load.
 
     ``secret`` defaults to ACCORD_API_SECRET (consent_api's check: at least 32 bytes).
+    ``read_dead_letters``: count dead letters on the dashboard from the Kafka topic
+    (ACCORD_BOOTSTRAP_SERVERS); off, the dashboard says they are not counted.
     """
     from agreements import load_dir
     from agreements.partners import load_partners
@@ -118,6 +122,7 @@ def create_app(
     app.state.service_name = "Accord"
     app.state.sign_in_links = SignInLinks()
     app.state.last_verify = None
+    app.state.dead_letters = DeadLetterCache(settings) if read_dead_letters else None
 
     _add_pages(app)
     for name in PAGE_MODULES:

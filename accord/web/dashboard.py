@@ -13,7 +13,9 @@ downloadable as CSV with the same query and ``format=csv&table=<key>``:
 - ``not_covered``: events no agreement covered;
 - ``agreements``: the agreements loaded, in force or not, with review dates,
   overdue ones marked;
-- ``pending``: disclosures awaiting a partner's receipt (all time).
+- ``pending``: disclosures awaiting a partner's receipt (all time);
+- ``dead_letters``: dead letters by kind, read from the Kafka topic
+  (accord.web.dead_letters; the ledger holds none).
 
 ``/dashboard/flow`` lists one flow's entries (seq, time, agreement, outcome,
 reason; never a subject key), ``table=entries`` as CSV. ``POST
@@ -36,6 +38,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import Engine
 
 from accord.web import flows
+from accord.web.dead_letters import DeadLetters
 from accord.web.flows import Period, PeriodError
 from accord.web.names import Directory
 from accord.web.session import check_csrf, read_form, require_page_role
@@ -105,7 +108,21 @@ def parse_query(params: Mapping[str, str], agreements: Sequence[Agreement], toda
 
 
 def _party(directory: Directory, party_id: str) -> str:
-    return directory.name(party_id)
+    if directory.known(party_id):
+        return directory.name(party_id)
+    return f"{party_id} (not named in any agreement)"
+
+
+def _titles(agreements: Sequence[Agreement]) -> dict[tuple[str, int], str]:
+    return {(a.id, a.version): a.title for a in agreements}
+
+
+def _agreement(titles: Mapping[tuple[str, int], str], agreement_id: str, version: int | None = None) -> str:
+    if version is None:
+        versions = sorted(v for (i, v) in titles if i == agreement_id)
+        version = versions[-1] if versions else None
+    title = titles.get((agreement_id, version or 0))
+    return f"{title} ({agreement_id} v{version})" if title else f"{agreement_id} (not loaded)"
 
 
 def _counts(flow_total: tuple[int, int, int]) -> str:
@@ -128,7 +145,9 @@ def matrix_table(found: Sequence[flows.Flow], directory: Directory, query: Query
             if c is None:
                 row.append("none")
             else:
-                row.append(Link(_counts((c[0], c[1], c[2])), query.url("/dashboard/flow", provider=p, recipient=r)))
+                row.append(
+                    Link(_counts((c[0], c[1], c[2])), query.url("/dashboard/flow", provider=p, recipient=r), lines=True)
+                )
         rows.append(tuple(row))
     return Table(
         "matrix",
@@ -138,14 +157,16 @@ def matrix_table(found: Sequence[flows.Flow], directory: Directory, query: Query
     )
 
 
-def flows_table(found: Sequence[flows.Flow], directory: Directory, query: Query) -> Table:
+def flows_table(
+    found: Sequence[flows.Flow], directory: Directory, query: Query, titles: Mapping[tuple[str, int], str]
+) -> Table:
     rows = tuple(
         (
             Link(
                 f"{_party(directory, f.provider)} to {_party(directory, f.recipient)}",
                 query.url("/dashboard/flow", provider=f.provider, recipient=f.recipient, agreement=f.agreement_id),
             ),
-            f"{f.agreement_id} v{f.agreement_version}",
+            _agreement(titles, f.agreement_id, f.agreement_version),
             f.disclosed,
             f.withheld,
             f.retracted,
@@ -162,9 +183,16 @@ def flows_table(found: Sequence[flows.Flow], directory: Directory, query: Query)
     )
 
 
-def withheld_table(found: Sequence[flows.ReasonCount], directory: Directory) -> Table:
+def withheld_table(
+    found: Sequence[flows.ReasonCount], directory: Directory, titles: Mapping[tuple[str, int], str]
+) -> Table:
     rows = tuple(
-        (f"{_party(directory, r.provider)} to {_party(directory, r.recipient)}", r.agreement_id, r.reason, r.count)
+        (
+            f"{_party(directory, r.provider)} to {_party(directory, r.recipient)}",
+            _agreement(titles, r.agreement_id),
+            r.reason,
+            r.count,
+        )
         for r in sorted(found, key=lambda r: (directory.name(r.provider), directory.name(r.recipient), r.reason))
     )
     return Table(
@@ -215,7 +243,7 @@ def agreements_table(agreements: Sequence[Agreement], directory: Directory, toda
         )
     return Table(
         "agreements",
-        "Agreements",
+        "Agreements loaded, with their review dates",
         ("Agreement", "Id", "Status", "Providers", "Recipients", "Purpose", "Consent", "Review date"),
         tuple(rows),
         empty="No agreements are loaded.",
@@ -239,6 +267,18 @@ def pending_table(found: Sequence[flows.Pending], directory: Directory) -> Table
         rows,
         numeric=frozenset({1, 2}),
         empty="Every partner has acknowledged everything sent to it.",
+    )
+
+
+def dead_letters_table(found: DeadLetters | None) -> Table:
+    rows = tuple((kind, n) for kind, n in (found.by_kind if found else ()))
+    return Table(
+        "dead_letters",
+        "Dead letters, by kind",
+        ("Kind of problem", "Events"),
+        rows,
+        numeric=frozenset({1}),
+        empty="No dead letters in this period.",
     )
 
 
@@ -289,16 +329,21 @@ def dashboard(request: Request) -> Response:
     query = parse_query(request.query_params, agreements, today)
     found = flows.flows(engine, query.period, query.agreement or None)
     days = flows.per_day(engine, query.period, query.agreement or None)
+    titles = _titles(agreements)
+    cache = request.app.state.dead_letters
+    dead = cache.get(*query.period.bounds) if cache is not None else None
+    pending = flows.pending(engine)
     tables = {
         t.key: t
         for t in (
             matrix_table(found, directory, query),
-            flows_table(found, directory, query),
-            withheld_table(flows.withheld_by_reason(engine, query.period, query.agreement or None), directory),
+            flows_table(found, directory, query, titles),
+            withheld_table(flows.withheld_by_reason(engine, query.period, query.agreement or None), directory, titles),
             days_table(days),
             not_covered_table(flows.not_covered(engine, query.period), directory),
             agreements_table(agreements, directory, today),
-            pending_table(flows.pending(engine), directory),
+            pending_table(pending, directory),
+            dead_letters_table(dead),
         )
     }
     if request.query_params.get("format") == "csv":
@@ -311,6 +356,7 @@ def dashboard(request: Request) -> Response:
         "withheld": sum(f.withheld for f in found),
         "retracted": sum(f.retracted for f in found),
         "not_covered": sum(d.not_covered for d in days),
+        "pending": sum(p.disclosures + p.retractions for p in pending),
     }
     size = flows.ledger_size(engine)
     checkpoint = latest_checkpoint(engine)
@@ -329,6 +375,7 @@ def dashboard(request: Request) -> Response:
             "checkpoint": checkpoint,
             "last_verify": request.app.state.last_verify,
             "overdue": sum(1 for a in agreements if a.review_date is not None and a.review_date < today),
+            "dead": dead,
             "dead_letter_topic": f"{request.app.state.settings.topic_prefix}accord.deadletter",
         },
     )

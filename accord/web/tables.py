@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 class Link:
     text: str
     href: str
+    lines: bool = False  # the page breaks the text into lines at ", " (the CSV keeps one line)
 
     def __str__(self) -> str:
         return self.text
