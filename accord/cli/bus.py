@@ -51,6 +51,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     for refusal in report.refused:
         print(refusal.describe(path), file=sys.stderr)
     published = report.published
+    assert published is not None  # ingest_jsonl flushes the publisher before it returns
     print(
         f"{report.read} lines read, {published.delivered} published, {len(report.refused)} refused, "
         f"{len(published.failed)} failed delivery"

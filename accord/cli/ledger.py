@@ -77,6 +77,7 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     kept = []
     for where, note in notes:
+        assert verifier is not None  # refused above: kept notes need the public key
         try:
             kept.append(open_checkpoint(note, verifier, settings.ledger_origin))
         except NoteError as exc:
