@@ -309,6 +309,7 @@ def test_every_field_of_every_event_schema_has_plain_words() -> None:
 # --- the page, served -----------------------------------------------------------------------------
 
 SECRET = "test-only-web-secret-0123456789abcdef"
+MARKUP = "<script>document.title='owned'</script><img src=x onerror=alert(1)> & co"
 # WCAG 2.0, 2.1 and 2.2, levels A and AA: the tags axe-core uses for them.
 WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 AXE = PACKAGE_ROOT / "tests" / "assets" / "axe.min.js"
@@ -381,7 +382,8 @@ def citizen(role_db: RoleDatabase) -> Iterator[Citizen]:
         _draft("natal-care-to-health-visiting@v1", me, 1, subjects=(f"nhs:{baby}",)),
         _draft("natal-care-to-research@v1", me, 1, subjects=(f"nhs:{baby}",)),
         _draft("custody-to-prosecution@v1", other, 2),
-        _draft("custody-to-prosecution@v1", me, 3),
+        # A value an agency sent, with markup in it: shown as text, never run.
+        _draft("custody-to-prosecution@v1", me, 3, legal_basis=MARKUP),
         _draft("referral-to-mash@v1", me, 4),  # deferred until 2027-03-31
         _draft("natal-care-to-research@v1", me, 5, outcome="WITHHELD"),
         _draft("natal-care-to-health-visiting@v1", other, 6),
@@ -452,6 +454,9 @@ def test_citizen_sees_disclosures_by_name_in_plain_words_and_every_proof_verifie
     assert "Not yet: this entry is newer" in page.locator("[data-outcome]").first.inner_text()
     assert page.locator("[data-accord-proof-status][aria-live=polite]").count() == citizen.proven
     assert not errors, errors
+    assert page.title() != "owned" and page.locator("main img").count() == 0
+    page.locator("[data-recipient=cps] .govuk-details__summary").click()
+    assert MARKUP in page.locator("[data-recipient=cps]").inner_text()
 
     page.add_script_tag(path=str(AXE))
     axe = page.evaluate(
