@@ -13,6 +13,7 @@ from pathlib import Path
 
 from accord.cli.common import Subparsers, load_agreements, quiet_kafka
 from bus.settings import Settings
+from bus.topics import EVENT_TYPES
 
 __all__ = ["cmd_consume", "cmd_demo", "cmd_dev", "cmd_publish", "cmd_run", "cmd_topics", "register"]
 
@@ -129,7 +130,7 @@ def register(sub: Subparsers) -> None:
 
     p = sub.add_parser("publish", help="publish a JSON-lines file of events")
     p.add_argument("--agency", required=True, help="publishing agency id; must match each event's envelope")
-    p.add_argument("--type", required=True, choices=["custody", "referral", "natal_care"])
+    p.add_argument("--type", required=True, choices=EVENT_TYPES, help="an event type of the catalogue (schemas/events/)")
     p.add_argument("file")
     p.set_defaults(func=cmd_publish)
 
