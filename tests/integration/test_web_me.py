@@ -570,3 +570,24 @@ def test_withdrawing_consent_on_the_page_withholds_the_next_event_and_shows_the_
             assert proven >= 4 and _results(page, proven) == [VERIFIED] * proven
             page.close()
         engine.dispose()
+
+
+def test_a_consent_change_needs_the_sessions_csrf_token_and_a_consent_based_recipient(
+    browser: Browser, citizen: Citizen
+) -> None:
+    page = browser.new_page()
+    citizen.sign_in(page)
+    before = consent.history(citizen.engine, [f"nhs:{citizen.subject}"])[f"nhs:{citizen.subject}"]
+    form = {"recipient": "salford-health-visiting", "decision": "deny"}
+    assert page.request.post(f"{citizen.base}/me/consent", form=form).status == 403
+    assert page.request.post(f"{citizen.base}/me/consent", form={**form, "csrf_token": "0" * 64}).status == 403
+    page.goto(f"{citizen.base}/me/consent?recipient=salford-health-visiting&decision=deny")
+    token = page.locator("main input[name=csrf_token]").get_attribute("value")
+    statutory = page.request.post(
+        f"{citizen.base}/me/consent", form={"recipient": "cps", "decision": "deny", "csrf_token": token or ""}
+    )
+    assert statutory.status == 400
+    assert page.goto(f"{citizen.base}/me/consent?recipient=cps&decision=deny").status == 400
+    after = consent.history(citizen.engine, [f"nhs:{citizen.subject}"])[f"nhs:{citizen.subject}"]
+    assert after == before
+    page.close()
