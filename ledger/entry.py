@@ -485,24 +485,21 @@ def _canonical_bytes_source(leaf: Sequence[LeafField]) -> list[str]:
     return [*body, f"return _encode({', '.join(args)})"]
 
 
-def _row_values(leaf: Sequence[LeafField]) -> tuple[str, ...]:
-    """The draft's fields write_row reads (the timestamp's stored forms are given to it)."""
-    return tuple(f.name for f in leaf if f.name not in ASSIGNED and f.kind != "timestamp")
-
-
 def _write_row_source(leaf: Sequence[LeafField]) -> tuple[list[str], list[str]]:
-    """(params, body) of write_row: each draft field read once, arrays' JSON from their caches."""
+    """(params, body) of write_row: the leaf, its hashes and the row, arrays' JSON from their caches."""
     params = ["write", "draft", *(f.name for f in leaf if f.name in ASSIGNED)]
     params += [p for f in leaf if f.kind == "timestamp" for p in (f"{f.name}_utc", f"{f.name}_ms")]
-    body = [f"{', '.join(f'v_{n}' for n in _row_values(leaf))}, = _draft_values(draft)"]
+    body: list[str] = []
     leaf_args, row = [], []
     for f in leaf:
-        v = f.name if f.name in ASSIGNED else f"v_{f.name}"
+        v = f.name if f.name in ASSIGNED else f"draft.{f.name}"
         if f.kind == "timestamp":
             leaf_args.append(f"{f.name}_ms")
             row.append(f"{f.name}_utc")
         elif f.kind == "array":
+            v = f"v_{f.name}"
             body += [
+                f"{v} = draft.{f.name}",
                 f"j_{f.name} = _json_{f.name}.get({v}) if {v}.__class__ is tuple else None",
                 f"if j_{f.name} is None:",
                 f"    j_{f.name} = _store_{f.name}({v})",
@@ -536,11 +533,9 @@ def _draft_of_source(leaf: Sequence[LeafField]) -> list[str]:
 
 
 def _namespace() -> dict[str, Any]:
-    from operator import attrgetter
-
     ns: dict[str, Any] = {
         "_encode": encode_entry, "_millis": _epoch_millis, "_sha256": sha256, "_strings": _strings, "_utc": _utc,
-        "_EntryDraft": EntryDraft, "_draft_values": attrgetter(*_row_values(FIELDS)),
+        "_EntryDraft": EntryDraft,
     }
     for name, ascii_only in ARRAY_JSON.items():
         ns[f"_json_{name}"], ns[f"_store_{name}"] = _json_list(ascii_only)
