@@ -40,7 +40,7 @@ from accord.cli.ledger import (
     cmd_ledger_verify,
     cmd_ledger_verify_export,
 )
-from accord.cli.schemas import cmd_schemas_list
+from accord.cli.schemas import cmd_schemas_check, cmd_schemas_list
 from bus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ __all__ = [
     "cmd_ledger_verify_export",
     "cmd_publish",
     "cmd_run",
+    "cmd_schemas_check",
     "cmd_schemas_list",
     "cmd_topics",
     "describe_error",

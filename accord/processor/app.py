@@ -21,6 +21,7 @@ from accord.processor.health import Health
 from accord.processor.loop import SharingLoop, Timer
 from accord.processor.outage import backoff
 from bus.settings import Settings
+from schemas.compatibility import require_compatible
 from bus.topics import TopicNames
 from schemas.validation import Limits
 
@@ -30,7 +31,8 @@ log = structlog.get_logger("accord.processor")
 def run_processor(settings: Settings) -> int:
     """The composition root of ``accord run processor``: wire the parts, wait for the services, loop.
 
-    1. load the agreements and partners; refuse to start without a pseudonym key when one is needed;
+    1. refuse a catalogue whose versions its compatibility modes forbid (``accord schemas check``);
+       load the agreements and partners; refuse to start without a pseudonym key when one is needed;
     2. open the database as the application role, waiting while it is unreachable;
     3. build the feed, the handler, the receipts recorder and the control-plane timers;
     4. read the agreements feed to its end, then subscribe and loop until SIGTERM or SIGINT.
@@ -49,6 +51,7 @@ def run_processor(settings: Settings) -> int:
     from bus.database import engine_for
 
     # 1.
+    require_compatible()
     agreements = load_dir(settings.agreements_dir)
     pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
     if not pseudonym_key and any(a.identifier_treatment is IdentifierTreatment.PSEUDONYMISED for a in agreements):
