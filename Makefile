@@ -44,6 +44,7 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/accord schemas check
 
 # raw Kafka, the I/O floor and the pipeline (PostgreSQL as the app role, SQLite; 1 and 2
 # workers) on one broker and the same records, then latency at steady loads (~5 minutes).
