@@ -114,6 +114,17 @@ ARTICLE_9_WORDS: Mapping[str, str] = {  # the condition for health and other sen
     "9(2)(j)": "it is for research or statistics in the public interest",
 }
 
+# Recipient classes of the partner registry (agreements/partners.yaml), as a consent choice names them.
+CLASS_WORDS: Mapping[str, str] = {
+    "nhs": "NHS services",
+    "prosecution": "prosecutors",
+    "courts": "the courts",
+    "local_authority": "councils",
+    "safeguarding_partnership": "safeguarding partnerships",
+    "research_body": "research and planning teams",
+    "youth_justice": "youth justice services",
+}
+
 _CONSENT_RECORD = re.compile(r"consent record (\d+)")
 
 
@@ -405,7 +416,7 @@ def _choice_text(r: ConsentRecord, names: Mapping[str, str]) -> str:
     if r.recipient:
         scope.append(f"sharing with {names.get(r.recipient, r.recipient)}")
     elif r.recipient_class:
-        scope.append(f"sharing with organisations of the kind '{r.recipient_class.replace('_', ' ')}'")
+        scope.append(f"sharing with {CLASS_WORDS.get(r.recipient_class, r.recipient_class.replace('_', ' '))}")
     else:
         scope.append("sharing")
     if r.purpose:
