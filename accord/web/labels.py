@@ -94,7 +94,11 @@ LABELS: Mapping[str, Mapping[str, str]] = {
         "referrer.role": "the job of the person who made the referral",
         **_person(
             "subject",
-            {"subject_kind": "whether you are a child or an adult", "local_id": "your council record number"},
+            {
+                "subject_kind": "whether you are a child or an adult",
+                "local_id": "your council record number",
+                "interpreter_language": "the language you need an interpreter for",
+            },
         ),
         "concern_categories": "the kinds of concern raised",
         "urgency": "how urgent the referral is",
