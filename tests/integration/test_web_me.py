@@ -578,7 +578,7 @@ def test_a_consent_change_needs_the_sessions_csrf_token_and_a_consent_based_reci
     page = browser.new_page()
     citizen.sign_in(page)
     before = consent.history(citizen.engine, [f"nhs:{citizen.subject}"])[f"nhs:{citizen.subject}"]
-    form = {"recipient": "salford-health-visiting", "decision": "deny"}
+    form: dict[str, str | float | bool] = {"recipient": "salford-health-visiting", "decision": "deny"}
     assert page.request.post(f"{citizen.base}/me/consent", form=form).status == 403
     assert page.request.post(f"{citizen.base}/me/consent", form={**form, "csrf_token": "0" * 64}).status == 403
     page.goto(f"{citizen.base}/me/consent?recipient=salford-health-visiting&decision=deny")
@@ -587,7 +587,8 @@ def test_a_consent_change_needs_the_sessions_csrf_token_and_a_consent_based_reci
         f"{citizen.base}/me/consent", form={"recipient": "cps", "decision": "deny", "csrf_token": token or ""}
     )
     assert statutory.status == 400
-    assert page.goto(f"{citizen.base}/me/consent?recipient=cps&decision=deny").status == 400
+    refused = page.goto(f"{citizen.base}/me/consent?recipient=cps&decision=deny")
+    assert refused is not None and refused.status == 400
     after = consent.history(citizen.engine, [f"nhs:{citizen.subject}"])[f"nhs:{citizen.subject}"]
     assert after == before
     page.close()
