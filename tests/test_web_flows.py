@@ -241,6 +241,12 @@ def staff(engine: Engine) -> Iterator[TestClient]:
 QUERY = "from=2026-03-03&to=2026-03-05"
 
 
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', html)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
 def test_every_table_on_the_page_equals_its_csv_export(staff: TestClient) -> None:
     page = staff.get(f"/dashboard?{QUERY}")
     assert page.status_code == 200
@@ -316,7 +322,7 @@ def test_bad_dates_are_an_error_message_not_an_error(staff: TestClient) -> None:
 
 def test_verify_button_runs_verify_with_csrf(staff: TestClient) -> None:
     page = staff.get("/dashboard").text
-    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page).group(1)
+    token = _csrf(page)
     assert staff.post("/dashboard/verify", data={"csrf_token": "0" * 64}).status_code == 403
     resp = staff.post("/dashboard/verify", data={"csrf_token": token})
     assert resp.status_code == 200 and "Intact" in resp.text and "ledger OK" in resp.text

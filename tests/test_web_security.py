@@ -76,6 +76,12 @@ def _now() -> int:
     return int(time.time())
 
 
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', html)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
 # --- the body: authentication first, and a size limit -----------------------------------------
 
 
@@ -287,7 +293,9 @@ def test_consent_history_is_paginated(engine: Engine) -> None:
             assert len(body["history"]) <= 3 and len(body["current"]) == 1
             seen += [r["id"] for r in body["history"]]
             link = resp.headers.get("Link")
-            url = re.fullmatch(r'<(/v1/me/consents\?after=\d+)>; rel="next"', link).group(1) if link else None
+            found = re.fullmatch(r'<(/v1/me/consents\?after=\d+)>; rel="next"', link) if link else None
+            assert found or not link, link
+            url = found.group(1) if found else None
             pages += 1
     assert pages == 3 and seen == [r.id for r in store.history(engine, [ME])[ME]]
 
@@ -400,14 +408,14 @@ def test_sign_in_link_helper_returns_the_token_and_a_link() -> None:
 def test_forms_need_the_sessions_csrf_token(client: TestClient) -> None:
     _staff_session(client)
     page = client.get("/dashboard").text
-    token = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page).group(1)
+    token = _csrf(page)
     assert client.post("/sign-out", data={}).status_code == 403
     assert client.post("/sign-out", data={"csrf_token": token[::-1]}).status_code == 403
     assert client.post("/dashboard/verify", data={"csrf_token": ""}).status_code == 403
     # Another session's token does not do either.
     with TestClient(client.app) as other:
         _staff_session(other)
-        theirs = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', other.get("/dashboard").text).group(1)
+        theirs = _csrf(other.get("/dashboard").text)
     assert theirs != token
     assert client.post("/sign-out", data={"csrf_token": theirs}).status_code == 403
     resp = client.post("/sign-out", data={"csrf_token": token}, follow_redirects=False)

@@ -43,6 +43,7 @@ def drafts(
             when = T0 + timedelta(days=day, minutes=7 * n + rng.randrange(5))
             event_id = _id(tag, seed, "event", day, n)
             for recipient in a.recipients:
+                fields: tuple[str, ...]
                 roll = rng.random()
                 if a.consent_mode.value == "explicit" and roll < 0.6:
                     outcome, reason, fields = "WITHHELD", "explicit consent required and none recorded", ()

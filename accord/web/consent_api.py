@@ -84,7 +84,7 @@ class ErrorBody(BaseModel):
 
 
 class ValidationIssue(BaseModel):
-    loc: list[str | int] = Field(description="Where in the request the problem is, e.g. [\"body\", \"purpose\"]")
+    loc: list[str | int] = Field(description='Where in the request the problem is, e.g. ["body", "purpose"]')
     msg: str
     type: str
 
@@ -325,7 +325,7 @@ def create_app(
         description=(
             "Your history (oldest first) and, per (purpose, recipient, recipient class) scope, "
             f"the newest preference still in force. The history comes {limits.page_size} records a page: "
-            "when there are more, a `Link: </v1/me/consents?after=ID>; rel=\"next\"` header names the "
+            'when there are more, a `Link: </v1/me/consents?after=ID>; rel="next"` header names the '
             "next page (`after` = the last id on this one)."
         ),
         response_model=MyConsents,

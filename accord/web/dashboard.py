@@ -141,17 +141,21 @@ def matrix_table(found: Sequence[flows.Flow], directory: Directory, query: Query
     for p in providers:
         row: list[Cell] = [_party(directory, p)]
         for r in recipients:
-            c = cells.get((p, r))
-            if c is None:
+            found_cell = cells.get((p, r))
+            if found_cell is None:
                 row.append("none")
             else:
                 row.append(
-                    Link(_counts((c[0], c[1], c[2])), query.url("/dashboard/flow", provider=p, recipient=r), lines=True)
+                    Link(
+                        _counts((found_cell[0], found_cell[1], found_cell[2])),
+                        query.url("/dashboard/flow", provider=p, recipient=r),
+                        lines=True,
+                    )
                 )
         rows.append(tuple(row))
     return Table(
         "matrix",
-        "Who shares with whom: providers (rows) to recipients (columns)",
+        "Flow matrix: providers (rows) to recipients (columns), entries in the period",
         ("Provider", *(_party(directory, r) for r in recipients)),
         tuple(rows),
     )

@@ -95,9 +95,9 @@ def count(
     return DeadLetters(topic, tuple(kinds.most_common()), read, truncated)
 
 
-def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
+def _header(headers: Any, name: str) -> str | None:
     for key, value in headers or ():
-        if key == name and value is not None:
+        if key == name and isinstance(value, bytes):
             return value.decode("utf-8", errors="replace")[:200]
     return None
 

@@ -187,7 +187,7 @@ def _day(engine: Engine) -> ColumnElement[Any]:
     return func.date(LedgerEntry.decided_at)  # SQLite keeps UTC wall time as text
 
 
-def _rows(engine: Engine, stmt: Select[Any]) -> Sequence[Any]:
+def _rows(engine: Engine, stmt: Select[Any, *tuple[Any, ...]]) -> Sequence[Any]:
     with engine.connect() as conn:
         return conn.execute(stmt).all()
 

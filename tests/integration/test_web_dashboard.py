@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from sqlalchemy import create_engine
 
 import consent
@@ -42,6 +42,8 @@ from agreements.partners import load_partners
 from bus import headers as header
 from bus.settings import PACKAGE_ROOT
 from consent.tokens import sign_in_link
+from ledger.checkpoint import make_checkpoint
+from ledger.note import NoteSigner
 from producers.synthetic import build_scenario
 from tests.bus import Bus, read_topic, running_bus
 
@@ -112,8 +114,12 @@ def served(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     with running_bus(broker, tmp_path_factory.mktemp("web-dashboard")) as bus:
         _scenario(bus)
         bus.stop_processor()
+        signer = NoteSigner.generate(bus.settings.ledger_origin)
+        assert make_checkpoint(bus.engine, signer, bus.settings.ledger_origin) is not None
         engine = create_engine(bus.settings.ledger_url)  # the app role, as `accord serve` runs
-        app = create_app(bus.settings, engine=engine, agreements=bus.agreements, secret=SECRET)
+        app = create_app(
+            bus.settings, engine=engine, agreements=bus.agreements, secret=SECRET, verifier=signer.verifier
+        )
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -143,8 +149,14 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser, served: Served) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.csp_errors = []  # type: ignore[attr-defined]
-    page.on("console", lambda m: page.csp_errors.append(m.text) if "Content Security Policy" in m.text else None)  # type: ignore[attr-defined]
+    csp_errors: list[str] = []
+    page.csp_errors = csp_errors  # type: ignore[attr-defined]
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            csp_errors.append(message.text)
+
+    page.on("console", on_console)
     served.sign_in(page)
     try:
         yield page
@@ -260,11 +272,29 @@ def test_axe_finds_no_wcag_a_or_aa_violations(browser: Browser, served: Served) 
         assert _axe(browser, served, path) == [], path
 
 
+def test_verify_button_checks_the_ledger_against_its_signed_checkpoint(page: Page, served: Served) -> None:
+    page.goto(f"{served.base}/dashboard?{served.period()}")
+    assert "not checked since Accord started" in page.inner_text("#verify-result")
+    with page.expect_navigation():
+        page.click("text=Check the whole ledger now")
+    result = page.inner_text("#verify-result")
+    entries = len(served.bus.ledger())
+    assert result.startswith("Intact") and f"ledger OK: {entries:,} entries" in result, result
+    assert "consistent with 1 signed checkpoint" in result
+    assert page.csp_errors == []  # type: ignore[attr-defined]
+
+
 def test_screenshot_for_the_docs(page: Page, served: Served) -> None:
     """Saves docs/images/dashboard.png when ACCORD_SCREENSHOTS names the folder; otherwise checks it renders."""
     page.goto(f"{served.base}/dashboard?{served.period()}")
     assert page.is_visible("table[data-table='matrix']")
     folder = os.environ.get("ACCORD_SCREENSHOTS")
     if folder:
-        page.set_viewport_size({"width": 1400, "height": 1000})
-        page.screenshot(path=str(Path(folder) / "dashboard.png"), full_page=False)
+        # The summary, the flow matrix and the flows by agreement: what a DPO reads first.
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        bottom = page.eval_on_selector("table[data-table='flows']", "t => t.getBoundingClientRect().top + 420")
+        page.screenshot(
+            path=str(Path(folder) / "dashboard.png"),
+            full_page=True,
+            clip={"x": 0, "y": 0, "width": 1280, "height": bottom},
+        )
