@@ -151,6 +151,9 @@ class _ReaderGen(_Gen):
             self.emit(ind, f"{v} = b == 1")
         elif kind in ("int", "long"):
             self.long(ind, v)
+            if kind == "int":  # a varint fits 64 bits; an int must fit 32, or the slow path refuses it
+                self.emit(ind, f"if not -2147483648 <= {v} <= 2147483647:")
+                self.emit(ind + 1, "raise NotFast")
             if logical == "date":
                 self.emit(ind, f"{v} = date_fromordinal({v} + {_DAYS_SHIFT})")
             elif logical == "timestamp-millis":

@@ -329,7 +329,8 @@ ORDERS = {t: key_order(load_schema(t)) for t in BUILDERS}
 PATHS = {t: sorted(leaf_paths(BUILDERS[t]())) + sorted({p.split(".")[0] for p in leaf_paths(BUILDERS[t]()) if "." in p})
          for t in BUILDERS}
 ODD = st.one_of(st.none(), st.integers(), st.text(max_size=4), st.lists(st.integers(), max_size=2),
-                st.just({"line1": "x"}), st.just(OrderedDict(town="y")), st.just(("t",)))
+                # Fresh objects each draw: a shared st.just dict, disturbed in place, came to hold itself.
+                st.builds(lambda: {"line1": "x"}), st.builds(lambda: OrderedDict(town="y")), st.just(("t",)))
 
 
 @st.composite

@@ -85,6 +85,7 @@ def referral_record() -> dict[str, Any]:
             "family_name": "Exampleson",
             "date_of_birth": date(2015, 9, 3),
             "address": None,
+            "interpreter_language": None,  # referral v2's optional field: decoding fills its default
         },
         "concern_categories": ["NEGLECT", "DOMESTIC_ABUSE"],
         "urgency": "URGENT",

@@ -282,6 +282,30 @@ def encodes_as_before(name: str, record: Any) -> None:
             lambda: oracle_encode(CATALOGUE, name, record, validated))
 
 
+def test_an_int_outside_32_bits_is_refused_as_before() -> None:
+    """Found by the number-rewriting fuzz below: the compiled reader took 2**31 for an Avro int.
+
+    The bytes are those of a natal-care event whose gestation_weeks is written as a long
+    (the same bytes an int would have, had it fitted), behind the real fingerprint.
+    """
+    import io
+
+    import fastavro
+
+    [natal] = [e.record for e in build_scenario(n_events=60, seed=23).events if e.event_type == "natal_care"][:1]
+    raw = load_schema("natal_care")
+    widened = {**raw, "fields": [{**f, "type": ["null", "long"]} if f["name"] == "gestation_weeks" else f
+                                 for f in raw["fields"]]}
+    [field] = [f for f in raw["fields"] if f["name"] == "gestation_weeks"]
+    assert field["type"] == ["null", "int"], "the case needs an optional int"
+    for weeks, refused in ((2**31, True), (-(2**31) - 1, True), (2**31 - 1, False), (-(2**31), False)):
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, fastavro.parse_schema(widened), {**natal, "gestation_weeks": weeks})
+        data = b"\xc3\x01" + CATALOGUE.fingerprint_of("natal_care") + body.getvalue()
+        decodes_as_before(data)
+        assert (answer(lambda: CATALOGUE.decode(data))[0] == "refused") is refused, weeks
+
+
 def test_every_schema_of_the_catalogue_has_compiled_codecs() -> None:
     """Otherwise the comparisons below would compare fastavro with itself."""
     assert set(CATALOGUE._readers) == {CATALOGUE.fingerprint_of(n) for n in CATALOGUE.names()}
