@@ -427,3 +427,14 @@ def test_docs_work_offline(client: TestClient) -> None:
     resp = client.get("/docs")
     assert resp.status_code == 200 and "/v1/me/consents" in resp.text and "cdn" not in resp.text.lower()
     assert json.loads(client.get("/openapi.json").text)["paths"]
+
+
+def test_the_consent_api_alone_serves_its_offline_docs_with_the_same_headers(engine: Engine) -> None:
+    from accord.web.consent_api import create_app as api_only
+
+    with TestClient(api_only(engine, AGREEMENTS, SECRET, known=KNOWN)) as c:
+        c.cookies.set("accord_session", issue_token(SECRET, "staff", token_id="abc"))
+        resp = c.get("/docs")
+        assert resp.status_code == 200 and "/v1/me/consents" in resp.text
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        assert c.get("/static/govuk/govuk-frontend.min.js").status_code == 200

@@ -257,7 +257,9 @@ def serve(settings: Settings) -> None:
         f"Accord is serving at http://{settings.api_host}:{settings.api_port}/ (dashboard: /dashboard, citizens: /me)",
         flush=True,
     )
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, access_log=False, log_level="warning")
+    uvicorn.run(
+        app, host=settings.api_host, port=settings.api_port, access_log=False, log_level="warning", server_header=False
+    )
 
 
 __all__ = ["HOME", "PAGE_MODULES", "SignInLinks", "app_from_settings", "create_app", "serve", "verifier_for"]

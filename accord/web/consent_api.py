@@ -270,6 +270,7 @@ def create_app(
         redirect_slashes=False,  # Starlette builds that redirect from the Host header
     )
     app.state.throttles = Throttles.of(limits)
+    app.state.token_secret = secret  # the pages' session and CSRF helpers read it (accord.web.session)
     app.add_middleware(Guard, secret=secret, limits=limits, throttles=app.state.throttles)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
