@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         SecretStr(""), description="HS256 secret (32+ bytes) that signs consent API tokens"
     )
     api_host: str = "127.0.0.1"
+    dpo_contact: str = Field("", description="Who citizens contact about their data (the data protection officer), "
+                             "shown on /me; empty: not shown")
+    dpo_email: str = Field("", description="The data protection officer's email address, shown on /me")
+    complaint_url: str = Field("https://ico.org.uk/make-a-complaint/",
+                               description="Where a citizen complains; the ICO's form unless the deployment has its own")
     api_port: int = 8000
     topic_prefix: str = Field("", description="Prefix of every topic name, to share one broker")
     processor_group: str = Field("accord-processor", description="Consumer group of the sharing processor (every worker joins it)")

@@ -24,7 +24,7 @@ history (consent.store); nothing is queried twice over.
 
 The subject is always the signed-in citizen's (the session token's ``sub``); no
 route takes a subject from the request. Contact details come from settings
-(``dpo_contact``, ``dpo_email``, ``complaint_url`` when they exist); the complaint
+(``ACCORD_DPO_CONTACT``, ``ACCORD_DPO_EMAIL``, ``ACCORD_COMPLAINT_URL``); the complaint
 route defaults to the Information Commissioner's Office.
 
 Wiring (one line in accord/web/app.py's create_app)::
@@ -174,9 +174,9 @@ class Contact:
     @classmethod
     def from_settings(cls, settings: Any) -> Contact:
         return cls(
-            str(getattr(settings, "dpo_contact", "") or ""),
-            str(getattr(settings, "dpo_email", "") or ""),
-            str(getattr(settings, "complaint_url", "") or "") or ICO_COMPLAINTS,
+            settings.dpo_contact,
+            settings.dpo_email,
+            settings.complaint_url or ICO_COMPLAINTS,
         )
 
 
