@@ -106,7 +106,7 @@ def create_app(
     from agreements.partners import load_partners
     from bus.database import engine_for
 
-    token_secret = secret if secret is not None else consent_api._secret_from(settings)
+    token_secret = secret if secret is not None else consent_api.secret_from_settings(settings)
     partners = partners if partners is not None else load_partners(settings.partners_file)
     agreements = tuple(agreements if agreements is not None else load_dir(settings.agreements_dir))
     engine = engine if engine is not None else engine_for(settings)
@@ -232,7 +232,7 @@ def app_from_settings() -> FastAPI:
     from bus.settings import get_settings
 
     settings = get_settings()
-    secret = consent_api._secret_from(settings)
+    secret = consent_api.secret_from_settings(settings)
     engine = engine_for(settings)
     require_app_role(engine)
     return create_app(settings, engine=engine, secret=secret)
@@ -249,7 +249,7 @@ def serve(settings: Settings) -> None:
     from accord.provision import require_app_role
     from bus.database import engine_for
 
-    secret = consent_api._secret_from(settings)
+    secret = consent_api.secret_from_settings(settings)
     engine = engine_for(settings)
     require_app_role(engine)
     app = create_app(settings, engine=engine, secret=secret)

@@ -413,6 +413,11 @@ def _secret_from(settings: Settings) -> str:
     return value
 
 
+def secret_from_settings(settings: Settings) -> str:
+    """ACCORD_API_SECRET, checked (:class:`ApiSettingsError` naming the variable and what to do otherwise)."""
+    return _secret_from(settings)
+
+
 def app_from_settings() -> FastAPI:
     """An app from the environment, for ``uvicorn --factory accord.web.consent_api:app_from_settings``.
 
@@ -437,4 +442,11 @@ def app_from_settings() -> FastAPI:
     return create_app(engine, agreements, secret_value, known=known)
 
 
-__all__ = ["COLLECTED_BY", "ApiSettingsError", "app_from_settings", "create_app", "current_view"]
+__all__ = [
+    "COLLECTED_BY",
+    "ApiSettingsError",
+    "app_from_settings",
+    "create_app",
+    "current_view",
+    "secret_from_settings",
+]
