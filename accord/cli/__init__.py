@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from accord.cli import agreements, bus, consent, ledger, schemas
+from accord.cli import agreements, bus, consent, ledger, schemas, web
 from accord.cli.agreements import (
     cmd_agreements_explain,
     cmd_agreements_list,
@@ -27,7 +27,7 @@ from accord.cli.agreements import (
     cmd_agreements_validate,
 )
 from accord.cli.bus import cmd_consume, cmd_demo, cmd_dev, cmd_publish, cmd_run, cmd_topics
-from accord.cli.consent import cmd_consent
+from accord.cli.consent import cmd_consent, cmd_consent_token
 from accord.cli.ledger import (
     cmd_ledger_checkpoint,
     cmd_ledger_cosign,
@@ -41,6 +41,7 @@ from accord.cli.ledger import (
     cmd_ledger_verify_export,
 )
 from accord.cli.schemas import cmd_schemas_check, cmd_schemas_list
+from accord.cli.web import cmd_serve
 from bus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ __all__ = [
     "cmd_publish",
     "cmd_run",
     "cmd_schemas_check",
+    "cmd_serve",
+    "cmd_consent_token",
     "cmd_schemas_list",
     "cmd_topics",
     "describe_error",
@@ -77,7 +80,7 @@ __all__ = [
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
-AREAS = (bus, consent, ledger, agreements, schemas)  # the order `accord --help` lists their commands in
+AREAS = (bus, web, consent, ledger, agreements, schemas)  # the order `accord --help` lists their commands in
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``accord consent deny|permit|serve``: a citizen's preference recorded, or the consent API served.
+"""``accord consent deny|permit|token|serve``: a preference recorded, a sign-in token made, or the API served.
 
 ``register`` adds the command to the parser; the consent store does the checking and recording.
 """
@@ -11,7 +11,7 @@ import sys
 from accord.cli.common import Subparsers, aware_datetime
 from bus.settings import Settings
 
-__all__ = ["cmd_consent", "register"]
+__all__ = ["cmd_consent", "cmd_consent_token", "register"]
 
 
 def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
@@ -28,6 +28,8 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     from agreements.partners import load_partners
     from bus.database import engine_for
 
+    if args.action == "token":
+        return cmd_consent_token(args, settings)
     if args.action == "serve":
         import uvicorn
 
@@ -87,10 +89,31 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_consent_token(args: argparse.Namespace, settings: Settings) -> int:
+    """A signed token on stdout and a one-time sign-in link on stderr, for a citizen (--subject) or staff."""
+    from accord.web.consent_api import ApiSettingsError, secret_from_settings
+    from consent.tokens import CITIZEN, STAFF, sign_in_link
+    from schemas.subject_keys import normalise
+
+    if args.staff == (args.subject is not None):
+        print("accord consent token: give --subject KEY (a citizen) or --staff, not both", file=sys.stderr)
+        return 2
+    try:
+        subject = None if args.staff else normalise(args.subject)
+        made = sign_in_link(secret_from_settings(settings), STAFF if args.staff else CITIZEN, subject,
+                            base_url=f"http://{settings.api_host}:{settings.api_port}", ttl_s=args.ttl)
+    except (ApiSettingsError, ValueError) as exc:
+        print(f"accord consent token: {exc}", file=sys.stderr)
+        return 2
+    print(made.token)
+    print(f"sign-in link (works once, for {made.expires_in_s // 60} minutes): {made.link}", file=sys.stderr)
+    return 0
+
+
 def register(sub: Subparsers) -> None:
-    """``consent deny|permit|serve``."""
+    """``consent deny|permit|token|serve``."""
     p = sub.add_parser("consent", help="record a citizen's consent preference, or serve the consent API")
-    p.add_argument("action", choices=["deny", "permit", "serve"])
+    p.add_argument("action", choices=["deny", "permit", "token", "serve"])
     p.add_argument("--subject", default=None,
                    help="subject key: nhs:<NHS number> (a bare NHS number is accepted), pnc:<PNC id> or "
                         "local:<agency>:<id>")
@@ -101,4 +124,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--collected-by", default="accord-cli", help="who recorded it (for the consent history)")
     p.add_argument("--method", default=None, help="how it was collected, e.g. paper-form, online, verbal")
     p.add_argument("--evidence", default=None, help="reference to the evidence (form id, call recording id)")
+    p.add_argument("--staff", action="store_true", help="token: for staff (the dashboard), not a citizen")
+    p.add_argument("--ttl", type=int, default=900, metavar="SECONDS",
+                   help="token: how long it is valid (default 900; at most 86400)")
     p.set_defaults(func=cmd_consent)
