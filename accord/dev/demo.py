@@ -37,7 +37,7 @@ from consumers import Disclosure, Subscription
 from ledger import LedgerEntry, verify
 from ledger.checkpoint import KEY_FILE_NAME, generate_key_file, latest_checkpoint, make_checkpoint
 from producers import Publisher
-from producers.synthetic import build_scenario
+from producers.synthetic import Scenario, build_scenario
 
 
 def _record_consent(engine, scenario, rng: random.Random, known: consent.KnownScopes) -> Counter:
@@ -204,5 +204,30 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     print(f"ledger verify:        {result.describe()}")
     print(f"elapsed:              {time.monotonic() - started:.1f}s")
     print("the broker stays up for `accord consume --partner cps`; `accord dev down` stops it")
+    for line in _pages(settings, scenario):
+        print(line)
     ok = result.ok and received == disclosed and sum(dead.values()) == len(scenario.malformed)
     return 0 if ok else 1
+
+
+def _pages(settings: Settings, scenario: Scenario) -> list[str]:
+    """Where to look next: sign-in links to the dashboard and a citizen's page when `accord serve` runs."""
+    import urllib.request
+
+    from accord.web.consent_api import ApiSettingsError, secret_from_settings
+    from consent.tokens import CITIZEN, STAFF, sign_in_link
+
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        secret = secret_from_settings(settings)
+        with urllib.request.urlopen(f"{base}/docs", timeout=1):
+            pass
+    except (ApiSettingsError, OSError):
+        return ["pages: run `accord serve` (with ACCORD_API_SECRET set) for the flows dashboard (/dashboard) "
+                "and a citizen's page (/me); `accord consent token --staff` signs you in"]
+    subject = next((k for e in scenario.events if (k := subject_key(e.event_type, e.record))), None)
+    lines = [f"pages at {base}/ (each link signs in once, for 15 minutes):",
+             f"  flows dashboard (staff):  {sign_in_link(secret, STAFF, base_url=base).link}"]
+    if subject is not None:
+        lines.append(f"  a citizen's page (/me):   {sign_in_link(secret, CITIZEN, subject, base_url=base).link}")
+    return lines
