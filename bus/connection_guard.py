@@ -92,5 +92,5 @@ def _shut_down(dbapi_conn: Any, limit: float) -> None:
         finally:
             sock.close()
         log.warning("database_connection_dropped", reason=f"no reply within {limit:.0f}s")
-    except Exception as exc:  # the connection may have closed meanwhile
+    except Exception as exc:  # noqa: BLE001 - the connection may have closed meanwhile
         log.debug("database_connection_drop_failed", error=type(exc).__name__)

@@ -84,6 +84,8 @@ def describe_database_error(exc: DBAPIError, url: str) -> str:
         reason = first.split("FATAL:", 1)[1].strip()
         return f"cannot open the database {where}: {reason}; check ACCORD_LEDGER_URL"
     if isinstance(exc, OperationalError):
-        return (f"could not reach the database {where} ({first}); check that PostgreSQL is running "
-                "and that ACCORD_LEDGER_URL points at it")
+        return (
+            f"could not reach the database {where} ({first}); check that PostgreSQL is running "
+            "and that ACCORD_LEDGER_URL points at it"
+        )
     return f"the database {where} refused: {first}"

@@ -18,9 +18,7 @@ def configure_logging(settings: Settings) -> None:
     fmt = settings.log_format
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     level = logging.getLevelName(settings.log_level.upper())
     structlog.configure(
         processors=[

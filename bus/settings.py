@@ -19,9 +19,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACCORD_", extra="ignore")
 
-    bootstrap_servers: str = Field(
-        "127.0.0.1:9092", description="Kafka bootstrap servers (host:port[,host:port])"
-    )
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (host:port[,host:port])")
     state_dir: Path = Field(
         Path(".accord"), description="Where the embedded broker keeps its pid and log, and the demo its SQLite ledger"
     )
@@ -36,36 +34,43 @@ class Settings(BaseSettings):
     ledger_app_role: str = Field(
         "", description="Role `accord ledger init` grants SELECT/INSERT to; empty means ledger_url's user"
     )
-    agreements_dir: Path = Field(
-        PACKAGE_ROOT / "agreements" / "examples", description="Folder of agreement YAML files"
-    )
+    agreements_dir: Path = Field(PACKAGE_ROOT / "agreements" / "examples", description="Folder of agreement YAML files")
     partners_file: Path = Field(
         PACKAGE_ROOT / "agreements" / "partners.yaml", description="Partner id -> recipient class registry"
     )
     pseudonym_key: SecretStr = Field(
         SecretStr(""), description="Secret for per-recipient pseudonyms; required when an agreement pseudonymises"
     )
-    api_secret: SecretStr = Field(
-        SecretStr(""), description="HS256 secret (32+ bytes) that signs consent API tokens"
-    )
+    api_secret: SecretStr = Field(SecretStr(""), description="HS256 secret (32+ bytes) that signs consent API tokens")
     api_host: str = "127.0.0.1"
-    dpo_contact: str = Field("", description="Who citizens contact about their data (the data protection officer), "
-                             "shown on /me; empty: not shown")
+    dpo_contact: str = Field(
+        "",
+        description="Who citizens contact about their data (the data protection officer), "
+        "shown on /me; empty: not shown",
+    )
     dpo_email: str = Field("", description="The data protection officer's email address, shown on /me")
-    complaint_url: str = Field("https://ico.org.uk/make-a-complaint/",
-                               description="Where a citizen complains; the ICO's form unless the deployment has its own")
+    complaint_url: str = Field(
+        "https://ico.org.uk/make-a-complaint/",
+        description="Where a citizen complains; the ICO's form unless the deployment has its own",
+    )
     api_port: int = 8000
     topic_prefix: str = Field("", description="Prefix of every topic name, to share one broker")
-    processor_group: str = Field("accord-processor", description="Consumer group of the sharing processor (every worker joins it)")
+    processor_group: str = Field(
+        "accord-processor", description="Consumer group of the sharing processor (every worker joins it)"
+    )
     batch_size: int = Field(500, ge=1, description="Most events the processor decides in one batch")
     batch_window_s: float = Field(
-        0.2, gt=0, description="Longest the processor waits for a record when none is there; a batch is then "
-        "whatever has arrived (up to ACCORD_BATCH_SIZE), never held back to fill up"
+        0.2,
+        gt=0,
+        description="Longest the processor waits for a record when none is there; a batch is then "
+        "whatever has arrived (up to ACCORD_BATCH_SIZE), never held back to fill up",
     )
     fetch_wait_max_ms: int = Field(
-        10, ge=0, description="librdkafka fetch.wait.max.ms of the processor's consumer: how long the broker may "
+        10,
+        ge=0,
+        description="librdkafka fetch.wait.max.ms of the processor's consumer: how long the broker may "
         "hold a fetch when no record is waiting (the embedded broker holds every fetch this long, so it is a "
-        "floor under latency there)"
+        "floor under latency there)",
     )
     retraction_interval_s: float = Field(1.0, gt=0, description="How often the processor looks for withdrawn consent")
     ledger_signing_key: SecretStr = Field(
@@ -79,18 +84,20 @@ class Settings(BaseSettings):
     )
     ledger_origin: str = Field("accord.example/ledger", description="Origin line (and key name) of checkpoints")
     checkpoint_every_entries: int = Field(10_000, ge=1, description="Checkpoint once the tree grew this much")
-    checkpoint_interval_s: float = Field(60.0, gt=0, description="...or once this long passed since the last (if it grew)")
+    checkpoint_interval_s: float = Field(
+        60.0, gt=0, description="...or once this long passed since the last (if it grew)"
+    )
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout")
     heartbeat_interval_ms: int = Field(1500, ge=100, description="Consumer group heartbeat interval")
     max_event_bytes: int = Field(
         524_288, ge=1024, description="Largest encoded event the bus accepts; a larger one is refused or dead-lettered"
     )
-    max_string_bytes: int = Field(
-        65_536, ge=64, description="Longest string field (UTF-8 bytes) an event may carry"
-    )
+    max_string_bytes: int = Field(65_536, ge=64, description="Longest string field (UTF-8 bytes) an event may carry")
     database_timeout_s: float = Field(
-        10.0, gt=0, description="Connect and statement timeout of the ledger database; dead connections are "
-        "noticed within about this long (TCP keepalives and user timeout)"
+        10.0,
+        gt=0,
+        description="Connect and statement timeout of the ledger database; dead connections are "
+        "noticed within about this long (TCP keepalives and user timeout)",
     )
     leave_group_on_stop: bool = Field(
         False,
@@ -99,7 +106,9 @@ class Settings(BaseSettings):
         "Safe and faster on Apache Kafka; off by default because the embedded broker (Tansu 0.6) can keep a "
         "departed leader when members leave one after another, and then never assigns that group again",
     )
-    health_port: int = Field(0, ge=0, le=65535, description="Port of the processor's health check (GET /health); 0 is off")
+    health_port: int = Field(
+        0, ge=0, le=65535, description="Port of the processor's health check (GET /health); 0 is off"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
