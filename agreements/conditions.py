@@ -82,7 +82,7 @@ class Condition(BaseModel):
         elif op in _MEMBER:
             if not isinstance(value, tuple) or not value:
                 raise ValueError(f"op {op.value} needs a non-empty list of values")
-        elif op in _AGE:
+        elif op in _AGE:  # noqa: SIM102 - one branch per family of ops, as above
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 150:
                 raise ValueError(f"op {op.value} needs a whole number of years between 0 and 150")
         return self
@@ -152,7 +152,7 @@ def _same(value: Any, want: Any) -> bool:
         value = value.value
     if isinstance(value, bool) or isinstance(want, bool):
         return isinstance(value, bool) and isinstance(want, bool) and value is want
-    return value == want
+    return bool(value == want)
 
 
 def holds(conditions: Iterable[Condition], record: Mapping[str, Any], today: date) -> tuple[bool, str | None]:
@@ -177,9 +177,9 @@ def _resolve(schema: Any, names: Mapping[str, Any]) -> Any:
     while True:
         if isinstance(schema, str) and schema not in _PRIMITIVES:
             schema = names[schema]
-        elif isinstance(schema, dict) and isinstance(schema.get("type"), (dict, list)) and "logicalType" not in schema:
-            schema = schema["type"]
-        elif isinstance(schema, dict) and schema.get("type") in _PRIMITIVES and "logicalType" not in schema:
+        elif (
+            isinstance(schema, dict) and isinstance(schema.get("type"), (dict, list)) and "logicalType" not in schema
+        ) or (isinstance(schema, dict) and schema.get("type") in _PRIMITIVES and "logicalType" not in schema):
             schema = schema["type"]
         else:
             return schema

@@ -88,7 +88,9 @@ class LawfulBasis(BaseModel):
         if part is None:
             return self
         if not self.dpa_2018_schedule_1:
-            raise ValueError(f"article_9 {self.article_9} needs a dpa_2018_schedule_1 condition (Sch 1 Pt {part}; DPA 2018 s.10)")
+            raise ValueError(
+                f"article_9 {self.article_9} needs a dpa_2018_schedule_1 condition (Sch 1 Pt {part}; DPA 2018 s.10)"
+            )
         if not self.dpa_2018_schedule_1.startswith(f"Sch 1 Pt {part} "):
             raise ValueError(
                 f"article_9 {self.article_9} needs a Sch 1 Part {part} condition (DPA 2018 s.10), "
@@ -172,7 +174,9 @@ class Agreement(BaseModel):
         known = set(self.providers) | set(self.recipients)
         for party in self.parties:
             if party.id is not None and party.id not in known:
-                raise ValueError(f"parties: party id {party.id!r} is neither a provider nor a recipient of this agreement")
+                raise ValueError(
+                    f"parties: party id {party.id!r} is neither a provider nor a recipient of this agreement"
+                )
         return self
 
     @property
