@@ -149,8 +149,10 @@ def applicable(
     """The record that governs sharing for this purpose with this recipient, if any."""
     best: ConsentRecord | None = None
     for r in records:
-        if r.in_force(now) and r.matches(purpose, recipient, recipient_class) and (
-            best is None or (r.specificity, r.id) > (best.specificity, best.id)
+        if (
+            r.in_force(now)
+            and r.matches(purpose, recipient, recipient_class)
+            and (best is None or (r.specificity, r.id) > (best.specificity, best.id))
         ):
             best = r
     return best

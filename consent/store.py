@@ -101,9 +101,7 @@ def history(engine: Engine, subject_keys: Iterable[str]) -> dict[str, list[Conse
     if not keys:
         return out
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(ConsentRow).where(ConsentRow.subject_key.in_(keys)).order_by(ConsentRow.id)
-        ).all()
+        rows = conn.execute(select(ConsentRow).where(ConsentRow.subject_key.in_(keys)).order_by(ConsentRow.id)).all()
     for r in rows:
         out.setdefault(r.subject_key, []).append(
             ConsentRecord(
