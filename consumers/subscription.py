@@ -55,9 +55,7 @@ class Retraction:
 
 
 def partner_topics(names: TopicNames, partner: str, agreements: Iterable[Agreement]) -> list[str]:
-    return sorted(
-        {names.partner(partner, t) for a in agreements if partner in a.recipients for t in a.event_types}
-    )
+    return sorted({names.partner(partner, t) for a in agreements if partner in a.recipients for t in a.event_types})
 
 
 # How long a new Subscription waits for the broker's metadata before it gives up.
@@ -100,8 +98,11 @@ class Subscription:
         self._receipts: ReceiptSender | None = None
 
     def _decode(self, msg: Message) -> Disclosure | Retraction:
-        headers = {k: v.decode() for k, v in (msg.headers() or [])}
-        schema, record = self.catalogue.decode(msg.value())
+        headers = _text_headers(msg)
+        topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
+        # A consumed record without an error has all four (the processor writes no empty records).
+        assert topic is not None and partition is not None and offset is not None and value is not None
+        schema, record = self.catalogue.decode(value)
         if schema == "retraction":
             return Retraction(
                 retraction_id=record["retraction_id"],
@@ -112,9 +113,9 @@ class Subscription:
                 since=record["since"],
                 fields=tuple(record["fields"]),
                 ledger_seq=int(headers[header.LEDGER_SEQ]),
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
+                topic=topic,
+                partition=partition,
+                offset=offset,
             )
         return Disclosure(
             disclosure_id=headers[header.DISCLOSURE_ID],
@@ -123,9 +124,9 @@ class Subscription:
             ledger_seq=int(headers[header.LEDGER_SEQ]),
             schema=schema,
             record=record,
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
+            topic=topic,
+            partition=partition,
+            offset=offset,
         )
 
     def poll(self, timeout: float = 1.0) -> Disclosure | Retraction | None:
@@ -153,9 +154,7 @@ class Subscription:
                 self._pending = msg
                 return
 
-    def iter(
-        self, max_records: int | None = None, idle_timeout: float = 10.0
-    ) -> Iterator[Disclosure | Retraction]:
+    def iter(self, max_records: int | None = None, idle_timeout: float = 10.0) -> Iterator[Disclosure | Retraction]:
         """Yield disclosures until ``max_records`` or ``idle_timeout`` seconds with nothing new."""
         self.wait_for_assignment()
         count = 0
@@ -171,7 +170,9 @@ class Subscription:
         the disclosure (or retraction); sent again after a crash, it is recorded once."""
         if self._receipts is None:
             self._receipts = ReceiptSender(
-                kafka.producer(self._settings), TopicNames(self._settings.topic_prefix).receipts, self.partner,
+                kafka.producer(self._settings),
+                TopicNames(self._settings.topic_prefix).receipts,
+                self.partner,
                 self.catalogue,
             )
         self._receipts.send(item.retraction_id if isinstance(item, Retraction) else item.disclosure_id)
@@ -191,3 +192,14 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _text_headers(msg: Message) -> dict[str, str]:
+    """A consumed record's headers as text: the processor writes each one as UTF-8 bytes."""
+    headers = msg.headers() or []
+    assert isinstance(headers, list)  # consumed records carry pairs; the dict form is for producing
+    text: dict[str, str] = {}
+    for key, value in headers:
+        assert isinstance(value, bytes), key
+        text[key] = value.decode()
+    return text
