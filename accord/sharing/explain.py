@@ -244,7 +244,9 @@ def render_text(explanation: Explanation) -> str:
         for r in a.recipients:
             if r.outcome == "DISCLOSED":
                 note = f"; {r.reason}" if r.reason else ""  # e.g. consent overridden by a statutory gateway
-                lines.append(f"    -> {r.recipient}: DISCLOSED ({len(r.fields)} fields{note}), disclosure {r.disclosure_id}")
+                lines.append(
+                    f"    -> {r.recipient}: DISCLOSED ({len(r.fields)} fields{note}), disclosure {r.disclosure_id}"
+                )
                 lines.append("       would receive:")
                 lines.extend(_render_value(to_json(r.would_receive or {}), "         "))
             else:

@@ -59,8 +59,11 @@ def retractions_for(
     return out
 
 
-def _retract(disclosure: EntryDraft, reason: str, context: Context, **changes: object) -> Retraction:
-    """The ledger entry retracting ``disclosure``: its id is derived from the disclosure's."""
+def _retract(disclosure: EntryDraft, reason: str, context: Context, consent_version: int | None = None) -> Retraction:
+    """The ledger entry retracting ``disclosure``: its id is derived from the disclosure's.
+
+    ``consent_version``: the subject's consent it rests on, when that is newer than the disclosure's.
+    """
     entry = replace(
         disclosure,
         disclosure_id=retraction_id(disclosure.disclosure_id),
@@ -68,7 +71,7 @@ def _retract(disclosure: EntryDraft, reason: str, context: Context, **changes: o
         reason=reason,
         decided_at=context.now,
         refers_to=disclosure.disclosure_id,
-        **changes,
+        consent_version=disclosure.consent_version if consent_version is None else consent_version,
     )
     return Retraction(entry=entry, retracts=disclosure.disclosure_id)
 
@@ -76,9 +79,7 @@ def _retract(disclosure: EntryDraft, reason: str, context: Context, **changes: o
 ENDED = (Status.SUSPENDED, Status.REVOKED)
 
 
-def retractions_for_agreement(
-    disclosed: Iterable[EntryDraft], ended: Agreement, context: Context
-) -> list[Retraction]:
+def retractions_for_agreement(disclosed: Iterable[EntryDraft], ended: Agreement, context: Context) -> list[Retraction]:
     """Retractions owed because ``ended`` (the newest version of its id) is suspended or revoked."""
     if ended.status not in ENDED:
         raise ValueError(f"{ended.key} is {ended.status.value}, not suspended or revoked")
