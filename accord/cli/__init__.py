@@ -123,11 +123,18 @@ def _kafka_problem(exc: Exception, settings: Settings | None) -> str:
     err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
     servers = settings.bootstrap_servers if settings is not None else "ACCORD_BOOTSTRAP_SERVERS"
     detail = _one_line(err.str() if err is not None else exc)
-    unreachable = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-                   KafkaError._RESOLVE, KafkaError._MSG_TIMED_OUT)
+    unreachable = (
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._RESOLVE,
+        KafkaError._MSG_TIMED_OUT,
+    )
     if err is not None and err.code() in unreachable:
-        return (f"no Kafka broker answered at {servers} ({detail}); start it (`accord dev up` for the "
-                "embedded one) or set ACCORD_BOOTSTRAP_SERVERS")
+        return (
+            f"no Kafka broker answered at {servers} ({detail}); start it (`accord dev up` for the "
+            "embedded one) or set ACCORD_BOOTSTRAP_SERVERS"
+        )
     return f"the Kafka broker at {servers} refused: {detail}"
 
 
@@ -164,8 +171,10 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
     prefix = f"accord {command}: "
     if isinstance(exc, AgreementsRefused):
         lines = [_one_line(p) for p in exc.problems]
-        lines.append(f"{prefix}{len(exc.problems)} problem(s) in the agreements of {exc.directory}; nothing done: "
-                     f"fix them (`accord agreements validate {exc.directory}` lists them)")
+        lines.append(
+            f"{prefix}{len(exc.problems)} problem(s) in the agreements of {exc.directory}; nothing done: "
+            f"fix them (`accord agreements validate {exc.directory}` lists them)"
+        )
         return lines, 2
     if isinstance(exc, ValidationError) and exc.title == "Settings":
         return [prefix + _settings_problems(exc)], 2
@@ -174,12 +183,17 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
 
         url = ""
         if settings is not None:
-            url = settings.ledger_owner_url if command == "ledger init" and settings.ledger_owner_url else (
-                settings.resolved_ledger_url)
+            url = (
+                settings.ledger_owner_url
+                if command == "ledger init" and settings.ledger_owner_url
+                else (settings.resolved_ledger_url)
+            )
         return [prefix + describe_database_error(exc, url or "sqlite://")], 2
     if isinstance(exc, ArgumentError):  # a URL SQLAlchemy cannot parse; the text does not echo it
-        return [f"{prefix}ACCORD_LEDGER_URL (or ACCORD_LEDGER_OWNER_URL): {_one_line(exc)}; "
-                "give a URL such as postgresql+psycopg://user@host:5432/accord"], 2
+        return [
+            f"{prefix}ACCORD_LEDGER_URL (or ACCORD_LEDGER_OWNER_URL): {_one_line(exc)}; "
+            "give a URL such as postgresql+psycopg://user@host:5432/accord"
+        ], 2
     if isinstance(exc, KafkaException):
         return [prefix + _kafka_problem(exc, settings)], 2
     if isinstance(exc, OSError) and exc.filename is not None:  # a path the person gave, or the state folder
@@ -192,13 +206,25 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
     if isinstance(exc, NotDelivered):
         servers = settings.bootstrap_servers if settings is not None else "ACCORD_BOOTSTRAP_SERVERS"
         if exc.what.startswith("checkpoint"):
-            return [f"{prefix}{_one_line(exc)}: no Kafka broker took it at {servers}; the checkpoint is stored in "
-                    "the ledger, the processor publishes the next one (or start the broker and sign again after "
-                    "new entries)"], 2
-        return [f"{prefix}{_one_line(exc)}: no Kafka broker took it at {servers}; check that the broker is "
-                "running and ACCORD_BOOTSTRAP_SERVERS points at it"], 2
-    expected = (AgreementError, DevStackError, LedgerRoleError, LedgerSchemaMissing, PermissionError, TimeoutError,
-                ConnectionError, ValueError)  # ValueError covers SerdeError and every refusal of input
+            return [
+                f"{prefix}{_one_line(exc)}: no Kafka broker took it at {servers}; the checkpoint is stored in "
+                "the ledger, the processor publishes the next one (or start the broker and sign again after "
+                "new entries)"
+            ], 2
+        return [
+            f"{prefix}{_one_line(exc)}: no Kafka broker took it at {servers}; check that the broker is "
+            "running and ACCORD_BOOTSTRAP_SERVERS points at it"
+        ], 2
+    expected = (
+        AgreementError,
+        DevStackError,
+        LedgerRoleError,
+        LedgerSchemaMissing,
+        PermissionError,
+        TimeoutError,
+        ConnectionError,
+        ValueError,
+    )  # ValueError covers SerdeError and every refusal of input
     if isinstance(exc, expected):
         return [prefix + _one_line(exc)], 2
     return None
@@ -223,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"accord {command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        debug = (settings.log_level if settings is not None else os.environ.get("ACCORD_LOG_LEVEL", "")).upper() == "DEBUG"
+    except Exception as exc:  # noqa: BLE001 - the command's last word: any failure is described, not a traceback
+        debug = (
+            settings.log_level if settings is not None else os.environ.get("ACCORD_LOG_LEVEL", "")
+        ).upper() == "DEBUG"
         if debug:
             import traceback
 
@@ -235,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             for line in lines:
                 print(line, file=sys.stderr)
             return code
-        print(f"accord {command}: unexpected error ({type(exc).__name__} at {_where_raised(exc)}); "
-              "run with ACCORD_LOG_LEVEL=DEBUG for the traceback", file=sys.stderr)
+        print(
+            f"accord {command}: unexpected error ({type(exc).__name__} at {_where_raised(exc)}); "
+            "run with ACCORD_LOG_LEVEL=DEBUG for the traceback",
+            file=sys.stderr,
+        )
         return 70
-

@@ -14,8 +14,14 @@ from pathlib import Path
 from accord.cli.common import Subparsers, ledger_engine
 from bus.settings import Settings
 
-__all__ = ["agreements_dir", "cmd_agreements_explain", "cmd_agreements_list", "cmd_agreements_publish",
-           "cmd_agreements_validate", "register"]
+__all__ = [
+    "agreements_dir",
+    "cmd_agreements_explain",
+    "cmd_agreements_list",
+    "cmd_agreements_publish",
+    "cmd_agreements_validate",
+    "register",
+]
 
 
 def agreements_dir(args: argparse.Namespace, settings: Settings) -> Path:
@@ -27,8 +33,10 @@ def cmd_agreements_list(args: argparse.Namespace, settings: Settings) -> int:
     from agreements import load_dir
 
     for a in sorted(load_dir(agreements_dir(args, settings)), key=lambda a: (a.id, a.version)):
-        print(f"{a.key:40} {a.status.value:9} {a.consent_mode.value:12} {a.purpose.value:34} "
-              f"{','.join(a.providers)} -> {','.join(a.recipients)} [{','.join(a.event_types)}]")
+        print(
+            f"{a.key:40} {a.status.value:9} {a.consent_mode.value:12} {a.purpose.value:34} "
+            f"{','.join(a.providers)} -> {','.join(a.recipients)} [{','.join(a.event_types)}]"
+        )
     return 0
 
 
@@ -87,12 +95,17 @@ def cmd_agreements_explain(args: argparse.Namespace, settings: Settings) -> int:
     if not pseudonym_key and any(
         a.identifier_treatment is IdentifierTreatment.PSEUDONYMISED and event_type in a.event_types for a in agreements
     ):
-        print(f"accord agreements explain: an agreement pseudonymises {event_type} identifiers; set "
-              "ACCORD_PSEUDONYM_KEY (the processor's) to see the tokens its recipients would get", file=sys.stderr)
+        print(
+            f"accord agreements explain: an agreement pseudonymises {event_type} identifiers; set "
+            "ACCORD_PSEUDONYM_KEY (the processor's) to see the tokens its recipients would get",
+            file=sys.stderr,
+        )
         return 2
     context = Context(now, load_partners(settings.partners_file), pseudonym_key)
     result = explain(event_type, record, agreements, consents, context)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else render_text(result), end="" if not args.json else "\n")
+    print(
+        json.dumps(result.to_dict(), indent=2) if args.json else render_text(result), end="" if not args.json else "\n"
+    )
     return 0
 
 

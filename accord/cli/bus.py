@@ -91,20 +91,35 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from schemas.serde import to_json
 
     agreements = load_agreements(settings)
-    with Subscription(settings, args.partner, agreements, group_id=args.group,
-                      client_config=quiet_kafka(settings)) as sub:
+    with Subscription(
+        settings, args.partner, agreements, group_id=args.group, client_config=quiet_kafka(settings)
+    ) as sub:
         count = 0
         for d in sub.iter(max_records=args.max, idle_timeout=args.idle):
             count += 1
             if isinstance(d, Retraction):
-                notice = {"retraction_id": d.retraction_id, "retracts": d.retracts_disclosure_id,
-                          "agreement": d.agreement, "reason": d.reason, "since": to_json(d.since),
-                          "fields": list(d.fields), "ledger_seq": d.ledger_seq}
+                notice = {
+                    "retraction_id": d.retraction_id,
+                    "retracts": d.retracts_disclosure_id,
+                    "agreement": d.agreement,
+                    "reason": d.reason,
+                    "since": to_json(d.since),
+                    "fields": list(d.fields),
+                    "ledger_seq": d.ledger_seq,
+                }
                 print(json.dumps(notice) if args.json else f"RETRACTION {notice}")
             elif args.json:
-                print(json.dumps({"disclosure_id": d.disclosure_id, "agreement": d.agreement,
-                                  "event_type": d.event_type, "ledger_seq": d.ledger_seq,
-                                  "record": to_json(d.record)}))
+                print(
+                    json.dumps(
+                        {
+                            "disclosure_id": d.disclosure_id,
+                            "agreement": d.agreement,
+                            "event_type": d.event_type,
+                            "ledger_seq": d.ledger_seq,
+                            "record": to_json(d.record),
+                        }
+                    )
+                )
             else:
                 print(f"{d.disclosure_id} {d.agreement} {d.event_type} seq={d.ledger_seq} {to_json(d.record)}")
         sub.commit()
@@ -130,15 +145,22 @@ def register(sub: Subparsers) -> None:
 
     p = sub.add_parser("publish", help="publish a JSON-lines file of events")
     p.add_argument("--agency", required=True, help="publishing agency id; must match each event's envelope")
-    p.add_argument("--type", required=True, choices=EVENT_TYPES, help="an event type of the catalogue (schemas/events/)")
+    p.add_argument(
+        "--type", required=True, choices=EVENT_TYPES, help="an event type of the catalogue (schemas/events/)"
+    )
     p.add_argument("file")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("run", help="run a stream processor")
     p.add_argument("what", choices=["processor"])
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N processor processes in one consumer group (default 1); with a health "
-                        "port set, worker i listens on ACCORD_HEALTH_PORT + i")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processor processes in one consumer group (default 1); with a health "
+        "port set, worker i listens on ACCORD_HEALTH_PORT + i",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("consume", help="print the disclosures a partner receives")

@@ -50,15 +50,20 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     known = consent.KnownScopes.from_partners(load_partners(settings.partners_file))
     preference = {"purpose": args.purpose, "recipient": args.recipient, "recipient_class": args.recipient_class}
     options = {
-        "subject": "--subject", "purpose": "--purpose", "recipient": "--recipient",
-        "recipient_class": "--recipient-class", "scope": "--purpose/--recipient/--recipient-class",
+        "subject": "--subject",
+        "purpose": "--purpose",
+        "recipient": "--recipient",
+        "recipient_class": "--recipient-class",
+        "scope": "--purpose/--recipient/--recipient-class",
         "expires_at": "--expires",
     }
 
     def refused(exc: consent.InvalidPreference) -> int:
         where = f" (in {settings.partners_file})" if exc.field.startswith("recipient") else ""
-        print(f"accord consent: {options.get(exc.field, exc.field)}: {exc.reason}{where}; nothing recorded",
-              file=sys.stderr)
+        print(
+            f"accord consent: {options.get(exc.field, exc.field)}: {exc.reason}{where}; nothing recorded",
+            file=sys.stderr,
+        )
         return 2
 
     try:  # before connecting: a mistyped preference is refused even with the database down
@@ -84,8 +89,10 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     except consent.InvalidPreference as exc:
         return refused(exc)
     scope = rec.recipient or (f"class:{rec.recipient_class}" if rec.recipient_class else "*")
-    print(f"consent record {rec.id}: {rec.decision.value} subject={rec.subject_key} "
-          f"purpose={rec.purpose or '*'} recipient={scope}")
+    print(
+        f"consent record {rec.id}: {rec.decision.value} subject={rec.subject_key} "
+        f"purpose={rec.purpose or '*'} recipient={scope}"
+    )
     return 0
 
 
@@ -100,8 +107,13 @@ def cmd_consent_token(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     try:
         subject = None if args.staff else normalise(args.subject)
-        made = sign_in_link(secret_from_settings(settings), STAFF if args.staff else CITIZEN, subject,
-                            base_url=f"http://{settings.api_host}:{settings.api_port}", ttl_s=args.ttl)
+        made = sign_in_link(
+            secret_from_settings(settings),
+            STAFF if args.staff else CITIZEN,
+            subject,
+            base_url=f"http://{settings.api_host}:{settings.api_port}",
+            ttl_s=args.ttl,
+        )
     except (ApiSettingsError, ValueError) as exc:
         print(f"accord consent token: {exc}", file=sys.stderr)
         return 2
@@ -114,17 +126,26 @@ def register(sub: Subparsers) -> None:
     """``consent deny|permit|token|serve``."""
     p = sub.add_parser("consent", help="record a citizen's consent preference, or serve the consent API")
     p.add_argument("action", choices=["deny", "permit", "token", "serve"])
-    p.add_argument("--subject", default=None,
-                   help="subject key: nhs:<NHS number> (a bare NHS number is accepted), pnc:<PNC id> or "
-                        "local:<agency>:<id>")
+    p.add_argument(
+        "--subject",
+        default=None,
+        help="subject key: nhs:<NHS number> (a bare NHS number is accepted), pnc:<PNC id> or local:<agency>:<id>",
+    )
     p.add_argument("--purpose", default=None, help="one of the agreement purposes, e.g. research")
     p.add_argument("--recipient", default=None, help="a partner id from the partner registry, e.g. cps")
-    p.add_argument("--recipient-class", default=None, help="a class of recipients, e.g. nhs (see agreements/partners.yaml)")
+    p.add_argument(
+        "--recipient-class", default=None, help="a class of recipients, e.g. nhs (see agreements/partners.yaml)"
+    )
     p.add_argument("--expires", type=aware_datetime, default=None, help="ISO 8601 time after which the record lapses")
     p.add_argument("--collected-by", default="accord-cli", help="who recorded it (for the consent history)")
     p.add_argument("--method", default=None, help="how it was collected, e.g. paper-form, online, verbal")
     p.add_argument("--evidence", default=None, help="reference to the evidence (form id, call recording id)")
     p.add_argument("--staff", action="store_true", help="token: for staff (the dashboard), not a citizen")
-    p.add_argument("--ttl", type=int, default=900, metavar="SECONDS",
-                   help="token: how long it is valid (default 900; at most 86400)")
+    p.add_argument(
+        "--ttl",
+        type=int,
+        default=900,
+        metavar="SECONDS",
+        help="token: how long it is valid (default 900; at most 86400)",
+    )
     p.set_defaults(func=cmd_consent)

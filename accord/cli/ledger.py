@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sized
 from datetime import date
 from pathlib import Path
 
@@ -72,8 +73,10 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
         names = TopicNames(settings.topic_prefix)
         notes += [(names.ledger_checkpoints, n) for n in read_published_notes(settings, names)]
     if notes and verifier is None:
-        print("accord ledger verify: checking kept notes needs the ledger's public key "
-              "(ACCORD_LEDGER_VERIFIER_KEY)", file=sys.stderr)
+        print(
+            "accord ledger verify: checking kept notes needs the ledger's public key (ACCORD_LEDGER_VERIFIER_KEY)",
+            file=sys.stderr,
+        )
         return 2
     kept = []
     for where, note in notes:
@@ -98,11 +101,20 @@ def cmd_ledger_pending_receipts(args: argparse.Namespace, settings: Settings) ->
     pending = pending_receipts(engine, partner=args.partner, older_than=older)
     for e in pending:
         d = e.draft
-        line = {"seq": e.seq, "disclosure_id": d.disclosure_id, "recipient": d.recipient, "outcome": d.outcome,
-                "agreement": f"{d.agreement_id}@v{d.agreement_version}", "event_type": d.event_type,
-                "decided_at": d.decided_at.isoformat()}
-        print(json.dumps(line) if args.json else
-              f"{e.seq:>8} {d.disclosure_id} {d.recipient:28} {d.outcome:9} {line['agreement']:36} {line['decided_at']}")
+        line = {
+            "seq": e.seq,
+            "disclosure_id": d.disclosure_id,
+            "recipient": d.recipient,
+            "outcome": d.outcome,
+            "agreement": f"{d.agreement_id}@v{d.agreement_version}",
+            "event_type": d.event_type,
+            "decided_at": d.decided_at.isoformat(),
+        }
+        print(
+            json.dumps(line)
+            if args.json
+            else f"{e.seq:>8} {d.disclosure_id} {d.recipient:28} {d.outcome:9} {line['agreement']:36} {line['decided_at']}"
+        )
     print(f"{len(pending)} awaiting a receipt", file=sys.stderr)
     return 0
 
@@ -115,8 +127,10 @@ def cmd_ledger_keygen(args: argparse.Namespace, settings: Settings) -> int:
     if args.out is None and name == settings.ledger_origin:
         existing = signer_from_settings(settings)
         if existing is not None:
-            print(f"the ledger already has a signing key; its public key (ACCORD_LEDGER_VERIFIER_KEY):\n"
-                  f"{existing.verifier.vkey}")
+            print(
+                f"the ledger already has a signing key; its public key (ACCORD_LEDGER_VERIFIER_KEY):\n"
+                f"{existing.verifier.vkey}"
+            )
             return 0
     path = Path(args.out) if args.out else settings.state_dir / KEY_FILE_NAME
     try:
@@ -137,8 +151,10 @@ def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
 
     signer = signer_from_settings(settings)
     if signer is None:
-        print("accord ledger checkpoint: no signing key; set ACCORD_LEDGER_SIGNING_KEY or run "
-              "`accord ledger keygen`", file=sys.stderr)
+        print(
+            "accord ledger checkpoint: no signing key; set ACCORD_LEDGER_SIGNING_KEY or run `accord ledger keygen`",
+            file=sys.stderr,
+        )
         return 2
     engine = ledger_engine(settings)
     try:
@@ -155,8 +171,10 @@ def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
         producer = kafka.producer(settings, **quiet_kafka(settings), **{"message.timeout.ms": 10_000})
         publish_checkpoint(producer, TopicNames(settings.topic_prefix), made, settings.ledger_origin)
     state = "new" if made else "no new entries; newest"
-    print(f"{state} checkpoint at tree size {checkpoint.tree_size:,}"
-          f"{' (published)' if made and not args.no_publish else ''}:\n")
+    print(
+        f"{state} checkpoint at tree size {checkpoint.tree_size:,}"
+        f"{' (published)' if made and not args.no_publish else ''}:\n"
+    )
     print(checkpoint.note, end="")
     return 0
 
@@ -234,14 +252,20 @@ def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = collect(engine, key, agreements, as_of=args.as_of)
     except LedgerMismatch as exc:  # no proof that would not verify is ever handed out
-        print(f"accord ledger report: the ledger does not match its signed checkpoint ({exc}); "
-              "no report given: run `accord ledger verify`", file=sys.stderr)
+        print(
+            f"accord ledger report: the ledger does not match its signed checkpoint ({exc}); "
+            "no report given: run `accord ledger verify`",
+            file=sys.stderr,
+        )
         return 1
     text = render_html(report) if args.format == "html" else render_json(report)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
-        print(f"{len(report.items)} entries, {report.left_out_deferred} left out until their agreement's "
-              f"transparency date; written to {args.out}", file=sys.stderr)
+        print(
+            f"{len(report.items)} entries, {report.left_out_deferred} left out until their agreement's "
+            f"transparency date; written to {args.out}",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     return 0
@@ -261,7 +285,7 @@ def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
         print(f"accord ledger export: {exc}", file=sys.stderr)
         return 1
     chunks = render_csv(export) if args.format == "csv" else render_jsonl(export)
-    out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
+    out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115 - closed in the finally below; stdout is not ours to close
     try:
         # Streamed: an entry missing or changed part-way is found while writing.
         for chunk in chunks:
@@ -272,8 +296,13 @@ def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if args.out:
             out.close()
-    print(f"{len(export.rows):,} entries exported, proven against the checkpoint of {export.checkpoint.tree_size:,} "
-          "entries (check offline: accord ledger verify-export FILE)", file=sys.stderr)
+    # ExportRows knows its length; ledger.export.Export types its rows as a plain Iterable.
+    assert isinstance(export.rows, Sized)
+    print(
+        f"{len(export.rows):,} entries exported, proven against the checkpoint of {export.checkpoint.tree_size:,} "
+        "entries (check offline: accord ledger verify-export FILE)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -303,30 +332,53 @@ def register(sub: Subparsers) -> None:
 
     p = ledger_sub.add_parser("pending-receipts", help="disclosures no partner has acknowledged yet, oldest first")
     p.add_argument("--partner", default=None, help="only those sent to this partner")
-    p.add_argument("--older-than", type=float, default=None, metavar="SECONDS",
-                   help="only those recorded at least this many seconds ago")
+    p.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="only those recorded at least this many seconds ago",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_ledger_pending_receipts)
 
     p = ledger_sub.add_parser("report", help="a citizen's subject report: every decision about them, with proofs")
-    p.add_argument("--subject", required=True, metavar="KEY",
-                   help="the person's subject key: an NHS number (bare or nhs:...), pnc:<PNC id> or local:<agency>:<id>")
+    p.add_argument(
+        "--subject",
+        required=True,
+        metavar="KEY",
+        help="the person's subject key: an NHS number (bare or nhs:...), pnc:<PNC id> or local:<agency>:<id>",
+    )
     p.add_argument("--format", choices=["json", "html"], default="json")
     p.add_argument("--out", default=None, help="write to this file (default standard output)")
-    p.add_argument("--as-of", type=date.fromisoformat, default=None,
-                   help="the day deferred transparency is judged on (default today)")
+    p.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        default=None,
+        help="the day deferred transparency is judged on (default today)",
+    )
     p.set_defaults(func=cmd_ledger_report)
 
-    p = ledger_sub.add_parser("export", help="entries FROM..TO with their leaves and inclusion proofs, checkable offline")
+    p = ledger_sub.add_parser(
+        "export", help="entries FROM..TO with their leaves and inclusion proofs, checkable offline"
+    )
     p.add_argument("--from", dest="from_seq", type=int, required=True, metavar="SEQ")
     p.add_argument("--to", dest="to_seq", type=int, required=True, metavar="SEQ")
     p.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
     p.add_argument("--out", default=None, help="write to this file (default standard output)")
-    p.add_argument("--since", type=int, action="append", default=None, metavar="SIZE",
-                   help="tree size of a checkpoint the reader holds: include a consistency proof from it (repeatable)")
+    p.add_argument(
+        "--since",
+        type=int,
+        action="append",
+        default=None,
+        metavar="SIZE",
+        help="tree size of a checkpoint the reader holds: include a consistency proof from it (repeatable)",
+    )
     p.set_defaults(func=cmd_ledger_export)
 
-    p = ledger_sub.add_parser("verify-export", help="re-check an export file offline (leaves, chain, proofs, signature)")
+    p = ledger_sub.add_parser(
+        "verify-export", help="re-check an export file offline (leaves, chain, proofs, signature)"
+    )
     p.add_argument("file")
     p.add_argument("--key", default=None, help="the ledger's public key (vkey); default ACCORD_LEDGER_VERIFIER_KEY")
     p.set_defaults(func=cmd_ledger_verify_export)
@@ -334,13 +386,21 @@ def register(sub: Subparsers) -> None:
     p = ledger_sub.add_parser(
         "verify", help="check the hash chain and every signed checkpoint; name the first bad entry or checkpoint"
     )
-    p.add_argument("--notes", nargs="*", default=[], metavar="FILE",
-                   help="checkpoint notes kept outside the ledger (one per file): the tree must match them too")
-    p.add_argument("--from-topic", action="store_true",
-                   help="also check every checkpoint published on accord.ledger.checkpoints")
+    p.add_argument(
+        "--notes",
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="checkpoint notes kept outside the ledger (one per file): the tree must match them too",
+    )
+    p.add_argument(
+        "--from-topic", action="store_true", help="also check every checkpoint published on accord.ledger.checkpoints"
+    )
     p.set_defaults(func=cmd_ledger_verify)
 
-    p = ledger_sub.add_parser("keygen", help="make the ledger's checkpoint signing key (or an auditor's) and print its public key")
+    p = ledger_sub.add_parser(
+        "keygen", help="make the ledger's checkpoint signing key (or an auditor's) and print its public key"
+    )
     p.add_argument("--name", default=None, help="key name (default ACCORD_LEDGER_ORIGIN)")
     p.add_argument("--out", default=None, help="key file (default <state_dir>/ledger-signing.key)")
     p.set_defaults(func=cmd_ledger_keygen)
@@ -349,16 +409,22 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--no-publish", action="store_true", help="store it without publishing to accord.ledger.checkpoints")
     p.set_defaults(func=cmd_ledger_checkpoint)
 
-    p = ledger_sub.add_parser("prove", help="inclusion proof of an entry, or consistency proof between two checkpoints (JSON)")
+    p = ledger_sub.add_parser(
+        "prove", help="inclusion proof of an entry, or consistency proof between two checkpoints (JSON)"
+    )
     p.add_argument("--entry", type=int, default=None, help="ledger seq of the entry to prove")
-    p.add_argument("--size", type=int, default=None, help="against the checkpoint of this tree size (default the newest)")
+    p.add_argument(
+        "--size", type=int, default=None, help="against the checkpoint of this tree size (default the newest)"
+    )
     p.add_argument("--from-size", type=int, default=None, help="consistency: the older checkpoint's tree size")
     p.add_argument("--to-size", type=int, default=None, help="consistency: the newer one's (default the newest)")
     p.set_defaults(func=cmd_ledger_prove)
 
     p = ledger_sub.add_parser("cosign", help="store an auditor's verified cosignature on a checkpoint")
     p.add_argument("--size", type=int, default=None, help="checkpoint tree size (default the newest)")
-    p.add_argument("--sign-with", default=None, help="an auditor's key file (from `accord ledger keygen --name ... --out ...`)")
+    p.add_argument(
+        "--sign-with", default=None, help="an auditor's key file (from `accord ledger keygen --name ... --out ...`)"
+    )
     p.add_argument("--line", default=None, help="a signature line '\u2014 <name> <base64>' made elsewhere")
     p.add_argument("--vkey", default=None, help="the cosigner's public key, <name>+<id>+<base64>")
     p.set_defaults(func=cmd_ledger_cosign)

@@ -42,8 +42,10 @@ def cmd_schemas_check(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     events = catalogue.load(args.events) if args.events else catalogue.default()
     versions = sum(len(t.versions) for t in events)
-    print(f"{len(events.types)} event types, {versions} versions: every type's versions are compatible "
-          "as its mode requires")
+    print(
+        f"{len(events.types)} event types, {versions} versions: every type's versions are compatible "
+        "as its mode requires"
+    )
     return 0
 
 
