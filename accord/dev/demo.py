@@ -45,13 +45,25 @@ def _record_consent(engine, scenario, rng: random.Random, known: consent.KnownSc
     made: Counter = Counter()
     mothers = sorted({subject_key("natal_care", e.record) for e in scenario.events if e.event_type == "natal_care"})
     for key in rng.sample(mothers, max(1, len(mothers) // 10)):
-        consent.record(engine, key, consent.ConsentDecision.DENY, recipient="salford-health-visiting",
-                       known=known, collected_by="demo: GP surgery opt-out form")
+        consent.record(
+            engine,
+            key,
+            consent.ConsentDecision.DENY,
+            recipient="salford-health-visiting",
+            known=known,
+            collected_by="demo: GP surgery opt-out form",
+        )
         made["deny salford-health-visiting"] += 1
     detainees = sorted({subject_key("custody", e.record) for e in scenario.events if e.event_type == "custody"})
     for key in rng.sample(detainees, max(1, len(detainees) // 3)):
-        consent.record(engine, key, consent.ConsentDecision.PERMIT, recipient="liaison-diversion",
-                       known=known, collected_by="demo: custody healthcare practitioner")
+        consent.record(
+            engine,
+            key,
+            consent.ConsentDecision.PERMIT,
+            recipient="liaison-diversion",
+            known=known,
+            collected_by="demo: custody healthcare practitioner",
+        )
         made["permit liaison-diversion"] += 1
     return made
 
@@ -65,8 +77,13 @@ def _start_processor(settings: Settings) -> subprocess.Popen:
         "ACCORD_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
         "ACCORD_PSEUDONYM_KEY": settings.pseudonym_key.get_secret_value(),
     }
-    return subprocess.Popen([sys.executable, "-m", "accord.cli", "run", "processor"], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "accord.cli", "run", "processor"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -90,7 +107,9 @@ def _count_dead_letters(settings: Settings, names: TopicNames, run_id: str, key:
             if msg is None or msg.error() or msg.key() != key:
                 continue  # earlier runs' dead letters stay on the topic
             headers = dict(msg.headers() or [])
-            reasons[headers.get(header.ERROR, b"?").decode()] += 1
+            error = headers.get(header.ERROR, b"?")
+            assert isinstance(error, bytes)  # the processor writes its headers as bytes
+            reasons[error.decode()] += 1
     finally:
         consumer.close()
     return reasons
@@ -128,7 +147,9 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     engine = engine_for(settings)
     init_database(engine)
     # The demo signs its ledger with the state folder's key, made on first use (the processor finds it there too).
-    signer = signer_from_settings(settings) or generate_key_file(settings.state_dir / KEY_FILE_NAME, settings.ledger_origin)
+    signer = signer_from_settings(settings) or generate_key_file(
+        settings.state_dir / KEY_FILE_NAME, settings.ledger_origin
+    )
     with engine.connect() as conn:
         seq_before = conn.execute(select(func.coalesce(func.max(LedgerEntry.seq), 0))).scalar_one()
 
@@ -183,8 +204,10 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
     print()
     print("Accord demo summary")
     print("===================")
-    print(f"events in:            {len(scenario.events) + len(scenario.malformed)} "
-          f"({len(scenario.events)} valid from {len(agencies)} agencies, {len(scenario.malformed)} malformed)")
+    print(
+        f"events in:            {len(scenario.events) + len(scenario.malformed)} "
+        f"({len(scenario.events)} valid from {len(agencies)} agencies, {len(scenario.malformed)} malformed)"
+    )
     for agency, n in sorted(agencies.items()):
         print(f"  {agency:28} {n}")
     print("consent choices:      " + ", ".join(f"{n} {what}" for what, n in sorted(consents.items())))
@@ -199,8 +222,10 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
         print(f"  {reason:50} {n}")
     print(f"ledger entries:       {sum(n for *_, n in rows)} this run, {total_entries} in all")
     if checkpoint is not None:
-        print(f"signed checkpoint:    tree size {checkpoint.tree_size:,}, root {checkpoint.root.hex()[:16]}..., "
-              f"published to {names.ledger_checkpoints}")
+        print(
+            f"signed checkpoint:    tree size {checkpoint.tree_size:,}, root {checkpoint.root.hex()[:16]}..., "
+            f"published to {names.ledger_checkpoints}"
+        )
     print(f"ledger verify:        {result.describe()}")
     print(f"elapsed:              {time.monotonic() - started:.1f}s")
     print("the broker stays up for `accord consume --partner cps`; `accord dev down` stops it")
@@ -223,11 +248,15 @@ def _pages(settings: Settings, scenario: Scenario) -> list[str]:
         with urllib.request.urlopen(f"{base}/docs", timeout=1):
             pass
     except (ApiSettingsError, OSError):
-        return ["pages: run `accord serve` (with ACCORD_API_SECRET set) for the flows dashboard (/dashboard) "
-                "and a citizen's page (/me); `accord consent token --staff` signs you in"]
+        return [
+            "pages: run `accord serve` (with ACCORD_API_SECRET set) for the flows dashboard (/dashboard) "
+            "and a citizen's page (/me); `accord consent token --staff` signs you in"
+        ]
     subject = next((k for e in scenario.events if (k := subject_key(e.event_type, e.record))), None)
-    lines = [f"pages at {base}/ (each link signs in once, for 15 minutes):",
-             f"  flows dashboard (staff):  {sign_in_link(secret, STAFF, base_url=base).link}"]
+    lines = [
+        f"pages at {base}/ (each link signs in once, for 15 minutes):",
+        f"  flows dashboard (staff):  {sign_in_link(secret, STAFF, base_url=base).link}",
+    ]
     if subject is not None:
         lines.append(f"  a citizen's page (/me):   {sign_in_link(secret, CITIZEN, subject, base_url=base).link}")
     return lines

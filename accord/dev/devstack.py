@@ -79,10 +79,8 @@ def broker_answers(bootstrap: str, timeout: float = 1.0) -> bool:
         # log_level 0: a refused connection is the expected answer here, not news.
         AdminClient(
             {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0}
-        ).list_topics(
-            timeout=timeout
-        )
-    except Exception:
+        ).list_topics(timeout=timeout)
+    except Exception:  # noqa: BLE001 - any failure to answer means the broker does not answer
         return False
     return True
 
@@ -109,18 +107,19 @@ def up(settings: Settings, timeout: float = 30.0) -> DevStatus:
         return current
     host_port = settings.bootstrap_servers.split(",")[0]
     if broker_answers(host_port, timeout=0.5):
-        raise DevStackError(
-            f"something else already answers on {host_port}; stop it or set ACCORD_BOOTSTRAP_SERVERS"
-        )
+        raise DevStackError(f"something else already answers on {host_port}; stop it or set ACCORD_BOOTSTRAP_SERVERS")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log = _log_path(settings).open("ab")
     proc = subprocess.Popen(
         [
             broker_binary(),
             "broker",
-            "--listener-url", f"tcp://{host_port}",
-            "--advertised-listener-url", f"tcp://{host_port}",
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            f"tcp://{host_port}",
+            "--advertised-listener-url",
+            f"tcp://{host_port}",
+            "--storage-engine",
+            "memory://tansu/",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -132,9 +131,7 @@ def up(settings: Settings, timeout: float = 30.0) -> DevStatus:
         wait_for_broker(host_port, timeout)
     except DevStackError:
         down(settings)
-        raise DevStackError(
-            f"embedded broker did not come up on {host_port}; see {_log_path(settings)}"
-        ) from None
+        raise DevStackError(f"embedded broker did not come up on {host_port}; see {_log_path(settings)}") from None
     return DevStatus(True, proc.pid, settings.bootstrap_servers, _log_path(settings))
 
 

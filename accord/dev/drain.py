@@ -34,6 +34,10 @@ def wait_for_group(
         if all(seen.get(tp, 0) >= end for tp, end in targets.items()):
             return seen
         if time.monotonic() > deadline:
-            behind = {f"{t}[{p}]": f"{seen.get((t, p), 0)}/{end}" for (t, p), end in targets.items() if seen.get((t, p), 0) < end}
+            behind = {
+                f"{t}[{p}]": f"{seen.get((t, p), 0)}/{end}"
+                for (t, p), end in targets.items()
+                if seen.get((t, p), 0) < end
+            }
             raise TimeoutError(f"group {group} did not catch up within {timeout:.0f}s: {behind}")
         time.sleep(0.25)
