@@ -21,8 +21,8 @@ from accord.processor.health import Health
 from accord.processor.loop import SharingLoop, Timer
 from accord.processor.outage import backoff
 from bus.settings import Settings
-from schemas.compatibility import require_compatible
 from bus.topics import TopicNames
+from schemas.compatibility import require_compatible
 from schemas.validation import Limits
 
 log = structlog.get_logger("accord.processor")
@@ -97,20 +97,32 @@ def run_processor(settings: Settings) -> int:
     agreement_set = AgreementSet(agreements, recipient_catalogue(agreements))
     producer = kafka.producer(settings)
     handler = BatchHandler(
-        agreement_set, engine, producer, names, partner_classes, pseudonym_key,
+        agreement_set,
+        engine,
+        producer,
+        names,
+        partner_classes,
+        pseudonym_key,
         Limits(settings.max_event_bytes, settings.max_string_bytes),
     )
     sweeper = RetractionSweeper(engine, agreement_set, kafka.producer(settings), names, partner_classes)
-    timers: list[Timer] = [
-        ("retraction_sweep", settings.retraction_interval_s, sweeper.sweep)
-    ]
+    timers: list[Timer] = [("retraction_sweep", settings.retraction_interval_s, sweeper.sweep)]
     signer = signer_from_settings(settings)
     if signer is None:
-        log.warning("ledger_checkpoints_off",
-                    reason="no signing key: set ACCORD_LEDGER_SIGNING_KEY or run `accord ledger keygen`")
+        log.warning(
+            "ledger_checkpoints_off",
+            reason="no signing key: set ACCORD_LEDGER_SIGNING_KEY or run `accord ledger keygen`",
+        )
     else:
-        checkpointer = Checkpointer(engine, signer, settings.ledger_origin, kafka.producer(settings), names,
-                                    settings.checkpoint_every_entries, settings.checkpoint_interval_s)
+        checkpointer = Checkpointer(
+            engine,
+            signer,
+            settings.ledger_origin,
+            kafka.producer(settings),
+            names,
+            settings.checkpoint_every_entries,
+            settings.checkpoint_interval_s,
+        )
         timers.append(("checkpoint", min(settings.checkpoint_interval_s, 1.0), checkpointer.tick))
     consumer = kafka.consumer(settings, settings.processor_group, **{"fetch.wait.max.ms": settings.fetch_wait_max_ms})
     loop = SharingLoop(

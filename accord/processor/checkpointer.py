@@ -89,8 +89,9 @@ def read_published_notes(settings: Settings, names: TopicNames, timeout_s: float
     """
     from bus import kafka
 
-    consumer = kafka.consumer(settings, f"{names.prefix}accord-verify-{uuid.uuid4().hex[:8]}",
-                              **{"enable.partition.eof": True})
+    consumer = kafka.consumer(
+        settings, f"{names.prefix}accord-verify-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
+    )
     notes: list[str] = []
     try:
         consumer.subscribe([names.ledger_checkpoints])
@@ -151,8 +152,13 @@ class Checkpointer:
         """One timer tick: republish once, then checkpoint if due. Returns the new checkpoint, if any."""
         now = now or datetime.now(UTC)
         if not self._republished:
-            log.info("ledger_checkpoints_on", origin=self.origin, public_key=self.signer.verifier.vkey,
-                     every_entries=self.every_entries, interval_s=self.interval.total_seconds())
+            log.info(
+                "ledger_checkpoints_on",
+                origin=self.origin,
+                public_key=self.signer.verifier.vkey,
+                every_entries=self.every_entries,
+                interval_s=self.interval.total_seconds(),
+            )
             latest = latest_checkpoint(self.engine)
             if latest is not None:
                 publish_checkpoint(self.producer, self.names, latest, self.origin)

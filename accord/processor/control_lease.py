@@ -78,8 +78,12 @@ class AdvisoryLease:
                 self._drop()
         try:
             # Named, so an operator (and the tests) can see which worker holds it in pg_stat_activity.
-            conn = psycopg.connect(self.conninfo, autocommit=True, application_name=f"accord-control-lease:{os.getpid()}",
-                                   **self.connect_args)
+            conn = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                application_name=f"accord-control-lease:{os.getpid()}",
+                **self.connect_args,
+            )
         except psycopg.Error:
             return False  # the database is down: nobody's control plane can do anything
         try:

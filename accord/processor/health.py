@@ -50,7 +50,7 @@ def serve(health: Health, host: str, port: int) -> ThreadingHTTPServer | None:
     """Answer ``GET /health`` on a daemon thread; None (and a warning) if the port is taken."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server's name
             if self.path.rstrip("/") not in ("/health", ""):
                 self.send_error(404)
                 return

@@ -50,8 +50,14 @@ log = structlog.get_logger("accord.processor")
 # Commit failures that mean "the partitions moved": the new owner replays, nothing to wait for.
 _MOVED_ERRORS = frozenset(
     getattr(KafkaError, name)
-    for name in ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS", "_ASSIGNMENT_LOST",
-                 "FENCED_INSTANCE_ID", "_NO_OFFSET")
+    for name in (
+        "ILLEGAL_GENERATION",
+        "UNKNOWN_MEMBER_ID",
+        "REBALANCE_IN_PROGRESS",
+        "_ASSIGNMENT_LOST",
+        "FENCED_INSTANCE_ID",
+        "_NO_OFFSET",
+    )
     if hasattr(KafkaError, name)
 )
 
@@ -238,10 +244,16 @@ class SharingLoop:
                 raise
             if len(batch) == 1:
                 [msg] = batch
-                log.error("record_unprocessable", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                          error=type(exc).__name__)
+                log.error(
+                    "record_unprocessable",
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    error=type(exc).__name__,
+                )
                 self.handler.dead_letters(
-                    [DeadLetter(msg, "Unprocessable", f"could not be processed: {type(exc).__name__}")])
+                    [DeadLetter(msg, "Unprocessable", f"could not be processed: {type(exc).__name__}")]
+                )
                 return BatchReport(events=1, dead_letters=1)
             mid = len(batch) // 2
             report = self._split(batch[:mid], handle)
@@ -325,7 +337,7 @@ class SharingLoop:
         """Run control-plane work; an outage or a failure is logged and retried on the next tick."""
         try:
             return fn()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - control-plane work only (no record passes here); logged, retried next tick
             down = outage_of(exc)
             if down is not None:
                 self.health.waiting(down, type(exc).__name__)
@@ -357,5 +369,5 @@ class SharingLoop:
         for close in closers:
             try:
                 close()
-            except Exception as exc:  # closing during an outage must not turn a stop into a crash
+            except Exception as exc:  # noqa: BLE001 - closing during an outage must not turn a stop into a crash
                 log.warning("close_failed", error=type(exc).__name__)

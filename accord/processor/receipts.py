@@ -48,7 +48,7 @@ class ReceiptRecorder:
                 continue
             claims.append((msg, ReceiptClaim(r.receipt_id, r.disclosure_id, r.partner, r.received_at)))
         outcomes = record_receipts(self.engine, [c for _, c in claims], receipt_id) if claims else []
-        for (msg, _), outcome in zip(claims, outcomes):
+        for (msg, _), outcome in zip(claims, outcomes, strict=True):
             if outcome.refusal is not None:
                 report.refused.append((msg, "ReceiptRefused", outcome.refusal))
             elif outcome.appended is not None and outcome.appended.new:

@@ -98,10 +98,7 @@ class RetractionSweeper:
         start = cursors.get(self.engine, CURSOR)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(ConsentRow.__table__)
-                .where(ConsentRow.id > start)
-                .order_by(ConsentRow.id)
-                .limit(self.batch)
+                select(ConsentRow.__table__).where(ConsentRow.id > start).order_by(ConsentRow.id).limit(self.batch)
             ).all()
         if not rows:
             return False
