@@ -58,8 +58,7 @@ def app_grants() -> list[TableGrant]:
     grants = [TableGrant(t.name) for t in LedgerBase.metadata.sorted_tables]
     grants.append(TableGrant("consent_records", sequences=("consent_records_id_seq",)))
     grants += [
-        TableGrant(t.name, ("SELECT", "INSERT", "UPDATE"), append_only=False)
-        for t in CursorBase.metadata.sorted_tables
+        TableGrant(t.name, ("SELECT", "INSERT", "UPDATE"), append_only=False) for t in CursorBase.metadata.sorted_tables
     ]
     return grants
 
@@ -136,7 +135,9 @@ def require_app_role(engine: Engine) -> RoleCheck | None:
     """
     if engine.dialect.name == "sqlite":
         init_database(engine)
-        log.warning("sqlite_ledger_development_only", detail="no database roles: the ledger is not protected from its owner")
+        log.warning(
+            "sqlite_ledger_development_only", detail="no database roles: the ledger is not protected from its owner"
+        )
         return None
     open_database(engine)
     check = check_app_role(engine, app_grants())
