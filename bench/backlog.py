@@ -8,6 +8,7 @@ key) and provenance headers, so partitions and sizes are identical in every run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message
@@ -46,12 +47,20 @@ def encode_scenario(settings: Settings, n_events: int, seed: int = 1) -> list[En
             (header.EVENT_ID, str(env["event_id"]).encode()),
             (header.OCCURRED_AT, str(env["occurred_at"]).encode()),
         )
-        out.append(Encoded(e.event_type, str(env["event_id"]), subject_key(e.event_type, e.record).encode(),
-                           value, headers))
+        out.append(
+            Encoded(e.event_type, str(env["event_id"]), subject_key(e.event_type, e.record).encode(), value, headers)
+        )
     return out
 
 
-def create_bus_topics(settings: Settings, extra: list[TopicSpec] = ()) -> list[TopicSpec]:
+def position(msg: Message) -> tuple[tuple[str, int], int]:
+    """A record's (topic, partition) and offset: set on every one delivered or consumed without an error."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return (topic, partition), offset
+
+
+def create_bus_topics(settings: Settings, extra: Sequence[TopicSpec] = ()) -> list[TopicSpec]:
     """The bus's whole topic catalogue under ``settings.topic_prefix`` (event topics have 4 partitions)."""
     names = TopicNames(settings.topic_prefix)
     specs = names.catalogue(recipients_by_type(load_dir(settings.agreements_dir))) + list(extra)
@@ -77,14 +86,19 @@ def publish(settings: Settings, events: list[Encoded]) -> dict[tuple[str, int], 
         if err is not None:
             failed.append(err.name())
             return
-        tp = (msg.topic(), msg.partition())
-        ends[tp] = max(ends.get(tp, 0), msg.offset() + 1)
+        tp, offset = position(msg)
+        ends[tp] = max(ends.get(tp, 0), offset + 1)
 
     for e in events:
         while True:
             try:
-                producer.produce(names.event(e.event_type), key=e.key, value=e.value, headers=list(e.headers),
-                                 on_delivery=on_delivery)
+                producer.produce(
+                    names.event(e.event_type),
+                    key=e.key,
+                    value=e.value,
+                    headers=list(e.headers),
+                    on_delivery=on_delivery,
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from itertools import cycle
 from typing import Any
 
-from confluent_kafka import TopicPartition
+import psycopg
+from confluent_kafka import Message, TopicPartition
 from sqlalchemy import Engine, text
 
+from bench.backlog import position
 from bench.cpu import CpuMeter, Usage
 from bus import headers as header
 from bus import kafka
@@ -60,8 +62,9 @@ class PerEvent:
     produces: float
 
 
-def _produce(producer: Any, topic: str, key: bytes | None, value: bytes | None,
-             headers: list[tuple[str, bytes]] | None = None) -> None:
+def _produce(
+    producer: Any, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+) -> None:
     while True:
         try:
             producer.produce(topic, key=key, value=value, headers=headers)
@@ -70,9 +73,22 @@ def _produce(producer: Any, topic: str, key: bytes | None, value: bytes | None,
             producer.poll(0.05)
 
 
-def raw_copy(settings: Settings, ends: Mapping[tuple[str, int], int], out_topic: str, batch_size: int,
-             min_seconds: float = 2.0, min_passes: int = 3,
-             cpu_groups: dict[str, Callable[[], list[int]]] | None = None) -> Timed:
+def _value(msg: Message) -> bytes:
+    """A backlog record's bytes: every synthetic event has a value."""
+    value = msg.value()
+    assert value is not None
+    return value
+
+
+def raw_copy(
+    settings: Settings,
+    ends: Mapping[tuple[str, int], int],
+    out_topic: str,
+    batch_size: int,
+    min_seconds: float = 2.0,
+    min_passes: int = 3,
+    cpu_groups: dict[str, Callable[[], list[int]]] | None = None,
+) -> Timed:
     """Consume every record and produce its bytes unchanged, in passes over the backlog.
 
     One pass of 40,000 records takes a fraction of a second, too short to time, so the
@@ -151,12 +167,22 @@ def io_floor(
     targets = {t: cycle(ts) for t, ts in partner_topics.items()}
     source = cycle(rows)
     # Four headers the size of the processor's (disclosure id, agreement key, event type, ledger seq).
-    headers_of = {t: [(header.DISCLOSURE_ID, b"0" * 64), (header.AGREEMENT, b"x" * 32 + b"@v1"),
-                      (header.EVENT_TYPE, t.encode()), (header.LEDGER_SEQ, b"1234567")] for t in per_event}
+    headers_of = {
+        t: [
+            (header.DISCLOSURE_ID, b"0" * 64),
+            (header.AGREEMENT, b"x" * 32 + b"@v1"),
+            (header.EVENT_TYPE, t.encode()),
+            (header.LEDGER_SEQ, b"1234567"),
+        ]
+        for t in per_event
+    }
     copy_sql = f"COPY floor_entries ({', '.join(columns)}) FROM STDIN"
     raw = engine.raw_connection()
     pg = raw.driver_connection
-    backend = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
+    assert isinstance(pg, psycopg.Connection)  # the engine's driver is psycopg 3
+    row = pg.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    backend = row[0]
     pg.commit()
     meter = CpuMeter({**(cpu_groups or {}), "postgres": lambda: [backend]})
     seen, copied, produced, first, started = 0, 0, 0, 0, 0.0
@@ -167,7 +193,7 @@ def io_floor(
             if not msgs:
                 continue
             # 2.
-            decoded = [(m, catalogue.decode(m.value())[0]) for m in msgs]
+            decoded = [(m, catalogue.decode(_value(m))[0]) for m in msgs]
             # 3.
             with pg.cursor() as cur, cur.copy(copy_sql) as copy:
                 for _m, event_type in decoded:
@@ -186,8 +212,8 @@ def io_floor(
             # 5.
             ends: dict[tuple[str, int], int] = {}
             for m in msgs:
-                tp = (m.topic(), m.partition())
-                ends[tp] = max(ends.get(tp, -1), m.offset() + 1)
+                tp, offset = position(m)
+                ends[tp] = max(ends.get(tp, -1), offset + 1)
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
             seen += len(msgs)
             if not started:

@@ -10,7 +10,7 @@ whatever else the machine was doing: other people's tests, for one).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -83,7 +83,7 @@ class Usage:
 class CpuMeter:
     """Samples the named groups of processes at start() and stop()."""
 
-    def __init__(self, groups: dict[str, Callable[[], Iterable[int]]]) -> None:
+    def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
         self.groups = groups
         self.first: dict[str, dict[int, int]] = {}
         self.machine: tuple[int, int] | None = None

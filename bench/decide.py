@@ -70,21 +70,22 @@ def load_before(base: str) -> dict[str, types.ModuleType]:
     loaded: dict[str, types.ModuleType] = {}
     try:
         for name, path in BEFORE_MODULES:
-            source = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:{path}"], check=True,
-                                    capture_output=True, text=True).stdout
+            source = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{base}:{path}"], check=True, capture_output=True, text=True
+            ).stdout
             module = types.ModuleType(name)
             module.__file__ = str(ROOT / path)
             sys.modules[name] = module
             exec(compile(source, f"{base}:{path}", "exec"), module.__dict__)  # noqa: S102 - the project's own code
             if name == "schemas.serde":  # the event schemas have moved to schemas/events/<type>/v<N>.avsc
-                module.load_schema = after_load_schema
+                module.__dict__["load_schema"] = after_load_schema
             loaded[name] = module
     finally:
-        for name, module in saved.items():
-            if module is None:
+        for name, previous in saved.items():
+            if previous is None:
                 sys.modules.pop(name, None)
             else:
-                sys.modules[name] = module
+                sys.modules[name] = previous
     return loaded
 
 
@@ -106,8 +107,20 @@ def consent_histories(keys: Sequence[str], now: datetime) -> dict[str, list[Cons
 
 
 def _decision_view(d: Any) -> tuple:
-    return (d.disclosure_id, d.event_id, d.event_type, d.provider, d.recipient, d.agreement.key,
-            d.outcome.value, d.reason, d.fields, d.consent_version, d.subject_key, d.projected)
+    return (
+        d.disclosure_id,
+        d.event_id,
+        d.event_type,
+        d.provider,
+        d.recipient,
+        d.agreement.key,
+        d.outcome.value,
+        d.reason,
+        d.fields,
+        d.consent_version,
+        d.subject_key,
+        d.projected,
+    )
 
 
 def timed(fn: Callable[[list], Any], batches: list[list]) -> float:
@@ -145,83 +158,126 @@ def main() -> int:
     keys = [after_sharing.subject_key(e.event_type, e.record) for e in events]
     histories = consent_histories(keys, now)
     # (event type, record, subject key, consents) as step 3 of BatchHandler.handle sees them
-    inputs = [(e.event_type, e.record, k, histories.get(k, ())) for e, k in zip(events, keys)]
+    inputs = [(e.event_type, e.record, k, histories.get(k, ())) for e, k in zip(events, keys, strict=True)]
 
     # 0. the same outputs, or no figures at all
     assert [old_catalogue.decode(p) for p in payloads] == [new_catalogue.decode(p) for p in payloads]
-    assert all(b_validation.event_problems(t, r, now, limits) == after_validation.event_problems(t, r, now, limits)
-               for t, r, _, _ in inputs)
+    assert all(
+        b_validation.event_problems(t, r, now, limits) == after_validation.event_problems(t, r, now, limits)
+        for t, r, _, _ in inputs
+    )
     sharing = after_sharing.Sharing.of(agreements)
     old_decisions = [b_sharing.decide(t, r, agreements, c, context) for t, r, _, c in inputs]
     new_decisions = [sharing.decide(t, r, c, context, key=k) for t, r, k, c in inputs]
     assert [[_decision_view(d) for d in ds] for ds in old_decisions] == [
-        [_decision_view(d) for d in ds] for ds in new_decisions]
+        [_decision_view(d) for d in ds] for ds in new_decisions
+    ]
     disclosed = [d for ds in new_decisions for d in ds if d.projected is not None]
-    old_bytes = [old_catalogue.encode(projection_name(d.agreement, d.event_type), d.projected, validated=True)
-                 for d in disclosed]
-    new_bytes = [new_catalogue.encode(projection_name(d.agreement, d.event_type), d.projected, validated=True)
-                 for d in disclosed]
+    projected = [d.projected for d in disclosed if d.projected is not None]  # the same list, typed
+    old_bytes = [
+        old_catalogue.encode(projection_name(d.agreement, d.event_type), p, validated=True)
+        for d, p in zip(disclosed, projected, strict=True)
+    ]
+    new_bytes = [
+        new_catalogue.encode(projection_name(d.agreement, d.event_type), p, validated=True)
+        for d, p in zip(disclosed, projected, strict=True)
+    ]
     assert old_bytes == new_bytes
-    replays = [(d.event_type, r, d.agreement, d.fields, d.recipient) for ds, (_, r, _, _) in zip(new_decisions, inputs)
-               for d in ds if d.projected is not None]
+    replays = [
+        (d.event_type, r, d.agreement, d.fields, d.recipient)
+        for ds, (_, r, _, _) in zip(new_decisions, inputs, strict=True)
+        for d in ds
+        if d.projected is not None
+    ]
     assert [b_sharing.projection_for(t, r, a, f, rc, context) for t, r, a, f, rc in replays] == [
-        after_sharing.projection_for(t, r, a, f, rc, context) for t, r, a, f, rc in replays]
-    print(f"outputs identical: {len(payloads)} events, {sum(map(len, new_decisions))} decisions, "
-          f"{len(disclosed)} disclosures ({len(set(new_bytes))} distinct payloads)")
+        after_sharing.projection_for(t, r, a, f, rc, context) for t, r, a, f, rc in replays
+    ]
+    print(
+        f"outputs identical: {len(payloads)} events, {sum(map(len, new_decisions))} decisions, "
+        f"{len(disclosed)} disclosures ({len(set(new_bytes))} distinct payloads)"
+    )
 
     def chunks(items: list) -> list[list]:
-        return [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
+        return [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
 
     records = [(t, r) for t, r, _, _ in inputs]
     deliveries = [(projection_name(d.agreement, d.event_type), d.projected) for d in disclosed]
     stages: dict[str, tuple[int, Callable[[list], Any], Callable[[list], Any], list[list]]] = {
-        "decode": (len(payloads),
-                   lambda b: [old_catalogue.decode(p) for p in b],
-                   lambda b: [new_catalogue.decode(p) for p in b], chunks(payloads)),
-        "validate": (len(records),
-                     lambda b: [b_validation.event_problems(t, r, now, limits) for t, r in b],
-                     lambda b: [after_validation.event_problems(t, r, now, limits) for t, r in b], chunks(records)),
-        "keys + sha256 (control)": (len(payloads),
-                                lambda b: [(b_sharing.subject_key(t, r), b_sharing.other_subjects(t, r),
-                                            hashlib.sha256(p).hexdigest()) for (t, r), p in b],
-                                lambda b: [(after_sharing.subject_key(t, r), after_sharing.other_subjects(t, r),
-                                            hashlib.sha256(p).hexdigest()) for (t, r), p in b],
-                                chunks(list(zip(records, payloads)))),
-        "decide": (len(inputs),
-                   lambda b: [b_sharing.decide(t, r, agreements, c, context) for t, r, _, c in b],
-                   lambda b: (lambda s: [s.decide(t, r, c, context, key=k) for t, r, k, c in b])(
-                       after_sharing.Sharing.of(agreements)), chunks(inputs)),
-        "decide (old call)": (len(inputs),
-                              lambda b: [b_sharing.decide(t, r, agreements, c, context) for t, r, _, c in b],
-                              lambda b: [after_sharing.decide(t, r, agreements, c, context) for t, r, _, c in b],
-                              chunks(inputs)),
-        "project (per disclosure)": (len(replays),
-                                     lambda b: [b_sharing.projection_for(*x, context) for x in b],
-                                     lambda b: [after_sharing.projection_for(*x, context) for x in b],
-                                     chunks(replays)),
-        "encode (per disclosure)": (len(deliveries),
-                                    lambda b: [old_catalogue.encode(n, p, validated=True) for n, p in b],
-                                    lambda b: [new_catalogue.encode(n, p, validated=True) for n, p in b],
-                                    chunks(deliveries)),
+        "decode": (
+            len(payloads),
+            lambda b: [old_catalogue.decode(p) for p in b],
+            lambda b: [new_catalogue.decode(p) for p in b],
+            chunks(payloads),
+        ),
+        "validate": (
+            len(records),
+            lambda b: [b_validation.event_problems(t, r, now, limits) for t, r in b],
+            lambda b: [after_validation.event_problems(t, r, now, limits) for t, r in b],
+            chunks(records),
+        ),
+        "keys + sha256 (control)": (
+            len(payloads),
+            lambda b: [
+                (b_sharing.subject_key(t, r), b_sharing.other_subjects(t, r), hashlib.sha256(p).hexdigest())
+                for (t, r), p in b
+            ],
+            lambda b: [
+                (after_sharing.subject_key(t, r), after_sharing.other_subjects(t, r), hashlib.sha256(p).hexdigest())
+                for (t, r), p in b
+            ],
+            chunks(list(zip(records, payloads, strict=True))),
+        ),
+        "decide": (
+            len(inputs),
+            lambda b: [b_sharing.decide(t, r, agreements, c, context) for t, r, _, c in b],
+            lambda b: (lambda s: [s.decide(t, r, c, context, key=k) for t, r, k, c in b])(
+                after_sharing.Sharing.of(agreements)
+            ),
+            chunks(inputs),
+        ),
+        "decide (old call)": (
+            len(inputs),
+            lambda b: [b_sharing.decide(t, r, agreements, c, context) for t, r, _, c in b],
+            lambda b: [after_sharing.decide(t, r, agreements, c, context) for t, r, _, c in b],
+            chunks(inputs),
+        ),
+        "project (per disclosure)": (
+            len(replays),
+            lambda b: [b_sharing.projection_for(t, r, a, f, rc, context) for t, r, a, f, rc in b],
+            lambda b: [after_sharing.projection_for(t, r, a, f, rc, context) for t, r, a, f, rc in b],
+            chunks(replays),
+        ),
+        "encode (per disclosure)": (
+            len(deliveries),
+            lambda b: [old_catalogue.encode(n, p, validated=True) for n, p in b],
+            lambda b: [new_catalogue.encode(n, p, validated=True) for n, p in b],
+            chunks(deliveries),
+        ),
     }
     best: dict[str, list[float]] = {name: [float("inf"), float("inf")] for name in stages}
     for round_ in range(args.rounds):
         for name, (n, old, new, batches) in stages.items():
-            for side in ((0, 1) if round_ % 2 == 0 else (1, 0)):  # each side goes first every other round
+            for side in (0, 1) if round_ % 2 == 0 else (1, 0):  # each side goes first every other round
                 best[name][side] = min(best[name][side], timed((old, new)[side], batches) / n * 1e6)
 
     per_event = len(disclosed) / len(payloads)
-    print(f"\nbest of {args.rounds} rounds, µs per event unless said (base {args.base}, {per_event:.2f} disclosures/event)")
+    print(
+        f"\nbest of {args.rounds} rounds, µs per event unless said (base {args.base}, {per_event:.2f} disclosures/event)"
+    )
     print(f"{'stage':28} {'before':>9} {'after':>9} {'ratio':>7}")
     for name, (b, a) in best.items():
         print(f"{name:28} {b:9.2f} {a:9.2f} {b / a:6.2f}x")
     total = ("decode", "validate", "keys + sha256 (control)", "decide")
     b_total = sum(best[s][0] for s in total) + best["encode (per disclosure)"][0] * per_event
     a_total = sum(best[s][1] for s in total) + best["encode (per disclosure)"][1] * per_event
-    print(f"{'encode (per event)':28} {best['encode (per disclosure)'][0] * per_event:9.2f} "
-          f"{best['encode (per disclosure)'][1] * per_event:9.2f}")
-    print(f"{'CPU stages per event':28} {b_total:9.2f} {a_total:9.2f} {b_total / a_total:6.2f}x"
-          f"   (ceiling one process: {1e6 / b_total:,.0f} -> {1e6 / a_total:,.0f} events/s)")
+    print(
+        f"{'encode (per event)':28} {best['encode (per disclosure)'][0] * per_event:9.2f} "
+        f"{best['encode (per disclosure)'][1] * per_event:9.2f}"
+    )
+    print(
+        f"{'CPU stages per event':28} {b_total:9.2f} {a_total:9.2f} {b_total / a_total:6.2f}x"
+        f"   (ceiling one process: {1e6 / b_total:,.0f} -> {1e6 / a_total:,.0f} events/s)"
+    )
     return 0
 
 

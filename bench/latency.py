@@ -34,7 +34,7 @@ from confluent_kafka import KafkaError, Message
 from sqlalchemy import Engine, text
 
 from accord.dev.drain import wait_for_group
-from bench.backlog import Encoded
+from bench.backlog import Encoded, position
 from bus import headers as header
 from bus import kafka
 from bus.settings import Settings
@@ -64,8 +64,11 @@ class PartnerClock:
     """1. Receives partner records in a thread and notes when each arrived."""
 
     def __init__(self, settings: Settings, topics: list[str]) -> None:
-        self.consumer = kafka.consumer(settings, f"{settings.topic_prefix}latency-{uuid.uuid4().hex[:6]}",
-                                       **{"fetch.wait.max.ms": 10, "fetch.min.bytes": 1})
+        self.consumer = kafka.consumer(
+            settings,
+            f"{settings.topic_prefix}latency-{uuid.uuid4().hex[:6]}",
+            **{"fetch.wait.max.ms": 10, "fetch.min.bytes": 1},
+        )
         self.assigned = threading.Event()
         self.consumer.subscribe(topics, on_assign=lambda _c, ps: self.assigned.set() if ps else None)
         self.arrived: dict[bytes, int] = {}
@@ -77,8 +80,9 @@ class PartnerClock:
         # poll() returns as soon as a record is there (consume(n) would wait to fill n).
         while not self.stopping:
             m = self.consumer.poll(0.05)
-            if m is not None and m.error() is None and m.key() is not None:
-                self.arrived.setdefault(m.key(), time.monotonic_ns())
+            key = m.key() if m is not None and m.error() is None else None
+            if key is not None:
+                self.arrived.setdefault(key, time.monotonic_ns())
 
     def count(self) -> int:
         return len(self.arrived)
@@ -103,8 +107,8 @@ class SteadyPublisher:
         if err is not None:
             self.failed.append(err.name())
             return
-        tp = (msg.topic(), msg.partition())
-        self.ends[tp] = max(self.ends.get(tp, 0), msg.offset() + 1)
+        tp, offset = position(msg)
+        self.ends[tp] = max(self.ends.get(tp, 0), offset + 1)
 
     def run(self, events: Sequence[Encoded], rate: float) -> float:
         """Publish ``events`` at ``rate`` per second; returns the rate achieved."""
@@ -116,8 +120,13 @@ class SteadyPublisher:
             self.sent[e.event_id] = time.monotonic_ns()
             while True:
                 try:
-                    self.producer.produce(self.names.event(e.event_type), key=e.key, value=e.value,
-                                          headers=list(e.headers), on_delivery=self._on_delivery)
+                    self.producer.produce(
+                        self.names.event(e.event_type),
+                        key=e.key,
+                        value=e.value,
+                        headers=list(e.headers),
+                        on_delivery=self._on_delivery,
+                    )
                     break
                 except BufferError:
                     self.producer.poll(0.01)
@@ -130,10 +139,16 @@ class SteadyPublisher:
 
 def ledger_keys(ledger: Engine) -> Callable[[], dict[bytes, str]]:
     """4. partner record key (disclosure id) -> event id, from the ledger."""
+
     def resolve() -> dict[bytes, str]:
         with ledger.connect() as conn:
-            return {d.encode(): e for d, e in conn.execute(
-                text("SELECT disclosure_id, event_id FROM ledger_entries WHERE outcome = 'DISCLOSED'"))}
+            return {
+                d.encode(): e
+                for d, e in conn.execute(
+                    text("SELECT disclosure_id, event_id FROM ledger_entries WHERE outcome = 'DISCLOSED'")
+                )
+            }
+
     return resolve
 
 
@@ -172,8 +187,10 @@ def measure(
                 time.sleep(0.2)
             if not is_warmup:
                 stages.append((load, achieved, [e.event_id for e in chunk]))
-                progress(f"  {load:,.0f}/s for {seconds:.0f} s published and drained; "
-                         f"{clock.count():,} partner records received so far")
+                progress(
+                    f"  {load:,.0f}/s for {seconds:.0f} s published and drained; "
+                    f"{clock.count():,} partner records received so far"
+                )
         # 4.
         event_of = resolve()
         by_event: dict[str, list[float]] = {}
@@ -184,8 +201,17 @@ def measure(
         out = []
         for load, achieved, ids in stages:
             samples = sorted(ms for i in ids for ms in by_event.get(i, ()))
-            out.append(Stage(load, achieved, len(ids), len(samples), quantile(samples, 0.50),
-                             quantile(samples, 0.99), samples[-1] if samples else float("nan")))
+            out.append(
+                Stage(
+                    load,
+                    achieved,
+                    len(ids),
+                    len(samples),
+                    quantile(samples, 0.50),
+                    quantile(samples, 0.99),
+                    samples[-1] if samples else float("nan"),
+                )
+            )
         return out
     finally:
         clock.close()
@@ -200,8 +226,15 @@ class Relay:
     commits the batch: the publish -> partner path without decoding, deciding or a ledger.
     """
 
-    def __init__(self, settings: Settings, topics: list[str], out_topic: str, batch_size: int, window_s: float,
-                 **overrides: object) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: list[str],
+        out_topic: str,
+        batch_size: int,
+        window_s: float,
+        **overrides: object,
+    ) -> None:
         self.consumer = kafka.consumer(settings, settings.processor_group, **overrides)
         self.producer = kafka.producer(settings)
         self.assigned = threading.Event()
@@ -222,8 +255,8 @@ class Relay:
             for m in msgs:
                 event_id = dict(m.headers() or []).get(header.EVENT_ID, b"")
                 self.producer.produce(self.out_topic, key=event_id, value=m.value())
-                tp = (m.topic(), m.partition())
-                ends[tp] = max(ends.get(tp, -1), m.offset() + 1)
+                tp, offset = position(m)
+                ends[tp] = max(ends.get(tp, -1), offset + 1)
             self.producer.flush(30)
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
 

@@ -52,14 +52,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import Engine, create_engine, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+import psycopg
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.engine import make_url
 
-from accord.provision import setup_database  # noqa: E402
-from bench import roles  # noqa: E402
-from bus.settings import Settings  # noqa: E402
-from ledger import EntryDraft, LedgerEntry, append, verify  # noqa: E402
-from ledger.append import _COPY_TYPES, use_c_bytea_dumper  # noqa: E402  # append's binary COPY, as it does it
+from accord.provision import setup_database
+from bench import roles
+from bus.settings import Settings
+from ledger import EntryDraft, LedgerEntry, append, verify
+from ledger.append import _COPY_TYPES, use_c_bytea_dumper  # append's binary COPY, as it does it
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -77,27 +78,36 @@ def drafts(n: int, batch: int = 1000) -> list[EntryDraft]:
     for i in range(n):
         disclosed = i % 4 != 0
         event = i // 2
-        out.append(EntryDraft(
-            disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench:{i}")),
-            event_id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"event:{event}")),
-            event_type=("custody", "referral", "natal_care")[event % 3],
-            provider="synthetic-provider",
-            recipient=f"partner-{i % 6}",
-            agreement_id="bench-agreement",
-            agreement_version=1,
-            purpose="direct_care",
-            legal_basis="UK GDPR Art 6(1)(e) and Art 9(2)(h); DPA 2018 Sch 1 Pt 1 para 2",
-            outcome="DISCLOSED" if disclosed else "WITHHELD",
-            reason=None if disclosed else "consent denied (consent record 7)",
-            fields=("envelope.event_id", "envelope.occurred_at", "subject.nhs_number", "subject.family_name",
-                    "booking.date") if disclosed else (),
-            consent_mode="opt_out",
-            consent_version=i % 11,
-            subject_key=f"bench:{event % 5000:05d}",
-            decided_at=T0 + timedelta(seconds=i // batch, milliseconds=7),
-            event_digest=hashlib.sha256(f"synthetic event {event}".encode()).hexdigest(),
-            subjects=(f"bench:second:{event:06d}",) if event % 10 == 0 else (),
-        ))
+        out.append(
+            EntryDraft(
+                disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench:{i}")),
+                event_id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"event:{event}")),
+                event_type=("custody", "referral", "natal_care")[event % 3],
+                provider="synthetic-provider",
+                recipient=f"partner-{i % 6}",
+                agreement_id="bench-agreement",
+                agreement_version=1,
+                purpose="direct_care",
+                legal_basis="UK GDPR Art 6(1)(e) and Art 9(2)(h); DPA 2018 Sch 1 Pt 1 para 2",
+                outcome="DISCLOSED" if disclosed else "WITHHELD",
+                reason=None if disclosed else "consent denied (consent record 7)",
+                fields=(
+                    "envelope.event_id",
+                    "envelope.occurred_at",
+                    "subject.nhs_number",
+                    "subject.family_name",
+                    "booking.date",
+                )
+                if disclosed
+                else (),
+                consent_mode="opt_out",
+                consent_version=i % 11,
+                subject_key=f"bench:{event % 5000:05d}",
+                decided_at=T0 + timedelta(seconds=i // batch, milliseconds=7),
+                event_digest=hashlib.sha256(f"synthetic event {event}".encode()).hexdigest(),
+                subjects=(f"bench:second:{event:06d}",) if event % 10 == 0 else (),
+            )
+        )
     return out
 
 
@@ -195,9 +205,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--url", default=None,
-                        help="a PostgreSQL superuser's URL (default ACCORD_LEDGER_URL if PostgreSQL, "
-                             "else the test database)")
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="a PostgreSQL superuser's URL (default ACCORD_LEDGER_URL if PostgreSQL, else the test database)",
+    )
     args = parser.parse_args()
     url = args.url or (Settings().ledger_url if Settings().ledger_url.startswith("postgresql") else DEFAULT_URL)
 
@@ -218,9 +230,15 @@ def main() -> int:
         ledger_engine = create_engine(db.app.url, pool_size=1, max_overflow=0)
         raw_engine = create_engine(db.app.url, pool_size=1, max_overflow=0)
         raw = raw_engine.raw_connection()
-        raw_pid = raw.driver_connection.info.backend_pid
-        meters = {"ledger": Meter(backend_pid(ledger_engine)), "indexed": Meter(raw_pid),
-                  "text": Meter(raw_pid), "plain": Meter(raw_pid)}
+        raw_pg = raw.driver_connection
+        assert isinstance(raw_pg, psycopg.Connection)  # the engine's driver is psycopg 3
+        raw_pid = raw_pg.info.backend_pid
+        meters = {
+            "ledger": Meter(backend_pid(ledger_engine)),
+            "indexed": Meter(raw_pid),
+            "text": Meter(raw_pid),
+            "plain": Meter(raw_pid),
+        }
         try:
             for i, batch in enumerate(batches):
                 finished = rows[i * args.batch : (i + 1) * args.batch]
@@ -255,21 +273,31 @@ def main() -> int:
     def us(seconds: float) -> str:
         return f"{seconds / n * 1e6:.1f}"
 
-    print(f"{n:,} entries, {args.batch:,} per transaction, PostgreSQL ({make_url(url).host}), as app role {role}; "
-          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(
+        f"{n:,} entries, {args.batch:,} per transaction, PostgreSQL ({make_url(url).host}), as app role {role}; "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs"
+    )
     for key, m in meters.items():
-        print(f"{labels[key]:74s} {rate[key]:>8,.0f} entries/s ({m.wall:.2f} s); CPU {us(m.client_cpu + m.server_cpu)} "
-              f"us/entry (Python {us(m.client_cpu)}, PostgreSQL {us(m.server_cpu)})")
-    print(f"ratio ledger.append / raw binary COPY into the same indexed table: {ratio:.3f} in entries/s, "
-          f"{cpu_ratio:.3f} in CPU per entry (inverted)")
+        print(
+            f"{labels[key]:74s} {rate[key]:>8,.0f} entries/s ({m.wall:.2f} s); CPU {us(m.client_cpu + m.server_cpu)} "
+            f"us/entry (Python {us(m.client_cpu)}, PostgreSQL {us(m.server_cpu)})"
+        )
+    print(
+        f"ratio ledger.append / raw binary COPY into the same indexed table: {ratio:.3f} in entries/s, "
+        f"{cpu_ratio:.3f} in CPU per entry (inverted)"
+    )
     print(f"same rows as the first append: {'yes' if same else 'NO'}; {result.describe()}")
     print()
-    print(f"| {n:,} entries, {args.batch:,} per transaction | entries/s | vs raw binary COPY, same indexes "
-          "| CPU us/entry (Python + PostgreSQL) |")
+    print(
+        f"| {n:,} entries, {args.batch:,} per transaction | entries/s | vs raw binary COPY, same indexes "
+        "| CPU us/entry (Python + PostgreSQL) |"
+    )
     print("| --- | ---: | ---: | ---: |")
     for key, m in meters.items():
-        print(f"| {labels[key]} | {rate[key]:,.0f} | {rate[key] / rate['indexed']:.2f} | "
-              f"{us(m.client_cpu + m.server_cpu)} ({us(m.client_cpu)} + {us(m.server_cpu)}) |")
+        print(
+            f"| {labels[key]} | {rate[key]:,.0f} | {rate[key] / rate['indexed']:.2f} | "
+            f"{us(m.client_cpu + m.server_cpu)} ({us(m.client_cpu)} + {us(m.server_cpu)}) |"
+        )
     return 0 if result.ok and same else 1
 
 

@@ -31,11 +31,12 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+import psycopg
+from sqlalchemy import create_engine, text
 
-from bench.ledger_append import DEFAULT_URL, drafts, on_cpu_ns  # noqa: E402
-from ledger import GENESIS_HASH, LedgerEntry, init_ledger  # noqa: E402
-from ledger.append import _COPY_TYPES, _rows, use_c_bytea_dumper  # noqa: E402
+from bench.ledger_append import DEFAULT_URL, drafts, on_cpu_ns
+from ledger import GENESIS_HASH, LedgerEntry, init_ledger
+from ledger.append import _COPY_TYPES, _rows, use_c_bytea_dumper
 
 COLUMNS = [c.name for c in LedgerEntry.__table__.columns]
 PK = "ALTER TABLE {t} ADD PRIMARY KEY (seq)"
@@ -58,8 +59,10 @@ DESIGNS: list[tuple[str, list[str]]] = [
     ("no index", []),
     ("PK (seq)", [PK]),
     ("PK + UNIQUE (disclosure_id) btree", BASE),
-    ('PK + UNIQUE (disclosure_id COLLATE "C") btree (byte order; needs the column so collated)',
-     [PK, 'CREATE UNIQUE INDEX ON {t} (disclosure_id COLLATE "C")']),
+    (
+        'PK + UNIQUE (disclosure_id COLLATE "C") btree (byte order; needs the column so collated)',
+        [PK, 'CREATE UNIQUE INDEX ON {t} (disclosure_id COLLATE "C")'],
+    ),
     ("PK + UNIQUE + btree event_id", [*BASE, btree("event_id")]),
     ("PK + UNIQUE + hash event_id", [*BASE, hash_("event_id")]),
     ("PK + UNIQUE + btree subject_key", [*BASE, btree("subject_key")]),
@@ -67,18 +70,30 @@ DESIGNS: list[tuple[str, list[str]]] = [
     ("PK + UNIQUE + btree refers_to", [*BASE, btree("refers_to")]),
     ("PK + UNIQUE + btree refers_to WHERE NOT NULL", [*BASE, btree("refers_to", NOT_NULL)]),
     ("PK + UNIQUE + hash refers_to", [*BASE, hash_("refers_to")]),
-    ("before: PK + UNIQUE + btree event_id, subject_key, refers_to",
-     [*BASE, btree("event_id"), btree("subject_key"), btree("refers_to")]),
-    ("PK + UNIQUE + hash event_id, subject_key, refers_to",
-     [*BASE, hash_("event_id"), hash_("subject_key"), hash_("refers_to")]),
-    ("PK + UNIQUE + hash event_id + btree subject_key + btree refers_to WHERE NOT NULL",
-     [*BASE, hash_("event_id"), btree("subject_key"), btree("refers_to", NOT_NULL)]),
-    ("PK + UNIQUE + hash event_id, subject_key + btree refers_to WHERE NOT NULL",
-     [*BASE, hash_("event_id"), hash_("subject_key"), btree("refers_to", NOT_NULL)]),
-    ("now: PK + UNIQUE + btree event_id, subject_key + hash refers_to",
-     [*BASE, btree("event_id"), btree("subject_key"), hash_("refers_to")]),
-    ("PK + hash disclosure_id (NOT unique) + hash event_id, subject_key, refers_to",
-     [PK, hash_("disclosure_id"), hash_("event_id"), hash_("subject_key"), hash_("refers_to")]),
+    (
+        "before: PK + UNIQUE + btree event_id, subject_key, refers_to",
+        [*BASE, btree("event_id"), btree("subject_key"), btree("refers_to")],
+    ),
+    (
+        "PK + UNIQUE + hash event_id, subject_key, refers_to",
+        [*BASE, hash_("event_id"), hash_("subject_key"), hash_("refers_to")],
+    ),
+    (
+        "PK + UNIQUE + hash event_id + btree subject_key + btree refers_to WHERE NOT NULL",
+        [*BASE, hash_("event_id"), btree("subject_key"), btree("refers_to", NOT_NULL)],
+    ),
+    (
+        "PK + UNIQUE + hash event_id, subject_key + btree refers_to WHERE NOT NULL",
+        [*BASE, hash_("event_id"), hash_("subject_key"), btree("refers_to", NOT_NULL)],
+    ),
+    (
+        "now: PK + UNIQUE + btree event_id, subject_key + hash refers_to",
+        [*BASE, btree("event_id"), btree("subject_key"), hash_("refers_to")],
+    ),
+    (
+        "PK + hash disclosure_id (NOT unique) + hash event_id, subject_key, refers_to",
+        [PK, hash_("disclosure_id"), hash_("event_id"), hash_("subject_key"), hash_("refers_to")],
+    ),
 ]
 
 
@@ -88,8 +103,10 @@ def finished_rows(n: int, batch: int) -> list[tuple[Any, ...]]:
     from dataclasses import replace
 
     todo = drafts(n)
-    todo = [replace(d, outcome="RECEIVED", refers_to=todo[i - 1].disclosure_id) if i % 5 in (2, 4) else d
-            for i, d in enumerate(todo)]
+    todo = [
+        replace(d, outcome="RECEIVED", refers_to=todo[i - 1].disclosure_id) if i % 5 in (2, 4) else d
+        for i, d in enumerate(todo)
+    ]
     rows: list[tuple[Any, ...]] = []
     seq, prev = 0, GENESIS_HASH
     for i in range(0, n, batch):
@@ -111,8 +128,8 @@ def main() -> int:
 
     schema = f"bench_idx_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in args.url else "?"
     engine = create_engine(f"{args.url}{sep}options={quote(f'-csearch_path={schema}')}")
     best: dict[str, tuple[float, float]] = {}
@@ -120,6 +137,7 @@ def main() -> int:
         init_ledger(engine)  # the table to copy the columns from
         raw = engine.raw_connection()
         conn = raw.driver_connection
+        assert isinstance(conn, psycopg.Connection)  # the engine's driver is psycopg 3
         use_c_bytea_dumper(conn)
         pid = conn.info.backend_pid
         order = list(range(len(DESIGNS)))
@@ -132,7 +150,7 @@ def main() -> int:
                 for statement in ddl:
                     conn.execute(statement.format(t="t"))
                 conn.commit()
-                cpu, wall = on_cpu_ns(pid), time.perf_counter()
+                cpu0, wall0 = on_cpu_ns(pid), time.perf_counter()
                 cursor = conn.cursor()
                 for i in range(0, len(rows), args.batch):
                     with cursor.copy(f"COPY t ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
@@ -140,13 +158,15 @@ def main() -> int:
                         for row in rows[i : i + args.batch]:
                             copy.write_row(row)
                     conn.commit()
-                wall, cpu = time.perf_counter() - wall, (on_cpu_ns(pid) - cpu) / 1e9
+                wall, cpu = time.perf_counter() - wall0, (on_cpu_ns(pid) - cpu0) / 1e9
                 old = best.get(name)
                 best[name] = (min(wall, old[0]), min(cpu, old[1])) if old else (wall, cpu)
 
         n = args.entries
-        print(f"{n:,} rows by binary COPY, {args.batch:,} per transaction, best of {args.rounds} rounds; "
-              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(
+            f"{n:,} rows by binary COPY, {args.batch:,} per transaction, best of {args.rounds} rounds; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
         print()
         print("| indexes | entries/s | PostgreSQL CPU us/entry |")
         print("| --- | ---: | ---: |")
@@ -160,8 +180,12 @@ def main() -> int:
         print("| look-up | btree: PostgreSQL CPU ms (wall ms) | hash: PostgreSQL CPU ms (wall ms) |")
         print("| --- | ---: | ---: |")
         sample = random.Random(7).sample(rows, 1000)
-        keys = {"disclosure_id": [r[1] for r in sample], "event_id": [r[2] for r in sample],
-                "subject_key": [r[15] for r in sample], "refers_to": [r[17] for r in sample if r[17]]}
+        keys = {
+            "disclosure_id": [r[1] for r in sample],
+            "event_id": [r[2] for r in sample],
+            "subject_key": [r[15] for r in sample],
+            "refers_to": [r[17] for r in sample if r[17]],
+        }
         timings: dict[tuple[str, str, str], tuple[float, float]] = {}
         for kind in ("btree", "hash"):
             conn.execute("DROP TABLE IF EXISTS t")
@@ -175,16 +199,21 @@ def main() -> int:
             conn.execute("ANALYZE t")
             conn.commit()
             for column, values in keys.items():
-                for shape, stmt, args, reps in (
-                    ("= ANY", f"SELECT * FROM t WHERE {column} = ANY(%s)", lambda i: (values,), 10),
-                    ("=", f"SELECT * FROM t WHERE {column} = %s", lambda i: (values[i % len(values)],), 200),
+                for shape, stmt, params, reps in (
+                    ("= ANY", f"SELECT * FROM t WHERE {column} = ANY(%s)", lambda i, values=values: (values,), 10),
+                    (
+                        "=",
+                        f"SELECT * FROM t WHERE {column} = %s",
+                        lambda i, values=values: (values[i % len(values)],),
+                        200,
+                    ),
                 ):
-                    conn.execute(stmt, args(0)).fetchall()  # warm
+                    conn.execute(stmt, params(0)).fetchall()  # warm
                     runs = []
                     for _ in range(3):
                         cpu, wall = on_cpu_ns(pid), time.perf_counter()
                         for i in range(reps):
-                            conn.execute(stmt, args(i)).fetchall()
+                            conn.execute(stmt, params(i)).fetchall()
                         runs.append(((on_cpu_ns(pid) - cpu) / 1e6 / reps, (time.perf_counter() - wall) * 1e3 / reps))
                     timings[(column, kind, shape)] = min(runs)
             conn.rollback()
@@ -192,8 +221,10 @@ def main() -> int:
             for shape in ("= ANY", "="):
                 many = f"`{column} = ANY` ({len(keys[column])} keys)"
                 label = many if shape == "= ANY" else f"`{column} =` (one key)"
-                cells = [f"{timings[(column, kind, shape)][0]:.2f} ({timings[(column, kind, shape)][1]:.2f})"
-                         for kind in ("btree", "hash")]
+                cells = [
+                    f"{timings[(column, kind, shape)][0]:.2f} ({timings[(column, kind, shape)][1]:.2f})"
+                    for kind in ("btree", "hash")
+                ]
                 print(f"| {label} | {cells[0]} | {cells[1]} |")
         raw.close()
     finally:

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import Engine, create_engine, text  # noqa: E402
+from sqlalchemy import Engine, create_engine, text
 
 DEFAULT_URL = os.environ.get("ACCORD_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,27 +70,36 @@ def drafts(start: int, n: int) -> list:
     out = []
     for i in range(start, start + n):
         disclosed = i % 4 != 0
-        out.append(EntryDraft(
-            disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-reads:{i}")),
-            event_id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"bench-reads-event:{i // 2}")),
-            event_type=("custody", "referral", "natal_care")[i % 3],
-            provider="synthetic-provider",
-            recipient=f"partner-{i % 6}",
-            agreement_id="bench-agreement",
-            agreement_version=1,
-            purpose="direct_care",
-            legal_basis="UK GDPR Art 6(1)(e) and Art 9(2)(h); DPA 2018 Sch 1 Pt 1 para 2",
-            outcome="DISCLOSED" if disclosed else "WITHHELD",
-            reason=None if disclosed else "consent denied (consent record 7)",
-            fields=("envelope.event_id", "envelope.occurred_at", "subject.nhs_number", "subject.family_name",
-                    "booking.date") if disclosed else (),
-            consent_mode="opt_out",
-            consent_version=i % 11,
-            subject_key=subject_of(i),
-            decided_at=T0 + timedelta(milliseconds=i),
-            event_digest=hashlib.sha256(f"bench event {i // 2}".encode()).hexdigest(),
-            subjects=(f"local:bench-agency:B{(i // 10) % 50_000:05d}",) if i % 10 == 0 else (),
-        ))
+        out.append(
+            EntryDraft(
+                disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-reads:{i}")),
+                event_id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"bench-reads-event:{i // 2}")),
+                event_type=("custody", "referral", "natal_care")[i % 3],
+                provider="synthetic-provider",
+                recipient=f"partner-{i % 6}",
+                agreement_id="bench-agreement",
+                agreement_version=1,
+                purpose="direct_care",
+                legal_basis="UK GDPR Art 6(1)(e) and Art 9(2)(h); DPA 2018 Sch 1 Pt 1 para 2",
+                outcome="DISCLOSED" if disclosed else "WITHHELD",
+                reason=None if disclosed else "consent denied (consent record 7)",
+                fields=(
+                    "envelope.event_id",
+                    "envelope.occurred_at",
+                    "subject.nhs_number",
+                    "subject.family_name",
+                    "booking.date",
+                )
+                if disclosed
+                else (),
+                consent_mode="opt_out",
+                consent_version=i % 11,
+                subject_key=subject_of(i),
+                decided_at=T0 + timedelta(milliseconds=i),
+                event_digest=hashlib.sha256(f"bench event {i // 2}".encode()).hexdigest(),
+                subjects=(f"local:bench-agency:B{(i // 10) % 50_000:05d}",) if i % 10 == 0 else (),
+            )
+        )
     return out
 
 
@@ -125,7 +134,7 @@ class RowCounter:
         self.statements = 0
         event.listen(engine, "after_cursor_execute", self._seen)
 
-    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:
         if not statement.lstrip().upper().startswith("SELECT"):
             return
         self.statements += 1
@@ -148,7 +157,9 @@ def measure_prove(schema: str) -> dict:
     from ledger.proofs import prove_entry
 
     engine = engine_for_schema(schema)
-    n = latest_checkpoint(engine).tree_size
+    checkpoint = latest_checkpoint(engine)
+    assert checkpoint is not None, "the scratch ledger is checkpointed when it is built"
+    n = checkpoint.tree_size
     counter = RowCounter(engine)
     seqs = sorted({1, 2, 256, 257, 65_536, 65_537, n // 3, n // 2, (2 * n) // 3, n - 300, n - 1, n})
     rows, tile_rows, seconds, lengths = [], [], [], []
@@ -162,8 +173,15 @@ def measure_prove(schema: str) -> dict:
         r, tr, _ = counter.reset()
         rows.append(r)
         tile_rows.append(tr)
-    return {"proofs": len(seqs), "rows_max": max(rows), "rows_min": min(rows), "tile_rows_max": max(tile_rows),
-            "proof_hashes": max(lengths), "s_median": sorted(seconds)[len(seconds) // 2], "s_max": max(seconds)}
+    return {
+        "proofs": len(seqs),
+        "rows_max": max(rows),
+        "rows_min": min(rows),
+        "tile_rows_max": max(tile_rows),
+        "proof_hashes": max(lengths),
+        "s_median": sorted(seconds)[len(seconds) // 2],
+        "s_max": max(seconds),
+    }
 
 
 def measure_prove_baseline(schema: str) -> dict:
@@ -175,13 +193,17 @@ def measure_prove_baseline(schema: str) -> dict:
 
     engine = engine_for_schema(schema)
     checkpoint = latest_checkpoint(engine)
+    assert checkpoint is not None, "the scratch ledger is checkpointed when it is built"
     counter = RowCounter(engine)
     seq = checkpoint.tree_size // 2
     t = time.perf_counter()
     with engine.connect() as conn:
-        leaves = [bytes(h) for h in conn.execute(
-            select(LedgerEntry.leaf_hash).where(LedgerEntry.seq <= checkpoint.tree_size).order_by(LedgerEntry.seq)
-        ).scalars()]
+        leaves = [
+            bytes(h)
+            for h in conn.execute(
+                select(LedgerEntry.leaf_hash).where(LedgerEntry.seq <= checkpoint.tree_size).order_by(LedgerEntry.seq)
+            ).scalars()
+        ]
     tree = merkle.MerkleTree(leaves)
     assert tree.root() == checkpoint.root
     proof = tree.inclusion_proof(seq - 1)
@@ -206,8 +228,15 @@ def measure_report(schema: str) -> dict:
     seconds = time.perf_counter() - t
     rows, tile_rows, statements = counter.reset()
     assert all(i.proof is not None for i in report.items)
-    return {"entries": len(found), "shown": len(report.items), "rows": rows, "tile_rows": tile_rows,
-            "statements": statements, "s": seconds, "s_finding_entries": s_entries}
+    return {
+        "entries": len(found),
+        "shown": len(report.items),
+        "rows": rows,
+        "tile_rows": tile_rows,
+        "statements": statements,
+        "s": seconds,
+        "s_finding_entries": s_entries,
+    }
 
 
 def measure_file_verifies(schema: str) -> dict:
@@ -294,13 +323,17 @@ def main() -> None:
     tiles.ensure(engine, n)  # a ledger whose tiles were not written by its checkpoints: built once, here
     lazy_s = time.perf_counter() - t
     with engine.connect() as conn:
-        tile_rows, tile_bytes = conn.execute(text("SELECT count(*), coalesce(sum(length(hashes)), 0) FROM ledger_tiles")).one()
+        tile_rows, tile_bytes = conn.execute(
+            text("SELECT count(*), coalesce(sum(length(hashes)), 0) FROM ledger_tiles")
+        ).one()
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         export = export_all(args.schema, n, Path(tmp))
         print(f"export: {export}", file=sys.stderr, flush=True)
-        checked = measure(args.schema, "verify-file", {**os.environ, "BENCH_EXPORT_FILE": str(Path(tmp) / "export.jsonl")})
+        checked = measure(
+            args.schema, "verify-file", {**os.environ, "BENCH_EXPORT_FILE": str(Path(tmp) / "export.jsonl")}
+        )
         print(f"verify-file: {checked}", file=sys.stderr, flush=True)
     prove = measure(args.schema, "prove")
     print(f"prove: {prove}", file=sys.stderr, flush=True)
@@ -309,29 +342,46 @@ def main() -> None:
     report = measure(args.schema, "report")
     print(f"report: {report}", file=sys.stderr, flush=True)
 
-    print(f"\nLedger of {n:,} entries (schema {args.schema}); tiles: {tile_rows:,} rows, {tile_bytes / 1e6:.1f} MB"
-          + (f"; checkpoint made in {made_s:.1f} s (re-checks every entry since the last one, writes the tiles)"
-             if made_s is not None else "")
-          + (f"; tiles ensured in {lazy_s:.1f} s" if lazy_s > 1 else ""))
+    print(
+        f"\nLedger of {n:,} entries (schema {args.schema}); tiles: {tile_rows:,} rows, {tile_bytes / 1e6:.1f} MB"
+        + (
+            f"; checkpoint made in {made_s:.1f} s (re-checks every entry since the last one, writes the tiles)"
+            if made_s is not None
+            else ""
+        )
+        + (f"; tiles ensured in {lazy_s:.1f} s" if lazy_s > 1 else "")
+    )
     print()
     print("| read | rows fetched | seconds | peak RSS |")
     print("| --- | --- | --- | --- |")
-    print(f"| `accord ledger export --from 1 --to {n:,}` (exit {export['exit']}, {export['bytes'] / 1e9:.2f} GB jsonl) "
-          f"| {n:,} entries + tiles | {export['s']:.1f} | {export['rss_mb']:.0f} MB |")
-    print(f"| that file re-checked offline, streamed (`verify_export(open(...))`): ok={checked['ok']}, "
-          f"{checked['entries']:,} entries | (no database) | {checked['wall_s']:.1f} | {checked['rss_mb']:.0f} MB |")
-    print(f"| `prove_entry`, {prove['proofs']} entries across the tree | {prove['rows_min']}..{prove['rows_max']} per proof "
-          f"({prove['tile_rows_max']} tile rows at most; proofs of up to {prove['proof_hashes']} hashes) | "
-          f"{prove['s_median'] * 1000:.1f} ms median, {prove['s_max'] * 1000:.1f} ms max | {prove['rss_mb']:.0f} MB |")
-    print(f"| baseline: one proof as before tiles (all leaf hashes, whole tree) | {baseline['rows']:,} | "
-          f"{baseline['s']:.2f} | {baseline['rss_mb']:.0f} MB |")
-    print(f"| subject report, {report['shown']} entries shown ({report['entries']} found) | {report['rows']} "
-          f"({report['tile_rows']} tile rows, {report['statements']} SELECTs) | {report['s']:.3f} "
-          f"(finding the entries: {report['s_finding_entries']:.3f}) | {report['rss_mb']:.0f} MB |")
+    print(
+        f"| `accord ledger export --from 1 --to {n:,}` (exit {export['exit']}, {export['bytes'] / 1e9:.2f} GB jsonl) "
+        f"| {n:,} entries + tiles | {export['s']:.1f} | {export['rss_mb']:.0f} MB |"
+    )
+    print(
+        f"| that file re-checked offline, streamed (`verify_export(open(...))`): ok={checked['ok']}, "
+        f"{checked['entries']:,} entries | (no database) | {checked['wall_s']:.1f} | {checked['rss_mb']:.0f} MB |"
+    )
+    print(
+        f"| `prove_entry`, {prove['proofs']} entries across the tree | {prove['rows_min']}..{prove['rows_max']} per proof "
+        f"({prove['tile_rows_max']} tile rows at most; proofs of up to {prove['proof_hashes']} hashes) | "
+        f"{prove['s_median'] * 1000:.1f} ms median, {prove['s_max'] * 1000:.1f} ms max | {prove['rss_mb']:.0f} MB |"
+    )
+    print(
+        f"| baseline: one proof as before tiles (all leaf hashes, whole tree) | {baseline['rows']:,} | "
+        f"{baseline['s']:.2f} | {baseline['rss_mb']:.0f} MB |"
+    )
+    print(
+        f"| subject report, {report['shown']} entries shown ({report['entries']} found) | {report['rows']} "
+        f"({report['tile_rows']} tile rows, {report['statements']} SELECTs) | {report['s']:.3f} "
+        f"(finding the entries: {report['s_finding_entries']:.3f}) | {report['rss_mb']:.0f} MB |"
+    )
     print()
     ratio = baseline["s"] / prove["s_median"] if prove["s_median"] else float("inf")
-    print(f"proof: {ratio:,.0f}x faster than the baseline, {baseline['rows'] / prove['rows_max']:,.0f}x fewer rows"
-          + (f"; verify problems: {checked['problems']}" if not checked["ok"] else ""))
+    print(
+        f"proof: {ratio:,.0f}x faster than the baseline, {baseline['rows'] / prove['rows_max']:,.0f}x fewer rows"
+        + (f"; verify problems: {checked['problems']}" if not checked["ok"] else "")
+    )
 
 
 if __name__ == "__main__":

@@ -48,26 +48,27 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pydantic import SecretStr  # noqa: E402
-from sqlalchemy import Engine, create_engine, select, text  # noqa: E402
+from pydantic import SecretStr
+from sqlalchemy import Engine, create_engine, select, text
 
-from accord.dev import devstack  # noqa: E402
-from bench import backlog, baselines, latency  # noqa: E402
-from bench.baselines import PerEvent  # noqa: E402
-from bench.cpu import CpuMeter, Usage  # noqa: E402
-from bench.pg_waits import PgWaits  # noqa: E402
-from bench.roles import role_database, scratch_schema  # noqa: E402
-from bench.workers import Drained, Workers, drain_backlog, processor_env  # noqa: E402
-from bus.settings import Settings  # noqa: E402
-from bus.topics import EVENT_PARTITIONS, EVENT_TYPES, TopicNames, TopicSpec  # noqa: E402
-from ledger import LedgerEntry  # noqa: E402
+from accord.dev import devstack
+from bench import backlog, baselines, latency
+from bench.baselines import PerEvent
+from bench.cpu import CpuMeter, Usage
+from bench.latency import Stage
+from bench.pg_waits import PgWaits
+from bench.roles import role_database, scratch_schema
+from bench.workers import Drained, Workers, drain_backlog, processor_env
+from bus.settings import Settings
+from bus.topics import EVENT_PARTITIONS, EVENT_TYPES, TopicNames, TopicSpec
+from ledger import LedgerEntry
 
 
 def log(message: str) -> None:
@@ -110,9 +111,12 @@ class LedgerShape:
 def ledger_shape(engine: Engine) -> LedgerShape:
     shape = LedgerShape()
     with engine.connect() as conn:
-        for event_type, events, rows, disclosed in conn.execute(text(
+        for event_type, events, rows, disclosed in conn.execute(
+            text(
                 "SELECT event_type, COUNT(DISTINCT event_id), COUNT(*), "
-                "SUM(CASE WHEN outcome = 'DISCLOSED' THEN 1 ELSE 0 END) FROM ledger_entries GROUP BY event_type")):
+                "SUM(CASE WHEN outcome = 'DISCLOSED' THEN 1 ELSE 0 END) FROM ledger_entries GROUP BY event_type"
+            )
+        ):
             shape.events[event_type], shape.rows[event_type], shape.disclosed[event_type] = events, rows, int(disclosed)
     return shape
 
@@ -131,34 +135,48 @@ class Bench:
         prefix = f"bench{uuid.uuid4().hex[:6]}.{name}."
         state = self.root / prefix.rstrip(".")
         state.mkdir(parents=True)
-        return self.base.model_copy(update={
-            "topic_prefix": prefix, "processor_group": f"{prefix}processor", "state_dir": state,
-            "pseudonym_key": SecretStr(self.pseudonym_key), "ledger_signing_key": SecretStr(""),
-        })
+        return self.base.model_copy(
+            update={
+                "topic_prefix": prefix,
+                "processor_group": f"{prefix}processor",
+                "state_dir": state,
+                "pseudonym_key": SecretStr(self.pseudonym_key),
+                "ledger_signing_key": SecretStr(""),
+            }
+        )
 
     def event_topics(self, settings: Settings) -> list[str]:
         names = TopicNames(settings.topic_prefix)
         return [names.event(t) for t in EVENT_TYPES]
 
-    def publish_backlog(self, settings: Settings, extra: list[TopicSpec] = ()) -> dict[tuple[str, int], int]:
+    def publish_backlog(self, settings: Settings, extra: Sequence[TopicSpec] = ()) -> dict[tuple[str, int], int]:
         backlog.create_bus_topics(settings, list(extra))
         started = time.perf_counter()
         ends = backlog.publish(settings, self.backlog)
-        log(f"  published {sum(ends.values()):,} events to {len(ends)} partitions in "
-            f"{time.perf_counter() - started:.1f} s")
+        log(
+            f"  published {sum(ends.values()):,} events to {len(ends)} partitions in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         return ends
 
     @contextmanager
-    def ledger(self, settings: Settings, backend: str) -> Iterator[tuple[str, Engine, Callable[[], list[int]],
-                                                                         PgWaits | None]]:
+    def ledger(
+        self, settings: Settings, backend: str
+    ) -> Iterator[tuple[str, Engine, Callable[[], list[int]], PgWaits | None]]:
         """(the URL the processor connects with, an engine the bench reads results through, its server
         pids, a sampler of its sessions)."""
         if backend == "postgresql":
             with role_database() as db:
+
                 def backends() -> list[int]:
                     with db.admin.connect() as conn:
-                        return [int(p) for p in conn.execute(
-                            text("SELECT pid FROM pg_stat_activity WHERE usename = :r"), {"r": db.app_role}).scalars()]
+                        return [
+                            int(p)
+                            for p in conn.execute(
+                                text("SELECT pid FROM pg_stat_activity WHERE usename = :r"), {"r": db.app_role}
+                            ).scalars()
+                        ]
+
                 yield db.app_url, db.admin, backends, PgWaits(db.admin, db.app_role)
         else:
             url = f"sqlite:///{settings.state_dir / 'ledger.db'}"
@@ -170,8 +188,9 @@ class Bench:
 
     def cpu_groups(self) -> dict[str, Callable[[], list[int]]]:
         groups: dict[str, Callable[[], list[int]]] = {"bench": lambda: [os.getpid()]}
-        if self.broker_pid is not None:
-            groups["broker"] = lambda: [self.broker_pid]
+        broker_pid = self.broker_pid  # set once, before the first run
+        if broker_pid is not None:
+            groups["broker"] = lambda: [broker_pid]
         return groups
 
     def meter(self, workers: Workers, database: Callable[[], list[int]]) -> CpuMeter:
@@ -180,8 +199,9 @@ class Bench:
             groups["postgres"] = database
         return CpuMeter({**groups, **self.cpu_groups()})
 
-    def pipeline(self, backend: str, workers: int,
-                 keep: Callable[[Engine], None] | None = None) -> tuple[Drained, LedgerShape, str]:
+    def pipeline(
+        self, backend: str, workers: int, keep: Callable[[Engine], None] | None = None
+    ) -> tuple[Drained, LedgerShape, str]:
         settings = self.fresh(f"{backend[:2]}{workers}")
         ends = self.publish_backlog(settings)
         with self.ledger(settings, backend) as (url, engine, database, waits):
@@ -195,27 +215,31 @@ class Bench:
                 keep(engine)
         if sum(shape.events.values()) != len(self.backlog):
             raise RuntimeError(f"the ledger records {sum(shape.events.values())} events of {len(self.backlog)}")
-        detail = (f"{how}; timed {drained.events:,} events in {drained.seconds:.1f} s "
-                  f"({drained.before_window:,} committed before the group settled; {rebalances} revocations)"
-                  + (f"\n    {drained.waits}" if drained.waits else ""))
+        detail = (
+            f"{how}; timed {drained.events:,} events in {drained.seconds:.1f} s "
+            f"({drained.before_window:,} committed before the group settled; {rebalances} revocations)"
+            + (f"\n    {drained.waits}" if drained.waits else "")
+        )
         return drained, shape, detail
 
-    def latency(self, workers: int, loads: list[tuple[float, float]],
-                env: dict[str, str] | None = None) -> list[latency.Stage]:
+    def latency(self, workers: int, loads: list[tuple[float, float]], env: dict[str, str] | None = None) -> list[Stage]:
         settings = self.fresh(f"lat{workers}")
         backlog.create_bus_topics(settings)
         partner_topics = [t for ts in backlog.partner_topics(settings).values() for t in ts]
-        with role_database() as db:
-            with Workers(workers, processor_env(settings, db.app_url, env), settings.state_dir, "processor") as group:
-                group.wait_settled()
-                group.check_alive()
-                stages = latency.measure(settings, latency.ledger_keys(db.admin), partner_topics, self.events,
-                                         loads, progress=log)
-                group.check_alive()
-                group.no_dead_letters()
-                return stages
+        with (
+            role_database() as db,
+            Workers(workers, processor_env(settings, db.app_url, env), settings.state_dir, "processor") as group,
+        ):
+            group.wait_settled()
+            group.check_alive()
+            stages = latency.measure(
+                settings, latency.ledger_keys(db.admin), partner_topics, self.events, loads, progress=log
+            )
+            group.check_alive()
+            group.no_dead_letters()
+            return stages
 
-    def relay_latency(self, load: tuple[float, float], window_s: float, **overrides: object) -> latency.Stage:
+    def relay_latency(self, load: tuple[float, float], window_s: float, **overrides: object) -> Stage:
         """Latency through the processor's Kafka loop with nothing in it (bench/latency.py Relay)."""
         settings = self.fresh("relay")
         out = f"{settings.topic_prefix}relay.out"
@@ -224,8 +248,14 @@ class Bench:
         try:
             if not relay.assigned.wait(30):
                 raise RuntimeError("the relay got no partitions within 30 s")
-            [stage] = latency.measure(settings, lambda: {e.event_id.encode(): e.event_id for e in self.events},
-                                      [out], self.events, [load], progress=lambda _m: None)
+            [stage] = latency.measure(
+                settings,
+                lambda: {e.event_id.encode(): e.event_id for e in self.events},
+                [out],
+                self.events,
+                [load],
+                progress=lambda _m: None,
+            )
             return stage
         finally:
             relay.close()
@@ -253,14 +283,20 @@ def main() -> int:
     parser.add_argument("--headline-seconds", type=float, default=10.0)
     parser.add_argument("--latency-workers", default="1,2")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
-    parser.add_argument("--latency-env", action="append", default=[], metavar="ACCORD_X=VALUE",
-                        help="an extra setting for the processor in the latency runs only (experiments; "
-                             "the output says so)")
+    parser.add_argument(
+        "--latency-env",
+        action="append",
+        default=[],
+        metavar="ACCORD_X=VALUE",
+        help="an extra setting for the processor in the latency runs only (experiments; the output says so)",
+    )
     args = parser.parse_args()
     begun = time.perf_counter()
 
-    loads = [(float(x), args.headline_seconds if float(x) == args.headline_load else args.stage_seconds)
-             for x in args.loads.split(",")]
+    loads = [
+        (float(x), args.headline_seconds if float(x) == args.headline_load else args.stage_seconds)
+        for x in args.loads.split(",")
+    ]
     latency_workers = [int(x) for x in args.latency_workers.split(",") if x]
     latency_env = dict(kv.split("=", 1) for kv in args.latency_env)
     needed = max(args.events, 300 + int(sum(r * s for r, s in loads)) if not args.no_latency else 0)
@@ -273,15 +309,21 @@ def main() -> int:
         devstack.up(broker)
     ok = True
     try:
-        log(f"broker {base.bootstrap_servers} ({'embedded Tansu, started for this run' if ours else 'given'}); "
-            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; Python {platform.python_version()}")
-        log(f"batch size {base.batch_size}, batch window {base.batch_window_s} s; event topics have "
-            f"{EVENT_PARTITIONS} partitions each ({EVENT_PARTITIONS * len(EVENT_TYPES)} in all)")
+        log(
+            f"broker {base.bootstrap_servers} ({'embedded Tansu, started for this run' if ours else 'given'}); "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; Python {platform.python_version()}"
+        )
+        log(
+            f"batch size {base.batch_size}, batch window {base.batch_window_s} s; event topics have "
+            f"{EVENT_PARTITIONS} partitions each ({EVENT_PARTITIONS * len(EVENT_TYPES)} in all)"
+        )
         # 1.
         started = time.perf_counter()
         events = backlog.encode_scenario(base, needed)
-        log(f"encoded {len(events):,} synthetic events in {time.perf_counter() - started:.1f} s; "
-            f"{args.events:,} per throughput run")
+        log(
+            f"encoded {len(events):,} synthetic events in {time.perf_counter() - started:.1f} s; "
+            f"{args.events:,} per throughput run"
+        )
         bench = Bench(base, root, events, args.events)
         if ours:
             bench.broker_pid = devstack.status(broker).pid
@@ -304,16 +346,18 @@ def main() -> int:
 
         def keep_rows(engine: Engine) -> None:
             with engine.connect() as conn:
-                kept["rows"] = [tuple(r) for r in conn.execute(
-                    select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))]
+                kept["rows"] = [
+                    tuple(r) for r in conn.execute(select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))
+                ]
 
-        for round_no in range(0 if args.latency_only else args.rounds):  # interleaved: a busy spell hits one try
+        for round_no in range(0 if args.latency_only else args.rounds):  # noqa: B007 - attempt() above reads it; interleaved: a busy spell hits one try
             # 2.
             def raw() -> tuple[float, str, Usage | None]:
                 settings = bench.fresh("raw")
                 ends = bench.publish_backlog(settings, [TopicSpec(f"{settings.topic_prefix}raw.out", 1, {})])
-                t = baselines.raw_copy(settings, ends, f"{settings.topic_prefix}raw.out", base.batch_size,
-                                       cpu_groups=bench.cpu_groups())
+                t = baselines.raw_copy(
+                    settings, ends, f"{settings.topic_prefix}raw.out", base.batch_size, cpu_groups=bench.cpu_groups()
+                )
                 passes = round(t.events / len(bench.backlog))
                 return t.rate, f"timed {t.events:,} events in {t.seconds:.1f} s ({passes} passes)", t.cpu
 
@@ -323,8 +367,14 @@ def main() -> int:
             def pg1() -> tuple[float, str, Usage | None]:
                 drained, shape, detail = bench.pipeline("postgresql", 1, None if "rows" in kept else keep_rows)
                 kept.setdefault("shape", shape)
-                return drained.rate, (f"{detail}; {shape.ratio(shape.rows):.2f} ledger rows and "
-                                      f"{shape.ratio(shape.disclosed):.2f} partner records per event"), drained.cpu
+                return (
+                    drained.rate,
+                    (
+                        f"{detail}; {shape.ratio(shape.rows):.2f} ledger rows and "
+                        f"{shape.ratio(shape.disclosed):.2f} partner records per event"
+                    ),
+                    drained.cpu,
+                )
 
             attempt("pg1", "pipeline, PostgreSQL (app role), 1 worker", pg1)
 
@@ -336,14 +386,31 @@ def main() -> int:
                 settings = bench.fresh("floor")
                 ends = bench.publish_backlog(settings)
                 columns = [c.name for c in LedgerEntry.__table__.columns]
+                rows = kept["rows"]
+                assert isinstance(rows, list)  # keep_rows' list of ledger rows
                 with scratch_schema() as engine:
                     t, copied, produced = baselines.io_floor(
-                        settings, bench.event_topics(settings), sum(ends.values()), shape.per_event,
-                        backlog.partner_topics(settings), engine, columns, kept["rows"], base.batch_size,
-                        base.batch_window_s, bench.cpu_groups())
+                        settings,
+                        bench.event_topics(settings),
+                        sum(ends.values()),
+                        shape.per_event,
+                        backlog.partner_topics(settings),
+                        engine,
+                        columns,
+                        rows,
+                        base.batch_size,
+                        base.batch_window_s,
+                        bench.cpu_groups(),
+                    )
                 n = sum(ends.values())
-                return t.rate, (f"timed {t.events:,} events in {t.seconds:.1f} s; {copied / n:.2f} rows COPYd and "
-                                f"{produced / n:.2f} records produced per event"), t.cpu
+                return (
+                    t.rate,
+                    (
+                        f"timed {t.events:,} events in {t.seconds:.1f} s; {copied / n:.2f} rows COPYd and "
+                        f"{produced / n:.2f} records produced per event"
+                    ),
+                    t.cpu,
+                )
 
             attempt("floor", "I/O floor (decode, COPY, produce, commit)", floor)
 
@@ -352,6 +419,7 @@ def main() -> int:
                 def run() -> tuple[float, str, Usage | None]:
                     drained, _shape, detail = bench.pipeline(backend, workers)
                     return drained.rate, detail, drained.cpu
+
                 return run
 
             attempt("pg2", "pipeline, PostgreSQL (app role), 2 workers", pipeline("postgresql", 2))
@@ -362,31 +430,47 @@ def main() -> int:
         kept.pop("rows", None)
 
         # 6.
-        stages: dict[int, list[latency.Stage] | str] = {}
-        relays: list[tuple[str, latency.Stage]] = []
+        stages: dict[int, list[Stage] | str] = {}
+        relays: list[tuple[str, Stage]] = []
         if not args.no_latency:
             for n in latency_workers:
                 backlog_rate = runs.get("pg1" if n == 1 else "pg2", Run("")).rate
                 todo = [(r, s) for r, s in loads if backlog_rate is None or r <= 1.25 * backlog_rate]
                 skipped = [r for r, _ in loads if (r, _) not in todo]
-                log(f"latency, PostgreSQL, {n} worker(s): loads {', '.join(f'{r:.0f}' for r, _ in todo)}/s"
-                    + (f" (skipped {', '.join(f'{r:.0f}' for r in skipped)}/s: above 1.25x the backlog rate)"
-                       if skipped else ""))
+                log(
+                    f"latency, PostgreSQL, {n} worker(s): loads {', '.join(f'{r:.0f}' for r, _ in todo)}/s"
+                    + (
+                        f" (skipped {', '.join(f'{r:.0f}' for r in skipped)}/s: above 1.25x the backlog rate)"
+                        if skipped
+                        else ""
+                    )
+                )
                 try:
-                    stages[n] = bench.latency(n, todo, latency_env)
-                    for s in stages[n]:
-                        log(f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
-                            f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms")
+                    measured = bench.latency(n, todo, latency_env)
+                    stages[n] = measured
+                    for s in measured:
+                        log(
+                            f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
+                            f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms"
+                        )
                 except Exception as exc:
                     stages[n] = f"{type(exc).__name__}: {exc}"
                     log(f"  FAILED: {stages[n]}")
             # The Kafka loop alone, at the headline load: what consume settings cost by themselves.
             relay_load = (args.headline_load, args.stage_seconds)
             for label, window, overrides in (
-                (f"consume({base.batch_size}, timeout={base.batch_window_s}), librdkafka's default fetch wait "
-                 "(the processor's settings before it took what is buffered)", base.batch_window_s, {}),
-                (f"consume({base.batch_size}, timeout=0.01), fetch.wait.max.ms=10 (close to the processor's: "
-                 "first record, then what is buffered, ACCORD_FETCH_WAIT_MAX_MS=10)", 0.01, {"fetch.wait.max.ms": 10}),
+                (
+                    f"consume({base.batch_size}, timeout={base.batch_window_s}), librdkafka's default fetch wait "
+                    "(the processor's settings before it took what is buffered)",
+                    base.batch_window_s,
+                    {},
+                ),
+                (
+                    f"consume({base.batch_size}, timeout=0.01), fetch.wait.max.ms=10 (close to the processor's: "
+                    "first record, then what is buffered, ACCORD_FETCH_WAIT_MAX_MS=10)",
+                    0.01,
+                    {"fetch.wait.max.ms": 10},
+                ),
             ):
                 log(f"latency of the Kafka loop alone (consume, produce, flush, commit), {label} ...")
                 try:
@@ -399,13 +483,19 @@ def main() -> int:
         # 7.
         if runs:
             print()
-            print(f"Throughput, {args.events:,}-event backlog, same broker and records "
-                  f"({os.cpu_count()} CPUs, Tansu in memory, PostgreSQL {base_pg_version()}):")
+            print(
+                f"Throughput, {args.events:,}-event backlog, same broker and records "
+                f"({os.cpu_count()} CPUs, Tansu in memory, PostgreSQL {base_pg_version()}):"
+            )
             print()
-            print(f"Best of {args.rounds} interleaved tries each (all tries in the last column); CPU per event is the "
-                  "best try's.")
+            print(
+                f"Best of {args.rounds} interleaved tries each (all tries in the last column); CPU per event is the "
+                "best try's."
+            )
             print()
-            print("| run | events/s | ratio to raw | ratio to floor | CPU µs/event: Python / PostgreSQL / broker | tries |")
+            print(
+                "| run | events/s | ratio to raw | ratio to floor | CPU µs/event: Python / PostgreSQL / broker | tries |"
+            )
             print("|---|---:|---:|---:|---:|---:|")
             raw_rate = runs.get("raw", Run("")).rate
             floor_rate = runs.get("floor", Run("")).rate
@@ -419,17 +509,23 @@ def main() -> int:
                 if r.rate is None:
                     print(f"| {r.label} | failed | - | - | - | {each} |")
                     continue
-                print(f"| {r.label} | {r.rate:,.0f} | {ratio(r.rate, raw_rate)} | {ratio(r.rate, floor_rate)} | "
-                      f"{r.cost()} | {each} |")
-        pg1, pg2 = runs.get("pg1", Run("")).rate, runs.get("pg2", Run("")).rate
-        if pg1 and pg2:
-            print(f"\n2 workers / 1 worker on PostgreSQL: {pg2 / pg1:.2f}x")
+                print(
+                    f"| {r.label} | {r.rate:,.0f} | {ratio(r.rate, raw_rate)} | {ratio(r.rate, floor_rate)} | "
+                    f"{r.cost()} | {each} |"
+                )
+        pg1_rate, pg2_rate = runs.get("pg1", Run("")).rate, runs.get("pg2", Run("")).rate
+        if pg1_rate and pg2_rate:
+            print(f"\n2 workers / 1 worker on PostgreSQL: {pg2_rate / pg1_rate:.2f}x")
         if stages:
             print()
-            setting = (", ".join(f"{k}={v}" for k, v in latency_env.items()) + " (NOT the defaults)") if latency_env \
+            setting = (
+                (", ".join(f"{k}={v}" for k, v in latency_env.items()) + " (NOT the defaults)")
+                if latency_env
                 else f"default settings, batch window {base.batch_window_s * 1000:.0f} ms"
-            print(f"Latency, publish -> partner record (one sample per partner record), PostgreSQL (app role), "
-                  f"{setting}:")
+            )
+            print(
+                f"Latency, publish -> partner record (one sample per partner record), PostgreSQL (app role), {setting}:"
+            )
             print()
             print("| workers | offered events/s | achieved | partner records | p50 ms | p99 ms | max ms |")
             print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -439,8 +535,10 @@ def main() -> int:
                     print(f"| {n} | failed | | | | | |")
                     continue
                 for s in result:
-                    print(f"| {n} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
-                          f"{s.p99_ms:.0f} | {s.max_ms:.0f} |")
+                    print(
+                        f"| {n} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
+                        f"{s.p99_ms:.0f} | {s.max_ms:.0f} |"
+                    )
             print()
             for n, result in stages.items():
                 if isinstance(result, str):
@@ -451,13 +549,20 @@ def main() -> int:
                         break
                     best = s.load
                 lowest = result[0] if result else None
-                text_best = (f"{best:,.0f} events/s" if best is not None else
-                             f"none: p99 was {lowest.p99_ms:.0f} ms already at {lowest.load:,.0f}/s" if lowest else "-")
+                text_best = (
+                    f"{best:,.0f} events/s"
+                    if best is not None
+                    else f"none: p99 was {lowest.p99_ms:.0f} ms already at {lowest.load:,.0f}/s"
+                    if lowest
+                    else "-"
+                )
                 print(f"{n} worker(s): highest offered load with p99 < 100 ms: {text_best}")
         if relays:
             print()
-            print(f"The Kafka loop alone at {args.headline_load:,.0f}/s (consume, produce keyed by event, flush, "
-                  "commit; no decoding, no decisions, no ledger):")
+            print(
+                f"The Kafka loop alone at {args.headline_load:,.0f}/s (consume, produce keyed by event, flush, "
+                "commit; no decoding, no decisions, no ledger):"
+            )
             print()
             print("| consumer | p50 ms | p99 ms | max ms |")
             print("|---|---:|---:|---:|")

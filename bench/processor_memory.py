@@ -30,19 +30,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pydantic import SecretStr  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from pydantic import SecretStr
+from sqlalchemy import text
 
-from accord.dev import devstack  # noqa: E402
-from accord.dev.drain import committed  # noqa: E402
-from accord.processor.agreement_feed import publish_agreements  # noqa: E402
-from agreements import Status, load_dir  # noqa: E402
-from bench.backlog import create_bus_topics, encode_scenario, partner_topics, publish  # noqa: E402
-from bench.latency import PartnerClock, SteadyPublisher, ledger_keys, quantile  # noqa: E402
-from bench.pipeline import free_port  # noqa: E402
-from bench.roles import role_database  # noqa: E402
-from bench.workers import Workers, processor_env  # noqa: E402
-from bus.settings import Settings  # noqa: E402
+from accord.dev import devstack
+from accord.dev.drain import committed
+from accord.processor.agreement_feed import publish_agreements
+from agreements import Status, load_dir
+from bench.backlog import create_bus_topics, encode_scenario, partner_topics, publish
+from bench.latency import PartnerClock, SteadyPublisher, ledger_keys, quantile
+from bench.pipeline import free_port
+from bench.roles import role_database
+from bench.workers import Workers, processor_env
+from bus.settings import Settings
 
 PSEUDONYM_KEY = "bench-only-pseudonym-key-0123456789abcdef"
 
@@ -54,7 +54,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wait_committed(settings: Settings, ends: dict[tuple[str, int], int], workers: Workers, timeout: float = 900) -> None:
+def wait_committed(
+    settings: Settings, ends: dict[tuple[str, int], int], workers: Workers, timeout: float = 900
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         seen = committed(settings, settings.processor_group, list(ends))
@@ -66,9 +68,14 @@ def wait_committed(settings: Settings, ends: dict[tuple[str, int], int], workers
         time.sleep(0.2)
 
 
-def latency_ms(clock: PartnerClock, sent: dict[str, int], keys: dict[bytes, str], since_ns: int, until_ns: int) -> tuple[float, float, int]:
-    samples = sorted((t - sent[keys[k]]) / 1e6 for k, t in list(clock.arrived.items())
-                     if k in keys and keys[k] in sent and since_ns <= sent[keys[k]] < until_ns)
+def latency_ms(
+    clock: PartnerClock, sent: dict[str, int], keys: dict[bytes, str], since_ns: int, until_ns: int
+) -> tuple[float, float, int]:
+    samples = sorted(
+        (t - sent[keys[k]]) / 1e6
+        for k, t in list(clock.arrived.items())
+        if k in keys and keys[k] in sent and since_ns <= sent[keys[k]] < until_ns
+    )
     return quantile(samples, 0.5), quantile(samples, 0.99), len(samples)
 
 
@@ -83,9 +90,14 @@ def main() -> int:
     try:
         with role_database() as db:
             prefix = f"mem{uuid.uuid4().hex[:6]}."
-            settings = broker.model_copy(update={
-                "topic_prefix": prefix, "processor_group": f"{prefix}processor", "state_dir": root / "state",
-                "pseudonym_key": SecretStr(PSEUDONYM_KEY)})
+            settings = broker.model_copy(
+                update={
+                    "topic_prefix": prefix,
+                    "processor_group": f"{prefix}processor",
+                    "state_dir": root / "state",
+                    "pseudonym_key": SecretStr(PSEUDONYM_KEY),
+                }
+            )
             create_bus_topics(settings)
             rows: list[tuple[str, str]] = []
             with Workers(1, processor_env(settings, db.app_url), root, "memory") as workers:
@@ -106,9 +118,12 @@ def main() -> int:
                 rows.append(("20 s idle after the stream", f"{rss_mb(pid):.1f}"))
                 # 4.
                 with db.admin.connect() as conn:
-                    agreement_id, disclosed = conn.execute(text(
-                        "SELECT agreement_id, count(*) FROM ledger_entries WHERE outcome = 'DISCLOSED' "
-                        "GROUP BY agreement_id ORDER BY count(*) DESC LIMIT 1")).one()
+                    agreement_id, disclosed = conn.execute(
+                        text(
+                            "SELECT agreement_id, count(*) FROM ledger_entries WHERE outcome = 'DISCLOSED' "
+                            "GROUP BY agreement_id ORDER BY count(*) DESC LIMIT 1"
+                        )
+                    ).one()
                 clock = PartnerClock(settings, [t for ts in partner_topics(settings).values() for t in ts])
                 clock.assigned.wait(30)
                 # The clock reads the partner topics from their start: let it reach their end
@@ -125,15 +140,19 @@ def main() -> int:
                 time.sleep(10)  # latency before the suspension
                 suspended_at = time.monotonic_ns()
                 current = next(a for a in load_dir(settings.agreements_dir) if a.id == agreement_id)
-                publish_agreements(settings, [current.model_copy(update={"version": current.version + 1,
-                                                                          "status": Status.SUSPENDED})])
+                publish_agreements(
+                    settings, [current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})]
+                )
                 peak, started = 0.0, time.monotonic()
                 while True:
                     peak = max(peak, rss_mb(pid))
                     with db.admin.connect() as conn:
-                        retracted = conn.execute(text(
-                            "SELECT count(*) FROM ledger_entries WHERE outcome = 'RETRACTED' AND agreement_id = :a"),
-                            {"a": agreement_id}).scalar_one()
+                        retracted = conn.execute(
+                            text(
+                                "SELECT count(*) FROM ledger_entries WHERE outcome = 'RETRACTED' AND agreement_id = :a"
+                            ),
+                            {"a": agreement_id},
+                        ).scalar_one()
                     if retracted >= disclosed or time.monotonic() - started > 1200:
                         break
                     workers.check_alive()
@@ -148,16 +167,23 @@ def main() -> int:
                 before = latency_ms(clock, stream.sent, keys, 0, suspended_at)
                 during = latency_ms(clock, stream.sent, keys, suspended_at, retracted_at)
                 clock.close()
-                rows.append((f"retracting {disclosed:,} disclosures of {agreement_id} ({retraction_s:.0f} s): peak",
-                             f"{peak:.1f}"))
-                rows.append(("peak during retraction minus steady state (just before the suspension)",
-                             f"{peak - steady:+.1f}"))
+                rows.append(
+                    (
+                        f"retracting {disclosed:,} disclosures of {agreement_id} ({retraction_s:.0f} s): peak",
+                        f"{peak:.1f}",
+                    )
+                )
+                rows.append(
+                    ("peak during retraction minus steady state (just before the suspension)", f"{peak - steady:+.1f}")
+                )
             print("\n| processor, PostgreSQL ledger as the app role | RSS MB |\n| --- | --- |")
-            for what, mb in rows:
-                print(f"| {what} | {mb} |")
+            for what, shown in rows:
+                print(f"| {what} | {shown} |")
             print("\n| stream at 200 events/s | p50 ms | p99 ms | samples |\n| --- | --- | --- | --- |")
             print(f"| before the suspension | {before[0]:.0f} | {before[1]:.0f} | {before[2]} |")
-            print(f"| while {disclosed:,} disclosures are retracted | {during[0]:.0f} | {during[1]:.0f} | {during[2]} |")
+            print(
+                f"| while {disclosed:,} disclosures are retracted | {during[0]:.0f} | {during[1]:.0f} | {during[2]} |"
+            )
     finally:
         devstack.down(broker)
     return 0

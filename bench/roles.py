@@ -67,8 +67,14 @@ def role_database(tag: str | None = None, admin_url: str = ADMIN_URL) -> Iterato
         setup_database(owner, app_role)
         owner.dispose()
         # 3.
-        yield RoleDatabase(schema, owner_role, app_role, schema_url(schema, app_role, admin_url),
-                           schema_url(schema, owner_role, admin_url), admin)
+        yield RoleDatabase(
+            schema,
+            owner_role,
+            app_role,
+            schema_url(schema, app_role, admin_url),
+            schema_url(schema, owner_role, admin_url),
+            admin,
+        )
     finally:
         # 4.
         owner.dispose()

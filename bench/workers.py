@@ -58,15 +58,26 @@ class Workers:
         self.flag = n > 1 and cli_has_workers_flag()
 
     def __enter__(self) -> Workers:
-        commands = [[*CLI, "run", "processor", "--workers", str(self.n)]] if self.flag else \
-            [[*CLI, "run", "processor"] for _ in range(self.n)]
+        commands = (
+            [[*CLI, "run", "processor", "--workers", str(self.n)]]
+            if self.flag
+            else [[*CLI, "run", "processor"] for _ in range(self.n)]
+        )
         for i, cmd in enumerate(commands):
             path = self.log_dir / f"{self.name}.{i}.log"
             self.logs.append(path)
             with path.open("wb") as log:
                 # Own session: stop() can reach the supervisor's children too, and only them.
-                self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL, start_new_session=True))
+                self.procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        env=self.env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,7 +159,9 @@ class Workers:
         while not self.settled():
             self.check_alive()
             if time.monotonic() > deadline:
-                raise WorkerFailed(f"the group did not settle with {self.n} members within {timeout:.0f}s:\n{self.tail()}")
+                raise WorkerFailed(
+                    f"the group did not settle with {self.n} members within {timeout:.0f}s:\n{self.tail()}"
+                )
             time.sleep(0.05)
 
     def count(self, event: str) -> int:
@@ -189,8 +202,14 @@ class Drained:
         return self.events / self.seconds
 
 
-def drain_backlog(settings: Settings, workers: Workers, ends: dict[tuple[str, int], int],
-                  timeout: float = 300.0, meter: CpuMeter | None = None, waits: PgWaits | None = None) -> Drained:
+def drain_backlog(
+    settings: Settings,
+    workers: Workers,
+    ends: dict[tuple[str, int], int],
+    timeout: float = 300.0,
+    meter: CpuMeter | None = None,
+    waits: PgWaits | None = None,
+) -> Drained:
     """Settle the group, then time it from its first commit to every offset in ``ends`` committed."""
     total = sum(ends.values())
     partitions = list(ends)
@@ -209,9 +228,13 @@ def drain_backlog(settings: Settings, workers: Workers, ends: dict[tuple[str, in
         if done >= total:
             if first >= total:
                 raise WorkerFailed("the backlog was drained before the group settled: publish more events")
-            return Drained(total - first, now - started, first,
-                           meter.stop(now, total - first) if meter is not None else None,
-                           waits.stop() if waits is not None else None)
+            return Drained(
+                total - first,
+                now - started,
+                first,
+                meter.stop(now, total - first) if meter is not None else None,
+                waits.stop() if waits is not None else None,
+            )
         workers.check_alive()
         if time.monotonic() > deadline:
             raise WorkerFailed(f"stuck at {done}/{total} committed after {timeout:.0f}s:\n{workers.tail()}")
