@@ -19,7 +19,7 @@ stores the leaf's two hashes after them (HASH_COLUMNS). A row stores an array fi
 a JSON list (ARRAY_JSON says how) and the timestamp as a UTC datetime; the leaf has the
 list and the timestamp's milliseconds.
 
-The leaf bytes, hashes and chain are those the ledger always wrote (tests/test_ledger.py
+The leaf bytes, hashes and chain are those the ledger always wrote (tests/integration/test_ledger.py
 checks a ledger written by the fastavro code that preceded leaf_codec).
 """
 
@@ -549,7 +549,7 @@ canonical_bytes: Callable[[int, EntryDraft, bytes], bytes] = _compile(
     """The Avro binary encoding of the entry (schemas/disclosure.avsc): what is hashed.
 
     Encoded by the writer ledger/leaf_codec.py compiles from the schema: the same bytes
-    as fastavro.schemaless_writer (tests/test_leaf_codec.py). decided_at is hashed as
+    as fastavro.schemaless_writer (tests/unit/test_leaf_codec.py). decided_at is hashed as
     its UTC milliseconds.
     """,
 )

@@ -5,7 +5,7 @@ entry verified. fastavro.schemaless_writer walks the schema for each record (abo
 15 µs an entry here); this module reads the schema once, at import, and compiles it
 into one Python function whose body is the record's fields in order, each encoded by
 inline code for its type (about 2 µs an entry; bench/ledger_append.py). The bytes are
-the same as fastavro's for every record (tests/test_leaf_codec.py checks that over
+the same as fastavro's for every record (tests/unit/test_leaf_codec.py checks that over
 random records and decodes them back with fastavro); docs/ledger.md gives them byte by
 byte.
 

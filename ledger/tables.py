@@ -26,7 +26,7 @@ class LedgerEntry(LedgerBase):
 
     - no index 2.9 us; PRIMARY KEY (seq) 3.5 (ascending keys: cheap);
     - UNIQUE (disclosure_id), btree: +1.5 to +2.0. Kept: it is what keeps I7 under two
-      writers (tests/test_ledger_concurrency.py), and what lets append COPY without
+      writers (tests/integration/test_ledger_concurrency.py), and what lets append COPY without
       looking the batch's ids up first: that look-up (= ANY of 1,000 ids) took 3.0 to
       3.7 ms of server CPU and 6 to 10 ms wall per batch, more than the index costs. A
       hash index cannot be UNIQUE; COLLATE "C" (byte order) saved 0.2 to 0.3, not worth

@@ -20,7 +20,7 @@ from agreements import recipients_by_type
 from consumers import Disclosure, Retraction
 from ledger import LedgerEntry
 from tests.bus import Bus, read_topic
-from tests.test_end_to_end import _leaf_paths
+from tests.integration.test_end_to_end import _leaf_paths
 
 
 def ledger_rows(bus: Bus) -> list[Any]:

@@ -19,7 +19,7 @@ from fastavro.validation import validate
 from producers import nhs_number
 from producers.synthetic import OFFENCES, SCENARIO_YEAR, Scenario, SyntheticEvent, age_on, build_scenario, to_json_line
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 EVENT_TYPES = ("custody", "referral", "natal_care")
 
 

@@ -12,7 +12,7 @@ from agreements import Status
 from ledger import verify
 from producers.synthetic import build_scenario
 from tests.bus import Bus, running_bus
-from tests.test_end_to_end import _wait_for
+from tests.integration.test_end_to_end import _wait_for
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from schemas.projection import UnknownField, check_paths, project_record, project_schema
 from schemas.serde import Catalogue, InvalidRecord, fingerprint, load_schema
-from tests.test_serde import custody_record, natal_care_record, referral_record
+from tests.unit.test_serde import custody_record, natal_care_record, referral_record
 
 NS_CPS = "accord.partner.cps.custody_to_cps.v1"
 NS_LD = "accord.partner.liaison.custody_to_ld.v1"

@@ -23,7 +23,7 @@ from ledger.receipts import ReceiptClaim, check_claim, pending_receipts, record_
 from producers.synthetic import build_scenario
 from tests.bus import Bus, running_bus, settings_env
 from tests.conftest import RoleDatabase
-from tests.test_ledger import draft, not_covered
+from tests.integration.test_ledger import draft, not_covered
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ from agreements import Condition, Op, holds, load_dir
 from agreements.partners import load_partners
 from bus.settings import PACKAGE_ROOT
 from producers.synthetic import age_on, build_scenario, to_json_line
-from tests.test_cli import accord
+from tests.integration.test_cli import accord
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"
 AGREEMENTS = load_dir(EXAMPLES, today=date(2026, 11, 1))

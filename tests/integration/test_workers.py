@@ -30,7 +30,7 @@ from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings, settings_env
 from tests.conftest import fresh_role_database
 from tests.faults import audit, ledger_rows
-from tests.test_end_to_end import _wait_for
+from tests.integration.test_end_to_end import _wait_for
 
 ROUNDS = 10
 PER_ROUND = 60

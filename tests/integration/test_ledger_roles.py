@@ -22,7 +22,7 @@ from ledger import append, count, verify
 from ledger.roles import LedgerSchemaMissing, check_app_role
 from tests.bus import TEST_PSEUDONYM_KEY
 from tests.conftest import RoleDatabase, fresh_role_database
-from tests.test_ledger import draft
+from tests.integration.test_ledger import draft
 
 KNOWN = consent.KnownScopes(frozenset({"cps"}), frozenset({"prosecution"}))
 

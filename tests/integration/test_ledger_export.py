@@ -18,7 +18,7 @@ from ledger.export import export_rows, render_csv, render_jsonl, verify_export
 from ledger.note import NoteSigner
 from ledger.proofs import NotCovered
 from tests.conftest import RoleDatabase
-from tests.test_ledger import draft
+from tests.integration.test_ledger import draft
 
 ORIGIN = "accord.test/export"
 

@@ -266,7 +266,7 @@ def test_an_unexpected_error_is_one_line_without_its_text_and_debug_adds_the_tra
 
 def test_checkpoint_with_the_broker_down_is_one_line_within_seconds(tmp_path: Path) -> None:
     from ledger import append
-    from tests.test_ledger import draft
+    from tests.integration.test_ledger import draft
 
     env = {"ACCORD_STATE_DIR": str(tmp_path), "ACCORD_LEDGER_SIGNING_KEY": SIGNING_SEED,
            "ACCORD_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}"}

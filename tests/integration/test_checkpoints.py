@@ -43,7 +43,7 @@ from ledger.checkpoint import (
 )
 from ledger.note import NoteError, NoteSignature, NoteSigner, NoteVerifier, SignedNote, key_id, sign_note
 from ledger.proofs import LedgerMismatch, NotCovered, prove_consistency, prove_entries, prove_entry
-from tests.test_ledger import draft, not_covered, tamper
+from tests.integration.test_ledger import draft, not_covered, tamper
 
 ORIGIN = "accord.example/ledger"
 
@@ -687,7 +687,7 @@ def test_documented_examples() -> None:
     from ledger import GENESIS_HASH, EntryDraft, merkle
     from ledger.checkpoint import CheckpointBody
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "ledger.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ledger.md").read_text(encoding="utf-8")
     leaf_section = doc.split("### The leaf, byte by byte", 1)[1]
     hex_block = leaf_section.split("```\n", 2)[1]
     documented = bytes.fromhex(hex_block.replace("\n", " "))

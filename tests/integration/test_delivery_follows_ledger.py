@@ -22,7 +22,7 @@ from ledger import verify
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings, running_bus
 from tests.conftest import fresh_role_database
-from tests.test_end_to_end import _wait_for
+from tests.integration.test_end_to_end import _wait_for
 
 
 def _events(event_type: str, n: int, where=lambda r: True) -> list[dict]:  # noqa: ANN001

@@ -12,7 +12,7 @@ import pytest
 from producers.synthetic import build_scenario
 from schemas.serde import _named_types
 from schemas.validation import Limits, Problem, _compile_record, _Context, event_problems, size_problem
-from tests.test_serde import NHS_A, NHS_B, RECORDS
+from tests.unit.test_serde import NHS_A, NHS_B, RECORDS
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 BAD_CHECK_DIGIT = NHS_A[:9] + str((int(NHS_A[9]) + 1) % 10)
@@ -334,7 +334,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from schemas import validation as v  # noqa: E402
 from schemas.serde import _join, _resolve, load_schema  # noqa: E402
-from tests.test_serde_fuzz import JSONISH, KEYS, WHEN, record_strategy  # noqa: E402
+from tests.unit.test_serde_fuzz import JSONISH, KEYS, WHEN, record_strategy  # noqa: E402
 
 
 def oracle_compile(schema: Any, names: Any, path: str) -> Any:

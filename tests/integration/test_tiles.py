@@ -2,7 +2,7 @@
 
 Proofs made from tiles are compared with ledger.merkle.MerkleTree (the whole tree in
 memory) for every index at many sizes, including tile boundaries, and checked with the
-independent RFC 9162 verifier of tests/test_merkle.py. Tiles written at one size are
+independent RFC 9162 verifier of tests/unit/test_merkle.py. Tiles written at one size are
 read at older sizes (prefixes of wider tiles), as proofs against old checkpoints do.
 On PostgreSQL: a 100,000-entry ledger is proved and exported while the rows the
 database returns are counted (a SQLAlchemy after_cursor_execute listener), and tiles
@@ -32,9 +32,9 @@ from ledger.proofs import LedgerMismatch, prove_consistency, prove_entries, prov
 from ledger.report import collect
 from ledger.tiles import WIDTH, LedgerTile, TileBuilder, TilesMismatch, TileTree, ensure, stored_end
 from tests.conftest import fresh_schema
-from tests.test_checkpoints import rehash_from
-from tests.test_ledger import tamper
-from tests.test_merkle import ref_verify_consistency, ref_verify_inclusion
+from tests.integration.test_checkpoints import rehash_from
+from tests.integration.test_ledger import tamper
+from tests.unit.test_merkle import ref_verify_consistency, ref_verify_inclusion
 
 ORIGIN = "accord.test/tiles"
 SIGNER = NoteSigner(ORIGIN, hashlib.sha256(b"tiles test key; never use").digest())
