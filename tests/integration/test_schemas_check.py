@@ -25,8 +25,15 @@ EVENTS = PACKAGE_ROOT / "schemas" / "events"
 
 
 def accord(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "accord.cli", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})}, cwd=cwd, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "accord.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        check=False,
+    )
 
 
 def with_v2(folder: Path, change: Any) -> Path:
@@ -99,9 +106,17 @@ def test_the_processor_refuses_to_start_on_an_incompatible_catalogue(tmp_path: P
         return s
 
     with_v2(project / "schemas" / "events", add_required)
-    done = accord("run", "processor", cwd=project,
-                  env={"PYTHONPATH": str(project), "ACCORD_STATE_DIR": str(tmp_path / "state"),
-                       "ACCORD_BOOTSTRAP_SERVERS": "127.0.0.1:9", "ACCORD_HEALTH_PORT": "0"})
+    done = accord(
+        "run",
+        "processor",
+        cwd=project,
+        env={
+            "PYTHONPATH": str(project),
+            "ACCORD_STATE_DIR": str(tmp_path / "state"),
+            "ACCORD_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+            "ACCORD_HEALTH_PORT": "0",
+        },
+    )
     assert done.returncode == 2, (done.returncode, done.stderr[-500:])
     [line] = [x for x in done.stderr.splitlines() if x.startswith("accord run:")]
     assert "referral" in line and "subject.school_urn" in line and "Traceback" not in done.stderr
