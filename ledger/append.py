@@ -170,10 +170,9 @@ def writer(engine: Engine) -> Iterator[Connection]:
     dialect = engine.dialect.name
     if dialect == "postgresql":
         # READ COMMITTED: every statement after the lock sees the previous writer's commit.
-        with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn:
-            with conn.begin():
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                yield conn
+        with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn, conn.begin():
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            yield conn
     elif dialect == "sqlite":
         # pysqlite would open a deferred transaction only at the first DML statement,
         # after our SELECT of the chain head. Take control of BEGIN/COMMIT ourselves so the

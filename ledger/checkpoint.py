@@ -150,9 +150,7 @@ def checkpoints(engine: Engine) -> list[StoredCheckpoint]:
 
 
 def _latest(conn: Connection) -> StoredCheckpoint | None:
-    row = conn.execute(
-        select(LedgerCheckpoint.__table__).order_by(LedgerCheckpoint.tree_size.desc()).limit(1)
-    ).first()
+    row = conn.execute(select(LedgerCheckpoint.__table__).order_by(LedgerCheckpoint.tree_size.desc()).limit(1)).first()
     return _stored(row) if row else None
 
 
@@ -164,9 +162,7 @@ def latest_checkpoint(engine: Engine) -> StoredCheckpoint | None:
 
 def checkpoint_at(engine: Engine, tree_size: int) -> StoredCheckpoint | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            select(LedgerCheckpoint.__table__).where(LedgerCheckpoint.tree_size == tree_size)
-        ).first()
+        row = conn.execute(select(LedgerCheckpoint.__table__).where(LedgerCheckpoint.tree_size == tree_size)).first()
         return _stored(row) if row else None
 
 
@@ -317,7 +313,11 @@ def add_cosignature(
     if not verifier.verifies(text, signature):
         raise NoteError(f"the cosignature does not verify with {verifier.name}'s key over checkpoint {tree_size:,}")
     cosig = Cosignature(
-        tree_size, verifier.name, verifier.key_id.hex(), verifier.vkey, signature.line.rstrip("\n"),
+        tree_size,
+        verifier.name,
+        verifier.key_id.hex(),
+        verifier.vkey,
+        signature.line.rstrip("\n"),
         now or datetime.now(UTC),
     )
     try:

@@ -83,7 +83,12 @@ DIGEST = re.compile("[0-9a-f]{64}")  # an event digest: hex SHA-256
 
 # The kinds of field the schema's types come down to, and the Python type of each.
 _PYTHON_TYPE: Mapping[str, Any] = {
-    "long": int, "int": int, "string": str, "enum": str, "array": tuple[str, ...], "timestamp": datetime,
+    "long": int,
+    "int": int,
+    "string": str,
+    "enum": str,
+    "array": tuple[str, ...],
+    "timestamp": datetime,
     "fixed": bytes,
 }
 
@@ -320,7 +325,8 @@ def _column_problem(f: LeafField, column: Any) -> str | None:
     t = column.type
     if column.nullable != f.nullable:
         return f"column {f.name} is {'' if column.nullable else 'not '}nullable, field {f.name} is" + (
-            "" if f.nullable else " not")
+            "" if f.nullable else " not"
+        )
     if f.kind == "long":
         ok = isinstance(t, BigInteger)
     elif f.kind == "int":
@@ -379,8 +385,9 @@ def agreement_problems(
     want = [f for f in leaf if f.name not in ASSIGNED]
     have = dataclass_fields(draft)
     if difference := _differ([f.name for f in have], [f.name for f in want]):
-        problems.append(f"{draft.__name__}'s fields are not the schema's (other than {', '.join(ASSIGNED)}): "
-                        f"{difference}")
+        problems.append(
+            f"{draft.__name__}'s fields are not the schema's (other than {', '.join(ASSIGNED)}): {difference}"
+        )
     else:
         hints = typing.get_type_hints(draft)
         for f in want:
@@ -403,7 +410,7 @@ def agreement_problems(
         for f, c in zip(leaf, columns, strict=False):
             if problem := _column_problem(f, c):
                 problems.append(problem)
-        for c in columns[len(leaf):]:
+        for c in columns[len(leaf) :]:
             if not isinstance(c.type, LargeBinary) or c.type.length != 32 or c.nullable:
                 problems.append(f"column {c.name} must be LargeBinary(32), not nullable")
     return problems
@@ -534,7 +541,11 @@ def _draft_of_source(leaf: Sequence[LeafField]) -> list[str]:
 
 def _namespace() -> dict[str, Any]:
     ns: dict[str, Any] = {
-        "_encode": encode_entry, "_millis": _epoch_millis, "_sha256": sha256, "_strings": _strings, "_utc": _utc,
+        "_encode": encode_entry,
+        "_millis": _epoch_millis,
+        "_sha256": sha256,
+        "_strings": _strings,
+        "_utc": _utc,
         "_EntryDraft": EntryDraft,
     }
     for name, ascii_only in ARRAY_JSON.items():
@@ -545,7 +556,10 @@ def _namespace() -> dict[str, Any]:
 _NS = _namespace()
 
 canonical_bytes: Callable[[int, EntryDraft, bytes], bytes] = _compile(
-    "canonical_bytes", ["seq", "draft", "prev_hash"], _canonical_bytes_source(FIELDS), _NS,
+    "canonical_bytes",
+    ["seq", "draft", "prev_hash"],
+    _canonical_bytes_source(FIELDS),
+    _NS,
     """The Avro binary encoding of the entry (schemas/disclosure.avsc): what is hashed.
 
     Encoded by the writer ledger/leaf_codec.py compiles from the schema: the same bytes
@@ -556,10 +570,13 @@ canonical_bytes: Callable[[int, EntryDraft, bytes], bytes] = _compile(
 
 _write_params, _write_body = _write_row_source(FIELDS)
 write_row: Callable[..., bytes] = _compile(
-    "write_row", _write_params, _write_body, _NS,
+    "write_row",
+    _write_params,
+    _write_body,
+    _NS,
     f"""The row of a numbered, chained draft to ``write``, in COLUMNS order; returns its entry_hash.
 
-    ``write_row({', '.join(_write_params)})``: the timestamp given as its stored UTC
+    ``write_row({", ".join(_write_params)})``: the timestamp given as its stored UTC
     datetime (to_millis) and its milliseconds, which a batch's drafts share, so its
     caller converts each once. Arrays are stored as JSON (ARRAY_JSON), kept by value.
     The draft is not checked (check_draft).
@@ -587,5 +604,6 @@ def stored_entry(row: Any) -> StoredEntry:
     Raises ValueError when the row cannot be decoded (e.g. fields is not a JSON list).
     """
     leaf = getattr(row, "leaf_hash", None)
-    return StoredEntry(row.seq, _draft_of(row), bytes(row.prev_hash), bytes(row.entry_hash),
-                       bytes(leaf) if leaf else b"")
+    return StoredEntry(
+        row.seq, _draft_of(row), bytes(row.prev_hash), bytes(row.entry_hash), bytes(leaf) if leaf else b""
+    )

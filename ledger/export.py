@@ -59,10 +59,31 @@ __all__ = [
 
 EXPORT_FORMAT = "accord-ledger-export/2"  # /2: event_digest and subjects
 COLUMNS = (
-    "seq", "disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id",
-    "agreement_version", "purpose", "legal_basis", "outcome", "reason", "fields", "consent_mode",
-    "consent_version", "subject_key", "decided_at", "refers_to", "event_digest", "subjects", "prev_hash", "entry_hash",
-    "leaf", "leaf_hash", "proof",
+    "seq",
+    "disclosure_id",
+    "event_id",
+    "event_type",
+    "provider",
+    "recipient",
+    "agreement_id",
+    "agreement_version",
+    "purpose",
+    "legal_basis",
+    "outcome",
+    "reason",
+    "fields",
+    "consent_mode",
+    "consent_version",
+    "subject_key",
+    "decided_at",
+    "refers_to",
+    "event_digest",
+    "subjects",
+    "prev_hash",
+    "entry_hash",
+    "leaf",
+    "leaf_hash",
+    "proof",
 )
 
 
@@ -94,15 +115,31 @@ class ExportRows:
 def _row(e: StoredEntry, p: InclusionProof) -> dict[str, Any]:
     d = e.draft
     return {
-        "seq": e.seq, "disclosure_id": d.disclosure_id, "event_id": d.event_id, "event_type": d.event_type,
-        "provider": d.provider, "recipient": d.recipient, "agreement_id": d.agreement_id,
-        "agreement_version": d.agreement_version, "purpose": d.purpose, "legal_basis": d.legal_basis,
-        "outcome": d.outcome, "reason": d.reason, "fields": list(d.fields), "consent_mode": d.consent_mode,
-        "consent_version": d.consent_version, "subject_key": d.subject_key,
+        "seq": e.seq,
+        "disclosure_id": d.disclosure_id,
+        "event_id": d.event_id,
+        "event_type": d.event_type,
+        "provider": d.provider,
+        "recipient": d.recipient,
+        "agreement_id": d.agreement_id,
+        "agreement_version": d.agreement_version,
+        "purpose": d.purpose,
+        "legal_basis": d.legal_basis,
+        "outcome": d.outcome,
+        "reason": d.reason,
+        "fields": list(d.fields),
+        "consent_mode": d.consent_mode,
+        "consent_version": d.consent_version,
+        "subject_key": d.subject_key,
         "decided_at": d.decided_at.astimezone(UTC).isoformat(timespec="milliseconds"),
-        "refers_to": d.refers_to, "event_digest": d.event_digest, "subjects": list(d.subjects),
-        "prev_hash": _b64(e.prev_hash), "entry_hash": _b64(e.entry_hash),
-        "leaf": _b64(p.leaf), "leaf_hash": _b64(p.leaf_hash), "proof": [_b64(h) for h in p.proof],
+        "refers_to": d.refers_to,
+        "event_digest": d.event_digest,
+        "subjects": list(d.subjects),
+        "prev_hash": _b64(e.prev_hash),
+        "entry_hash": _b64(e.entry_hash),
+        "leaf": _b64(p.leaf),
+        "leaf_hash": _b64(p.leaf_hash),
+        "proof": [_b64(h) for h in p.proof],
     }
 
 
@@ -174,8 +211,9 @@ def render_csv(export: Export) -> Iterator[str]:
         for column in ("fields", "subjects"):
             values[COLUMNS.index(column)] = json.dumps(row[column], separators=(",", ":"))
         values[COLUMNS.index("proof")] = " ".join(row["proof"])
-        writer.writerow((*("" if v is None else v for v in values), export.note if first else "",
-                         consistency if first else ""))
+        writer.writerow(
+            (*("" if v is None else v for v in values), export.note if first else "", consistency if first else "")
+        )
         first = False
         yield buf.getvalue()
         buf.seek(0)
@@ -200,10 +238,15 @@ class ExportCheck:
         if not self.ok:
             return "export BROKEN: " + "; ".join(self.problems[:5])
         signed = "signature verified" if self.signature_checked else "signature NOT checked (no public key given)"
-        extends = (f"; it extends checkpoint(s) {', '.join(f'{n:,}' for n in self.consistent_with)}"
-                   if self.consistent_with else "")
-        return (f"export OK: {self.entries:,} entries, each proven in the tree of {self.tree_size:,} entries "
-                f"the checkpoint commits to ({signed}){extends}")
+        extends = (
+            f"; it extends checkpoint(s) {', '.join(f'{n:,}' for n in self.consistent_with)}"
+            if self.consistent_with
+            else ""
+        )
+        return (
+            f"export OK: {self.entries:,} entries, each proven in the tree of {self.tree_size:,} entries "
+            f"the checkpoint commits to ({signed}){extends}"
+        )
 
 
 def _note_body(note: str, verifier: NoteVerifier | None, origin: str | None) -> CheckpointBody:
@@ -283,13 +326,15 @@ def _leaf_schema() -> Any:
 def _decoded_matches(row: dict[str, Any], leaf: bytes) -> str | None:
     try:
         record = fastavro.schemaless_reader(io.BytesIO(leaf), _leaf_schema())
-    except Exception as exc:  # a damaged leaf is a finding, not a crash
+    except Exception as exc:  # noqa: BLE001 - a damaged leaf is a finding, not a crash
         return f"the leaf does not decode ({type(exc).__name__})"
     decided = record["decided_at"]
     if isinstance(decided, datetime):
         decided = decided.astimezone(UTC).isoformat(timespec="milliseconds")
-    expected = {**{k: row[k] for k in COLUMNS if k in record and k not in ("prev_hash", "decided_at")},
-                "decided_at": row["decided_at"]}
+    expected = {
+        **{k: row[k] for k in COLUMNS if k in record and k not in ("prev_hash", "decided_at")},
+        "decided_at": row["decided_at"],
+    }
     got = {**{k: record[k] for k in expected if k != "decided_at"}, "decided_at": decided}
     if got != expected:
         wrong = sorted(k for k in expected if got.get(k) != expected[k])
@@ -311,9 +356,10 @@ def verify_export(
     try:
         return _verify(lines, verifier, origin)
     except (KeyError, ValueError, TypeError) as exc:  # a missing column, a damaged line: a finding
-        what = f"column {exc} is missing" if isinstance(exc, KeyError) else f"a line does not parse ({type(exc).__name__})"
-        return ExportCheck(False, 0, None, verifier is not None,
-                           [f"not an {EXPORT_FORMAT} file: {what}"])
+        what = (
+            f"column {exc} is missing" if isinstance(exc, KeyError) else f"a line does not parse ({type(exc).__name__})"
+        )
+        return ExportCheck(False, 0, None, verifier is not None, [f"not an {EXPORT_FORMAT} file: {what}"])
 
 
 def _verify(lines: Iterator[str], verifier: NoteVerifier | None, origin: str | None) -> ExportCheck:

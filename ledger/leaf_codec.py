@@ -295,7 +295,18 @@ def _load(path: Path) -> Mapping[str, Any]:
 
 # A decision's context repeats from entry to entry (one agreement, a few recipients, the
 # same fields); the ids, digests, subject keys and times rarely do.
-_REPEATING = ("event_type", "provider", "recipient", "agreement_id", "agreement_version", "purpose", "legal_basis",
-              "outcome", "reason", "fields", "consent_mode")
+_REPEATING = (
+    "event_type",
+    "provider",
+    "recipient",
+    "agreement_id",
+    "agreement_version",
+    "purpose",
+    "legal_basis",
+    "outcome",
+    "reason",
+    "fields",
+    "consent_mode",
+)
 SCHEMA = _load(SCHEMA_PATH)  # as read; ledger/entry.py derives the entry's fields from it
 encode_entry, FIELD_NAMES = compile_record(SCHEMA, memo=[_REPEATING])

@@ -291,7 +291,10 @@ def prove_consistency(engine: Engine, old_size: int, new_size: int | None = None
             "run `accord ledger verify`"
         )
     return ConsistencyProof(
-        old.tree_size, new.tree_size, old.root, new.root,
+        old.tree_size,
+        new.tree_size,
+        old.root,
+        new.root,
         proof,
         cosigned_note(engine, old.tree_size) or old.note,
         cosigned_note(engine, new.tree_size) or new.note,

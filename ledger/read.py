@@ -47,8 +47,9 @@ def seqs(conn: Connection, disclosure_ids: Iterable[str]) -> dict[str, int]:
         if on_postgres:
             rows = conn.execute(_BY_DISCLOSURE_PG, {"ids": list(chunk)})
         else:
-            rows = conn.execute(select(LedgerEntry.disclosure_id, LedgerEntry.seq)
-                                .where(LedgerEntry.disclosure_id.in_(chunk)))
+            rows = conn.execute(
+                select(LedgerEntry.disclosure_id, LedgerEntry.seq).where(LedgerEntry.disclosure_id.in_(chunk))
+            )
         found.update({did: seq for did, seq in rows})
     return found
 

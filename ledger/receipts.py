@@ -118,7 +118,9 @@ def record_receipts(
         drafts.append(receipt_entry(claim, acknowledged, now))
         outcomes.append(None)
     appended = iter(append(engine, drafts)) if drafts else iter(())
-    return [o if o is not None else ReceiptOutcome(c, next(appended), None) for c, o in zip(claims, outcomes)]
+    return [
+        o if o is not None else ReceiptOutcome(c, next(appended), None) for c, o in zip(claims, outcomes, strict=True)
+    ]
 
 
 def pending_receipts(

@@ -90,7 +90,7 @@ def subject_entries(engine: Engine, subject_key: str) -> list[StoredEntry]:
         }
         ids = sorted({e.draft.disclosure_id for e in found.values()})
         for i in range(0, len(ids), _IN_CHUNK):
-            for row in conn.execute(select(t).where(t.c.refers_to.in_(ids[i:i + _IN_CHUNK]))):
+            for row in conn.execute(select(t).where(t.c.refers_to.in_(ids[i : i + _IN_CHUNK]))):
                 found.setdefault(row.seq, stored_entry(row))
     return [found[seq] for seq in sorted(found)]
 
@@ -216,12 +216,29 @@ def build_report(
             hidden += 1
             continue
         agreement = agreements.get(f"{d.agreement_id}@v{d.agreement_version}")
-        items.append(ReportItem(
-            e.seq, d.outcome, d.decided_at, d.recipient, d.purpose, d.legal_basis, d.agreement_id,
-            d.agreement_version, agreement.title if agreement is not None else None, d.event_type, d.provider,
-            d.fields, d.consent_mode, d.consent_version, d.reason, d.refers_to, d.disclosure_id,
-            acknowledged.get(d.disclosure_id), proofs.get(e.seq),
-        ))
+        items.append(
+            ReportItem(
+                e.seq,
+                d.outcome,
+                d.decided_at,
+                d.recipient,
+                d.purpose,
+                d.legal_basis,
+                d.agreement_id,
+                d.agreement_version,
+                agreement.title if agreement is not None else None,
+                d.event_type,
+                d.provider,
+                d.fields,
+                d.consent_mode,
+                d.consent_version,
+                d.reason,
+                d.refers_to,
+                d.disclosure_id,
+                acknowledged.get(d.disclosure_id),
+                proofs.get(e.seq),
+            )
+        )
     unproven = sum(1 for i in items if i.proof is None)
     notes = []
     if unproven:
@@ -233,7 +250,11 @@ def build_report(
 
 
 def collect(
-    engine: Engine, subject: str, agreements: Mapping[str, Any], *, as_of: date | None = None,
+    engine: Engine,
+    subject: str,
+    agreements: Mapping[str, Any],
+    *,
+    as_of: date | None = None,
     now: datetime | None = None,
 ) -> SubjectReport:
     """Read the subject's entries and prove each shown one against the newest checkpoint.
@@ -295,7 +316,9 @@ def _when(dt: datetime) -> str:
 
 def _consent(item: ReportItem) -> str:
     mode = item.consent_mode.replace("_", " ")
-    state = f"your consent record {item.consent_version} applied" if item.consent_version else "no consent record of yours"
+    state = (
+        f"your consent record {item.consent_version} applied" if item.consent_version else "no consent record of yours"
+    )
     return f"{mode}; {state}"
 
 
@@ -344,7 +367,8 @@ def render_html(report: SubjectReport) -> str:
     items = "".join(_item_html(i) for i in report.items) or "<p>No sharing decisions about you are recorded.</p>"
     checkpoint = (
         f"<details><summary>The signed checkpoint the proofs refer to</summary><pre>{_e(report.checkpoint)}</pre></details>"
-        if report.checkpoint else ""
+        if report.checkpoint
+        else ""
     )
     return (
         "<!DOCTYPE html>\n"

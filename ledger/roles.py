@@ -101,7 +101,9 @@ def grant_app_role(conn: Connection, app_role: str, grants: Sequence[TableGrant]
             "the ledger tables; run init as a separate owner role (ACCORD_LEDGER_OWNER_URL)"
         )
     if conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": app_role}).first() is None:
-        raise LedgerRoleError(f"the application role {app_role!r} does not exist; create it (LOGIN, no other rights) first")
+        raise LedgerRoleError(
+            f"the application role {app_role!r} does not exist; create it (LOGIN, no other rights) first"
+        )
     done: list[str] = []
 
     def run(sql: str) -> None:
@@ -169,8 +171,11 @@ def check_app_role(engine: Engine, grants: Sequence[TableGrant]) -> RoleCheck:
                 continue
             if row.owns and not superuser:
                 problems.append(f"it owns {g.table} (owner {row.owner!r}), so it could disable its triggers")
-            rights = [p for p, held in (("UPDATE", row.can_update), ("DELETE", row.can_delete),
-                                        ("TRUNCATE", row.can_truncate)) if held]
+            rights = [
+                p
+                for p, held in (("UPDATE", row.can_update), ("DELETE", row.can_delete), ("TRUNCATE", row.can_truncate))
+                if held
+            ]
             if rights and not superuser:
                 problems.append(f"it holds {', '.join(rights)} on {g.table}")
         if missing:

@@ -50,5 +50,6 @@ def write_refs(conn: Connection, pairs: Sequence[tuple[str, int]]) -> None:
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise NotImplementedError(f"no subject index for dialect {conn.dialect.name!r}")
-    conn.execute(insert(LedgerSubjectRef).on_conflict_do_nothing(),
-                 [{"subject_key": key, "seq": seq} for key, seq in pairs])
+    conn.execute(
+        insert(LedgerSubjectRef).on_conflict_do_nothing(), [{"subject_key": key, "seq": seq} for key, seq in pairs]
+    )

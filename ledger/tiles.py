@@ -164,8 +164,10 @@ def _read_tile(conn: Connection, level: int, index: int, width: int) -> list[byt
     """The first ``width`` hashes of tile (level, index) from any stored row at least that wide."""
     t = LedgerTile.__table__
     row = conn.execute(
-        select(t.c.hashes).where(t.c.level == level, t.c.tile_index == index, t.c.width >= width)
-        .order_by(t.c.width).limit(1)
+        select(t.c.hashes)
+        .where(t.c.level == level, t.c.tile_index == index, t.c.width >= width)
+        .order_by(t.c.width)
+        .limit(1)
     ).first()
     if row is None:
         return None
@@ -179,8 +181,10 @@ def stored_end(conn: Connection) -> int:
     """The tree size the stored tiles reach (every write ends complete at some size)."""
     t = LedgerTile.__table__
     row = conn.execute(
-        select(t.c.tile_index, t.c.width).where(t.c.level == 0)
-        .order_by(t.c.tile_index.desc(), t.c.width.desc()).limit(1)
+        select(t.c.tile_index, t.c.width)
+        .where(t.c.level == 0)
+        .order_by(t.c.tile_index.desc(), t.c.width.desc())
+        .limit(1)
     ).first()
     return 0 if row is None else row.tile_index * WIDTH + row.width
 
@@ -208,7 +212,8 @@ def _leaf_rows(conn: Connection, first: int, end: int, *columns: Any) -> Iterato
         rows = conn.execute(
             select(LedgerEntry.seq, LedgerEntry.leaf_hash, *columns)
             .where(LedgerEntry.seq >= expected, LedgerEntry.seq <= end)
-            .order_by(LedgerEntry.seq).limit(_READ_BATCH)
+            .order_by(LedgerEntry.seq)
+            .limit(_READ_BATCH)
         ).all()
         if not rows:
             raise TilesMismatch(f"entry {expected:,} is missing")
@@ -290,7 +295,8 @@ class TileBuilder:
         """(level, index, width, hashes) of the open tiles at the current size."""
         return [
             (level, _nodes(self.size, level) >> HEIGHT, len(row), b"".join(row))
-            for level, row in enumerate(self.levels) if row
+            for level, row in enumerate(self.levels)
+            if row
         ]
 
     def flush(self, conn: Connection, *, final: bool = False) -> None:

@@ -85,7 +85,10 @@ def verify(
     stored_sizes = {c.tree_size for c in stored}
     for body in sorted(kept, key=lambda b: b.tree_size):
         if body.tree_size not in stored_sizes and bad_size is None:
-            bad_size, bad_problem = body.tree_size, "a copy kept outside the ledger has it, the ledger does not (removed)"
+            bad_size, bad_problem = (
+                body.tree_size,
+                "a copy kept outside the ledger has it, the ledger does not (removed)",
+            )
         if not any(t.tree_size == body.tree_size and t.root == body.root for t in targets):
             targets.append(_Target(body.tree_size, body.root, None))
     result = _walk(engine, targets)
@@ -184,7 +187,9 @@ def _walk(engine: Engine, targets: list[_Target]) -> VerifyResult:
     if pending:
         cut = pending[-1].tree_size
         return VerifyResult(
-            False, n, n + 1,
+            False,
+            n,
+            n + 1,
             f"entries {n + 1:,} to {cut:,} are missing: checkpoint {cut:,} signed a tree of {cut:,} entries "
             f"and the ledger holds {n:,} (the tail was cut)",
             matched,
@@ -229,16 +234,16 @@ def _check(
         if before_prev is not None and bytes(row.prev_hash) == before_prev:
             return seq - 1, (
                 f"entry {seq - 1:,} was inserted: entry {seq:,} links to entry {seq - 2:,}'s hash, not to it"
-                if seq > 2 else "entry 1 was inserted: entry 2 links to the genesis hash, not to it"
+                if seq > 2
+                else "entry 1 was inserted: entry 2 links to the genesis hash, not to it"
             )
         what = "the genesis hash" if seq == 1 else f"entry {seq - 1:,}'s hash"
         return seq, (
-            f"prev_hash does not match {what} (an entry was inserted, removed, reordered "
-            "or rewritten with a new hash)"
+            f"prev_hash does not match {what} (an entry was inserted, removed, reordered or rewritten with a new hash)"
         )
     try:
         recomputed, leaf = entry_hashes(seq, stored_entry(row).draft, bytes(row.prev_hash))
-    except Exception as exc:  # undecodable contents were changed too
+    except Exception as exc:  # noqa: BLE001 - undecodable contents were changed too
         return seq, f"entry contents cannot be encoded ({type(exc).__name__}) (changed)"
     if recomputed != bytes(row.entry_hash):
         return seq, "entry hash does not match its contents (changed)"

@@ -14,9 +14,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-TEST_DATABASE_URL = os.environ.get(
-    "ACCORD_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+TEST_DATABASE_URL = os.environ.get("ACCORD_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @contextmanager
@@ -84,8 +82,13 @@ def fresh_role_database(setup: bool = True) -> Iterator[RoleDatabase]:
         conn.execute(text(f'CREATE ROLE "{app_role}" LOGIN'))
         conn.execute(text(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{owner_role}"'))
     db = RoleDatabase(
-        schema, owner_role, app_role, _schema_url(schema, owner_role), _schema_url(schema, app_role),
-        create_engine(_schema_url(schema, owner_role)), create_engine(_schema_url(schema, app_role)),
+        schema,
+        owner_role,
+        app_role,
+        _schema_url(schema, owner_role),
+        _schema_url(schema, app_role),
+        create_engine(_schema_url(schema, owner_role)),
+        create_engine(_schema_url(schema, app_role)),
         create_engine(_schema_url(schema)),
     )
     try:
@@ -127,9 +130,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from accord.dev import devstack
     from bus.settings import Settings
 
-    settings = Settings(
-        bootstrap_servers=f"127.0.0.1:{_free_port()}", state_dir=tmp_path_factory.mktemp("broker")
-    )
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{_free_port()}", state_dir=tmp_path_factory.mktemp("broker"))
     devstack.up(settings)
     try:
         yield settings.bootstrap_servers

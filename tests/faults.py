@@ -35,8 +35,10 @@ def partner_records(bus: Bus) -> dict[str, list[Disclosure | Retraction]]:
 
 def dead_letters(bus: Bus) -> list[dict[str, Any]]:
     """Every dead letter: its headers (decoded) and, under "value", the value."""
-    return [{**{k: (v or b"").decode() for k, v in headers.items()}, "value": value}
-            for headers, value in read_topic(bus.settings, bus.names.dead_letter)]
+    return [
+        {**{k: (v or b"").decode() for k, v in headers.items()}, "value": value}
+        for headers, value in read_topic(bus.settings, bus.names.dead_letter)
+    ]
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Breaks:
         return sum(len(v) for v in vars(self).values())
 
 
-def audit(bus: Bus, published: dict[str, tuple[str, dict]], agreements: list, today) -> Breaks:  # noqa: ANN001
+def audit(bus: Bus, published: dict[str, tuple[str, dict]], agreements: list, today) -> Breaks:
     """Hold every partner record against the ledger, and every published event against its decisions.
 
     ``published``: event id -> (event type, record) of every valid event sent;
@@ -80,15 +82,20 @@ def audit(bus: Bus, published: dict[str, tuple[str, dict]], agreements: list, to
             allowed = set(json.loads(entry.fields))
             # An allowed path may name a whole sub-record (subject.address); a null sub-record
             # (no baby yet) is a leaf of the record but the parent of allowed fields.
-            extra = {p for p in _leaf_paths(rec.record) - allowed
-                     if not any(a.startswith(p + ".") or p.startswith(a + ".") for a in allowed)}
+            extra = {
+                p
+                for p in _leaf_paths(rec.record) - allowed
+                if not any(a.startswith(p + ".") or p.startswith(a + ".") for a in allowed)
+            }
             if extra:
                 breaks.extra_fields.append(f"{partner}: {rec.disclosure_id} carries {sorted(extra)}")
     decisions: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
         if r.outcome in ("DISCLOSED", "WITHHELD", "NOT_COVERED"):
             decisions[r.event_id].append(r)
-    keyed = Counter((r.event_id, r.recipient, r.agreement_id, r.agreement_version) for rs in decisions.values() for r in rs)
+    keyed = Counter(
+        (r.event_id, r.recipient, r.agreement_id, r.agreement_version) for rs in decisions.values() for r in rs
+    )
     breaks.duplicates += [str(k) for k, n in keyed.items() if n > 1]
     for event_id, (event_type, record) in published.items():
         provider = record["envelope"]["source_agency"]

@@ -55,8 +55,16 @@ log = structlog.get_logger("accord.processor")
 # Delivery errors that belong to one record: retrying cannot help, so it is dead-lettered.
 _PER_RECORD_ERRORS = frozenset(
     getattr(KafkaError, name)
-    for name in ("MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "CORRUPT_MESSAGE",
-                 "RECORD_LIST_TOO_LARGE", "INVALID_MSG", "_INVALID_ARG", "INVALID_MSG_SIZE")
+    for name in (
+        "MSG_SIZE_TOO_LARGE",
+        "_MSG_SIZE_TOO_LARGE",
+        "INVALID_RECORD",
+        "CORRUPT_MESSAGE",
+        "RECORD_LIST_TOO_LARGE",
+        "INVALID_MSG",
+        "_INVALID_ARG",
+        "INVALID_MSG_SIZE",
+    )
     if hasattr(KafkaError, name)
 )
 
@@ -258,9 +266,14 @@ class BatchHandler:
             first, *others = versions.values()
             events[event_id] = first
             for other in others:
-                dead.append(DeadLetter(other.msg, "ConflictingDuplicate",
-                                       f"event id {event_id} reused with different content: the first is at "
-                                       f"{first.msg.topic}[{first.msg.partition}]@{first.msg.offset} in this batch"))
+                dead.append(
+                    DeadLetter(
+                        other.msg,
+                        "ConflictingDuplicate",
+                        f"event id {event_id} reused with different content: the first is at "
+                        f"{first.msg.topic}[{first.msg.partition}]@{first.msg.offset} in this batch",
+                    )
+                )
 
         # 3. decide the new events
         histories = consent.history(self.engine, {e.subject_key for e in events.values()})
@@ -270,7 +283,7 @@ class BatchHandler:
             consents = histories.get(event.subject_key, ())
             try:
                 decisions = sharing.decide(event.event_type, event.record, consents, context, key=event.subject_key)
-            except Exception as exc:  # pure code failing on one record must not stop the bus (I10)
+            except Exception as exc:  # noqa: BLE001 - pure code failing on one record must not stop the bus (I10)
                 dead.append(DeadLetter(event.msg, "Undecidable", f"could not be decided: {type(exc).__name__}"))
                 continue
             if not decisions:
@@ -284,12 +297,21 @@ class BatchHandler:
         report.appended = sum(1 for a in appended if a.new)
         seq_of = {a.disclosure_id: a.seq for a in appended}
         fresh = {a.disclosure_id for a in appended if a.new}
-        raced = {d.event_id for d, a in zip(drafts, appended) if not a.new}
+        raced = {d.event_id for d, a in zip(drafts, appended, strict=True) if not a.new}
         for event, d in decided:
             report.outcomes[(d.recipient, d.outcome._value_, d.reason or "")] += 1
             if d.outcome is Outcome.DISCLOSED and event.event_id not in raced and d.projected is not None:
-                deliveries.append(Delivery(d.disclosure_id, d.recipient, d.event_type, d.agreement, d.projected,
-                                           seq_of[d.disclosure_id], event.msg))
+                deliveries.append(
+                    Delivery(
+                        d.disclosure_id,
+                        d.recipient,
+                        d.event_type,
+                        d.agreement,
+                        d.projected,
+                        seq_of[d.disclosure_id],
+                        event.msg,
+                    )
+                )
         if raced:
             by_id = {e.event_id: e for e in events.values()}
             for event_id, stored in event_entries(self.engine, sorted(raced)).items():
@@ -316,9 +338,14 @@ class BatchHandler:
         digests = {e.draft.event_digest for e in stored if e.draft.event_digest}
         if digests != {event.digest}:
             first = min(e.seq for e in stored)
-            dead.append(DeadLetter(event.msg, "ConflictingDuplicate",
-                                   f"event id {event.event_id} reused with different content: the first is "
-                                   f"recorded at ledger seq {first}; nothing of this one was shared"))
+            dead.append(
+                DeadLetter(
+                    event.msg,
+                    "ConflictingDuplicate",
+                    f"event id {event.event_id} reused with different content: the first is "
+                    f"recorded at ledger seq {first}; nothing of this one was shared",
+                )
+            )
             return
         retracted = {e.draft.refers_to for e in stored if e.draft.outcome == "RETRACTED"}
         for entry in stored:
@@ -330,8 +357,9 @@ class BatchHandler:
             if agreement is None or (current is not None and current.status in ENDED):
                 continue  # ended since: the retraction sweep retracts it; nothing more is sent
             projected = projection_for(event.event_type, event.record, agreement, d.fields, d.recipient, view.context)
-            deliveries.append(Delivery(d.disclosure_id, d.recipient, d.event_type, agreement, projected,
-                                       entry.seq, event.msg))
+            deliveries.append(
+                Delivery(d.disclosure_id, d.recipient, d.event_type, agreement, projected, entry.seq, event.msg)
+            )
 
     # -- step 5 -----------------------------------------------------------------
 
@@ -368,11 +396,15 @@ class BatchHandler:
 
     def _undeliverable(self, d: Delivery, error: str) -> DeadLetter:
         log.error("disclosure_undeliverable", disclosure_id=d.disclosure_id, recipient=d.recipient, error=error)
-        return DeadLetter(d.source, "Undeliverable",
-                          f"disclosure {d.disclosure_id} (ledger seq {d.seq}) to {d.recipient} was refused "
-                          f"by the broker: {error}")
+        return DeadLetter(
+            d.source,
+            "Undeliverable",
+            f"disclosure {d.disclosure_id} (ledger seq {d.seq}) to {d.recipient} was refused by the broker: {error}",
+        )
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list, on_delivery: Callable) -> str | None:
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list, on_delivery: Callable
+    ) -> str | None:
         """produce(), waiting while the local queue is full; a per-record refusal is returned, not raised.
 
         Delivery reports are served by the flush that ends each step, not per record.
@@ -423,10 +455,15 @@ class BatchHandler:
             if self._produce(self.names.dead_letter, msg.key, value, headers, on_delivery) is not None:
                 self._produce(self.names.dead_letter, None, None, headers, on_delivery)
             # Reasons name the problem, never the content (I6).
-            log.warning("dead_letter", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                        error=d.error, reason=d.reason)
+            log.warning(
+                "dead_letter",
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                error=d.error,
+                reason=d.reason,
+            )
         self._flush(errors, "dead letters")
         if errors:  # the broker refused a dead letter for itself: send its headers alone
             again = [replace(d, msg=replace(d.msg, key=None, value=None)) for i, d in enumerate(dead) if i in errors]
             self.dead_letters(again)
-

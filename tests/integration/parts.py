@@ -119,16 +119,16 @@ def disclosed(parts: Parts, recipient: str) -> dict[str, int]:
     """disclosure id -> ledger seq of every DISCLOSED entry for ``recipient``."""
     with parts.db.owner.connect() as conn:
         rows = conn.execute(
-            select(LedgerEntry.disclosure_id, LedgerEntry.seq)
-            .where(LedgerEntry.outcome == "DISCLOSED", LedgerEntry.recipient == recipient)
+            select(LedgerEntry.disclosure_id, LedgerEntry.seq).where(
+                LedgerEntry.outcome == "DISCLOSED", LedgerEntry.recipient == recipient
+            )
         ).all()
     return {d: s for d, s in rows}
 
 
 def delivered(records: list[tuple[dict[str, bytes], bytes | None]]) -> list[tuple[str, int]]:
     """(disclosure id, ledger seq) of each disclosure on a partner topic, in topic order."""
-    return [(h[header.DISCLOSURE_ID].decode(), int(h[header.LEDGER_SEQ])) for h, _ in records
-            if header.KIND not in h]
+    return [(h[header.DISCLOSURE_ID].decode(), int(h[header.LEDGER_SEQ])) for h, _ in records if header.KIND not in h]
 
 
 def ledger_size(parts: Parts) -> int:

@@ -40,11 +40,13 @@ def test_suspending_an_agreement_retracts_its_disclosures_and_stops_new_ones(bus
     # The processor follows the feed without a consumer group: the retractions show it applied it.
 
     for entry in disclosed:
-        [retraction] = _wait_for(lambda: bus.ledger(refers_to=entry.disclosure_id))
+        [retraction] = _wait_for(lambda entry=entry: bus.ledger(refers_to=entry.disclosure_id))
         assert retraction.outcome == "RETRACTED" and retraction.recipient == entry.recipient
         assert retraction.reason == f"agreement custody-to-prosecution suspended (version {suspended.version})"
         notices = _wait_for(
-            lambda: [r for r in bus.retractions(entry.recipient) if r.retracts_disclosure_id == entry.disclosure_id]
+            lambda entry=entry: [
+                r for r in bus.retractions(entry.recipient) if r.retracts_disclosure_id == entry.disclosure_id
+            ]
         )
         assert {(n.retraction_id, n.ledger_seq) for n in notices} == {(retraction.disclosure_id, retraction.seq)}
 

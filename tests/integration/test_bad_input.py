@@ -92,7 +92,9 @@ def _bad(kind: str, good: dict, base: dict) -> tuple[str, bytes | None]:
         return "referral", CATALOGUE.encode("custody", _custody(), validated=True)
     if kind == "enum out of range":
         r["urgency"] = "UNHEARD_OF"
-        return "referral", _with_schema_change(r, lambda s: _field(s, "urgency")["type"]["symbols"].append("UNHEARD_OF"))
+        return "referral", _with_schema_change(
+            r, lambda s: _field(s, "urgency")["type"]["symbols"].append("UNHEARD_OF")
+        )
     if kind == "invalid utf-8":
         r["narrative"] = b"\xff\xfe\xfd not text"
         return "referral", _with_schema_change(r, lambda s: _field(s, "narrative").update(type="bytes"))
@@ -147,7 +149,7 @@ def outcome(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         ends: dict[tuple[str, int], int] = {}
         offsets: list[tuple[str, int, int]] = []
 
-        def sent(err, msg) -> None:  # noqa: ANN001
+        def sent(err, msg) -> None:
             assert err is None, err
             offsets.append((msg.topic(), msg.partition(), msg.offset()))
             tp = (msg.topic(), msg.partition())
@@ -173,7 +175,7 @@ def outcome(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         yield {
             "bus": bus,
             "plan": plan,
-            "spoilt": dict(zip(KINDS, spoil)),
+            "spoilt": dict(zip(KINDS, spoil, strict=True)),
             "stranger": stranger,
             "dead": dead_letters(bus),
             "received": {d.disclosure_id: d for d in bus.received("salford-mash")},
@@ -187,8 +189,11 @@ def test_bad_record_is_dead_lettered_and_its_neighbours_shared(outcome: dict[str
     bus: Bus = outcome["bus"]
     before, after, offset = outcome["plan"][kind]
     assert outcome["alive"], "the processor stopped"
-    [dead] = [d for d in outcome["dead"]
-              if d["accord.source_offset"] == str(offset) and d["accord.source_topic"] == bus.names.event("referral")]
+    [dead] = [
+        d
+        for d in outcome["dead"]
+        if d["accord.source_offset"] == str(offset) and d["accord.source_topic"] == bus.names.event("referral")
+    ]
     print(f"\n{kind}: {dead['accord.error']}: {dead['accord.reason']}")
     assert KINDS[kind] in dead["accord.reason"], dead["accord.reason"]
     assert "Traceback" not in dead["accord.reason"]

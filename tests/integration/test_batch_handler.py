@@ -102,10 +102,15 @@ def test_nothing_is_delivered_after_the_ledger_refused_the_batch(parts: Parts) -
 def _waiting_for_the_writer_lock(parts: Parts) -> bool:
     """True when a session of the app role waits for the ledger's writer lock (an advisory lock)."""
     with parts.db.admin.connect() as conn:
-        return bool(conn.execute(text(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.usename = :role"
-        ), {"role": parts.db.app_role}).scalar_one())
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.usename = :role"
+                ),
+                {"role": parts.db.app_role},
+            ).scalar_one()
+        )
 
 
 def test_nothing_is_on_a_partner_topic_while_the_ledger_transaction_is_open(parts: Parts) -> None:

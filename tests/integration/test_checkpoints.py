@@ -95,7 +95,9 @@ def rehash_from(engine: Engine, start: int) -> None:
         leaf = canonical_bytes(e.seq, e.draft, prev)
         h = hashlib.sha256(leaf).digest()
         i = e.seq
-        statements.append(f"UPDATE ledger_entries SET prev_hash = :p{i}, entry_hash = :h{i}, leaf_hash = :l{i} WHERE seq = {i}")
+        statements.append(
+            f"UPDATE ledger_entries SET prev_hash = :p{i}, entry_hash = :h{i}, leaf_hash = :l{i} WHERE seq = {i}"
+        )
         params |= {f"p{i}": prev, f"h{i}": h, f"l{i}": hashlib.sha256(b"\x00" + leaf).digest()}
         prev = h
     tamper(engine, *statements, **params)
@@ -245,8 +247,15 @@ def test_checkpointer_due_every_n_entries_or_t_seconds(ledger_engine: Engine, si
         def flush(self, timeout: float) -> int:
             return 0
 
-    cp = Checkpointer(ledger_engine, signer, ORIGIN, Recorder(), TopicNames("x."), every_entries=10,  # type: ignore[arg-type]
-                      interval_s=60)
+    cp = Checkpointer(
+        ledger_engine,
+        signer,
+        ORIGIN,
+        Recorder(),
+        TopicNames("x."),
+        every_entries=10,  # type: ignore[arg-type]
+        interval_s=60,
+    )
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     assert cp.tick(t0) is None  # empty
     append(ledger_engine, [draft(i) for i in range(1, 4)])
@@ -318,12 +327,27 @@ def test_inserted_entry_is_named(ledger_engine: Engine, signer: NoteSigner) -> N
         "subject_key, decided_at, refers_to, event_digest, subjects, prev_hash, entry_hash, leaf_hash) VALUES (8, "
         ":did, :eid, :et, :prov, :rec, :aid, :av, :pur, :lb, :out, :reason, :fields, :cm, :cv, :sk, :at, NULL, "
         ":digest, :subjects, :prev, :h, :l)",
-        did=fake.disclosure_id, eid=fake.event_id, et=fake.event_type, prov=fake.provider, rec=fake.recipient,
-        aid=fake.agreement_id, av=fake.agreement_version, pur=fake.purpose, lb=fake.legal_basis, out=fake.outcome,
-        reason=fake.reason, fields=json.dumps(list(fake.fields), separators=(",", ":")), cm=fake.consent_mode,
-        cv=fake.consent_version, sk=fake.subject_key, at=fake.decided_at, digest=fake.event_digest,
-        subjects=json.dumps(list(fake.subjects)), prev=stored[6].entry_hash,
-        h=hashlib.sha256(leaf).digest(), l=hashlib.sha256(b"\x00" + leaf).digest(),
+        did=fake.disclosure_id,
+        eid=fake.event_id,
+        et=fake.event_type,
+        prov=fake.provider,
+        rec=fake.recipient,
+        aid=fake.agreement_id,
+        av=fake.agreement_version,
+        pur=fake.purpose,
+        lb=fake.legal_basis,
+        out=fake.outcome,
+        reason=fake.reason,
+        fields=json.dumps(list(fake.fields), separators=(",", ":")),
+        cm=fake.consent_mode,
+        cv=fake.consent_version,
+        sk=fake.subject_key,
+        at=fake.decided_at,
+        digest=fake.event_digest,
+        subjects=json.dumps(list(fake.subjects)),
+        prev=stored[6].entry_hash,
+        h=hashlib.sha256(leaf).digest(),
+        l=hashlib.sha256(b"\x00" + leaf).digest(),
     )
     result = check(ledger_engine, signer)
     assert (result.ok, result.first_bad_seq) == (False, 8)
@@ -389,8 +413,11 @@ def test_rewrite_with_a_replaced_checkpoint_is_caught(ledger_engine: Engine, sig
     frontier.extend(e.leaf_hash for e in entries(ledger_engine))
     note = sign_note(CheckpointBody(ORIGIN, 12, new_root).text(), forger)
     tamper_checkpoints(
-        ledger_engine, "UPDATE ledger_checkpoints SET root = :r, note = :n, frontier = :f WHERE tree_size = 12",
-        r=new_root, n=note, f=frontier.to_bytes(),
+        ledger_engine,
+        "UPDATE ledger_checkpoints SET root = :r, note = :n, frontier = :f WHERE tree_size = 12",
+        r=new_root,
+        n=note,
+        f=frontier.to_bytes(),
     )
     result = check(ledger_engine, signer)
     assert (result.ok, result.bad_checkpoint) == (False, 12)
@@ -461,8 +488,9 @@ def test_cosignatures_are_verified_before_they_are_stored(ledger_engine: Engine,
 
 def test_checkpoint_published_and_verifiable(broker: str, ledger_engine: Engine, signer: NoteSigner) -> None:
     names = TopicNames(f"t{uuid.uuid4().hex[:8]}.")
-    settings = Settings(bootstrap_servers=broker, topic_prefix=names.prefix, session_timeout_ms=2000,
-                        heartbeat_interval_ms=500)
+    settings = Settings(
+        bootstrap_servers=broker, topic_prefix=names.prefix, session_timeout_ms=2000, heartbeat_interval_ms=500
+    )
     catalogue = [s for s in names.catalogue({}) if s.name == names.ledger_checkpoints]
     assert create_topics(kafka.admin(settings), catalogue) == {names.ledger_checkpoints: "created"}
     append(ledger_engine, [draft(i) for i in range(1, 15)])
@@ -512,8 +540,13 @@ def test_a_removed_checkpoint_is_caught_by_a_kept_copy(ledger_engine: Engine, si
 
 
 def accord(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "accord.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "accord.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_keygen_checkpoint_prove_cosign_verify(tmp_path: Path) -> None:
@@ -547,7 +580,10 @@ def test_cli_keygen_checkpoint_prove_cosign_verify(tmp_path: Path) -> None:
     assert merkle.verify_inclusion(leaf_hash, 4, 20, [base64.b64decode(p) for p in proof["proof"]], body.root)
     consistency = json.loads(accord("ledger", "prove", "--from-size", "12", "--to-size", "20", env=env).stdout)
     assert merkle.verify_consistency(
-        12, 20, base64.b64decode(consistency["old_root"]), base64.b64decode(consistency["new_root"]),
+        12,
+        20,
+        base64.b64decode(consistency["old_root"]),
+        base64.b64decode(consistency["new_root"]),
         [base64.b64decode(p) for p in consistency["proof"]],
     )
     assert accord("ledger", "prove", "--entry", "99", env=env).returncode == 2
@@ -607,13 +643,31 @@ def documented_leaf(seq: int, e, prev_hash: bytes) -> bytes:  # e: EntryDraft
     def strings(values: tuple[str, ...]) -> bytes:
         return (_zigzag(len(values)) + b"".join(_string(v) for v in values) if values else b"") + b"\x00"
 
-    return b"".join([
-        _zigzag(seq), _string(e.disclosure_id), _string(e.event_id), _string(e.event_type), _string(e.provider),
-        _string(e.recipient), _string(e.agreement_id), _zigzag(e.agreement_version), _string(e.purpose),
-        _string(e.legal_basis), _zigzag(outcomes.index(e.outcome)), _optional(e.reason), strings(e.fields),
-        _string(e.consent_mode), _zigzag(e.consent_version), _string(e.subject_key), _zigzag(millis),
-        _optional(e.refers_to), _string(e.event_digest), strings(e.subjects), prev_hash,
-    ])
+    return b"".join(
+        [
+            _zigzag(seq),
+            _string(e.disclosure_id),
+            _string(e.event_id),
+            _string(e.event_type),
+            _string(e.provider),
+            _string(e.recipient),
+            _string(e.agreement_id),
+            _zigzag(e.agreement_version),
+            _string(e.purpose),
+            _string(e.legal_basis),
+            _zigzag(outcomes.index(e.outcome)),
+            _optional(e.reason),
+            strings(e.fields),
+            _string(e.consent_mode),
+            _zigzag(e.consent_version),
+            _string(e.subject_key),
+            _zigzag(millis),
+            _optional(e.refers_to),
+            _string(e.event_digest),
+            strings(e.subjects),
+            prev_hash,
+        ]
+    )
 
 
 def test_leaf_encoding_as_documented(ledger_engine: Engine, signer: NoteSigner) -> None:
@@ -668,8 +722,9 @@ def test_processor_signs_and_publishes_checkpoints(broker: str, tmp_path: Path) 
             while not kept or kept[-1].tree_size < size:  # the checkpoint covering everything so far
                 assert time.monotonic() < deadline, "no checkpoint covering the ledger was published"
                 notes = read_published_notes(settings, bus.names)
-                kept = sorted((open_checkpoint(n, key.verifier, settings.ledger_origin) for n in notes),
-                              key=lambda b: b.tree_size)
+                kept = sorted(
+                    (open_checkpoint(n, key.verifier, settings.ledger_origin) for n in notes), key=lambda b: b.tree_size
+                )
                 if not kept or kept[-1].tree_size < size:
                     time.sleep(0.5)  # the processor ticks once a second
         finally:
@@ -692,8 +747,25 @@ def test_documented_examples() -> None:
     hex_block = leaf_section.split("```\n", 2)[1]
     documented = bytes.fromhex(hex_block.replace("\n", " "))
     entry = EntryDraft(
-        "d1", "e1", "custody", "gmp", "cps", "a", 1, "p", "l", "DISCLOSED", None, ("x",), "not-required", 0, "s",
-        datetime(2026, 1, 1, tzinfo=UTC), None, hashlib.sha256(b"abc").hexdigest(), ("t",),
+        "d1",
+        "e1",
+        "custody",
+        "gmp",
+        "cps",
+        "a",
+        1,
+        "p",
+        "l",
+        "DISCLOSED",
+        None,
+        ("x",),
+        "not-required",
+        0,
+        "s",
+        datetime(2026, 1, 1, tzinfo=UTC),
+        None,
+        hashlib.sha256(b"abc").hexdigest(),
+        ("t",),
     )
     leaf = canonical_bytes(1, entry, GENESIS_HASH)
     assert documented == leaf == documented_leaf(1, entry, GENESIS_HASH)
@@ -704,7 +776,9 @@ def test_documented_examples() -> None:
     signed_section = doc.split("## Signed checkpoints", 1)[1]
     note = signed_section.split("```\n", 2)[1]
     [vkey] = re.findall(r"e\.g\. `(accord\.example/ledger\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+)`", signed_section)
-    signer = NoteSigner("accord.example/ledger", hashlib.sha256(b"accord documentation example key; never use").digest())
+    signer = NoteSigner(
+        "accord.example/ledger", hashlib.sha256(b"accord documentation example key; never use").digest()
+    )
     assert signer.verifier.vkey == vkey
     body = open_checkpoint(note, NoteVerifier.parse(vkey), "accord.example/ledger")
     assert (body.tree_size, body.root) == (1, merkle.leaf_hash(leaf))

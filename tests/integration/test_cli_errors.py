@@ -35,7 +35,10 @@ def accord(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "accord.cli", *args],
         env={**BASE_ENV, "ACCORD_LOG_FORMAT": "json", **env},
-        capture_output=True, text=True, timeout=timeout, cwd=PACKAGE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PACKAGE_ROOT,
     )
 
 
@@ -98,27 +101,37 @@ def test_validate_reports_a_bad_date_with_file_and_line_and_every_other_problem(
 
 @pytest.mark.parametrize("command", [("agreements", "list"), ("topics", "create")])
 def test_a_command_loading_bad_agreements_prints_the_same_lines_and_exits_2(tmp_path: Path, command) -> None:
-    folder, dated, purpose = _bad_folder(tmp_path)
+    folder, _dated, _purpose = _bad_folder(tmp_path)
     extra = (str(folder),) if command[0] == "agreements" else ()
     # topics create loads the agreements before it contacts the broker: the closed port is never tried.
-    result = accord(*command, *extra, ACCORD_AGREEMENTS_DIR=str(folder),
-                    ACCORD_BOOTSTRAP_SERVERS=f"127.0.0.1:{closed_port()}", timeout=20)
+    result = accord(
+        *command,
+        *extra,
+        ACCORD_AGREEMENTS_DIR=str(folder),
+        ACCORD_BOOTSTRAP_SERVERS=f"127.0.0.1:{closed_port()}",
+        timeout=20,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     validated = accord("agreements", "validate", str(folder)).stderr.strip().splitlines()
     lines = result.stderr.strip().splitlines()
     assert lines[:-1] == validated and len(validated) == 3
-    assert lines[-1] == (f"accord {' '.join(command)}: 3 problem(s) in the agreements of {folder}; nothing done: "
-                         f"fix them (`accord agreements validate {folder}` lists them)")
+    assert lines[-1] == (
+        f"accord {' '.join(command)}: 3 problem(s) in the agreements of {folder}; nothing done: "
+        f"fix them (`accord agreements validate {folder}` lists them)"
+    )
 
 
 # --------------------------------------------------------------------------- database
 
 
-@pytest.mark.parametrize("args", [
-    ("ledger", "verify"),
-    ("ledger", "report", "--subject", "9434765919"),
-    ("consent", "deny", "--subject", "nhs:9434765919", "--recipient", "cps"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ledger", "verify"),
+        ("ledger", "report", "--subject", "9434765919"),
+        ("consent", "deny", "--subject", "nhs:9434765919", "--recipient", "cps"),
+    ],
+)
 def test_a_database_that_does_not_exist_is_one_line(tmp_path: Path, args) -> None:
     url = pg_url(database="accord_nosuchdb")
     line = one_line(accord(*args, ACCORD_LEDGER_URL=url, ACCORD_STATE_DIR=str(tmp_path)))
@@ -138,7 +151,11 @@ def test_postgresql_down_is_one_line_naming_it(tmp_path: Path) -> None:
 
 def test_a_postgresql_ledger_without_tables_refuses(tmp_path: Path) -> None:
     with fresh_schema() as (_, url):
-        for args in (("ledger", "verify"), ("ledger", "pending-receipts"), ("ledger", "export", "--from", "1", "--to", "1")):
+        for args in (
+            ("ledger", "verify"),
+            ("ledger", "pending-receipts"),
+            ("ledger", "export", "--from", "1", "--to", "1"),
+        ):
             line = one_line(accord(*args, ACCORD_LEDGER_URL=url, ACCORD_STATE_DIR=str(tmp_path)))
             assert line.startswith(f"accord {' '.join(args[:2])}: no ledger in database ")
             assert "(tables missing: " in line and "ledger_entries" in line and "run `accord ledger init`" in line
@@ -147,16 +164,19 @@ def test_a_postgresql_ledger_without_tables_refuses(tmp_path: Path) -> None:
 SIGNING_SEED = base64.b64encode(bytes(range(32))).decode()
 
 
-@pytest.mark.parametrize("args", [
-    ("ledger", "verify"),
-    ("ledger", "report", "--subject", "9434765919"),
-    ("ledger", "export", "--from", "1", "--to", "5"),
-    ("ledger", "prove", "--entry", "1"),
-    ("ledger", "checkpoint", "--no-publish"),
-    ("ledger", "pending-receipts"),
-    ("ledger", "cosign", "--size", "1"),
-    ("agreements", "explain", "EVENT"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ledger", "verify"),
+        ("ledger", "report", "--subject", "9434765919"),
+        ("ledger", "export", "--from", "1", "--to", "5"),
+        ("ledger", "prove", "--entry", "1"),
+        ("ledger", "checkpoint", "--no-publish"),
+        ("ledger", "pending-receipts"),
+        ("ledger", "cosign", "--size", "1"),
+        ("agreements", "explain", "EVENT"),
+    ],
+)
 def test_a_mistyped_state_dir_refuses_and_creates_nothing(tmp_path: Path, args) -> None:
     state = tmp_path / "statee"  # the typo: no such folder
     event = tmp_path / "event.json"
@@ -167,8 +187,10 @@ def test_a_mistyped_state_dir_refuses_and_creates_nothing(tmp_path: Path, args) 
         args = tuple(str(event) if a == "EVENT" else a for a in args)
     result = accord(*args, ACCORD_STATE_DIR=str(state), ACCORD_LEDGER_SIGNING_KEY=SIGNING_SEED)
     line = one_line(result)
-    assert line == (f"accord {' '.join(args[:2])}: no ledger at {state / 'ledger.db'}; check ACCORD_STATE_DIR "
-                    "(or ACCORD_LEDGER_URL), or run `accord ledger init` to make a new one")
+    assert line == (
+        f"accord {' '.join(args[:2])}: no ledger at {state / 'ledger.db'}; check ACCORD_STATE_DIR "
+        "(or ACCORD_LEDGER_URL), or run `accord ledger init` to make a new one"
+    )
     assert not state.exists() and result.stdout == ""
 
 
@@ -221,8 +243,9 @@ def test_broker_down_is_one_line_naming_the_servers_within_seconds(tmp_path: Pat
     elapsed = time.monotonic() - started
     line = one_line(result)
     assert elapsed < 15, elapsed
-    assert line.startswith(f"accord {' '.join(args[:2]) if args[0] == 'topics' else 'consume'}: "
-                           f"no Kafka broker answered at {servers} (")
+    assert line.startswith(
+        f"accord {' '.join(args[:2]) if args[0] == 'topics' else 'consume'}: no Kafka broker answered at {servers} ("
+    )
     assert "ACCORD_BOOTSTRAP_SERVERS" in line and "%3|" not in result.stderr  # no librdkafka log lines
 
 
@@ -238,7 +261,9 @@ def test_a_bad_setting_names_the_variable_not_the_value() -> None:
 def test_a_missing_file_given_by_the_user_is_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "export.jsonl"
     line = one_line(accord("ledger", "verify-export", str(missing)))
-    assert line == f"accord ledger verify-export: {missing}: no such file or directory; check the path and its permissions"
+    assert (
+        line == f"accord ledger verify-export: {missing}: no such file or directory; check the path and its permissions"
+    )
 
 
 _CRASH = (
@@ -252,8 +277,14 @@ _CRASH = (
 
 def test_an_unexpected_error_is_one_line_without_its_text_and_debug_adds_the_traceback() -> None:
     def crash(**env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", _CRASH], env={**BASE_ENV, **env}, capture_output=True,
-                              text=True, timeout=60, cwd=PACKAGE_ROOT)
+        return subprocess.run(
+            [sys.executable, "-c", _CRASH],
+            env={**BASE_ENV, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=PACKAGE_ROOT,
+        )
 
     line = one_line(crash(), code=70)
     assert line.startswith("accord ledger verify: unexpected error (KeyError at ")
@@ -268,8 +299,11 @@ def test_checkpoint_with_the_broker_down_is_one_line_within_seconds(tmp_path: Pa
     from ledger import append
     from tests.integration.test_ledger import draft
 
-    env = {"ACCORD_STATE_DIR": str(tmp_path), "ACCORD_LEDGER_SIGNING_KEY": SIGNING_SEED,
-           "ACCORD_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}"}
+    env = {
+        "ACCORD_STATE_DIR": str(tmp_path),
+        "ACCORD_LEDGER_SIGNING_KEY": SIGNING_SEED,
+        "ACCORD_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}",
+    }
     assert accord("ledger", "init", **env).returncode == 0
     engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
     append(engine, [draft(i) for i in range(1, 4)])

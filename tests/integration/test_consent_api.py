@@ -144,7 +144,11 @@ def test_citizen_post_records_for_their_own_subject(engine: Engine, client: Test
     assert OTHER not in saved
     [rec] = saved[ME]
     assert rec.id == created["id"]
-    assert (rec.decision, rec.purpose, rec.recipient) == (ConsentDecision.DENY, "crime_prevention_and_prosecution", "cps")
+    assert (rec.decision, rec.purpose, rec.recipient) == (
+        ConsentDecision.DENY,
+        "crime_prevention_and_prosecution",
+        "cps",
+    )
     listed = client.get("/v1/me/consents", headers=citizen(ME)).json()
     assert [r["id"] for r in listed["current"]] == [created["id"]]
 
@@ -199,17 +203,25 @@ def test_recipient_known_from_the_partner_registry_not_from_agreements(engine: E
     """The registry decides what a preference may name, even a partner no loaded agreement names yet."""
     known = KnownScopes.from_partners({"cps": "prosecution", "new-partner": "nhs"})
     with TestClient(create_app(engine, AGREEMENTS, SECRET, known=known)) as c:
-        assert c.post("/v1/me/consents", headers=citizen(ME),
-                      json={"decision": "deny", "recipient": "new-partner"}).status_code == 201
-        assert c.post("/v1/me/consents", headers=citizen(ME),
-                      json={"decision": "deny", "recipient": "hmcts"}).status_code == 422
+        assert (
+            c.post(
+                "/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient": "new-partner"}
+            ).status_code
+            == 201
+        )
+        assert (
+            c.post("/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient": "hmcts"}).status_code
+            == 422
+        )
     assert [r.recipient for r in store.history(engine, [ME])[ME]] == ["new-partner"]
 
 
 def _token_for(subject: str) -> dict[str, str]:
     """A correctly signed citizen token whatever its subject (issue_token refuses malformed ones)."""
     now = int(time.time())
-    return _auth(jwt.encode({"role": "citizen", "sub": subject, "iat": now, "exp": now + 60}, SECRET, algorithm="HS256"))
+    return _auth(
+        jwt.encode({"role": "citizen", "sub": subject, "iat": now, "exp": now + 60}, SECRET, algorithm="HS256")
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,7 +250,9 @@ def test_a_token_whose_subject_is_not_a_well_formed_key_is_401_and_records_nothi
 
 
 def test_a_token_for_a_bare_nhs_number_acts_on_the_normalised_key(engine: Engine, client: TestClient) -> None:
-    resp = client.post("/v1/me/consents", headers=_token_for("9434765870"), json={"decision": "deny", "purpose": "research"})
+    resp = client.post(
+        "/v1/me/consents", headers=_token_for("9434765870"), json={"decision": "deny", "purpose": "research"}
+    )
     assert resp.status_code == 201, resp.text
     assert [r.id for r in store.history(engine, [OTHER])[OTHER]] == [resp.json()["id"]]
     listed = client.get("/v1/me/consents", headers=citizen(OTHER)).json()
@@ -264,7 +278,9 @@ def _expired_citizen() -> str:
     ],
     ids=["missing", "not-bearer", "malformed", "bad-signature", "expired"],
 )
-@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/me/consents"), ("POST", "/v1/me/consents"), ("GET", "/v1/agreements")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/me/consents"), ("POST", "/v1/me/consents"), ("GET", "/v1/agreements")]
+)
 def test_missing_or_invalid_token_is_401(
     engine: Engine, client: TestClient, headers: dict, method: str, path: str
 ) -> None:
@@ -324,7 +340,11 @@ def _uvicorn(url: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "ACCORD_LEDGER_URL": url, "ACCORD_API_SECRET": SECRET, "ACCORD_STATE_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "accord.web.consent_api:app_from_settings", "--port", str(port)],
-        env=env, cwd=PACKAGE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        cwd=PACKAGE_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     return proc, port
 
@@ -353,8 +373,12 @@ def test_uvicorn_factory_serves_as_the_app_role(role_db: RoleDatabase, tmp_path:
         while True:
             assert proc.poll() is None, proc.communicate()[1]
             try:
-                resp = httpx.post(f"http://127.0.0.1:{port}/v1/me/consents", headers=citizen(ME),
-                                  json={"decision": "deny", "recipient": "cps"}, timeout=2)
+                resp = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/me/consents",
+                    headers=citizen(ME),
+                    json={"decision": "deny", "recipient": "cps"},
+                    timeout=2,
+                )
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the API did not start"
@@ -370,10 +394,15 @@ def test_uvicorn_factory_serves_as_the_app_role(role_db: RoleDatabase, tmp_path:
 def test_consent_serve_without_a_usable_secret_says_which_variable_and_what_to_do(
     role_db: RoleDatabase, tmp_path: Path, secret: str, problem: str
 ) -> None:
-    env = {**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_API_SECRET": secret,
-           "ACCORD_STATE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "accord.cli", "consent", "serve"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "ACCORD_LEDGER_URL": role_db.app_url,
+        "ACCORD_API_SECRET": secret,
+        "ACCORD_STATE_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "consent", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -381,10 +410,15 @@ def test_consent_serve_without_a_usable_secret_says_which_variable_and_what_to_d
 
 
 def test_consent_serve_as_the_owner_is_refused_in_one_line(role_db: RoleDatabase, tmp_path: Path) -> None:
-    env = {**os.environ, "ACCORD_LEDGER_URL": role_db.owner_url, "ACCORD_API_SECRET": SECRET,
-           "ACCORD_STATE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "accord.cli", "consent", "serve"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "ACCORD_LEDGER_URL": role_db.owner_url,
+        "ACCORD_API_SECRET": SECRET,
+        "ACCORD_STATE_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "consent", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "refusing to run as database role" in result.stderr
 

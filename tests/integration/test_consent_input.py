@@ -37,8 +37,9 @@ NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 def _accord(role_db: RoleDatabase, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_STATE_DIR": str(tmp_path)}
-    return subprocess.run([sys.executable, "-m", "accord.cli", "consent", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "accord.cli", "consent", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _count(engine: Engine) -> int:
@@ -57,7 +58,12 @@ def _decide(engine: Engine, record: dict) -> dict[str, object]:
     """What the processor decides: the store's history for the event's own subject key."""
     key = subject_key("natal_care", record)
     consents = consent.history(engine, [key]).get(key, [])
-    return {d.recipient: d for d in decide("natal_care", record, AGREEMENTS, consents, Context(NOW, PARTNERS, b"unit-test-key-0123456789abcdef01"))}
+    return {
+        d.recipient: d
+        for d in decide(
+            "natal_care", record, AGREEMENTS, consents, Context(NOW, PARTNERS, b"unit-test-key-0123456789abcdef01")
+        )
+    }
 
 
 def test_the_issue_numbers() -> None:
@@ -119,9 +125,23 @@ def test_pnc_and_local_keys_are_recorded_as_given(role_db: RoleDatabase, tmp_pat
         (["--subject", NUMBER, "--recipient", "cps", "--recipient-class", "prosecution"], "not both"),
     ],
     ids=[
-        "nhs-123", "bad-check-digit-bare", "bad-check-digit", "upper-case-scheme", "trailing-space",
-        "leading-space", "grouped-digits", "empty", "unknown-scheme", "unknown-recipient", "class-as-recipient",
-        "unknown-class", "partner-as-class", "unknown-purpose", "purpose-case", "no-scope", "recipient-and-class",
+        "nhs-123",
+        "bad-check-digit-bare",
+        "bad-check-digit",
+        "upper-case-scheme",
+        "trailing-space",
+        "leading-space",
+        "grouped-digits",
+        "empty",
+        "unknown-scheme",
+        "unknown-recipient",
+        "class-as-recipient",
+        "unknown-class",
+        "partner-as-class",
+        "unknown-purpose",
+        "purpose-case",
+        "no-scope",
+        "recipient-and-class",
     ],
 )
 def test_refused_in_one_line_with_the_reason_and_nothing_recorded(
@@ -157,10 +177,16 @@ def test_the_store_itself_refuses_what_would_never_apply(role_db: RoleDatabase) 
 
 def test_a_mistyped_number_does_not_reach_the_database(tmp_path: Path) -> None:
     """Refused before connecting: the reason comes even when the database is unreachable."""
-    env = {**os.environ, "ACCORD_LEDGER_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",
-           "ACCORD_STATE_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "ACCORD_LEDGER_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+        "ACCORD_STATE_DIR": str(tmp_path),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "accord.cli", "consent", "deny", "--subject", "9434765918", "--purpose", "research"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "Modulus 11" in result.stderr and "Traceback" not in result.stderr

@@ -25,7 +25,7 @@ from tests.conftest import fresh_role_database
 from tests.integration.test_end_to_end import _wait_for
 
 
-def _events(event_type: str, n: int, where=lambda r: True) -> list[dict]:  # noqa: ANN001
+def _events(event_type: str, n: int, where=lambda r: True) -> list[dict]:
     found: list[dict] = []
     while len(found) < n:
         scenario = build_scenario(120, seed=random.randrange(1 << 30), n_malformed=0)
@@ -46,16 +46,25 @@ def test_a_replay_after_consent_was_given_delivers_nothing_for_a_withheld_entry(
     assert withheld.outcome == "WITHHELD"
 
     known = consent.KnownScopes.from_partners(load_partners(bus.settings.partners_file))
-    consent.record(bus.engine, subject_key("custody", event), consent.ConsentDecision.PERMIT,
-                   known=known, recipient="liaison-diversion")
+    consent.record(
+        bus.engine,
+        subject_key("custody", event),
+        consent.ConsentDecision.PERMIT,
+        known=known,
+        recipient="liaison-diversion",
+    )
     bus.publish([("custody", event)])  # the source system sends the same event again
 
     [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="liaison-diversion")
     assert entry.outcome == "WITHHELD" and entry.seq == withheld.seq
     assert entry.disclosure_id not in {d.disclosure_id for d in bus.received("liaison-diversion")}
     # The statutory recipients get the recorded disclosure again, under the same id and seq.
-    cps = [d for d in bus.received("cps") if d.disclosure_id in
-           {e.disclosure_id for e in bus.ledger(event_id=event["envelope"]["event_id"], recipient="cps")}]
+    cps = [
+        d
+        for d in bus.received("cps")
+        if d.disclosure_id
+        in {e.disclosure_id for e in bus.ledger(event_id=event["envelope"]["event_id"], recipient="cps")}
+    ]
     assert len(cps) == 2 and len({d.ledger_seq for d in cps}) == 1
 
 
@@ -65,13 +74,20 @@ def test_a_replay_after_consent_was_withdrawn_is_retracted_not_redecided(bus: Bu
     [disclosed] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-health-visiting")
     assert disclosed.outcome == "DISCLOSED"
     known = consent.KnownScopes.from_partners(load_partners(bus.settings.partners_file))
-    consent.record(bus.engine, subject_key("natal_care", event), consent.ConsentDecision.DENY,
-                   known=known, recipient="salford-health-visiting")
+    consent.record(
+        bus.engine,
+        subject_key("natal_care", event),
+        consent.ConsentDecision.DENY,
+        known=known,
+        recipient="salford-health-visiting",
+    )
     [retraction] = _wait_for(lambda: bus.ledger(refers_to=disclosed.disclosure_id))
     bus.publish([("natal_care", event)])
     entries = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-health-visiting")
     assert {(e.outcome, e.disclosure_id) for e in entries} == {
-        ("DISCLOSED", disclosed.disclosure_id), ("RETRACTED", retraction.disclosure_id)}
+        ("DISCLOSED", disclosed.disclosure_id),
+        ("RETRACTED", retraction.disclosure_id),
+    }
     # Sent once, before the withdrawal; the replay sends nothing more of a retracted disclosure.
     got = [d for d in bus.received("salford-health-visiting") if d.disclosure_id == disclosed.disclosure_id]
     assert len(got) == 1
@@ -105,8 +121,9 @@ def test_a_suspension_on_the_feed_before_start_holds_and_retracts_once_across_re
                 time.sleep(2 * settings.retraction_interval_s)
             finally:
                 bus.stop_processor()
-        assert not [e for e in bus.ledger(event_id=second["envelope"]["event_id"])
-                    if e.agreement_id == "custody-to-prosecution"]
+        assert not [
+            e for e in bus.ledger(event_id=second["envelope"]["event_id"]) if e.agreement_id == "custody-to-prosecution"
+        ]
         for entry in disclosed:
             [retraction] = bus.ledger(refers_to=entry.disclosure_id)
             assert retraction.outcome == "RETRACTED"
@@ -136,19 +153,31 @@ def test_a_resend_and_a_reused_id_in_one_batch_the_ledger_tells_which_is_which(b
     producer = kafka.producer(bus.settings)
     offsets: dict[str, tuple[int, int]] = {}
     for name, record in (("impostor", impostor), ("resend", event)):
-        producer.produce(bus.names.event("referral"), key=b"one-partition",  # impostor first, in order
-                         value=catalogue.encode("referral", record, validated=True),
-                         on_delivery=lambda err, m, name=name: offsets.__setitem__(name, (m.partition(), m.offset())))
+        producer.produce(
+            bus.names.event("referral"),
+            key=b"one-partition",  # impostor first, in order
+            value=catalogue.encode("referral", record, validated=True),
+            on_delivery=lambda err, m, name=name: offsets.__setitem__(name, (m.partition(), m.offset())),
+        )
         producer.flush(30)
     bus.start_processor()
     from accord.dev.drain import wait_for_group
 
-    wait_for_group(bus.settings, bus.settings.processor_group,
-                   {(bus.names.event("referral"), p): o + 1 for p, o in offsets.values()}, timeout=60)
+    wait_for_group(
+        bus.settings,
+        bus.settings.processor_group,
+        {(bus.names.event("referral"), p): o + 1 for p, o in offsets.values()},
+        timeout=60,
+    )
 
-    conflicts = [d for d in dead_letters(bus) if d.get("accord.error") == "ConflictingDuplicate"
-                 and event["envelope"]["event_id"] in d["accord.reason"]]
-    assert [(int(d["accord.source_partition"]), int(d["accord.source_offset"])) for d in conflicts] == [offsets["impostor"]]
+    conflicts = [
+        d
+        for d in dead_letters(bus)
+        if d.get("accord.error") == "ConflictingDuplicate" and event["envelope"]["event_id"] in d["accord.reason"]
+    ]
+    assert [(int(d["accord.source_partition"]), int(d["accord.source_offset"])) for d in conflicts] == [
+        offsets["impostor"]
+    ]
     assert f"ledger seq {entry.seq}" in conflicts[0]["accord.reason"]
     got = [d for d in bus.received("salford-mash") if d.disclosure_id == entry.disclosure_id]
     assert len(got) == 2 and all(d.record["referral_id"] == event["referral_id"] for d in got)

@@ -39,7 +39,8 @@ def _events(event_type: str, agency: str | None = None, n: int = 1, where=lambda
     for _ in range(20):
         scenario = build_scenario(n_events=80, seed=random.SystemRandom().randrange(1 << 30))
         found += [
-            e.record for e in scenario.events
+            e.record
+            for e in scenario.events
             if e.event_type == event_type and (agency is None or e.agency == agency) and where(e.record)
         ]
         if len(found) >= n:
@@ -78,7 +79,9 @@ def test_custody_event_reaches_cps_with_only_allowed_fields(bus: Bus) -> None:
 
 
 def test_every_partner_record_has_a_ledger_entry(bus: Bus) -> None:
-    bus.publish([("custody", e) for e in _events("custody", n=5)] + [("natal_care", e) for e in _events("natal_care", n=5)])
+    bus.publish(
+        [("custody", e) for e in _events("custody", n=5)] + [("natal_care", e) for e in _events("natal_care", n=5)]
+    )
     received = bus.received("cps") + bus.received("hmcts") + bus.received("salford-health-visiting")
     assert len(received) >= 15
     for d in received:
@@ -103,8 +106,13 @@ def test_denied_consent_withholds_and_nothing_reaches_the_partner(bus: Bus) -> N
 
 def test_permit_under_explicit_consent_discloses(bus: Bus) -> None:
     [event] = [e for e in _events("custody", n=10) if e["subject"]["nhs_number"]][:1]
-    consent.record(bus.engine, subject_key("custody", event), consent.ConsentDecision.PERMIT, known=KNOWN,
-                   recipient="liaison-diversion")
+    consent.record(
+        bus.engine,
+        subject_key("custody", event),
+        consent.ConsentDecision.PERMIT,
+        known=KNOWN,
+        recipient="liaison-diversion",
+    )
     bus.publish([("custody", event)])
     [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="liaison-diversion")
     assert entry.outcome == "DISCLOSED"
@@ -151,14 +159,23 @@ def test_withdrawing_consent_after_a_disclosure_sends_a_retraction_and_records_i
     assert disclosed.outcome == "DISCLOSED"
 
     withdrawal = consent.record(
-        bus.engine, subject_key("natal_care", event), consent.ConsentDecision.DENY, known=KNOWN,
+        bus.engine,
+        subject_key("natal_care", event),
+        consent.ConsentDecision.DENY,
+        known=KNOWN,
         recipient="salford-health-visiting",
     )
     retracted = _wait_for(lambda: bus.ledger(refers_to=disclosed.disclosure_id))
     [entry] = retracted
-    assert (entry.outcome, entry.recipient, entry.consent_version) == ("RETRACTED", "salford-health-visiting", withdrawal.id)
+    assert (entry.outcome, entry.recipient, entry.consent_version) == (
+        "RETRACTED",
+        "salford-health-visiting",
+        withdrawal.id,
+    )
     assert entry.reason == f"consent withdrawn: consent denied (consent record {withdrawal.id})"
-    [notice] = [r for r in bus.retractions("salford-health-visiting") if r.retracts_disclosure_id == disclosed.disclosure_id]
+    [notice] = [
+        r for r in bus.retractions("salford-health-visiting") if r.retracts_disclosure_id == disclosed.disclosure_id
+    ]
     assert notice.retraction_id == entry.disclosure_id and notice.ledger_seq == entry.seq
     assert set(notice.fields) == set(json.loads(disclosed.fields))
     # The research recipient is governed by the same purpose but not named by the denial: nothing to retract.
@@ -172,7 +189,9 @@ def test_consent_changes_are_relayed_to_the_preferences_topic(bus: Bus) -> None:
     from schemas.serde import Catalogue
 
     key = f"nhs:{_events('natal_care')[0]['mother']['nhs_number']}"
-    rec = consent.record(bus.engine, key, consent.ConsentDecision.PERMIT, known=KNOWN, purpose="research", method="online")
+    rec = consent.record(
+        bus.engine, key, consent.ConsentDecision.PERMIT, known=KNOWN, purpose="research", method="online"
+    )
     consumer = kafka.consumer(bus.settings, f"prefs-{uuid.uuid4().hex[:6]}")
     consumer.subscribe([bus.names.consent_preferences])
     catalogue = Catalogue.default()
@@ -217,7 +236,11 @@ def test_pseudonymised_recipient_never_sees_a_raw_nhs_number(bus: Bus) -> None:
         expected = token(TEST_PSEUDONYM_KEY.encode(), "salford-research", event["mother"]["nhs_number"])
         assert got.record["mother"]["nhs_number"] == expected
         # The identifiable recipient of the same event gets the real number.
-        [hv] = [d for d in bus.received("salford-health-visiting") if d.record["envelope"]["event_id"] == event["envelope"]["event_id"]]
+        [hv] = [
+            d
+            for d in bus.received("salford-health-visiting")
+            if d.record["envelope"]["event_id"] == event["envelope"]["event_id"]
+        ]
         assert hv.record["mother"]["nhs_number"] == event["mother"]["nhs_number"]
 
 
@@ -232,9 +255,23 @@ def test_consume_command_prints_disclosures_with_their_ids(bus: Bus) -> None:
     event = _events("referral")[0]
     bus.publish([("referral", event)])
     result = subprocess.run(
-        [sys.executable, "-m", "accord.cli", "consume", "--partner", "salford-mash", "--json", "--idle", "2",
-         "--group", f"cli-{uuid.uuid4().hex[:6]}"],
-        env={**os.environ, **settings_env(bus.settings)}, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "accord.cli",
+            "consume",
+            "--partner",
+            "salford-mash",
+            "--json",
+            "--idle",
+            "2",
+            "--group",
+            f"cli-{uuid.uuid4().hex[:6]}",
+        ],
+        env={**os.environ, **settings_env(bus.settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     printed = {line["disclosure_id"]: line for line in map(json.loads, result.stdout.splitlines())}
@@ -248,10 +285,12 @@ def test_a_new_agreement_version_published_while_running_changes_the_next_decisi
     from accord.processor.agreement_feed import publish_agreements
 
     current = next(a for a in bus.agreements if a.id == "referral-to-mash")
-    narrower = current.model_copy(update={
-        "version": current.version + 1,
-        "fields": {"referral": tuple(f for f in current.fields["referral"] if f != "narrative")},
-    })
+    narrower = current.model_copy(
+        update={
+            "version": current.version + 1,
+            "fields": {"referral": tuple(f for f in current.fields["referral"] if f != "narrative")},
+        }
+    )
     publish_agreements(bus.settings, [narrower])
     bus.agreements.append(narrower)  # partners decode with the agreements they have signed
     # The processor follows the feed without a consumer group; it logs each version it applies.

@@ -18,14 +18,18 @@ from tests.integration.test_cli import accord
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"
 AGREEMENTS = load_dir(EXAMPLES, today=date(2026, 11, 1))
-CONTEXT = Context(datetime(2026, 11, 1, 12, tzinfo=UTC), load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"),
-                  b"test-only-pseudonym-key")
+CONTEXT = Context(
+    datetime(2026, 11, 1, 12, tzinfo=UTC),
+    load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"),
+    b"test-only-pseudonym-key",
+)
 SCENARIO = build_scenario(300, seed=11)
 
 
 def _custody(adult: bool) -> dict:
     return next(
-        e.record for e in SCENARIO.events
+        e.record
+        for e in SCENARIO.events
         if e.event_type == "custody" and (age_on(e.record["subject"]["date_of_birth"], CONTEXT.today) >= 18) is adult
     )
 
@@ -69,7 +73,9 @@ def test_explain_agrees_with_decide_for_every_synthetic_event() -> None:
     for event in SCENARIO.events:
         decisions = decide(event.event_type, event.record, AGREEMENTS, [], CONTEXT)
         explanation = explain(event.event_type, event.record, AGREEMENTS, [], CONTEXT)
-        assert sorted(explanation.decisions()) == sorted((d.agreement.key, d.recipient, d.outcome.value) for d in decisions)
+        assert sorted(explanation.decisions()) == sorted(
+            (d.agreement.key, d.recipient, d.outcome.value) for d in decisions
+        )
         assert {a.key for a in explanation.matching} == {d.agreement.key for d in decisions}
         for a in explanation.agreements:
             assert a.matches == (a.reason is None)
@@ -117,7 +123,9 @@ def test_cli_explain_and_validate(tmp_path: Path) -> None:
 
     bad = tmp_path / "agreements"
     bad.mkdir()
-    (bad / "x.yaml").write_text((EXAMPLES / "referral-to-mash.yaml").read_text().replace("purpose: safeguarding", "purpose: gossip"))
+    (bad / "x.yaml").write_text(
+        (EXAMPLES / "referral-to-mash.yaml").read_text().replace("purpose: safeguarding", "purpose: gossip")
+    )
     result = accord("agreements", "validate", str(bad))
     assert result.returncode == 1
     line = next(i for i, text in enumerate((bad / "x.yaml").read_text().splitlines(), 1) if "gossip" in text)

@@ -43,7 +43,7 @@ def _known_scopes(bus: Bus) -> consent.KnownScopes:
     return consent.KnownScopes.from_partners(load_partners(bus.settings.partners_file))
 
 
-def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_path_factory) -> None:  # noqa: ANN001
+def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_path_factory) -> None:
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     scenario = build_scenario(EVENTS, seed=seed, n_malformed=12)
@@ -85,9 +85,13 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
 
         # Consent changes, far more than two a second, aimed at the subjects of consent-based
         # sharing so that a replayed batch often meets a changed preference (where I8 broke).
-        subjects = sorted({subject_key(e.event_type, e.record) for e in scenario.events
-                           if e.event_type == "natal_care"
-                           or (e.event_type == "custody" and e.record["subject"]["nhs_number"])})
+        subjects = sorted(
+            {
+                subject_key(e.event_type, e.record)
+                for e in scenario.events
+                if e.event_type == "natal_care" or (e.event_type == "custody" and e.record["subject"]["nhs_number"])
+            }
+        )
         known = _known_scopes(bus)
         stop = threading.Event()
         changes: list[int] = []
@@ -133,11 +137,13 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
         today = datetime.now(UTC).date()
         breaks = audit(bus, valid, in_force, today)
         rows = ledger_rows(bus)
-        print(f"\nkill -9 test: {len(valid)} events ({published['resent']} re-sent) + "
-              f"{len(scenario.malformed)} malformed, {kills} kills, "
-              f"{len(changes)} consent changes, {len(rows)} ledger entries; breaks: "
-              f"I1 {len(breaks.undelivered_ledger)}, I8 {len(breaks.delivered_withheld)}, "
-              f"I4 {len(breaks.extra_fields)}, I7 {len(breaks.duplicates)}, I2 {len(breaks.undecided)}")
+        print(
+            f"\nkill -9 test: {len(valid)} events ({published['resent']} re-sent) + "
+            f"{len(scenario.malformed)} malformed, {kills} kills, "
+            f"{len(changes)} consent changes, {len(rows)} ledger entries; breaks: "
+            f"I1 {len(breaks.undelivered_ledger)}, I8 {len(breaks.delivered_withheld)}, "
+            f"I4 {len(breaks.extra_fields)}, I7 {len(breaks.duplicates)}, I2 {len(breaks.undecided)}"
+        )
         assert kills >= KILLS - 1, "the processor exited before it could be killed"
         assert breaks.total() == 0, breaks
 
@@ -151,7 +157,7 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
 
         # I5: each decision agrees with the consent history up to the version it names.
         histories = consent.history(db.owner, {r.subject_key for r in rows})
-        by_key = {a.key: a for a in bus.agreements + [suspended]}
+        by_key = {a.key: a for a in [*bus.agreements, suspended]}
         partner_classes = load_partners(settings.partners_file)
         for r in rows:
             if r.outcome not in ("DISCLOSED", "WITHHELD") or not r.agreement_id:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -58,8 +59,16 @@ def draft(i: int, tag: str = "a") -> EntryDraft:
 def not_covered(d: EntryDraft) -> EntryDraft:
     """The entry of an event no agreement in force covers: no recipient, no agreement, no fields."""
     return replace(
-        d, recipient="", agreement_id="", agreement_version=0, purpose="", legal_basis="", outcome="NOT_COVERED",
-        reason="no agreement in force covers this provider and event type", fields=(), consent_mode="",
+        d,
+        recipient="",
+        agreement_id="",
+        agreement_version=0,
+        purpose="",
+        legal_basis="",
+        outcome="NOT_COVERED",
+        reason="no agreement in force covers this provider and event type",
+        fields=(),
+        consent_mode="",
         consent_version=0,
     )
 
@@ -89,11 +98,10 @@ def tamper(engine: Engine, *statements: str, **params: object) -> None:
 
 
 def refused(engine: Engine, sql: str, *, replica: bool = False) -> str:
-    with pytest.raises(DBAPIError) as info:
-        with engine.begin() as conn:
-            if replica:
-                conn.execute(text("SET LOCAL session_replication_role = replica"))
-            conn.execute(text(sql))
+    with pytest.raises(DBAPIError) as info, engine.begin() as conn:
+        if replica:
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text(sql))
     return str(info.value.orig)
 
 
@@ -146,7 +154,7 @@ def test_chain_links(ledger_engine: Engine) -> None:
     append(ledger_engine, [draft(i) for i in range(1, 21)])
     stored = entries(ledger_engine)
     assert stored[0].prev_hash == GENESIS_HASH == bytes(32)
-    for before, after in zip(stored, stored[1:], strict=False):
+    for before, after in itertools.pairwise(stored):
         assert after.prev_hash == before.entry_hash
     for e in stored:
         assert e.entry_hash == hashlib.sha256(canonical_bytes(e.seq, e.draft, e.prev_hash)).digest()
@@ -430,15 +438,19 @@ def test_not_covered_entry_verifies_exports_and_is_proved(ledger_engine: Engine,
     export = export_rows(ledger_engine, 1, 3)
     row = list(export.rows)[1]  # ExportRows reads the ledger as it is iterated
     assert (row["outcome"], row["recipient"], row["agreement_id"], row["subjects"]) == (
-        "NOT_COVERED", "", "", ["nhs:9434765870"]
+        "NOT_COVERED",
+        "",
+        "",
+        ["nhs:9434765870"],
     )
     assert row["event_digest"] == uncovered.event_digest
     for text_ in ("".join(render_jsonl(export)), "".join(render_csv(export))):
         check = verify_export(text_, signer.verifier, "accord.test/not-covered")
         assert check.ok, check.problems
         # The readable columns are checked against the leaf: a changed digest is named.
-        forged = verify_export(text_.replace(uncovered.event_digest, "0" * 64), signer.verifier,
-                               "accord.test/not-covered")
+        forged = verify_export(
+            text_.replace(uncovered.event_digest, "0" * 64), signer.verifier, "accord.test/not-covered"
+        )
         assert not forged.ok and "entry 2: columns event_digest differ" in forged.describe()
 
 
@@ -452,8 +464,16 @@ def _events(tag: str, n: int) -> list[EntryDraft]:
             continue
         out.append(base)
         if k % 2:
-            out.append(replace(base, disclosure_id=f"{base.disclosure_id[:30]}-second", recipient="partner-9",
-                               outcome="WITHHELD", reason="consent denied (consent record 1)", fields=()))
+            out.append(
+                replace(
+                    base,
+                    disclosure_id=f"{base.disclosure_id[:30]}-second",
+                    recipient="partner-9",
+                    outcome="WITHHELD",
+                    reason="consent denied (consent record 1)",
+                    fields=(),
+                )
+            )
     return out
 
 
@@ -463,7 +483,7 @@ def test_event_entries(dialect: str, request: pytest.FixtureRequest) -> None:
 
     engine: Engine = request.getfixturevalue("ledger_engine" if dialect == "postgresql" else "sqlite_engine")
     wanted, other = _events("w", 1300), _events("o", 200)
-    mixed = [d for pair in zip(wanted, other) for d in pair] + wanted[len(other):]
+    mixed = [d for pair in zip(wanted, other, strict=False) for d in pair] + wanted[len(other) :]
     append(engine, mixed)
     ids = {d.event_id for d in wanted}
     assert len(ids) == 1300
@@ -493,10 +513,9 @@ def test_writer_rolls_back_on_error(dialect: str, request: pytest.FixtureRequest
 
     engine: Engine = request.getfixturevalue("ledger_engine" if dialect == "postgresql" else "sqlite_engine")
     append(engine, [draft(1)])
-    with pytest.raises(RuntimeError, match="delivery planning failed"):
-        with writer(engine) as conn:
-            append(conn, [draft(2), draft(3)])
-            raise RuntimeError("delivery planning failed")
+    with pytest.raises(RuntimeError, match="delivery planning failed"), writer(engine) as conn:
+        append(conn, [draft(2), draft(3)])
+        raise RuntimeError("delivery planning failed")
     assert count(engine) == 1
     assert [a.seq for a in append(engine, [draft(2)])] == [2]
     assert verify(engine).ok
@@ -510,8 +529,9 @@ def test_event_id_is_indexed(ledger_engine: Engine) -> None:
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
-def test_init_refuses_a_table_without_the_new_columns(dialect: str, request: pytest.FixtureRequest,
-                                                      tmp_path: Path) -> None:
+def test_init_refuses_a_table_without_the_new_columns(
+    dialect: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """A ledger written before event_digest and subjects cannot verify: init says so in one line."""
     from sqlalchemy import MetaData, Table
 
@@ -522,8 +542,11 @@ def test_init_refuses_a_table_without_the_new_columns(dialect: str, request: pyt
         engine: Engine = request.getfixturevalue("pg_engine")
     else:
         engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    old = Table("ledger_entries", MetaData(), *(c._copy() for c in LedgerEntry.__table__.columns
-                                                 if c.name not in ("event_digest", "subjects")))
+    old = Table(
+        "ledger_entries",
+        MetaData(),
+        *(c._copy() for c in LedgerEntry.__table__.columns if c.name not in ("event_digest", "subjects")),
+    )
     old.create(engine)
     with pytest.raises(LedgerSchemaMissing) as info:
         init_ledger(engine)
@@ -556,19 +579,48 @@ def _written_the_old_way(drafts: list[EntryDraft]) -> list[dict[str, object]]:
     for seq, d in enumerate(drafts, 1):
         at = d.decided_at.astimezone(UTC)
         at = at.replace(microsecond=at.microsecond - at.microsecond % 1000)
-        record = {**{k: getattr(d, k) for k in (
-            "disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id", "agreement_version",
-            "purpose", "legal_basis", "outcome", "reason", "consent_mode", "consent_version", "subject_key",
-            "refers_to", "event_digest")},
-            "seq": seq, "fields": list(d.fields), "subjects": list(d.subjects), "decided_at": (at - epoch) // ms,
-            "prev_hash": prev}
+        record = {
+            **{
+                k: getattr(d, k)
+                for k in (
+                    "disclosure_id",
+                    "event_id",
+                    "event_type",
+                    "provider",
+                    "recipient",
+                    "agreement_id",
+                    "agreement_version",
+                    "purpose",
+                    "legal_basis",
+                    "outcome",
+                    "reason",
+                    "consent_mode",
+                    "consent_version",
+                    "subject_key",
+                    "refers_to",
+                    "event_digest",
+                )
+            },
+            "seq": seq,
+            "fields": list(d.fields),
+            "subjects": list(d.subjects),
+            "decided_at": (at - epoch) // ms,
+            "prev_hash": prev,
+        }
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, schema, record, strict=True)
         leaf = buf.getvalue()
         h = hashlib.sha256(leaf).digest()
-        rows.append({**record, "decided_at": at, "fields": json.dumps(list(d.fields), separators=(",", ":")),
-                     "subjects": json.dumps(list(d.subjects), separators=(",", ":"), ensure_ascii=False),
-                     "entry_hash": h, "leaf_hash": hashlib.sha256(b"\x00" + leaf).digest()})
+        rows.append(
+            {
+                **record,
+                "decided_at": at,
+                "fields": json.dumps(list(d.fields), separators=(",", ":")),
+                "subjects": json.dumps(list(d.subjects), separators=(",", ":"), ensure_ascii=False),
+                "entry_hash": h,
+                "leaf_hash": hashlib.sha256(b"\x00" + leaf).digest(),
+            }
+        )
         prev = h
     return rows
 
@@ -586,18 +638,44 @@ def _fastavro_hashes(engine: Engine) -> list[tuple[int, bool]]:
     out = []
     for e in entries(engine):
         d = e.draft
-        record = {**{k: getattr(d, k) for k in (
-            "disclosure_id", "event_id", "event_type", "provider", "recipient", "agreement_id", "agreement_version",
-            "purpose", "legal_basis", "outcome", "reason", "consent_mode", "consent_version", "subject_key",
-            "refers_to", "event_digest")},
-            "seq": e.seq, "fields": list(d.fields), "subjects": list(d.subjects),
+        record = {
+            **{
+                k: getattr(d, k)
+                for k in (
+                    "disclosure_id",
+                    "event_id",
+                    "event_type",
+                    "provider",
+                    "recipient",
+                    "agreement_id",
+                    "agreement_version",
+                    "purpose",
+                    "legal_basis",
+                    "outcome",
+                    "reason",
+                    "consent_mode",
+                    "consent_version",
+                    "subject_key",
+                    "refers_to",
+                    "event_digest",
+                )
+            },
+            "seq": e.seq,
+            "fields": list(d.fields),
+            "subjects": list(d.subjects),
             "decided_at": (d.decided_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1),
-            "prev_hash": e.prev_hash}
+            "prev_hash": e.prev_hash,
+        }
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, schema, record, strict=True)
         leaf = buf.getvalue()
-        out.append((e.seq, hashlib.sha256(leaf).digest() == e.entry_hash
-                    and hashlib.sha256(b"\x00" + leaf).digest() == e.leaf_hash))
+        out.append(
+            (
+                e.seq,
+                hashlib.sha256(leaf).digest() == e.entry_hash
+                and hashlib.sha256(b"\x00" + leaf).digest() == e.leaf_hash,
+            )
+        )
     return out
 
 
@@ -612,26 +690,43 @@ def test_a_ledger_written_by_fastavro_verifies_and_appends_chain_on(ledger_engin
     from ledger import LedgerEntry, event_entries, writer
 
     init_database(ledger_engine)  # `accord ledger verify` wants the whole database there
-    old = [replace(draft(i, "old"), subjects=("local:b\u00e9b\u00e9 1", "nhs:9434765870") if i % 4 == 1 else ())
-           for i in range(1, 31)]
+    old = [
+        replace(draft(i, "old"), subjects=("local:b\u00e9b\u00e9 1", "nhs:9434765870") if i % 4 == 1 else ())
+        for i in range(1, 31)
+    ]
     old[6] = not_covered(old[6])
     old[9] = replace(old[9], outcome="RETRACTED", refers_to=old[8].disclosure_id, reason="agreement suspended")
-    old[11] = replace(old[11], outcome="RECEIVED", refers_to=old[10].disclosure_id, reason=None,
-                      decided_at=old[11].decided_at.astimezone(timezone(timedelta(hours=-5))))
+    old[11] = replace(
+        old[11],
+        outcome="RECEIVED",
+        refers_to=old[10].disclosure_id,
+        reason=None,
+        decided_at=old[11].decided_at.astimezone(timezone(timedelta(hours=-5))),
+    )
     with ledger_engine.begin() as conn:
         conn.execute(insert(LedgerEntry), _written_the_old_way(old))
     result = verify(ledger_engine)
     assert result.ok and result.entries == 30, result.describe()
     url = ledger_engine.url.render_as_string(hide_password=False)
-    cli = subprocess.run([sys.executable, "-m", "accord.cli", "ledger", "verify"], capture_output=True, text=True,
-                         env={**os.environ, "ACCORD_LEDGER_URL": url}, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "ledger", "verify"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ACCORD_LEDGER_URL": url},
+        timeout=120,
+    )
     assert cli.returncode == 0 and "ledger OK: 30 entries, chain intact" in cli.stdout, cli.stdout + cli.stderr
 
     # Appends after them: new entries, old ones again (found by the constraint, then looked up), repeats.
     new = [draft(i, "new") for i in range(1, 21)]
     out = append(ledger_engine, [new[0], old[3], *new[1:10], old[29], new[1]])
-    assert [(a.seq, a.new) for a in out] == [(31, True), (4, False), *((s, True) for s in range(32, 41)),
-                                             (30, False), (32, False)]
+    assert [(a.seq, a.new) for a in out] == [
+        (31, True),
+        (4, False),
+        *((s, True) for s in range(32, 41)),
+        (30, False),
+        (32, False),
+    ]
     with writer(ledger_engine) as conn:
         again = append(conn, [old[0], *new[10:], new[0]])  # in the caller's transaction: savepoint, look-up
         assert [(a.seq, a.new) for a in again] == [(1, False), *((s, True) for s in range(41, 51)), (31, False)]
@@ -643,8 +738,13 @@ def test_a_ledger_written_by_fastavro_verifies_and_appends_chain_on(ledger_engin
     assert result.ok and result.entries == 50, result.describe()
     # fastavro's bytes of every stored entry, old and new, hash to what is stored.
     assert _fastavro_hashes(ledger_engine) == [(s, True) for s in range(1, 51)]
-    cli = subprocess.run([sys.executable, "-m", "accord.cli", "ledger", "verify"], capture_output=True, text=True,
-                         env={**os.environ, "ACCORD_LEDGER_URL": url}, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "ledger", "verify"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ACCORD_LEDGER_URL": url},
+        timeout=120,
+    )
     assert cli.returncode == 0 and "ledger OK: 50 entries, chain intact" in cli.stdout, cli.stdout + cli.stderr
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from accord.dev.drain import wait_for_group
 from agreements import load_dir
-from ledger import LedgerEntry, verify
+from ledger import EntryDraft, LedgerEntry, verify
 from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings, settings_env
@@ -33,7 +33,8 @@ def _spawn(bus: Bus, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "accord.cli", "run", "processor"],
         env={**os.environ, **settings_env(bus.settings), "ACCORD_BATCH_SIZE": "50"},
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -87,7 +88,7 @@ def test_two_processors_append_without_gaps_or_duplicates(two_processors: tuple[
     # Keep events coming until both processors have appended (both joined and got partitions).
     deadline = time.monotonic() + 90
     while not all(_appended(log) > 0 for log in logs):
-        assert time.monotonic() < deadline, f"not both processors appended: {[_appended(l) for l in logs]}"
+        assert time.monotonic() < deadline, f"not both processors appended: {[_appended(log) for log in logs]}"
         wave(100)
         time.sleep(0.3)
     wave(600)  # and a last burst while both are in the group
@@ -98,8 +99,13 @@ def test_two_processors_append_without_gaps_or_duplicates(two_processors: tuple[
     assert result.ok, result.describe()
     with bus.engine.connect() as conn:
         n, low, high, distinct_ids, events_seen = conn.execute(
-            select(func.count(), func.min(LedgerEntry.seq), func.max(LedgerEntry.seq),
-                   func.count(LedgerEntry.disclosure_id.distinct()), func.count(LedgerEntry.event_id.distinct()))
+            select(
+                func.count(),
+                func.min(LedgerEntry.seq),
+                func.max(LedgerEntry.seq),
+                func.count(LedgerEntry.disclosure_id.distinct()),
+                func.count(LedgerEntry.event_id.distinct()),
+            )
         ).one()
         ledger_events = set(conn.execute(select(LedgerEntry.event_id).distinct()).scalars())
     assert (low, high) == (1, n) and distinct_ids == n  # seqs 1..N, no gaps, no duplicate decisions
@@ -114,27 +120,34 @@ def test_two_processors_append_without_gaps_or_duplicates(two_processors: tuple[
 # --------------------------------------------------------------------------- two writers, the same decisions
 
 
-def _decision(i: int) -> "EntryDraft":
+def _decision(i: int) -> EntryDraft:
     import hashlib
     import uuid
     from datetime import UTC, datetime, timedelta
 
-    from ledger import EntryDraft
-
     return EntryDraft(
-        disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"race:{i}")), event_id=f"evt-race-{i // 2}",
-        event_type="custody", provider="synthetic-force", recipient=f"partner-{i % 3}", agreement_id="agr-race",
-        agreement_version=1, purpose="p", legal_basis="l", outcome="DISCLOSED", reason=None, fields=("a.b",),
-        consent_mode="opt-out", consent_version=0, subject_key=f"local:race:{i % 17}",
+        disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"race:{i}")),
+        event_id=f"evt-race-{i // 2}",
+        event_type="custody",
+        provider="synthetic-force",
+        recipient=f"partner-{i % 3}",
+        agreement_id="agr-race",
+        agreement_version=1,
+        purpose="p",
+        legal_basis="l",
+        outcome="DISCLOSED",
+        reason=None,
+        fields=("a.b",),
+        consent_mode="opt-out",
+        consent_version=0,
+        subject_key=f"local:race:{i % 17}",
         decided_at=datetime(2026, 2, 1, tzinfo=UTC) + timedelta(milliseconds=i),
         event_digest=hashlib.sha256(f"race event {i // 2}".encode()).hexdigest(),
     )
 
 
 @pytest.mark.parametrize("paths", [("engine", "engine"), ("engine", "writer")])
-def test_two_writers_appending_the_same_decisions_record_each_once(  # noqa: ANN001
-    pg_engine, paths: tuple[str, str]
-) -> None:
+def test_two_writers_appending_the_same_decisions_record_each_once(pg_engine, paths: tuple[str, str]) -> None:
     """I7 under two writers deciding the same events (a rebalance): each disclosure id once, one seq, one new=True.
 
     Each thread appends overlapping batches of the same 1,200 decisions in its own order, so
@@ -153,7 +166,7 @@ def test_two_writers_appending_the_same_decisions_record_each_once(  # noqa: ANN
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
-    def worker(name: str, path: str, batches: list) -> None:  # noqa: ANN001
+    def worker(name: str, path: str, batches: list) -> None:
         try:
             start.wait()
             for batch in batches:
@@ -168,8 +181,10 @@ def test_two_writers_appending_the_same_decisions_record_each_once(  # noqa: ANN
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=("a", paths[0], forward)),
-               threading.Thread(target=worker, args=("b", paths[1], backward))]
+    threads = [
+        threading.Thread(target=worker, args=("a", paths[0], forward)),
+        threading.Thread(target=worker, args=("b", paths[1], backward)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -186,7 +201,7 @@ def test_two_writers_appending_the_same_decisions_record_each_once(  # noqa: ANN
     assert result.ok and result.entries == 1200, result.describe()
 
 
-def test_the_database_refuses_a_second_entry_for_a_disclosure_id(pg_engine) -> None:  # noqa: ANN001
+def test_the_database_refuses_a_second_entry_for_a_disclosure_id(pg_engine) -> None:
     """The mechanism behind I7 is the database's, not only append's: UNIQUE(disclosure_id)."""
     from dataclasses import replace
 
@@ -205,7 +220,6 @@ def test_the_database_refuses_a_second_entry_for_a_disclosure_id(pg_engine) -> N
     _rows([replace(_decision(2), disclosure_id=_decision(1).disclosure_id)], {}, first.seq, head, [], rows.append)
     [row] = rows
     columns = [c.name for c in LedgerEntry.__table__.columns]
-    with pytest.raises(IntegrityError, match=DISCLOSURE_ID_UNIQUE):
-        with pg_engine.begin() as conn:
-            conn.execute(LedgerEntry.__table__.insert(), [dict(zip(columns, row, strict=True))])
+    with pytest.raises(IntegrityError, match=DISCLOSURE_ID_UNIQUE), pg_engine.begin() as conn:
+        conn.execute(LedgerEntry.__table__.insert(), [dict(zip(columns, row, strict=True))])
     assert verify(pg_engine).entries == 1

@@ -93,8 +93,9 @@ def test_export_commands(role_db: RoleDatabase, signed: NoteSigner, tmp_path: Pa
     env = {**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_STATE_DIR": str(tmp_path)}
 
     def accord(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "accord.cli", "ledger", *args], env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "accord.cli", "ledger", *args], env=env, capture_output=True, text=True, timeout=120
+        )
 
     out = tmp_path / "range.csv"
     made = accord("export", "--from", "1", "--to", "30", "--format", "csv", "--out", str(out))
@@ -142,7 +143,7 @@ def test_an_export_missing_a_column_is_a_finding(role_db: RoleDatabase, signed: 
     records = list(csv.reader(io.StringIO("".join(render_csv(export_rows(role_db.app, 1, 3))))))
     gone = records[0].index("event_digest")
     cut = io.StringIO()
-    csv.writer(cut, lineterminator="\n").writerows([r[:gone] + r[gone + 1:] for r in records])
+    csv.writer(cut, lineterminator="\n").writerows([r[:gone] + r[gone + 1 :] for r in records])
     assert verify_export(cut.getvalue()).describe() == (
         "export BROKEN: not an accord-ledger-export/2 file: column 'event_digest' is missing"
     )

@@ -34,13 +34,22 @@ ORIGIN = "accord.test/ledger"
 def _entry(key: str, subject: str, i: int, outcome: str = "DISCLOSED", **changes) -> EntryDraft:
     a = AGREEMENTS[key]
     d = EntryDraft(
-        disclosure_id=f"d-{subject}-{i}", event_id=f"e-{subject}-{i}", event_type=a.event_types[0],
-        provider=a.providers[0], recipient=a.recipients[0], agreement_id=a.id, agreement_version=a.version,
-        purpose=a.purpose.value, legal_basis=a.legal_basis, outcome=outcome,
+        disclosure_id=f"d-{subject}-{i}",
+        event_id=f"e-{subject}-{i}",
+        event_type=a.event_types[0],
+        provider=a.providers[0],
+        recipient=a.recipients[0],
+        agreement_id=a.id,
+        agreement_version=a.version,
+        purpose=a.purpose.value,
+        legal_basis=a.legal_basis,
+        outcome=outcome,
         reason=None if outcome == "DISCLOSED" else "consent denied (consent record 3)",
         fields=a.fields[a.event_types[0]][:3] if outcome == "DISCLOSED" else (),
-        consent_mode=a.consent_mode.value, consent_version=3 if outcome != "DISCLOSED" else 0,
-        subject_key=f"nhs:{subject}", decided_at=T0 + timedelta(minutes=i),
+        consent_mode=a.consent_mode.value,
+        consent_version=3 if outcome != "DISCLOSED" else 0,
+        subject_key=f"nhs:{subject}",
+        decided_at=T0 + timedelta(minutes=i),
     )
     return replace(d, **changes)
 
@@ -62,9 +71,14 @@ def _ledger(role_db: RoleDatabase, me: str, other: str) -> dict[str, list[int]]:
         _entry("custody-to-prosecution@v1", me, 6, legal_basis="<script>alert('x')</script> & co"),
     ]
     out = append(role_db.app, drafts)
-    mine = [a.seq for a, d in zip(out, drafts) if d.subject_key == f"nhs:{me}"]
-    return {"mine_visible": [s for s, d in zip(mine, [d for d in drafts if d.subject_key == f"nhs:{me}"])
-                             if d.agreement_id != "referral-to-mash"]}
+    mine = [a.seq for a, d in zip(out, drafts, strict=True) if d.subject_key == f"nhs:{me}"]
+    return {
+        "mine_visible": [
+            s
+            for s, d in zip(mine, [d for d in drafts if d.subject_key == f"nhs:{me}"], strict=True)
+            if d.agreement_id != "referral-to-mash"
+        ]
+    }
 
 
 def test_report_lists_exactly_the_subjects_visible_entries_with_verifying_proofs(role_db: RoleDatabase, people) -> None:
@@ -76,7 +90,7 @@ def test_report_lists_exactly_the_subjects_visible_entries_with_verifying_proofs
     [late] = append(role_db.app, [_entry("natal-care-to-health-visiting@v1", me, 7)])
 
     report = collect(role_db.app, me, AGREEMENTS, as_of=date(2026, 11, 24))
-    assert [i.seq for i in report.items] == expected + [late.seq]
+    assert [i.seq for i in report.items] == [*expected, late.seq]
     assert report.left_out_deferred == 1 and report.unproven == 1
     assert {i.outcome for i in report.items} == {"DISCLOSED", "WITHHELD"}
     first = report.items[0]
@@ -99,8 +113,13 @@ def test_report_lists_exactly_the_subjects_visible_entries_with_verifying_proofs
         assert decoded["disclosure_id"] == entry["disclosure_id"]
         # ... and is in the tree the signed checkpoint commits to.
         assert base64.b64decode(proof["root"]) == body.root and proof["tree_size"] == body.tree_size
-        assert verify_inclusion(leaf_hash(leaf), entry["seq"] - 1, proof["tree_size"],
-                                [base64.b64decode(p) for p in proof["proof"]], body.root)
+        assert verify_inclusion(
+            leaf_hash(leaf),
+            entry["seq"] - 1,
+            proof["tree_size"],
+            [base64.b64decode(p) for p in proof["proof"]],
+            body.root,
+        )
     # Never another subject's entries.
     assert other not in render_json(report) and other not in render_html(report)
 
@@ -121,8 +140,18 @@ def test_html_is_escaped_and_self_contained(role_db: RoleDatabase, people) -> No
 
 
 @pytest.mark.parametrize(
-    "bad", ["943476591", "9434765918", "94347659l9", "", "NHS:9434765919", "nhs:9434765919 ", "943 476 5919",
-            "pnc:25/123456a", "passport:1"],
+    "bad",
+    [
+        "943476591",
+        "9434765918",
+        "94347659l9",
+        "",
+        "NHS:9434765919",
+        "nhs:9434765919 ",
+        "943 476 5919",
+        "pnc:25/123456a",
+        "passport:1",
+    ],
 )
 def test_malformed_subjects_are_refused_before_the_ledger_is_read(bad: str) -> None:
     with pytest.raises(InvalidSubjectKey):
@@ -130,8 +159,15 @@ def test_malformed_subjects_are_refused_before_the_ledger_is_read(bad: str) -> N
 
 
 def _custody(subject_key: str, i: int, **changes) -> EntryDraft:
-    return _entry("custody-to-prosecution@v1", "x", i, subject_key=subject_key,
-                  disclosure_id=f"d-{subject_key}-{i}", event_id=f"e-{subject_key}-{i}", **changes)
+    return _entry(
+        "custody-to-prosecution@v1",
+        "x",
+        i,
+        subject_key=subject_key,
+        disclosure_id=f"d-{subject_key}-{i}",
+        event_id=f"e-{subject_key}-{i}",
+        **changes,
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,9 +180,15 @@ def _custody(subject_key: str, i: int, **changes) -> EntryDraft:
 )
 def test_reports_for_pnc_and_local_subjects(role_db: RoleDatabase, people, key: str, near: str, words: str) -> None:
     me, _other = people
-    out = append(role_db.app, [
-        _custody(key, 1), _custody(near, 2), _custody(f"nhs:{me}", 3, subjects=(near,)), _custody(key, 4),
-    ])
+    out = append(
+        role_db.app,
+        [
+            _custody(key, 1),
+            _custody(near, 2),
+            _custody(f"nhs:{me}", 3, subjects=(near,)),
+            _custody(key, 4),
+        ],
+    )
     report = collect(role_db.app, key, AGREEMENTS, as_of=date(2026, 11, 24))
     assert [i.seq for i in report.items] == [out[0].seq, out[3].seq]
     data = json.loads(render_json(report))
@@ -173,7 +215,9 @@ def test_a_baby_is_found_in_the_natal_care_entries_about_them(role_db: RoleDatab
     assert json.loads(render_json(report))["subject"] == {"key": f"nhs:{baby}", "kind": "nhs", "nhs_number": baby}
     # The mother's report still has all of hers.
     assert [i.seq for i in collect(role_db.app, f"nhs:{mother}", AGREEMENTS, as_of=date(2026, 11, 24)).items] == [
-        out[0].seq, out[1].seq, out[2].seq,
+        out[0].seq,
+        out[1].seq,
+        out[2].seq,
     ]
 
 
@@ -183,8 +227,13 @@ def test_report_command(role_db: RoleDatabase, people, tmp_path) -> None:
     env = {**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_STATE_DIR": str(tmp_path)}
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "accord.cli", "ledger", "report", *args], env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "accord.cli", "ledger", "report", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     ok = run("--subject", me, "--format", "json", "--as-of", "2026-11-24")
     assert ok.returncode == 0, ok.stderr
@@ -200,7 +249,8 @@ def test_report_command(role_db: RoleDatabase, people, tmp_path) -> None:
         assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and reason in refused.stderr
     prefixed = run("--subject", f"nhs:{me}", "--as-of", "2026-11-24")
     assert prefixed.returncode == 0 and json.loads(prefixed.stdout) == {
-        **json.loads(ok.stdout), "generated_at": json.loads(prefixed.stdout)["generated_at"],
+        **json.loads(ok.stdout),
+        "generated_at": json.loads(prefixed.stdout)["generated_at"],
     }
 
 
@@ -220,6 +270,8 @@ def test_report_on_a_tampered_ledger_gives_no_proofs_but_an_error(role_db: RoleD
     result = subprocess.run(
         [sys.executable, "-m", "accord.cli", "ledger", "report", "--subject", me],
         env={**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_STATE_DIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1 and "accord ledger verify" in result.stderr and result.stdout == ""

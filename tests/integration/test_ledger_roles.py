@@ -28,9 +28,8 @@ KNOWN = consent.KnownScopes(frozenset({"cps"}), frozenset({"prosecution"}))
 
 
 def _refused(engine, sql: str) -> str:
-    with pytest.raises(DBAPIError) as info:
-        with engine.begin() as conn:
-            conn.execute(text(sql))
+    with pytest.raises(DBAPIError) as info, engine.begin() as conn:
+        conn.execute(text(sql))
     return str(info.value.orig)
 
 
@@ -81,7 +80,9 @@ def test_app_role_cannot_touch_the_guards(role_db: RoleDatabase, sql: str) -> No
     with role_db.owner.connect() as conn:
         modes = dict(
             conn.execute(
-                text("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'ledger_entries'::regclass AND NOT tgisinternal")
+                text(
+                    "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'ledger_entries'::regclass AND NOT tgisinternal"
+                )
             ).all()
         )
     assert modes == {"ledger_entries_no_update_delete": "A", "ledger_entries_no_truncate": "A"}
@@ -131,9 +132,8 @@ def test_check_refuses_a_role_that_could_grant_itself_the_owner(role_db: RoleDat
 
 
 def test_missing_schema_tells_the_user_to_run_init() -> None:
-    with fresh_role_database(setup=False) as db:
-        with pytest.raises(LedgerSchemaMissing, match="accord ledger init"):
-            require_app_role(db.app)
+    with fresh_role_database(setup=False) as db, pytest.raises(LedgerSchemaMissing, match="accord ledger init"):
+        require_app_role(db.app)
 
 
 def test_setup_is_idempotent_and_refuses_to_grant_the_owner(role_db: RoleDatabase) -> None:
@@ -146,13 +146,24 @@ def test_setup_is_idempotent_and_refuses_to_grant_the_owner(role_db: RoleDatabas
 
 
 def _accord(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "accord.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "accord.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _env(ledger_url: str, tmp_path, **extra: str) -> dict[str, str]:
-    return {"ACCORD_LEDGER_URL": ledger_url, "ACCORD_STATE_DIR": str(tmp_path), "ACCORD_LOG_FORMAT": "json",
-            "ACCORD_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY, "ACCORD_BOOTSTRAP_SERVERS": "127.0.0.1:1", **extra}
+    return {
+        "ACCORD_LEDGER_URL": ledger_url,
+        "ACCORD_STATE_DIR": str(tmp_path),
+        "ACCORD_LOG_FORMAT": "json",
+        "ACCORD_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY,
+        "ACCORD_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        **extra,
+    }
 
 
 def test_processor_refuses_to_start_as_the_owner(role_db: RoleDatabase, tmp_path) -> None:
@@ -180,8 +191,12 @@ def test_ledger_init_command_as_owner_grants_the_app_role(tmp_path) -> None:
         assert f"granted '{db.app_role}' SELECT, INSERT on ledger_entries" in result.stdout
         assert check_app_role(db.app, app_grants()).ok
         with db.owner.connect() as conn:
-            owner = conn.execute(text("SELECT tableowner FROM pg_tables WHERE tablename = 'ledger_entries' "
-                                      "AND schemaname = current_schema()")).scalar_one()
+            owner = conn.execute(
+                text(
+                    "SELECT tableowner FROM pg_tables WHERE tablename = 'ledger_entries' "
+                    "AND schemaname = current_schema()"
+                )
+            ).scalar_one()
         assert owner == db.owner_role
         append(db.app, [draft(1)])
         verify_run = _accord("ledger", "verify", env=_env(db.app_url, tmp_path))
@@ -202,7 +217,6 @@ def test_sqlite_is_not_role_checked(tmp_path) -> None:
     assert require_app_role(engine) is None  # creates the tables, warns, checks nothing
     append(engine, [draft(1)])
     assert count(engine) == 1
-
 
 
 def test_consent_command_appends_as_the_app_role_and_refuses_the_owner(role_db: RoleDatabase, tmp_path) -> None:

@@ -52,7 +52,7 @@ def _referrals(n: int) -> list[dict]:
     return found[:n]
 
 
-def _publish(settings, records: list[dict]) -> dict:  # noqa: ANN001
+def _publish(settings, records: list[dict]) -> dict:
     publisher = Publisher(settings)
     for r in records:
         publisher.publish("referral", r)
@@ -65,7 +65,7 @@ def _mash_ids(bus: Bus) -> set[str]:
     return {d.disclosure_id for d in bus.received("salford-mash")}
 
 
-def test_database_cut_and_silenced_the_same_processor_resumes(broker, tmp_path_factory) -> None:  # noqa: ANN001
+def test_database_cut_and_silenced_the_same_processor_resumes(broker, tmp_path_factory) -> None:
     with fresh_role_database() as db:
         proxy = TcpProxy(urlsplit(db.app_url).port or 5432)
         health_port = _free_port()

@@ -33,8 +33,9 @@ def test_processor_waits_while_the_ledger_is_gone_and_resumes_without_a_restart(
             report = publisher.flush()
             time.sleep(3)
             assert bus.processor.poll() is None, "the processor must wait, not exit"
-            assert not [d for d in bus.received("salford-mash")
-                        if d.record["referral_id"] == events[1].record["referral_id"]], "delivered without a ledger"
+            assert not [
+                d for d in bus.received("salford-mash") if d.record["referral_id"] == events[1].record["referral_id"]
+            ], "delivered without a ledger"
 
             setup_database(engine, db.app_role)  # `accord ledger init` again, as the owner
             wait_for_group(bus.settings, bus.settings.processor_group, report.end_offsets, timeout=60)

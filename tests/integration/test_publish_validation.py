@@ -63,7 +63,10 @@ def run_publish(settings: Settings, path: Path) -> subprocess.CompletedProcess:
     }
     return subprocess.run(
         [str(ACCORD), "publish", "--agency", AGENCY, "--type", "referral", str(path)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -113,10 +116,16 @@ def test_limits_come_from_the_settings(settings: Settings, tmp_path: Path) -> No
     env_settings = settings.model_copy(update={"max_string_bytes": 64})
     result = subprocess.run(
         [str(ACCORD), "publish", "--agency", AGENCY, "--type", "referral", str(path)],
-        env={**os.environ, "ACCORD_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-             "ACCORD_TOPIC_PREFIX": settings.topic_prefix, "ACCORD_STATE_DIR": str(settings.state_dir),
-             "ACCORD_MAX_STRING_BYTES": str(env_settings.max_string_bytes)},
-        capture_output=True, text=True, timeout=120,
+        env={
+            **os.environ,
+            "ACCORD_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "ACCORD_TOPIC_PREFIX": settings.topic_prefix,
+            "ACCORD_STATE_DIR": str(settings.state_dir),
+            "ACCORD_MAX_STRING_BYTES": str(env_settings.max_string_bytes),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"{path}:1: narrative: is 100 bytes (UTF-8), over the limit of 64 bytes"]
@@ -157,7 +166,10 @@ def test_sdk_publish_raises_one_exception_listing_every_problem_and_sends_nothin
         "subject.date_of_birth: implies an age over 125 years"
     )
     assert [p.field for p in info.value.problems] == [
-        "envelope.event_id", "envelope.recorded_at", "subject.nhs_number", "subject.date_of_birth"
+        "envelope.event_id",
+        "envelope.recorded_at",
+        "subject.nhs_number",
+        "subject.date_of_birth",
     ]
     # The schema's complaint comes first, then whatever the rules can still judge.
     with pytest.raises(RefusedEvent) as info:

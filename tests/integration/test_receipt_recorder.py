@@ -71,8 +71,16 @@ def test_the_loop_records_receipts_and_dead_letters_the_bad_ones(parts: Parts) -
 
     settings = parts.settings
     consumer = kafka.consumer(settings, settings.processor_group, **{"fetch.wait.max.ms": settings.fetch_wait_max_ms})
-    loop = SharingLoop(consumer, FeedFollower(settings, parts.agreement_set), parts.handler, parts.names, Health(),
-                       batch_size=settings.batch_size, batch_window_s=0.5, receipts=ReceiptRecorder(parts.db.app))
+    loop = SharingLoop(
+        consumer,
+        FeedFollower(settings, parts.agreement_set),
+        parts.handler,
+        parts.names,
+        Health(),
+        batch_size=settings.batch_size,
+        batch_window_s=0.5,
+        receipts=ReceiptRecorder(parts.db.app),
+    )
     total = BatchReport()
     try:
         loop.start()

@@ -68,12 +68,22 @@ def test_record_receipts_once_and_only_from_the_recipient(role_db: RoleDatabase)
     w = replace(draft(3), recipient="cps", outcome="WITHHELD")
     nc = not_covered(draft(5))
     append(engine, [d1, d2, d3, w, nc])
-    assert [e.draft.disclosure_id for e in pending_receipts(engine)] == [d1.disclosure_id, d2.disclosure_id, d3.disclosure_id]
+    assert [e.draft.disclosure_id for e in pending_receipts(engine)] == [
+        d1.disclosure_id,
+        d2.disclosure_id,
+        d3.disclosure_id,
+    ]
 
     out = record_receipts(
         engine,
-        [_claim(d1.disclosure_id, "cps"), _claim(d3.disclosure_id, "cps"), _claim(w.disclosure_id, "cps"),
-         _claim(d1.disclosure_id, "cps"), _claim(nc.disclosure_id, ""), _claim(nc.disclosure_id, "cps")],
+        [
+            _claim(d1.disclosure_id, "cps"),
+            _claim(d3.disclosure_id, "cps"),
+            _claim(w.disclosure_id, "cps"),
+            _claim(d1.disclosure_id, "cps"),
+            _claim(nc.disclosure_id, ""),
+            _claim(nc.disclosure_id, "cps"),
+        ],
         receipt_id,
         recorded_at=NOW,
     )
@@ -130,7 +140,10 @@ def _wait_for(probe, timeout: float = 30.0):
 def _pending_cli(bus: Bus, *args: str) -> list[dict]:
     result = subprocess.run(
         [sys.executable, "-m", "accord.cli", "ledger", "pending-receipts", "--json", *args],
-        env={**os.environ, **settings_env(bus.settings)}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **settings_env(bus.settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]

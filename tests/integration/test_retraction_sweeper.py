@@ -43,8 +43,13 @@ def test_suspending_an_agreement_retracts_each_disclosure_once_in_the_ledger_the
     parts.handler.handle([parts.inbound("custody", e, offset=i) for i, e in enumerate(events)])
     sent = {p: disclosed(parts, p) for p in ("cps", "hmcts")}
     assert all(len(ids) == EVENTS for ids in sent.values())
-    sweeper = RetractionSweeper(parts.db.app, parts.agreement_set, kafka.producer(parts.settings), parts.names,
-                                load_partners(parts.settings.partners_file))
+    sweeper = RetractionSweeper(
+        parts.db.app,
+        parts.agreement_set,
+        kafka.producer(parts.settings),
+        parts.names,
+        load_partners(parts.settings.partners_file),
+    )
 
     # In force: a sweep retracts nothing.
     _sweep_to_the_end(sweeper)

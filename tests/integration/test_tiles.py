@@ -137,8 +137,15 @@ def test_builder_state_is_what_was_stored(tile_store: Engine) -> None:
         widths = conn.execute(text("SELECT level, tile_index, width FROM ledger_tiles ORDER BY 1, 2, 3")).all()
     # Full level-0 tiles 0..2, the open ones at 700 (tile 2, 188 wide) and 1,000 (tile 3, 232 wide),
     # and level 1's open tile at each size (2 and 3 wide).
-    assert [tuple(w) for w in widths] == [(0, 0, 256), (0, 1, 256), (0, 2, 188), (0, 2, 256), (0, 3, 232),
-                                          (1, 0, 2), (1, 0, 3)]
+    assert [tuple(w) for w in widths] == [
+        (0, 0, 256),
+        (0, 1, 256),
+        (0, 2, 188),
+        (0, 2, 256),
+        (0, 3, 232),
+        (1, 0, 2),
+        (1, 0, 3),
+    ]
 
 
 # --- on a real ledger ----------------------------------------------------------------------------
@@ -148,9 +155,19 @@ def draft(i: int) -> EntryDraft:
     """Synthetic entries with made-up local subject keys (about 20 per subject at 100k)."""
     return EntryDraft(
         disclosure_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"tiles:{i}")),
-        event_id=f"evt-{i}", event_type="custody", provider="synthetic-provider", recipient=f"partner-{i % 3}",
-        agreement_id="agr-synthetic", agreement_version=1, purpose="direct_care", legal_basis="synthetic basis",
-        outcome="DISCLOSED", reason=None, fields=("subject.id",), consent_mode="opt_out", consent_version=0,
+        event_id=f"evt-{i}",
+        event_type="custody",
+        provider="synthetic-provider",
+        recipient=f"partner-{i % 3}",
+        agreement_id="agr-synthetic",
+        agreement_version=1,
+        purpose="direct_care",
+        legal_basis="synthetic basis",
+        outcome="DISCLOSED",
+        reason=None,
+        fields=("subject.id",),
+        consent_mode="opt_out",
+        consent_version=0,
         subject_key=f"local:test-agency:S{i % 5_000:05d}",
         decided_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(milliseconds=i),
         event_digest=hashlib.sha256(f"tiles event {i}".encode()).hexdigest(),
@@ -186,7 +203,7 @@ def count_rows(engine: Engine) -> Rows:
     rows = Rows()
 
     @event.listens_for(engine, "after_cursor_execute")
-    def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:
         if statement.lstrip().upper().startswith("SELECT"):
             rows.total += max(cursor.rowcount, 0)
             rows.tiles += max(cursor.rowcount, 0) if "ledger_tiles" in statement else 0
@@ -254,8 +271,9 @@ def test_an_export_past_65535_entries_streams_in_bounded_memory(big: Engine) -> 
     for line in lines[1:]:
         entry = json.loads(line)
         proof = [base64.b64decode(p) for p in entry["proof"]]
-        assert merkle.verify_inclusion(base64.b64decode(entry["leaf_hash"]), entry["seq"] - 1, 70_000, proof,
-                                       base64.b64decode(header["root"]))
+        assert merkle.verify_inclusion(
+            base64.b64decode(entry["leaf_hash"]), entry["seq"] - 1, 70_000, proof, base64.b64decode(header["root"])
+        )
 
 
 def test_a_slice_of_the_big_tree_verifies_offline(big: Engine) -> None:
@@ -273,7 +291,10 @@ def test_a_subject_report_reads_log_n_rows_per_entry(big: Engine) -> None:
     for item in report.items:
         p = item.proof
         assert p is not None and merkle.verify_inclusion(
-            base64.b64decode(p["leaf_hash"]), item.seq - 1, 100_000, [base64.b64decode(h) for h in p["proof"]],
+            base64.b64decode(p["leaf_hash"]),
+            item.seq - 1,
+            100_000,
+            [base64.b64decode(h) for h in p["proof"]],
             latest_checkpoint(big).root,  # type: ignore[union-attr]
         )
     # 20 entries, and per entry at most one tile per level (3); the edge tiles once.
@@ -288,8 +309,11 @@ def test_a_subject_report_reads_log_n_rows_per_entry(big: Engine) -> None:
 def test_subjects_after_the_newest_checkpoint_are_found_too(small: Engine) -> None:
     """Entries the subject index does not cover yet (no checkpoint since) are matched on a seq range."""
     grow(small, 760)  # entry 710 names B071: not covered by the index yet (the tiles end at 700)
-    for key, seqs in (("local:test-agency:B071", [710]), ("local:test-agency:B010", [100]),
-                      ("local:test-agency:B070", [700])):
+    for key, seqs in (
+        ("local:test-agency:B071", [710]),
+        ("local:test-agency:B010", [100]),
+        ("local:test-agency:B070", [700]),
+    ):
         report = collect(small, key, {})
         assert [i.seq for i in report.items] == seqs
     assert collect(small, "local:test-agency:B071", {}).unproven == 1
@@ -321,11 +345,16 @@ def true_proofs(engine: Engine, size: int) -> merkle.MerkleTree:
 def test_a_damaged_tile_is_detected_and_the_proof_is_still_true(small: Engine) -> None:
     full = true_proofs(small, 700)
     with small.begin() as conn:  # one hash of full tile 0 (leaf 4, entry 5's sibling) flipped
-        data = bytearray(conn.execute(text(
-            "SELECT hashes FROM ledger_tiles WHERE level = 0 AND tile_index = 0 AND width = 256")).scalar_one())
+        data = bytearray(
+            conn.execute(
+                text("SELECT hashes FROM ledger_tiles WHERE level = 0 AND tile_index = 0 AND width = 256")
+            ).scalar_one()
+        )
         data[4 * 32] ^= 1
-        conn.execute(text("UPDATE ledger_tiles SET hashes = :h WHERE level = 0 AND tile_index = 0 AND width = 256"),
-                     {"h": bytes(data)})
+        conn.execute(
+            text("UPDATE ledger_tiles SET hashes = :h WHERE level = 0 AND tile_index = 0 AND width = 256"),
+            {"h": bytes(data)},
+        )
     with small.connect() as conn:
         tree = TileTree.open(conn, 700, full.root())
         assert tree.inclusion_proof(5) == full.inclusion_proof(5)
@@ -338,8 +367,12 @@ def test_a_damaged_tile_is_detected_and_the_proof_is_still_true(small: Engine) -
 def test_a_damaged_edge_tile_is_detected(small: Engine) -> None:
     full = true_proofs(small, 700)
     with small.begin() as conn:  # every open tile of size 700 zeroed
-        conn.execute(text("UPDATE ledger_tiles SET hashes = decode(repeat('00', length(hashes)), 'hex') "
-                          "WHERE tile_index = 2 AND level = 0 AND width = 188"))
+        conn.execute(
+            text(
+                "UPDATE ledger_tiles SET hashes = decode(repeat('00', length(hashes)), 'hex') "
+                "WHERE tile_index = 2 AND level = 0 AND width = 188"
+            )
+        )
     with small.connect() as conn:
         tree = TileTree.open(conn, 700, full.root())
         assert (0, 2) in tree.rebuilt
@@ -372,7 +405,7 @@ def test_a_ledger_without_tiles_still_proves_and_gets_them(small: Engine) -> Non
     with small.connect() as conn:
         assert stored_end(conn) == 700
     assert prove_entry(small, 123, checkpoint_at(small, 300)).verify()
-    assert rows.reset().total <= 2 * 700 .bit_length()
+    assert rows.reset().total <= 2 * (700).bit_length()
     # And the next checkpoint extends them without re-reading old leaves.
     grow(small, 1_000)
     made = make_checkpoint(small, SIGNER, ORIGIN)

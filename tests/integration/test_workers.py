@@ -56,19 +56,33 @@ def _lease_holders(bus: Bus, schema: str) -> list[int]:
     """OS pids of the workers whose session holds this schema's control-plane advisory lock."""
     key = lease_key(schema) & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows a bigint key as two oids
     with bus.engine.connect() as conn:
-        names = conn.execute(text(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi AND l.objid = :lo"
-        ), {"hi": key >> 32, "lo": key & 0xFFFF_FFFF}).scalars().all()
+        names = (
+            conn.execute(
+                text(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi AND l.objid = :lo"
+                ),
+                {"hi": key >> 32, "lo": key & 0xFFFF_FFFF},
+            )
+            .scalars()
+            .all()
+        )
     return [int(n.rsplit(":", 1)[1]) for n in names]
 
 
 def _start_workers(bus: Bus, n: int) -> subprocess.Popen:
     log = (bus.settings.state_dir / "workers.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "accord.cli", "run", "processor", "--workers", str(n)],
-                            env={**os.environ, **settings_env(bus.settings), "ACCORD_CHECKPOINT_INTERVAL_S": "1",
-                                 "ACCORD_CHECKPOINT_EVERY_ENTRIES": "100"},
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "accord.cli", "run", "processor", "--workers", str(n)],
+        env={
+            **os.environ,
+            **settings_env(bus.settings),
+            "ACCORD_CHECKPOINT_INTERVAL_S": "1",
+            "ACCORD_CHECKPOINT_EVERY_ENTRIES": "100",
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait_children(pid: int, n: int, timeout: float = 30) -> set[int]:
@@ -80,7 +94,7 @@ def _stop(proc: subprocess.Popen) -> int:
     return proc.wait(60)
 
 
-def _bus(broker: str, db, state: Path) -> Bus:  # noqa: ANN001
+def _bus(broker: str, db, state: Path) -> Bus:
     settings = make_settings(broker, db.app_url, state)
     generate_key_file(state / "ledger-signing.key", settings.ledger_origin)
     bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
@@ -88,7 +102,7 @@ def _bus(broker: str, db, state: Path) -> Bus:  # noqa: ANN001
     return bus
 
 
-def test_ten_starts_of_two_workers_together_lose_none(broker, tmp_path_factory) -> None:  # noqa: ANN001
+def test_ten_starts_of_two_workers_together_lose_none(broker, tmp_path_factory) -> None:
     scenario = build_scenario(ROUNDS * PER_ROUND, seed=random.SystemRandom().randrange(1 << 30), n_malformed=0)
     with fresh_role_database() as db:
         bus = _bus(broker, db, tmp_path_factory.mktemp("workers"))
@@ -98,7 +112,7 @@ def test_ten_starts_of_two_workers_together_lose_none(broker, tmp_path_factory) 
             supervisor = _start_workers(bus, 2)
             try:
                 first = _wait_children(supervisor.pid, 2)
-                for e in scenario.events[r * PER_ROUND:(r + 1) * PER_ROUND]:
+                for e in scenario.events[r * PER_ROUND : (r + 1) * PER_ROUND]:
                     publisher.publish(e.event_type, e.record)
                 report = publisher.flush()
                 assert not report.failed
@@ -118,7 +132,7 @@ def test_ten_starts_of_two_workers_together_lose_none(broker, tmp_path_factory) 
         assert verify(db.owner).ok
 
 
-def test_killing_workers_never_takes_another_down_and_the_control_plane_moves(broker, tmp_path_factory) -> None:  # noqa: ANN001
+def test_killing_workers_never_takes_another_down_and_the_control_plane_moves(broker, tmp_path_factory) -> None:
     rng = random.Random()
     scenario = build_scenario(1500, seed=rng.randrange(1 << 30), n_malformed=5)
     with fresh_role_database() as db:
@@ -149,8 +163,10 @@ def test_killing_workers_never_takes_another_down_and_the_control_plane_moves(br
             report = publisher.flush()
             assert not report.failed
             # Started again: two live children, neither of them the killed ones.
-            _wait_for(lambda: (lambda c: len(c) == 2 and not c & now and all(map(_alive, c)))(_children(supervisor.pid)),
-                      timeout=60)
+            _wait_for(
+                lambda: (lambda c: len(c) == 2 and not c & now and all(map(_alive, c)))(_children(supervisor.pid)),
+                timeout=60,
+            )
             wait_for_group(bus.settings, bus.settings.processor_group, report.end_offsets, timeout=180)
             # 3. suspend an agreement: the one lease holder retracts, once per disclosure.
             current = next(a for a in bus.agreements if a.id == "custody-to-prosecution")
@@ -158,8 +174,10 @@ def test_killing_workers_never_takes_another_down_and_the_control_plane_moves(br
             publish_agreements(bus.settings, [suspended])
             disclosed = [r for r in ledger_rows(bus) if r.agreement_id == current.id and r.outcome == "DISCLOSED"]
             assert disclosed
-            _wait_for(lambda: len([r for r in ledger_rows(bus) if r.outcome == "RETRACTED"]) >= len(disclosed) or None,
-                      timeout=60)
+            _wait_for(
+                lambda: len([r for r in ledger_rows(bus) if r.outcome == "RETRACTED"]) >= len(disclosed) or None,
+                timeout=60,
+            )
             time.sleep(3)  # a second sweeper, if there were one, would have had time to act
             assert supervisor.poll() is None
         finally:

@@ -16,8 +16,14 @@ GOOD = (EXAMPLES / "natal-care-to-health-visiting.yaml").read_text()
 
 def test_examples_load() -> None:
     ids = {a.id for a in load_dir(EXAMPLES)}
-    assert ids == {"custody-to-prosecution", "custody-to-liaison-diversion", "natal-care-to-health-visiting",
-                   "natal-care-to-research", "referral-to-mash", "custody-to-youth-offending"}
+    assert ids == {
+        "custody-to-prosecution",
+        "custody-to-liaison-diversion",
+        "natal-care-to-health-visiting",
+        "natal-care-to-research",
+        "referral-to-mash",
+        "custody-to-youth-offending",
+    }
 
 
 def _refusal(tmp_path: Path, text: str) -> AgreementError:
@@ -90,7 +96,9 @@ def test_overlapping_active_versions_are_refused(tmp_path: Path) -> None:
         load_dir(tmp_path, today=date(2026, 6, 1))
     assert info.value.path == tmp_path / "v2.yaml" and info.value.field == "valid_from"
     # v1 ending the day before v2 begins is a clean hand-over.
-    (tmp_path / "v1.yaml").write_text(GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-06-30"))
+    (tmp_path / "v1.yaml").write_text(
+        GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-06-30")
+    )
     (tmp_path / "v2.yaml").write_text(v2.replace("valid_from: 2026-01-01", "valid_from: 2026-07-01"))
     assert sorted(a.version for a in load_dir(tmp_path, today=date(2026, 6, 1))) == [1, 2]
 
@@ -98,7 +106,11 @@ def test_overlapping_active_versions_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "field", "needle"),
     [
-        ("{field: subject.shoe_size, op: age_under, value: 18}", "conditions[0].field", "not a field of the custody schema"),
+        (
+            "{field: subject.shoe_size, op: age_under, value: 18}",
+            "conditions[0].field",
+            "not a field of the custody schema",
+        ),
         ("{field: subject.family_name, op: age_under, value: 18}", "conditions[0].op", "needs a date field"),
         ("{field: event_kind, op: eq, value: PARDON}", "conditions[0].value", "not one of the field's symbols"),
         ("{field: subject.date_of_birth, op: age_under, value: old}", "conditions[0]", "whole number of years"),
@@ -140,25 +152,32 @@ def test_validate_dir_reports_every_problem_in_every_file(tmp_path: Path) -> Non
 def test_an_impossible_date_is_a_problem_at_its_line_with_the_others(tmp_path: Path) -> None:
     """PyYAML raises a bare ValueError for 2026-02-30; the loader reports it like any other problem."""
     bad_dates = GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-02-30").replace(
-        "review_date: 2027-03-31", "review_date: 2027-13-01\nshare_everything: true")
+        "review_date: 2027-03-31", "review_date: 2027-13-01\nshare_everything: true"
+    )
     (tmp_path / "a.yaml").write_text(bad_dates)
-    (tmp_path / "b.yaml").write_text(GOOD.replace("id: natal-care-to-health-visiting", "id: other")
-                                     .replace("purpose: individual_care", "purpose: marketing"))
+    (tmp_path / "b.yaml").write_text(
+        GOOD.replace("id: natal-care-to-health-visiting", "id: other").replace(
+            "purpose: individual_care", "purpose: marketing"
+        )
+    )
     (tmp_path / "c.yaml").write_text(
-        (EXAMPLES / "referral-to-mash.yaml").read_text().replace("until: 2027-03-31", "until: 2027-04-31"))
+        (EXAMPLES / "referral-to-mash.yaml").read_text().replace("until: 2027-03-31", "until: 2027-04-31")
+    )
     problems = validate_dir(tmp_path)
     by_field = {(p.path.name, p.field): p for p in problems}
     valid_from = by_field[("a.yaml", "valid_from")]
     assert valid_from.line == _line_of(bad_dates, "valid_from")
-    assert valid_from.problem == ("'2026-02-30' is not a date (day value is outside expected range); "
-                                  "write a calendar date as YYYY-MM-DD")
+    assert valid_from.problem == (
+        "'2026-02-30' is not a date (day value is outside expected range); write a calendar date as YYYY-MM-DD"
+    )
     assert by_field[("a.yaml", "review_date")].line == _line_of(bad_dates, "review_date")
     assert "'2027-13-01' is not a date (month value" in by_field[("a.yaml", "review_date")].problem
     assert ("a.yaml", "share_everything") in by_field  # the rest of the file is still checked
     assert ("b.yaml", "purpose") in by_field  # and the other files
     until = by_field[("c.yaml", "transparency.until")]
     assert "'2027-04-31' is not a date" in until.problem and until.line == _line_of(
-        (tmp_path / "c.yaml").read_text(), "until: 2027-04-31")
+        (tmp_path / "c.yaml").read_text(), "until: 2027-04-31"
+    )
     assert len(problems) == 5
 
 
@@ -166,8 +185,11 @@ def test_load_dir_refuses_with_every_problem(tmp_path: Path) -> None:
     from agreements.loader import AgreementsRefused
 
     (tmp_path / "a.yaml").write_text(GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-02-30"))
-    (tmp_path / "b.yaml").write_text(GOOD.replace("id: natal-care-to-health-visiting", "id: other")
-                                     .replace("purpose: individual_care", "purpose: marketing"))
+    (tmp_path / "b.yaml").write_text(
+        GOOD.replace("id: natal-care-to-health-visiting", "id: other").replace(
+            "purpose: individual_care", "purpose: marketing"
+        )
+    )
     with pytest.raises(AgreementsRefused) as info:
         load_dir(tmp_path)
     assert [(p.path.name, p.field) for p in info.value.problems] == [("a.yaml", "valid_from"), ("b.yaml", "purpose")]

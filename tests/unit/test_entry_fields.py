@@ -177,8 +177,9 @@ def test_a_field_only_the_stored_entry_has_is_refused() -> None:
         "StoredEntry", [(f.name, f.type, f) for f in dataclasses.fields(StoredEntry)] + [("tile", "bytes", b"")]
     )
     problems = agreement_problems(schema(), stored=extra)
-    assert problems == ["StoredEntry's fields are not draft, seq, prev_hash, entry_hash, leaf_hash: "
-                        "tile not in the schema"]
+    assert problems == [
+        "StoredEntry's fields are not draft, seq, prev_hash, entry_hash, leaf_hash: tile not in the schema"
+    ]
 
 
 def table_with(change: dict[str, Column[Any] | None], extra: list[Column[Any]] = ()) -> Table:  # type: ignore[assignment]
@@ -195,8 +196,9 @@ def table_with(change: dict[str, Column[Any] | None], extra: list[Column[Any]] =
 
 def test_a_column_only_the_table_has_is_refused() -> None:
     problems = agreement_problems(schema(), table=table_with({}, [Column("note", Text, nullable=False)]))
-    assert problems == ["the table's columns are not the schema's fields then entry_hash, leaf_hash: "
-                        "note not in the schema"]
+    assert problems == [
+        "the table's columns are not the schema's fields then entry_hash, leaf_hash: note not in the schema"
+    ]
 
 
 def test_a_missing_column_is_refused() -> None:
@@ -255,8 +257,14 @@ def distinct_draft() -> EntryDraft:
 
 def fastavro_leaf(seq: int, draft: EntryDraft, prev: bytes) -> bytes:
     ms = (draft.decided_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
-    record = {**{f.name: getattr(draft, f.name) for f in DRAFT_FIELDS}, "seq": seq, "prev_hash": prev,
-              "decided_at": ms, "fields": list(draft.fields), "subjects": list(draft.subjects)}
+    record = {
+        **{f.name: getattr(draft, f.name) for f in DRAFT_FIELDS},
+        "seq": seq,
+        "prev_hash": prev,
+        "decided_at": ms,
+        "fields": list(draft.fields),
+        "subjects": list(draft.subjects),
+    }
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, fastavro.parse_schema(schema()), record, strict=True)
     return buf.getvalue()
@@ -315,27 +323,77 @@ class _Outcome(str, Enum):
 
 
 def test_of_decision_records_the_decision() -> None:
-    agreement = SimpleNamespace(id="ag-1", version=3, purpose=_Purpose.SAFEGUARDING, legal_basis="a basis",
-                                consent_mode=_Mode.OPT_OUT)
-    d = SimpleNamespace(disclosure_id="did", event_id="eid", event_type="custody", provider="prov", recipient="rec",
-                        agreement=agreement, outcome=_Outcome.WITHHELD, reason="consent denied", fields=(),
-                        consent_version=9, subject_key="nhs:9434765919")
+    agreement = SimpleNamespace(
+        id="ag-1", version=3, purpose=_Purpose.SAFEGUARDING, legal_basis="a basis", consent_mode=_Mode.OPT_OUT
+    )
+    d = SimpleNamespace(
+        disclosure_id="did",
+        event_id="eid",
+        event_type="custody",
+        provider="prov",
+        recipient="rec",
+        agreement=agreement,
+        outcome=_Outcome.WITHHELD,
+        reason="consent denied",
+        fields=(),
+        consent_version=9,
+        subject_key="nhs:9434765919",
+    )
     at = datetime(2026, 1, 1, tzinfo=UTC)
     draft = EntryDraft.of_decision(d, at, "ab" * 32, ("nhs:9434765870",))
-    assert draft == EntryDraft("did", "eid", "custody", "prov", "rec", "ag-1", 3, "safeguarding", "a basis",
-                               "WITHHELD", "consent denied", (), "opt_out", 9, "nhs:9434765919", at,
-                               event_digest="ab" * 32, subjects=("nhs:9434765870",))
+    assert draft == EntryDraft(
+        "did",
+        "eid",
+        "custody",
+        "prov",
+        "rec",
+        "ag-1",
+        3,
+        "safeguarding",
+        "a basis",
+        "WITHHELD",
+        "consent denied",
+        (),
+        "opt_out",
+        9,
+        "nhs:9434765919",
+        at,
+        event_digest="ab" * 32,
+        subjects=("nhs:9434765870",),
+    )
     assert type(draft.purpose) is str and type(draft.outcome) is str and type(draft.consent_mode) is str
     check_draft(draft)
 
 
 def test_not_covered_has_no_recipient_agreement_or_fields() -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    draft = EntryDraft.not_covered(disclosure_id="did", event_id="eid", event_type="custody", provider="prov",
-                                   subject_key="nhs:9434765919", consent_version=2, decided_at=at)
-    assert draft == EntryDraft("did", "eid", "custody", "prov", "", "", 0, "", "", NOT_COVERED,
-                               "no agreement in force covers this custody event from prov", (), "", 2,
-                               "nhs:9434765919", at)
+    draft = EntryDraft.not_covered(
+        disclosure_id="did",
+        event_id="eid",
+        event_type="custody",
+        provider="prov",
+        subject_key="nhs:9434765919",
+        consent_version=2,
+        decided_at=at,
+    )
+    assert draft == EntryDraft(
+        "did",
+        "eid",
+        "custody",
+        "prov",
+        "",
+        "",
+        0,
+        "",
+        "",
+        NOT_COVERED,
+        "no agreement in force covers this custody event from prov",
+        (),
+        "",
+        2,
+        "nhs:9434765919",
+        at,
+    )
     check_draft(draft)
     with pytest.raises(ValueError, match="NOT_COVERED entry has no recipient"):
         check_draft(dataclasses.replace(draft, recipient="rec"))

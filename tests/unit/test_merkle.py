@@ -47,8 +47,8 @@ def ref_path(m: int, leaves: list[bytes]) -> list[bytes]:
         return []
     k = ref_k(n)
     if m < k:
-        return ref_path(m, leaves[:k]) + [ref_mth(leaves[k:])]
-    return ref_path(m - k, leaves[k:]) + [ref_mth(leaves[:k])]
+        return [*ref_path(m, leaves[:k]), ref_mth(leaves[k:])]
+    return [*ref_path(m - k, leaves[k:]), ref_mth(leaves[:k])]
 
 
 def ref_subproof(m: int, leaves: list[bytes], b: bool) -> list[bytes]:
@@ -57,8 +57,8 @@ def ref_subproof(m: int, leaves: list[bytes], b: bool) -> list[bytes]:
         return [] if b else [ref_mth(leaves)]
     k = ref_k(n)
     if m <= k:
-        return ref_subproof(m, leaves[:k], b) + [ref_mth(leaves[k:])]
-    return ref_subproof(m - k, leaves[k:], False) + [ref_mth(leaves[:k])]
+        return [*ref_subproof(m, leaves[:k], b), ref_mth(leaves[k:])]
+    return [*ref_subproof(m - k, leaves[k:], False), ref_mth(leaves[:k])]
 
 
 def ref_verify_inclusion(leaf_hash: bytes, leaf_index: int, tree_size: int, path: list[bytes], root: bytes) -> bool:
@@ -92,7 +92,7 @@ def ref_verify_consistency(
         return False
     path = list(consistency_path)
     if first & (first - 1) == 0:
-        path = [first_hash] + path
+        path = [first_hash, *path]
     fn = first - 1
     sn = second - 1
     if fn % 2 == 1:
@@ -135,7 +135,7 @@ def test_seven_leaf_example_of_the_spec() -> None:
     d = leaves_of(7)
     a, b, c, dd, e, f, g = (_h(b"\x00" + x) for x in d)
     h, i, j = _h(b"\x01" + a + b), _h(b"\x01" + c + dd), _h(b"\x01" + e + f)
-    k, l = _h(b"\x01" + h + i), _h(b"\x01" + j + g)
+    k, l = _h(b"\x01" + h + i), _h(b"\x01" + j + g)  # noqa: E741 - the worked example's own label
     top = _h(b"\x01" + k + l)
     hashes = [merkle.leaf_hash(x) for x in d]
     assert merkle.root(hashes) == top == ref_mth(d)
@@ -190,7 +190,7 @@ def test_inclusion_proofs_verify_independently(n: int) -> None:
         assert not ref_verify_inclusion(hashes[m], m, n, proof, other_root)
         assert not merkle.verify_inclusion(hashes[m], m, n, proof, other_root)
         assert not merkle.verify_inclusion(hashes[m], m, m, proof, top)
-        assert not merkle.verify_inclusion(hashes[m], m, n, proof + [hashes[0]], top)
+        assert not merkle.verify_inclusion(hashes[m], m, n, [*proof, hashes[0]], top)
         if proof:
             assert not merkle.verify_inclusion(hashes[m], m, n, proof[:-1], top)
         if n > 1:
@@ -219,7 +219,7 @@ def test_consistency_proofs_verify_independently(n: int) -> None:
         assert not ref_verify_consistency(m, n, old_root, wrong_new, proof)
         assert not merkle.verify_consistency(m, n, old_root, wrong_new, proof)
         assert not merkle.verify_consistency(m, n, old_root, new_root, proof[:-1])
-        assert not merkle.verify_consistency(m, n, old_root, new_root, proof + [hashes[0]])
+        assert not merkle.verify_consistency(m, n, old_root, new_root, [*proof, hashes[0]])
     # Equal sizes and the empty old tree: nothing to prove but the roots.
     assert merkle.consistency_proof(n, hashes) == []
     assert merkle.verify_consistency(n, n, new_root, new_root, [])

@@ -320,17 +320,26 @@ def exact(value: Any) -> Any:
 def answer(fn: Any) -> Any:
     try:
         return exact(fn())
-    except Exception as exc:  # noqa: BLE001 - whatever is raised must be raised alike
+    except Exception as exc:
         return (type(exc).__name__, str(exc))
 
 
 BUILDERS = {"custody": custody_record, "referral": referral_record, "natal_care": natal_care_record}
 ORDERS = {t: key_order(load_schema(t)) for t in BUILDERS}
-PATHS = {t: sorted(leaf_paths(BUILDERS[t]())) + sorted({p.split(".")[0] for p in leaf_paths(BUILDERS[t]()) if "." in p})
-         for t in BUILDERS}
-ODD = st.one_of(st.none(), st.integers(), st.text(max_size=4), st.lists(st.integers(), max_size=2),
-                # Fresh objects each draw: a shared st.just dict, disturbed in place, came to hold itself.
-                st.builds(lambda: {"line1": "x"}), st.builds(lambda: OrderedDict(town="y")), st.just(("t",)))
+PATHS = {
+    t: sorted(leaf_paths(BUILDERS[t]())) + sorted({p.split(".")[0] for p in leaf_paths(BUILDERS[t]()) if "." in p})
+    for t in BUILDERS
+}
+ODD = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=4),
+    st.lists(st.integers(), max_size=2),
+    # Fresh objects each draw: a shared st.just dict, disturbed in place, came to hold itself.
+    st.builds(lambda: {"line1": "x"}),
+    st.builds(lambda: OrderedDict(town="y")),
+    st.just(("t",)),
+)
 
 
 @st.composite

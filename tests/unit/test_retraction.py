@@ -17,9 +17,24 @@ NOW = Context(datetime(2026, 6, 1, tzinfo=UTC))
 
 def _disclosed(agreement_id: str, recipient: str, disclosure_id: str) -> EntryDraft:
     a = AGREEMENTS[f"{agreement_id}@v1"]
-    return EntryDraft(disclosure_id, "e1", a.event_types[0], a.providers[0], recipient, a.id, a.version,
-                      a.purpose.value, a.legal_basis, "DISCLOSED", None, ("envelope.event_id",),
-                      a.consent_mode.value, 0, "nhs:9434765919", datetime(2026, 5, 1, tzinfo=UTC))
+    return EntryDraft(
+        disclosure_id,
+        "e1",
+        a.event_types[0],
+        a.providers[0],
+        recipient,
+        a.id,
+        a.version,
+        a.purpose.value,
+        a.legal_basis,
+        "DISCLOSED",
+        None,
+        ("envelope.event_id",),
+        a.consent_mode.value,
+        0,
+        "nhs:9434765919",
+        datetime(2026, 5, 1, tzinfo=UTC),
+    )
 
 
 def _consent(id: int, decision: ConsentDecision, recipient: str) -> ConsentRecord:
@@ -47,7 +62,10 @@ def test_withdrawal_retracts_consent_based_disclosures_only() -> None:
 
 def test_nothing_to_retract_while_consent_still_permits() -> None:
     disclosed = [_disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-ld")]
-    consents = [_consent(1, ConsentDecision.DENY, "liaison-diversion"), _consent(2, ConsentDecision.PERMIT, "liaison-diversion")]
+    consents = [
+        _consent(1, ConsentDecision.DENY, "liaison-diversion"),
+        _consent(2, ConsentDecision.PERMIT, "liaison-diversion"),
+    ]
     assert retractions_for(disclosed, AGREEMENTS, consents, NOW) == []
 
 

@@ -171,9 +171,7 @@ def test_encoded_header_is_magic_then_fingerprint(catalogue: Catalogue) -> None:
 
 
 def test_default_catalogue_has_every_schema_with_distinct_fingerprints(catalogue: Catalogue) -> None:
-    assert set(catalogue.names()) == {
-        "custody", "referral", "natal_care", "disclosure", "retraction", "consent_change"
-    }
+    assert set(catalogue.names()) == {"custody", "referral", "natal_care", "disclosure", "retraction", "consent_change"}
     fps = {fingerprint(catalogue.schema(n)) for n in catalogue.names()}
     assert len(fps) == 6
 
@@ -340,7 +338,7 @@ def test_a_value_that_is_not_bytes_is_refused(catalogue: Catalogue, value: Any) 
 
 
 def test_empty_value(catalogue: Catalogue) -> None:
-    with pytest.raises(NotSingleObject, match="^empty message"):
+    with pytest.raises(NotSingleObject, match=r"^empty message"):
         catalogue.decode(b"")
 
 
@@ -429,8 +427,10 @@ def test_timestamp_overflowing_datetime(catalogue: Catalogue, ms: int) -> None:
 
 
 def test_timestamps_at_the_ends_of_datetime_decode(catalogue: Catalogue) -> None:
-    for ms, expected in ((253_402_300_799_999, datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)),
-                         (-62_135_596_800_000, datetime(1, 1, 1, tzinfo=UTC))):
+    for ms, expected in (
+        (253_402_300_799_999, datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)),
+        (-62_135_596_800_000, datetime(1, 1, 1, tzinfo=UTC)),
+    ):
         record = catalogue.decode(framed(catalogue, custody_body(occurred=zz(ms))))[1]
         assert record["envelope"]["occurred_at"] == expected
 
@@ -656,7 +656,9 @@ def test_disclosure_fixed_size() -> None:
     # Fields added to the ledger entry since this test was written get an empty value of their type.
     empty = {"string": "", "long": 0, "int": 0, "array": []}
     for f in schema["fields"]:
-        kind = f["type"] if isinstance(f["type"], str) else f["type"].get("type") if isinstance(f["type"], dict) else None
+        kind = (
+            f["type"] if isinstance(f["type"], str) else f["type"].get("type") if isinstance(f["type"], dict) else None
+        )
         if f["name"] not in record and "default" not in f and kind in empty:
             record[f["name"]] = copy.copy(empty[kind])
     validate(schema, record)

@@ -84,14 +84,18 @@ def test_newest_wins_at_equal_specificity() -> None:
 
 def test_class_level_denial_applies_to_every_partner_of_the_class_and_expired_records_do_not() -> None:
     record = _first("natal_care")
-    context = Context(TODAY.now, {"salford-health-visiting": "local_authority", "salford-research": "research_body"},
-                      TODAY.pseudonym_key)
+    context = Context(
+        TODAY.now,
+        {"salford-health-visiting": "local_authority", "salford-research": "research_body"},
+        TODAY.pseudonym_key,
+    )
     deny_class = ConsentRecord(5, "nhs:x", None, None, ConsentDecision.DENY, TODAY.now, recipient_class="research_body")
     got = _by_recipient(decide("natal_care", record, AGREEMENTS, [deny_class], context))
     assert got["salford-research"].outcome is Outcome.WITHHELD
     assert got["salford-health-visiting"].outcome is Outcome.DISCLOSED
-    lapsed = ConsentRecord(5, "nhs:x", None, None, ConsentDecision.DENY, TODAY.now, recipient_class="research_body",
-                           expires_at=TODAY.now)
+    lapsed = ConsentRecord(
+        5, "nhs:x", None, None, ConsentDecision.DENY, TODAY.now, recipient_class="research_body", expires_at=TODAY.now
+    )
     got = _by_recipient(decide("natal_care", record, AGREEMENTS, [lapsed], context))
     assert got["salford-research"].outcome is Outcome.DISCLOSED
 
@@ -112,7 +116,9 @@ def test_agreements_not_in_force_do_not_match() -> None:
     record = _first("referral")
     suspended = [a.model_copy(update={"status": Status.SUSPENDED}) for a in AGREEMENTS]
     assert decide("referral", record, suspended, [], TODAY) == []
-    assert decide("referral", record, AGREEMENTS, [], Context(datetime(2025, 12, 31, tzinfo=UTC))) == []  # before valid_from
+    assert (
+        decide("referral", record, AGREEMENTS, [], Context(datetime(2025, 12, 31, tzinfo=UTC))) == []
+    )  # before valid_from
 
 
 def test_unknown_provider_gets_no_recipients() -> None:
@@ -124,9 +130,17 @@ def test_unknown_provider_gets_no_recipients() -> None:
 def test_disclosure_ids_are_stable_and_distinct() -> None:
     a = disclosure_id("e1", "cps", "custody-to-prosecution", 1)
     assert a == disclosure_id("e1", "cps", "custody-to-prosecution", 1)
-    assert len({a, disclosure_id("e1", "hmcts", "custody-to-prosecution", 1),
+    assert (
+        len(
+            {
+                a,
+                disclosure_id("e1", "hmcts", "custody-to-prosecution", 1),
                 disclosure_id("e1", "cps", "custody-to-prosecution", 2),
-                disclosure_id("e2", "cps", "custody-to-prosecution", 1)}) == 4
+                disclosure_id("e2", "cps", "custody-to-prosecution", 1),
+            }
+        )
+        == 4
+    )
 
 
 @pytest.mark.parametrize("event_type", ["custody", "referral", "natal_care"])

@@ -264,8 +264,9 @@ def oracle_consent_outcome(agreement, recipient, records, context):
     mode = agreement.consent_mode
     if mode is ConsentMode.NOT_REQUIRED:
         return Outcome.DISCLOSED, f"consent overridden: {agreement.gateway}"
-    governing = applicable(records, agreement.purpose.value, recipient, context.partner_classes.get(recipient),
-                           context.now)
+    governing = applicable(
+        records, agreement.purpose.value, recipient, context.partner_classes.get(recipient), context.now
+    )
     if governing is not None and governing.decision is ConsentDecision.DENY:
         return Outcome.WITHHELD, f"consent denied (consent record {governing.id})"
     if mode is ConsentMode.EXPLICIT and governing is None:
@@ -291,12 +292,25 @@ def oracle_decide(event_type, record, agreements, consents, context) -> list[tup
                     projection = oracle_project(record, oracle_tree(list(fields)))
                 projected = (
                     oracle_pseudonymise(event_type, projection, context.pseudonym_key, recipient)
-                    if agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED else projection
+                    if agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED
+                    else projection
                 )
-            out.append((oracle_disclosure_id(event_id, recipient, agreement.id, agreement.version), event_id,
-                        event_type, provider, recipient, id(agreement), outcome, reason,
-                        tuple(fields) if outcome is Outcome.DISCLOSED else (), consent_version, key,
-                        exact(projected)))
+            out.append(
+                (
+                    oracle_disclosure_id(event_id, recipient, agreement.id, agreement.version),
+                    event_id,
+                    event_type,
+                    provider,
+                    recipient,
+                    id(agreement),
+                    outcome,
+                    reason,
+                    tuple(fields) if outcome is Outcome.DISCLOSED else (),
+                    consent_version,
+                    key,
+                    exact(projected),
+                )
+            )
     return out
 
 
@@ -310,8 +324,23 @@ def exact(value):
 
 
 def as_tuples(decisions) -> list[tuple]:
-    return [(d.disclosure_id, d.event_id, d.event_type, d.provider, d.recipient, id(d.agreement), d.outcome,
-             d.reason, d.fields, d.consent_version, d.subject_key, exact(d.projected)) for d in decisions]
+    return [
+        (
+            d.disclosure_id,
+            d.event_id,
+            d.event_type,
+            d.provider,
+            d.recipient,
+            id(d.agreement),
+            d.outcome,
+            d.reason,
+            d.fields,
+            d.consent_version,
+            d.subject_key,
+            exact(d.projected),
+        )
+        for d in decisions
+    ]
 
 
 EVENT_TYPES = ("custody", "referral", "natal_care")
@@ -329,8 +358,11 @@ def conditions(draw: st.DrawFn, event_types: tuple[str, ...]) -> tuple[Condition
     ]
     if SYMBOLS[event_type]:
         options += [
-            Condition(field="event_kind", op=Op.IN, value=tuple(draw(st.lists(st.sampled_from(SYMBOLS[event_type]),
-                                                                              min_size=1, unique=True)))),
+            Condition(
+                field="event_kind",
+                op=Op.IN,
+                value=tuple(draw(st.lists(st.sampled_from(SYMBOLS[event_type]), min_size=1, unique=True))),
+            ),
             Condition(field="event_kind", op=Op.NE, value=draw(st.sampled_from(SYMBOLS[event_type]))),
         ]
     return tuple(draw(st.lists(st.sampled_from(options), max_size=2)))
@@ -354,8 +386,10 @@ def rich_agreements(draw: st.DrawFn) -> Agreement:
         consent_mode=mode,
         consent_justification="statutory gateway" if mode is ConsentMode.NOT_REQUIRED else None,
         # leaves, and whole sub-records (kept whole, and a path below them then adds nothing)
-        fields={t: tuple(draw(st.lists(st.sampled_from(LEAVES[t] + WHOLES[t]), min_size=1, unique=True)))
-                for t in event_types},
+        fields={
+            t: tuple(draw(st.lists(st.sampled_from(LEAVES[t] + WHOLES[t]), min_size=1, unique=True)))
+            for t in event_types
+        },
         identifier_treatment=draw(st.sampled_from(list(IdentifierTreatment))),
         valid_from=start,
         valid_until=draw(st.none() | st.dates(start or date(2025, 1, 1), date(2027, 12, 31))),
@@ -372,9 +406,12 @@ def rich_cases(draw: st.DrawFn):
     return event_type, record, found, draw(consents())
 
 
-
-CONTEXTS = [CONTEXT, Context(NOW, {}, b"another-secret"), Context(datetime(2025, 3, 1, tzinfo=UTC), CLASSES, b"k"),
-            Context(datetime(2026, 12, 31, 23, 59, tzinfo=UTC), CLASSES, b"k")]
+CONTEXTS = [
+    CONTEXT,
+    Context(NOW, {}, b"another-secret"),
+    Context(datetime(2025, 3, 1, tzinfo=UTC), CLASSES, b"k"),
+    Context(datetime(2026, 12, 31, 23, 59, tzinfo=UTC), CLASSES, b"k"),
+]
 
 
 @settings(max_examples=300, deadline=None)
@@ -390,7 +427,10 @@ def test_decide_is_the_old_decision(case, contexts: list[Context]) -> None:
         assert as_tuples(sharing.decide(event_type, record, records, context, key=key)) == expected
         assert as_tuples(decide(event_type, record, sharing, records, context)) == expected
         assert sharing.candidates(record["envelope"]["source_agency"], event_type, context.today, record) == [
-            a for a in found if a.exclusion(record["envelope"]["source_agency"], event_type, context.today, record) is None]
+            a
+            for a in found
+            if a.exclusion(record["envelope"]["source_agency"], event_type, context.today, record) is None
+        ]
 
 
 def test_decide_over_the_scenario_with_the_example_agreements_is_the_old_decision() -> None:
@@ -399,12 +439,15 @@ def test_decide_over_the_scenario_with_the_example_agreements_is_the_old_decisio
 
     examples = load_dir(PACKAGE_ROOT / "agreements" / "examples")
     scenario = build_scenario(n_events=600, seed=9)
-    history = [ConsentRecord(1, "s", None, "salford-health-visiting", ConsentDecision.DENY, NOW),
-               ConsentRecord(2, "s", None, "liaison-diversion", ConsentDecision.PERMIT, NOW)]
+    history = [
+        ConsentRecord(1, "s", None, "salford-health-visiting", ConsentDecision.DENY, NOW),
+        ConsentRecord(2, "s", None, "liaison-diversion", ConsentDecision.PERMIT, NOW),
+    ]
     for i, e in enumerate(scenario.events):
         records = history[: i % 3]
         assert as_tuples(decide(e.event_type, e.record, examples, records, CONTEXT)) == oracle_decide(
-            e.event_type, e.record, examples, records, CONTEXT)
+            e.event_type, e.record, examples, records, CONTEXT
+        )
 
 
 @settings(max_examples=150, deadline=None)
@@ -421,8 +464,9 @@ def test_projections_encode_to_fastavros_bytes_and_replay_as_before(case) -> Non
         body = io.BytesIO()
         fastavro.schemaless_writer(body, catalogue.schema(name), d.projected)
         assert payload[10:] == body.getvalue()
-        assert exact(catalogue.decode(payload)[1]) == exact(fastavro.schemaless_reader(
-            io.BytesIO(payload[10:]), catalogue.schema(name)))
+        assert exact(catalogue.decode(payload)[1]) == exact(
+            fastavro.schemaless_reader(io.BytesIO(payload[10:]), catalogue.schema(name))
+        )
         assert not _containers(d.projected) & _containers(record)  # never an alias of the source event
         replayed = projection_for(event_type, record, d.agreement, d.fields, d.recipient, CONTEXT)
         assert exact(replayed) == exact(d.projected)
@@ -444,20 +488,30 @@ def _containers(value) -> set[int]:
 @given(st.text(), st.text(), st.text(), st.integers(0, 10**6))
 def test_disclosure_ids_are_uuid5_strings(event_id: str, recipient: str, agreement_id: str, version: int) -> None:
     assert disclosure_id(event_id, recipient, agreement_id, version) == oracle_disclosure_id(
-        event_id, recipient, agreement_id, version)
+        event_id, recipient, agreement_id, version
+    )
 
 
 IDENTIFIER_VALUES = st.one_of(st.text(max_size=12), st.none(), st.integers(), st.just({"x": "y"}), st.lists(st.text()))
-SUBRECORD = st.dictionaries(st.sampled_from(["pnc_id", "nhs_number", "local_id", "given_names", "address"]),
-                            IDENTIFIER_VALUES, max_size=5)
+SUBRECORD = st.dictionaries(
+    st.sampled_from(["pnc_id", "nhs_number", "local_id", "given_names", "address"]), IDENTIFIER_VALUES, max_size=5
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(EVENT_TYPES),
-       st.dictionaries(st.sampled_from(["subject", "mother", "baby", "custody_record_id", "referral_id", "x"]),
-                       st.one_of(SUBRECORD, IDENTIFIER_VALUES), max_size=6),
-       st.sampled_from(RECIPIENTS), st.binary(min_size=1, max_size=40))
-def test_pseudonymise_is_the_old_pseudonymise_and_leaves_its_input_alone(event_type, projected, recipient, secret) -> None:
+@given(
+    st.sampled_from(EVENT_TYPES),
+    st.dictionaries(
+        st.sampled_from(["subject", "mother", "baby", "custody_record_id", "referral_id", "x"]),
+        st.one_of(SUBRECORD, IDENTIFIER_VALUES),
+        max_size=6,
+    ),
+    st.sampled_from(RECIPIENTS),
+    st.binary(min_size=1, max_size=40),
+)
+def test_pseudonymise_is_the_old_pseudonymise_and_leaves_its_input_alone(
+    event_type, projected, recipient, secret
+) -> None:
     from accord.sharing.pseudonymise import pseudonymise
 
     before = exact(projected)
@@ -473,25 +527,32 @@ def test_a_new_version_is_decided_by_its_own_content_and_the_cache_stays_bounded
     from bus.settings import PACKAGE_ROOT
 
     examples = load_dir(PACKAGE_ROOT / "agreements" / "examples")
-    event_type, record = next((t, r) for t, r in EVENTS if t == "custody" and r["envelope"]["source_agency"] == "met-police")
+    event_type, record = next(
+        (t, r) for t, r in EVENTS if t == "custody" and r["envelope"]["source_agency"] == "met-police"
+    )
     first = decide(event_type, record, examples, [], CONTEXT)
     assert Sharing.of(examples) is Sharing.of(list(examples))
-    narrowed = [a.model_copy(update={"version": a.version + 1, "fields": {t: f[:1] for t, f in a.fields.items()}})
-                for a in examples]
+    narrowed = [
+        a.model_copy(update={"version": a.version + 1, "fields": {t: f[:1] for t, f in a.fields.items()}})
+        for a in examples
+    ]
     second = decide(event_type, record, narrowed, [], CONTEXT)
     assert as_tuples(second) == oracle_decide(event_type, record, narrowed, [], CONTEXT) != as_tuples(first)
     same_key = [a.model_copy(update={"recipients": a.recipients[:1]}) for a in examples]  # id@vN unchanged
     assert as_tuples(decide(event_type, record, same_key, [], CONTEXT)) == oracle_decide(
-        event_type, record, same_key, [], CONTEXT)
+        event_type, record, same_key, [], CONTEXT
+    )
     for i in range(3 * Sharing._cache_size):
-        decide(event_type, record, [a.model_copy(update={"version": a.version + 10 + i}) for a in examples], [], CONTEXT)
+        decide(
+            event_type, record, [a.model_copy(update={"version": a.version + 10 + i}) for a in examples], [], CONTEXT
+        )
     assert len(Sharing._cache) <= Sharing._cache_size
 
 
 def _raised(fn):
     try:
         return ("value", fn())
-    except Exception as exc:  # noqa: BLE001 - the same exception class, wherever it arises
+    except Exception as exc:
         return ("raised", type(exc).__name__)
 
 

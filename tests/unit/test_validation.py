@@ -94,19 +94,30 @@ def test_nhs_number_of_the_wrong_type_is_named() -> None:
 
 def test_nhs_number_fields_are_found_from_the_schema_however_deep() -> None:
     """A new event type is covered by its schema alone: here one with people in an array."""
-    schema = fastavro.parse_schema({
-        "type": "record", "name": "Household", "namespace": "test",
-        "fields": [
-            {"name": "people", "type": {"type": "array", "items": {
-                "type": "record", "name": "Member",
-                "fields": [
-                    {"name": "nhs_number", "type": ["null", "string"], "default": None},
-                    {"name": "date_of_birth", "type": {"type": "int", "logicalType": "date"}},
-                ],
-            }}},
-            {"name": "tags", "type": {"type": "map", "values": "string"}},
-        ],
-    })
+    schema = fastavro.parse_schema(
+        {
+            "type": "record",
+            "name": "Household",
+            "namespace": "test",
+            "fields": [
+                {
+                    "name": "people",
+                    "type": {
+                        "type": "array",
+                        "items": {
+                            "type": "record",
+                            "name": "Member",
+                            "fields": [
+                                {"name": "nhs_number", "type": ["null", "string"], "default": None},
+                                {"name": "date_of_birth", "type": {"type": "int", "logicalType": "date"}},
+                            ],
+                        },
+                    },
+                },
+                {"name": "tags", "type": {"type": "map", "values": "string"}},
+            ],
+        }
+    )
     check = _compile_record(schema, _named_types(schema), "")
     out: list[Problem] = []
     ctx = _Context(NOW, date(2026, 6, 2), NOW.date(), NOW + timedelta(days=1), 10)
@@ -154,8 +165,12 @@ def test_any_uuid_version_in_canonical_form_is_fine(event_id: str) -> None:
 
 # --------------------------------------------------------------------------- dates of birth
 
-DOB_FIELDS = [("custody", "subject.date_of_birth"), ("referral", "subject.date_of_birth"),
-              ("natal_care", "mother.date_of_birth"), ("natal_care", "baby.date_of_birth")]
+DOB_FIELDS = [
+    ("custody", "subject.date_of_birth"),
+    ("referral", "subject.date_of_birth"),
+    ("natal_care", "mother.date_of_birth"),
+    ("natal_care", "baby.date_of_birth"),
+]
 
 
 @pytest.mark.parametrize(("event_type", "path"), DOB_FIELDS)
@@ -172,7 +187,9 @@ def test_date_of_birth_implies_an_age_of_at_most_125(event_type: str, path: str)
     assert problems(event_type, with_value(event_type, path, date(1900, 6, 1))) == [  # 126 today
         (path, "implies an age over 125 years")
     ]
-    assert problems(event_type, with_value(event_type, path, date(1, 1, 1))) == [(path, "implies an age over 125 years")]
+    assert problems(event_type, with_value(event_type, path, date(1, 1, 1))) == [
+        (path, "implies an age over 125 years")
+    ]
 
 
 def test_a_null_baby_date_of_birth_is_fine() -> None:
@@ -227,8 +244,13 @@ SMALL = Limits(max_string_bytes=64)
 
 @pytest.mark.parametrize(
     ("event_type", "path"),
-    [("referral", "narrative"), ("custody", "subject.family_name"), ("custody", "subject.address.line1"),
-     ("natal_care", "health_visitor_handover.notes"), ("custody", "envelope.source_agency")],
+    [
+        ("referral", "narrative"),
+        ("custody", "subject.family_name"),
+        ("custody", "subject.address.line1"),
+        ("natal_care", "health_visitor_handover.notes"),
+        ("custody", "envelope.source_agency"),
+    ],
 )
 def test_every_string_is_bounded_in_utf8_bytes(event_type: str, path: str) -> None:
     assert problems(event_type, with_value(event_type, path, "x" * 64), SMALL) == []
@@ -240,7 +262,9 @@ def test_every_string_is_bounded_in_utf8_bytes(event_type: str, path: str) -> No
 def test_strings_inside_arrays_are_bounded_by_index() -> None:
     record = copy.deepcopy(RECORDS["custody"]())
     record["offence_codes"][1] = "€" * 22  # 66 bytes
-    assert problems("custody", record, SMALL) == [("offence_codes[1]", "is 66 bytes (UTF-8), over the limit of 64 bytes")]
+    assert problems("custody", record, SMALL) == [
+        ("offence_codes[1]", "is 66 bytes (UTF-8), over the limit of 64 bytes")
+    ]
 
 
 def test_a_2_mb_narrative_at_the_default_limit() -> None:
@@ -282,7 +306,10 @@ def test_every_problem_is_returned_in_field_order() -> None:
 
 
 def test_problem_prints_field_then_problem() -> None:
-    assert str(Problem("mother.nhs_number", "fails the Modulus 11 check")) == "mother.nhs_number: fails the Modulus 11 check"
+    assert (
+        str(Problem("mother.nhs_number", "fails the Modulus 11 check"))
+        == "mother.nhs_number: fails the Modulus 11 check"
+    )
 
 
 # --------------------------------------------------------------------------- odd input never raises
@@ -316,7 +343,9 @@ def test_a_naive_now_is_read_as_utc() -> None:
 def test_size_problem_at_the_limit() -> None:
     limits = Limits(max_event_bytes=1024)
     assert size_problem(b"x" * 1024, limits) is None
-    assert size_problem(b"x" * 1025, limits) == Problem("(record)", "encoded event is 1025 bytes, over the limit of 1024 bytes")
+    assert size_problem(b"x" * 1025, limits) == Problem(
+        "(record)", "encoded event is 1025 bytes, over the limit of 1024 bytes"
+    )
     assert size_problem(b"x" * 524_288) is None and size_problem(b"x" * 524_289) is not None
 
 
@@ -354,10 +383,12 @@ def oracle_compile(schema: Any, names: Any, path: str) -> Any:
     if kind in ("array", "map"):
         inner = oracle_compile(s["items"] if kind == "array" else s["values"], names, path)
         if kind == "array":
+
             def array(value: Any, p: str, out: list, ctx: Any) -> None:
                 if inner is not None and isinstance(value, (list, tuple)):
                     for i, item in enumerate(value):
                         inner(item, f"{p}[{i}]", out, ctx)
+
             return array
 
         def mapping(value: Any, p: str, out: list, ctx: Any) -> None:
@@ -367,6 +398,7 @@ def oracle_compile(schema: Any, names: Any, path: str) -> Any:
                     v._check_string(key, where, out, ctx)
                     if inner is not None:
                         inner(item, where, out, ctx)
+
         return mapping
     return None
 
@@ -394,6 +426,7 @@ def oracle_compile_record(s: Any, names: Any, path: str) -> Any:
             return
         for name, where, check in fields:
             check(value.get(name), where if p == path else _join(p, name), out, ctx)
+
     return record
 
 
@@ -427,12 +460,16 @@ def oracle_event_problems(event_type: Any, record: Any, now: datetime, limits: L
 
 
 VALIDATION_TYPES = ("custody", "referral", "natal_care")
-SHAPED = st.one_of(*[
-    st.tuples(st.just(t), record_strategy(load_schema(t), dict(_named_types(load_schema(t))))) for t in VALIDATION_TYPES
-])
-ANYTHING = st.tuples(st.sampled_from(VALIDATION_TYPES + ("nope",)), st.dictionaries(KEYS, JSONISH, max_size=6))
-NOWS = st.one_of(st.just(NOW), WHEN, st.datetimes(), st.datetimes(timezones=st.timezones()).map(
-    lambda d: d.replace(fold=1)))
+SHAPED = st.one_of(
+    *[
+        st.tuples(st.just(t), record_strategy(load_schema(t), dict(_named_types(load_schema(t)))))
+        for t in VALIDATION_TYPES
+    ]
+)
+ANYTHING = st.tuples(st.sampled_from((*VALIDATION_TYPES, "nope")), st.dictionaries(KEYS, JSONISH, max_size=6))
+NOWS = st.one_of(
+    st.just(NOW), WHEN, st.datetimes(), st.datetimes(timezones=st.timezones()).map(lambda d: d.replace(fold=1))
+)
 ORACLE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -448,10 +485,16 @@ def test_event_problems_are_the_old_ones(calls: list) -> None:
 
 def test_the_synthetic_events_have_the_old_problems_at_every_clock() -> None:
     events = build_scenario(n_events=300, seed=4).events
-    for now in (NOW, datetime(1999, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, 12), datetime(9999, 12, 31, 23, tzinfo=UTC)):
+    for now in (
+        NOW,
+        datetime(1999, 1, 1, tzinfo=UTC),
+        datetime(2026, 6, 1, 12),
+        datetime(9999, 12, 31, 23, tzinfo=UTC),
+    ):
         for e in events:
             assert event_problems(e.event_type, e.record, now, Limits(max_string_bytes=40)) == oracle_event_problems(
-                e.event_type, e.record, now, Limits(max_string_bytes=40))
+                e.event_type, e.record, now, Limits(max_string_bytes=40)
+            )
 
 
 def test_the_plans_event_problems_runs_are_the_generated_ones() -> None:
