@@ -328,6 +328,8 @@ def _decoded_matches(row: dict[str, Any], leaf: bytes) -> str | None:
         record = fastavro.schemaless_reader(io.BytesIO(leaf), _leaf_schema())
     except Exception as exc:  # noqa: BLE001 - a damaged leaf is a finding, not a crash
         return f"the leaf does not decode ({type(exc).__name__})"
+    if not isinstance(record, dict):  # the leaf schema is a record: narrows fastavro's any-datum type
+        return "the leaf does not decode to a record"
     decided = record["decided_at"]
     if isinstance(decided, datetime):
         decided = decided.astimezone(UTC).isoformat(timespec="milliseconds")

@@ -63,6 +63,7 @@ def install_guards(conn: Connection) -> None:
     Runs inside the caller's transaction; the table must already exist.
     """
     dialect = conn.dialect.name
+    statements: tuple[str, ...]
     if dialect == "postgresql":
         statements = _PG_STATEMENTS
     elif dialect == "sqlite":

@@ -115,6 +115,7 @@ def record_receipts(
         if refusal is not None:
             outcomes.append(ReceiptOutcome(claim, None, refusal))
             continue
+        assert acknowledged is not None  # check_claim refuses a claim that names no entry
         drafts.append(receipt_entry(claim, acknowledged, now))
         outcomes.append(None)
     appended = iter(append(engine, drafts)) if drafts else iter(())

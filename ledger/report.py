@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from ledger.append import StoredEntry, stored_entry
+from ledger.entry import StoredEntry, stored_entry
 from ledger.subject_refs import LedgerSubjectRef
 from ledger.tables import LedgerEntry
 from ledger.tiles import stored_end

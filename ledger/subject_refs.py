@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import BigInteger, Connection, String
+from sqlalchemy import BigInteger, Connection, Executable, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ledger.tables import LedgerBase
@@ -44,12 +44,15 @@ def write_refs(conn: Connection, pairs: Sequence[tuple[str, int]]) -> None:
     """INSERT (subject_key, seq) rows, skipping any already stored."""
     if not pairs:
         return
+    statement: Executable
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(LedgerSubjectRef).on_conflict_do_nothing()
     elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(LedgerSubjectRef).on_conflict_do_nothing()
     else:
         raise NotImplementedError(f"no subject index for dialect {conn.dialect.name!r}")
-    conn.execute(
-        insert(LedgerSubjectRef).on_conflict_do_nothing(), [{"subject_key": key, "seq": seq} for key, seq in pairs]
-    )
+    conn.execute(statement, [{"subject_key": key, "seq": seq} for key, seq in pairs])

@@ -54,7 +54,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Engine, LargeBinary, SmallInteger, select
+from sqlalchemy import BigInteger, Connection, Engine, Executable, LargeBinary, SmallInteger, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -319,13 +319,18 @@ def write_tiles(conn: Connection, tiles: Sequence[tuple[int, int, int, bytes]]) 
     if not tiles:
         return
     rows = [{"level": lv, "tile_index": ix, "width": w, "hashes": hs} for lv, ix, w, hs in tiles]
+    statement: Executable
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(LedgerTile).on_conflict_do_nothing()
     elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(LedgerTile).on_conflict_do_nothing()
     else:
         raise NotImplementedError(f"no tile store for dialect {conn.dialect.name!r}")
-    conn.execute(insert(LedgerTile).on_conflict_do_nothing(), rows)
+    conn.execute(statement, rows)
 
 
 def ensure(engine: Engine, size: int) -> bool:

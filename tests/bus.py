@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from confluent_kafka import Message
+from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
 from accord.dev.drain import wait_for_group
@@ -50,6 +52,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def headers_of(msg: Message) -> dict[str, bytes]:
+    """A record's headers by name. The client's type allows str or None values; Accord writes bytes."""
+    return dict(cast(list[tuple[str, bytes]], msg.headers() or []))
+
+
 def read_topic(settings: Settings, topic: str, idle_polls: int = 3) -> list[tuple[dict[str, bytes], bytes | None]]:
     """(headers, value) of every record on ``topic``, read with a fresh group until it has been idle."""
     consumer = kafka.consumer(settings, f"{settings.topic_prefix}check.{uuid.uuid4().hex[:8]}")
@@ -64,7 +71,7 @@ def read_topic(settings: Settings, topic: str, idle_polls: int = 3) -> list[tupl
                 continue
             idle = 0
             assert msg.error() is None, msg.error()
-            seen.append((dict(msg.headers() or []), msg.value()))
+            seen.append((headers_of(msg), msg.value()))
     finally:
         consumer.close()
     return seen
@@ -80,7 +87,7 @@ def make_settings(bootstrap: str, ledger_url: str, state_dir: Path) -> Settings:
         state_dir=state_dir,
         session_timeout_ms=2000,
         heartbeat_interval_ms=500,
-        pseudonym_key=TEST_PSEUDONYM_KEY,
+        pseudonym_key=SecretStr(TEST_PSEUDONYM_KEY),
     )
 
 

@@ -19,10 +19,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from sqlalchemy import Engine
 
 import consent
@@ -45,7 +45,7 @@ from bus import headers as header
 from bus.topics import TopicNames
 from consent.model import version
 from ledger import EntryDraft, append, event_entries
-from ledger.append import StoredEntry
+from ledger.entry import StoredEntry
 from schemas.serde import SerdeError
 from schemas.validation import Limits, event_problems, size_problem
 
@@ -85,7 +85,7 @@ class BatchReport:
     appended: int = 0
     redelivered: int = 0
     receipts: int = 0
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def add(self, other: BatchReport) -> None:
         self.events += other.events
@@ -375,7 +375,7 @@ class BatchHandler:
                 payload = self.catalogue.encode(projection_name(d.agreement, d.event_type), d.projected, validated=True)
                 encoded[id(d.projected)] = payload
 
-            def on_delivery(err: KafkaError | None, _msg: Any, i: int = i) -> None:
+            def on_delivery(err: KafkaError | None, _msg: Message, i: int = i) -> None:
                 if err is not None:
                     errors[i] = err
 
@@ -403,15 +403,23 @@ class BatchHandler:
         )
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list, on_delivery: Callable
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        on_delivery: Callable[[KafkaError | None, Message], None],
     ) -> str | None:
         """produce(), waiting while the local queue is full; a per-record refusal is returned, not raised.
 
         Delivery reports are served by the flush that ends each step, not per record.
         """
+        # The stub types headers as a list of the wider (str, str | bytes | None); list is invariant,
+        # and produce() only reads them.
+        wide = cast(list[tuple[str, str | bytes | None]], headers)
         while True:
             try:
-                self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+                self.producer.produce(topic, key=key, value=value, headers=wide, on_delivery=on_delivery)
                 return None
             except BufferError:
                 self.producer.poll(0.5)
@@ -448,7 +456,7 @@ class BatchHandler:
             if value is None and msg.value is not None:
                 headers.append((header.VALUE_OMITTED, str(len(msg.value)).encode()))
 
-            def on_delivery(err: KafkaError | None, _m: Any, i: int = i) -> None:
+            def on_delivery(err: KafkaError | None, _msg: Message, i: int = i) -> None:
                 if err is not None:
                     errors[i] = err
 

@@ -172,6 +172,7 @@ def outcome(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         producer.produce(bus.names.event("referral"), key=key, value=_encode(stranger), on_delivery=sent)
         producer.flush(30)
         wait_for_group(bus.settings, bus.settings.processor_group, ends, timeout=120)
+        assert bus.processor is not None
         yield {
             "bus": bus,
             "plan": plan,

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 import consent
-from accord.sharing.decide import Context, Outcome, decide, subject_key
+from accord.sharing.decide import Context, Decision, Outcome, decide, subject_key
 from agreements import load_dir
 from agreements.partners import load_partners
 from bus.settings import PACKAGE_ROOT
@@ -54,7 +54,7 @@ def _natal_event_of(mother_nhs: str) -> dict:
     return record
 
 
-def _decide(engine: Engine, record: dict) -> dict[str, object]:
+def _decide(engine: Engine, record: dict) -> dict[str, Decision]:
     """What the processor decides: the store's history for the event's own subject key."""
     key = subject_key("natal_care", record)
     consents = consent.history(engine, [key]).get(key, [])
@@ -168,7 +168,8 @@ def test_the_store_itself_refuses_what_would_never_apply(role_db: RoleDatabase) 
         (NUMBER, {"recipient_class": "nobody"}, "recipient_class"),
     ]:
         with pytest.raises(consent.InvalidPreference) as info:
-            consent.record(role_db.app, subject, consent.ConsentDecision.DENY, known=KNOWN, **kwargs)
+            # The cases pass only str preferences (purpose, recipient, recipient_class).
+            consent.record(role_db.app, subject, consent.ConsentDecision.DENY, known=KNOWN, **kwargs)  # type: ignore[arg-type]
         assert info.value.field == field
     assert _count(role_db.app) == 0
     rec = consent.record(role_db.app, NUMBER, consent.ConsentDecision.DENY, known=KNOWN, recipient="cps")

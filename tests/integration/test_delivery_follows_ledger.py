@@ -157,7 +157,8 @@ def test_a_resend_and_a_reused_id_in_one_batch_the_ledger_tells_which_is_which(b
             bus.names.event("referral"),
             key=b"one-partition",  # impostor first, in order
             value=catalogue.encode("referral", record, validated=True),
-            on_delivery=lambda err, m, name=name: offsets.__setitem__(name, (m.partition(), m.offset())),
+            # mypy cannot infer a lambda with a default argument.
+            on_delivery=lambda err, m, name=name: offsets.__setitem__(name, (m.partition(), m.offset())),  # type: ignore[misc]
         )
         producer.flush(30)
     bus.start_processor()

@@ -21,7 +21,7 @@ from bus.settings import PACKAGE_ROOT
 from ledger import verify
 from ledger.guard import install_guards
 from producers.synthetic import build_scenario
-from tests.bus import TEST_PSEUDONYM_KEY, Bus, running_bus, settings_env
+from tests.bus import TEST_PSEUDONYM_KEY, Bus, headers_of, running_bus, settings_env
 
 KNOWN = consent.KnownScopes.from_partners(load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"))
 
@@ -137,7 +137,7 @@ def test_bytes_that_are_not_avro_land_on_the_dead_letter_topic(bus: Bus) -> None
     finally:
         consumer.close()
     assert found is not None, "the unreadable event never reached the dead-letter topic"
-    headers = dict(found.headers())
+    headers = headers_of(found)
     assert headers["accord.source_topic"].decode() == bus.names.event("referral")
     assert headers["accord.reason"], "a dead letter must carry a reason"
 
@@ -201,7 +201,9 @@ def test_consent_changes_are_relayed_to_the_preferences_topic(bus: Bus) -> None:
             msg = consumer.poll(1.0)
             if msg is None or msg.error() or msg.key() != key.encode():
                 continue
-            name, change = catalogue.decode(msg.value())
+            value = msg.value()
+            assert value is not None
+            name, change = catalogue.decode(value)
             if name == "consent_change" and change["consent_record_id"] == rec.id:
                 found = change
                 break

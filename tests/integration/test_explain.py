@@ -88,8 +88,9 @@ def test_youth_offending_agreement_applies_to_children_only() -> None:
     assert by_key["custody-to-youth-offending@v1"].matches
     yot = by_key["custody-to-youth-offending@v1"].recipients[0]
     assert yot.outcome == "DISCLOSED" and yot.reason == "consent overridden: Crime and Disorder Act 1998 s.115 and s.39"
-    assert "nhs_number" not in yot.would_receive["subject"]
+    assert yot.would_receive is not None and "nhs_number" not in yot.would_receive["subject"]
     miss = {a.key: a for a in adult.agreements}["custody-to-youth-offending@v1"]
+    assert miss.reason is not None
     assert not miss.matches and miss.reason.startswith("conditions[0] (subject.date_of_birth age_under 18) not met")
 
 

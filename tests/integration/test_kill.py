@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import consent
 from accord.dev.drain import wait_for_group
@@ -62,7 +63,7 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
 
         # Events arrive as a stream during the kills, and a source system re-sends some it
         # already sent: each re-send is a replay that meets whatever consent says by then (I8).
-        published: dict[str, object] = {}
+        published: dict[str, Any] = {}
 
         def stream() -> None:
             prng = random.Random(seed + 1)
@@ -113,6 +114,7 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
         try:
             for i in range(KILLS):
                 bus.start_processor()
+                assert bus.processor is not None
                 # Early kills land in start-up (imports, feed catch-up, group join); later ones mid-batch.
                 time.sleep(rng.uniform(0.3, 1.5) if i % 2 == 0 else rng.uniform(2.0, 4.0))
                 if bus.processor.poll() is None:
@@ -123,6 +125,7 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
             report = published["report"]
             assert not report.failed
             bus.start_processor()
+            assert bus.processor is not None
             wait_for_group(settings, settings.processor_group, report.end_offsets, timeout=240)
         finally:
             stop.set()

@@ -571,7 +571,7 @@ def _written_the_old_way(drafts: list[EntryDraft]) -> list[dict[str, object]]:
 
     import fastavro
 
-    from ledger.append import SCHEMA_PATH
+    from ledger.entry import SCHEMA_PATH
 
     schema = fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
     epoch, ms = datetime(1970, 1, 1, tzinfo=UTC), timedelta(milliseconds=1)
@@ -632,7 +632,7 @@ def _fastavro_hashes(engine: Engine) -> list[tuple[int, bool]]:
 
     import fastavro
 
-    from ledger.append import SCHEMA_PATH
+    from ledger.entry import SCHEMA_PATH
 
     schema = fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
     out = []

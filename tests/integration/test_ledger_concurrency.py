@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 
 from accord.dev.drain import wait_for_group
 from agreements import load_dir
@@ -221,5 +221,7 @@ def test_the_database_refuses_a_second_entry_for_a_disclosure_id(pg_engine) -> N
     [row] = rows
     columns = [c.name for c in LedgerEntry.__table__.columns]
     with pytest.raises(IntegrityError, match=DISCLOSURE_ID_UNIQUE), pg_engine.begin() as conn:
-        conn.execute(LedgerEntry.__table__.insert(), [dict(zip(columns, row, strict=True))])
+        table = LedgerEntry.__table__
+        assert isinstance(table, Table)
+        conn.execute(table.insert(), [dict(zip(columns, row, strict=True))])
     assert verify(pg_engine).entries == 1

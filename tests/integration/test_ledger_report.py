@@ -18,8 +18,8 @@ import pytest
 from agreements import load_dir
 from bus.settings import PACKAGE_ROOT
 from ledger import EntryDraft, append
-from ledger.append import SCHEMA_PATH
 from ledger.checkpoint import make_checkpoint, open_checkpoint
+from ledger.entry import SCHEMA_PATH
 from ledger.merkle import leaf_hash, verify_inclusion
 from ledger.note import NoteSigner
 from ledger.report import InvalidSubjectKey, collect, render_html, render_json
@@ -109,6 +109,7 @@ def test_report_lists_exactly_the_subjects_visible_entries_with_verifying_proofs
         leaf = base64.b64decode(proof["leaf"])
         # The leaf is the entry's canonical bytes: it decodes to this subject's entry ...
         decoded = fastavro.schemaless_reader(BytesIO(leaf), schema)
+        assert isinstance(decoded, dict)
         assert decoded["subject_key"] == f"nhs:{me}" and decoded["seq"] == entry["seq"]
         assert decoded["disclosure_id"] == entry["disclosure_id"]
         # ... and is in the tree the signed checkpoint commits to.

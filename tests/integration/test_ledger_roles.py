@@ -40,7 +40,8 @@ def test_app_role_appends_and_reads(role_db: RoleDatabase) -> None:
     # Consent history: the app role inserts (its id sequence included) and reads.
     rec = consent.record(role_db.app, "nhs:9434765919", consent.ConsentDecision.DENY, known=KNOWN, recipient="cps")
     assert consent.history(role_db.app, ["nhs:9434765919"])["nhs:9434765919"][0].id == rec.id
-    assert require_app_role(role_db.app).role == role_db.app_role
+    check = require_app_role(role_db.app)
+    assert check is not None and check.role == role_db.app_role
 
 
 @pytest.mark.parametrize(
@@ -78,7 +79,7 @@ def test_app_role_is_refused_by_postgres(role_db: RoleDatabase, sql: str) -> Non
 def test_app_role_cannot_touch_the_guards(role_db: RoleDatabase, sql: str) -> None:
     assert re.search(r"must be owner of (table|relation) ledger_entries", _refused(role_db.app, sql))
     with role_db.owner.connect() as conn:
-        modes = dict(
+        modes: dict[str, str] = dict(
             conn.execute(
                 text(
                     "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'ledger_entries'::regclass AND NOT tgisinternal"

@@ -74,6 +74,7 @@ def test_database_cut_and_silenced_the_same_processor_resumes(broker, tmp_path_f
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
         bus.create_topics()
         bus.start_processor()
+        assert bus.processor is not None
         try:
             before = _referrals(5)
             wait_for_group(settings, settings.processor_group, _publish(settings, before), timeout=60)

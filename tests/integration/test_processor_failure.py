@@ -23,6 +23,7 @@ def test_processor_waits_while_the_ledger_is_gone_and_resumes_without_a_restart(
     with fresh_role_database() as db:
         engine = db.owner
         bus = start_bus(broker, db, tmp_path_factory.mktemp("failure"))
+        assert bus.processor is not None  # start_bus started it
         try:
             bus.publish([("referral", events[0].record)])
             with engine.begin() as conn:  # the ledger disappears under the running processor

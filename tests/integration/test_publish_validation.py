@@ -51,7 +51,11 @@ def settings(broker: str, tmp_path: Path) -> Settings:
 def on_topic(settings: Settings, event_type: str) -> list[tuple[str, bytes]]:
     """(event id header, value) of everything on the event topic, read with a fresh group until idle."""
     topic = TopicNames(settings.topic_prefix).event(event_type)
-    return [(headers["accord.event_id"].decode(), value) for headers, value in read_topic(settings, topic)]
+    found: list[tuple[str, bytes]] = []
+    for headers, value in read_topic(settings, topic):
+        assert value is not None  # an event is never a tombstone
+        found.append((headers["accord.event_id"].decode(), value))
+    return found
 
 
 def run_publish(settings: Settings, path: Path) -> subprocess.CompletedProcess:

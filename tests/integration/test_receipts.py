@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bus import kafka
-from consumers import Subscription
+from consumers import Disclosure, Subscription
 from consumers.receipts import Receipt, ReceiptSender, receipt_id
-from ledger import append, verify
+from ledger import EntryDraft, append, verify
 from ledger.receipts import ReceiptClaim, check_claim, pending_receipts, record_receipts
 from producers.synthetic import build_scenario
-from tests.bus import Bus, running_bus, settings_env
+from tests.bus import Bus, headers_of, running_bus, settings_env
 from tests.conftest import RoleDatabase
 from tests.integration.test_ledger import draft, not_covered
 
@@ -40,21 +40,28 @@ def test_receipt_id_is_stable_and_per_partner() -> None:
     assert len({receipt_id("d1", "cps"), receipt_id("d1", "hmcts"), receipt_id("d2", "cps")}) == 3
 
 
+def _refusal(claim: ReceiptClaim, expected_id: str, acknowledged: EntryDraft | None) -> str:
+    """check_claim's answer for a claim it must refuse."""
+    refusal = check_claim(claim, expected_id, acknowledged)
+    assert refusal is not None
+    return refusal
+
+
 def test_check_claim() -> None:
     sent = replace(draft(1), recipient="cps", outcome="DISCLOSED")
     assert check_claim(_claim(sent.disclosure_id, "cps"), receipt_id(sent.disclosure_id, "cps"), sent) is None
     wrong_partner = check_claim(_claim(sent.disclosure_id, "hmcts"), receipt_id(sent.disclosure_id, "hmcts"), sent)
     assert wrong_partner == "receipt from partner 'hmcts' for a disclosure sent to another recipient"
-    assert "was sent" in check_claim(_claim("nope", "cps"), receipt_id("nope", "cps"), None)
+    assert "was sent" in _refusal(_claim("nope", "cps"), receipt_id("nope", "cps"), None)
     withheld = replace(sent, outcome="WITHHELD")
-    assert "was sent" in check_claim(_claim(sent.disclosure_id, "cps"), receipt_id(sent.disclosure_id, "cps"), withheld)
+    assert "was sent" in _refusal(_claim(sent.disclosure_id, "cps"), receipt_id(sent.disclosure_id, "cps"), withheld)
     # Nothing was sent for an event no agreement covers, to anyone (its recipient is "").
     uncovered = not_covered(sent)
     for partner in ("", "cps"):
         claim = _claim(sent.disclosure_id, partner)
-        assert "was sent" in check_claim(claim, receipt_id(sent.disclosure_id, partner), uncovered)
+        assert "was sent" in _refusal(claim, receipt_id(sent.disclosure_id, partner), uncovered)
     forged = _claim(sent.disclosure_id, "cps", rid="my-own-id")
-    assert "uuid5" in check_claim(forged, receipt_id(sent.disclosure_id, "cps"), sent)
+    assert "uuid5" in _refusal(forged, receipt_id(sent.disclosure_id, "cps"), sent)
 
 
 # --------------------------------------------------------------------------- ledger, as the app role
@@ -88,11 +95,15 @@ def test_record_receipts_once_and_only_from_the_recipient(role_db: RoleDatabase)
         recorded_at=NOW,
     )
     assert [o.refusal is None for o in out] == [True, False, False, True, False, False]
-    assert all("no disclosure with that id was sent" in o.refusal for o in (out[2], out[4], out[5]))
+    assert all(
+        o.refusal is not None and "no disclosure with that id was sent" in o.refusal for o in (out[2], out[4], out[5])
+    )
+    assert out[0].appended is not None and out[3].appended is not None
     assert out[0].appended.new and not out[3].appended.new and out[0].appended.seq == out[3].appended.seq
-    assert "another recipient" in out[1].refusal
+    assert out[1].refusal is not None and "another recipient" in out[1].refusal
     # Recorded once, pointing at the disclosure; a replay records nothing.
     again = record_receipts(engine, [_claim(d1.disclosure_id, "cps")], receipt_id, recorded_at=NOW)
+    assert again[0].appended is not None
     assert not again[0].appended.new
     from ledger import entries
 
@@ -159,6 +170,7 @@ def test_partner_acknowledges_and_the_receipt_lands_in_the_ledger(bus: Bus) -> N
     group = f"{bus.settings.topic_prefix}mash.{uuid.uuid4().hex[:6]}"
     with Subscription(bus.settings, "salford-mash", bus.agreements, group_id=group) as sub:
         for d in sub.iter(idle_timeout=1.5):
+            assert isinstance(d, Disclosure)  # nothing is retracted here
             if d.disclosure_id == acked.disclosure_id:
                 sub.acknowledge(d)  # the partner's code has handled it
         sub.commit()
@@ -195,7 +207,7 @@ def test_a_receipt_for_another_partners_disclosure_is_refused_and_dead_lettered(
     finally:
         consumer.close()
     assert found is not None, "the forged receipt never reached the dead-letter topic"
-    headers = {k: v.decode() for k, v in found.headers()}
+    headers = {k: v.decode() for k, v in headers_of(found).items()}
     assert headers["accord.source_topic"] == bus.names.receipts
     assert headers["accord.error"] == "ReceiptRefused"
     assert headers["accord.reason"] == "receipt from partner 'cps' for a disclosure sent to another recipient"

@@ -97,7 +97,7 @@ def test_a_suspended_agreement_is_retracted_in_bounded_chunks_once_each(broker, 
                 r for (r,) in conn.execute(select(LedgerEntry.refers_to).where(LedgerEntry.outcome == "RETRACTED"))
             )
         assert len(refers) == DISCLOSURES and set(refers.values()) == {1}
-        notices = Counter()
+        notices: Counter[str] = Counter()
         for recipient in ("cps", "hmcts"):
             for headers, _value in read_topic(settings, bus.names.partner(recipient, "custody")):
                 if headers.get("accord.kind") == b"retraction":

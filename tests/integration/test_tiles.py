@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, text
 
 from ledger import EntryDraft, append, entries, init_ledger, merkle
 from ledger.checkpoint import checkpoint_at, latest_checkpoint, make_checkpoint
-from ledger.export import export_rows, render_jsonl, verify_export
+from ledger.export import ExportRows, export_rows, render_jsonl, verify_export
 from ledger.note import NoteSigner
 from ledger.proofs import LedgerMismatch, prove_consistency, prove_entries, prove_entry
 from ledger.report import collect
@@ -48,7 +48,9 @@ def hashes(n: int) -> list[bytes]:
 def tile_store() -> Iterator[Engine]:
     """An in-memory SQLite database with only the tiles table (the pure tile arithmetic)."""
     engine = create_engine("sqlite://")
-    LedgerTile.__table__.create(engine)
+    table = LedgerTile.__table__
+    assert isinstance(table, Table)
+    table.create(engine)
     yield engine
     engine.dispose()
 
@@ -262,6 +264,7 @@ def test_an_export_past_65535_entries_streams_in_bounded_memory(big: Engine) -> 
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    assert isinstance(export.rows, ExportRows)
     assert len(export.rows) == 70_000 and size > 70_000 * 1_000
     assert peak < 40_000_000, peak  # before: about 9.5 KB per entry held (665 MB for this range)
     seen = rows.reset()

@@ -46,7 +46,7 @@ def test_serve_prints_its_address_and_answers(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = []
+        lines: list[str] = []
         while not any(line.startswith("Accord is serving") for line in lines):
             line = proc.stdout.readline()
             assert line, "".join(lines)

@@ -184,11 +184,12 @@ def test_a_field_only_the_stored_entry_has_is_refused() -> None:
 
 def table_with(change: dict[str, Column[Any] | None], extra: list[Column[Any]] = ()) -> Table:  # type: ignore[assignment]
     """ledger_entries' columns, one replaced (or removed, None), others added at the end."""
-    columns = []
+    columns: list[Column[Any]] = []
     for c in LedgerEntry.__table__.columns:
         if c.name in change:
-            if change[c.name] is not None:
-                columns.append(change[c.name])
+            new = change[c.name]
+            if new is not None:
+                columns.append(new)
         else:
             columns.append(c._copy())
     return Table("ledger_entries", MetaData(), *columns, *extra)

@@ -47,7 +47,9 @@ def reference(record: dict[str, Any]) -> bytes:
 
 
 def decoded(leaf: bytes) -> dict[str, Any]:
-    return fastavro.schemaless_reader(io.BytesIO(leaf), PLAIN, return_record_name=False)
+    record = fastavro.schemaless_reader(io.BytesIO(leaf), PLAIN, return_record_name=False)
+    assert isinstance(record, dict)
+    return record
 
 
 def ours(record: dict[str, Any]) -> bytes:
@@ -217,7 +219,7 @@ def test_documented_leaf() -> None:
 @pytest.mark.parametrize("n", EDGES)
 def test_varints_at_every_edge(n: int) -> None:
     record = {"seq": n, "agreement_version": n, "consent_version": n, "decided_at": n}
-    base = {name: "" for name in FIELD_NAMES} | {
+    base: dict[str, Any] = {name: "" for name in FIELD_NAMES} | {
         "outcome": "WITHHELD",
         "reason": None,
         "refers_to": None,
@@ -232,7 +234,7 @@ def test_varints_at_every_edge(n: int) -> None:
 
 def test_memoised_fields_stay_right_past_their_bound() -> None:
     """Thousands of distinct values in a memoised field (the memo starts over) and repeats of them."""
-    base = {name: "x" for name in FIELD_NAMES} | {
+    base: dict[str, Any] = {name: "x" for name in FIELD_NAMES} | {
         "seq": 1,
         "agreement_version": 2,
         "consent_version": 3,
@@ -269,7 +271,7 @@ def test_memoised_fields_stay_right_past_their_bound() -> None:
     ],
 )
 def test_refuses_what_fastavro_refuses(change: dict[str, Any], error: Any) -> None:
-    record = {name: "v" for name in FIELD_NAMES} | {
+    record: dict[str, Any] = {name: "v" for name in FIELD_NAMES} | {
         "seq": 1,
         "agreement_version": 1,
         "consent_version": 1,
@@ -290,7 +292,7 @@ def test_refuses_what_fastavro_refuses(change: dict[str, Any], error: Any) -> No
 
 def test_where_it_is_stricter_than_fastavro() -> None:
     """A float for an int: fastavro truncates it (1.5 is written as 1); this writer refuses it."""
-    record = {name: "v" for name in FIELD_NAMES} | {
+    record: dict[str, Any] = {name: "v" for name in FIELD_NAMES} | {
         "seq": 1,
         "agreement_version": 1.5,
         "consent_version": 1,
@@ -330,7 +332,7 @@ def test_a_schema_it_cannot_compile_fails_at_compile_time() -> None:
 def test_a_memoised_run_never_lends_its_bytes_to_other_values() -> None:
     """The decision's context is memoised as one run: a float equal to a remembered int is
     still refused, a bool is written as fastavro writes it, a list is encoded every time."""
-    record = {name: "v" for name in FIELD_NAMES} | {
+    record: dict[str, Any] = {name: "v" for name in FIELD_NAMES} | {
         "seq": 1,
         "agreement_version": 1,
         "consent_version": 1,
@@ -375,7 +377,7 @@ def test_compiled_from_the_schema_file() -> None:
         datetime(2026, 1, 1, tzinfo=UTC),
     )
     # every field reaches the bytes
-    for name, other in (
+    changes: tuple[tuple[str, Any], ...] = (
         ("recipient", "r2"),
         ("reason", "why"),
         ("fields", ("f",)),
@@ -383,5 +385,6 @@ def test_compiled_from_the_schema_file() -> None:
         ("refers_to", "x"),
         ("event_digest", "ab" * 32),
         ("consent_version", 9),
-    ):
+    )
+    for name, other in changes:
         assert canonical_bytes(1, replace(d, **{name: other}), GENESIS_HASH) != canonical_bytes(1, d, GENESIS_HASH)

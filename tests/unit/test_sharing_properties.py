@@ -98,6 +98,7 @@ def test_no_field_outside_the_allow_list_is_ever_disclosed(case) -> None:
     event_type, record, found, records = case
     for d in decide(event_type, record, found, records, CONTEXT):
         if d.outcome is Outcome.DISCLOSED:
+            assert d.projected is not None
             allowed = d.agreement.fields[event_type]
             for leaf in _leaf_paths(d.projected):
                 # An allowed path names a leaf or a whole sub-record; an absent
@@ -159,6 +160,7 @@ def test_pseudonymised_disclosures_carry_no_raw_identifier(case) -> None:
             raw.add(node)
     for d in decide(event_type, record, found, records, CONTEXT):
         if d.outcome is Outcome.DISCLOSED and d.agreement.identifier_treatment is IdentifierTreatment.PSEUDONYMISED:
+            assert d.projected is not None
             values = {v for p in _leaf_paths(d.projected) for v in [_get(d.projected, p)] if isinstance(v, str)}
             assert raw.isdisjoint(values)
 

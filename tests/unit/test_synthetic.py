@@ -25,10 +25,12 @@ EVENT_TYPES = ("custody", "referral", "natal_care")
 
 @pytest.fixture(scope="module")
 def schemas() -> dict[str, dict]:
-    out = {}
+    out: dict[str, dict] = {}
     for event_type in EVENT_TYPES:
         with (SCHEMA_DIR / "events" / event_type / "v1.avsc").open() as f:
-            out[event_type] = fastavro.parse_schema(json.load(f))
+            schema = fastavro.parse_schema(json.load(f))
+            assert isinstance(schema, dict)
+            out[event_type] = schema
     return out
 
 
@@ -72,6 +74,7 @@ def decode_single_object(data: bytes, schemas: dict[str, dict]) -> dict:
     record = fastavro.schemaless_reader(buf, schema, schema)
     if buf.tell() != len(data) - 10:
         raise ValueError("trailing bytes after the record")
+    assert isinstance(record, dict)
     return record
 
 

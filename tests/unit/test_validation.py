@@ -118,6 +118,7 @@ def test_nhs_number_fields_are_found_from_the_schema_however_deep() -> None:
             ],
         }
     )
+    assert isinstance(schema, dict)
     check = _compile_record(schema, _named_types(schema), "")
     out: list[Problem] = []
     ctx = _Context(NOW, date(2026, 6, 2), NOW.date(), NOW + timedelta(days=1), 10)
@@ -500,4 +501,6 @@ def test_the_synthetic_events_have_the_old_problems_at_every_clock() -> None:
 def test_the_plans_event_problems_runs_are_the_generated_ones() -> None:
     """Otherwise the comparison above would only compare the closures with themselves."""
     for event_type in VALIDATION_TYPES:
-        assert v._plan(event_type).__code__.co_filename == "<validation plan>"
+        plan = v._plan(event_type)
+        assert plan is not None
+        assert plan.__code__.co_filename == "<validation plan>"

@@ -16,7 +16,7 @@ from agreements.partners import load_partners
 from bus.settings import PACKAGE_ROOT
 from consent.model import ConsentDecision, ConsentRecord
 from ledger import EntryDraft
-from ledger.append import StoredEntry
+from ledger.entry import StoredEntry
 
 AGREEMENTS = tuple(load_dir(PACKAGE_ROOT / "agreements" / "examples"))
 BY_KEY = {a.key: a for a in AGREEMENTS}
