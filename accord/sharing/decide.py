@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from accord.sharing.pseudonymise import pseudonymise
 from agreements.model import Agreement, ConsentMode, IdentifierTreatment
 from consent.model import ConsentDecision, ConsentRecord, applicable, version
+from ledger.entry import EntryDraft
 from schemas import catalogue as event_catalogue
 from schemas.catalogue import EventCatalogue, EventType, optional_steps
 from schemas.projection import Order, Projector, key_order, projector
@@ -69,6 +70,10 @@ class Decision:
     consent_version: int
     subject_key: str
     projected: dict[str, Any] | None  # the record the recipient receives; None when withheld
+
+    def entry(self, decided_at: datetime, event_digest: str = "", subjects: tuple[str, ...] = ()) -> EntryDraft:
+        """This decision as the ledger records it (the entry's fields have one home: ledger.entry)."""
+        return EntryDraft.of_decision(self, decided_at, event_digest, subjects)
 
 
 _DISCLOSURE_NS = DISCLOSURE_NAMESPACE.bytes
