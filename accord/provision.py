@@ -4,7 +4,7 @@ On PostgreSQL ``accord ledger init`` runs :func:`setup_database` as the OWNER
 role (``ACCORD_LEDGER_OWNER_URL``): it creates the tables and grants the
 application role only SELECT and INSERT on the append-only ones. The bus calls
 :func:`require_app_role` at start and refuses to run as the owner, a superuser
-or any role that could UPDATE, DELETE or TRUNCATE them (DESIGN: triggers alone
+or any role that could UPDATE, DELETE or TRUNCATE them (docs/architecture.md: triggers alone
 do not make a table append-only). SQLite is the demo's development-only store:
 it has no roles, so the commands that write (``demo``, ``run``, ``consent``,
 ``ledger init``) create its tables on first use and no role check is made.

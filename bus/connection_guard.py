@@ -15,7 +15,7 @@ each with a bound from ``ACCORD_DATABASE_TIMEOUT_S`` (T, default 10 s):
    down, so the blocked call fails at once with an OperationalError.
 
 Each failure reaches the processor as an outage: it waits, retries with a fresh
-connection (``pool_pre_ping``) and delivers nothing meanwhile (DESIGN I10).
+connection (``pool_pre_ping``) and delivers nothing meanwhile (I10, docs/architecture.md).
 """
 
 from __future__ import annotations

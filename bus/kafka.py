@@ -1,6 +1,6 @@
 """Factories for confluent-kafka clients, so every client is configured the same way.
 
-Producers are idempotent with ``acks=all`` (DESIGN flow step 1). Consumers never
+Producers are idempotent with ``acks=all`` (the flow, step 1: docs/architecture.md). Consumers never
 auto-commit: callers commit after they have done their work, so nothing is lost.
 """
 
@@ -30,7 +30,7 @@ def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": group_id,
-        # "latest" is unreliable on the embedded broker (DESIGN) and wrong for a
+        # "latest" is unreliable on the embedded broker (docs/architecture.md) and wrong for a
         # new partner anyway: a new subscriber reads what was disclosed to it.
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,

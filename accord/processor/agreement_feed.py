@@ -93,7 +93,7 @@ class FeedFollower:
 
     No consumer group: every processor reads the whole feed. "The end" is the high
     watermark the broker returned in a fetch response (ListOffsets is wrong on the
-    embedded broker, DESIGN), so a catch-up waits until a fetch made after it began
+    embedded broker, docs/architecture.md), so a catch-up waits until a fetch made after it began
     has answered: ``settle_s`` covers the fetch wait plus a round trip.
     """
 

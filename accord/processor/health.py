@@ -2,7 +2,7 @@
 
 200 with ``{"state": "running"}`` while it shares; 503 while it starts or waits for
 PostgreSQL or the broker (``waiting_for`` names which, ``since`` when the wait began).
-A wait is the processor's answer to an outage (DESIGN I10): it delivers nothing and
+A wait is the processor's answer to an outage (I10, docs/architecture.md): it delivers nothing and
 resumes by itself, so the check tells an operator why nothing moves.
 """
 
