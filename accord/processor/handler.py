@@ -136,10 +136,6 @@ class _ReplayView:
     context: Context
 
 
-def _draft(d: Decision, decided_at: datetime, event: Event) -> EntryDraft:
-    return EntryDraft.of_decision(d, decided_at, event.digest, event.subjects)
-
-
 def _not_covered(event: Event, consent_version: int, decided_at: datetime) -> EntryDraft:
     """The entry of an event no agreement in force covers: recorded, shared with nobody (I2)."""
     return EntryDraft.not_covered(
@@ -221,7 +217,7 @@ class BatchHandler:
             return DeadLetter(msg, "WrongEventType", f"a {name} record on the {event_type} topic")
         problems = event_problems(event_type, record, now, self.limits)
         if problems:
-            # An invalid identifier is never used to look up consent (DESIGN, fail closed).
+            # An invalid identifier is never used to look up consent (fail closed: docs/architecture.md).
             return DeadLetter(msg, "InvalidEvent", "; ".join(str(p) for p in problems))
         return Event(
             msg,
@@ -289,7 +285,7 @@ class BatchHandler:
             if not decisions:
                 drafts.append(_not_covered(event, version(consents), decided_at))
             for d in decisions:
-                drafts.append(_draft(d, decided_at, event))
+                drafts.append(d.entry(decided_at, event.digest, event.subjects))
                 decided.append((event, d))
 
         # 4. the ledger first (I1)
