@@ -28,7 +28,7 @@ import hashlib
 import io
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -194,13 +194,17 @@ def export_rows(
     return Export(from_seq, to_seq, chosen, note, ExportRows(engine, from_seq, to_seq, chosen, note), consistency)
 
 
-def render_jsonl(export: Export) -> Iterator[str]:
+def render_jsonl(export: Export, *, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
+    """A header line, then one line per entry; ``on_progress(1)`` after each entry's line is made."""
     yield json.dumps({"type": "header", **export.header()}, ensure_ascii=False) + "\n"
     for row in export.rows:
+        if on_progress is not None:
+            on_progress(1)
         yield json.dumps({"type": "entry", **row}, ensure_ascii=False) + "\n"
 
 
-def render_csv(export: Export) -> Iterator[str]:
+def render_csv(export: Export, *, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
+    """One row per entry (after the column names); ``on_progress(1)`` after each entry's row is made."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow((*COLUMNS, "checkpoint", "consistency"))
@@ -215,6 +219,8 @@ def render_csv(export: Export) -> Iterator[str]:
             (*("" if v is None else v for v in values), export.note if first else "", consistency if first else "")
         )
         first = False
+        if on_progress is not None:
+            on_progress(1)
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -256,8 +256,11 @@ def collect(
     *,
     as_of: date | None = None,
     now: datetime | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> SubjectReport:
     """Read the subject's entries and prove each shown one against the newest checkpoint.
+
+    ``on_progress(1)`` is called after each entry is proved.
 
     ``subject``: any form :func:`schemas.subject_keys.normalise` accepts (a bare NHS
     number included); :class:`InvalidSubjectKey` otherwise.
@@ -278,6 +281,8 @@ def collect(
             for p in prove_entries(engine, covered, checkpoint):
                 proofs[p.seq] = p.to_dict()
                 note = p.checkpoint
+                if on_progress is not None:
+                    on_progress(1)
         except NotCovered:
             proofs = {}
         note = note or checkpoint.note

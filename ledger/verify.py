@@ -10,7 +10,7 @@ or whose stored size or root disagrees with its note, is named too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,8 @@ def verify(
     verifier: NoteVerifier | None = None,
     origin: str | None = None,
     kept: Sequence[CheckpointBody] = (),
+    *,
+    on_progress: Callable[[int], None] | None = None,
 ) -> VerifyResult:
     """Check every checkpoint's note, then stream the entries in seq order checking each link,
     each entry's hashes, and the tree's root at every checkpoint's size.
@@ -78,7 +80,8 @@ def verify(
     notes were kept outside the ledger (by a partner or auditor, or read back from the
     checkpoints topic) and already opened with the key: the tree must match them too, and
     a kept checkpoint the ledger no longer stores is named. ``entries`` counts the
-    entries read, up to and including the first bad one.
+    entries read, up to and including the first bad one. ``on_progress(n)`` is called
+    after each batch of ``n`` entries checked (1,000 at a time).
     """
     stored = checkpoints(engine)
     targets, bad_size, bad_problem = _check_checkpoints(engine, stored, verifier, origin)
@@ -91,7 +94,7 @@ def verify(
             )
         if not any(t.tree_size == body.tree_size and t.root == body.root for t in targets):
             targets.append(_Target(body.tree_size, body.root, None))
-    result = _walk(engine, targets)
+    result = _walk(engine, targets, on_progress)
     result.bad_checkpoint, result.checkpoint_problem = bad_size, bad_problem
     result.signatures_checked = verifier is not None or not stored
     result.ok = result.first_bad_seq is None and bad_size is None
@@ -142,7 +145,7 @@ def _checkpoint_problem(
     return None
 
 
-def _walk(engine: Engine, targets: list[_Target]) -> VerifyResult:
+def _walk(engine: Engine, targets: list[_Target], on_progress: Callable[[int], None] | None = None) -> VerifyResult:
     stmt = select(LedgerEntry.__table__).order_by(LedgerEntry.seq)
     pending = sorted(targets, key=lambda t: t.tree_size)
     frontier = merkle.Frontier()
@@ -182,6 +185,8 @@ def _walk(engine: Engine, targets: list[_Target]) -> VerifyResult:
                         return VerifyResult(False, n, bad[0], bad[1], matched)
                     expected_seq += 1
                     before_prev, prev = prev, entry_hash
+                if on_progress is not None:
+                    on_progress(len(partition))
         finally:
             result.close()
     if pending:

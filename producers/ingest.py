@@ -8,12 +8,15 @@ fix and resend just those lines in one go.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from producers.publisher import Publisher, PublishReport
 from schemas.serde import InvalidRecord, from_json
 from schemas.validation import Problem
+
+_PROGRESS_EVERY = 1000  # lines between on_progress calls
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,25 @@ class IngestReport:
     published: PublishReport | None = None
 
 
-def ingest_jsonl(path: Path, event_type: str, agency: str, publisher: Publisher) -> IngestReport:
+def ingest_jsonl(
+    path: Path,
+    event_type: str,
+    agency: str,
+    publisher: Publisher,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Publish every good line of ``path``; ``on_progress(n)`` gets the bytes read, every 1,000 lines and at the end."""
     report = IngestReport()
     schema = publisher.catalogue.schema(event_type)
+    unreported = 0  # bytes read since on_progress was last called
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
+            if on_progress is not None:
+                unreported += len(raw)
+                if number % _PROGRESS_EVERY == 0:
+                    on_progress(unreported)
+                    unreported = 0
             if not raw.strip():
                 continue
             report.read += 1
@@ -57,6 +74,8 @@ def ingest_jsonl(path: Path, event_type: str, agency: str, publisher: Publisher)
             problems = _line_problems(line, event_type, agency, publisher, schema)
             if problems:
                 report.refused.append(Refusal(number, tuple(problems)))
+    if on_progress is not None and unreported:
+        on_progress(unreported)
     report.published = publisher.flush()
     return report
 

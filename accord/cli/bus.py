@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from accord.cli.common import Subparsers, load_agreements, quiet_kafka
+from accord.cli.progress import progress
 from bus.settings import Settings
 from bus.topics import EVENT_TYPES
 
@@ -48,7 +49,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from producers import Publisher, ingest_jsonl
 
     path = Path(args.file)
-    report = ingest_jsonl(path, args.type, args.agency, Publisher(settings))
+    with progress(path.stat().st_size if path.is_file() else None, f"publishing {path.name}", unit="B") as tick:
+        report = ingest_jsonl(path, args.type, args.agency, Publisher(settings), on_progress=tick)
     for refusal in report.refused:
         print(refusal.describe(path), file=sys.stderr)
     published = report.published
@@ -130,7 +132,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from accord.dev.demo import run_demo
 
-    return run_demo(settings, n_events=args.events)
+    return run_demo(settings, n_events=args.events, progress=progress)
 
 
 def register(sub: Subparsers) -> None:

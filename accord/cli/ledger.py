@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from accord.cli.common import Subparsers, ledger_engine, quiet_kafka
+from accord.cli.progress import progress, shown
 from bus.settings import Settings
 
 __all__ = [
@@ -86,7 +87,10 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
         except NoteError as exc:
             print(f"ledger BROKEN: a checkpoint note from {where} does not verify: {exc}")
             return 1
-    result = verify(engine, verifier, settings.ledger_origin, kept)
+    from ledger.checkpoint import ledger_size
+
+    with progress(ledger_size(engine) if shown() else None, "verifying ledger entries", unit="entries") as tick:
+        result = verify(engine, verifier, settings.ledger_origin, kept, on_progress=tick)
     print(result.describe())
     return 0 if result.ok else 1
 
@@ -250,7 +254,8 @@ def cmd_ledger_report(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.proofs import LedgerMismatch
 
     try:
-        report = collect(engine, key, agreements, as_of=args.as_of)
+        with progress(None, "proving the subject's entries", unit="entries") as tick:
+            report = collect(engine, key, agreements, as_of=args.as_of, on_progress=tick)
     except LedgerMismatch as exc:  # no proof that would not verify is ever handed out
         print(
             f"accord ledger report: the ledger does not match its signed checkpoint ({exc}); "
@@ -284,12 +289,14 @@ def cmd_ledger_export(args: argparse.Namespace, settings: Settings) -> int:
     except LedgerMismatch as exc:
         print(f"accord ledger export: {exc}", file=sys.stderr)
         return 1
-    chunks = render_csv(export) if args.format == "csv" else render_jsonl(export)
+    render = render_csv if args.format == "csv" else render_jsonl
     out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115 - closed in the finally below; stdout is not ours to close
     try:
         # Streamed: an entry missing or changed part-way is found while writing.
-        for chunk in chunks:
-            out.write(chunk)
+        assert isinstance(export.rows, Sized)  # ExportRows knows its length (see below)
+        with progress(len(export.rows), "exporting ledger entries", unit="entries") as tick:
+            for chunk in render(export, on_progress=tick):
+                out.write(chunk)
     except LedgerMismatch as exc:
         print(f"accord ledger export: {exc}; the output is incomplete", file=sys.stderr)
         return 1

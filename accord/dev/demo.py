@@ -16,13 +16,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
 import consent
 from accord.dev import devstack
-from accord.dev.drain import wait_for_group
+from accord.dev.drain import committed, wait_for_group
 from accord.processor.checkpointer import publish_checkpoint, signer_from_settings, verifier_from_settings
 from accord.provision import init_database
 from accord.sharing.decide import subject_key
@@ -38,6 +40,37 @@ from ledger import LedgerEntry, verify
 from ledger.checkpoint import KEY_FILE_NAME, generate_key_file, latest_checkpoint, make_checkpoint
 from producers import Publisher
 from producers.synthetic import Scenario, build_scenario
+
+# A stage's progress: (total or None, what) -> a context giving tick(n); the CLI passes one that
+# draws on a terminal only (accord/cli/progress.py). Counts only, never a record's contents.
+Progress = Callable[[int | None, str], AbstractContextManager[Callable[[int], None]]]
+
+
+@contextmanager
+def _silent(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
+
+def _wait_for_processor(
+    settings: Settings, targets: dict[tuple[str, int], int], progress: Progress, timeout: float
+) -> None:
+    """Wait for the processor's group to commit past ``targets``, showing committed offsets against the ends.
+
+    Polls as drain.wait_for_group does, and leaves to it the last check (and the TimeoutError).
+    """
+    deadline = time.monotonic() + timeout
+    if progress is not _silent:
+        partitions, end = list(targets), sum(targets.values())
+        with progress(end, "processor: committed offsets / end") as tick:
+            done = 0
+            while done < end and time.monotonic() < deadline:
+                seen = committed(settings, settings.processor_group, partitions)
+                now = sum(min(seen.get(tp, 0), target) for tp, target in targets.items())
+                tick(now - done)
+                done = now
+                if done < end:
+                    time.sleep(0.25)
+    wait_for_group(settings, settings.processor_group, targets, timeout=max(deadline - time.monotonic(), 0.0))
 
 
 def _record_consent(engine, scenario, rng: random.Random, known: consent.KnownScopes) -> Counter:
@@ -127,7 +160,11 @@ def _sign_checkpoint(settings: Settings, engine, names: TopicNames, signer):
     return checkpoint
 
 
-def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) -> int:
+def run_demo(
+    settings: Settings, n_events: int = 1200, seed: int | None = None, progress: Progress | None = None
+) -> int:
+    """Run the demo and print its summary; ``progress`` shows each long stage (the CLI's draws on a terminal only)."""
+    progress = progress or _silent
     started = time.monotonic()
     # The embedded broker holds a group join for half the session timeout;
     # short timeouts keep the demo's several consumers quick.
@@ -159,18 +196,21 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
 
     publisher = Publisher(settings)
     malformed_key = f"demo-malformed-{run_id}".encode()
-    for event in scenario.events:
-        publisher.publish(event.event_type, event.record, agency=event.agency)
-    for event_type, raw in scenario.malformed:
-        publisher.publish_raw(event_type, raw, key=malformed_key)
-    published = publisher.flush()
+    with progress(len(scenario.events) + len(scenario.malformed), "publishing events") as tick:
+        for event in scenario.events:
+            publisher.publish(event.event_type, event.record, agency=event.agency)
+            tick(1)
+        for event_type, raw in scenario.malformed:
+            publisher.publish_raw(event_type, raw, key=malformed_key)
+            tick(1)
+        published = publisher.flush()
     if published.failed:
         print(f"publishing failed for {len(published.failed)} events", file=sys.stderr)
         return 1
 
     processor = _start_processor(settings)
     try:
-        wait_for_group(settings, settings.processor_group, published.end_offsets, timeout=120)
+        _wait_for_processor(settings, published.end_offsets, progress, timeout=120)
     finally:
         _stop(processor)
 
@@ -190,12 +230,14 @@ def run_demo(settings: Settings, n_events: int = 1200, seed: int | None = None) 
             withheld[(reason or "").split(" (")[0]] += n
 
     received: Counter = Counter()
-    for partner in sorted(disclosed):
-        with Subscription(settings, partner, agreements, group_id=f"accord-demo-{partner}-{run_id}") as sub:
-            # A fresh group reads the partner topic from the start; count this run's disclosures only.
-            for d in sub.iter(idle_timeout=2.0):
-                if isinstance(d, Disclosure) and d.ledger_seq > seq_before:
-                    received[partner] += 1
+    with progress(sum(disclosed.values()), "counting partner records") as tick:
+        for partner in sorted(disclosed):
+            with Subscription(settings, partner, agreements, group_id=f"accord-demo-{partner}-{run_id}") as sub:
+                # A fresh group reads the partner topic from the start; count this run's disclosures only.
+                for d in sub.iter(idle_timeout=2.0):
+                    if isinstance(d, Disclosure) and d.ledger_seq > seq_before:
+                        received[partner] += 1
+                        tick(1)
     dead = _count_dead_letters(settings, names, run_id, malformed_key, len(scenario.malformed))
     checkpoint = _sign_checkpoint(settings, engine, names, signer)
     result = verify(engine, verifier_from_settings(settings), settings.ledger_origin)
