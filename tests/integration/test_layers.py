@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from bus.settings import PACKAGE_ROOT
+from tests.copies import copy_packages
 
-PACKAGES = ("accord", "bus", "schemas", "producers", "agreements", "consent", "ledger", "consumers")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
@@ -31,11 +31,7 @@ def lint(copy: Path) -> subprocess.CompletedProcess[str]:
 
 
 def make_copy(root: Path) -> Path:
-    copy = root / "copy"
-    for package in PACKAGES:
-        shutil.copytree(
-            PACKAGE_ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__", "static", "templates")
-        )
+    copy = copy_packages(root / "copy", "static", "templates")
     shutil.copy(PACKAGE_ROOT / "pyproject.toml", copy / "pyproject.toml")
     return copy
 

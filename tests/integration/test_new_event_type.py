@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -26,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from accord.dev.drain import wait_for_group
-from bus.settings import PACKAGE_ROOT
 from tests.bus import make_settings, settings_env
 from tests.conftest import fresh_role_database
+from tests.copies import copy_packages
 
-PACKAGES = ("accord", "bus", "schemas", "producers", "agreements", "consent", "ledger", "consumers")
 EVENT_TYPE = "school_attendance"
 SCHOOL = "oakfield-school"
 HUB = "salford-attendance-hub"
@@ -149,9 +147,7 @@ print(json.dumps({"refused": [r.describe(Path(sys.argv[1])) for r in report.refu
 
 def make_copy(root: Path) -> Path:
     """The project's packages, then only data added: the schema folder, the agreement, the partner."""
-    copy = root / "copy"
-    for package in PACKAGES:
-        shutil.copytree(PACKAGE_ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = copy_packages(root / "copy")
     folder = copy / "schemas" / "events" / EVENT_TYPE
     folder.mkdir()
     (folder / "v1.avsc").write_text(json.dumps(SCHEMA, indent=2) + "\n", encoding="utf-8")

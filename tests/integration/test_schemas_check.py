@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.settings import PACKAGE_ROOT
+from tests.copies import copy_packages
 
 EVENTS = PACKAGE_ROOT / "schemas" / "events"
 
@@ -96,9 +97,7 @@ def test_a_removed_required_field_is_refused_under_full_transitive(tmp_path: Pat
 
 def test_the_processor_refuses_to_start_on_an_incompatible_catalogue(tmp_path: Path) -> None:
     """A copy of the packages whose catalogue has a bad v2: `accord run processor` exits 2 with the one line."""
-    project = tmp_path / "copy"
-    for package in ("accord", "bus", "schemas", "producers", "agreements", "consent", "ledger", "consumers"):
-        shutil.copytree(PACKAGE_ROOT / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
+    project = copy_packages(tmp_path / "copy")
     shutil.rmtree(project / "schemas" / "events")
 
     def add_required(s: dict[str, Any]) -> dict[str, Any]:
