@@ -229,15 +229,27 @@ def run_demo(
         else:
             withheld[(reason or "").split(" (")[0]] += n
 
+    with engine.connect() as conn:
+        this_run = set(
+            conn.execute(
+                select(LedgerEntry.disclosure_id).where(
+                    LedgerEntry.seq > seq_before, LedgerEntry.outcome == "DISCLOSED"
+                )
+            ).scalars()
+        )
     received: Counter = Counter()
     with progress(sum(disclosed.values()), "counting partner records") as tick:
         for partner in sorted(disclosed):
+            seen: set[str] = set()
             with Subscription(settings, partner, agreements, group_id=f"accord-demo-{partner}-{run_id}") as sub:
-                # A fresh group reads the partner topic from the start; count this run's disclosures only.
+                # A fresh group reads the partner topic from the start. Count this run's disclosures,
+                # each once, by id: the broker may hold earlier runs' records, even of another ledger
+                # (a second clone, or a state folder deleted while the broker stayed up).
                 for d in sub.iter(idle_timeout=2.0):
-                    if isinstance(d, Disclosure) and d.ledger_seq > seq_before:
-                        received[partner] += 1
+                    if isinstance(d, Disclosure) and d.disclosure_id in this_run and d.disclosure_id not in seen:
+                        seen.add(d.disclosure_id)
                         tick(1)
+            received[partner] = len(seen)
     dead = _count_dead_letters(settings, names, run_id, malformed_key, len(scenario.malformed))
     checkpoint = _sign_checkpoint(settings, engine, names, signer)
     result = verify(engine, verifier_from_settings(settings), settings.ledger_origin)
