@@ -76,7 +76,9 @@ def fresh_role_database(setup: bool = True) -> Iterator[RoleDatabase]:
 
     tag = uuid.uuid4().hex[:12]
     schema, owner_role, app_role = f"t_{tag}", f"accord_owner_{tag}", f"accord_app_{tag}"
-    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        TEST_DATABASE_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True
+    )  # outlives a database restart
     with admin.connect() as conn:
         conn.execute(text(f'CREATE ROLE "{owner_role}" LOGIN'))
         conn.execute(text(f'CREATE ROLE "{app_role}" LOGIN'))

@@ -1,13 +1,9 @@
 """The ``accord`` command line: the parser, and one line on stderr for every error.
 
-Each area's commands live in their own module (``bus``, ``consent``, ``ledger``,
+Each area's commands live in their own module (``bus``, ``web``, ``consent``, ``ledger``,
 ``agreements``, ``schemas``), each a thin function (parse, call the library, print)
 registered by the module's ``register(subparsers)``. Here: the parser assembled from
 them, and :func:`main`, which turns any error into one line and an exit code.
-
-The command functions are also names of this package (``accord.cli.cmd_ledger_verify``),
-and :func:`main` runs the one found under that name: a script that replaces one here
-(the error tests do) replaces the command.
 """
 
 from __future__ import annotations
@@ -20,63 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accord.cli import agreements, bus, consent, ledger, schemas, web
-from accord.cli.agreements import (
-    cmd_agreements_explain,
-    cmd_agreements_list,
-    cmd_agreements_publish,
-    cmd_agreements_validate,
-)
-from accord.cli.bus import cmd_consume, cmd_demo, cmd_dev, cmd_publish, cmd_run, cmd_topics
-from accord.cli.consent import cmd_consent, cmd_consent_token
-from accord.cli.ledger import (
-    cmd_ledger_checkpoint,
-    cmd_ledger_cosign,
-    cmd_ledger_export,
-    cmd_ledger_init,
-    cmd_ledger_keygen,
-    cmd_ledger_pending_receipts,
-    cmd_ledger_prove,
-    cmd_ledger_report,
-    cmd_ledger_verify,
-    cmd_ledger_verify_export,
-)
-from accord.cli.schemas import cmd_schemas_check, cmd_schemas_list
-from accord.cli.web import cmd_serve
 from bus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = [
-    "build_parser",
-    "cmd_agreements_explain",
-    "cmd_agreements_list",
-    "cmd_agreements_publish",
-    "cmd_agreements_validate",
-    "cmd_consent",
-    "cmd_consume",
-    "cmd_demo",
-    "cmd_dev",
-    "cmd_ledger_checkpoint",
-    "cmd_ledger_cosign",
-    "cmd_ledger_export",
-    "cmd_ledger_init",
-    "cmd_ledger_keygen",
-    "cmd_ledger_pending_receipts",
-    "cmd_ledger_prove",
-    "cmd_ledger_report",
-    "cmd_ledger_verify",
-    "cmd_ledger_verify_export",
-    "cmd_publish",
-    "cmd_run",
-    "cmd_schemas_check",
-    "cmd_serve",
-    "cmd_consent_token",
-    "cmd_schemas_list",
-    "cmd_topics",
-    "describe_error",
-    "main",
-]
+__all__ = ["build_parser", "describe_error", "main"]
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -89,13 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     for area in AREAS:
         area.register(sub)
     return parser
-
-
-def _command(args: argparse.Namespace) -> Command:
-    """The function to run: this package's name for it, so a replaced one is the one run."""
-    func: Command = args.func
-    replaced: Command = globals().get(func.__name__, func)
-    return replaced
 
 
 def _command_name(args: argparse.Namespace) -> str:
@@ -245,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         from bus.logs import configure_logging
 
         configure_logging(settings)
-        return _command(args)(args, settings)
+        command_fn: Command = args.func
+        return command_fn(args, settings)
     except KeyboardInterrupt:
         print(f"accord {command}: interrupted", file=sys.stderr)
         return 130

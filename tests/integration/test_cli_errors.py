@@ -267,10 +267,10 @@ def test_a_missing_file_given_by_the_user_is_one_line(tmp_path: Path) -> None:
 
 
 _CRASH = (
-    "import sys, accord.cli as cli\n"
+    "import sys, accord.cli as cli, accord.cli.ledger as ledger_commands\n"
     "def boom(args, settings):\n"
     "    return {}['nhs:9434765919']\n"
-    "cli.cmd_ledger_verify = boom\n"
+    "ledger_commands.cmd_ledger_verify = boom\n"
     "sys.exit(cli.main(['ledger', 'verify']))\n"
 )
 
