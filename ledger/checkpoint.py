@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from bus.settings import Settings
 from ledger import merkle, tiles
 from ledger.entry import GENESIS_HASH, entry_hashes, stored_entry
 from ledger.note import NoteError, NoteSignature, NoteSigner, NoteVerifier, SignedNote, sign_note
@@ -360,6 +361,21 @@ def load_signer(key_text: str, origin: str, key_file: Path | None = None) -> Not
     if key_file is not None and key_file.is_file():
         return NoteSigner.parse(key_file.read_text(encoding="utf-8"), default_name=origin)
     return None
+
+
+def signer_from_settings(settings: Settings) -> NoteSigner | None:
+    """The configured signing key (ACCORD_LEDGER_SIGNING_KEY), else the state directory's key file, else None."""
+    return load_signer(
+        settings.ledger_signing_key.get_secret_value(), settings.ledger_origin, settings.state_dir / KEY_FILE_NAME
+    )
+
+
+def verifier_from_settings(settings: Settings) -> NoteVerifier | None:
+    """The ledger's public key: ACCORD_LEDGER_VERIFIER_KEY, else the signing key's, else None."""
+    if settings.ledger_verifier_key.strip():
+        return NoteVerifier.parse(settings.ledger_verifier_key)
+    signer = signer_from_settings(settings)
+    return signer.verifier if signer else None
 
 
 def generate_key_file(path: Path, origin: str) -> NoteSigner:

@@ -27,15 +27,15 @@ from bus.errors import flush_or_raise
 from bus.settings import Settings
 from bus.topics import TopicNames
 from ledger.checkpoint import (
-    KEY_FILE_NAME,
     CheckpointRefused,
     StoredCheckpoint,
     latest_checkpoint,
     ledger_size,
-    load_signer,
     make_checkpoint,
+    signer_from_settings,
+    verifier_from_settings,
 )
-from ledger.note import NoteSigner, NoteVerifier
+from ledger.note import NoteSigner
 
 __all__ = [
     "Checkpointer",
@@ -46,21 +46,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("accord.checkpointer")
-
-
-def signer_from_settings(settings: Settings) -> NoteSigner | None:
-    """The configured signing key, else the state directory's key file, else None."""
-    return load_signer(
-        settings.ledger_signing_key.get_secret_value(), settings.ledger_origin, settings.state_dir / KEY_FILE_NAME
-    )
-
-
-def verifier_from_settings(settings: Settings) -> NoteVerifier | None:
-    """The ledger's public key: ACCORD_LEDGER_VERIFIER_KEY, else the signing key's, else None."""
-    if settings.ledger_verifier_key.strip():
-        return NoteVerifier.parse(settings.ledger_verifier_key)
-    signer = signer_from_settings(settings)
-    return signer.verifier if signer else None
 
 
 def publish_checkpoint(producer: Producer, names: TopicNames, checkpoint: StoredCheckpoint, origin: str) -> None:

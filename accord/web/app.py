@@ -42,6 +42,7 @@ from accord.web.templating import render
 from agreements.model import Agreement
 from consent.model import KnownScopes
 from consent.tokens import CITIZEN, STAFF, TokenError, issue_token, verify_token
+from ledger.checkpoint import verifier_from_settings
 from ledger.note import NoteVerifier
 
 if TYPE_CHECKING:
@@ -71,18 +72,6 @@ class SignInLinks:
             return False
         self._used[token_id] = expires_at
         return True
-
-
-def verifier_for(settings: Settings) -> NoteVerifier | None:
-    """The ledger's public key: ACCORD_LEDGER_VERIFIER_KEY, else the signing key's, else None."""
-    from ledger.checkpoint import KEY_FILE_NAME, load_signer
-
-    if settings.ledger_verifier_key.strip():
-        return NoteVerifier.parse(settings.ledger_verifier_key)
-    signer = load_signer(
-        settings.ledger_signing_key.get_secret_value(), settings.ledger_origin, settings.state_dir / KEY_FILE_NAME
-    )
-    return signer.verifier if signer else None
 
 
 def create_app(
@@ -118,7 +107,7 @@ def create_app(
     app.state.agreements = agreements
     app.state.directory = Directory.build(agreements, partners)
     app.state.token_secret = token_secret
-    app.state.verifier = verifier if verifier is not None else verifier_for(settings)
+    app.state.verifier = verifier if verifier is not None else verifier_from_settings(settings)
     app.state.service_name = "Accord"
     app.state.sign_in_links = SignInLinks()
     app.state.last_verify = None
@@ -262,4 +251,4 @@ def serve(settings: Settings) -> None:
     )
 
 
-__all__ = ["HOME", "PAGE_MODULES", "SignInLinks", "app_from_settings", "create_app", "serve", "verifier_for"]
+__all__ = ["HOME", "PAGE_MODULES", "SignInLinks", "app_from_settings", "create_app", "serve"]
