@@ -6,20 +6,59 @@ there is exactly one place that reads the environment.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+# ACCORD_KAFKA_<NAME>=value sets librdkafka's <name> (lower case, "_" -> "."), e.g.
+# ACCORD_KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security.protocol: any client setting, one mapping.
+KAFKA_ENV_PREFIX = "ACCORD_KAFKA_"
+
+
+def kafka_property(env_name: str) -> str:
+    """``ACCORD_KAFKA_SSL_CA_LOCATION`` -> ``ssl.ca.location`` (librdkafka's names use dots)."""
+    return env_name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")
+
+
+class _KafkaEnvSource(PydanticBaseSettingsSource):
+    """Gathers every ``ACCORD_KAFKA_*`` variable into the ``kafka`` setting."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {kafka_property(k.upper()): v for k, v in os.environ.items() if k.upper().startswith(KAFKA_ENV_PREFIX)}
+        return {"kafka": found} if found else {}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACCORD_", extra="ignore")
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (host:port[,host:port])")
+    kafka: dict[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka settings given to every Kafka client Accord makes (TLS, SASL, ...): "
+        "ACCORD_KAFKA_<NAME> sets <name> in lower case with '_' as '.' (ACCORD_KAFKA_SECURITY_PROTOCOL=SASL_SSL "
+        "-> security.protocol), or ACCORD_KAFKA as a JSON object",
+    )
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of every topic Accord creates (3 on a production cluster)"
+    )
+    topic_min_insync_replicas: int = Field(
+        1, ge=1, description="min.insync.replicas of every topic Accord creates (2 on a production cluster)"
+    )
+    topic_partitions: dict[str, int] = Field(
+        default_factory=dict,
+        description='Partitions per topic, as a JSON object by event type (e.g. {"custody": 12}); a type '
+        "not named keeps its catalogue's accord.partitions",
+    )
     state_dir: Path = Field(
         Path(".accord"), description="Where the embedded broker keeps its pid and log, and the demo its SQLite ledger"
     )
@@ -93,6 +132,19 @@ class Settings(BaseSettings):
         524_288, ge=1024, description="Largest encoded event the bus accepts; a larger one is refused or dead-lettered"
     )
     max_string_bytes: int = Field(65_536, ge=64, description="Longest string field (UTF-8 bytes) an event may carry")
+    database_sslmode: str = Field(
+        "",
+        description="libpq sslmode of the PostgreSQL connections (verify-full in production); empty: libpq's default",
+    )
+    database_sslrootcert: str = Field("", description="CA certificate file the database server's is checked against")
+    database_sslcert: str = Field("", description="Client certificate file, when the database asks for one")
+    database_sslkey: str = Field("", description="The client certificate's private key file")
+    relay_source_url: str = Field(
+        "", description="SQLAlchemy URL of the source system's PostgreSQL database that holds the outbox (accord relay)"
+    )
+    relay_table: str = Field("accord_outbox", description="The outbox table `accord relay` reads")
+    relay_batch_size: int = Field(500, ge=1, description="Most outbox rows the relay publishes per transaction")
+    relay_poll_interval_s: float = Field(0.5, gt=0, description="How often the relay looks for new outbox rows")
     database_timeout_s: float = Field(
         10.0,
         gt=0,
@@ -111,6 +163,17 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _KafkaEnvSource(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
     @property
     def resolved_ledger_url(self) -> str:
