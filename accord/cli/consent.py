@@ -42,7 +42,7 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
         except ApiSettingsError as exc:
             print(f"accord consent serve: {exc}", file=sys.stderr)
             return 2
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning", log_config=None)
         return 0
     if args.subject is None:
         print("accord consent: --subject is required for deny and permit", file=sys.stderr)

@@ -246,8 +246,16 @@ def serve(settings: Settings) -> None:
         f"Accord is serving at http://{settings.api_host}:{settings.api_port}/ (dashboard: /dashboard, citizens: /me)",
         flush=True,
     )
+    # log_config=None: uvicorn's own lines go through the standard library's logging, which
+    # bus.logs renders like every other line (one JSON object per line in production).
     uvicorn.run(
-        app, host=settings.api_host, port=settings.api_port, access_log=False, log_level="warning", server_header=False
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        access_log=False,
+        log_level="warning",
+        log_config=None,
+        server_header=False,
     )
 
 
