@@ -34,14 +34,31 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    """Create the catalogue's topics as the settings size them; exit 1 if an existing one differs.
+
+    The layout is checked before the agreements are read or the broker is asked, so a
+    min.insync.replicas above the replication factor is one line naming the variables.
+    """
     from agreements import recipients_by_type
     from bus import kafka
-    from bus.topics import TopicNames, create_topics
+    from bus.topics import TopicLayout, TopicNames, create_topics, differences
 
-    specs = TopicNames(settings.topic_prefix).catalogue(recipients_by_type(load_agreements(settings)))
+    layout = TopicLayout.of(settings)
+    specs = TopicNames(settings.topic_prefix).catalogue(recipients_by_type(load_agreements(settings)), layout)
     admin = kafka.admin(settings, **quiet_kafka(settings))
     for name, state in sorted(create_topics(admin, specs).items()):
         print(f"{state:8} {name}")
+    differ = differences(admin, specs)
+    for line in differ:
+        print(f"accord topics create: {line}", file=sys.stderr)
+    if differ:
+        print(
+            f"accord topics create: {len(differ)} existing topic setting(s) differ from ACCORD_TOPIC_*; Accord never "
+            "changes an existing topic (more partitions would move subjects' keys): change the settings to match, "
+            "or alter the topics yourself while no processor runs (docs/production.md)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
