@@ -16,6 +16,10 @@ each with a bound from ``ACCORD_DATABASE_TIMEOUT_S`` (T, default 10 s):
 
 Each failure reaches the processor as an outage: it waits, retries with a fresh
 connection (``pool_pre_ping``) and delivers nothing meanwhile (I10, docs/architecture.md).
+
+TLS to the database (``ACCORD_DATABASE_SSLMODE``, ``..._SSLROOTCERT``, ``..._SSLCERT``,
+``..._SSLKEY``; docs/security.md) is libpq's too: :func:`database_tls` gives its keywords,
+for the engine's URL (bus/database.py) and for any connection made with psycopg directly.
 """
 
 from __future__ import annotations
@@ -23,15 +27,30 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Engine, event
 
+if TYPE_CHECKING:
+    from bus.settings import Settings
+
 log = structlog.get_logger("accord.database")
 
 
-def psycopg_connect_args(timeout_s: float) -> dict[str, Any]:
+def database_tls(settings: Settings) -> dict[str, str]:
+    """libpq's TLS keywords from the ``database_ssl*`` settings; an empty setting is left to libpq's default."""
+    given = {
+        "sslmode": settings.database_sslmode,
+        "sslrootcert": settings.database_sslrootcert,
+        "sslcert": settings.database_sslcert,
+        "sslkey": settings.database_sslkey,
+    }
+    return {key: value.strip() for key, value in given.items() if value.strip()}
+
+
+def psycopg_connect_args(timeout_s: float, settings: Settings | None = None) -> dict[str, Any]:
+    """libpq keywords for a psycopg connection: the timeouts above, and with ``settings`` its TLS (database_tls)."""
     t = max(1, int(timeout_s))
     return {
         "connect_timeout": t,
@@ -40,6 +59,7 @@ def psycopg_connect_args(timeout_s: float) -> dict[str, Any]:
         "keepalives_interval": max(1, t // 6),
         "keepalives_count": 3,
         "tcp_user_timeout": t * 1000,
+        **(database_tls(settings) if settings is not None else {}),
     }
 
 

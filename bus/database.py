@@ -4,38 +4,63 @@ Every part of Accord that talks to the ledger and consent database makes its eng
 here: a connect timeout and TCP keepalives (``bus.connection_guard``), and
 ``hide_parameters`` so that a database error never prints a record's values (I6).
 Creating the tables and checking the roles is ``accord.provision``'s work.
+
+TLS (``ACCORD_DATABASE_SSL*``, docs/security.md) goes into a PostgreSQL engine's URL as
+libpq keywords, a setting replacing the URL's own: whatever connects from that URL (the
+pool, and the processor's control-plane lease, which opens its own session from
+``engine.url``) uses the same TLS.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import URL, Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
-from bus.connection_guard import psycopg_connect_args
+from bus.connection_guard import database_tls, psycopg_connect_args
 from bus.settings import Settings
 
-__all__ = ["app_role_of", "describe_database_error", "engine_for", "owner_engine_for", "sqlite_path", "where"]
+__all__ = [
+    "app_role_of",
+    "describe_database_error",
+    "engine_for",
+    "owner_engine_for",
+    "sqlite_path",
+    "where",
+    "with_tls",
+]
+
+
+def with_tls(url: str, settings: Settings) -> str | URL:
+    """``url`` with the database TLS settings as libpq keywords, for a PostgreSQL URL; any other unchanged."""
+    tls = database_tls(settings)
+    if not tls or not url.startswith("postgresql"):
+        return url
+    return make_url(url).update_query_dict(tls)
+
+
+def _engine(url: str, settings: Settings) -> Engine:
+    # Connect timeout and TCP keepalives notice a dead server within seconds
+    # (bus/connection_guard.py); the processor adds a statement timeout and a watchdog.
+    connect_args = psycopg_connect_args(settings.database_timeout_s) if "+psycopg" in url.split("://", 1)[0] else {}
+    # hide_parameters: a database error must never print a record's values (I6).
+    return create_engine(with_tls(url, settings), pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
 
 
 def engine_for(settings: Settings) -> Engine:
     url = settings.resolved_ledger_url
     if url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-    # Connect timeout and TCP keepalives notice a dead server within seconds
-    # (bus/connection_guard.py); the processor adds a statement timeout and a watchdog.
-    connect_args = psycopg_connect_args(settings.database_timeout_s) if "+psycopg" in url.split("://", 1)[0] else {}
-    # hide_parameters: a database error must never print a record's values (I6).
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
+    return _engine(url, settings)
 
 
 def owner_engine_for(settings: Settings) -> Engine:
     """The owner's engine for `accord ledger init`; the app URL when no owner URL is set."""
     if not settings.ledger_owner_url:
         return engine_for(settings)
-    return create_engine(settings.ledger_owner_url, pool_pre_ping=True, hide_parameters=True)
+    return _engine(settings.ledger_owner_url, settings)
 
 
 def app_role_of(settings: Settings) -> str | None:

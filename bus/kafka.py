@@ -2,32 +2,254 @@
 
 Producers are idempotent with ``acks=all`` (the flow, step 1: docs/architecture.md). Consumers never
 auto-commit: callers commit after they have done their work, so nothing is lost.
+
+Every client also gets the operator's librdkafka settings (``Settings.kafka``, from the
+``ACCORD_KAFKA_*`` variables: TLS, SASL, timeouts, ...; docs/security.md) and the
+``librdkafka`` logger, so librdkafka's own lines go through Python logging and come out
+in ``ACCORD_LOG_FORMAT`` like every other line (bus/logs.py). A client's configuration is
+built in three layers, later ones winning:
+
+1. Accord's defaults for that kind of client;
+2. the call site's overrides (a one-shot command's quieter log level, a reader's
+   ``enable.partition.eof``);
+3. the operator's ``ACCORD_KAFKA_*`` settings, minus :data:`OWNED`, which are refused.
+
+Secrets (:func:`is_secret`) never reach a log line or an error message: :func:`redacted`
+is the view to log, and :data:`LOGGER` drops any secret value librdkafka might print.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from bus.settings import Settings
+from bus.settings import KAFKA_ENV_PREFIX, Settings
+
+__all__ = [
+    "LOGGER",
+    "OWNED",
+    "KafkaSettingError",
+    "admin",
+    "check_settings",
+    "consumer",
+    "env_name",
+    "is_secret",
+    "operator_config",
+    "producer",
+    "redacted",
+]
+
+REDACTED = "[redacted]"
+
+# The keys Accord sets itself, with the reason a person sees when an ACCORD_KAFKA_* variable
+# tries to set one. Each is either an invariant of the flow (overriding it would silently lose
+# or duplicate events, or break replay), or already has its own ACCORD_* setting (one place
+# per setting), or is how Accord itself talks to the client (the logger, callbacks).
+_OWN_SETTING = "it has its own setting: use {}"
+OWNED: dict[str, str] = {
+    "bootstrap.servers": _OWN_SETTING.format("ACCORD_BOOTSTRAP_SERVERS"),
+    "metadata.broker.list": _OWN_SETTING.format("ACCORD_BOOTSTRAP_SERVERS"),
+    "session.timeout.ms": _OWN_SETTING.format("ACCORD_SESSION_TIMEOUT_MS"),
+    "heartbeat.interval.ms": _OWN_SETTING.format("ACCORD_HEARTBEAT_INTERVAL_MS"),
+    "fetch.wait.max.ms": _OWN_SETTING.format("ACCORD_FETCH_WAIT_MAX_MS"),
+    "group.id": "Accord names every consumer group itself (the processor's is ACCORD_PROCESSOR_GROUP)",
+    "group.instance.id": "it would give every consumer of a process the same static member id, so they fence each other",
+    "enable.idempotence": "producers are always idempotent, so a retry never duplicates a record",
+    "acks": "producers always wait for every in-sync replica (acks=all), so an acknowledged record is not lost",
+    "request.required.acks": "producers always wait for every in-sync replica (acks=all), so an acknowledged "
+    "record is not lost",
+    "transactional.id": "Accord does not use Kafka transactions (the ledger makes delivery exactly-once)",
+    "enable.auto.commit": "consumers commit only after their work is done, so a crash loses nothing",
+    "enable.auto.offset.store": "consumers commit only after their work is done, so a crash loses nothing",
+    "auto.offset.reset": "a new consumer group reads from the earliest record, so a new partner misses nothing",
+    "enable.partition.eof": "readers ask for the end of a partition only where they need it",
+    "logger": "librdkafka's lines go through Accord's logging (ACCORD_LOG_FORMAT, ACCORD_LOG_LEVEL)",
+    "log.queue": "librdkafka's lines go through Accord's logging (ACCORD_LOG_FORMAT, ACCORD_LOG_LEVEL)",
+    **{
+        cb: "a callback cannot be given as a setting"
+        for cb in ("error_cb", "throttle_cb", "stats_cb", "oauth_cb", "on_delivery", "on_commit", "dr_cb", "dr_msg_cb")
+    },
+}
+
+# librdkafka's own lines, as Python log records (confluent-kafka's ``logger`` setting). The
+# logger has a filter that removes every secret value given to a client from each line.
+LOGGER = logging.getLogger("librdkafka")
+
+_SECRET_WORDS = ("password", "secret", "passphrase", "private.key", "key.pem", "token")
+_SECRET_NAMES = frozenset({"ssl.key.pem", "ssl_key", "sasl.oauthbearer.config", "ssl.keystore.password"})
+
+
+def is_secret(name: str) -> bool:
+    """Whether a librdkafka property holds a secret: a password, a client secret, private key material.
+
+    By name, so a property added by a later librdkafka is caught as long as its name says what it is
+    (``sasl.password``, ``ssl.key.password``, ``sasl.oauthbearer.client.secret``, ``ssl.key.pem``, ...).
+    ``sasl.oauthbearer.config`` is one too: it often carries a client secret.
+    """
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(word in lowered for word in _SECRET_WORDS)
+
+
+def redacted(config: Mapping[str, Any]) -> dict[str, str]:
+    """A client configuration as it may be logged: secrets replaced, callables and the logger by their kind."""
+    view: dict[str, str] = {}
+    for key, value in config.items():
+        if is_secret(key):
+            view[key] = REDACTED
+        elif isinstance(value, logging.Logger):
+            view[key] = f"<logger {value.name}>"
+        elif callable(value):
+            view[key] = "<callback>"
+        else:
+            view[key] = str(value)
+    return view
+
+
+def env_name(prop: str) -> str:
+    """The variable a person set for ``prop``: ``ssl.ca.location`` -> ``ACCORD_KAFKA_SSL_CA_LOCATION``.
+
+    When the setting came from the ``ACCORD_KAFKA`` JSON object instead, it is named as a key of it.
+    """
+    var = KAFKA_ENV_PREFIX + prop.upper().replace(".", "_")
+    if var not in os.environ and "ACCORD_KAFKA" in os.environ:
+        return f'ACCORD_KAFKA["{prop}"]'
+    return var
+
+
+class KafkaSettingError(ValueError):
+    """An ``ACCORD_KAFKA_*`` setting Accord or librdkafka refuses; the message names the variable, never a secret."""
+
+
+_IGNORED_BY_KIND = re.compile(r"Configuration property (\S+) is a (consumer|producer) property and will be ignored")
+
+
+class _SecretScrubber(logging.Filter):
+    """Removes from every librdkafka line any secret value a client was given.
+
+    librdkafka prints ``[redacted]`` for its sensitive properties already; this holds even if a
+    later version, a debug context or an error message quotes one. It also turns librdkafka's
+    warning that a consumer's property is ignored by a producer (and the other way round) into a
+    debug line: every ``ACCORD_KAFKA_*`` setting goes to every kind of client, by design.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = scrub(message, self.secrets) if self.secrets else message
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        if record.levelno == logging.WARNING and _IGNORED_BY_KIND.search(scrubbed):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return LOGGER.isEnabledFor(logging.DEBUG)
+        return True
+
+
+_SCRUBBER = _SecretScrubber()
+LOGGER.addFilter(_SCRUBBER)
+
+
+def scrub(text: str, secrets: set[str] | frozenset[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def operator_config(settings: Settings) -> dict[str, str]:
+    """The operator's librdkafka settings, checked: an owned key or a missing file is refused, one line each.
+
+    1. refuse any key of :data:`OWNED` (naming the variable and why), all at once;
+    2. refuse a ``*.location`` file that does not exist (librdkafka's own message does not name it);
+    3. remember the secret values, so no librdkafka line can print them.
+    """
+    given = {key.strip().lower(): str(value) for key, value in settings.kafka.items()}
+    # 1.
+    owned = [f"{env_name(key)}: {key} is not settable here ({OWNED[key]})" for key in sorted(given) if key in OWNED]
+    if owned:
+        raise KafkaSettingError("; ".join(owned))
+    # 2.
+    for key, value in sorted(given.items()):
+        if key.endswith(".location") and value and value != "probe" and not Path(value).exists():
+            raise KafkaSettingError(f"{env_name(key)}: {key} {value} does not exist; give the path of an existing file")
+    # 3.
+    _SCRUBBER.secrets.update(v for k, v in given.items() if is_secret(k) and v)
+    return given
+
+
+_QUOTED_VALUE = re.compile(r'Invalid value "[^"]*"')
+_NO_SUCH = re.compile(r'No such configuration property: "([^"]+)"')
+_PROPERTY = re.compile(r'configuration property "([^"]+)"')
+# librdkafka reports some properties under another name (its alias).
+_ALIASES = {
+    "queue.buffering.max.ms": "linger.ms",
+    "sasl.mechanisms": "sasl.mechanism",
+    "request.required.acks": "acks",
+    "metadata.broker.list": "bootstrap.servers",
+    "batch.num.messages": "batch.size",
+}
+
+
+def describe_refusal(exc: KafkaException, given: Mapping[str, str]) -> str:
+    """One line for a configuration librdkafka refused: the ACCORD_KAFKA_* variable and the problem, no value."""
+    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    text = " ".join((err.str() if err is not None else str(exc)).split())
+    text = scrub(_QUOTED_VALUE.sub("Invalid value", text), {v for k, v in given.items() if is_secret(k)})
+    text = text.removeprefix("Failed to create producer: ").removeprefix("Failed to create consumer: ")
+    hint = "see librdkafka's CONFIGURATION.md for its settings and their values"
+    unknown = _NO_SUCH.search(text)
+    if unknown:
+        name = unknown.group(1)
+        return f"{env_name(name)}: {name} is not a librdkafka setting; remove the variable or fix its name ({hint})"
+    named = _PROPERTY.search(text)
+    candidates = [named.group(1)] if named else [k for k in given if k in text]
+    for name in candidates:
+        for key in (name, _ALIASES.get(name, name)):
+            if key in given:
+                return f"{env_name(key)}: librdkafka refused {key}: {text}; {hint}"
+    if given:
+        names = ", ".join(env_name(k) for k in sorted(given))
+        return f"the Kafka client settings were refused ({text}); check {names}"
+    return f"the Kafka client configuration was refused: {text}"
+
+
+Client = TypeVar("Client", Producer, Consumer, AdminClient)
+
+
+def _make(make: Callable[[dict[str, Any]], Client], base: dict[str, Any], settings: Settings, overrides: Any) -> Client:
+    given = operator_config(settings)
+    config: dict[str, Any] = {**base, **overrides, **given, "logger": LOGGER}
+    try:
+        return make(config)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if err is not None and err.code() == KafkaError._INVALID_ARG:
+            raise KafkaSettingError(describe_refusal(exc, given)) from None
+        raise
 
 
 def producer(settings: Settings, **overrides: Any) -> Producer:
-    config: dict[str, Any] = {
+    base: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "none",
     }
-    config.update(overrides)
-    return Producer(config)
+    return _make(Producer, base, settings, overrides)
 
 
 def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
-    config: dict[str, Any] = {
+    base: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": group_id,
         # "latest" is unreliable on the embedded broker (docs/architecture.md) and wrong for a
@@ -37,9 +259,24 @@ def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
     }
-    config.update(overrides)
-    return Consumer(config)
+    return _make(Consumer, base, settings, overrides)
 
 
 def admin(settings: Settings, **overrides: Any) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, **overrides})
+    return _make(AdminClient, {"bootstrap.servers": settings.bootstrap_servers}, settings, overrides)
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse bad ``ACCORD_KAFKA_*`` settings at start, before anything waits for a service.
+
+    Builds (and drops) a producer and a consumer with the operator's settings and no broker
+    to contact, so an unknown property, a bad value or an unreadable certificate is one
+    :class:`KafkaSettingError` line now rather than when the first client is made.
+    """
+    quiet = {"bootstrap.servers": "", "log_level": 0, "logger": LOGGER}
+    given = operator_config(settings)
+    for make in (Producer, Consumer):
+        try:
+            make({"group.id": "accord-settings-check", **given, **quiet})
+        except KafkaException as exc:
+            raise KafkaSettingError(describe_refusal(exc, given)) from None

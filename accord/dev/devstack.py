@@ -13,9 +13,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
+from bus.kafka import LOGGER as KAFKA_LOGGER
 from bus.settings import Settings
 
 
@@ -74,12 +76,20 @@ def _read_pid(settings: Settings) -> int | None:
 
 
 def broker_answers(bootstrap: str, timeout: float = 1.0) -> bool:
-    """True when a metadata request to ``bootstrap`` is answered."""
+    """True when a metadata request to ``bootstrap`` is answered.
+
+    A plain client, not bus.kafka's: the embedded broker speaks neither TLS nor SASL, so the
+    operator's ACCORD_KAFKA_* settings do not apply to it; its lines go through logging all the same.
+    """
     try:
         # log_level 0: a refused connection is the expected answer here, not news.
-        AdminClient(
-            {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0}
-        ).list_topics(timeout=timeout)
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "socket.timeout.ms": int(timeout * 1000),
+            "log_level": 0,
+            "logger": KAFKA_LOGGER,
+        }
+        AdminClient(config).list_topics(timeout=timeout)
     except Exception:  # noqa: BLE001 - any failure to answer means the broker does not answer
         return False
     return True
