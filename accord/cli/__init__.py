@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from accord.cli import agreements, bus, consent, ledger, schemas, web
+from accord.cli import agreements, bus, consent, ledger, relay, schemas, web
 from bus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ __all__ = ["build_parser", "describe_error", "main"]
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
-AREAS = (bus, web, consent, ledger, agreements, schemas)  # the order `accord --help` lists their commands in
+AREAS = (bus, relay, web, consent, ledger, agreements, schemas)  # the order `accord --help` lists their commands in
 
 
 def build_parser() -> argparse.ArgumentParser:

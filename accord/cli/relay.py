@@ -1,0 +1,70 @@
+"""``accord relay``: a source system's transactional outbox, published to the bus (docs/relay.md).
+
+Runs until SIGTERM or SIGINT (the batch in hand is finished, flushed and remembered
+first), or with ``--once`` until no row is ready, for cron and tests. A setting, a table
+or a database that is wrong at start-up is one line and exit 2; once running, the
+database or the broker going away is a wait, never an exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from accord.cli.common import Subparsers
+from bus.settings import Settings
+
+__all__ = ["cmd_relay", "register"]
+
+
+def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from bus.database import describe_database_error
+    from producers.outbox import Relay, RelayError
+
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    try:
+        relay = Relay(settings, agency=args.agency)
+        report = relay.run(stop, once=args.once)
+    except RelayError as exc:
+        print(f"accord relay: {exc}", file=sys.stderr)
+        return 2
+    except ArgumentError as exc:  # a URL SQLAlchemy cannot parse; the text does not echo it
+        print(f"accord relay: ACCORD_RELAY_SOURCE_URL: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except DBAPIError as exc:
+        line = describe_database_error(exc, settings.relay_source_url).replace(
+            "ACCORD_LEDGER_URL", "ACCORD_RELAY_SOURCE_URL"
+        )
+        print(f"accord relay: {line}", file=sys.stderr)
+        return 2
+    print(
+        f"{report.published + report.refused} outbox rows relayed: {report.published} published, "
+        f"{report.refused} refused to {relay.tables.dead_letters}; {report.waits} waits for the database or broker"
+    )
+    return 0
+
+
+def register(sub: Subparsers) -> None:
+    """``relay``."""
+    p = sub.add_parser(
+        "relay",
+        help="publish a source system's outbox table (ACCORD_RELAY_SOURCE_URL, ACCORD_RELAY_TABLE) to the bus",
+    )
+    p.add_argument("--once", action="store_true", help="relay every row that is ready, then exit")
+    p.add_argument(
+        "--agency",
+        default=None,
+        help="the agency this outbox speaks for: a row whose envelope names another is refused",
+    )
+    p.set_defaults(func=cmd_relay)
