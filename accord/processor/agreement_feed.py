@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from accord.processor.metrics import ProcessorMetrics
 from agreements import Agreement, recipients_by_type
 from agreements.recipient_schemas import recipient_catalogue
 from bus import kafka
@@ -97,9 +98,17 @@ class FeedFollower:
     has answered: ``settle_s`` covers the fetch wait plus a round trip.
     """
 
-    def __init__(self, settings: Settings, agreements: AgreementSet, settle_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        agreements: AgreementSet,
+        settle_s: float = 0.5,
+        *,
+        metrics: ProcessorMetrics | None = None,
+    ) -> None:
         self.agreements = agreements
         self.settle_s = settle_s
+        self.metrics = metrics if metrics is not None else ProcessorMetrics()
         self.partition = TopicPartition(TopicNames(settings.topic_prefix).agreements, 0, OFFSET_BEGINNING)
         self.consumer: Consumer = kafka.consumer(
             settings, f"{settings.processor_group}.agreements", **{"fetch.wait.max.ms": 100}
@@ -153,8 +162,10 @@ class FeedFollower:
         except ValueError as exc:
             # A bad publication is refused, not fatal: the previous versions stay in force.
             log.error("agreement_refused", offset=msg.offset(), error=str(exc).splitlines()[0])
+            self.metrics.agreements.labels("refused").inc()
             return 1
         self.applied += 1
+        self.metrics.agreements.labels("applied").inc()
         log.info("agreement_applied", agreement=agreement.key, status=agreement.status.value, offset=msg.offset())
         return 1
 

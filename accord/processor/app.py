@@ -13,12 +13,14 @@ from types import FrameType
 
 import structlog
 from confluent_kafka import Consumer
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from accord.processor.agreement_feed import AgreementSet, FeedFollower
 from accord.processor.handler import BatchHandler
 from accord.processor.health import Health
 from accord.processor.loop import SharingLoop, Timer
+from accord.processor.metrics import ProcessorMetrics
 from accord.processor.outage import backoff
 from bus.settings import Settings
 from bus.topics import TopicNames
@@ -34,7 +36,8 @@ def run_processor(settings: Settings) -> int:
     1. refuse a catalogue whose versions its compatibility modes forbid (``accord schemas check``);
        load the agreements and partners; refuse to start without a pseudonym key when one is needed;
     2. open the database as the application role, waiting while it is unreachable;
-    3. build the feed, the handler, the receipts recorder and the control-plane timers;
+    3. build the feed, the handler, the receipts recorder and the control-plane timers, all
+       counting into one set of metrics, served with the health checks on ACCORD_HEALTH_PORT;
     4. read the agreements feed to its end, then subscribe and loop until SIGTERM or SIGINT.
     """
     from accord.processor.checkpointer import Checkpointer, signer_from_settings
@@ -59,8 +62,9 @@ def run_processor(settings: Settings) -> int:
     partner_classes = load_partners(settings.partners_file)
     names = TopicNames(settings.topic_prefix)
     health = Health()
+    metrics = ProcessorMetrics(health)
     if settings.health_port:
-        serve(health, settings.api_host, settings.health_port)
+        serve(health, settings.api_host, settings.health_port, metrics.registry)
 
     stop = {"now": False}
     loop: SharingLoop | None = None
@@ -88,6 +92,7 @@ def run_processor(settings: Settings) -> int:
             if stop["now"]:
                 return 0
             delay = backoff(attempt)
+            health.beat()
             health.waiting("database", type(exc).__name__)
             log.warning("waiting", service="database", error=type(exc).__name__, retry_in_s=delay)
             time.sleep(delay)
@@ -104,8 +109,11 @@ def run_processor(settings: Settings) -> int:
         partner_classes,
         pseudonym_key,
         Limits(settings.max_event_bytes, settings.max_string_bytes),
+        metrics=metrics,
     )
-    sweeper = RetractionSweeper(engine, agreement_set, kafka.producer(settings), names, partner_classes)
+    sweeper = RetractionSweeper(
+        engine, agreement_set, kafka.producer(settings), names, partner_classes, metrics=metrics
+    )
     timers: list[Timer] = [("retraction_sweep", settings.retraction_interval_s, sweeper.sweep)]
     signer = signer_from_settings(settings)
     if signer is None:
@@ -122,12 +130,13 @@ def run_processor(settings: Settings) -> int:
             names,
             settings.checkpoint_every_entries,
             settings.checkpoint_interval_s,
+            metrics=metrics,
         )
         timers.append(("checkpoint", min(settings.checkpoint_interval_s, 1.0), checkpointer.tick))
     consumer = kafka.consumer(settings, settings.processor_group, **{"fetch.wait.max.ms": settings.fetch_wait_max_ms})
     loop = SharingLoop(
         consumer,
-        FeedFollower(settings, agreement_set),
+        FeedFollower(settings, agreement_set, metrics=metrics),
         handler,
         names,
         health,
@@ -136,6 +145,12 @@ def run_processor(settings: Settings) -> int:
         receipts=ReceiptRecorder(engine),
         timers=timers,
         lease=lease_for(engine, psycopg_connect_args(settings.database_timeout_s)),
+        metrics=metrics,
+        # While no batch proves them reachable, /readyz asks the services itself.
+        probes={
+            "database": lambda: _ping(engine),
+            "broker": lambda: consumer.list_topics(names.agreements, timeout=2.0),
+        },
     )
     loop.stopping = stop["now"]
     log.info("processor_starting", group=settings.processor_group, agreements=len(agreements))
@@ -156,6 +171,12 @@ def run_processor(settings: Settings) -> int:
         producer.flush(10)
         log.info("processor_stopped")
     return 0
+
+
+def _ping(engine: Engine) -> None:
+    """One round trip to the database (the readiness probe's question)."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
 
 
 # Consumers kept until the process ends without leaving their group (ACCORD_LEAVE_GROUP_ON_STOP);

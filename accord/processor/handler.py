@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from sqlalchemy import Engine
 
 import consent
 from accord.processor.agreement_feed import AgreementSet
+from accord.processor.metrics import ProcessorMetrics
 from accord.processor.outage import Outage
 from accord.sharing.decide import (
     Context,
@@ -183,6 +185,8 @@ class BatchHandler:
         pseudonym_key: bytes = b"",
         limits: Limits = Limits(),
         flush_timeout_s: float = 30.0,
+        *,
+        metrics: ProcessorMetrics | None = None,
     ) -> None:
         self.agreements = agreements
         self.partner_classes = dict(partner_classes or {})
@@ -193,6 +197,7 @@ class BatchHandler:
         self.names = names
         self.limits = limits
         self.flush_timeout_s = flush_timeout_s
+        self.metrics = metrics if metrics is not None else ProcessorMetrics()
         self._topic_types: dict[str, str] = {}
 
     # -- step 1 -----------------------------------------------------------------
@@ -289,7 +294,20 @@ class BatchHandler:
                 decided.append((event, d))
 
         # 4. the ledger first (I1)
-        appended = append(self.engine, drafts) if drafts else []
+        if drafts:
+            started = time.perf_counter()
+            appended = append(self.engine, drafts)
+            self.metrics.ledger_append_seconds.observe(time.perf_counter() - started)
+            # What reached the ledger, per batch (so the counts can equal the ledger's own).
+            self.metrics.decided(
+                Counter(
+                    (d.outcome, d.recipient, d.agreement_id, d.agreement_version)
+                    for d, a in zip(drafts, appended, strict=True)
+                    if a.new
+                )
+            )
+        else:
+            appended = []
         report.appended = sum(1 for a in appended if a.new)
         seq_of = {a.disclosure_id: a.seq for a in appended}
         fresh = {a.disclosure_id for a in appended if a.new}
@@ -468,6 +486,8 @@ class BatchHandler:
                 reason=d.reason,
             )
         self._flush(errors, "dead letters")
+        # Counted once on the topic: what the broker took now (a refused one is counted when resent).
+        self.metrics.dead_lettered(d.error for i, d in enumerate(dead) if i not in errors)
         if errors:  # the broker refused a dead letter for itself: send its headers alone
             again = [replace(d, msg=replace(d.msg, key=None, value=None)) for i, d in enumerate(dead) if i in errors]
             self.dead_letters(again)

@@ -14,6 +14,12 @@ One pass of the loop (``SharingLoop.run_once``), in this order:
    whose work returns True has more waiting and runs again on the next pass, so a
    large job (retracting a suspended agreement) goes in bounded chunks between batches.
 
+After each pass the loop refreshes what the health port reports (accord/processor/health.py,
+accord/processor/metrics.py): consumer lag per partition, at most every ``lag_interval_s``,
+from the high watermark of the consumer's last fetch response; and, when no batch has
+proved the services reachable for ``probe_interval_s``, it asks each service once (the
+``probes``), so ``/readyz`` tells an outage, and its end, even when no record arrives.
+
 An outage of PostgreSQL or the broker in any step is a wait (``SharingLoop._wait``):
 the processor logs it, reports it on the health check, backs off and retries the same
 batch by itself; nothing is delivered before its ledger entry is committed and no
@@ -30,7 +36,8 @@ the control plane runs on the loop's own timers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -41,6 +48,7 @@ from accord.processor.agreement_feed import AgreementSet
 from accord.processor.control_lease import Lease
 from accord.processor.handler import BatchReport, DeadLetter, Inbound
 from accord.processor.health import Health
+from accord.processor.metrics import ProcessorMetrics
 from accord.processor.outage import backoff, outage_of
 from accord.processor.receipts import ReceiptReport
 from bus.topics import EVENT_TYPES, TopicNames
@@ -133,6 +141,10 @@ class SharingLoop:
         lease: Lease | None = None,
         feed_timeout_s: float = 10.0,
         max_backoff_s: float = 10.0,
+        metrics: ProcessorMetrics | None = None,
+        probes: Mapping[str, Callable[[], object]] | None = None,
+        probe_interval_s: float = 2.0,
+        lag_interval_s: float = 1.0,
     ) -> None:
         self.consumer = consumer
         self.feed = feed
@@ -146,9 +158,27 @@ class SharingLoop:
         self.lease = lease  # None: this loop runs the control plane alone (tests, one worker)
         self.feed_timeout_s = feed_timeout_s
         self.max_backoff_s = max_backoff_s
-        self.stopping = False
+        self.metrics = metrics if metrics is not None else ProcessorMetrics(health)
+        self.probes = dict(probes or {})  # service -> a check that raises while it is unreachable
+        self.probe_interval_s = probe_interval_s
+        self.lag_interval_s = lag_interval_s
+        self._stopping = False
         self.feed_stale = True
         self.moved: set[tuple[str, int]] = set()
+        self._event_types = {names.event(t): t for t in EVENT_TYPES}
+        self._committed: dict[tuple[str, int], int] = {}  # the offsets this loop committed
+        self._proven_at = time.monotonic()  # the services last answered (a batch, or the probes)
+        self._lag_at = 0.0
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        # Set from a signal handler: a plain store, no lock (Health's lock may be held right now).
+        self._stopping = value
+        self.health.stop_requested = value
 
     # confluent-kafka calls these from inside consume()
     def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -170,11 +200,15 @@ class SharingLoop:
         self.health.running()
 
     def run(self) -> None:
-        self.start()
-        while not self.stopping:
-            self.run_once()
+        try:
+            self.start()
+            while not self.stopping:
+                self.run_once()
+        finally:
+            self.health.stopped()
 
     def run_once(self) -> BatchReport | None:
+        self.health.beat()
         # 1. agreements
         self._guarded(self.feed.poll)
         # 2. consume
@@ -198,6 +232,9 @@ class SharingLoop:
             report = self._complete(batch)
         # 5. control plane
         self._tick()
+        self._refresh_lag()
+        if self.probes and time.monotonic() - self._proven_at >= self.probe_interval_s:
+            self._probe()
         return report
 
     def _complete(self, batch: list[Inbound]) -> BatchReport | None:
@@ -206,8 +243,13 @@ class SharingLoop:
             try:
                 if self.feed_stale:
                     self._catch_up_once()
+                started = time.perf_counter()
                 report = self._handle(batch)
                 self._commit(batch)
+                self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                self.metrics.batch_records.observe(len(batch))
+                self.metrics.consumed(Tally(m.topic for m in batch), self._event_types)
+                self._proven_at = time.monotonic()
                 self.health.running()
                 self._log(report)
                 return report
@@ -234,6 +276,10 @@ class SharingLoop:
         assert self.receipts is not None  # _handle sends receipts here only when there is a recorder
         r = self.receipts.handle(batch)
         self.handler.dead_letters(DeadLetter(msg, error, reason) for msg, error, reason in r.refused)
+        counted = self.metrics.receipts
+        counted.labels("recorded").inc(r.recorded)
+        counted.labels("refused").inc(len(r.refused))
+        counted.labels("duplicate").inc(r.receipts - r.recorded - len(r.refused))
         return BatchReport(receipts=r.receipts, dead_letters=len(r.refused))
 
     def _split(self, batch: list[Inbound], handle: Callable[[list[Inbound]], BatchReport]) -> BatchReport:
@@ -267,6 +313,7 @@ class SharingLoop:
         offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
+            self._committed.update(ends)
         except KafkaException as exc:
             err = exc.args[0]
             if isinstance(err, KafkaError) and err.code() in _MOVED_ERRORS:
@@ -296,6 +343,7 @@ class SharingLoop:
         delay = backoff(attempt, self.max_backoff_s)
         error = type(exc).__name__
         self.health.waiting(service, error)
+        self.metrics.waits.labels(service).inc()
         # The reason is the exception's class: its text may quote a record's values (I6).
         log.warning("waiting", service=service, error=error, retry_in_s=delay, attempt=attempt + 1)
         self._idle(delay)
@@ -304,6 +352,8 @@ class SharingLoop:
         """Sleep while serving the group (heartbeats, rebalances); records fetched meanwhile are read again later."""
         end = time.monotonic() + seconds
         while not self.stopping:
+            self.health.beat()
+            self._refresh_lag()
             left = end - time.monotonic()
             if left <= 0:
                 return
@@ -325,7 +375,9 @@ class SharingLoop:
         due = [t for t in self.timers if now - t.last >= t.interval_s]
         if not due:
             return
-        if self.lease is not None and not self._guarded(self.lease.held, name="control_lease"):
+        leader = self.lease is None or self._guarded(self.lease.held, name="control_lease") is True
+        self.metrics.control.leader = leader
+        if not leader:
             for timer in due:
                 timer.last = now  # another worker runs them; ask again at the next interval
             return
@@ -345,6 +397,44 @@ class SharingLoop:
             else:
                 log.error(f"{name}_failed", error=type(exc).__name__)
             return None
+
+    def _refresh_lag(self) -> None:
+        """Consumer lag per assigned partition: the high watermark of the last fetch response minus our position.
+
+        Never ListOffsets (wrong on the embedded broker): ``cached=True`` reads what fetch
+        responses said, without a request. A partition not fetched yet, or with no position
+        (nothing read or committed by this loop), is left out until it has both.
+        """
+        now = time.monotonic()
+        if now - self._lag_at < self.lag_interval_s:
+            return
+        self._lag_at = now
+        lag: dict[tuple[str, int], int] = {}
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                position = tp.offset if tp.offset >= 0 else self._committed.get((tp.topic, tp.partition), -1)
+                if high >= 0 and position >= 0:
+                    lag[(tp.topic, tp.partition)] = max(high - position, 0)
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("lag_unknown", error=type(exc).__name__)
+            return
+        self.metrics.set_lag(lag)
+
+    def _probe(self) -> None:
+        """Ask each service once; ready again only if they answer and nothing failed meanwhile."""
+        asked = time.monotonic()
+        for service, check in self.probes.items():
+            try:
+                check()
+            except Exception as exc:  # noqa: BLE001 - a probe's failure is the answer, never a crash
+                if self.health.waiting(service, type(exc).__name__):
+                    log.warning("waiting", service=service, error=type(exc).__name__, probe=True)
+                self._proven_at = asked  # ask again after the interval
+                return
+        self._proven_at = asked
+        if asked - self.health.failed_at >= self.probe_interval_s:
+            self.health.running()
 
     def _log(self, report: BatchReport) -> None:
         log.info(

@@ -25,11 +25,18 @@ after its next batch of events, so suspending an agreement with 100k
 disclosures costs the event stream one bounded chunk per batch, never one pass
 holding all of them in memory. Only the worker holding the control-plane lease
 sweeps (accord/control_lease.py).
+
+After each pass the sweeper tells the processor's metrics (docs/metrics.md) how far
+behind it is: the consent records still to handle and the age of the oldest, and the
+ledger entries steps 2 and 3 have still to read. Counting the consent backlog costs a
+query only when a pass left some.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +46,7 @@ from sqlalchemy import ColumnElement, Engine, Row, func, select
 
 import consent
 from accord.processor.agreement_feed import AgreementSet
+from accord.processor.metrics import ProcessorMetrics
 from accord.sharing.decide import Context, Outcome
 from accord.sharing.retraction import ENDED, Retraction, retractions_for, retractions_for_agreement
 from bus import cursors
@@ -72,6 +80,8 @@ class RetractionSweeper:
         partner_classes: Mapping[str, str] | None = None,
         batch: int = 500,
         window: int = 20_000,
+        *,
+        metrics: ProcessorMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.agreements = agreements
@@ -81,6 +91,9 @@ class RetractionSweeper:
         self.partner_classes = dict(partner_classes or {})
         self.batch = batch
         self.window = window
+        self.metrics = metrics if metrics is not None else ProcessorMetrics()
+        self._pending: dict[str, int] = {}
+        self._lag_s = 0.0
         cursors.init_cursors(engine)
 
     def sweep(self) -> bool:
@@ -88,7 +101,21 @@ class RetractionSweeper:
         context = self._context()
         more = self._consent_step(context)
         more = self._agreement_step(context) or more
-        return self._notice_step() or more
+        more = self._notice_step() or more
+        control = self.metrics.control
+        control.sweep_pending, control.sweep_lag_s = dict(self._pending), self._lag_s
+        control.sweep_at = time.time()
+        return more
+
+    def _append(self, owed: Sequence[Retraction]) -> None:
+        appended = append(self.engine, [r.entry for r in owed])
+        self.metrics.retracted(
+            Counter(
+                (r.entry.recipient, r.entry.agreement_id, r.entry.agreement_version)
+                for r, a in zip(owed, appended, strict=True)
+                if a.new
+            )
+        )
 
     def _context(self) -> Context:
         now = datetime.now(UTC)
@@ -101,6 +128,7 @@ class RetractionSweeper:
                 select(ConsentRow.__table__).where(ConsentRow.id > start).order_by(ConsentRow.id).limit(self.batch)
             ).all()
         if not rows:
+            self._pending["consent"], self._lag_s = 0, 0.0
             return False
         subjects = sorted({r.subject_key for r in rows if r.decision == consent.ConsentDecision.DENY.value})
         histories = consent.history(self.engine, subjects)
@@ -109,20 +137,35 @@ class RetractionSweeper:
             ledger = [e.draft for e in entries(self.engine, subject_key=subject)]
             owed.extend(retractions_for(ledger, self.agreements.by_key(), histories.get(subject, []), context))
         if owed:
-            append(self.engine, [r.entry for r in owed])
+            self._append(owed)
         errors: list[str] = []
         for row in rows:
             self._publish_change(row, errors)
         self._flush(errors, "consent changes")
         cursors.advance(self.engine, CURSOR, rows[-1].id)
+        self._consent_backlog(rows[-1].id, full=len(rows) == self.batch)
         return len(rows) == self.batch
+
+    def _consent_backlog(self, after: int, full: bool) -> None:
+        """How many consent records are left after ``after``, and how old the first is (a query only when ``full``)."""
+        if not full:
+            self._pending["consent"], self._lag_s = 0, 0.0
+            return
+        with self.engine.connect() as conn:
+            left, oldest = conn.execute(
+                select(func.count(), func.min(ConsentRow.recorded_at)).where(ConsentRow.id > after)
+            ).one()
+        self._pending["consent"] = int(left)
+        self._lag_s = max((datetime.now(UTC) - utc(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
 
     def _agreement_step(self, context: Context) -> bool:
         ended = [a for a in self.agreements.current() if a.status in ENDED]
         if not ended:
+            self._pending["agreements"] = 0
             return False
         head = self._head()
         more = False
+        left = 0
         for agreement in ended:
             name = agreement_cursor(agreement.key)
             start = cursors.get(self.engine, name)
@@ -136,16 +179,19 @@ class RetractionSweeper:
             done = lookup(self.engine, [r.entry.disclosure_id for r in owed])
             owed = [r for r in owed if r.entry.disclosure_id not in done]
             if owed:
-                append(self.engine, [r.entry for r in owed])
+                self._append(owed)
                 log.info("agreement_retractions", agreement=agreement.key, retractions=len(owed))
             cursors.advance(self.engine, name, reached)
             more = more or reached < head
+            left += head - reached
+        self._pending["agreements"] = left
         return more
 
     def _notice_step(self) -> bool:
         start = cursors.get(self.engine, NOTICE_CURSOR)
         head = self._head()
         if head <= start:
+            self._pending["notices"] = 0
             return False
         to_send, reached = self._entries(start, head, LedgerEntry.outcome == "RETRACTED")
         errors: list[str] = []
@@ -155,6 +201,7 @@ class RetractionSweeper:
         cursors.advance(self.engine, NOTICE_CURSOR, reached)
         if to_send:
             log.info("retractions", notices=len(to_send))
+        self._pending["notices"] = head - reached
         return reached < head
 
     def _head(self) -> int:

@@ -4,7 +4,9 @@
 (accord.web.consent_api, ``/v1/...``), the flows dashboard for staff
 (``/dashboard``, accord.web.dashboard), the citizen's page (``/me``, accord.web.me,
 included when present), sign-in (``/sign-in``, ``/sign-out``) and the offline API
-reference (``/docs``). Every asset is Accord's own, under ``/static``: GOV.UK
+reference (``/docs``); and for operators ``/metrics`` (Prometheus: requests by route
+template and status, accord.web.metrics), ``/healthz`` (alive) and ``/readyz`` (the
+database answers). Every asset is Accord's own, under ``/static``: GOV.UK
 Frontend's compiled CSS and JS (vendored by accord/web/build_assets.py) and a few
 lines of Accord's. The guard (accord.web.guard) sits in front of all of it.
 
@@ -30,12 +32,15 @@ from typing import TYPE_CHECKING, Final
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from accord.web import consent_api
 from accord.web.dead_letters import DeadLetterCache
 from accord.web.guard import SESSION_COOKIE, Limits, client_key
+from accord.web.metrics import RequestMetrics, WebMetrics
 from accord.web.names import Directory
 from accord.web.session import SESSION_TTL_S, check_csrf, page_principal, read_form
 from accord.web.templating import render
@@ -114,6 +119,7 @@ def create_app(
     app.state.dead_letters = DeadLetterCache(settings) if read_dead_letters else None
 
     _add_pages(app)
+    _add_operations(app)
     for name in PAGE_MODULES:
         try:
             module = importlib.import_module(name)
@@ -199,6 +205,32 @@ def _add_pages(app: FastAPI) -> None:
             SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
         )
         return response
+
+
+def _add_operations(app: FastAPI) -> None:
+    """``/metrics``, ``/healthz`` and ``/readyz``, and the middleware that counts every request."""
+    metrics = WebMetrics()
+    app.state.metrics = metrics
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    def alive() -> Response:
+        return PlainTextResponse("alive\n")
+
+    @app.get("/readyz", include_in_schema=False)
+    def ready(request: Request) -> Response:
+        """Ready while the database answers: every page and the consent API read it."""
+        try:
+            with request.app.state.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except (SQLAlchemyError, OSError) as exc:
+            # The error's kind only: its text may name the host or the role.
+            return PlainTextResponse(f"degraded: the database does not answer ({type(exc).__name__})\n", 503)
+        return PlainTextResponse("ready\n")
 
 
 _TITLES: Final = {
