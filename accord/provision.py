@@ -1,15 +1,18 @@
-"""The bus's tables: the owner creates them, the app role only appends.
+"""The bus's tables: the owner creates and migrates them, the app role only appends.
 
 On PostgreSQL ``accord ledger init`` runs :func:`setup_database` as the OWNER
-role (``ACCORD_LEDGER_OWNER_URL``): it creates the tables and grants the
-application role only SELECT and INSERT on the append-only ones. The bus calls
-:func:`require_app_role` at start and refuses to run as the owner, a superuser
-or any role that could UPDATE, DELETE or TRUNCATE them (docs/architecture.md: triggers alone
-do not make a table append-only). SQLite is the demo's development-only store:
-it has no roles, so the commands that write (``demo``, ``run``, ``consent``,
-``ledger init``) create its tables on first use and no role check is made.
-Commands that only read (:func:`open_ledger`, :func:`open_database`) never
-create anything: pointed at a ledger that does not exist, they refuse.
+role (``ACCORD_LEDGER_OWNER_URL``): it upgrades the schema to the newest
+revision (ledger.migrations, Alembic) and grants the application role only
+SELECT and INSERT on the append-only tables (SELECT on alembic_version). The
+bus calls :func:`require_app_role` at start and refuses a database that is not
+at that revision, and to run as the owner, a superuser or any role that could
+UPDATE, DELETE or TRUNCATE them (docs/architecture.md: triggers alone do not
+make a table append-only); it never runs DDL there. SQLite is the demo's
+development-only store: it has no roles, so the commands that write (``demo``,
+``run``, ``consent``, ``ledger init``) upgrade it on first use and no role
+check is made. Commands that only read (:func:`open_ledger`,
+:func:`open_database`) never create or migrate anything: pointed at a ledger
+that does not exist, or is behind, they refuse.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
-from bus.cursors import CursorBase, init_cursors
+from bus.cursors import CursorBase
 from bus.database import engine_for, sqlite_path, where
 from bus.settings import Settings
-from consent.store import ConsentBase, init_consent
-from ledger import LedgerBase, init_ledger
+from consent.store import ConsentBase
+from ledger import LedgerBase
+from ledger.append import ADVISORY_LOCK_KEY
+from ledger.migrations import VERSION_TABLE, LedgerSchemaNotCurrent, require_head, upgrade
 from ledger.roles import (
     LedgerRoleError,
     LedgerSchemaMissing,
@@ -37,6 +42,7 @@ from ledger.roles import (
 __all__ = [
     "LedgerRoleError",
     "LedgerSchemaMissing",
+    "LedgerSchemaNotCurrent",
     "app_grants",
     "init_database",
     "open_database",
@@ -53,13 +59,15 @@ def app_grants() -> list[TableGrant]:
 
     Ledger tables (entries, and any the ledger adds to its metadata) and the
     consent history are append-only: SELECT and INSERT. Cursors are positions
-    that move, so they are updatable, but never deleted.
+    that move, so they are updatable, but never deleted. alembic_version is read
+    at start (require_head) and written by the owner alone.
     """
     grants = [TableGrant(t.name) for t in LedgerBase.metadata.sorted_tables]
     grants.append(TableGrant("consent_records", sequences=("consent_records_id_seq",)))
     grants += [
         TableGrant(t.name, ("SELECT", "INSERT", "UPDATE"), append_only=False) for t in CursorBase.metadata.sorted_tables
     ]
+    grants.append(TableGrant(VERSION_TABLE, ("SELECT",)))
     return grants
 
 
@@ -68,18 +76,30 @@ def _all_tables() -> list[str]:
 
 
 def init_database(engine: Engine) -> None:
-    """Create every table (and the ledger's guards) as the connected role. Idempotent."""
-    init_ledger(engine)
-    init_consent(engine)
-    init_cursors(engine)
+    """Upgrade the database to the newest revision as the connected role (every table and the ledger's guards). Idempotent."""
+    upgrade(engine)
 
 
 def setup_database(owner: Engine, app_role: str | None) -> list[str]:
-    """`accord ledger init`: create the tables as the owner and grant the app role; returns the grants run."""
-    init_database(owner)
+    """`accord ledger init`: upgrade the schema as the owner and grant the app role; returns the grants run.
+
+    1. ``alembic upgrade head`` as the owner (a database made before migrations is
+       recognised and stamped first: ledger.migrations.upgrade).
+    2. REVOKE, then GRANT the app role exactly app_grants(), every time: a revision may add a table.
+    """
+    if owner.dialect.name == "postgresql" and app_role is not None:
+        with owner.connect() as conn:  # before any DDL: the app role must never own a table
+            if conn.execute(text("SELECT current_user")).scalar_one() == app_role:
+                raise LedgerRoleError(
+                    f"the application role {app_role!r} is the role running `accord ledger init`, so it would own "
+                    "the ledger tables; run init as a separate owner role (ACCORD_LEDGER_OWNER_URL)"
+                )
+    upgrade(owner)  # 1.
     if owner.dialect.name != "postgresql" or app_role is None:
         return []
-    with owner.begin() as conn:
+    with owner.begin() as conn:  # 2.
+        # Under the writer lock, as the upgrade was: two inits granting at once fail ("tuple concurrently updated").
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
         return grant_app_role(conn, app_role, app_grants())
 
 
@@ -106,16 +126,18 @@ def open_ledger(settings: Settings) -> Engine:
 
 
 def open_database(engine: Engine) -> None:
-    """Refuse (LedgerSchemaMissing) a database without the bus's tables; creates nothing.
+    """Refuse a database without the bus's tables (LedgerSchemaMissing) or not at this code's revision
+    (LedgerSchemaNotCurrent, naming what to run); creates and migrates nothing.
 
     For every command but those that write (``ledger init``, ``demo``, ``run``,
-    ``consent``), which create the tables on SQLite; on PostgreSQL only
-    ``accord ledger init`` does, as the owner.
+    ``consent``), which upgrade SQLite; on PostgreSQL only ``accord ledger init``
+    does, as the owner.
     """
     path = sqlite_path(engine.url.render_as_string(hide_password=False))
     _refuse_missing_file(path)  # connecting would create it
     missing = missing_tables(engine, _all_tables())
     if not missing:
+        require_head(engine)
         return
     if engine.dialect.name == "sqlite":
         raise LedgerSchemaMissing(
@@ -130,11 +152,11 @@ def open_database(engine: Engine) -> None:
 def require_app_role(engine: Engine) -> RoleCheck | None:
     """Refuse (LedgerRoleError) to run the bus as a role that could change the ledger.
 
-    SQLite: creates the tables and warns that it is a development-only store.
-    PostgreSQL: the tables must exist, and the role must be a plain app role.
+    SQLite: upgrades it (creating it on first use) and warns that it is a development-only store.
+    PostgreSQL: the tables must exist at this code's revision, and the role must be a plain app role.
     """
     if engine.dialect.name == "sqlite":
-        init_database(engine)
+        upgrade(engine)
         log.warning(
             "sqlite_ledger_development_only", detail="no database roles: the ledger is not protected from its owner"
         )

@@ -8,10 +8,13 @@ The entries are also the leaves of an RFC 9162 Merkle tree (ledger.merkle) whose
 signed in checkpoints (ledger.checkpoint, ledger.note); ledger.proofs proves entries
 against them, reading the tree from its stored tiles (ledger.tiles; subject reports
 use ledger.subject_refs, written with them; both tables are registered on
-LedgerBase's metadata by importing them here).
+LedgerBase's metadata by importing them here). The database's schema is made and
+upgraded by Alembic revisions (ledger.migrations): :func:`init_ledger`.
 """
 
-from ledger.append import Appended, append, init_ledger, require_current_columns, writer
+from sqlalchemy import Engine
+
+from ledger.append import Appended, append, require_current_columns, writer
 from ledger.entry import (
     GENESIS_HASH,
     NOT_COVERED,
@@ -30,6 +33,17 @@ from ledger.subject_refs import LedgerSubjectRef
 from ledger.tables import LedgerBase, LedgerCheckpoint, LedgerCosignature, LedgerEntry
 from ledger.tiles import LedgerTile
 from ledger.verify import VerifyResult, verify
+
+
+def init_ledger(engine: Engine) -> None:
+    """Upgrade the database (every table: ledger, consent, cursors; the guards) to the newest revision. Idempotent.
+
+    As the connected role: on PostgreSQL that is the owner (`accord ledger init`).
+    """
+    from ledger.migrations import upgrade
+
+    upgrade(engine)
+
 
 __all__ = [
     "GENESIS_HASH",

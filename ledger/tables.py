@@ -45,6 +45,10 @@ class LedgerEntry(LedgerBase):
 
     So 8.1 to 8.6 us an entry, against 8.6 to 9.6 with four btrees. On SQLite every
     index is a btree (postgresql_using is PostgreSQL's).
+
+    decided_at has a btree since revision 0002 (ledger/migrations): every count on the
+    dashboard is over a period of decided_at (accord/web/flows.py), which otherwise read
+    the whole table (docs/ledger.md, "Migrations", has the measurement).
     """
 
     __tablename__ = "ledger_entries"
@@ -70,7 +74,7 @@ class LedgerEntry(LedgerBase):
     consent_mode: Mapped[str] = mapped_column(String)
     consent_version: Mapped[int] = mapped_column(BigInteger)
     subject_key: Mapped[str] = mapped_column(String, index=True)
-    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)  # the dashboard's periods
     refers_to: Mapped[str | None] = mapped_column(String(64))  # hash index: __table_args__
     # Hex SHA-256 of the event as received: a replay tells the same event from another reusing its id.
     event_digest: Mapped[str] = mapped_column(String(64))

@@ -33,19 +33,23 @@ __all__ = [
 
 
 def cmd_ledger_init(args: argparse.Namespace, settings: Settings) -> int:
+    """``alembic upgrade head`` as the owner (a database from before migrations is stamped first), then the grants."""
     from accord.provision import app_grants, setup_database
     from bus.database import app_role_of, owner_engine_for
+    from ledger.migrations import head, schema_state
 
     owner = owner_engine_for(settings)
     where = owner.url.render_as_string(hide_password=True)
+    with owner.connect() as conn:
+        before = schema_state(conn).current
     if owner.dialect.name != "postgresql":
         setup_database(owner, None)
-        print(f"ledger ready at {where} (SQLite: a development-only store, no roles to separate)")
+        print(f"ledger ready at {where} ({_revision(before, head())}; SQLite: a development-only store, no roles)")
         return 0
     # The app role: named by the setting, else ledger_url's user when the owner has its own URL.
     app_role = settings.ledger_app_role or (app_role_of(settings) if settings.ledger_owner_url else None)
     setup_database(owner, app_role)
-    print(f"ledger ready at {where} (tables owned by {owner.url.username!r})")
+    print(f"ledger ready at {where} ({_revision(before, head())}; tables owned by {owner.url.username!r})")
     if app_role is None:
         print(
             "warning: no application role granted. The bus refuses to run as the tables' owner: set "
@@ -57,6 +61,12 @@ def cmd_ledger_init(args: argparse.Namespace, settings: Settings) -> int:
     for g in app_grants():
         print(f"granted {app_role!r} {', '.join(g.privileges)} on {g.table}")
     return 0
+
+
+def _revision(before: str | None, now: str) -> str:
+    if before == now:
+        return f"schema at revision {now}, nothing to upgrade"
+    return f"schema upgraded from revision {before or 'none'} to {now}"
 
 
 def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:

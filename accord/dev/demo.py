@@ -1,9 +1,10 @@
 """``accord demo``: the whole flow on the embedded stack, with a printed summary.
 
-Brings the broker up if needed, creates topics, records some citizens' consent
-choices, publishes a synthetic scenario (with malformed records), runs the real
-processor until it has committed past everything published, consumes as each
-partner, and verifies the ledger.
+Brings the broker up if needed, creates topics, sets the database up (SQLite in the
+state folder, or PostgreSQL: ``accord ledger init`` as the owner, everything else as
+the application role), records some citizens' consent choices, publishes a synthetic
+scenario (with malformed records), runs the real processor until it has committed past
+everything published, consumes as each partner, and verifies the ledger.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
 
 import consent
 from accord.dev import devstack
 from accord.dev.drain import committed, wait_for_group
 from accord.processor.checkpointer import publish_checkpoint, signer_from_settings, verifier_from_settings
-from accord.provision import init_database
+from accord.provision import LedgerRoleError, require_app_role, setup_database
 from accord.sharing.decide import subject_key
 from agreements import load_dir, recipients_by_type
 from agreements.partners import load_partners
 from bus import headers as header
 from bus import kafka
-from bus.database import engine_for
+from bus.database import app_role_of, describe_database_error, engine_for, owner_engine_for
 from bus.settings import Settings
 from bus.topics import TopicNames, create_topics
 from consumers import Disclosure, Subscription
@@ -160,6 +162,36 @@ def _sign_checkpoint(settings: Settings, engine, names: TopicNames, signer):
     return checkpoint
 
 
+def _prepare_database(settings: Settings) -> Engine:
+    """The application role's engine on a database ready for the bus, as an operator would make it.
+
+    1. SQLite: no roles; the first use upgrades it (require_app_role).
+    2. PostgreSQL: ``accord ledger init`` as the owner (ACCORD_LEDGER_OWNER_URL), which
+       upgrades the schema and grants the application role (ACCORD_LEDGER_URL's user);
+       a missing owner URL, or one that cannot connect, is refused in one line.
+    3. The application role's check, as the processor makes it at start.
+    """
+    engine = engine_for(settings)
+    if engine.dialect.name == "postgresql":  # 2.
+        if not settings.ledger_owner_url:
+            raise LedgerRoleError(
+                "on PostgreSQL the demo runs `accord ledger init` as the tables' owner and everything else as "
+                "ACCORD_LEDGER_URL's application role: set ACCORD_LEDGER_OWNER_URL to the owner role's URL "
+                '(docs/ledger.md, "Append-only" and "Migrations")'
+            )
+        owner = owner_engine_for(settings)
+        try:
+            setup_database(owner, app_role_of(settings))
+        except DBAPIError as exc:
+            raise LedgerRoleError(
+                "ACCORD_LEDGER_OWNER_URL: " + describe_database_error(exc, settings.ledger_owner_url)
+            ) from None
+        finally:
+            owner.dispose()
+    require_app_role(engine)  # 1. and 3.
+    return engine
+
+
 def run_demo(
     settings: Settings, n_events: int = 1200, seed: int | None = None, progress: Progress | None = None
 ) -> int:
@@ -181,8 +213,7 @@ def run_demo(
     names = TopicNames(settings.topic_prefix)
     agreements = load_dir(settings.agreements_dir)
     create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements)))
-    engine = engine_for(settings)
-    init_database(engine)
+    engine = _prepare_database(settings)
     # The demo signs its ledger with the state folder's key, made on first use (the processor finds it there too).
     signer = signer_from_settings(settings) or generate_key_file(
         settings.state_dir / KEY_FILE_NAME, settings.ledger_origin
