@@ -55,6 +55,8 @@ def get(port: int, path: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except urllib.error.URLError as e:  # not listening (yet)
+        return 0, str(e.reason)
 
 
 def scrape(port: int) -> Samples:
