@@ -239,7 +239,9 @@ def test_probes_turn_waiting_and_back_only_when_nothing_failed_meanwhile() -> No
 def test_route_labels_are_templates_never_paths(path: str, method: str, expected: str) -> None:
     async def endpoint(_request: object) -> None: ...
 
-    routes = [Route("/v1/me/consents", endpoint), Route("/v1/items/{item_id}", endpoint), Mount("/static", endpoint)]
+    async def files(_scope: object, _receive: object, _send: object) -> None: ...
+
+    routes = [Route("/v1/me/consents", endpoint), Route("/v1/items/{item_id}", endpoint), Mount("/static", files)]
     scope = {"type": "http", "path": path, "method": method, "root_path": ""}
     assert route_of(scope, routes) == expected
     item = {"type": "http", "path": "/v1/items/9434765919", "method": "GET", "root_path": ""}
