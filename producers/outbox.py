@@ -327,8 +327,14 @@ class Relay:
         """A connection holding the outbox's advisory lock, waiting while another relay holds it; None if stopped."""
         conn = self.engine.connect()
         try:
-            timeout_ms = int(self.settings.database_timeout_s * 3 * 1000)
-            conn.execute(text(f"SET statement_timeout = {timeout_ms}"))
+            t = max(1, int(self.settings.database_timeout_s))
+            conn.execute(text(f"SET statement_timeout = {t * 3 * 1000}"))
+            # The server's side of the same keepalives: after a network cut the server ends this session,
+            # and with it the lock, within about T, so a new relay is not kept waiting for hours.
+            conn.execute(text(f"SET tcp_keepalives_idle = {max(1, t // 2)}"))
+            conn.execute(text(f"SET tcp_keepalives_interval = {max(1, t // 6)}"))
+            conn.execute(text("SET tcp_keepalives_count = 3"))
+            conn.execute(text(f"SET tcp_user_timeout = {t * 1000}"))
             oid = self.check_tables(conn)
             started, said = time.monotonic(), False
             while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _signed(lock_key(oid))}).scalar():
