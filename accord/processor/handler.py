@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, cast
 
 import structlog
@@ -52,6 +53,9 @@ from schemas.serde import SerdeError
 from schemas.validation import Limits, event_problems, size_problem
 
 log = structlog.get_logger("accord.processor")
+
+# A ledger entry's labels on accord_decisions_total (outcome, recipient, agreement id, version).
+_DECISION_LABELS = attrgetter("outcome", "recipient", "agreement_id", "agreement_version")
 
 
 # Delivery errors that belong to one record: retrying cannot help, so it is dead-lettered.
@@ -298,17 +302,18 @@ class BatchHandler:
             started = time.perf_counter()
             appended = append(self.engine, drafts)
             self.metrics.ledger_append_seconds.observe(time.perf_counter() - started)
-            # What reached the ledger, per batch (so the counts can equal the ledger's own).
-            self.metrics.decided(
-                Counter(
-                    (d.outcome, d.recipient, d.agreement_id, d.agreement_version)
-                    for d, a in zip(drafts, appended, strict=True)
-                    if a.new
-                )
-            )
         else:
             appended = []
         report.appended = sum(1 for a in appended if a.new)
+        if appended:
+            # What reached the ledger, counted per batch, so the counts can equal the ledger's
+            # own; tallied in C (map, attrgetter) when every entry is new, as it almost always is.
+            new = (
+                drafts
+                if report.appended == len(drafts)
+                else [d for d, a in zip(drafts, appended, strict=True) if a.new]
+            )
+            self.metrics.decided(Counter(map(_DECISION_LABELS, new)))
         seq_of = {a.disclosure_id: a.seq for a in appended}
         fresh = {a.disclosure_id for a in appended if a.new}
         raced = {d.event_id for d, a in zip(drafts, appended, strict=True) if not a.new}
