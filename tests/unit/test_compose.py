@@ -573,3 +573,57 @@ def test_a_broken_copy_of_the_text_is_caught_too(tmp_path: Path) -> None:
     assert 'command: ["run", "processor"]' in text
     broken = load(text.replace('command: ["run", "processor"]', 'command: ["run", "processors"]'))
     assert check_commands(broken) == ["processor: `accord run processors` does not parse"]
+
+
+# -- the commands docs/production.md gives an operator -----------------------------------------
+
+PRODUCTION_DOC = COMPOSE_DIR.parent / "docs" / "production.md"
+_RUN = re.compile(r"docker compose -f compose/compose\.yaml run --rm (?P<service>[\w-]+)(?P<args>[^`\n]*)")
+_IMAGE_RUN = re.compile(r"accord:0\.1\.0 \\?\s*(?P<args>ledger [^`\n]*)")
+
+
+def doc_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(service, accord arguments) of every `docker compose run --rm SERVICE ...` and `docker run ... accord:...`."""
+    found = [(m["service"], m["args"].split()) for m in _RUN.finditer(text)]
+    found += [("(image)", m["args"].split()) for m in _IMAGE_RUN.finditer(text)]
+    return found
+
+
+def check_doc_commands(c: Compose, text: str) -> list[str]:
+    problems = []
+    known = services(c)
+    for service, args in doc_commands(text):
+        if service != "(image)" and service not in known:
+            problems.append(f"docs/production.md runs service {service}, which compose.yaml does not have")
+            continue
+        if service != "(image)" and not args:
+            args = list(known[service].get("command") or [])
+        if service != "(image)" and not is_accord(known[service]):
+            continue
+        try:
+            build_parser().parse_args(args)
+        except SystemExit:
+            problems.append(f"docs/production.md: `accord {' '.join(args)}` does not parse")
+    return problems
+
+
+def test_the_production_page_runs_real_services_and_commands(compose: Compose) -> None:
+    text = PRODUCTION_DOC.read_text()
+    commands = doc_commands(text)
+    assert len(commands) >= 5  # ledger-init, topics, agreements publish, ledger verify, keygen
+    assert check_doc_commands(compose, text) == []
+    for image in {str(s["image"]) for s in services(compose).values() if "image" in s}:
+        name = image.split(":")[0]
+        for used in re.findall(rf"{re.escape(name)}:[\w.-]+", text):
+            assert used == image, f"docs/production.md names {used}; compose.yaml runs {image}"
+
+
+def test_a_broken_command_on_the_production_page_is_caught(compose: Compose) -> None:
+    text = PRODUCTION_DOC.read_text().replace("ledger verify --from-topic", "ledger verify --from-topics")
+    assert check_doc_commands(compose, text) == [
+        "docs/production.md: `accord ledger verify --from-topics` does not parse"
+    ]
+    text = PRODUCTION_DOC.read_text().replace("run --rm topics", "run --rm topic")
+    assert "docs/production.md runs service topic, which compose.yaml does not have" in check_doc_commands(
+        compose, text
+    )
