@@ -456,3 +456,60 @@ def test_the_lock_key_is_the_outbox_tables_own(source) -> None:
     source.sql("CREATE TABLE other_outbox (LIKE accord_outbox INCLUDING ALL)")
     other = source.sql("SELECT 'other_outbox'::regclass::oid")[0][0]
     assert lock_key(other) != lock_key(oid)
+
+
+def _doc_section_sql(heading: str) -> str:
+    """The first ```sql block after ``heading`` in docs/relay.md."""
+    page = DOC.read_text()
+    after = page[page.index(heading) :]
+    found = re.search(r"^```sql\n(.*?)^```", after, re.S | re.M)
+    assert found, f"docs/relay.md has no SQL under {heading!r}"
+    return found.group(1)
+
+
+def test_a_position_ahead_of_the_server_is_refused_and_the_documented_restore_relays_the_rest(broker, source) -> None:
+    """A dump restored into another server: the relay refuses, and docs/relay.md's procedure puts it right."""
+    settings = relay_settings(broker, source)
+    rows = good_rows(5, seed=21)
+    source.insert(rows[:3])
+    assert run_relay_once(settings).returncode == 0
+    source.insert(rows[3:])
+    # The old server's transaction ids, far above this one's: what a restored dump carries.
+    source.sql("UPDATE accord_outbox SET txid = (txid::text::bigint + 1000000000000)::text::xid8")
+    source.sql("UPDATE accord_outbox_position SET last_txid = (last_txid::text::bigint + 1000000000000)::text::xid8")
+
+    refused = run_relay_once(settings)
+    lines = error_lines(refused.stderr)
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert "ahead of this database's transaction counter" in lines[0] and "Restoring the source database" in lines[0]
+    assert len(read_events(settings)) == 3
+
+    with psycopg.connect(source.owner_dsn, autocommit=True) as conn:
+        conn.execute(cast(Any, _doc_section_sql("## Restoring the source database")))
+    source.insert(good_rows(7, seed=21)[5:])  # written on the new server after the restore
+    done = run_relay_once(settings)
+    assert done.returncode == 0, done.stderr
+    assert "4 published" in done.stdout, done.stdout
+    ids = [r.event_id for r in read_events(settings)]
+    assert sorted(ids) == sorted(json.loads(p)["envelope"]["event_id"] for _, p in good_rows(7, seed=21))
+
+
+def test_a_schema_qualified_outbox(broker, source) -> None:
+    settings = relay_settings(broker, source, relay_table=f"{source.schema}.accord_outbox")
+    source.insert(good_rows(3, seed=23))
+    done = run_relay_once(settings)
+    assert done.returncode == 0 and "3 published" in done.stdout, done.stderr
+    assert source.position() == source.outbox()[-1][:2]
+
+
+def test_the_documented_pruning_deletes_only_relayed_rows(broker, source) -> None:
+    settings = relay_settings(broker, source)
+    source.insert(good_rows(4, seed=25)[:3])
+    assert run_relay_once(settings).returncode == 0
+    source.insert(good_rows(4, seed=25)[3:])  # not relayed yet
+    source.sql("UPDATE accord_outbox SET created_at = now() - interval '30 days'")
+    not_relayed = source.outbox()[-1][1]
+    source.sql(_doc_section_sql("only rows behind the position may go"))
+    assert [i for _, i, _, _ in source.outbox()] == [not_relayed]
+    done = run_relay_once(settings)
+    assert done.returncode == 0 and "1 published" in done.stdout, done.stderr
