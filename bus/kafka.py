@@ -141,7 +141,7 @@ class _SecretScrubber(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: set[str] = set()
+        self.secrets: frozenset[str] = frozenset()  # replaced, never changed in place: other threads read it
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -182,7 +182,9 @@ def operator_config(settings: Settings) -> dict[str, str]:
         if key.endswith(".location") and value and value != "probe" and not Path(value).exists():
             raise KafkaSettingError(f"{env_name(key)}: {key} {value} does not exist; give the path of an existing file")
     # 3.
-    _SCRUBBER.secrets.update(v for k, v in given.items() if is_secret(k) and v)
+    new = {v for k, v in given.items() if is_secret(k) and v}
+    if not new <= _SCRUBBER.secrets:
+        _SCRUBBER.secrets = _SCRUBBER.secrets | new
     return given
 
 

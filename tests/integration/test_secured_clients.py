@@ -10,17 +10,25 @@ password is distinctive, and must appear nowhere on stdout or stderr.
 
 Database TLS: the test PostgreSQL runs without TLS, so ``sslmode=require`` reaching a
 connection is seen as libpq's "server does not support SSL" refusal, where
-``sslmode=disable`` (or none) connects.
+``sslmode=disable`` (or none) connects. A private PostgreSQL of this file's own, with TLS
+on and client-certificate authentication (certificates made here with openssl), proves
+the other three settings: the right CA and client certificate connect over TLS; another
+CA, or no client certificate, is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +250,159 @@ def test_a_processor_given_database_tls_the_server_lacks_waits_for_the_database(
             assert waiting[0]["error"] == "OperationalError"
         finally:
             _stop(proc)
+
+
+@dataclass
+class TlsPostgres:
+    port: int
+    certs: Path
+
+    def url(self, user: str) -> str:
+        return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/postgres"
+
+    def tls(self, ca: str = "ca", client: bool = True) -> dict[str, str]:
+        given = {"database_sslmode": "verify-full", "database_sslrootcert": str(self.certs / f"{ca}.crt")}
+        if client:
+            given |= {
+                "database_sslcert": str(self.certs / "client.crt"),
+                "database_sslkey": str(self.certs / "client.key"),
+            }
+        return given
+
+
+def _run(*cmd: str, user: str | None = None) -> None:
+    if user is not None and os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        cmd = ("runuser", "-u", user, "--", *cmd)
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def _certificate(folder: Path, name: str, cn: str, ca: str | None = None, san: str = "") -> None:
+    """``name.key`` and ``name.crt``: self-signed when ``ca`` is None (a CA), else signed by ``ca``."""
+    key, csr, crt, ext = (folder / f"{name}.{x}" for x in ("key", "csr", "crt", "ext"))
+    _run(
+        "openssl",
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-subj",
+        f"/CN={cn}",
+        "-out",
+        str(csr),
+    )
+    lines = (
+        ["basicConstraints=critical,CA:TRUE", "keyUsage=keyCertSign,cRLSign"]
+        if ca is None
+        else ["basicConstraints=CA:FALSE"]
+    )
+    ext.write_text("\n".join([*lines, *([f"subjectAltName={san}"] if san else [])]) + "\n")
+    sign = (
+        ["-signkey", str(key)]
+        if ca is None
+        else ["-CA", str(folder / f"{ca}.crt"), "-CAkey", str(folder / f"{ca}.key"), "-CAcreateserial"]
+    )
+    _run("openssl", "x509", "-req", "-in", str(csr), *sign, "-days", "2", "-extfile", str(ext), "-out", str(crt))
+    key.chmod(0o600)
+
+
+@pytest.fixture(scope="module")
+def tls_postgres() -> Iterator[TlsPostgres]:
+    """A PostgreSQL with TLS on: role ``accord_tls`` may log in only over TLS with a client certificate."""
+    initdb = shutil.which("initdb")
+    if initdb is None or shutil.which("openssl") is None:
+        pytest.skip("needs PostgreSQL's server programs (initdb, pg_ctl) and openssl")
+    bin_dir = Path(os.path.realpath(initdb)).parent
+    folder = Path(tempfile.mkdtemp(prefix="accord-tls-pg-"))  # not under pytest's root-only folder: postgres reads it
+    _certificate(folder, "ca", "accord test CA")
+    _certificate(folder, "other-ca", "another CA")
+    _certificate(folder, "server", "127.0.0.1", ca="ca", san="IP:127.0.0.1,DNS:localhost")
+    _certificate(folder, "client", "accord_tls", ca="ca")
+    server_user = "postgres" if os.geteuid() == 0 else None
+    if server_user is not None:
+        pg = pwd.getpwnam(server_user)
+        for path in (folder, folder / "server.key", folder / "server.crt", folder / "ca.crt"):
+            os.chown(path, pg.pw_uid, pg.pw_gid)
+    data = folder / "data"
+    _run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", user=server_user)
+    (data / "pg_hba.conf").write_text(
+        "local all postgres trust\n"
+        "hostssl all accord_tls 127.0.0.1/32 cert\n"
+        "hostssl all postgres 127.0.0.1/32 trust\n"
+        "hostnossl all all 127.0.0.1/32 reject\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = (
+        f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder} -c ssl=on "
+        f"-c ssl_cert_file={folder}/server.crt -c ssl_key_file={folder}/server.key -c ssl_ca_file={folder}/ca.crt"
+    )
+    pg_ctl = str(bin_dir / "pg_ctl")
+    _run(pg_ctl, "-D", str(data), "-l", str(folder / "server.log"), "-o", options, "-w", "start", user=server_user)
+    try:
+        _run(
+            str(bin_dir / "psql"),
+            "-h",
+            str(folder),
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-c",
+            "CREATE ROLE accord_tls LOGIN",
+            user=server_user,
+        )
+        yield TlsPostgres(port, folder)
+    finally:
+        _run(pg_ctl, "-D", str(data), "-m", "immediate", "stop", user=server_user)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _tls_in_use(settings: Settings) -> bool | None:
+    engine = engine_for(settings)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_the_ca_and_the_client_certificate_settings_give_a_verified_tls_session(tls_postgres: TlsPostgres) -> None:
+    settings = Settings.model_validate({"ledger_url": tls_postgres.url("accord_tls"), **tls_postgres.tls()})
+    assert _tls_in_use(settings) is True
+    engine = engine_for(settings)
+    try:
+        lease = lease_for(engine, psycopg_connect_args(5.0))
+        assert lease.held() is True
+        lease.release()
+    finally:
+        engine.dispose()
+
+
+def test_another_ca_is_refused(tls_postgres: TlsPostgres) -> None:
+    settings = Settings.model_validate({"ledger_url": tls_postgres.url("accord_tls"), **tls_postgres.tls("other-ca")})
+    with pytest.raises(OperationalError, match="certificate verify failed"):
+        _tls_in_use(settings)
+
+
+def test_without_the_client_certificate_the_server_refuses(tls_postgres: TlsPostgres) -> None:
+    settings = Settings.model_validate({"ledger_url": tls_postgres.url("accord_tls"), **tls_postgres.tls(client=False)})
+    with pytest.raises(OperationalError, match="connection requires a valid client certificate"):
+        _tls_in_use(settings)
+
+
+def test_the_owner_engine_uses_the_same_tls(tls_postgres: TlsPostgres) -> None:
+    from bus.database import owner_engine_for
+
+    settings = Settings.model_validate(
+        {"ledger_url": "", "ledger_owner_url": tls_postgres.url("accord_tls"), **tls_postgres.tls()}
+    )
+    owner = owner_engine_for(settings)
+    try:
+        with owner.connect() as conn:
+            assert conn.execute(text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar() is True
+    finally:
+        owner.dispose()
