@@ -118,7 +118,8 @@ CLIENTS: dict[str, Callable[[Settings], Any]] = {
 def test_a_sasl_setting_reaches_each_kind_of_client_and_the_secret_no_log(
     broker: str, kind: str, json_logs: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = Settings(bootstrap_servers=broker, kafka=SASL, log_format="json")
+    # debug=all: every debug context librdkafka has, so a secret printed by any of them would show
+    settings = Settings(bootstrap_servers=broker, kafka={**SASL, "debug": "all"}, log_format="json")
     configure_logging(settings)
     client = CLIENTS[kind](settings)
     deadline = time.monotonic() + 20
