@@ -3,7 +3,9 @@
 Three writers fill the outbox meanwhile: two write small transactions of good rows with
 a bad row now and then, and one holds each transaction open a while before committing,
 so rows commit out of id order all along. The relay is killed with SIGKILL at random
-moments (in start-up, mid-batch, between the flush and the commit) and started again.
+moments (in start-up, mid-batch), and every other time exactly between a batch's flush
+and the commit that remembers it (the test holds the position row locked until the
+relay waits on it), and started again.
 Afterwards, from outside (a plain consumer on the event topics, the tables as the
 source's owner): every good row's event id is on the topic, no bad row's is; a
 duplicate carries the same key and bytes; each subject key's events are in outbox
@@ -105,6 +107,27 @@ class Writers:
         return threads
 
 
+def _kill_between_flush_and_commit(source: Source, relay: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the relay after its batch is flushed to the broker and before the position moves.
+
+    The test locks the position row; the relay's next batch is published and flushed,
+    then its UPDATE of the position waits on that lock (seen in pg_stat_activity); it is
+    killed there, and the lock released. Its transaction never commits.
+    """
+    with psycopg.connect(source.owner_dsn) as lock, psycopg.connect(source.owner_dsn, autocommit=True) as watch:
+        lock.execute("SELECT * FROM accord_outbox_position FOR UPDATE")
+        deadline = time.monotonic() + 60
+        while not watch.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'", (source.role,)
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the relay never came to move its position"
+            assert relay.poll() is None, "the relay exited"
+            time.sleep(0.05)
+        relay.send_signal(signal.SIGKILL)
+        relay.wait()
+        lock.rollback()
+
+
 def test_kill_9_while_the_source_writes_loses_nothing_and_doubles_only_identical_records(broker, tmp_path) -> None:
     from producers.synthetic import build_scenario, to_json_line
 
@@ -128,10 +151,13 @@ def test_kill_9_while_the_source_writes_loses_nothing_and_doubles_only_identical
         started = time.monotonic()
         kills = 0
         try:
-            for _ in range(KILLS):
+            for k in range(KILLS):
                 time.sleep(rng.uniform(0.8, 2.5))
-                relay.send_signal(signal.SIGKILL)
-                relay.wait()
+                if k % 2:
+                    _kill_between_flush_and_commit(source, relay)
+                else:  # wherever it is: start-up, reading, sending, waiting
+                    relay.send_signal(signal.SIGKILL)
+                    relay.wait()
                 kills += 1
                 relay = start()
             for t in threads:
@@ -184,6 +210,7 @@ def test_kill_9_while_the_source_writes_loses_nothing_and_doubles_only_identical
         assert "Traceback" not in log_path.read_text()
 
         duplicates = len(on_topic) - len(copies)
+        assert duplicates > 0, "no kill fell between a flush and its commit: the re-publish went untested"
         print(
             f"\n{ROWS} good and {len(bad_rows)} bad rows, {KILLS} kills in {took:.1f}s: {len(on_topic)} records on "
             f"the topic, {duplicates} identical duplicates, {len(outbox_order)} subject keys in order"
