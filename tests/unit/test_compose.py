@@ -93,9 +93,14 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(one, text)
 
 
+def filled_example() -> dict[str, str]:
+    """compose/env.example as an operator fills it in (its values are empty on purpose)."""
+    return {name: value or f"filled{name.lower().replace('_', '')}" for name, value in env_example().items()}
+
+
 def load(text: str | None = None) -> Compose:
     raw = COMPOSE_FILE.read_text() if text is None else text
-    loaded = yaml.safe_load(interpolate(raw, env_example()))
+    loaded = yaml.safe_load(interpolate(raw, filled_example()))
     assert isinstance(loaded, dict)
     return loaded
 
@@ -459,10 +464,20 @@ def test_every_variable_it_needs_is_in_the_example_env() -> None:
 
 
 def test_a_required_variable_left_out_stops_it() -> None:
-    env = env_example()
+    env = filled_example()
     del env["APP_PASSWORD"]
     with pytest.raises(KeyError, match="APP_PASSWORD"):
         interpolate(COMPOSE_FILE.read_text(), env)
+
+
+def test_an_example_env_copied_but_not_filled_in_stops_it() -> None:
+    """Every variable the file needs is empty in env.example, so a copy left as it is cannot start."""
+    example = env_example()
+    assert {name: example[name] for name in required_variables(COMPOSE_FILE.read_text())} == dict.fromkeys(
+        required_variables(COMPOSE_FILE.read_text()), ""
+    )
+    with pytest.raises(KeyError):
+        interpolate(COMPOSE_FILE.read_text(), example)
 
 
 def test_the_topology_is_the_one_documented(compose: Compose) -> None:
