@@ -95,8 +95,9 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return parsed
 
 
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])  # at DEBUG the libraries say the most
 def test_the_processor_prints_only_json_through_outages_and_shutdown(
-    proxied_broker: tuple[str, TcpProxy], tmp_path: Path
+    proxied_broker: tuple[str, TcpProxy], tmp_path: Path, level: str
 ) -> None:
     bootstrap, broker_proxy = proxied_broker
     with fresh_role_database() as db:
@@ -105,7 +106,7 @@ def test_the_processor_prints_only_json_through_outages_and_shutdown(
         settings = settings.model_copy(update={"database_timeout_s": 2.0})
         Bus(settings, db.owner, load_dir(settings.agreements_dir)).create_topics()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCORD_")}
-        env.update({**settings_env(settings), "ACCORD_LOG_FORMAT": "json"})
+        env.update({**settings_env(settings), "ACCORD_LOG_FORMAT": "json", "ACCORD_LOG_LEVEL": level})
         out, err = tmp_path / "stdout", tmp_path / "stderr"
         proc = subprocess.Popen(
             [sys.executable, "-m", "accord.cli", "run", "processor"],
