@@ -144,11 +144,15 @@ class _SecretScrubber(logging.Filter):
         self.secrets: frozenset[str] = frozenset()  # replaced, never changed in place: other threads read it
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = scrub(message, self.secrets) if self.secrets else message
-        if scrubbed != message:
-            record.msg, record.args = scrubbed, None
-        if record.levelno == logging.WARNING and _IGNORED_BY_KIND.search(scrubbed):
+        if self.secrets:
+            # Each part on its own, so the record keeps its shape (facility, client, text: bus/logs.py).
+            if isinstance(record.args, tuple):
+                record.args = tuple(scrub(a, self.secrets) if isinstance(a, str) else a for a in record.args)
+            elif record.args:
+                record.msg, record.args = scrub(record.getMessage(), self.secrets), None
+            if isinstance(record.msg, str):
+                record.msg = scrub(record.msg, self.secrets)
+        if record.levelno == logging.WARNING and _IGNORED_BY_KIND.search(record.getMessage()):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return LOGGER.isEnabledFor(logging.DEBUG)
         return True

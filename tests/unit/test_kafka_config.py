@@ -244,6 +244,8 @@ def test_a_secret_a_client_was_given_never_passes_the_librdkafka_logger(recorded
         lambda: LOGGER.error("%s [%s] %s", "FAIL", "rdkafka#producer-1", f"[thrd:main]: auth with {SECRET} failed")
     )
     assert SECRET not in text and "auth with [redacted] failed" in text
+    record = logging.LogRecord("librdkafka", logging.ERROR, "", 0, "%s [%s] %s", ("FAIL", "c", SECRET), None)
+    assert LOGGER.filter(record) and record.args == ("FAIL", "c", "[redacted]"), "the record lost its parts"
 
 
 def test_a_property_ignored_by_the_other_kind_of_client_is_not_a_warning() -> None:
