@@ -1,0 +1,97 @@
+"""kill -9 mid-stream: the restarted processor counts only what it appended, never a replay.
+
+The killed process's counters die with it (the ledger stays the record). What the
+restarted one shows must be exactly the ledger entries made after the kill. To make
+a replay certain, not a matter of where the kill fell, the source system then sends
+100 of its events again (a retry, the same ids and content): the new process reads
+events the ledger already holds, redelivers them, and must count none of their
+decisions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from sqlalchemy import func, select
+
+from accord.dev.drain import committed, wait_for_group
+from agreements import load_dir
+from ledger import LedgerEntry
+from producers import Publisher
+from producers.synthetic import build_scenario
+from tests.bus import Bus, make_settings
+from tests.conftest import fresh_role_database
+from tests.integration.test_metrics_processor import _free_port, by, eventually, get, scrape
+
+DECIDED = ("DISCLOSED", "WITHHELD", "NOT_COVERED")
+
+
+def _ledger_after(bus: Bus, seq: int) -> Counter:
+    with bus.engine.connect() as conn:
+        rows = conn.execute(
+            select(LedgerEntry.outcome, func.count())
+            .where(LedgerEntry.seq > seq, LedgerEntry.outcome.in_(DECIDED))
+            .group_by(LedgerEntry.outcome)
+        ).all()
+    return Counter({(o,): n for o, n in rows})
+
+
+def _events_after(bus: Bus, seq: int) -> int:
+    with bus.engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count(func.distinct(LedgerEntry.event_id))).where(LedgerEntry.seq > seq)
+            ).scalar_one()
+        )
+
+
+def _head(bus: Bus) -> int:
+    with bus.engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.max(LedgerEntry.seq), 0))).scalar_one())
+
+
+def test_a_restarted_processor_does_not_count_what_it_replays(broker, tmp_path_factory) -> None:
+    with fresh_role_database() as db:
+        port = _free_port()
+        settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("metrics-kill")).model_copy(
+            update={"health_port": port, "batch_size": 10}
+        )
+        bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
+        bus.create_topics()
+        publisher = Publisher(settings)
+        scenario = build_scenario(600, seed=random.randrange(1 << 30), n_malformed=0)
+        for event in scenario.events:
+            publisher.publish(event.event_type, event.record, agency=event.agency)
+        report = publisher.flush()
+        assert not report.failed
+        ends = dict(report.end_offsets)  # the report goes on counting what is published later
+
+        bus.start_processor()
+        assert bus.processor is not None
+        try:
+            eventually("some decisions recorded", lambda: _head(bus) > 50, timeout=60)
+            bus.processor.kill()  # SIGKILL: no batch finished, no goodbye
+            bus.processor.wait()
+            done = committed(settings, settings.processor_group, list(ends))
+            assert sum(done.values()) < sum(ends.values()), "it finished before the kill: nothing to replay"
+            head = _head(bus)
+
+            bus.start_processor()  # the same port, a new process with counters at 0
+            wait_for_group(settings, settings.processor_group, ends, timeout=120)
+            for event in scenario.events[:100]:  # the source system's retry
+                publisher.publish(event.event_type, event.record, agency=event.agency)
+            again = publisher.flush()
+            assert not again.failed
+            wait_for_group(settings, settings.processor_group, again.end_offsets, timeout=120)
+            eventually("the new process answers", lambda: get(port, "/readyz") == (200, "ready\n"))
+            after = _ledger_after(bus, head)
+            assert after, "the restarted processor decided nothing"
+            samples = scrape(port)
+            assert by(samples, "accord_decisions_total", "outcome") == after
+            # It did read the events sent again, and recorded nothing of them.
+            consumed = sum(by(samples, "accord_events_consumed_total").values())
+            assert consumed == sum(ends.values()) - sum(done.values()) + 100
+            assert _events_after(bus, head) <= sum(ends.values()) - sum(done.values())
+        finally:
+            bus.stop_processor()
