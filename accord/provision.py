@@ -26,7 +26,7 @@ from bus.cursors import CursorBase
 from bus.database import engine_for, sqlite_path, where
 from bus.settings import Settings
 from consent.store import ConsentBase
-from ledger import LedgerBase
+from ledger import LedgerBase, install_guards
 from ledger.append import ADVISORY_LOCK_KEY
 from ledger.migrations import VERSION_TABLE, LedgerSchemaNotCurrent, require_head, upgrade
 from ledger.roles import (
@@ -78,13 +78,36 @@ def _all_tables() -> list[str]:
 def init_database(engine: Engine) -> None:
     """Upgrade the database to the newest revision as the connected role (every table and the ledger's guards). Idempotent."""
     upgrade(engine)
+    _recreate_dropped(engine)
+
+
+def _recreate_dropped(engine: Engine) -> None:
+    """Make again a table dropped by hand from a database already at the newest revision, as init always has.
+
+    The revisions ran once; a table dropped since (an outage drill, a mistake) would
+    otherwise stay missing and the bus wait for ever. The models are the same schema as
+    the revisions (tests/integration/test_migrations.py compares them); a recreated
+    ledger_entries is empty, so `accord ledger verify` against earlier checkpoints names it.
+    """
+    missing = missing_tables(engine, _all_tables())
+    if not missing:
+        return
+    log.warning("recreating_dropped_tables", tables=missing)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        for base in (LedgerBase, ConsentBase, CursorBase):
+            base.metadata.create_all(conn, tables=[t for t in base.metadata.sorted_tables if t.name in missing])
+        if "ledger_entries" in missing:
+            install_guards(conn)
 
 
 def setup_database(owner: Engine, app_role: str | None) -> list[str]:
     """`accord ledger init`: upgrade the schema as the owner and grant the app role; returns the grants run.
 
     1. ``alembic upgrade head`` as the owner (a database made before migrations is
-       recognised and stamped first: ledger.migrations.upgrade).
+       recognised and stamped first: ledger.migrations.upgrade); a table dropped by hand
+       since is made again.
     2. REVOKE, then GRANT the app role exactly app_grants(), every time: a revision may add a table.
     """
     if owner.dialect.name == "postgresql" and app_role is not None:
@@ -95,6 +118,7 @@ def setup_database(owner: Engine, app_role: str | None) -> list[str]:
                     "the ledger tables; run init as a separate owner role (ACCORD_LEDGER_OWNER_URL)"
                 )
     upgrade(owner)  # 1.
+    _recreate_dropped(owner)
     if owner.dialect.name != "postgresql" or app_role is None:
         return []
     with owner.begin() as conn:  # 2.

@@ -165,14 +165,14 @@ def _sign_checkpoint(settings: Settings, engine, names: TopicNames, signer):
 def _prepare_database(settings: Settings) -> Engine:
     """The application role's engine on a database ready for the bus, as an operator would make it.
 
-    1. SQLite: no roles; the first use upgrades it (require_app_role).
-    2. PostgreSQL: ``accord ledger init`` as the owner (ACCORD_LEDGER_OWNER_URL), which
+    1. PostgreSQL: ``accord ledger init`` as the owner (ACCORD_LEDGER_OWNER_URL), which
        upgrades the schema and grants the application role (ACCORD_LEDGER_URL's user);
        a missing owner URL, or one that cannot connect, is refused in one line.
-    3. The application role's check, as the processor makes it at start.
+    2. The application role's check, as the processor makes it at start (SQLite has no
+       roles: its first use upgrades it).
     """
     engine = engine_for(settings)
-    if engine.dialect.name == "postgresql":  # 2.
+    if engine.dialect.name == "postgresql":  # 1.
         if not settings.ledger_owner_url:
             raise LedgerRoleError(
                 "on PostgreSQL the demo runs `accord ledger init` as the tables' owner and everything else as "
@@ -183,12 +183,13 @@ def _prepare_database(settings: Settings) -> Engine:
         try:
             setup_database(owner, app_role_of(settings))
         except DBAPIError as exc:
+            problem = describe_database_error(exc, settings.ledger_owner_url)
             raise LedgerRoleError(
-                "ACCORD_LEDGER_OWNER_URL: " + describe_database_error(exc, settings.ledger_owner_url)
+                "ACCORD_LEDGER_OWNER_URL: " + problem.replace("ACCORD_LEDGER_URL", "ACCORD_LEDGER_OWNER_URL")
             ) from None
         finally:
             owner.dispose()
-    require_app_role(engine)  # 1. and 3.
+    require_app_role(engine)  # 2.
     return engine
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # alembic is imported when used: every command imports this m
 
 __all__ = [
     "FIRST_REVISION",
+    "SCRIPT_LOCATION",
     "VERSION_TABLE",
     "LedgerSchemaNotCurrent",
     "SchemaState",
@@ -170,12 +171,28 @@ def configure_context(context: Any, conn: Connection) -> None:
 
 
 def _current(conn: Connection) -> str | None:
+    return _context(conn).get_current_revision()
+
+
+def _context(conn: Connection) -> Any:
     from alembic.runtime.migration import MigrationContext
 
-    context = MigrationContext.configure(
+    return MigrationContext.configure(
         conn, opts={"version_table": VERSION_TABLE, "version_table_schema": _version_schema(conn)}
     )
-    return context.get_current_revision()
+
+
+def _run_upgrade(conn: Connection) -> None:
+    """What ``alembic upgrade head`` does through env.py, on the cached revisions (no re-reading per database)."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    script = _script()
+    with EnvironmentContext(
+        _config(conn), script, fn=lambda rev, _ctx: script._upgrade_revs("head", rev), destination_rev="head"
+    ) as env:
+        configure_context(env, conn)
+        with env.begin_transaction():
+            env.run_migrations()
 
 
 def _known(revision: str | None) -> bool:
@@ -237,16 +254,14 @@ def upgrade(engine: Engine) -> SchemaState:
        at 0001.
     3. Upgrade to head.
     """
-    from alembic import command
-
     with _migrating(engine) as conn:  # 1.
         before = schema_state(conn)
         if not before.known:
             raise _ahead(before, engine)
         if before.current is None and _pre_alembic(conn, _table_names(conn)):  # 2.
-            command.stamp(_config(conn), FIRST_REVISION)
+            _context(conn).stamp(_script(), FIRST_REVISION)
         if _current(conn) != before.head:  # 3.
-            command.upgrade(_config(conn), "head")
+            _run_upgrade(conn)
     return before
 
 

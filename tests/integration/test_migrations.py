@@ -202,6 +202,17 @@ def test_an_upgraded_first_release_is_the_same_database_as_a_fresh_one(tmp_path:
         assert "APP=ar/OWNER" in acl["ledger_entries"] and "APP=r/OWNER" in acl["alembic_version"]
 
 
+def test_init_makes_again_a_table_dropped_from_a_database_at_head() -> None:
+    """The models' repair (accord.provision) gives the same table, guards and grants as the revisions did."""
+    with fresh_role_database() as fresh, fresh_role_database() as dropped:
+        with dropped.owner.begin() as conn:
+            conn.execute(text("DROP TABLE ledger_entries CASCADE"))
+            conn.execute(text("DROP FUNCTION ledger_entries_refuse_change()"))
+        setup_database(dropped.owner, dropped.app_role)
+        assert catalog(dropped) == catalog(fresh)
+        assert require_app_role(dropped.app) is not None
+
+
 def test_migrations_build_the_schema_the_models_describe(role_db: RoleDatabase) -> None:
     """Alembic's own comparison of head against ledger.tables, consent.store and bus.cursors: no difference."""
     from alembic.autogenerate import compare_metadata
@@ -220,6 +231,26 @@ def test_migrations_build_the_schema_the_models_describe(role_db: RoleDatabase) 
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         differences = [d for d in compare_metadata(context, models) if not _is_version_table(d)]
     assert differences == []
+
+
+def test_the_alembic_command_through_env_py_upgrades_as_init_does(role_db: RoleDatabase) -> None:
+    """`alembic upgrade head` (command API, ledger/migrations/env.py) on a database at 0001, as the owner."""
+    from alembic import command
+    from alembic.config import Config
+
+    from ledger.migrations import SCRIPT_LOCATION
+
+    with role_db.owner.begin() as conn:
+        conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    with role_db.owner.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    assert _version(role_db) == [head()]
+    indexes = {i["name"] for i in inspect(role_db.admin).get_indexes("ledger_entries", schema=role_db.schema)}
+    assert "ix_ledger_entries_decided_at" in indexes
 
 
 def _is_version_table(diff: Any) -> bool:
@@ -248,6 +279,18 @@ def test_the_bus_refuses_a_database_behind_the_code_and_names_what_to_run(role_d
     assert _version(role_db) == [head()] and require_app_role(role_db.app) is not None
 
 
+def test_the_processor_refuses_to_start_on_a_database_behind_the_code(role_db: RoleDatabase, tmp_path: Path) -> None:
+    with role_db.owner.begin() as conn:
+        conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    result = _accord("run", "processor", db=role_db, tmp_path=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("accord run processor: the ledger database ")
+    assert "is at revision 0001" in last and "run `accord ledger init` as the owner role" in last
+    assert _version(role_db) == ["0001"]
+
+
 def test_the_bus_refuses_a_database_from_before_migrations(role_db: RoleDatabase) -> None:
     with role_db.owner.begin() as conn:
         conn.execute(text("DROP TABLE alembic_version"))
@@ -269,14 +312,23 @@ def test_a_database_ahead_of_the_code_is_refused_by_the_bus_and_by_init(role_db:
     assert _version(role_db) == ["0999"]
 
 
-def test_the_app_role_cannot_migrate_even_when_asked(tmp_path: Path) -> None:
-    """`accord ledger init` run with the app role's URL as the owner's fails on the DDL and changes nothing."""
+@pytest.mark.parametrize("named_app_role", [False, True], ids=["refused-before-ddl", "refused-by-postgres"])
+def test_the_app_role_cannot_migrate_even_when_asked(tmp_path: Path, named_app_role: bool) -> None:
+    """`accord ledger init` with the app role's URL as the owner's changes nothing, and says so in one line.
+
+    As the app role it is refused before any DDL; told of another app role, it tries, and
+    PostgreSQL refuses the DDL (the app role owns nothing), rolling the upgrade back.
+    """
     with fresh_role_database() as db:
         with db.owner.begin() as conn:
             conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
             conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
-        result = _accord("ledger", "init", db=db, tmp_path=tmp_path, ACCORD_LEDGER_OWNER_URL=db.app_url)
+        extra = {"ACCORD_LEDGER_APP_ROLE": "someone_else"} if named_app_role else {}
+        result = _accord("ledger", "init", db=db, tmp_path=tmp_path, ACCORD_LEDGER_OWNER_URL=db.app_url, **extra)
         assert result.returncode == 2 and "Traceback" not in result.stderr
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith("accord ledger init: ")
+        assert ("must be owner" in last) if named_app_role else ("run init as a separate owner role" in last)
         assert _version(db) == ["0001"]
 
 
