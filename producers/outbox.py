@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaException
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from bus import kafka
 from bus.connection_guard import psycopg_connect_args
@@ -526,7 +526,12 @@ def _signed(key: int) -> int:
 
 
 def _describe_db(exc: DBAPIError) -> str:
-    """The first line of the driver's message, never a statement or its parameters (I6)."""
+    """The first line of the driver's message, never a statement or its parameters (I6).
+
+    A data or integrity error may quote a value in its message: only its kind and SQLSTATE then.
+    """
     orig = exc.orig
+    if isinstance(exc, DataError | IntegrityError):
+        return f"{type(orig or exc).__name__} (SQLSTATE {getattr(orig, 'sqlstate', None) or '?'})"
     first = str(orig).strip().splitlines()[0] if orig is not None and str(orig).strip() else type(exc).__name__
     return " ".join(first.split())[:200]

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import psycopg
 
@@ -30,6 +31,7 @@ from tests.integration.test_relay import (
     GOOD_NHS,
     Source,
     _referral,
+    good_rows,
     read_events,
     relay_env,
     relay_settings,
@@ -107,15 +109,23 @@ class Writers:
         return threads
 
 
-def _kill_between_flush_and_commit(source: Source, relay: subprocess.Popen[bytes]) -> None:
+def _kill_between_flush_and_commit(
+    source: Source, relay: subprocess.Popen[bytes], nudge: tuple[str, str], started: Callable[[], bool]
+) -> None:
     """SIGKILL the relay after its batch is flushed to the broker and before the position moves.
 
-    The test locks the position row; the relay's next batch is published and flushed,
-    then its UPDATE of the position waits on that lock (seen in pg_stat_activity); it is
-    killed there, and the lock released. Its transaction never commits.
+    The test locks the position table (a table lock takes no transaction id, so it holds
+    no row back) and writes one more row, so there is a batch to publish; the relay
+    publishes and flushes it, then its UPDATE of the position waits on the lock (seen in
+    pg_stat_activity). It is killed there, and the lock released: its transaction never commits.
     """
+    deadline = time.monotonic() + 60
+    while not started():  # past its start-up, which writes the position table too
+        assert time.monotonic() < deadline and relay.poll() is None, "the relay did not start"
+        time.sleep(0.05)
     with psycopg.connect(source.owner_dsn) as lock, psycopg.connect(source.owner_dsn, autocommit=True) as watch:
-        lock.execute("SELECT * FROM accord_outbox_position FOR UPDATE")
+        lock.execute("LOCK TABLE accord_outbox_position IN SHARE MODE")
+        watch.execute("INSERT INTO accord_outbox (event_type, payload) VALUES (%s, %s::jsonb)", nudge)
         deadline = time.monotonic() + 60
         while not watch.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'", (source.role,)
@@ -138,7 +148,11 @@ def test_kill_9_while_the_source_writes_loses_nothing_and_doubles_only_identical
         env = relay_env(settings)
         log_path = tmp_path / "relay.log"
 
+        starts = 0
+
         def start() -> subprocess.Popen[bytes]:
+            nonlocal starts
+            starts += 1
             with log_path.open("ab") as log:
                 return subprocess.Popen(
                     [sys.executable, "-m", "accord.cli", "relay"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -147,6 +161,7 @@ def test_kill_9_while_the_source_writes_loses_nothing_and_doubles_only_identical
         writers = Writers(source, rows)
         threads = writers.start()
         rng = random.Random()
+        nudges = good_rows(KILLS, seed=rng.randrange(1 << 30))
         relay = start()
         started = time.monotonic()
         kills = 0
@@ -154,7 +169,9 @@ def test_kill_9_while_the_source_writes_loses_nothing_and_doubles_only_identical
             for k in range(KILLS):
                 time.sleep(rng.uniform(0.8, 2.5))
                 if k % 2:
-                    _kill_between_flush_and_commit(source, relay)
+                    _kill_between_flush_and_commit(
+                        source, relay, nudges[k], lambda: log_path.read_text().count('"relay_started"') >= starts
+                    )
                 else:  # wherever it is: start-up, reading, sending, waiting
                     relay.send_signal(signal.SIGKILL)
                     relay.wait()
@@ -177,7 +194,7 @@ def test_kill_9_while_the_source_writes_loses_nothing_and_doubles_only_identical
             p["envelope"]["event_id"] for _, _, _, p in outbox if p["envelope"]["event_id"] not in writers.bad_event_ids
         ]
         bad_rows = {i for _, i, _, p in outbox if p.get("envelope", {}).get("event_id") in writers.bad_event_ids}
-        assert len(good_ids) == ROWS and len(bad_rows) == writers.bad > 0
+        assert len(good_ids) == ROWS + KILLS // 2 and len(bad_rows) == writers.bad > 0
 
         on_topic = read_events(settings)
         copies: dict[str, set[tuple[bytes | None, bytes]]] = defaultdict(set)
