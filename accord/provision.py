@@ -77,8 +77,8 @@ def _all_tables() -> list[str]:
 
 def init_database(engine: Engine) -> None:
     """Upgrade the database to the newest revision as the connected role (every table and the ledger's guards). Idempotent."""
-    upgrade(engine)
-    _recreate_dropped(engine)
+    if upgrade(engine).current is not None:  # a new database has every table
+        _recreate_dropped(engine)
 
 
 def _recreate_dropped(engine: Engine) -> None:
@@ -117,8 +117,8 @@ def setup_database(owner: Engine, app_role: str | None) -> list[str]:
                     f"the application role {app_role!r} is the role running `accord ledger init`, so it would own "
                     "the ledger tables; run init as a separate owner role (ACCORD_LEDGER_OWNER_URL)"
                 )
-    upgrade(owner)  # 1.
-    _recreate_dropped(owner)
+    if upgrade(owner).current is not None:  # 1. (a new database has every table)
+        _recreate_dropped(owner)
     if owner.dialect.name != "postgresql" or app_role is None:
         return []
     with owner.begin() as conn:  # 2.
