@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from confluent_kafka import KafkaException
@@ -262,14 +261,12 @@ class Relay:
         engine: Engine | None = None,
         agency: str | None = None,
         clock: Callable[[], datetime] = _now,
-        producer_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.tables = OutboxTables.of(settings.relay_table)
         self.engine = engine or source_engine(settings)
         self.agency = agency
         self.clock = clock
-        self._producer_overrides = dict(producer_overrides or {})
         self._row_now = clock()
         self._publisher: Publisher | None = None
         self._conn: Connection | None = None
@@ -279,9 +276,7 @@ class Relay:
     # -- connections ----------------------------------------------------------
 
     def _new_publisher(self) -> Publisher:
-        config: dict[str, Any] = {"message.timeout.ms": MESSAGE_TIMEOUT_MS}
-        config.update(self._producer_overrides)
-        producer = kafka.producer(self.settings, **config)
+        producer = kafka.producer(self.settings, **{"message.timeout.ms": MESSAGE_TIMEOUT_MS})
         # The row's own time is the publisher's "now": checking a row again after a crash gives the same answer.
         return Publisher(self.settings, producer=producer, clock=lambda: self._row_now)
 
