@@ -202,7 +202,10 @@ def source_engine(settings: Settings) -> Engine:
         )
     scheme = url.split("://", 1)[0]
     if not scheme.startswith("postgresql"):
-        raise RelayError(f"ACCORD_RELAY_SOURCE_URL: the relay reads PostgreSQL only, not {scheme[:30]!r}")
+        raise RelayError(  # the value is not repeated: a URL may carry a password
+            "ACCORD_RELAY_SOURCE_URL: the relay reads PostgreSQL only; give a URL such as "
+            "postgresql+psycopg://accord_relay@db.example:5432/cases"
+        )
     connect_args = psycopg_connect_args(settings.database_timeout_s) if "+psycopg" in scheme else {}
     return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
 
