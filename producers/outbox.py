@@ -309,6 +309,15 @@ class Relay:
                 f"{_describe_db(exc)} (in {where}); the tables must be as the DDL in {DOCS} creates them, "
                 "with the privileges listed there"
             ) from None
+        needed = [(t.outbox, t.outbox_sql, "SELECT")]
+        needed += [(t.position, t.position_sql, p) for p in ("SELECT", "INSERT", "UPDATE")]
+        needed += [(t.dead_letters, t.dead_letters_sql, p) for p in ("SELECT", "INSERT")]
+        for name, sql_name, privilege in needed:
+            if not conn.execute(text("SELECT has_table_privilege(:t, :p)"), {"t": sql_name, "p": privilege}).scalar():
+                role = conn.execute(text("SELECT current_user")).scalar()
+                raise RelayError(
+                    f"the role {role} lacks {privilege} on {name} in {where}; grant the privileges listed in {DOCS}"
+                )
         conn.execute(text(f"INSERT INTO {t.position_sql} (last_txid, last_id) VALUES ('0', 0) ON CONFLICT DO NOTHING"))
         txid, ahead = conn.execute(
             text(f"SELECT last_txid::text, last_txid >= pg_snapshot_xmax(pg_current_snapshot()) FROM {t.position_sql}")

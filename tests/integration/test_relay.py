@@ -355,8 +355,16 @@ def test_rows_committed_out_of_order_are_not_lost(broker, source) -> None:
     settings = relay_settings(broker, source)
     (type_a, payload_a), (type_b, payload_b), (type_c, payload_c), (type_d, payload_d) = good_rows(4, seed=3)
     insert = "INSERT INTO accord_outbox (event_type, payload) VALUES (%s, %s::jsonb) RETURNING id"
-    with psycopg.connect(source.owner_dsn) as a, psycopg.connect(source.owner_dsn) as b:
+    with (
+        psycopg.connect(source.owner_dsn) as a,
+        psycopg.connect(source.owner_dsn) as b,
+        psycopg.connect(source.owner_dsn) as gone,
+    ):
+        gone.execute(insert, good_rows(5, seed=3)[4])  # takes an id, then rolls back: a gap the relay steps over
+        a.execute("SAVEPOINT inner_work")  # the row is written in a subtransaction of A
         id_a = a.execute(insert, (type_a, payload_a)).fetchone()
+        a.execute("RELEASE SAVEPOINT inner_work")
+        gone.rollback()
         id_b = b.execute(insert, (type_b, payload_b)).fetchone()
         assert id_a is not None and id_b is not None and id_a[0] < id_b[0]
         b.commit()
@@ -436,6 +444,10 @@ def test_start_up_problems_are_one_line_each(broker, source) -> None:
     assert "no_such_outbox is missing" in lines[0] and "docs/relay.md" in lines[0], lines
     code, lines = run(ACCORD_RELAY_TABLE="bad name; drop table x")
     assert code == 2 and len(lines) == 1 and "ACCORD_RELAY_TABLE" in lines[0], lines
+    source.sql(f'REVOKE UPDATE ON accord_outbox_position FROM "{source.role}"')
+    code, lines = run()
+    assert code == 2 and len(lines) == 1, lines
+    assert f"the role {source.role} lacks UPDATE on accord_outbox_position" in lines[0] and "docs/relay.md" in lines[0]
     source.sql(f'REVOKE SELECT ON accord_outbox FROM "{source.role}"')
     code, lines = run()
     assert code == 2 and len(lines) == 1 and "permission denied" in lines[0] and "docs/relay.md" in lines[0], lines
