@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -394,30 +396,56 @@ def test_rows_committed_out_of_order_are_not_lost(broker, source) -> None:
     assert source.dead_letters() == {}
 
 
-def test_a_second_relay_on_the_same_outbox_waits_then_refuses_with_one_line(broker, source, tmp_path) -> None:
+def _start_relay(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "accord.cli", "relay"], env=relay_env(settings), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _wait_for_log(relay: subprocess.Popen[bytes], log: Path, event: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while f'"{event}"' not in log.read_text():
+        assert time.monotonic() < deadline and relay.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.2)
+
+
+def test_one_relay_per_outbox_a_second_waits_and_takes_over_and_once_refuses(broker, source, tmp_path) -> None:
     settings = relay_settings(broker, source)
-    log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "accord.cli", "relay"], env=relay_env(settings), stdout=log, stderr=subprocess.STDOUT
-    )
+    first_log, standby_log = tmp_path / "first.log", tmp_path / "standby.log"
+    first = _start_relay(settings, first_log)
+    standby: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 30
-        while "relay_started" not in (tmp_path / "first.log").read_text():
-            assert time.monotonic() < deadline and first.poll() is None, (tmp_path / "first.log").read_text()
-            time.sleep(0.2)
-        second = run_relay_once(settings)
-        assert second.returncode == 2
-        lines = error_lines(second.stderr)
+        _wait_for_log(first, first_log, "relay_started")
+        once = run_relay_once(settings)
+        assert once.returncode == 2
+        lines = error_lines(once.stderr)
         assert len(lines) == 1 and "another accord relay holds the lock of accord_outbox" in lines[0], lines
-        # The first one is still relaying.
-        source.insert(good_rows(3, seed=5))
+
+        standby = _start_relay(settings, standby_log)
+        _wait_for_log(standby, standby_log, "relay_standby")
+        rows = good_rows(6, seed=5)
+        source.insert(rows[:3])
         deadline = time.monotonic() + 30
-        while len(read_events(settings)) < 3:
+        while len(read_events(settings)) < 3:  # the first one relays; the standby only waits
             assert time.monotonic() < deadline
+        assert '"relay_started"' not in standby_log.read_text()
+
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        _wait_for_log(standby, standby_log, "relay_started")  # the lock died with the first one's session
+        source.insert(rows[3:])
+        deadline = time.monotonic() + 30
+        while source.position() != source.outbox()[-1][:2]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        ids = [r.event_id for r in read_events(settings)]
+        assert sorted(set(ids)) == sorted(json.loads(p)["envelope"]["event_id"] for _, p in rows)
     finally:
-        first.terminate()
-        assert first.wait(30) == 0
-        log.close()
+        for relay in (first, standby):
+            if relay is not None and relay.poll() is None:
+                relay.terminate()
+                assert relay.wait(30) == 0
 
 
 def test_start_up_problems_are_one_line_each(broker, source) -> None:
