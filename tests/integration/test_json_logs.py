@@ -173,3 +173,48 @@ def test_a_processor_that_refuses_to_start_says_so_in_json_too(broker: str, tmp_
     (tmp_path / "stderr").write_text(done.stderr)
     lines = _lines(tmp_path / "stdout") + _lines(tmp_path / "stderr")
     assert any("ACCORD_KAFKA_GROUP_ID" in str(line.get("message", "")) for line in lines), lines
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="accord/processor/health.py's ThreadingHTTPServer keeps socketserver's handle_error, which prints "
+    "a traceback to stderr when a probe resets its connection: remove this mark when it logs instead",
+)
+def test_a_health_probe_that_hangs_up_leaves_no_plain_line(broker: str, tmp_path: Path) -> None:
+    import socket
+    import struct
+    import urllib.request
+
+    with fresh_role_database() as db:
+        settings = make_settings(broker, db.app_url, tmp_path)
+        settings = settings.model_copy(update={"health_port": _free_port()})
+        Bus(settings, db.owner, load_dir(settings.agreements_dir)).create_topics()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ACCORD_")}
+        env.update({**settings_env(settings), "ACCORD_LOG_FORMAT": "json"})
+        out, err = tmp_path / "stdout", tmp_path / "stderr"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "accord.cli", "run", "processor"],
+            env=env,
+            stdout=out.open("wb"),
+            stderr=err.open("wb"),
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # until the health check answers
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{settings.health_port}/health", timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and proc.poll() is None, err.read_text()[-2000:]
+                    time.sleep(0.2)
+            for _ in range(10):  # a prober that gives up: its request sent, then a reset
+                probe = socket.create_connection(("127.0.0.1", settings.health_port))
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                probe.sendall(b"GET /health HTTP/1.1\r\nHost: accord\r\n\r\n")
+                probe.close()
+            time.sleep(1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    _lines(out)
+    _lines(err)
