@@ -22,7 +22,7 @@ first, unmeasured append of the same drafts into another fresh ledger (which als
 the code); the measured ledger must end up with exactly those rows, and must verify.
 
 Like production, it runs as an application role (SELECT and INSERT only) on tables an
-owner role created (`accord ledger init`, accord/database.py setup_database): the URL
+owner role created (`accord ledger init`, accord/provision.py setup_database): the URL
 given must be a superuser's, which creates both roles and a schema and drops them after.
 
 Each side's CPU is printed beside its rate: this process's (thread_time) and its
@@ -56,7 +56,6 @@ import psycopg
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from accord.provision import setup_database
 from bench import roles
 from bus.settings import Settings
 from ledger import EntryDraft, LedgerEntry, append, verify
@@ -138,13 +137,6 @@ def fresh_table(owner: Engine, name: str, like: str, app: Engine) -> None:
         conn.execute(text(f'GRANT SELECT, INSERT ON {name} TO "{app_role}"'))
 
 
-def recreate_ledger(owner: Engine, app: Engine) -> None:
-    """An empty ledger_entries, as `accord ledger init` makes it (the table is append-only: drop it)."""
-    with owner.begin() as conn:
-        conn.execute(text("DROP TABLE ledger_entries CASCADE"))
-    setup_database(owner, app.url.username)
-
-
 def read_rows(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))]
@@ -215,13 +207,14 @@ def main() -> int:
 
     todo = drafts(args.entries, args.batch)
     batches = [todo[i : i + args.batch] for i in range(0, len(todo), args.batch)]
-    with role_database(url) as db:
-        # The finished rows, from an unmeasured append of the same drafts.
+    # The finished rows, from an unmeasured append of the same drafts into a ledger of its own.
+    with role_database(url) as first:
         for batch in batches:
-            append(db.app, batch)
-        rows = read_rows(db.app)
-        assert len(rows) == args.entries
-        recreate_ledger(db.owner, db.app)
+            append(first.app, batch)
+        rows = read_rows(first.app)
+    assert len(rows) == args.entries
+    with role_database(url) as db:
+        # The raw tables are made from the measured ledger_entries, as `accord ledger init` made it.
         fresh_table(db.owner, "raw_indexed", "INCLUDING ALL", db.app)
         fresh_table(db.owner, "raw_text", "INCLUDING ALL", db.app)
         fresh_table(db.owner, "raw_plain", "", db.app)

@@ -37,9 +37,11 @@ bench/ledger_indexes.py the indexes (ledger/tables.py).
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import psycopg
@@ -47,13 +49,8 @@ from psycopg import postgres, pq
 from psycopg.dbapi20 import BinaryBinaryDumper
 from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import (
-    BigInteger,
     Connection,
-    DateTime,
     Engine,
-    Integer,
-    LargeBinary,
-    String,
     insert,
     inspect,
     select,
@@ -62,19 +59,25 @@ from sqlalchemy import (
 
 from ledger.entry import (
     COLUMNS,
+    COPY_BINARY_HEADER,
+    COPY_BINARY_TRAILER,
     DIGEST,
     GENESIS_HASH,
     NOT_COVERED,
     OUTCOMES,
+    PG_COPY_TYPES,
     SCHEMA_PATH,
     EntryDraft,
     StoredEntry,
+    binary_timestamp,
     canonical_bytes,
     check_draft,
     entry_hash,
     entry_hashes,
     stored_entry,
     to_millis,
+    write_binary_row,
+    write_binary_rows,
     write_row,
 )
 from ledger.guard import install_guards
@@ -263,7 +266,7 @@ def _append_transaction(conn: psycopg.Connection[Any], drafts: Sequence[EntryDra
         cursor.nextset()
         cursor.nextset()
         last_seq, prev = _head(cursor)
-        known: dict[str, int] = {}
+        known: dict[str, int] | None = None
         if look_up:
             cursor.execute(_LOOKUP_SQL, ([d.disclosure_id for d in drafts],))
             known = dict(cursor.fetchall())
@@ -304,7 +307,7 @@ def _append_in_writer(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Ap
         cursor.nextset()
         last_seq, prev = _head(cursor)
         # 2.
-        results = _copy_batch(cursor, drafts, last_seq, prev, {})
+        results = _copy_batch(cursor, drafts, last_seq, prev, None)
         if results is None:
             # 3.
             cursor.execute("ROLLBACK TO SAVEPOINT ledger_append")
@@ -330,29 +333,56 @@ def _head(cursor: psycopg.Cursor[Any]) -> tuple[int, bytes]:
 
 
 def _copy_batch(
-    cursor: psycopg.Cursor[Any], drafts: Sequence[EntryDraft], last_seq: int, prev: bytes, known: dict[str, int]
+    cursor: psycopg.Cursor[Any],
+    drafts: Sequence[EntryDraft],
+    last_seq: int,
+    prev: bytes,
+    known: dict[str, int] | None,
 ) -> list[Appended] | None:
-    """COPY the drafts not in ``known`` after (last_seq, prev); None if UNIQUE(disclosure_id)
-    refused one (the transaction, or savepoint, must then be rolled back)."""
+    """COPY the drafts after (last_seq, prev); None if UNIQUE(disclosure_id) refused one (the
+    transaction, or savepoint, must then be rolled back).
+
+    ``known`` None: the first try, every draft assumed new. The rows go straight from the
+    drafts to COPY (write_binary_rows, one compiled loop), and a disclosure_id repeated
+    within the batch is left to UNIQUE(disclosure_id) like one already in the ledger.
+    ``known`` a dict (disclosure_id -> seq, looked up after a refusal): the drafts in it,
+    or earlier in the batch, are not written again (_rows).
+
+    The rows are binary COPY bytes built by ledger/entry.py (the bytes psycopg's
+    copy.write_row sends for write_row's tuples: tests/unit/test_entry_fields.py), sent
+    in one write: copy.write_row costs about 2 us a row in psycopg's Python layers over
+    its C dumpers, and PostgreSQL inserts and indexes a binary COPY's rows 1,000 at a
+    time whatever the writes (its copyfrom.c counts buffered bytes by the text line), so
+    streaming the rows as they were made overlapped nothing. A connection whose client
+    encoding is not UTF-8 (write_binary_row writes UTF-8) gets psycopg's rows instead.
+    """
     results: list[Appended] = []
+    connection = cursor.connection
     try:
-        use_c_bytea_dumper(cursor.connection)
+        if connection.info.encoding != "utf-8":
+            use_c_bytea_dumper(connection)
+            with cursor.copy(_COPY_SQL) as copy:
+                copy.set_types(_COPY_TYPES)
+                _rows(drafts, {} if known is None else known, last_seq, prev, results, copy.write_row)
+            return results
+        rows = [COPY_BINARY_HEADER]
+        if known is None:
+            write_binary_rows(rows.append, drafts, last_seq, prev)
+            ids = [d.disclosure_id for d in drafts]
+            results = [
+                *map(_new_tuple, repeat(Appended), zip(range(last_seq + 1, last_seq + 1 + len(ids)), ids, repeat(True)))
+            ]
+        else:
+            _rows(drafts, known, last_seq, prev, results, rows.append, binary=True)
+        rows.append(COPY_BINARY_TRAILER)
         with cursor.copy(_COPY_SQL) as copy:
-            copy.set_types(_COPY_TYPES)
-            # Each row goes to COPY as it is made. (PostgreSQL still inserts and indexes a
-            # binary COPY's rows 1,000 at a time: its copyfrom.c counts buffered bytes by the
-            # text line, so only MAX_BUFFERED_TUPLES flushes, at the end of a 1,000-row batch,
-            # and its work does not overlap this loop's. A text COPY flushes every ~64 kB and
-            # does overlap, for 1.5 to 3 us more Python CPU a row: measured at 1,000 a batch
-            # on 2 lightly loaded cores, 0.73 to 0.76 of a raw binary COPY against 0.66 to 0.71.
-            # Binary COPYs of 250 or 500 rows, each ended without waiting while the next was
-            # made, measured 0.62 to 0.75 against 0.71 to 0.76: more COPYs cost more than the
-            # overlap gave.)
-            _rows(drafts, known, last_seq, prev, results, copy.write_row)
+            copy.write(b"".join(rows))
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
             raise
         return None
+    except struct.error as exc:  # an int its column cannot hold (agreement_version is int4)
+        raise ValueError(f"a draft holds a number its ledger column cannot: {exc}") from None
     return results
 
 
@@ -386,7 +416,8 @@ def _rows(
     last_seq: int,
     prev: bytes,
     results: list[Appended],
-    write: Callable[[tuple[Any, ...]], Any],
+    write: Callable[[Any], Any],
+    binary: bool = False,
 ) -> None:
     """Write the ledger rows of the drafts not in ``known`` (disclosure_id -> seq), numbered
     and chained from (last_seq, prev), checked as they go (check_draft); one Appended per
@@ -395,13 +426,16 @@ def _rows(
     ``known`` is extended with the new rows, so a repeat within the batch gets its first
     copy's seq. Each row is a tuple in COLUMNS order that ledger/entry.py's write_row,
     compiled from the schema, builds straight from the draft with its leaf and hashes: no
-    normalised copy of each draft, no dict per row. The decisions of one event sit together
-    and share a decided_at and a digest, so each is converted or checked once per run.
+    normalised copy of each draft, no dict per row; with ``binary``, the same row as binary
+    COPY bytes (write_binary_row). The decisions of one event sit together and share a
+    decided_at and a digest, so each is converted or checked once per run.
+    (write_binary_rows is this loop, compiled, for a batch with nothing to skip.)
     """
     cached_dt: Any = None
-    utc, ms = _EPOCH, 0
+    stored: Any = _EPOCH  # decided_at as the row stores it: a UTC datetime, or binary COPY's bytes
+    ms = 0
     checked_digest = ""
-    outcomes, row = OUTCOMES, write_row
+    outcomes, row = OUTCOMES, write_binary_row if binary else write_row
     for d in drafts:
         did = d.disclosure_id
         outcome = d.outcome
@@ -421,32 +455,17 @@ def _rows(
             cached_dt = dt
             utc = dt if dt.tzinfo is UTC and not dt.microsecond % 1000 else to_millis(dt)  # refuses a naive one
             ms = (utc - _EPOCH) // _MS
+            stored = binary_timestamp(ms) if binary else utc
         last_seq += 1
-        prev = row(write, d, last_seq, prev, utc, ms)
+        prev = row(write, d, last_seq, prev, stored, ms)
         known[did] = last_seq
         results.append(_new_tuple(Appended, (last_seq, did, True)))
-
-
-def _pg_type(column: Any) -> str:
-    """The PostgreSQL type whose binary form psycopg writes for a ledger column in COPY."""
-    t = column.type
-    if isinstance(t, BigInteger):
-        return "int8"
-    if isinstance(t, Integer):
-        return "int4"
-    if isinstance(t, DateTime):
-        return "timestamptz" if t.timezone else "timestamp"
-    if isinstance(t, LargeBinary):
-        return "bytea"
-    if isinstance(t, String):  # Text too; varchar(n) has text's binary form, its length checked on receipt
-        return "text"
-    raise TypeError(f"no COPY type for ledger column {column.name} ({t!r})")
 
 
 # write_row's tuples are in COLUMNS order, which ledger/entry.py checks is the table's.
 _COPY_SQL = f"COPY ledger_entries ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 # By oid: set_types looks a name up in the type registry on every COPY.
-_COPY_TYPES = [postgres.types[_pg_type(c)].oid for c in LedgerEntry.__table__.columns]
+_COPY_TYPES = [postgres.types[t].oid for t in PG_COPY_TYPES]
 _HEAD_SQL = "SELECT seq, entry_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1"
 # Several statements in one round trip (no parameters: the simple query protocol).
 _BEGIN_LOCK_HEAD = (

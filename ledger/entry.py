@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, SmallInteger, String, Table
 
 from ledger import merkle
-from ledger.leaf_codec import SCHEMA, SCHEMA_PATH, encode_entry
+from ledger.leaf_codec import REPEATING, SCHEMA, SCHEMA_PATH, FieldCompiler, encode_entry
 from ledger.tables import LedgerEntry
 
 __all__ = [
@@ -65,6 +66,13 @@ __all__ = [
     "stored_entry",
     "to_millis",
     "write_row",
+    "COPY_BINARY_HEADER",
+    "COPY_BINARY_TRAILER",
+    "PG_COPY_TYPES",
+    "binary_timestamp",
+    "pg_copy_type",
+    "write_binary_row",
+    "write_binary_rows",
 ]
 
 # --------------------------------------------------------------------------- the definition
@@ -525,6 +533,180 @@ def _write_row_source(leaf: Sequence[LeafField]) -> tuple[list[str], list[str]]:
     return params, body
 
 
+# PostgreSQL's binary COPY (https://www.postgresql.org/docs/current/sql-copy.html, "Binary
+# Format"): a signature and header, then per row its field count (int16) and per field
+# its length (int32, -1 for NULL) and bytes in the column type's binary form, then -1
+# (int16). Forms used: int8 and int4 big-endian; text and varchar the UTF-8 bytes (the
+# server checks the encoding and a varchar's length); bytea the bytes; timestamptz
+# int64 microseconds since 2000-01-01 UTC.
+COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags 0, no header extension
+COPY_BINARY_TRAILER = b"\xff\xff"
+_PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z in milliseconds since 1970
+_PK_I = struct.Struct(">i").pack
+_PK_II = struct.Struct(">ii").pack
+_PK_IQ = struct.Struct(">iq").pack
+_LEN4: tuple[bytes, ...] = tuple(_PK_I(n) for n in range(4096))  # the length word of a short value
+_NULL = _PK_I(-1)
+
+
+def pg_copy_type(column: Any) -> str:
+    """The PostgreSQL type whose binary form a ledger column takes in COPY (by its SQLAlchemy type)."""
+    t = column.type
+    if isinstance(t, BigInteger):
+        return "int8"
+    if isinstance(t, Integer):
+        return "int4"
+    if isinstance(t, DateTime):
+        return "timestamptz" if t.timezone else "timestamp"
+    if isinstance(t, LargeBinary):
+        return "bytea"
+    if isinstance(t, String):  # Text too; varchar(n) has text's binary form, its length checked on receipt
+        return "text"
+    raise TypeError(f"no COPY type for ledger column {column.name} ({t!r})")
+
+
+def binary_timestamp(ms: int) -> bytes:
+    """A timestamptz field of binary COPY (its length word and value) for milliseconds since 1970."""
+    return _PK_IQ(8, (ms - _PG_EPOCH_MS) * 1000)
+
+
+def _binary_json_list(ascii_only: bool) -> tuple[dict[tuple[str, ...], bytes], Callable[[Sequence[str]], bytes]]:
+    """(cache, store): a JSON list of strings as a text field of binary COPY, kept by value."""
+    cache: dict[tuple[str, ...], bytes] = {}
+
+    def store(values: Sequence[str]) -> bytes:
+        data = json.dumps(list(values), separators=(",", ":"), ensure_ascii=ascii_only).encode()
+        stored = _PK_I(len(data)) + data
+        if isinstance(values, tuple):
+            if len(cache) >= _JSON_KEPT:
+                cache.clear()
+            cache[values] = stored
+        return stored
+
+    return cache, store
+
+
+def _row_field(i: int, f: LeafField, pg_type: str) -> tuple[list[str], list[str]]:
+    """(statements, parts) of field ``f``'s binary COPY field, from the local ``v{i}``.
+
+    Run after the leaf's code for the same value, whose locals it reuses: a string's
+    UTF-8 bytes ``b{i}`` and their length ``n{i}`` (FieldCompiler.field's names).
+    """
+    v = f"v{i}"
+    length = f"(_LEN4[n{i}] if n{i} < 4096 else _PK_I(n{i}))"
+    if f.kind == "timestamp" and pg_type == "timestamptz":
+        return [], [f"{f.name}_bin"]  # given, as the batch's drafts share it
+    if f.kind == "array" and pg_type == "text":
+        return [
+            f"c{i} = _jbin_{f.name}.get({v}) if {v}.__class__ is tuple else None",
+            f"if c{i} is None:",
+            f"    c{i} = _jbin_store_{f.name}({v})",
+        ], [f"c{i}"]
+    if f.kind in ("long", "int") and pg_type in ("int8", "int4") and not f.nullable:
+        return [], [f"_PK_IQ(8, {v})" if pg_type == "int8" else f"_PK_II(4, {v})"]
+    if f.kind == "string" and pg_type == "text":
+        if not f.nullable:
+            return [], [length, f"b{i}"]
+        return [f"c{i} = _NULL if {v} is None else {length} + b{i}"], [f"c{i}"]
+    if f.kind == "enum" and pg_type == "text" and not f.nullable:
+        return [f"b{i} = {v}.encode()", f"n{i} = len(b{i})"], [length, f"b{i}"]
+    if f.kind == "fixed" and pg_type == "bytea" and not f.nullable:
+        return [], [f"_LEN4[{f.size}]", v]  # its size checked by the leaf's code
+    raise TypeError(f"no binary COPY form compiled for field {f.name} ({f.kind}) as {pg_type}")
+
+
+def _binary_row_source(
+    leaf: Sequence[LeafField], pg_types: Sequence[str], run: Sequence[str], fc: FieldCompiler
+) -> tuple[list[str], list[str], list[str]]:
+    """(params, body, memo miss body) of write_binary_row: the leaf, its hashes and its row
+    as binary COPY bytes, in one pass over the draft's fields.
+
+    Each field is read once into a local ``v{i}`` and encoded for the leaf by the code
+    leaf_codec compiles (FieldCompiler: the very code of encode_entry), then for the row,
+    reusing a string's UTF-8 bytes. The fields of ``run`` (consecutive in the schema: the
+    decision's context, which repeats from entry to entry, as encode_entry's memo
+    assumes) are encoded once per distinct value: their (leaf bytes, row bytes) are kept
+    under the tuple of their values and their int fields' classes, so that a float or a
+    bool equal to an int never takes its bytes; a key that cannot be hashed is encoded
+    every time. The leaf's code runs before the row's, so a value the leaf refuses is
+    refused as encode_entry refuses it.
+    """
+    params = ["write", "draft", *(f.name for f in leaf if f.name in ASSIGNED)]
+    params += [p for f in leaf if f.kind == "timestamp" for p in (f"{f.name}_bin", f"{f.name}_ms")]
+    names = [f.name for f in leaf]
+    first = names.index(run[0]) if run else len(leaf)
+    end = first + len(run)
+    if list(names[first:end]) != list(run):
+        raise ValueError(f"the memoised run is not consecutive fields of the schema: {list(run)}")
+    avro = SCHEMA["fields"]
+    body: list[str] = []
+    for i, f in enumerate(leaf):
+        if f.name in ASSIGNED:
+            body.append(f"v{i} = {f.name}")
+        elif f.kind == "timestamp":
+            body.append(f"v{i} = {f.name}_ms")
+        else:
+            body.append(f"v{i} = draft.{f.name}")
+    leaf_parts: list[str] = []
+    row_code: list[str] = []
+    row_parts: list[str] = []
+    for i, (f, pg_type) in enumerate(zip(leaf, pg_types, strict=False)):
+        if first < i < end:
+            continue
+        if i == first:
+            key = [f"v{k}" for k in range(first, end)]
+            key += [f"v{k}.__class__" for k in range(first, end) if leaf[k].kind in ("int", "long")]
+            body += [
+                f"k{i} = ({', '.join(key)},)",
+                "try:",
+                f"    m{i} = _ROW_RUN.get(k{i})",
+                "except TypeError:  # unhashable: encoded, not kept",
+                f"    m{i} = k{i} = None",
+                f"if m{i} is None:",
+                f"    m{i} = _row_run(k{i}, {', '.join(f'v{k}' for k in range(first, end))})",
+            ]
+            leaf_parts.append(f"m{i}[0]")
+            row_parts.append(f"m{i}[1]")
+            continue
+        prelude, parts = fc.field(i, f"v{i}", avro[i]["type"])
+        body += prelude
+        leaf_parts += parts
+        code, parts = _row_field(i, f, pg_type)
+        row_code += code
+        row_parts += parts
+    body += [
+        f"leaf = b''.join(({', '.join(leaf_parts)},))",
+        "entry_hash = _sha256(leaf).digest()",
+        *row_code,
+        f"write(b''.join((_PK_NFIELDS, {', '.join(row_parts)}, _LEN4[32], entry_hash, _LEN4[32], "
+        "_sha256(b'\\x00' + leaf).digest())))",  # HASH_COLUMNS: bytea, SHA-256
+        "return entry_hash",
+    ]
+    # The memo's miss: the run's leaf bytes and row bytes, kept under the key.
+    miss: list[str] = []
+    miss_leaf: list[str] = []
+    miss_code: list[str] = []
+    miss_row: list[str] = []
+    for i in range(first, end):
+        prelude, parts = fc.field(i, f"v{i}", avro[i]["type"])
+        miss += prelude
+        miss_leaf += parts
+        code, parts = _row_field(i, leaf[i], pg_types[i])
+        miss_code += code
+        miss_row += parts
+    miss += [
+        f"leaf = b''.join(({', '.join(miss_leaf)},))",
+        *miss_code,
+        f"encoded = (leaf, b''.join(({', '.join(miss_row)},)))",
+        "if key is not None:",
+        "    if len(_ROW_RUN) >= _JSON_KEPT:",
+        "        _ROW_RUN.clear()",
+        "    _ROW_RUN[key] = encoded",
+        "return encoded",
+    ]
+    return params, body, miss
+
+
 def _draft_of_source(leaf: Sequence[LeafField]) -> list[str]:
     args = []
     for f in leaf:
@@ -550,9 +732,26 @@ def _namespace() -> dict[str, Any]:
     }
     for name, ascii_only in ARRAY_JSON.items():
         ns[f"_json_{name}"], ns[f"_store_{name}"] = _json_list(ascii_only)
+        ns[f"_jbin_{name}"], ns[f"_jbin_store_{name}"] = _binary_json_list(ascii_only)
+    ns.update(
+        _PK_I=_PK_I, _PK_II=_PK_II, _PK_IQ=_PK_IQ, _LEN4=_LEN4, _NULL=_NULL, _ROW_RUN=_ROW_RUN, _JSON_KEPT=_JSON_KEPT
+    )
+    ns["_PK_NFIELDS"] = struct.pack(">h", len(COLUMNS))
+    ns.update(
+        _OUTCOMES=OUTCOMES,
+        _NOT_COVERED=NOT_COVERED,
+        _DIGEST=DIGEST,
+        _check_draft=check_draft,
+        _UTC=UTC,
+        _to_millis=to_millis,
+        _EPOCH=_EPOCH,
+        _MS=_MS,
+        _binary_timestamp=binary_timestamp,
+    )
     return ns
 
 
+_ROW_RUN: dict[Any, bytes] = {}  # write_binary_row's memo: the run's row bytes by its values
 _NS = _namespace()
 
 canonical_bytes: Callable[[int, EntryDraft, bytes], bytes] = _compile(
@@ -580,6 +779,89 @@ write_row: Callable[..., bytes] = _compile(
     datetime (to_millis) and its milliseconds, which a batch's drafts share, so its
     caller converts each once. Arrays are stored as JSON (ARRAY_JSON), kept by value.
     The draft is not checked (check_draft).
+    """,
+)
+
+# The binary form of each column, in COLUMNS order (the table's order, checked above).
+PG_COPY_TYPES: tuple[str, ...] = tuple(pg_copy_type(c) for c in cast(Table, LedgerEntry.__table__).columns)
+_fc = FieldCompiler()
+_binary_params, _binary_body, _miss_body = _binary_row_source(FIELDS, PG_COPY_TYPES, REPEATING, _fc)
+_NS.update(_fc.constants)
+_NS["_row_run"] = _compile(
+    "row_run",
+    ["key", *(f"v{FIELDS.index(f)}" for f in FIELDS if f.name in REPEATING)],
+    _miss_body,
+    _NS,
+    "write_binary_row's memo miss: (leaf bytes, row bytes) of the repeating run, kept under key.",
+)
+write_binary_row: Callable[..., bytes] = _compile(
+    "write_binary_row",
+    _binary_params,
+    _binary_body,
+    _NS,
+    f"""write_row's row as one row of binary COPY (PostgreSQL's binary form of each column); returns its entry_hash.
+
+    ``write_binary_row({", ".join(_binary_params)})``: the same leaf and hashes as
+    write_row, and the same stored values, as bytes ready for COPY ... (FORMAT BINARY)
+    after COPY_BINARY_HEADER: what psycopg's write_row sends for write_row's tuple
+    (tests/unit/test_entry_fields.py compares the two), built without a dumper call per
+    column. The timestamp is given as its field's bytes (binary_timestamp) and its
+    milliseconds, which a batch's drafts share. Text is encoded as UTF-8, so a
+    connection must use that client encoding (ledger/append.py checks). The draft is not
+    checked (check_draft).
+    """,
+)
+
+
+def _binary_rows_source(leaf: Sequence[LeafField], body: Sequence[str]) -> list[str]:
+    """write_binary_rows: check_draft's rules, the timestamp's conversion and write_binary_row's
+    body in one loop over a batch (a call per entry costs more than its checks)."""
+    (stamp,) = (f.name for f in leaf if f.kind == "timestamp")
+    names = [f.name for f in leaf]
+    did, outcome, digest = (f"v{names.index(n)}" for n in ("disclosure_id", "outcome", "event_digest"))
+    entry = [line for line in body if line != "return entry_hash"]
+    # The fields the checks read are read once, for them and for the entry.
+    checked = {
+        f"{v} = draft.{name}" for v, name in ((did, "disclosure_id"), (outcome, "outcome"), (digest, "event_digest"))
+    }
+    return [
+        "checked_digest = ''",
+        "cached = None",
+        f"{stamp}_bin = {stamp}_ms = None",
+        "for draft in drafts:",
+        f"    {did} = draft.disclosure_id",
+        f"    {outcome} = draft.outcome",
+        f"    {digest} = draft.event_digest",
+        f"    if {outcome} not in _OUTCOMES or not {did} or len({did}) > 64 or {outcome} == _NOT_COVERED:",
+        "        _check_draft(draft)  # raises, or passes a valid NOT_COVERED",
+        f"    if {digest} != checked_digest:  # one event's decisions share it: checked once a run",
+        f"        if {digest} and _DIGEST.fullmatch({digest}) is None:",
+        "            _check_draft(draft)",
+        f"        checked_digest = {digest}",
+        f"    at = draft.{stamp}",
+        "    if at is not cached and at != cached:  # equal instants: the same stored value",
+        "        cached = at",
+        "        utc = at if at.tzinfo is _UTC and not at.microsecond % 1000 else _to_millis(at)  # refuses a naive one",
+        f"        {stamp}_ms = (utc - _EPOCH) // _MS",
+        f"        {stamp}_bin = _binary_timestamp({stamp}_ms)",
+        "    seq += 1",
+        *(f"    {line}" for line in entry if line not in checked),
+        "    prev_hash = entry_hash",
+        "return prev_hash",
+    ]
+
+
+write_binary_rows: Callable[..., bytes] = _compile(
+    "write_binary_rows",
+    ["write", "drafts", "seq", "prev_hash"],
+    _binary_rows_source(FIELDS, _binary_body),
+    _NS,
+    """The binary COPY rows of drafts numbered seq + 1, seq + 2, ... and chained from prev_hash, each to ``write``; returns the last entry_hash.
+
+    Each draft is checked as ledger/append.py's _rows checks it (check_draft raises
+    ValueError for a draft the ledger must not hold; the batch must then not be
+    written) and written as write_binary_row writes it. Every draft is written: a
+    repeated disclosure_id is left to UNIQUE(disclosure_id) to refuse.
     """,
 )
 

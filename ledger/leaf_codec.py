@@ -29,7 +29,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA", "SCHEMA_PATH", "FIELD_NAMES", "compile_record", "encode_entry", "encode_long"]
+__all__ = [
+    "FIELD_NAMES",
+    "REPEATING",
+    "SCHEMA",
+    "SCHEMA_PATH",
+    "FieldCompiler",
+    "compile_record",
+    "encode_entry",
+    "encode_long",
+]
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "disclosure.avsc"
 
@@ -100,12 +109,14 @@ def _enum_error(name: str, symbols: Iterable[str]) -> Callable[[Any], bytes]:
     return refuse
 
 
-class _Compiler:
+class FieldCompiler:
     """Turns a record schema into the source of one function and the constants it uses.
 
     Each field becomes a few statements computing its parts (``prelude``) and the
     expressions of those parts; the function returns ``b"".join`` of every field's parts,
-    in field order.
+    in field order. The names it gives field i's locals are a contract: a string's UTF-8
+    bytes are ``b{i}`` and their length ``n{i}`` (ledger/entry.py's write_binary_row
+    reuses them for the row), the other locals end in i too, so fields never collide.
     """
 
     def __init__(self) -> None:
@@ -191,7 +202,7 @@ def _kind(schema: Any) -> Any:
     return schema if isinstance(schema, str) else None if isinstance(schema, list) else schema.get("type")
 
 
-def _run_encoder(compiler: _Compiler, first: int, fields: Sequence[Mapping[str, Any]]) -> Callable[..., bytes]:
+def _run_encoder(compiler: FieldCompiler, first: int, fields: Sequence[Mapping[str, Any]]) -> Callable[..., bytes]:
     """The encoder of a run of fields on its own: ``run(key, *values)``, what a memo miss calls.
 
     It encodes the values and keeps the bytes under ``key`` (None: not kept, the key
@@ -247,7 +258,7 @@ def compile_record(
         if list(names[first : first + len(run)]) != list(run):
             raise ValueError(f"a memoised run must be consecutive fields in schema order: {list(run)}")
         runs[first] = first + len(run)
-    compiler = _Compiler()
+    compiler = FieldCompiler()
     compiler.constants["_MEMO_KEPT"] = _MEMO_KEPT
     args = [f"v{i}" for i in range(len(names))]
     body: list[str] = []
@@ -295,7 +306,7 @@ def _load(path: Path) -> Mapping[str, Any]:
 
 # A decision's context repeats from entry to entry (one agreement, a few recipients, the
 # same fields); the ids, digests, subject keys and times rarely do.
-_REPEATING = (
+REPEATING = (
     "event_type",
     "provider",
     "recipient",
@@ -309,4 +320,4 @@ _REPEATING = (
     "consent_mode",
 )
 SCHEMA = _load(SCHEMA_PATH)  # as read; ledger/entry.py derives the entry's fields from it
-encode_entry, FIELD_NAMES = compile_record(SCHEMA, memo=[_REPEATING])
+encode_entry, FIELD_NAMES = compile_record(SCHEMA, memo=[REPEATING])
