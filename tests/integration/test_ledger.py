@@ -769,3 +769,52 @@ def test_a_refused_draft_mid_batch_writes_nothing_and_leaves_the_writer_usable(
         assert (ok.seq, ok.new) == (2, True)
     assert count(engine) == 2
     assert verify(engine).ok
+
+
+def test_a_repeat_within_a_first_try_is_recorded_once(ledger_engine: Engine) -> None:
+    """append's first COPY leaves a repeated id to UNIQUE(disclosure_id); the retry looks ids up and skips it."""
+    out = append(ledger_engine, [draft(1), draft(2), draft(1), draft(3)])
+    assert [(a.seq, a.new) for a in out] == [(1, True), (2, True), (1, False), (3, True)]
+    assert count(ledger_engine) == 3
+    assert [e.draft for e in entries(ledger_engine)] == [draft(1), draft(2), draft(3)]
+    assert verify(ledger_engine).ok
+
+
+def test_a_number_its_column_cannot_hold_is_refused_and_nothing_written(ledger_engine: Engine) -> None:
+    """agreement_version is int4 in the table: 2**31 is refused (ValueError) before anything is written."""
+    append(ledger_engine, [draft(1)])
+    with pytest.raises(ValueError, match="cannot"):
+        append(ledger_engine, [draft(2), replace(draft(3), agreement_version=1 << 31)])
+    assert [a.seq for a in append(ledger_engine, [draft(2)])] == [2]
+    assert count(ledger_engine) == 2 and verify(ledger_engine).ok
+
+
+def test_a_connection_not_in_utf8_writes_the_same_rows(ledger_engine: Engine) -> None:
+    """append builds its binary rows in UTF-8; a LATIN1 session gets psycopg's rows, and the ledger is the same.
+
+    Batches alternate between a UTF-8 and a LATIN1 engine on one ledger, with text LATIN1
+    can hold (é, ß); what is read back is the drafts, and the chain verifies across both.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.pool import NullPool
+
+    latin1 = create_engine(ledger_engine.url, poolclass=NullPool)
+
+    @event.listens_for(latin1, "connect")
+    def _latin1(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.execute("SET client_encoding TO 'LATIN1'")
+        dbapi_connection.commit()
+
+    try:
+        raw = latin1.raw_connection()
+        assert raw.driver_connection.info.encoding != "utf-8"  # type: ignore[union-attr]
+        raw.close()
+        accented = [replace(draft(i), reason="refusé", subject_key=f"straße-{i}") for i in range(1, 31)]
+        for k in range(0, 30, 10):
+            append(latin1 if k % 20 else ledger_engine, accented[k : k + 10])
+        append(latin1, accented[:5])  # known ids, through the look-up on that connection too
+        assert [e.draft for e in entries(ledger_engine)] == accented
+        result = verify(ledger_engine)
+        assert result.ok and result.entries == 30, result.describe()
+    finally:
+        latin1.dispose()
