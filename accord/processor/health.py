@@ -23,6 +23,7 @@ nothing and resumes by itself, so the checks tell an operator why nothing moves.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -121,6 +122,17 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class _Server(ThreadingHTTPServer):
+    """The health port's server; a request that fails (a prober hanging up) is one log line, not a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # socketserver's default prints a traceback to stderr, outside the JSON logs.
+        exc = sys.exc_info()[1]
+        log.warning("health_request_failed", error=type(exc).__name__ if exc else "unknown")
+
+
 def serve(
     health: Health, host: str, port: int, registry: CollectorRegistry | None = None
 ) -> ThreadingHTTPServer | None:
@@ -154,11 +166,10 @@ def serve(
             pass
 
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = _Server((host, port), Handler)
     except OSError as exc:
         log.warning("health_check_off", port=port, error=str(exc))
         return None
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     log.info("health_check", url=f"http://{host}:{server.server_address[1]}/health")
     return server

@@ -246,3 +246,25 @@ def test_route_labels_are_templates_never_paths(path: str, method: str, expected
     assert route_of(scope, routes) == expected
     item = {"type": "http", "path": "/v1/items/9434765919", "method": "GET", "root_path": ""}
     assert route_of(item, routes) == "/v1/items/{item_id}"
+
+
+def test_a_prober_that_hangs_up_is_no_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import struct
+
+    server = serve(Health(), "127.0.0.1", 0, ProcessorMetrics().registry)
+    assert server is not None
+    port = server.server_address[1]
+    try:
+        for path in ("/health", "/metrics"):
+            for _ in range(5):  # the request sent, then a reset instead of reading the answer
+                probe = socket.create_connection(("127.0.0.1", port))
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                probe.sendall(f"GET {path} HTTP/1.1\r\nHost: accord\r\n\r\n".encode())
+                probe.close()
+        assert _get(port, "/healthz")[0] == 200  # still answering
+    finally:
+        server.shutdown()
+        server.server_close()
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
