@@ -1,19 +1,26 @@
-"""/readyz turns "degraded" while the database is cut, and "ready" again after, with no record moving.
+"""/readyz turns "degraded" while the database, or the broker, is cut, and "ready" again after.
 
 PostgreSQL is reached through a TCP proxy the test cuts (tests/faults.py), as in
-tests/integration/test_outage.py. No event is published during the cut: the
-processor must notice the outage, and its end, by itself (its idle probes and the
-control plane), so an orchestrator stops routing to it and then takes it back.
-Throughout, /healthz stays 200: the process is alive and waits, it needs no restart.
+tests/integration/test_outage.py; the broker is an embedded broker of the test's own,
+advertised at a proxy's port so every client goes through it. No event is published
+during a cut: the processor must notice the outage, and its end, by itself (its idle
+probes and the control plane), so an orchestrator stops routing to it and then takes
+it back. Throughout, /healthz stays 200: the process is alive and waits, it needs no
+restart.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from accord.dev import devstack
 from agreements import load_dir
 from tests.bus import Bus, make_settings
 from tests.conftest import fresh_role_database
@@ -81,3 +88,55 @@ def test_readyz_is_degraded_while_the_database_is_cut_and_ready_after(broker, tm
         finally:
             bus.stop_processor()
             proxy.close()
+
+
+@pytest.fixture
+def proxied_broker(tmp_path: Path) -> Iterator[tuple[str, TcpProxy]]:
+    """An embedded broker of this test's own, advertised at a proxy's port (the session's broker stays whole)."""
+    listen = _free_port()
+    proxy = TcpProxy(listen)
+    broker = subprocess.Popen(
+        [
+            devstack.broker_binary(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{listen}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{proxy.port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=(tmp_path / "tansu.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    bootstrap = f"127.0.0.1:{proxy.port}"
+    try:
+        devstack.wait_for_broker(bootstrap)
+        yield bootstrap, proxy
+    finally:
+        proxy.close()
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_readyz_is_degraded_while_the_broker_is_cut_and_ready_after(proxied_broker, tmp_path) -> None:
+    bootstrap, proxy = proxied_broker
+    with fresh_role_database() as db:
+        port = _free_port()
+        settings = make_settings(bootstrap, db.app_url, tmp_path).model_copy(update={"health_port": port})
+        bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
+        bus.create_topics()
+        bus.start_processor()
+        assert bus.processor is not None
+        try:
+            assert _until(port, "/readyz", 200, timeout=60) == "ready\n"
+            proxy.cut()
+            body = _until(port, "/readyz", 503, timeout=30)
+            assert body.startswith("degraded: waiting for the broker"), body
+            assert get(port, "/healthz") == (200, "alive\n")
+            proxy.restore()
+            assert _until(port, "/readyz", 200, timeout=90) == "ready\n"
+            assert bus.processor.poll() is None, "the processor exited"
+        finally:
+            bus.stop_processor()
