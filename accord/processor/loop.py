@@ -185,12 +185,19 @@ class SharingLoop:
     # confluent-kafka calls these from inside consume()
     def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.moved.update((p.topic, p.partition) for p in partitions)
+        self._forget(partitions)
         self.feed_stale = True
         log.info("partitions_assigned", partitions=len(partitions))
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.moved.update((p.topic, p.partition) for p in partitions)
+        self._forget(partitions)
         log.info("partitions_revoked", partitions=len(partitions))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Another worker may have committed these meanwhile: our own last commit no longer tells their lag."""
+        for p in partitions:
+            self._committed.pop((p.topic, p.partition), None)
 
     def topics(self) -> list[str]:
         return [self.names.event(t) for t in EVENT_TYPES] + [self.names.receipts]
@@ -405,7 +412,8 @@ class SharingLoop:
 
         Never ListOffsets (wrong on the embedded broker): ``cached=True`` reads what fetch
         responses said, without a request. A partition not fetched yet, or with no position
-        (nothing read or committed by this loop), is left out until it has both.
+        (nothing read, or committed by this loop since it was assigned), is left out until
+        it has both.
         """
         now = time.monotonic()
         if now - self._lag_at < self.lag_interval_s:

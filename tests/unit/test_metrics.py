@@ -268,3 +268,13 @@ def test_a_prober_that_hangs_up_is_no_traceback(capsys: pytest.CaptureFixture[st
         server.server_close()
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
+
+
+def test_a_partition_that_moved_away_and_back_has_no_stale_lag() -> None:
+    consumer = FakeConsumer({("a", 0): -1001}, {("a", 0): 500})
+    loop = _loop(consumer, lag_interval_s=0)
+    loop._committed[("a", 0)] = 100  # committed by this loop; then the partition went to another worker
+    loop.on_revoke(consumer, [TopicPartition("a", 0)])  # type: ignore[arg-type]
+    loop.on_assign(consumer, [TopicPartition("a", 0)])  # type: ignore[arg-type]
+    loop._refresh_lag()
+    assert loop.metrics.lag == {}  # not 400: the other worker may have processed them
