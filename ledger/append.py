@@ -376,7 +376,7 @@ def _copy_batch(
             _rows(drafts, known, last_seq, prev, results, rows.append, binary=True)
         rows.append(COPY_BINARY_TRAILER)
         with cursor.copy(_COPY_SQL) as copy:
-            copy.write(b"".join(rows))
+            copy.write(memoryview(b"".join(rows)))  # psycopg sends it in slices: of a view, not copies
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != DISCLOSURE_ID_UNIQUE:
             raise

@@ -39,7 +39,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, SmallInteger, String, Table
 
 from ledger import merkle
-from ledger.leaf_codec import REPEATING, SCHEMA, SCHEMA_PATH, FieldCompiler, encode_entry
+from ledger.leaf_codec import REPEATING, SCHEMA, SCHEMA_PATH, FieldCompiler, encode_entry, string_array
 from ledger.tables import LedgerEntry
 
 __all__ = [
@@ -615,6 +615,22 @@ def _row_field(i: int, f: LeafField, pg_type: str) -> tuple[list[str], list[str]
     raise TypeError(f"no binary COPY form compiled for field {f.name} ({f.kind}) as {pg_type}")
 
 
+def _arrays(name: str, ascii_only: bool) -> tuple[dict[tuple[str, ...], tuple[bytes, bytes]], Callable[[Any], Any]]:
+    """(cache, store): an array field's (leaf bytes, binary COPY field), kept by value (a batch repeats a handful)."""
+    cache: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
+    _, row = _binary_json_list(ascii_only)
+
+    def store(values: Any) -> tuple[bytes, bytes]:
+        encoded = (string_array(values), row(values))
+        if values.__class__ is tuple:
+            if len(cache) >= _JSON_KEPT:
+                cache.clear()
+            cache[values] = encoded
+        return encoded
+
+    return cache, store
+
+
 def _binary_row_source(
     leaf: Sequence[LeafField], pg_types: Sequence[str], run: Sequence[str], fc: FieldCompiler
 ) -> tuple[list[str], list[str], list[str]]:
@@ -644,7 +660,7 @@ def _binary_row_source(
         if f.name in ASSIGNED:
             body.append(f"v{i} = {f.name}")
         elif f.kind == "timestamp":
-            body.append(f"v{i} = {f.name}_ms")
+            body.append(f"{f.name}_avro = _long({f.name}_ms)")  # write_binary_rows: once a run of equal times
         else:
             body.append(f"v{i} = draft.{f.name}")
     leaf_parts: list[str] = []
@@ -652,6 +668,19 @@ def _binary_row_source(
     row_parts: list[str] = []
     for i, (f, pg_type) in enumerate(zip(leaf, pg_types, strict=False)):
         if first < i < end:
+            continue
+        if f.kind == "timestamp":  # the batch's drafts share it: its leaf piece is made once a run
+            leaf_parts.append(f"{f.name}_avro")
+            row_parts.append(f"{f.name}_bin")
+            continue
+        if f.kind == "array":  # a handful of values: (leaf bytes, row bytes) kept by value
+            body += [
+                f"s{i} = _arrays_{f.name}.get(v{i}) if v{i}.__class__ is tuple else None",
+                f"if s{i} is None:",
+                f"    s{i} = _arrays_store_{f.name}(v{i})",
+            ]
+            leaf_parts.append(f"s{i}[0]")
+            row_parts.append(f"s{i}[1]")
             continue
         if i == first:
             key = [f"v{k}" for k in range(first, end)]
@@ -733,6 +762,7 @@ def _namespace() -> dict[str, Any]:
     for name, ascii_only in ARRAY_JSON.items():
         ns[f"_json_{name}"], ns[f"_store_{name}"] = _json_list(ascii_only)
         ns[f"_jbin_{name}"], ns[f"_jbin_store_{name}"] = _binary_json_list(ascii_only)
+        ns[f"_arrays_{name}"], ns[f"_arrays_store_{name}"] = _arrays(name, ascii_only)
     ns.update(
         _PK_I=_PK_I, _PK_II=_PK_II, _PK_IQ=_PK_IQ, _LEN4=_LEN4, _NULL=_NULL, _ROW_RUN=_ROW_RUN, _JSON_KEPT=_JSON_KEPT
     )
@@ -827,7 +857,7 @@ def _binary_rows_source(leaf: Sequence[LeafField], body: Sequence[str]) -> list[
     return [
         "checked_digest = ''",
         "cached = None",
-        f"{stamp}_bin = {stamp}_ms = None",
+        f"{stamp}_bin = {stamp}_ms = {stamp}_avro = None",
         "for draft in drafts:",
         f"    {did} = draft.disclosure_id",
         f"    {outcome} = draft.outcome",
@@ -844,8 +874,9 @@ def _binary_rows_source(leaf: Sequence[LeafField], body: Sequence[str]) -> list[
         "        utc = at if at.tzinfo is _UTC and not at.microsecond % 1000 else _to_millis(at)  # refuses a naive one",
         f"        {stamp}_ms = (utc - _EPOCH) // _MS",
         f"        {stamp}_bin = _binary_timestamp({stamp}_ms)",
+        f"        {stamp}_avro = _long({stamp}_ms)",
         "    seq += 1",
-        *(f"    {line}" for line in entry if line not in checked),
+        *(f"    {line}" for line in entry if line not in checked and not line.startswith(f"{stamp}_avro = ")),
         "    prev_hash = entry_hash",
         "return prev_hash",
     ]

@@ -78,7 +78,7 @@ def encode_long(n: int) -> bytes:
     return b"".join(out)
 
 
-def _string_array(items: Iterable[str]) -> bytes:
+def string_array(items: Iterable[str]) -> bytes:
     """An array of strings as one block: count, each string, then the 0 that ends it."""
     if not items:
         return b"\x00"
@@ -126,7 +126,7 @@ class FieldCompiler:
             "_CONT": _CONT,
             "_SMALL": _SMALL,
             "_long": encode_long,
-            "_string_array": _string_array,
+            "_string_array": string_array,
         }
 
     def constant(self, name: str, value: Any) -> str:
