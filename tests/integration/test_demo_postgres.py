@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from ledger.migrations import head
 from tests.conftest import fresh_role_database
+from tests.integration.test_migrations import problems
 
 
 def demo(broker: str, state: Path, **urls: str) -> subprocess.CompletedProcess[str]:
@@ -41,10 +42,6 @@ def demo(broker: str, state: Path, **urls: str) -> subprocess.CompletedProcess[s
         timeout=300,
         check=False,
     )
-
-
-def _problem_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("{")]
 
 
 def test_demo_on_postgres_inits_as_the_owner_and_runs_as_the_app_role(broker: str, tmp_path: Path) -> None:
@@ -75,7 +72,7 @@ def test_demo_on_postgres_without_an_owner_url_says_so_in_one_line(broker: str, 
         result = demo(broker, tmp_path, ACCORD_LEDGER_URL=db.app_url)
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
-        lines = _problem_lines(result.stderr)
+        lines = problems(result.stderr, "demo")
         assert len(lines) == 1, result.stderr
         assert "set ACCORD_LEDGER_OWNER_URL to the owner role's URL" in lines[0]
         with db.admin.connect() as conn:
@@ -94,7 +91,7 @@ def test_demo_on_postgres_with_a_wrong_owner_url_says_so_in_one_line(broker: str
         )
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
-        lines = _problem_lines(result.stderr)
+        lines = problems(result.stderr, "demo")
         assert len(lines) == 1, result.stderr
         assert "ACCORD_LEDGER_OWNER_URL" in lines[0] and "no_such_owner_" in lines[0]
 
@@ -103,5 +100,5 @@ def test_demo_with_the_app_role_as_owner_is_refused_in_one_line(broker: str, tmp
     with fresh_role_database(setup=False) as db:
         result = demo(broker, tmp_path, ACCORD_LEDGER_URL=db.app_url, ACCORD_LEDGER_OWNER_URL=db.app_url)
         assert result.returncode == 2
-        lines = _problem_lines(result.stderr)
+        lines = problems(result.stderr, "demo")
         assert len(lines) == 1 and "run init as a separate owner role" in lines[0], result.stderr

@@ -9,6 +9,7 @@ whether they are ENABLE ALWAYS), functions, owners and grants.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,17 @@ def _accord(*args: str, db: RoleDatabase, tmp_path: Path, **extra: str) -> subpr
     )
 
 
+def problems(stderr: str, command: str) -> list[str]:
+    """The lines of stderr saying what is wrong: ``accord COMMAND: ...``, plain or as a JSON log line's message."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            line = str(json.loads(line).get("message", ""))
+        if line.startswith(f"accord {command}: "):
+            found.append(line)
+    return found
+
+
 def _version(db: RoleDatabase) -> list[str]:
     with db.admin.connect() as conn:
         return list(conn.execute(text(f'SELECT version_num FROM "{db.schema}".alembic_version')).scalars())
@@ -183,6 +195,76 @@ def test_upgrades_a_database_created_by_the_first_released_schema_to_head_and_ve
         again = _accord("ledger", "init", db=db, tmp_path=tmp_path)
         assert again.returncode == 0 and f"schema at revision {head()}, nothing to upgrade" in again.stdout
         assert _version(db) == [head()]
+
+
+def test_init_killed_mid_upgrade_leaves_the_first_release_as_it_was(tmp_path: Path) -> None:
+    """kill -9 while 0002 waits for its lock: the stamp and every step roll back; init again succeeds.
+
+    1. Restore 0.1.0's ledger; hold a lock on ledger_entries that CREATE INDEX must wait for.
+    2. Start `accord ledger init`; wait until PostgreSQL shows it blocked on that CREATE INDEX
+       (so 0001's stamp is already written, in its transaction).
+    3. kill -9 it, release the lock: no alembic_version, no new index, the entries as they were.
+    4. `accord ledger init` again: at head, and the ledger verifies.
+    """
+    with fresh_role_database(setup=False) as db:
+        restore_first_release(db)  # 1.
+        before = _rows(db, "ledger_entries")
+        holder = db.admin.connect()
+        holder.begin()
+        holder.execute(text(f'LOCK TABLE "{db.schema}".ledger_entries IN ROW EXCLUSIVE MODE'))
+        env = {
+            **os.environ,
+            "ACCORD_LEDGER_URL": db.app_url,
+            "ACCORD_LEDGER_OWNER_URL": db.owner_url,
+            "ACCORD_STATE_DIR": str(tmp_path),
+            "ACCORD_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY,
+        }
+        init = subprocess.Popen(  # 2.
+            [sys.executable, "-m", "accord.cli", "ledger", "init"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            blocked = False
+            for _ in range(600):
+                with db.admin.connect() as conn:
+                    blocked = bool(
+                        conn.execute(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity WHERE usename = :u "
+                                "AND wait_event_type = 'Lock' AND query LIKE 'CREATE INDEX%'"
+                            ),
+                            {"u": db.owner_role},
+                        ).scalar_one()
+                    )
+                if blocked or init.poll() is not None:
+                    break
+                threading.Event().wait(0.1)
+            assert blocked, "init never reached 0002's CREATE INDEX"
+        finally:
+            init.kill()  # 3.
+            init.wait(30)
+            holder.rollback()
+            holder.close()
+        for _ in range(100):  # the server notices the dead client and rolls its transaction back
+            with db.admin.connect() as conn:
+                gone = not conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE usename = :u"), {"u": db.owner_role}
+                ).scalar_one()
+            if gone:
+                break
+            threading.Event().wait(0.1)
+        assert not inspect(db.admin).has_table("alembic_version", schema=db.schema)
+        indexes = {i["name"] for i in inspect(db.admin).get_indexes("ledger_entries", schema=db.schema)}
+        assert "ix_ledger_entries_decided_at" not in indexes
+        assert _rows(db, "ledger_entries") == before
+
+        again = _accord("ledger", "init", db=db, tmp_path=tmp_path)  # 4.
+        assert again.returncode == 0, again.stderr
+        assert _version(db) == [head()]
+        signer = load_signer(SIGNING_SEED, ORIGIN)
+        assert signer is not None and verify(db.app, signer.verifier, ORIGIN).ok
 
 
 def test_an_upgraded_first_release_is_the_same_database_as_a_fresh_one(tmp_path: Path) -> None:
@@ -285,7 +367,7 @@ def test_the_processor_refuses_to_start_on_a_database_behind_the_code(role_db: R
         conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
     result = _accord("run", "processor", db=role_db, tmp_path=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    last = result.stderr.splitlines()[-1]
+    [last] = problems(result.stderr, "run processor")
     assert last.startswith("accord run processor: the ledger database ")
     assert "is at revision 0001" in last and "run `accord ledger init` as the owner role" in last
     assert _version(role_db) == ["0001"]
@@ -305,10 +387,8 @@ def test_a_database_ahead_of_the_code_is_refused_by_the_bus_and_by_init(role_db:
         require_app_role(role_db.app)
     init = _accord("ledger", "init", db=role_db, tmp_path=tmp_path)
     assert init.returncode == 2
-    assert [line for line in init.stderr.splitlines() if not line.startswith("{")] == [
-        init.stderr.splitlines()[-1]
-    ] and "Traceback" not in init.stderr
-    assert "a newer Accord upgraded it" in init.stderr
+    [line] = problems(init.stderr, "ledger init")
+    assert "a newer Accord upgraded it" in line and "Traceback" not in init.stderr
     assert _version(role_db) == ["0999"]
 
 
@@ -326,8 +406,7 @@ def test_the_app_role_cannot_migrate_even_when_asked(tmp_path: Path, named_app_r
         extra = {"ACCORD_LEDGER_APP_ROLE": "someone_else"} if named_app_role else {}
         result = _accord("ledger", "init", db=db, tmp_path=tmp_path, ACCORD_LEDGER_OWNER_URL=db.app_url, **extra)
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        last = result.stderr.splitlines()[-1]
-        assert last.startswith("accord ledger init: ")
+        [last] = problems(result.stderr, "ledger init")
         assert ("must be owner" in last) if named_app_role else ("run init as a separate owner role" in last)
         assert _version(db) == ["0001"]
 
