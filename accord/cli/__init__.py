@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accord.cli import agreements, bus, consent, ledger, relay, schemas, web
@@ -40,6 +39,11 @@ def _command_name(args: argparse.Namespace) -> str:
     """The command as typed (``ledger verify``, ``topics create``, ``consume``), for error lines."""
     sub = next((v for v in (getattr(args, "action", None), getattr(args, "what", None)) if isinstance(v, str)), None)
     return f"{args.command} {sub}" if sub else args.command
+
+
+# Commands that run as services: their last word is a log line like the rest (one JSON object
+# when ACCORD_LOG_FORMAT=json was asked for); every other command's is for the person who typed it.
+SERVICES = frozenset({"run processor", "serve", "relay", "consent serve"})
 
 
 def _one_line(text: object) -> str:
@@ -74,20 +78,6 @@ def _kafka_problem(exc: Exception, settings: Settings | None) -> str:
             "embedded one) or set ACCORD_BOOTSTRAP_SERVERS"
         )
     return f"the Kafka broker at {servers} refused: {detail}"
-
-
-def _where_raised(exc: BaseException) -> str:
-    """``file:line`` of the innermost frame in Accord's own code (not a value, so safe to print)."""
-    import traceback
-
-    from bus.settings import PACKAGE_ROOT
-
-    where = "?"
-    for frame in traceback.extract_tb(exc.__traceback__):
-        path = Path(frame.filename)
-        if path.is_relative_to(PACKAGE_ROOT) and ".venv" not in path.parts and "site-packages" not in path.parts:
-            where = f"{path.relative_to(PACKAGE_ROOT)}:{frame.lineno}"
-    return where
 
 
 def describe_error(exc: Exception, settings: Settings | None, command: str) -> tuple[list[str], int] | None:
@@ -189,10 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accord {command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the command's last word: any failure is described, not a traceback
+        from bus.logs import error_line, json_requested, where_raised
+
+        service = command in SERVICES
+
+        def last_word(line: str, error: BaseException = exc) -> None:
+            if service:
+                error_line(line, error)
+            else:
+                print(line, file=sys.stderr)
+
         debug = (
             settings.log_level if settings is not None else os.environ.get("ACCORD_LOG_LEVEL", "")
         ).upper() == "DEBUG"
-        if debug:
+        if debug and not (service and json_requested()):  # error_line carries the traceback at DEBUG
             import traceback
 
             traceback.print_exc()
@@ -200,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         if described is not None:
             lines, code = described
             for line in lines:
-                print(line, file=sys.stderr)
+                last_word(line)
             return code
-        print(
-            f"accord {command}: unexpected error ({type(exc).__name__} at {_where_raised(exc)}); "
-            "run with ACCORD_LOG_LEVEL=DEBUG for the traceback",
-            file=sys.stderr,
+        last_word(
+            f"accord {command}: unexpected error ({type(exc).__name__} at {where_raised(exc.__traceback__)}); "
+            "run with ACCORD_LOG_LEVEL=DEBUG for the traceback"
         )
         return 70

@@ -94,7 +94,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         code = run_processor(settings)
     except ValueError as exc:  # a setting the processor cannot start without (e.g. ACCORD_PSEUDONYM_KEY)
-        print(f"accord run: {exc}", file=sys.stderr)
+        from bus.logs import error_line
+
+        error_line(f"accord run: {exc}", exc)
         return 2
     if not settings.leave_group_on_stop:
         # End the process without running the consumer's destructor, which would leave the

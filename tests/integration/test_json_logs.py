@@ -151,11 +151,6 @@ def test_the_processor_prints_only_json_through_outages_and_shutdown(
     assert code == 0, err.read_text()[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="accord/cli prints a command's last line with print(); in json mode it should go through "
-    "bus.logs.error_line (cmd_run and main): remove this mark when it does",
-)
 def test_a_processor_that_refuses_to_start_says_so_in_json_too(broker: str, tmp_path: Path) -> None:
     with fresh_role_database() as db:
         settings = make_settings(broker, db.app_url, tmp_path)
