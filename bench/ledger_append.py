@@ -4,16 +4,19 @@
 
 ledger.append does per batch what the processor does: one transaction, the
 advisory lock, the head read, the Avro encoding and SHA-256 hashing of every entry
-(entry and leaf hash), one binary COPY that UNIQUE(disclosure_id) guards (idempotency:
-the ledger is asked about ids only when it refuses one), commit.
+(entry and leaf hash), its row built as binary COPY bytes, one binary COPY that
+UNIQUE(disclosure_id) guards (idempotency: the ledger is asked about ids only when it
+refuses one), commit.
 The raw side is the best a bulk loader could do with the work already done: a binary
 COPY (psycopg set_types, write_row) of the very rows append wrote, read back with
 their hashes, into a table made ``LIKE ledger_entries INCLUDING ALL`` (the same
 columns, constraints and indexes), in the same batch size, one transaction per batch.
 The ratio append / raw is what encoding, hashing, chaining and idempotency cost over
 loading finished rows. Shown for scale: a text COPY of the same rows into the same
-indexes (what this bench compared with before), and a binary COPY into a table with no
-index at all.
+indexes (what this bench compared with before), a binary COPY into a table with no
+index at all, and a binary COPY of the same rows made into bytes before the run (no
+Python per row: psycopg's write_row costs the raw side about 2 us a row, which a loader
+with bytes in hand would not pay; append builds its rows as bytes itself).
 
 To keep the two sides under the same load (the machine is shared), the measured run
 interleaves them batch by batch: append batch i to a fresh ledger, then COPY batch i's
@@ -53,13 +56,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
+from psycopg import pq
+from psycopg._copy_base import format_row_binary  # what copy.write_row runs for each row
+from psycopg.adapt import Transformer
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from bench import roles
 from bus.settings import Settings
 from ledger import EntryDraft, LedgerEntry, append, verify
-from ledger.append import _COPY_TYPES, use_c_bytea_dumper  # append's binary COPY, as it does it
+from ledger.append import _COPY_TYPES, use_c_bytea_dumper  # psycopg's binary COPY, as append's fallback does it
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -142,10 +148,14 @@ def read_rows(engine: Engine) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in conn.execute(select(*LedgerEntry.__table__.columns).order_by(LedgerEntry.seq))]
 
 
-def copy_batch(raw: Any, table: str, rows: list[tuple[Any, ...]], binary: bool = True) -> None:
-    """COPY finished rows into ``table`` and commit: binary as append's COPY does it, or text."""
+def copy_batch(raw: Any, table: str, rows: list[tuple[Any, ...]] | bytes, binary: bool = True) -> None:
+    """COPY finished rows into ``table`` and commit: binary by psycopg's write_row (set_types), or text;
+    or, given bytes, the binary COPY data as they are (copy.write)."""
     cursor = raw.driver_connection.cursor()
-    if binary:
+    if isinstance(rows, bytes):
+        with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(rows)
+    elif binary:
         use_c_bytea_dumper(raw.driver_connection)
         with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_COPY_TYPES)
@@ -156,6 +166,23 @@ def copy_batch(raw: Any, table: str, rows: list[tuple[Any, ...]], binary: bool =
             for row in rows:
                 copy.write_row(row)
     raw.driver_connection.commit()
+
+
+def binary_copy_data(rows: list[tuple[Any, ...]], batch: int) -> list[bytes]:
+    """Each batch's rows as binary COPY data, made before the run by psycopg's own formatter.
+
+    For scale: a loader handed its rows already as bytes pays for no Python per row at
+    all (copy.write of one buffer), the least any COPY from Python could cost.
+    """
+    tx = Transformer()
+    tx.set_dumper_types(_COPY_TYPES, pq.Format.BINARY)
+    out = []
+    for i in range(0, len(rows), batch):
+        data = bytearray(b"PGCOPY\n\xff\r\n\x00" + bytes(8))  # signature, flags, no extension
+        for row in rows[i : i + batch]:
+            format_row_binary(row, tx, data)
+        out.append(bytes(data + b"\xff\xff"))
+    return out
 
 
 def backend_pid(engine: Engine) -> int:
@@ -218,6 +245,8 @@ def main() -> int:
         fresh_table(db.owner, "raw_indexed", "INCLUDING ALL", db.app)
         fresh_table(db.owner, "raw_text", "INCLUDING ALL", db.app)
         fresh_table(db.owner, "raw_plain", "", db.app)
+        fresh_table(db.owner, "raw_bytes", "INCLUDING ALL", db.app)
+        prebuilt = binary_copy_data(rows, args.batch)
 
         # One connection each, so each side's backend is one process whose CPU time can be read.
         ledger_engine = create_engine(db.app.url, pool_size=1, max_overflow=0)
@@ -231,6 +260,7 @@ def main() -> int:
             "indexed": Meter(raw_pid),
             "text": Meter(raw_pid),
             "plain": Meter(raw_pid),
+            "bytes": Meter(raw_pid),
         }
         try:
             for i, batch in enumerate(batches):
@@ -241,7 +271,7 @@ def main() -> int:
                         if side == "ledger":
                             append(ledger_engine, batch)
                         else:
-                            copy_batch(raw, f"raw_{side}", finished, binary=side != "text")
+                            copy_batch(raw, f"raw_{side}", prebuilt[i] if side == "bytes" else finished, side != "text")
         finally:
             raw.close()
             ledger_engine.dispose()
@@ -261,6 +291,7 @@ def main() -> int:
         "indexed": "raw binary COPY of the same finished rows, same indexes",
         "text": "raw text COPY of the same rows, same indexes (the bench's old baseline)",
         "plain": "raw binary COPY of the same rows, no index",
+        "bytes": "raw binary COPY of the same rows as bytes made beforehand, same indexes",
     }
 
     def us(seconds: float) -> str:
