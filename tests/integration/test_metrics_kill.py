@@ -11,9 +11,10 @@ decisions.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from accord.dev.drain import committed, wait_for_group
 from agreements import load_dir
@@ -21,7 +22,7 @@ from ledger import LedgerEntry
 from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings
-from tests.conftest import fresh_role_database
+from tests.conftest import RoleDatabase, fresh_role_database
 from tests.integration.test_metrics_processor import _free_port, by, eventually, get, scrape
 
 DECIDED = ("DISCLOSED", "WITHHELD", "NOT_COVERED")
@@ -42,6 +43,15 @@ def _events_after(bus: Bus, seq: int) -> int:
         return int(
             conn.execute(
                 select(func.count(func.distinct(LedgerEntry.event_id))).where(LedgerEntry.seq > seq)
+            ).scalar_one()
+        )
+
+
+def _sessions(db: RoleDatabase) -> int:
+    with db.admin.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE usename = :role"), {"role": db.app_role}
             ).scalar_one()
         )
 
@@ -73,9 +83,14 @@ def test_a_restarted_processor_does_not_count_what_it_replays(broker, tmp_path_f
             eventually("some decisions recorded", lambda: _head(bus) > 50, timeout=60)
             bus.processor.kill()  # SIGKILL: no batch finished, no goodbye
             bus.processor.wait()
+            # A COMMIT (or an offset commit) the dead process sent may still be in the server's
+            # hands: read the ledger's head and the group's offsets only once its database
+            # sessions are gone and its group session has expired, so nothing of it lands later.
+            eventually("the killed process's sessions ended", lambda: _sessions(db) == 0, timeout=30)
+            time.sleep(settings.session_timeout_ms / 1000)
+            head = _head(bus)
             done = committed(settings, settings.processor_group, list(ends))
             assert sum(done.values()) < sum(ends.values()), "it finished before the kill: nothing to replay"
-            head = _head(bus)
 
             bus.start_processor()  # the same port, a new process with counters at 0
             wait_for_group(settings, settings.processor_group, ends, timeout=120)
