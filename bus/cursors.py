@@ -21,7 +21,16 @@ class Cursor(CursorBase):
 
 
 def init_cursors(engine: Engine) -> None:
-    """Create the cursor table if it is missing; two workers starting together may both try."""
+    """Make sure the cursor table is there before the first read.
+
+    PostgreSQL: `accord ledger init` made it (ledger/migrations), and the bus runs no DDL
+    there: it is only read. SQLite (dev only): created if missing; two workers starting
+    together may both try.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(select(Cursor.position).limit(1))
+        return
     try:
         CursorBase.metadata.create_all(engine)
     except (IntegrityError, OperationalError, ProgrammingError):
