@@ -18,7 +18,7 @@ from agreements import load_dir, recipients_by_type
 from bus import headers as header
 from bus import kafka
 from bus.settings import Settings
-from bus.topics import TopicNames, TopicSpec, create_topics
+from bus.topics import TopicLayout, TopicNames, TopicSpec, create_topics
 from producers import Publisher
 from producers.synthetic import build_scenario
 
@@ -63,7 +63,9 @@ def position(msg: Message) -> tuple[tuple[str, int], int]:
 def create_bus_topics(settings: Settings, extra: Sequence[TopicSpec] = ()) -> list[TopicSpec]:
     """The bus's whole topic catalogue under ``settings.topic_prefix`` (event topics have 4 partitions)."""
     names = TopicNames(settings.topic_prefix)
-    specs = names.catalogue(recipients_by_type(load_dir(settings.agreements_dir))) + list(extra)
+    specs = names.catalogue(recipients_by_type(load_dir(settings.agreements_dir)), TopicLayout.of(settings)) + list(
+        extra
+    )
     create_topics(kafka.admin(settings), specs)
     return specs
 

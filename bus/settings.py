@@ -159,7 +159,11 @@ class Settings(BaseSettings):
         "departed leader when members leave one after another, and then never assigns that group again",
     )
     health_port: int = Field(
-        0, ge=0, le=65535, description="Port of the processor's health check (GET /health); 0 is off"
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the processor's health checks and metrics (GET /health, /healthz, /readyz, /metrics; "
+        "worker i of --workers N uses port + i); 0 is off",
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

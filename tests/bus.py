@@ -20,7 +20,7 @@ from accord.dev.drain import wait_for_group
 from agreements import Agreement, load_dir, recipients_by_type
 from bus import kafka
 from bus.settings import Settings
-from bus.topics import TopicNames, create_topics
+from bus.topics import TopicLayout, TopicNames, create_topics
 from consumers import Disclosure, Retraction, Subscription
 from ledger import LedgerEntry
 from producers import Publisher
@@ -103,7 +103,10 @@ class Bus:
         return TopicNames(self.settings.topic_prefix)
 
     def create_topics(self) -> None:
-        create_topics(kafka.admin(self.settings), self.names.catalogue(recipients_by_type(self.agreements)))
+        create_topics(
+            kafka.admin(self.settings),
+            self.names.catalogue(recipients_by_type(self.agreements), TopicLayout.of(self.settings)),
+        )
 
     def start_processor(self) -> None:
         log = (self.settings.state_dir / "processor.log").open("ab")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -90,6 +91,7 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
     """
     from confluent_kafka import KafkaException
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
     from accord.dev.devstack import DevStackError
@@ -106,6 +108,10 @@ def describe_error(exc: Exception, settings: Settings | None, command: str) -> t
         return lines, 2
     if isinstance(exc, ValidationError) and exc.title == "Settings":
         return [prefix + _settings_problems(exc)], 2
+    if isinstance(exc, SettingsError):  # a dict or list setting whose variable is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"ACCORD_{field.group(1).upper()}" if field else "an ACCORD_* variable"
+        return [f"{prefix}{name} is not valid JSON (a JSON object is expected); fix the environment variable"], 2
     if isinstance(exc, DBAPIError):
         from bus.database import describe_database_error
 

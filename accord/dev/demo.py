@@ -36,7 +36,7 @@ from bus import headers as header
 from bus import kafka
 from bus.database import app_role_of, describe_database_error, engine_for, owner_engine_for
 from bus.settings import Settings
-from bus.topics import TopicNames, create_topics
+from bus.topics import TopicLayout, TopicNames, create_topics
 from consumers import Disclosure, Subscription
 from ledger import LedgerEntry, verify
 from ledger.checkpoint import KEY_FILE_NAME, generate_key_file, latest_checkpoint, make_checkpoint
@@ -213,7 +213,7 @@ def run_demo(
         print(devstack.up(settings).describe())
     names = TopicNames(settings.topic_prefix)
     agreements = load_dir(settings.agreements_dir)
-    create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements)))
+    create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements), TopicLayout.of(settings)))
     engine = _prepare_database(settings)
     # The demo signs its ledger with the state folder's key, made on first use (the processor finds it there too).
     signer = signer_from_settings(settings) or generate_key_file(

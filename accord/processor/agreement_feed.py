@@ -24,7 +24,7 @@ from agreements.recipient_schemas import recipient_catalogue
 from bus import kafka
 from bus.errors import flush_or_raise
 from bus.settings import Settings
-from bus.topics import TopicNames, create_topics
+from bus.topics import TopicLayout, TopicNames, create_topics
 from schemas.serde import Catalogue
 
 log = structlog.get_logger("accord.agreement_feed")
@@ -71,7 +71,7 @@ class AgreementSet:
 def publish_agreements(settings: Settings, agreements: list[Agreement]) -> int:
     """Create any partner topics the agreements need, then publish them keyed by id@version."""
     names = TopicNames(settings.topic_prefix)
-    create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements)))
+    create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements), TopicLayout.of(settings)))
     producer = kafka.producer(settings)
     errors: list[str] = []
     for a in agreements:

@@ -33,7 +33,8 @@ log = structlog.get_logger("accord.processor")
 def run_processor(settings: Settings) -> int:
     """The composition root of ``accord run processor``: wire the parts, wait for the services, loop.
 
-    1. refuse a catalogue whose versions its compatibility modes forbid (``accord schemas check``);
+    1. refuse a catalogue whose versions its compatibility modes forbid (``accord schemas check``)
+       and client settings librdkafka refuses (``ACCORD_KAFKA_*``);
        load the agreements and partners; refuse to start without a pseudonym key when one is needed;
     2. open the database as the application role, waiting while it is unreachable;
     3. build the feed, the handler, the receipts recorder and the control-plane timers, all
@@ -55,6 +56,7 @@ def run_processor(settings: Settings) -> int:
 
     # 1.
     require_compatible()
+    kafka.check_settings(settings)  # a bad ACCORD_KAFKA_* is one line now, not after the database answers
     agreements = load_dir(settings.agreements_dir)
     pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
     if not pseudonym_key and any(a.identifier_treatment is IdentifierTreatment.PSEUDONYMISED for a in agreements):

@@ -170,11 +170,6 @@ def test_a_processor_that_refuses_to_start_says_so_in_json_too(broker: str, tmp_
     assert any("ACCORD_KAFKA_GROUP_ID" in str(line.get("message", "")) for line in lines), lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="accord/processor/health.py's ThreadingHTTPServer keeps socketserver's handle_error, which prints "
-    "a traceback to stderr when a probe resets its connection: remove this mark when it logs instead",
-)
 def test_a_health_probe_that_hangs_up_leaves_no_plain_line(broker: str, tmp_path: Path) -> None:
     import socket
     import struct
