@@ -818,3 +818,49 @@ def test_a_connection_not_in_utf8_writes_the_same_rows(ledger_engine: Engine) ->
         assert result.ok and result.entries == 30, result.describe()
     finally:
         latin1.dispose()
+
+
+class _CutAt(list[EntryDraft]):
+    """A batch whose slice from ``at`` on first terminates the appending session (the database cut mid-COPY)."""
+
+    def __init__(self, drafts: list[EntryDraft], at: int, cut: object) -> None:
+        super().__init__(drafts)
+        self.at, self.cut = at, cut
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def,override]
+        if isinstance(index, slice) and index.start == self.at and self.cut is not None:
+            cut, self.cut = self.cut, None
+            cut()  # type: ignore[operator]
+        return super().__getitem__(index)
+
+
+def test_a_session_cut_mid_copy_writes_nothing_and_the_next_append_chains_on(ledger_engine: Engine) -> None:
+    """The rows go to COPY in parts; the session is terminated after some parts were sent.
+
+    append raises, no row of the batch is in the ledger, the broken connection is not
+    reused, and the next append continues the chain from the last committed entry.
+    """
+    import psycopg
+    from sqlalchemy.pool import QueuePool
+
+    append(ledger_engine, [draft(i) for i in range(1, 11)])
+    appender = create_engine(ledger_engine.url, poolclass=QueuePool, pool_size=1, max_overflow=0)
+    try:
+        with appender.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+        def cut() -> None:
+            with ledger_engine.connect() as other:
+                assert other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+
+        batch = _CutAt([draft(i) for i in range(11, 511)], at=192, cut=cut)
+        with pytest.raises(psycopg.OperationalError, match="terminat"):  # the message depends on where it is read
+            append(appender, batch)
+        assert batch.cut is None  # the cut happened, after three parts of 64 rows had been sent
+        assert count(ledger_engine) == 10
+        out = append(appender, [draft(i) for i in range(11, 21)])
+        assert [a.seq for a in out] == list(range(11, 21))
+        result = verify(ledger_engine)
+        assert result.ok and result.entries == 20, result.describe()
+    finally:
+        appender.dispose()
