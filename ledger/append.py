@@ -81,16 +81,14 @@ from ledger.entry import (
     write_binary_rows,
     write_row,
 )
-from ledger.guard import install_guards
 from ledger.read import count, entries, event_entries, lookup, seqs
 from ledger.roles import LedgerSchemaMissing
-from ledger.tables import DISCLOSURE_ID_UNIQUE, LedgerBase, LedgerEntry
+from ledger.tables import DISCLOSURE_ID_UNIQUE, LedgerEntry
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
     "Appended",
     "append",
-    "init_ledger",
     "require_current_columns",
     "use_c_bytea_dumper",
     "writer",
@@ -133,17 +131,6 @@ class Appended(NamedTuple):
     new: bool
 
 
-def init_ledger(engine: Engine) -> None:
-    """Create the ledger table and its append-only guards. Idempotent."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Two processes initialising at once would otherwise race on the DDL.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-        LedgerBase.metadata.create_all(conn)
-        require_current_columns(conn)
-        install_guards(conn)
-
-
 def require_current_columns(conn: Connection) -> None:
     """Refuse a ledger_entries table made before entries carried every hashed column.
 
@@ -158,8 +145,8 @@ def require_current_columns(conn: Connection) -> None:
         why = "it predates signed checkpoints" if "leaf_hash" in missing else "it predates event digests"
         raise LedgerSchemaMissing(
             f"ledger_entries has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''} ({why}): "
-            "recreate a development database (delete the SQLite file); a production ledger needs a "
-            "migration run by the owner"
+            "recreate a development database (delete the SQLite file); migrations start at 0.1.0's schema, "
+            "so a ledger older than that cannot be upgraded: keep it as an archive and start a new one"
         )
 
 
