@@ -55,7 +55,11 @@ def _settings_problems(exc: ValidationError) -> str:
     """A refused ACCORD_* setting, named by its variable; the value given is never repeated."""
     parts = []
     for err in exc.errors():  # pydantic ValidationError
-        name = "ACCORD_" + "_".join(str(p) for p in err["loc"]).upper()
+        field, *inside = (str(p) for p in err["loc"])
+        if field == "kafka" and inside:  # given as ACCORD_KAFKA_<NAME> (or inside ACCORD_KAFKA's JSON)
+            name = "ACCORD_KAFKA_" + inside[0].upper().replace(".", "_")
+        else:  # a key inside a JSON setting, e.g. ACCORD_TOPIC_PARTITIONS["custody"]
+            name = "ACCORD_" + field.upper() + "".join(f'["{key}"]' for key in inside)
         parts.append(f"{name}: {err['msg']}")
     return "; ".join(parts) + "; fix the environment variable"
 

@@ -161,6 +161,9 @@ class SharingLoop:
         self.feed_timeout_s = feed_timeout_s
         self.max_backoff_s = max_backoff_s
         self.metrics = metrics if metrics is not None else ProcessorMetrics(health)
+        # A worker with a lease leads only once it holds it: until its first tick it reports 0,
+        # so N starting workers never all claim the control plane.
+        self.metrics.control.leader = lease is None
         self.probes = dict(probes or {})  # service -> a check that raises while it is unreachable
         self.probe_interval_s = probe_interval_s
         self.lag_interval_s = lag_interval_s
