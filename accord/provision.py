@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 from bus.cursors import CursorBase
 from bus.database import engine_for, sqlite_path, where
@@ -28,7 +28,7 @@ from bus.settings import Settings
 from consent.store import ConsentBase
 from ledger import LedgerBase, install_guards
 from ledger.append import ADVISORY_LOCK_KEY
-from ledger.migrations import VERSION_TABLE, LedgerSchemaNotCurrent, require_head, upgrade
+from ledger.migrations import VERSION_TABLE, LedgerSchemaNotCurrent, require_head, schema_transaction, upgrade
 from ledger.roles import (
     LedgerRoleError,
     LedgerSchemaMissing,
@@ -37,9 +37,11 @@ from ledger.roles import (
     check_app_role,
     grant_app_role,
     missing_tables,
+    quote_ident,
 )
 
 __all__ = [
+    "LedgerHistoryAtRisk",
     "LedgerRoleError",
     "LedgerSchemaMissing",
     "LedgerSchemaNotCurrent",
@@ -52,6 +54,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger("accord.database")
+
+
+class LedgerHistoryAtRisk(LedgerSchemaMissing):
+    """A table was dropped from a migrated database and an empty one would lose or contradict history: restore it."""
 
 
 def app_grants() -> list[TableGrant]:
@@ -76,30 +82,104 @@ def _all_tables() -> list[str]:
 
 
 def init_database(engine: Engine) -> None:
-    """Upgrade the database to the newest revision as the connected role (every table and the ledger's guards). Idempotent."""
-    if upgrade(engine).current is not None:  # a new database has every table
-        _recreate_dropped(engine)
+    """Upgrade the database to the newest revision as the connected role (every table and the ledger's guards). Idempotent.
 
-
-def _recreate_dropped(engine: Engine) -> None:
-    """Make again a table dropped by hand from a database already at the newest revision, as init always has.
-
-    The revisions ran once; a table dropped since (an outage drill, a mistake) would
-    otherwise stay missing and the bus wait for ever. The models are the same schema as
-    the revisions (tests/integration/test_migrations.py compares them); a recreated
-    ledger_entries is empty, so `accord ledger verify` against earlier checkpoints names it.
+    A table dropped since is made again only when that loses nothing (_repair_dropped); else LedgerHistoryAtRisk.
     """
-    missing = missing_tables(engine, _all_tables())
-    if not missing:
-        return
-    log.warning("recreating_dropped_tables", tables=missing)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+    if upgrade(engine).current is not None:  # a new database has every table
+        _repair_dropped(engine)
+
+
+# Positions the sweeper keeps (bus.cursors): made again empty, it starts over, and each of its
+# steps is idempotent (retractions are appended by their deterministic disclosure ids; a
+# retraction notice or consent change is sent again with the same id).
+_POSITIONS = "processor_cursors"
+# The consent history: nothing else in the database says what it held, and an empty one
+# would forget every opt-out (a disclosure where there was a refusal), so it is never made again.
+_CONSENT = "consent_records"
+
+
+def _repair_dropped(engine: Engine) -> None:
+    """Make again a table dropped by hand from a database already at a revision, or refuse (LedgerHistoryAtRisk).
+
+    The revisions ran once, so a table dropped since (an outage drill, a mistake) stays
+    missing and the bus waits. An empty table in its place is safe only if its loss lost
+    no history, which the database can tell only by what is left:
+
+    1. Under the writer lock, in one transaction (a refusal creates nothing), find the
+       bus's tables that are missing.
+    2. processor_cursors alone: made again (the sweeper redoes its steps, idempotently).
+    3. consent_records: refused, always (an empty history forgets every opt-out).
+    4. A ledger table (entries, checkpoints, tiles, subject refs, cosignatures): refused
+       if any table of the bus still there holds a row. Checkpoints, tiles, subject refs
+       and cosignatures are signed or derived from entries: an empty chain beside them
+       contradicts checkpoints already signed and published, and the processor would
+       append from genesis under them; a cursor is a seq position in the lost chain
+       (notices for the new entries at or below it would never be sent); consent records
+       mean the bus was in use. With every table empty the database held no history
+       that anything can show: at most the entries written since it was last swept (the
+       sweeper records positions within seconds of the first entry) and before any
+       checkpoint, which nothing in the database can bring back.
+    5. Otherwise make the missing tables from the models (the same schema as the
+       revisions: tests/integration/test_migrations.py compares them) and the guards.
+
+    What to do when refused is to restore the database from its backup
+    (docs/production.md, "Backing up the ledger"), then `accord ledger init` and
+    `accord ledger verify`.
+    """
+    with schema_transaction(engine) as conn:  # 1.
+        missing = _missing(conn, _all_tables())
+        if not missing:
+            return
+        lost = [t for t in missing if t != _POSITIONS]
+        if lost:  # 2.
+            reasons = []
+            if _CONSENT in lost:  # 3.
+                reasons.append(f"{_CONSENT} held the consent history and an empty one would forget every opt-out")
+            ledger = [t for t in lost if t != _CONSENT]
+            holding = [t for t in _all_tables() if t not in missing and _has_rows(conn, t)]
+            if holding and ledger:  # 4.
+                reasons.append(
+                    f"{', '.join(holding)} still hold rows, and an empty {', '.join(ledger)} beside them would "
+                    "lose or contradict that history"
+                )
+            if reasons:
+                raise LedgerHistoryAtRisk(_refusal(engine, missing, reasons))
+        log.warning("recreating_dropped_tables", tables=missing)  # 5.
         for base in (LedgerBase, ConsentBase, CursorBase):
             base.metadata.create_all(conn, tables=[t for t in base.metadata.sorted_tables if t.name in missing])
         if "ledger_entries" in missing:
             install_guards(conn)
+
+
+def _missing(conn: Connection, tables: list[str]) -> list[str]:
+    """The tables that do not exist, as the connection resolves them (search_path on PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        return [
+            t for t in tables if conn.execute(text("SELECT to_regclass(:t)"), {"t": quote_ident(t)}).scalar() is None
+        ]
+    present = set(inspect(conn).get_table_names())
+    return [t for t in tables if t not in present]
+
+
+def _has_rows(conn: Connection, table: str) -> bool:
+    return conn.execute(text(f"SELECT 1 FROM {quote_ident(table)} LIMIT 1")).first() is not None
+
+
+def _refusal(engine: Engine, missing: list[str], reasons: list[str]) -> str:
+    """The one line a refused repair says: what is missing, why it is not made again, how to restore."""
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if path is not None:
+        restore = f"restore {path} from its backup, then run `accord ledger init` and `accord ledger verify`"
+    else:
+        restore = (
+            "restore the database from its backup as the owner (pg_restore, docs/production.md "
+            '"Backing up the ledger"), then run `accord ledger init` and `accord ledger verify`'
+        )
+    return (
+        f"the ledger database {where(engine)} has no {', '.join(missing)} (dropped since it was migrated), and "
+        f"init will not make it again empty: {'; '.join(reasons)}; {restore}"
+    )
 
 
 def setup_database(owner: Engine, app_role: str | None) -> list[str]:
@@ -107,7 +187,8 @@ def setup_database(owner: Engine, app_role: str | None) -> list[str]:
 
     1. ``alembic upgrade head`` as the owner (a database made before migrations is
        recognised and stamped first: ledger.migrations.upgrade); a table dropped by hand
-       since is made again.
+       since is made again only if that loses no history, else LedgerHistoryAtRisk names
+       it and the restore (_repair_dropped).
     2. REVOKE, then GRANT the app role exactly app_grants(), every time: a revision may add a table.
     """
     if owner.dialect.name == "postgresql" and app_role is not None:
@@ -118,7 +199,7 @@ def setup_database(owner: Engine, app_role: str | None) -> list[str]:
                     "the ledger tables; run init as a separate owner role (ACCORD_LEDGER_OWNER_URL)"
                 )
     if upgrade(owner).current is not None:  # 1. (a new database has every table)
-        _recreate_dropped(owner)
+        _repair_dropped(owner)
     if owner.dialect.name != "postgresql" or app_role is None:
         return []
     with owner.begin() as conn:  # 2.

@@ -9,7 +9,7 @@ from consent.model import (
     check_preference,
     version,
 )
-from consent.store import history, init_consent, record
+from consent.store import history, record
 
 __all__ = [
     "ConsentDecision",
@@ -19,7 +19,6 @@ __all__ = [
     "applicable",
     "check_preference",
     "history",
-    "init_consent",
     "record",
     "version",
 ]

@@ -47,10 +47,6 @@ def utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def init_consent(engine: Engine) -> None:
-    ConsentBase.metadata.create_all(engine)
-
-
 def record(
     engine: Engine,
     subject_key: str,

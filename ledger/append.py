@@ -90,6 +90,7 @@ __all__ = [
     "Appended",
     "append",
     "require_current_columns",
+    "sqlite_immediate",
     "use_c_bytea_dumper",
     "writer",
     # the entry's, and the reads, under the names other modules import from here
@@ -151,6 +152,27 @@ def require_current_columns(conn: Connection) -> None:
 
 
 @contextmanager
+def sqlite_immediate(engine: Engine) -> Iterator[Connection]:
+    """A SQLite transaction begun IMMEDIATE: it holds the database's write lock from its first statement.
+
+    pysqlite would open a deferred transaction only at the first DML statement (after a
+    writer's SELECT of the chain head, or a migration's read of alembic_version), so two
+    writers could both read and then both write. BEGIN and COMMIT are ours instead, on an
+    AUTOCOMMIT connection (the driver-level setting is reset when the connection returns
+    to the pool); another process waits for the lock, up to the driver's timeout. Commits
+    when the block ends, rolls back if it raises. For writer() and ledger.migrations.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
+
+
+@contextmanager
 def writer(engine: Engine) -> Iterator[Connection]:
     """One write transaction that holds the ledger's writer lock from its start.
 
@@ -165,18 +187,8 @@ def writer(engine: Engine) -> Iterator[Connection]:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
             yield conn
     elif dialect == "sqlite":
-        # pysqlite would open a deferred transaction only at the first DML statement,
-        # after our SELECT of the chain head. Take control of BEGIN/COMMIT ourselves so the
-        # write lock is held from the start (the driver-level AUTOCOMMIT setting is reset
-        # when the connection returns to the pool).
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.exec_driver_sql("ROLLBACK")
-                raise
-            conn.exec_driver_sql("COMMIT")
+        with sqlite_immediate(engine) as conn:  # the write lock from the start, before the head is read
+            yield conn
     else:
         raise NotImplementedError(f"ledger does not support dialect {dialect!r}")
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from ledger.append import ADVISORY_LOCK_KEY, require_current_columns
+from ledger.append import ADVISORY_LOCK_KEY, require_current_columns, sqlite_immediate
 from ledger.roles import LedgerSchemaMissing
 
 # Alembic's INFO lines (its plugins, each step) say again what `accord ledger init` prints; its warnings still show.
@@ -43,12 +43,14 @@ __all__ = [
     "head",
     "require_head",
     "schema_state",
+    "schema_transaction",
     "upgrade",
 ]
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 FIRST_REVISION = "0001"
 VERSION_TABLE = "alembic_version"
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for "permission denied"
 
 # What Accord 0.1.0 made (revision 0001): a database without alembic_version is stamped at
 # 0001 only if it has every one of these tables with these columns.
@@ -254,7 +256,7 @@ def upgrade(engine: Engine) -> SchemaState:
        at 0001.
     3. Upgrade to head.
     """
-    with _migrating(engine) as conn:  # 1.
+    with schema_transaction(engine) as conn:  # 1.
         before = schema_state(conn)
         if not before.known:
             raise _ahead(before, engine)
@@ -266,18 +268,14 @@ def upgrade(engine: Engine) -> SchemaState:
 
 
 @contextmanager
-def _migrating(engine: Engine) -> Iterator[Connection]:
-    """A connection in one transaction for the migrations, holding the writer lock (PostgreSQL) or SQLite's."""
+def schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction for changing the schema, holding the ledger's writer lock (PostgreSQL) or SQLite's.
+
+    So two inits, or an init and a writer, take turns (SQLite: two processes upgrading one demo file).
+    """
     if engine.dialect.name == "sqlite":
-        # BEGIN IMMEDIATE: two processes upgrading one demo file at once take turns.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.exec_driver_sql("ROLLBACK")
-                raise
-            conn.exec_driver_sql("COMMIT")
+        with sqlite_immediate(engine) as conn:
+            yield conn
         return
     with engine.connect() as conn, conn.begin():
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
@@ -296,12 +294,17 @@ def _ahead(state: SchemaState, engine: Engine) -> LedgerSchemaNotCurrent:
 
 
 def require_head(engine: Engine) -> SchemaState:
-    """Refuse (LedgerSchemaNotCurrent) a database not at this code's head; for the bus and readers. Creates nothing."""
+    """Refuse (LedgerSchemaNotCurrent) a database not at this code's head; for the bus and readers. Creates nothing.
+
+    A database with none of the bus's tables is not behind, it has no ledger: LedgerSchemaMissing, saying so.
+    """
     try:
         with engine.connect() as conn:
             state = schema_state(conn)
+            empty = state.current is None and not _table_names(conn) & FIRST_RELEASE_TABLES.keys()
     except DBAPIError as exc:
-        if "permission denied" not in str(exc.orig):
+        # By SQLSTATE, not the server's words: they change with its lc_messages.
+        if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
             raise
         raise LedgerSchemaNotCurrent(
             f"the role {engine.url.username!r} may not read {VERSION_TABLE} in {_where(engine)}; run "
@@ -312,6 +315,8 @@ def require_head(engine: Engine) -> SchemaState:
     if not state.known:
         raise _ahead(state, engine)
     owner = "as the owner role (ACCORD_LEDGER_OWNER_URL)" if engine.dialect.name == "postgresql" else ""
+    if empty:
+        raise LedgerSchemaMissing(f"no ledger here ({_where(engine)}): run `accord ledger init` {owner}".rstrip())
     was = "predates migrations (no alembic_version)" if state.current is None else f"is at revision {state.current}"
     raise LedgerSchemaNotCurrent(
         f"the ledger database {_where(engine)} {was} and this Accord needs {state.head}: back it up, then run "

@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
+from accord.provision import init_database
 from accord.web.consent_api import create_app
 from agreements import load_dir
 from agreements.partners import load_partners
@@ -51,7 +52,7 @@ def staff() -> dict[str, str]:
 
 @pytest.fixture
 def engine(pg_engine: Engine) -> Engine:
-    store.init_consent(pg_engine)
+    init_database(pg_engine)  # the tables as `accord ledger init` makes them: the migrations
     return pg_engine
 
 

@@ -21,10 +21,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from accord.provision import LedgerSchemaNotCurrent, require_app_role, setup_database
+from accord.provision import (
+    LedgerHistoryAtRisk,
+    LedgerSchemaNotCurrent,
+    init_database,
+    require_app_role,
+    setup_database,
+)
 from ledger import EntryDraft, append, entries, verify
-from ledger.checkpoint import load_signer
-from ledger.migrations import head, upgrade
+from ledger.checkpoint import load_signer, make_checkpoint
+from ledger.migrations import head, require_head, upgrade
 from ledger.roles import LedgerSchemaMissing
 from tests.bus import TEST_PSEUDONYM_KEY
 from tests.conftest import RoleDatabase, fresh_role_database
@@ -285,7 +291,8 @@ def test_an_upgraded_first_release_is_the_same_database_as_a_fresh_one(tmp_path:
 
 
 def test_init_makes_again_a_table_dropped_from_a_database_at_head() -> None:
-    """The models' repair (accord.provision) gives the same table, guards and grants as the revisions did."""
+    """An empty ledger lost nothing: the models' repair (accord.provision) gives the same table, guards and
+    grants as the revisions did."""
     with fresh_role_database() as fresh, fresh_role_database() as dropped:
         with dropped.owner.begin() as conn:
             conn.execute(text("DROP TABLE ledger_entries CASCADE"))
@@ -293,6 +300,75 @@ def test_init_makes_again_a_table_dropped_from_a_database_at_head() -> None:
         setup_database(dropped.owner, dropped.app_role)
         assert catalog(dropped) == catalog(fresh)
         assert require_app_role(dropped.app) is not None
+
+
+def _tables(db: RoleDatabase) -> list[str]:
+    return sorted(inspect(db.admin).get_table_names(schema=db.schema))
+
+
+def test_init_refuses_to_make_again_a_dropped_ledger_that_its_checkpoint_contradicts(tmp_path: Path) -> None:
+    """ledger_entries dropped from a ledger with a signed checkpoint: init refuses in one line, naming what is
+    missing, what still holds history and the restore; it creates nothing, and the bus still refuses to start."""
+    with fresh_role_database() as db:
+        signer = load_signer(SIGNING_SEED, ORIGIN)
+        assert signer is not None
+        append(db.app, [_new_entry()])
+        assert make_checkpoint(db.app, signer, ORIGIN) is not None
+        with db.owner.begin() as conn:
+            conn.execute(text("DROP TABLE ledger_entries CASCADE"))
+        tables, checkpoints = _tables(db), _rows(db, "ledger_checkpoints")
+
+        init = _accord("ledger", "init", db=db, tmp_path=tmp_path)
+        assert init.returncode == 2 and "Traceback" not in init.stderr
+        [line] = problems(init.stderr, "ledger init")
+        assert "has no ledger_entries (dropped since it was migrated)" in line
+        assert "ledger_checkpoints, ledger_tiles still hold rows, and an empty ledger_entries beside them" in line
+        assert "restore the database from its backup as the owner (pg_restore" in line
+        assert "then run `accord ledger init` and `accord ledger verify`" in line
+        assert _tables(db) == tables and "ledger_entries" not in tables  # nothing created
+        assert _rows(db, "ledger_checkpoints") == checkpoints
+        with pytest.raises(LedgerHistoryAtRisk):  # the library refuses alike
+            setup_database(db.owner, db.app_role)
+        with pytest.raises(LedgerSchemaMissing, match="tables missing: ledger_entries"):
+            require_app_role(db.app)
+
+
+def test_init_never_makes_again_a_dropped_consent_history(role_db: RoleDatabase) -> None:
+    """Even in an empty ledger: nothing else says which opt-outs it held."""
+    with role_db.owner.begin() as conn:
+        conn.execute(text("DROP TABLE consent_records"))
+    with pytest.raises(LedgerHistoryAtRisk) as info:
+        setup_database(role_db.owner, role_db.app_role)
+    message = str(info.value)
+    assert "\n" not in message and "has no consent_records" in message
+    assert "an empty one would forget every opt-out" in message
+    assert not inspect(role_db.admin).has_table("consent_records", schema=role_db.schema)
+
+
+def test_init_makes_again_dropped_cursors_beside_history(role_db: RoleDatabase) -> None:
+    """processor_cursors holds positions only: made again, with its grants, whatever the ledger holds."""
+    append(role_db.app, [_new_entry()])
+    with role_db.owner.begin() as conn:
+        conn.execute(text("DROP TABLE processor_cursors"))
+    setup_database(role_db.owner, role_db.app_role)
+    assert inspect(role_db.admin).has_table("processor_cursors", schema=role_db.schema)
+    assert require_app_role(role_db.app) is not None and verify(role_db.app).entries == 1
+
+
+def test_a_sqlite_ledger_is_refused_alike_naming_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    append(engine, [_new_entry()])
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE ledger_subject_refs"))
+    with pytest.raises(LedgerHistoryAtRisk) as info:
+        init_database(engine)
+    message = str(info.value)
+    assert "has no ledger_subject_refs" in message and "ledger_entries still hold rows" in message, message
+    assert f"restore {path} from its backup" in message
+    assert "ledger_subject_refs" not in inspect(engine).get_table_names()
+    engine.dispose()
 
 
 def test_migrations_build_the_schema_the_models_describe(role_db: RoleDatabase) -> None:
@@ -378,6 +454,27 @@ def test_the_bus_refuses_a_database_from_before_migrations(role_db: RoleDatabase
         conn.execute(text("DROP TABLE alembic_version"))
     with pytest.raises(LedgerSchemaNotCurrent, match=r"predates migrations \(no alembic_version\)"):
         require_app_role(role_db.app)
+
+
+def test_an_empty_database_is_no_ledger_not_one_from_before_migrations(pg_engine: Engine) -> None:
+    with pytest.raises(LedgerSchemaMissing) as info:
+        require_head(pg_engine)
+    message = str(info.value)
+    assert message.startswith("no ledger here (") and "predates" not in message
+    assert message.endswith("run `accord ledger init` as the owner role (ACCORD_LEDGER_OWNER_URL)")
+    assert not isinstance(info.value, LedgerSchemaNotCurrent)
+    assert inspect(pg_engine).get_table_names() == []
+
+
+def test_an_app_role_that_may_not_read_the_version_is_told_to_run_init(role_db: RoleDatabase) -> None:
+    """Told by SQLSTATE 42501 (insufficient_privilege), whatever language the server speaks."""
+    with role_db.owner.begin() as conn:
+        conn.execute(text(f'REVOKE SELECT ON alembic_version FROM "{role_db.app_role}"'))
+    with pytest.raises(LedgerSchemaNotCurrent) as info:
+        require_app_role(role_db.app)
+    assert f"the role '{role_db.app_role}' may not read alembic_version" in str(info.value)
+    setup_database(role_db.owner, role_db.app_role)  # init grants it again
+    assert require_app_role(role_db.app) is not None
 
 
 def test_a_database_ahead_of_the_code_is_refused_by_the_bus_and_by_init(role_db: RoleDatabase, tmp_path: Path) -> None:
