@@ -2,18 +2,18 @@
 
 A bad line never stops the good ones; each refusal names the line and every
 problem on it (field and what is wrong), so the source system's engineer can
-fix and resend just those lines in one go.
+fix and resend just those lines in one go. Each line is checked and sent by
+``producers.json_event.publish_json``, the path the outbox relay's rows take too.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from producers.json_event import publish_json
 from producers.publisher import Publisher, PublishReport
-from schemas.serde import InvalidRecord, from_json
 from schemas.validation import Problem
 
 _PROGRESS_EVERY = 1000  # lines between on_progress calls
@@ -54,7 +54,7 @@ def ingest_jsonl(
 ) -> IngestReport:
     """Publish every good line of ``path``; ``on_progress(n)`` gets the bytes read, every 1,000 lines and at the end."""
     report = IngestReport()
-    schema = publisher.catalogue.schema(event_type)
+    publisher.catalogue.schema(event_type)  # an unknown --type is the command's error, before any line is read
     unreported = 0  # bytes read since on_progress was last called
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
@@ -71,32 +71,10 @@ def ingest_jsonl(
             except UnicodeDecodeError as exc:
                 report.refused.append(Refusal(number, (Problem("(line)", f"not valid UTF-8 at byte {exc.start + 1}"),)))
                 continue
-            problems = _line_problems(line, event_type, agency, publisher, schema)
+            problems = publish_json(publisher, event_type, line, agency, what="(json)")
             if problems:
                 report.refused.append(Refusal(number, tuple(problems)))
     if on_progress is not None and unreported:
         on_progress(unreported)
     report.published = publisher.flush()
     return report
-
-
-def _line_problems(line: str, event_type: str, agency: str, publisher: Publisher, schema: object) -> list[Problem]:
-    """Publish one line; the problems that refused it, or [] when it was sent."""
-    try:
-        data = json.loads(line)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        where = f": {exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ": nested too deeply"
-        return [Problem("(json)", f"not valid JSON{where}")]
-    if not isinstance(data, dict):
-        return [Problem("(json)", "each line must be a JSON object")]
-    try:
-        record = from_json(schema, data)
-    except InvalidRecord as exc:
-        # A timestamp or date that does not parse: report it with whatever else the raw line shows.
-        problems, _ = publisher.problems(event_type, data, agency, check_schema=False)
-        return [Problem(exc.field, exc.problem)] + [p for p in problems if p.field != exc.field]
-    try:
-        publisher.publish(event_type, record, agency=agency)
-    except InvalidRecord as exc:
-        return list(getattr(exc, "problems", None) or [Problem(exc.field, exc.problem)])
-    return []

@@ -3,7 +3,8 @@
 A source system writes an event as a row of its outbox table in the same transaction as
 its own change (docs/relay.md has the table, a trigger example and the privileges). The
 relay reads the rows in order, checks each with the publishing SDK's own validation (the
-catalogue's Avro schema, the plausibility rules, the sizes: ``Publisher.publish``),
+catalogue's Avro schema, the plausibility rules, the sizes: ``Publisher.publish``, by the
+path a line of ``accord publish`` takes, ``producers.json_event``),
 publishes the good ones, refuses the bad ones to the relay's dead-letter table with a
 one-line reason, and remembers where it got to in the source database.
 
@@ -26,24 +27,24 @@ as a replay.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
 from confluent_kafka import KafkaException
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from bus import kafka
 from bus.connection_guard import psycopg_connect_args
 from bus.settings import Settings
-from producers.publisher import Publisher, RefusedEvent
-from schemas.serde import InvalidRecord, from_json
+from producers.json_event import publish_json
+from producers.publisher import Publisher
 from schemas.validation import Problem
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "RelayError",
     "RelayReport",
     "lock_key",
-    "relay_row",
     "source_engine",
 ]
 
@@ -64,11 +64,17 @@ DOCS = "docs/relay.md"
 LOCK_NAMESPACE = 0x41524C59  # "ARLY": the high 32 bits of the advisory lock key; the low 32 are the table's oid
 MESSAGE_TIMEOUT_MS = 15_000  # librdkafka gives up on a record after this long; the batch is then sent again
 FLUSH_TIMEOUT_S = 20.0  # longer than MESSAGE_TIMEOUT_MS: after it, every record is delivered or failed
-MAX_JSON_FACTOR = 16  # a payload's JSON over 16 x ACCORD_MAX_EVENT_BYTES is refused before it is parsed
 LOCK_WAIT_ONCE_S = 10.0  # `--once` waits this long for another relay's lock, then refuses
 HELD_BACK_WARN_S = 30.0  # rows waiting behind an open transaction this long are logged
 MAX_REASON = 500  # characters of a dead-letter reason
 BACKOFF_MOST_S = 10.0
+TRANSIENT_TRIES = 5  # a refusal that may pass (a statement timeout, a deadlock, disk full) is tried again this often
+# What the database going away looks like: waited for, for as long as it lasts (class 08 is added below).
+_GONE = frozenset(
+    {"57P01", "57P02", "57P03", "53300"}
+)  # admin/crash shutdown, cannot connect now, too many connections
+# Refusals that may pass by themselves: tried again TRANSIENT_TRIES times in a row, then a person's to fix.
+_TRANSIENT = frozenset({"57014", "40001", "40P01", "55P03", "53100", "53200"})
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -150,64 +156,39 @@ def _one_line(problems: list[Problem]) -> str:
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
 
 
-def relay_row(
-    publisher: Publisher, event_type: str, payload_json: str, agency: str | None, max_event_bytes: int
-) -> list[Problem]:
-    """Check one outbox row and hand it to ``publisher``; the problems that refused it, or [] when sent.
-
-    The same steps as a JSON-lines file's line (``producers.ingest``): the JSON, then
-    timestamps and dates from their ISO strings, then ``Publisher.publish``, which checks
-    the schema, the plausibility rules and the size and sends nothing it refuses. A
-    Problem never repeats a value.
-    """
-    if len(payload_json) > MAX_JSON_FACTOR * max_event_bytes:
-        return [
-            Problem("(payload)", f"is {len(payload_json)} characters of JSON, far over the limit of {max_event_bytes}")
-        ]
-    try:
-        data = json.loads(payload_json)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        where = f": {exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ": nested too deeply"
-        return [Problem("(payload)", f"not valid JSON{where}")]
-    if not isinstance(data, Mapping):
-        return [Problem("(payload)", "must be a JSON object (the event)")]
-    try:
-        schema = publisher.catalogue.schema(event_type)
-    except Exception:  # noqa: BLE001 - any name the catalogue does not hold is the row's problem, said by the SDK below
-        problems, _ = publisher.problems(event_type, data, agency)
-        return problems or [Problem("(event type)", "unknown event type")]
-    try:
-        record = from_json(schema, data)
-    except InvalidRecord as exc:
-        problems, _ = publisher.problems(event_type, data, agency, check_schema=False)
-        return [Problem(exc.field, exc.problem)] + [p for p in problems if p.field != exc.field]
-    except RecursionError:
-        return [Problem("(payload)", "nested too deeply")]
-    try:
-        publisher.publish(event_type, record, agency=agency)
-    except RefusedEvent as exc:
-        return list(exc.problems)
-    except InvalidRecord as exc:
-        return [Problem(exc.field, exc.problem)]
-    return []
-
-
 def source_engine(settings: Settings) -> Engine:
-    """The source database's engine: a connect timeout and keepalives, and never a value in an error (I6)."""
+    """The source database's engine: psycopg 3 only, a connect timeout and keepalives, never a value in an error (I6).
+
+    Only ``postgresql+psycopg://`` is taken: the bounds on a dead connection in the
+    failure table of docs/relay.md are libpq keywords given through psycopg, and telling
+    a lost connection from a refusal reads psycopg's SQLSTATE. A plain ``postgresql://``
+    means psycopg2 to SQLAlchemy (not installed), so it is refused too, with the fix.
+    No line repeats the URL: it may carry a password.
+    """
     url = settings.relay_source_url
+    example = "postgresql+psycopg://accord_relay@db.example:5432/cases"
     if not url:
         raise RelayError(
             "ACCORD_RELAY_SOURCE_URL is not set: give the SQLAlchemy URL of the source system's PostgreSQL "
-            "database that holds the outbox, e.g. postgresql+psycopg://accord_relay@db.example:5432/cases"
+            f"database that holds the outbox, e.g. {example}"
         )
-    scheme = url.split("://", 1)[0]
-    if not scheme.startswith("postgresql"):
-        raise RelayError(  # the value is not repeated: a URL may carry a password
-            "ACCORD_RELAY_SOURCE_URL: the relay reads PostgreSQL only; give a URL such as "
-            "postgresql+psycopg://accord_relay@db.example:5432/cases"
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # a malformed URL or a port that is not a number; the text may quote it
+        raise RelayError(
+            "ACCORD_RELAY_SOURCE_URL is not a URL SQLAlchemy can read (check the scheme, the host and that the "
+            f"port is a number); give one such as {example}"
+        ) from None
+    if parsed.get_backend_name() != "postgresql":
+        raise RelayError(f"ACCORD_RELAY_SOURCE_URL: the relay reads PostgreSQL only; give a URL such as {example}")
+    if parsed.drivername != "postgresql+psycopg":
+        given = parsed.drivername.partition("+")[2] or "psycopg2, SQLAlchemy's default for postgresql://"
+        raise RelayError(
+            f"ACCORD_RELAY_SOURCE_URL: the relay connects with psycopg 3 only, not {given}; "
+            f"begin the URL with postgresql+psycopg://, e.g. {example}"
         )
-    connect_args = psycopg_connect_args(settings.database_timeout_s) if "+psycopg" in scheme else {}
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
+    connect_args = psycopg_connect_args(settings.database_timeout_s)
+    return create_engine(parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
 
 
 class _Outage(Exception):
@@ -254,7 +235,10 @@ class Relay:
 
     Around it: the advisory lock (one relay per outbox; another waits), and waits with
     backoff for the database or the broker, after which the batch is read again from the
-    position the database holds.
+    position the database holds. A database that answers and refuses (a constraint, a
+    trigger, a privilege: anything but a lost connection) is a RelayError instead, at once
+    or, for a refusal that may pass (a statement timeout, a deadlock, disk full), after
+    TRANSIENT_TRIES tries in a row: each try would publish the batch again.
     """
 
     def __init__(
@@ -274,6 +258,8 @@ class Relay:
         self._publisher: Publisher | None = None
         self._conn: Connection | None = None
         self._started = False  # the lock was held once: from then on the database going away is an outage
+        self._doing = ("its session set-up", self.tables.outbox)  # what it asked the database last, and of which table
+        self._refused_in_a_row = 0  # transient refusals since the last batch that went through
         self.report = RelayReport()
 
     # -- connections ----------------------------------------------------------
@@ -332,6 +318,7 @@ class Relay:
 
     def _connect(self, stop: threading.Event, *, once: bool) -> Connection | None:
         """A connection holding the outbox's advisory lock, waiting while another relay holds it; None if stopped."""
+        self._doing = ("its session set-up", self.tables.outbox)
         conn = self.engine.connect()
         try:
             t = max(1, int(self.settings.database_timeout_s))
@@ -403,6 +390,9 @@ class Relay:
                 except (_Outage, DBAPIError) as exc:
                     if not self._started and isinstance(exc, DBAPIError):
                         raise  # at start-up a database that refuses or is not there is a person's to fix: one line
+                    if isinstance(exc, DBAPIError) and not _database_gone(exc):
+                        self._refused(exc)  # RelayError, unless it may pass and has not failed too often yet
+                        exc = _Outage("database", _kind(exc))  # a refusal's text may quote a value: never logged
                     outage = exc if isinstance(exc, _Outage) else _Outage("database", _describe_db(exc))
                     if outage.service == "database":
                         self._drop_connection()
@@ -417,6 +407,7 @@ class Relay:
                 if attempt:
                     log.info("relay_resumed", outbox=self.tables.outbox, after_waits=attempt)
                     attempt = 0
+                self._refused_in_a_row = 0
                 if n >= self.settings.relay_batch_size:
                     continue
                 if held_back:
@@ -438,6 +429,28 @@ class Relay:
             self.close()
         return self.report
 
+    def _refused(self, exc: DBAPIError) -> None:
+        """The database answered and refused: RelayError at once, or (a refusal that may pass) after a few tries.
+
+        Waiting and trying again does not fix a constraint, a trigger, a missing key or a
+        privilege, and each try would publish the batch again: the relay stops with one
+        line instead (kind and SQLSTATE, never the database's text, which may quote a
+        value), the position where it was.
+        """
+        code = _sqlstate(exc)
+        if code in _TRANSIENT:
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row <= TRANSIENT_TRIES:
+                return
+        tries = f" {self._refused_in_a_row} times in a row" if code in _TRANSIENT else ""
+        doing, table = self._doing
+        where = self.engine.url.render_as_string(hide_password=True)
+        raise RelayError(
+            f"the source database {where} refused {doing}: {_kind(exc)}{tries}; waiting will not fix it, so the "
+            f"relay stopped with its position unmoved (what follows it is relayed when it runs again): check {table} "
+            f"against the DDL and privileges in {DOCS} and any trigger or constraint added to it"
+        ) from None
+
     def _drop_publisher(self) -> None:
         if self._publisher is not None:
             try:
@@ -450,6 +463,7 @@ class Relay:
     def _read(self, conn: Connection) -> tuple[list[_Row], bool]:
         """Step 1: the next rows whose transactions have finished; and whether later rows wait behind an open one."""
         t = self.tables
+        self._doing = ("reading the position and the outbox", t.outbox)
         txid, last_id = conn.execute(text(f"SELECT last_txid::text, last_id FROM {t.position_sql}")).one()
         rows = conn.execute(
             text(
@@ -492,6 +506,7 @@ class Relay:
         # 4. refusals and position, in one transaction on the lock's connection
         t, last = self.tables, rows[-1]
         if checked.refused:
+            self._doing = (f"the batch's refusals (INSERT INTO {t.dead_letters})", t.dead_letters)
             conn.execute(
                 text(
                     f"INSERT INTO {t.dead_letters_sql} (outbox_id, event_type, reason) VALUES (:i, :t, :r) "
@@ -499,10 +514,12 @@ class Relay:
                 ),
                 [{"i": r.outbox_id, "t": r.event_type, "r": r.reason} for r in checked.refused],
             )
+        self._doing = (f"the batch's new position (UPDATE {t.position})", t.position)
         conn.execute(
             text(f"UPDATE {t.position_sql} SET last_txid = CAST(:txid AS xid8), last_id = :id, relayed_at = now()"),
             {"txid": str(last.txid), "id": last.id},
         )
+        self._doing = (f"the batch's commit ({t.position}, {t.dead_letters})", t.position)
         conn.commit()
         for r in checked.refused:
             log.warning("relay_refused", outbox_id=r.outbox_id, event_type=r.event_type[:40], reason=r.reason)
@@ -519,7 +536,7 @@ class Relay:
         for row in rows:
             created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
             self._row_now = min(created, now)
-            problems = relay_row(publisher, row.event_type, row.payload, self.agency, self.settings.max_event_bytes)
+            problems = publish_json(publisher, row.event_type, row.payload, self.agency, what="(payload)")
             if problems:
                 checked.refused.append(Refusal(row.id, row.event_type[:100], _one_line(problems)))
             else:
@@ -542,3 +559,28 @@ def _describe_db(exc: DBAPIError) -> str:
         return f"{type(orig or exc).__name__} (SQLSTATE {getattr(orig, 'sqlstate', None) or '?'})"
     first = str(orig).strip().splitlines()[0] if orig is not None and str(orig).strip() else type(exc).__name__
     return " ".join(first.split())[:200]
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    code = getattr(getattr(orig, "diag", None), "sqlstate", None) or getattr(orig, "sqlstate", None)
+    return str(code) if code else None
+
+
+def _kind(exc: DBAPIError) -> str:
+    """What a person reads of a refusal: the error's kind and SQLSTATE, never its text (a trigger's may quote values)."""
+    return f"{type(exc.orig or exc).__name__}, SQLSTATE {_sqlstate(exc) or '?'}"
+
+
+def _database_gone(exc: DBAPIError) -> bool:
+    """Whether the database went away (wait for it) rather than refused the relay's statement.
+
+    Gone: SQLSTATE class 08 (connection exception), a server shutting down or starting
+    (57P01-57P03), too many connections (53300); or no SQLSTATE at all on a driver's
+    OperationalError or InterfaceError, which is how psycopg reports a connection that
+    was cut, timed out or could not be opened.
+    """
+    code = _sqlstate(exc)
+    if code is None:
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return code.startswith("08") or code in _GONE

@@ -2,15 +2,16 @@
 
 Runs until SIGTERM or SIGINT (the batch in hand is finished, flushed and remembered
 first), or with ``--once`` until no row is ready, for cron and tests. A setting, a table
-or a database that is wrong at start-up is one line and exit 2; once running, the
-database or the broker going away is a wait, never an exit.
+or a database that is wrong at start-up is one line and exit 2 (one JSON log line with
+``ACCORD_LOG_FORMAT=json``); once running, the database or the broker going away is a
+wait, never an exit, and a database that refuses the relay's own statements (a trigger,
+a constraint) is one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 from types import FrameType
 
@@ -21,9 +22,10 @@ __all__ = ["cmd_relay", "register"]
 
 
 def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
-    from sqlalchemy.exc import ArgumentError, DBAPIError
+    from sqlalchemy.exc import DBAPIError
 
     from bus.database import describe_database_error
+    from bus.logs import error_line
     from producers.outbox import Relay, RelayError
 
     stop = threading.Event()
@@ -33,20 +35,18 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
+    # A service's last word goes out as its logs do (one JSON line with ACCORD_LOG_FORMAT=json).
     try:
-        relay = Relay(settings, agency=args.agency)
+        relay = Relay(settings, agency=args.agency)  # a URL that does not parse is a RelayError naming its variable
         report = relay.run(stop, once=args.once)
     except RelayError as exc:
-        print(f"accord relay: {exc}", file=sys.stderr)
-        return 2
-    except ArgumentError as exc:  # a URL SQLAlchemy cannot parse; the text does not echo it
-        print(f"accord relay: ACCORD_RELAY_SOURCE_URL: {' '.join(str(exc).split())}", file=sys.stderr)
+        error_line(f"accord relay: {exc}", exc)
         return 2
     except DBAPIError as exc:
         line = describe_database_error(exc, settings.relay_source_url).replace(
             "ACCORD_LEDGER_URL", "ACCORD_RELAY_SOURCE_URL"
         )
-        print(f"accord relay: {line}", file=sys.stderr)
+        error_line(f"accord relay: {line}", exc)
         return 2
     print(
         f"{report.published + report.refused} outbox rows relayed: {report.published} published, "

@@ -161,8 +161,18 @@ def run_relay_once(settings: Settings, *args: str, timeout: float = 120) -> subp
 
 
 def error_lines(stderr: str) -> list[str]:
-    """What a person reads on stderr: every line but the JSON log lines."""
-    return [line for line in stderr.strip().splitlines() if not line.startswith("{")]
+    """The command's last words on stderr: plain lines, and the message of each JSON ``command_failed`` line.
+
+    With ACCORD_LOG_FORMAT=json (relay_env) the last word is a JSON log line like the rest;
+    the other JSON lines (relay_started, relay_waiting, ...) are logs, not last words.
+    """
+    lines = []
+    for line in stderr.strip().splitlines():
+        if not line.startswith("{"):
+            lines.append(line)
+        elif (event := json.loads(line)).get("event") == "command_failed":
+            lines.append(event["message"])
+    return lines
 
 
 @dataclass(frozen=True)
@@ -463,6 +473,8 @@ def test_start_up_problems_are_one_line_each(broker, source) -> None:
 
     code, lines = run(ACCORD_RELAY_SOURCE_URL="<unset>")
     assert code == 2 and len(lines) == 1 and "ACCORD_RELAY_SOURCE_URL is not set" in lines[0], lines
+    code, lines = run(ACCORD_RELAY_SOURCE_URL=source.relay_url.replace("postgresql+psycopg://", "postgresql://"))
+    assert code == 2 and len(lines) == 1 and "psycopg 3 only, not psycopg2" in lines[0], lines
     closed = _dsn(source.schema, source.role, port=_closed_port())
     code, lines = run(ACCORD_RELAY_SOURCE_URL=closed)
     assert code == 2 and len(lines) == 1 and "could not reach the database" in lines[0], lines
@@ -479,6 +491,63 @@ def test_start_up_problems_are_one_line_each(broker, source) -> None:
     source.sql(f'REVOKE SELECT ON accord_outbox FROM "{source.role}"')
     code, lines = run()
     assert code == 2 and len(lines) == 1 and "permission denied" in lines[0] and "docs/relay.md" in lines[0], lines
+
+
+def _accord_relay(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``accord relay --once`` with only ``env`` (and PATH) set: no broker, no source database."""
+    return subprocess.run(
+        [sys.executable, "-m", "accord.cli", "relay", "--once"],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_in_json_mode_the_last_word_is_one_json_line_naming_the_variable(tmp_path: Path) -> None:
+    done = _accord_relay({"ACCORD_LOG_FORMAT": "json", "ACCORD_STATE_DIR": str(tmp_path)})
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()  # one line, and it is JSON: a log shipper reads it like the rest
+    event = json.loads(line)
+    assert event["event"] == "command_failed" and event["level"] == "error" and event["error"] == "RelayError"
+    assert event["message"].startswith("accord relay: ACCORD_RELAY_SOURCE_URL is not set")
+    plain = _accord_relay({"ACCORD_LOG_FORMAT": "console", "ACCORD_STATE_DIR": str(tmp_path)})
+    assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [event["message"]]
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("postgresql+psycopg://relay_role:s3cret-pw@cases-db.internal:notaport/cases", "is not a URL SQLAlchemy"),
+        ("postgresql://relay_role:s3cret-pw@cases-db.internal:5432/cases", "psycopg 3 only, not psycopg2"),
+        ("mysql://relay_role:s3cret-pw@cases-db.internal/cases", "PostgreSQL only"),
+    ],
+)
+def test_a_source_url_that_cannot_be_used_is_one_line_naming_the_variable_not_the_url(
+    tmp_path: Path, url: str, words: str
+) -> None:
+    for fmt in ("console", "json"):
+        done = _accord_relay(
+            {"ACCORD_LOG_FORMAT": fmt, "ACCORD_STATE_DIR": str(tmp_path), "ACCORD_RELAY_SOURCE_URL": url}
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        [line] = error_lines(done.stderr)
+        assert line.startswith("accord relay: ACCORD_RELAY_SOURCE_URL") and words in line, line
+        assert "s3cret-pw" not in done.stderr and "cases-db.internal" not in done.stderr and "notaport" not in line
+
+
+def test_the_source_engine_connects_with_the_timeouts_and_keepalives(source) -> None:
+    from producers.outbox import source_engine
+
+    engine = source_engine(Settings(relay_source_url=source.relay_url, database_timeout_s=6))
+    try:
+        with engine.connect() as conn:
+            given = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    assert given["connect_timeout"] == "6" and given["keepalives"] == "1"
+    assert (given["keepalives_idle"], given["keepalives_interval"], given["keepalives_count"]) == ("3", "1", "3")
+    assert given["tcp_user_timeout"] == "6000"
 
 
 def _closed_port() -> int:

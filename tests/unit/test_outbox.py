@@ -1,4 +1,5 @@
-"""The outbox relay's pure parts: table names, the lock key, and one row checked and handed to the publisher.
+"""The outbox relay's pure parts: table names, the lock key, the source URL, which database errors are waits,
+and one row checked and handed to the publisher (``producers.json_event``, which ``accord publish`` shares).
 
 No broker, no database: the publisher is given a stand-in producer that keeps what it
 was handed, so the test sees exactly the key, bytes and headers that would be sent.
@@ -11,19 +12,23 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from bus import headers as header
 from bus.settings import Settings
+from producers.json_event import publish_json
 from producers.outbox import (
     LOCK_NAMESPACE,
     MAX_REASON,
     OutboxTables,
     RelayError,
+    _database_gone,
+    _kind,
     _one_line,
     _signed,
     lock_key,
-    relay_row,
     source_engine,
 )
 from producers.publisher import Publisher
@@ -83,7 +88,7 @@ def _referral(nhs: str | None = GOOD_NHS) -> dict[str, Any]:
 def _check(event_type: str, payload: Any, agency: str | None = None) -> tuple[list[Problem], KeptProducer]:
     publisher, producer = _publisher()
     text = payload if isinstance(payload, str) else json.dumps(payload)
-    return relay_row(publisher, event_type, text, agency, Settings().max_event_bytes), producer
+    return publish_json(publisher, event_type, text, agency, what="(payload)"), producer
 
 
 def test_a_good_row_is_sent_keyed_by_subject_with_its_provenance() -> None:
@@ -205,3 +210,72 @@ def test_a_source_url_is_required_and_must_be_postgresql() -> None:
         source_engine(Settings(relay_source_url=""))
     with pytest.raises(RelayError, match="PostgreSQL only"):
         source_engine(Settings(relay_source_url="sqlite:///outbox.db"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://relay_role:s3cret-pw@cases-db.internal:notaport/cases",  # int() of the port
+        "postgresql+psycopg://relay_role:s3cret-pw@cases-db.internal:5432x/cases",
+        "not a url s3cret-pw",
+    ],
+)
+def test_a_source_url_that_does_not_parse_names_the_variable_and_never_repeats_it(url: str) -> None:
+    with pytest.raises(RelayError) as raised:
+        source_engine(Settings(relay_source_url=url))
+    line = str(raised.value)
+    assert line.startswith("ACCORD_RELAY_SOURCE_URL is not a URL") and "\n" not in line
+    assert "s3cret-pw" not in line and "notaport" not in line and "cases-db.internal" not in line
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("postgresql://relay_role:s3cret-pw@cases-db.internal:5432/cases", "psycopg2"),  # SQLAlchemy's default driver
+        ("postgresql+psycopg2://relay_role:s3cret-pw@cases-db.internal/cases", "psycopg2"),
+        ("postgresql+asyncpg://relay_role:s3cret-pw@cases-db.internal/cases", "asyncpg"),
+        ("postgresql+pg8000://relay_role:s3cret-pw@cases-db.internal/cases", "pg8000"),
+    ],
+)
+def test_a_postgresql_driver_other_than_psycopg_is_refused_with_the_fix(url: str, named: str) -> None:
+    with pytest.raises(RelayError) as raised:
+        source_engine(Settings(relay_source_url=url))
+    line = str(raised.value)
+    assert f"psycopg 3 only, not {named}" in line and "postgresql+psycopg://" in line
+    assert "s3cret-pw" not in line and "cases-db.internal" not in line
+
+
+def _db_error(orig: Exception, *, invalidated: bool = False) -> DBAPIError:
+    wrapped = DBAPIError.instance("UPDATE t", {}, orig, psycopg.Error, connection_invalidated=invalidated)
+    assert isinstance(wrapped, DBAPIError)  # as SQLAlchemy wraps a driver's error
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    ("orig", "gone"),
+    [
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),  # no SQLSTATE: cut
+        (psycopg.errors.ConnectionTimeout("connection timeout expired"), True),
+        (psycopg.InterfaceError("the connection is closed"), True),
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),  # 57P01
+        (psycopg.errors.CrashShutdown("crash"), True),  # 57P02
+        (psycopg.errors.CannotConnectNow("the database system is starting up"), True),  # 57P03
+        (psycopg.errors.TooManyConnections("too many"), True),  # 53300
+        (psycopg.errors.lookup("08006")("connection failure"), True),
+        (psycopg.errors.RaiseException("a trigger said no"), False),  # P0001
+        (psycopg.errors.CheckViolation("check"), False),  # 23514
+        (psycopg.errors.InvalidColumnReference("no unique constraint for ON CONFLICT"), False),  # 42P10
+        (psycopg.errors.InsufficientPrivilege("permission denied"), False),  # 42501
+        (psycopg.errors.DiskFull("could not extend file"), False),  # 53100: tried a few times, then stops
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),  # 57014: likewise
+        (psycopg.errors.UndefinedTable("gone"), False),
+    ],
+)
+def test_only_a_lost_connection_is_the_database_gone(orig: Exception, gone: bool) -> None:
+    assert _database_gone(_db_error(orig)) is gone
+
+
+def test_an_invalidated_connection_without_a_sqlstate_is_gone_and_a_refusal_names_only_kind_and_sqlstate() -> None:
+    assert _database_gone(_db_error(psycopg.DatabaseError("?"), invalidated=True))
+    refusal = _db_error(psycopg.errors.RaiseException(f"nhs number {GOOD_NHS} is not allowed"))
+    assert _kind(refusal) == "RaiseException, SQLSTATE P0001"
