@@ -119,7 +119,9 @@ def configure_logging(settings: Settings) -> None:
 
     1. pick the renderer: JSON, or key-value for a terminal (``auto``: by whether stderr is one);
     2. structlog's loggers hand their event dicts to the standard library (named, so ``logger`` is set);
-    3. one handler on the root logger renders both kinds with the same processors;
+    3. one handler on the root logger renders both kinds with the same processors, and every
+       logger made before now hands its records to it (no handlers, levels or propagate=False
+       of its own);
     4. levels: the root at ``ACCORD_LOG_LEVEL``; SQLAlchemy at WARNING; librdkafka at DEBUG when
        ``ACCORD_KAFKA_DEBUG`` asked for its debug lines;
     5. warnings, and uncaught exceptions of every thread, go through logging too.
@@ -160,6 +162,15 @@ def configure_logging(settings: Settings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # A library that configured its loggers before us (uvicorn's dictConfig, say) gave them
+    # handlers of their own, propagate=False or a level: undone, so every record reaches the
+    # one handler above and ACCORD_LOG_LEVEL governs it.
+    for existing in list(logging.root.manager.loggerDict.values()):
+        if isinstance(existing, logging.Logger):
+            for old in list(existing.handlers):
+                existing.removeHandler(old)
+            existing.propagate = True
+            existing.setLevel(logging.NOTSET)
     # 4.
     logging.getLogger("sqlalchemy").setLevel(max(level, logging.WARNING))
     logging.getLogger("librdkafka").setLevel(logging.DEBUG if settings.kafka.get("debug") else logging.NOTSET)

@@ -179,3 +179,17 @@ def test_a_commands_last_line_is_plain_unless_json_was_asked_for(capsys: pytest.
     [line] = _json_lines(capsys.readouterr().err)
     assert line["event"] == "command_failed" and line["message"] == "accord run: unexpected error (ValueError)"
     assert line["level"] == "error" and line["error"] == "ValueError" and NHS not in json.dumps(line)
+
+
+def test_loggers_a_library_configured_first_still_come_out_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging.config
+
+    import uvicorn.config
+
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)  # handlers, levels and propagate=False of its own
+    logging.getLogger("uvicorn.error").setLevel(logging.DEBUG)
+    configure_logging(Settings(log_format="json", log_level="WARNING"))
+    logging.getLogger("uvicorn.error").info("hidden")
+    logging.getLogger("uvicorn.error").warning("shown")
+    err = capsys.readouterr().err
+    assert [line["event"] for line in _json_lines(err)] == ["shown"], err
