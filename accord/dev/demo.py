@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -103,10 +104,45 @@ def _record_consent(engine, scenario, rng: random.Random, known: consent.KnownSc
     return made
 
 
+# What the summary holds the processor's /metrics to (docs/metrics.md): its decisions are the
+# entries it appended for events (not retractions or receipts), its dead letters the topic's.
+DECISIONS_METRIC = "accord_decisions_total"
+DEAD_LETTERS_METRIC = "accord_dead_letters_total"
+DECISION_OUTCOMES = ("DISCLOSED", "WITHHELD", "NOT_COVERED")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(settings: Settings, names: tuple[str, ...]) -> dict[str, float] | None:
+    """The processor's /metrics summed per metric (over every label); None if it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://{settings.api_host}:{settings.health_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    totals = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals
+
+
 def _start_processor(settings: Settings) -> subprocess.Popen:
     log = (settings.state_dir / "processor.log").open("ab")
     env = {
         **os.environ,
+        "ACCORD_HEALTH_PORT": str(settings.health_port),
         "ACCORD_LOG_FORMAT": "json",
         "ACCORD_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "ACCORD_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
@@ -202,6 +238,8 @@ def run_demo(
     # The embedded broker holds a group join for half the session timeout;
     # short timeouts keep the demo's several consumers quick.
     update: dict = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+    if not settings.health_port:  # the summary reads the processor's /metrics
+        update["health_port"] = _free_port(settings.api_host)
     if not settings.pseudonym_key.get_secret_value():
         # A throwaway key: pseudonyms are stable within this demo run only.
         update["pseudonym_key"] = SecretStr(secrets.token_hex(32))
@@ -243,6 +281,7 @@ def run_demo(
     processor = _start_processor(settings)
     try:
         _wait_for_processor(settings, published.end_offsets, progress, timeout=120)
+        metrics = _scrape(settings, (DECISIONS_METRIC, DEAD_LETTERS_METRIC))
     finally:
         _stop(processor)
 
@@ -307,6 +346,19 @@ def run_demo(
     for reason, n in sorted(dead.items()):
         print(f"  {reason:50} {n}")
     print(f"ledger entries:       {sum(n for *_, n in rows)} this run, {total_entries} in all")
+    decided = sum(n for _, outcome, _, n in rows if outcome in DECISION_OUTCOMES)
+    metrics_agree = metrics is not None and (metrics[DECISIONS_METRIC], metrics[DEAD_LETTERS_METRIC]) == (
+        decided,
+        sum(dead.values()),
+    )
+    if metrics is None:
+        print(f"processor /metrics:   no answer on port {settings.health_port}")
+    else:
+        print(
+            f"processor /metrics:   {metrics[DECISIONS_METRIC]:.0f} decisions, {metrics[DEAD_LETTERS_METRIC]:.0f} "
+            f"dead letters ({'equal to' if metrics_agree else 'NOT equal to'} the ledger's {decided} and the "
+            f"dead-letter topic's {sum(dead.values())})"
+        )
     if checkpoint is not None:
         print(
             f"signed checkpoint:    tree size {checkpoint.tree_size:,}, root {checkpoint.root.hex()[:16]}..., "
@@ -317,7 +369,7 @@ def run_demo(
     print("the broker stays up for `accord consume --partner cps`; `accord dev down` stops it")
     for line in _pages(settings, scenario):
         print(line)
-    ok = result.ok and received == disclosed and sum(dead.values()) == len(scenario.malformed)
+    ok = result.ok and received == disclosed and sum(dead.values()) == len(scenario.malformed) and metrics_agree
     return 0 if ok else 1
 
 

@@ -43,3 +43,6 @@ def test_a_second_ledger_on_the_same_topics_counts_only_its_own(broker: str, tmp
     assert second.returncode == 0, second.stdout[-1500:] + second.stderr[-1500:]
     pairs = re.findall(r"^  \S+\s+(\d+) / (\d+)$", second.stdout, flags=re.M)
     assert pairs and all(a == b for a, b in pairs), second.stdout
+    # The processor's Prometheus counters, scraped before it stops, add up to this run's ledger.
+    scraped = re.search(r"^processor /metrics:\s+(\d+) decisions, (\d+) dead letters \(equal to", second.stdout, re.M)
+    assert scraped is not None and int(scraped.group(1)) > 0, second.stdout
