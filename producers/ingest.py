@@ -67,7 +67,7 @@ def ingest_jsonl(
                 continue
             report.read += 1
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8").rstrip("\r\n")  # a truncated line's problem names its column
             except UnicodeDecodeError as exc:
                 report.refused.append(Refusal(number, (Problem("(line)", f"not valid UTF-8 at byte {exc.start + 1}"),)))
                 continue

@@ -69,10 +69,9 @@ HELD_BACK_WARN_S = 30.0  # rows waiting behind an open transaction this long are
 MAX_REASON = 500  # characters of a dead-letter reason
 BACKOFF_MOST_S = 10.0
 TRANSIENT_TRIES = 5  # a refusal that may pass (a statement timeout, a deadlock, disk full) is tried again this often
-# What the database going away looks like: waited for, for as long as it lasts (class 08 is added below).
-_GONE = frozenset(
-    {"57P01", "57P02", "57P03", "53300"}
-)  # admin/crash shutdown, cannot connect now, too many connections
+# The database going away, waited for as long as it lasts (besides class 08, connection exception):
+# the server shutting down (admin, crash), not yet accepting connections, too many connections.
+_GONE = frozenset({"57P01", "57P02", "57P03", "53300"})
 # Refusals that may pass by themselves: tried again TRANSIENT_TRIES times in a row, then a person's to fix.
 _TRANSIENT = frozenset({"57014", "40001", "40P01", "55P03", "53100", "53200"})
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -182,7 +181,7 @@ def source_engine(settings: Settings) -> Engine:
     if parsed.get_backend_name() != "postgresql":
         raise RelayError(f"ACCORD_RELAY_SOURCE_URL: the relay reads PostgreSQL only; give a URL such as {example}")
     if parsed.drivername != "postgresql+psycopg":
-        given = parsed.drivername.partition("+")[2] or "psycopg2, SQLAlchemy's default for postgresql://"
+        given = parsed.drivername.partition("+")[2][:40] or "psycopg2, SQLAlchemy's default for postgresql://"
         raise RelayError(
             f"ACCORD_RELAY_SOURCE_URL: the relay connects with psycopg 3 only, not {given}; "
             f"begin the URL with postgresql+psycopg://, e.g. {example}"

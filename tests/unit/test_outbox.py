@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bus import headers as header
 from bus.settings import Settings
+from producers.ingest import ingest_jsonl
 from producers.json_event import publish_json
 from producers.outbox import (
     LOCK_NAMESPACE,
@@ -131,6 +133,34 @@ def test_a_bad_row_is_refused_naming_the_field_and_nothing_is_sent(
     assert producer.sent == []
     assert problems and problems[0].field == field, problems
     assert words in problems[0].problem
+
+
+def test_a_file_line_and_an_outbox_row_are_refused_alike(tmp_path: Path) -> None:
+    """``accord publish``'s ingester and the relay take the one path: the same problems, only the JSON's name differs."""
+    deep = '{"narrative": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    lines = [
+        json.dumps(_referral(BAD_NHS)),
+        '{"envelope": ',
+        json.dumps(["an", "array"]),
+        json.dumps({**_referral(), "urgency": "WHENEVER"}),
+        json.dumps({k: v for k, v in _referral().items() if k != "narrative"}),
+        deep,
+        json.dumps({"narrative": "x" * (16 * Settings().max_event_bytes + 1)}),
+        json.dumps({**_referral(), "envelope": {**_referral()["envelope"], "occurred_at": "last Tuesday"}}),
+        json.dumps(_referral()),
+    ]
+    path = tmp_path / "referrals.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    publisher, file_sent = _publisher()
+    report = ingest_jsonl(path, "referral", "salford-council", publisher)
+    from_file = {r.line: list(r.problems) for r in report.refused}
+    assert set(from_file) == set(range(1, len(lines))), "the good last line was refused, or a bad one sent"
+    for number, line in enumerate(lines[:-1], start=1):
+        from_outbox, row_sent = _check("referral", line, agency="salford-council")
+        renamed = [Problem("(json)" if p.field == "(payload)" else p.field, p.problem) for p in from_outbox]
+        assert from_file[number] == renamed, (number, from_file[number], from_outbox)
+        assert row_sent.sent == []
+    assert len(file_sent.sent) == 1 and _check("referral", lines[-1])[1].sent == file_sent.sent
 
 
 def test_sizes_are_the_publishers() -> None:
