@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select
 
+from accord.dev import devstack
 from accord.sharing.decide import candidate_agreements
 from agreements import recipients_by_type
 from consumers import Disclosure, Retraction
@@ -209,3 +215,43 @@ class TcpProxy:
                     s.close()
                 except OSError:
                     pass
+
+
+def via(url: str, port: int) -> str:
+    """A database URL with its host and port replaced by a proxy's on localhost (same user, database, options)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
+
+
+@contextmanager
+def proxied_broker(log: Path) -> Iterator[tuple[str, TcpProxy]]:
+    """An embedded broker of the caller's own, advertised at a proxy's port, so every client goes through the
+    proxy and cutting it cuts the broker (the session's shared broker stays whole)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        listen = int(s.getsockname()[1])
+    proxy = TcpProxy(listen)
+    broker = subprocess.Popen(
+        [
+            devstack.broker_binary(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{listen}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{proxy.port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    bootstrap = f"127.0.0.1:{proxy.port}"
+    try:
+        devstack.wait_for_broker(bootstrap)
+        yield bootstrap, proxy
+    finally:
+        proxy.close()
+        broker.terminate()
+        broker.wait(10)

@@ -20,57 +20,26 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
-from accord.dev import devstack
 from accord.dev.drain import wait_for_group
 from agreements import load_dir
 from producers import Publisher
 from producers.synthetic import build_scenario
+from tests import faults
 from tests.bus import Bus, make_settings, settings_env
 from tests.conftest import _free_port, fresh_role_database
-from tests.faults import TcpProxy
+from tests.faults import TcpProxy, via
 
 KEYS = {"timestamp", "level", "event", "logger"}
 
 
 @pytest.fixture
 def proxied_broker(tmp_path: Path) -> Iterator[tuple[str, TcpProxy]]:
-    """An embedded broker of this test's own, advertised at a proxy's port, so every client goes through the proxy."""
-    listen = _free_port()
-    proxy = TcpProxy(listen)
-    log = (tmp_path / "tansu.log").open("ab")
-    broker = subprocess.Popen(
-        [
-            devstack.broker_binary(),
-            "broker",
-            "--listener-url",
-            f"tcp://127.0.0.1:{listen}",
-            "--advertised-listener-url",
-            f"tcp://127.0.0.1:{proxy.port}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    bootstrap = f"127.0.0.1:{proxy.port}"
-    try:
-        devstack.wait_for_broker(bootstrap)
-        yield bootstrap, proxy
-    finally:
-        proxy.close()
-        broker.terminate()
-        broker.wait(10)
-
-
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    user = parts.netloc.rsplit("@", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
+    with faults.proxied_broker(tmp_path / "tansu.log") as broker:
+        yield broker
 
 
 def _publish(settings: Any, n: int) -> dict[tuple[str, int], int]:
@@ -102,7 +71,7 @@ def test_the_processor_prints_only_json_through_outages_and_shutdown(
     bootstrap, broker_proxy = proxied_broker
     with fresh_role_database() as db:
         db_proxy = TcpProxy(urlsplit(db.app_url).port or 5432)
-        settings = make_settings(bootstrap, _via(db.app_url, db_proxy.port), tmp_path)
+        settings = make_settings(bootstrap, via(db.app_url, db_proxy.port), tmp_path)
         settings = settings.model_copy(update={"database_timeout_s": 2.0})
         Bus(settings, db.owner, load_dir(settings.agreements_dir)).create_topics()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCORD_")}

@@ -11,7 +11,6 @@ restart.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,12 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from accord.dev import devstack
 from agreements import load_dir
+from tests import faults
 from tests.bus import Bus, make_settings
 from tests.conftest import fresh_role_database
-from tests.faults import TcpProxy
+from tests.faults import TcpProxy, via
 from tests.integration.test_metrics_processor import _free_port, get
-from tests.integration.test_outage import _via
 
 
 def _until(port: int, path: str, status: int, timeout: float) -> str:
@@ -61,7 +59,7 @@ def test_readyz_is_degraded_while_the_database_is_cut_and_ready_after(broker, tm
     with fresh_role_database() as db:
         proxy = TcpProxy(urlsplit(db.app_url).port or 5432)
         port = _free_port()
-        settings = make_settings(broker, _via(db.app_url, proxy.port), tmp_path_factory.mktemp("readyz"))
+        settings = make_settings(broker, via(db.app_url, proxy.port), tmp_path_factory.mktemp("readyz"))
         settings = settings.model_copy(update={"database_timeout_s": 2.0, "health_port": port})
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
         bus.create_topics()
@@ -92,32 +90,8 @@ def test_readyz_is_degraded_while_the_database_is_cut_and_ready_after(broker, tm
 
 @pytest.fixture
 def proxied_broker(tmp_path: Path) -> Iterator[tuple[str, TcpProxy]]:
-    """An embedded broker of this test's own, advertised at a proxy's port (the session's broker stays whole)."""
-    listen = _free_port()
-    proxy = TcpProxy(listen)
-    broker = subprocess.Popen(
-        [
-            devstack.broker_binary(),
-            "broker",
-            "--listener-url",
-            f"tcp://127.0.0.1:{listen}",
-            "--advertised-listener-url",
-            f"tcp://127.0.0.1:{proxy.port}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=(tmp_path / "tansu.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    bootstrap = f"127.0.0.1:{proxy.port}"
-    try:
-        devstack.wait_for_broker(bootstrap)
-        yield bootstrap, proxy
-    finally:
-        proxy.close()
-        broker.terminate()
-        broker.wait(10)
+    with faults.proxied_broker(tmp_path / "tansu.log") as broker:
+        yield broker
 
 
 def test_readyz_is_degraded_while_the_broker_is_cut_and_ready_after(proxied_broker, tmp_path) -> None:

@@ -14,7 +14,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from accord.dev.drain import wait_for_group
 from agreements import load_dir
@@ -22,13 +22,7 @@ from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings
 from tests.conftest import fresh_role_database
-from tests.faults import TcpProxy, ledger_rows
-
-
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    user = parts.netloc.rsplit("@", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
+from tests.faults import TcpProxy, ledger_rows, via
 
 
 def _free_port() -> int:
@@ -69,7 +63,7 @@ def test_database_cut_and_silenced_the_same_processor_resumes(broker, tmp_path_f
     with fresh_role_database() as db:
         proxy = TcpProxy(urlsplit(db.app_url).port or 5432)
         health_port = _free_port()
-        settings = make_settings(broker, _via(db.app_url, proxy.port), tmp_path_factory.mktemp("outage"))
+        settings = make_settings(broker, via(db.app_url, proxy.port), tmp_path_factory.mktemp("outage"))
         settings = settings.model_copy(update={"database_timeout_s": 2.0, "health_port": health_port})
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
         bus.create_topics()

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,7 +24,7 @@ from agreements import load_dir, recipients_by_type
 from bus import kafka
 from bus.settings import Settings
 from bus.topics import TopicNames, create_topics
-from tests.faults import TcpProxy
+from tests.faults import TcpProxy, via
 from tests.integration.test_relay import Source, good_rows, read_events, relay_env, relay_settings, source_database
 
 
@@ -33,12 +33,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    user = parts.netloc.rsplit("@", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
 
 
 def _start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -72,7 +66,7 @@ def test_a_database_cut_the_same_relay_waits_and_resumes(broker, tmp_path) -> No
         proxy = TcpProxy(urlsplit(source.relay_url).port or 5432)
         try:
             settings = relay_settings(broker, source)
-            settings = settings.model_copy(update={"relay_source_url": _via(source.relay_url, proxy.port)})
+            settings = settings.model_copy(update={"relay_source_url": via(source.relay_url, proxy.port)})
             log = tmp_path / "relay.log"
             relay = _start(settings, log)
             try:
