@@ -240,6 +240,9 @@ class BatchHandler:
 
     def handle(self, batch: Sequence[Inbound]) -> BatchReport:
         report = BatchReport(events=len(batch))
+        stage = self.metrics.stage  # each step's time (accord_batch_stage_seconds)
+        clock = time.perf_counter
+        began = clock()
         now = datetime.now(UTC)
         # The ledger stores and hashes milliseconds, so decide at that precision.
         decided_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -254,11 +257,15 @@ class BatchHandler:
                 dead.append(read)
             else:
                 copies.setdefault(read.event_id, {}).setdefault(read.digest, read)
+        at = clock()
+        read_s = at - began
+        stage["read"].observe(read_s)
 
         # 2. what the ledger already holds decides; only then does the batch's first copy
         events: dict[str, Event] = {}
         deliveries: list[Delivery] = []
         known = event_entries(self.engine, list(copies)) if copies else {}
+        looked_up = clock() - at
         agreements = self.agreements.current()  # one view for the whole batch
         sharing = Sharing.of(agreements)  # compiled once per set of agreements (cached)
         replay = _ReplayView(self.agreements.by_key(), {a.id: a for a in agreements}, context)
@@ -281,7 +288,10 @@ class BatchHandler:
                 )
 
         # 3. decide the new events
+        at = clock()
         histories = consent.history(self.engine, {e.subject_key for e in events.values()})
+        looked_up += clock() - at
+        stage["look_up"].observe(looked_up)
         drafts: list[EntryDraft] = []
         decided: list[tuple[Event, Decision]] = []
         for event in events.values():
@@ -298,12 +308,11 @@ class BatchHandler:
                 decided.append((event, d))
 
         # 4. the ledger first (I1)
-        if drafts:
-            started = time.perf_counter()
-            appended = append(self.engine, drafts)
-            self.metrics.ledger_append_seconds.observe(time.perf_counter() - started)
-        else:
-            appended = []
+        at = clock()
+        stage["decide"].observe(at - began - read_s - looked_up)  # the rest of steps 2 and 3
+        appended = append(self.engine, drafts) if drafts else []
+        appended_at = clock()
+        stage["append"].observe(appended_at - at)
         report.appended = sum(1 for a in appended if a.new)
         if appended:
             # What reached the ledger, counted per batch, so the counts can equal the ledger's
@@ -341,6 +350,7 @@ class BatchHandler:
         dead.extend(self._deliver(deliveries))
         self.dead_letters(dead)
         report.dead_letters = len(dead)
+        stage["deliver"].observe(clock() - appended_at)
         return report
 
     # -- step 2 / 4: a replay ---------------------------------------------------
