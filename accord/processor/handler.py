@@ -10,6 +10,10 @@
 4. deliver what the ledger says was disclosed, the replayed entries included, and wait
    for the broker to confirm it;
 5. dead-letter what could not be read, decided or delivered, with the reason.
+
+``handle`` does all five at once. The loop runs them as ``prepare`` (1-3), ``send`` (4,
+and producing 5) and ``settle`` (waiting for the broker, then the dead letters), so it
+can decide the next batch while the broker confirms this one (accord/processor/loop.py).
 """
 
 from __future__ import annotations
@@ -133,6 +137,30 @@ class Delivery:
     source: Inbound
 
 
+@dataclass
+class Prepared:
+    """A batch read, looked up and decided (steps 1 to 3): what ``send`` appends and delivers."""
+
+    report: BatchReport
+    events: dict[str, Event]  # the new events, by id
+    drafts: list[EntryDraft]  # their ledger entries, in order
+    decided: list[tuple[Event, Decision]]
+    deliveries: list[Delivery]  # so far, the replayed entries'
+    dead: list[DeadLetter]
+    replay: _ReplayView
+
+
+@dataclass
+class Sending:
+    """A batch in the ledger whose disclosures are produced but not yet confirmed by the broker."""
+
+    report: BatchReport
+    deliveries: list[Delivery]
+    dead: list[DeadLetter]  # produced by ``settle``, after the disclosures
+    errors: dict[int, KafkaError] = field(default_factory=dict)  # delivery index -> the broker's refusal
+    producing_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class _ReplayView:
     """The agreements as one batch sees them, for redelivering recorded entries."""
@@ -174,9 +202,12 @@ class BatchHandler:
     4. append every new decision in one transaction, BEFORE anything is produced (I1); a
        decision the ledger already held (another worker recorded the event meanwhile)
        makes its event a replay, handled as in step 2;
-    5. produce the disclosures (new and replayed), then the dead letters, and flush. A
-       record the broker refuses for itself (too large, invalid) is dead-lettered; any
-       other failure is an outage and the whole batch is retried.
+    5. produce the disclosures (new and replayed), wait for the broker to take them,
+       then produce the dead letters and wait again. A record the broker refuses for
+       itself (too large, invalid) is dead-lettered; any other failure is an outage and
+       the whole batch is retried.
+
+    Steps 1-3 are ``prepare``, 4 and the producing of 5 ``send``, the waits ``settle``.
     """
 
     def __init__(
@@ -239,6 +270,11 @@ class BatchHandler:
         )
 
     def handle(self, batch: Sequence[Inbound]) -> BatchReport:
+        """The whole batch, steps 1 to 5, waiting for the broker before it returns."""
+        return self.settle(self.send(self.prepare(batch)))
+
+    def prepare(self, batch: Sequence[Inbound]) -> Prepared:
+        """Steps 1 to 3: read, look up and decide. Reads the ledger and consent, writes nothing."""
         report = BatchReport(events=len(batch))
         stage = self.metrics.stage  # each step's time (accord_batch_stage_seconds)
         clock = time.perf_counter
@@ -306,27 +342,36 @@ class BatchHandler:
             for d in decisions:
                 drafts.append(d.entry(decided_at, event.digest, event.subjects))
                 decided.append((event, d))
+        stage["decide"].observe(clock() - began - read_s - looked_up)  # the rest of steps 2 and 3
+        return Prepared(report, events, drafts, decided, deliveries, dead, replay)
 
+    def send(self, prepared: Prepared) -> Sending:
+        """Step 4, and step 5 up to the wait: append, then produce every disclosure (I1).
+
+        Returns before the broker has confirmed anything; ``settle`` waits for it.
+        """
+        p = prepared
+        report, deliveries, dead = p.report, p.deliveries, p.dead
+        clock = time.perf_counter
         # 4. the ledger first (I1)
         at = clock()
-        stage["decide"].observe(at - began - read_s - looked_up)  # the rest of steps 2 and 3
-        appended = append(self.engine, drafts) if drafts else []
+        appended = append(self.engine, p.drafts) if p.drafts else []
         appended_at = clock()
-        stage["append"].observe(appended_at - at)
+        self.metrics.stage["append"].observe(appended_at - at)
         report.appended = sum(1 for a in appended if a.new)
         if appended:
             # What reached the ledger, counted per batch, so the counts can equal the ledger's
             # own; tallied in C (map, attrgetter) when every entry is new, as it almost always is.
             new = (
-                drafts
-                if report.appended == len(drafts)
-                else [d for d, a in zip(drafts, appended, strict=True) if a.new]
+                p.drafts
+                if report.appended == len(p.drafts)
+                else [d for d, a in zip(p.drafts, appended, strict=True) if a.new]
             )
             self.metrics.decided(Counter(map(_DECISION_LABELS, new)))
         seq_of = {a.disclosure_id: a.seq for a in appended}
         fresh = {a.disclosure_id for a in appended if a.new}
-        raced = {d.event_id for d, a in zip(drafts, appended, strict=True) if not a.new}
-        for event, d in decided:
+        raced = {d.event_id for d, a in zip(p.drafts, appended, strict=True) if not a.new}
+        for event, d in p.decided:
             report.outcomes[(d.recipient, d.outcome._value_, d.reason or "")] += 1
             if d.outcome is Outcome.DISCLOSED and event.event_id not in raced and d.projected is not None:
                 deliveries.append(
@@ -341,17 +386,32 @@ class BatchHandler:
                     )
                 )
         if raced:
-            by_id = {e.event_id: e for e in events.values()}
+            by_id = {e.event_id: e for e in p.events.values()}
             for event_id, stored in event_entries(self.engine, sorted(raced)).items():
-                self._replay(by_id[event_id], stored, replay, deliveries, dead)
+                self._replay(by_id[event_id], stored, p.replay, deliveries, dead)
 
-        # 5. deliver, then dead letters, then flush
+        # 5. deliver (the wait is settle's)
         report.redelivered = len(deliveries) - sum(1 for d in deliveries if d.disclosure_id in fresh)
-        dead.extend(self._deliver(deliveries))
+        sending = Sending(report, deliveries, dead)
+        dead.extend(self._produce_all(deliveries, sending.errors))
+        sending.producing_s = clock() - appended_at
+        return sending
+
+    def settle(self, sending: Sending) -> BatchReport:
+        """The rest of step 5: wait for the broker to take the disclosures, then the dead letters.
+
+        A disclosure the broker refused for itself becomes a dead letter; any other failure
+        is an Outage, and the batch must be done again (the ledger makes that a replay).
+        """
+        at = time.perf_counter()
+        self._flush(sending.errors, "disclosures")
+        dead = sending.dead
+        for i, err in sorted(sending.errors.items()):
+            dead.append(self._undeliverable(sending.deliveries[i], err.name()))
         self.dead_letters(dead)
-        report.dead_letters = len(dead)
-        stage["deliver"].observe(clock() - appended_at)
-        return report
+        sending.report.dead_letters = len(dead)
+        self.metrics.stage["deliver"].observe(sending.producing_s + time.perf_counter() - at)
+        return sending.report
 
     # -- step 2 / 4: a replay ---------------------------------------------------
 
@@ -392,9 +452,8 @@ class BatchHandler:
 
     # -- step 5 -----------------------------------------------------------------
 
-    def _deliver(self, deliveries: Sequence[Delivery]) -> list[DeadLetter]:
-        """Produce every delivery and flush; the records the broker refused for themselves come back."""
-        errors: dict[int, KafkaError] = {}
+    def _produce_all(self, deliveries: Sequence[Delivery], errors: dict[int, KafkaError]) -> list[DeadLetter]:
+        """Produce every delivery; the records refused at once come back, the broker's answers go to ``errors``."""
         refused: list[DeadLetter] = []
         encoded: dict[int, bytes] = {}  # recipients of one agreement share one projection
         for i, d in enumerate(deliveries):
@@ -418,9 +477,6 @@ class BatchHandler:
             refusal = self._produce(topic, d.disclosure_id.encode(), payload, headers, on_delivery)
             if refusal is not None:
                 refused.append(self._undeliverable(d, refusal))
-        self._flush(errors, "disclosures")
-        for i, err in sorted(errors.items()):
-            refused.append(self._undeliverable(deliveries[i], err.name()))
         return refused
 
     def _undeliverable(self, d: Delivery, error: str) -> DeadLetter:

@@ -7,12 +7,27 @@ One pass of the loop (``SharingLoop.run_once``), in this order:
 2. consume: wait up to ``batch_window_s`` for the first record, then take whatever else
    has already arrived, up to ``batch_size`` records (events and receipts). A batch is
    never held back to fill up, so a quiet stream is not delayed by the window;
-3. handle the batch (``BatchHandler.handle``: decide, ledger, deliver, dead letters);
+3. handle the batch (``BatchHandler``: read, look up, decide; ledger; deliver; dead letters);
 4. commit the batch's offsets;
 5. run the control plane when due: the retraction sweep and ledger checkpoints, in the
    one worker that holds the control-plane lease (accord/processor/control_lease.py). A timer
    whose work returns True has more waiting and runs again on the next pass, so a
    large job (retracting a suspended agreement) goes in bounded chunks between batches.
+
+Steps 3 and 4 overlap with the next batch (``_complete``): while the broker confirms
+batch N's disclosures, the loop takes batch N+1 and reads, looks up and decides it
+(``prepare``, which writes nothing), then
+
+a. waits for the broker to take batch N (``settle``) and commits N's offsets;
+b. appends N+1's decisions to the ledger and produces its disclosures (``send``);
+
+and N+1 is settled the same way by the batch after it, or at once when nothing more is
+waiting. So nothing is produced before its ledger entry is committed (I1), no offset is
+committed before the broker took its batch's records (I7), and batches reach the broker
+in order. A batch is settled before anything else happens: the control plane's work (a
+retraction must follow its disclosure onto the partner's topic), a rebalance, a stop,
+a batch of receipts; and a batch that fails to settle is done again from its records,
+which the ledger turns into a replay (I8).
 
 After each pass the loop refreshes what the health port reports (accord/processor/health.py,
 accord/processor/metrics.py): consumer lag per partition, at most every ``lag_interval_s``,
@@ -47,7 +62,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from accord.processor.agreement_feed import AgreementSet
 from accord.processor.control_lease import Lease
-from accord.processor.handler import BatchReport, DeadLetter, Inbound
+from accord.processor.handler import BatchReport, DeadLetter, Inbound, Prepared, Sending
 from accord.processor.health import Health
 from accord.processor.metrics import ProcessorMetrics
 from accord.processor.outage import backoff, outage_of
@@ -84,6 +99,12 @@ class Handler(Protocol):
 
     def handle(self, batch: Sequence[Inbound]) -> BatchReport: ...
 
+    def prepare(self, batch: Sequence[Inbound]) -> Prepared: ...
+
+    def send(self, prepared: Prepared) -> Sending: ...
+
+    def settle(self, sending: Sending) -> BatchReport: ...
+
     def dead_letters(self, dead: Iterable[DeadLetter]) -> None: ...
 
 
@@ -108,6 +129,15 @@ class Feed(Protocol):
 # A control-plane timer: (name, interval in seconds, work). Work that returns True has more
 # waiting and runs again on the next pass; anything else waits for the next interval.
 Timer = tuple[str, float, Callable[[], object]]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A batch sent (in the ledger, its disclosures produced) but not yet settled and committed."""
+
+    batch: list[Inbound]
+    sending: Sending
+    started: float  # perf_counter when the batch began
 
 
 @dataclass
@@ -147,6 +177,7 @@ class SharingLoop:
         probes: Mapping[str, Callable[[], object]] | None = None,
         probe_interval_s: float = 2.0,
         lag_interval_s: float = 1.0,
+        overlap: bool = True,
     ) -> None:
         self.consumer = consumer
         self.feed = feed
@@ -167,6 +198,7 @@ class SharingLoop:
         self.probes = dict(probes or {})  # service -> a check that raises while it is unreachable
         self.probe_interval_s = probe_interval_s
         self.lag_interval_s = lag_interval_s
+        self.overlap = overlap  # decide the next batch while the broker confirms this one (the module's a, b)
         self._stopping = False
         self.feed_stale = True
         self.moved: set[tuple[str, int]] = set()
@@ -174,6 +206,7 @@ class SharingLoop:
         self._committed: dict[tuple[str, int], int] = {}  # the offsets this loop committed
         self._proven_at = time.monotonic()  # the services last answered (a batch, or the probes)
         self._lag_at = 0.0
+        self._pending: _Pending | None = None
 
     @property
     def stopping(self) -> bool:
@@ -193,6 +226,7 @@ class SharingLoop:
         log.info("partitions_assigned", partitions=len(partitions))
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle_quietly("partitions_revoked")  # commit what is done while the partitions are ours
         self.moved.update((p.topic, p.partition) for p in partitions)
         self._forget(partitions)
         log.info("partitions_revoked", partitions=len(partitions))
@@ -217,14 +251,19 @@ class SharingLoop:
             while not self.stopping:
                 self.run_once()
         finally:
+            self._settle_quietly("stopping")
             self.health.stopped()
 
     def run_once(self) -> BatchReport | None:
         self.health.beat()
         # 1. agreements
         self._guarded(self.feed.poll)
-        # 2. consume
-        first = self.consumer.poll(self.batch_window_s)  # returns at the first record
+        # 2. consume; a batch in flight is settled at once if nothing else is waiting
+        report = None
+        first = self.consumer.poll(0 if self._pending is not None else self.batch_window_s)
+        if first is None and self._pending is not None:
+            report = self._settle_pending()
+            first = self.consumer.poll(self.batch_window_s)  # returns at the first record
         msgs = [] if first is None else [first]
         if first is not None and self.batch_size > 1:
             msgs += self.consumer.consume(self.batch_size - 1, timeout=0)
@@ -238,10 +277,9 @@ class SharingLoop:
                 log.warning("consumer_error", error=err.name())
                 if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
                     self.health.waiting("broker", err.name())
-        report = None
         if batch:
             # 3. handle, 4. commit: retried through outages until done or dropped by a rebalance
-            report = self._complete(batch)
+            report = self._complete(batch) or report
         # 5. control plane
         self._tick()
         self._refresh_lag()
@@ -250,6 +288,67 @@ class SharingLoop:
         return report
 
     def _complete(self, batch: list[Inbound]) -> BatchReport | None:
+        """Steps 3 and 4 overlapped with the previous batch (the module's a and b); the report of the one settled.
+
+        Anything unusual (receipts, a failure of any kind, the feed to catch up) settles
+        what is in flight and does the batch the careful way, ``_complete_now``.
+        """
+        if not self.overlap or self.feed_stale or any(m.topic == self.names.receipts for m in batch):
+            report = self._settle_pending()
+            return self._complete_now(batch) or report
+        started = time.perf_counter()
+        try:
+            prepared = self.handler.prepare(batch)
+        except Exception:  # noqa: BLE001 - not lost: done again below, where an outage waits and a bad record is found
+            report = self._settle_pending()
+            return self._complete_now(batch) or report
+        # a. the batch before
+        report = self._settle_pending()
+        if any((m.topic, m.partition) in self.moved for m in batch):
+            return self._complete_now(batch) or report  # a rebalance came with it: decide again
+        # b. this batch
+        try:
+            sending = self.handler.send(prepared)
+        except Exception:  # noqa: BLE001 - as above: done again (a replay of what reached the ledger)
+            return self._complete_now(batch) or report
+        self._pending = _Pending(batch, sending, started)
+        return report
+
+    def _settle_pending(self) -> BatchReport | None:
+        """Wait for the broker to take the batch in flight, commit its offsets; do it again if it fails."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        try:
+            report = self.handler.settle(pending.sending)
+            self._finish(pending.batch, report, pending.started)
+            return report
+        except Exception:  # noqa: BLE001 - the batch is done again from its records: waits if it is an outage
+            return self._complete_now(pending.batch)
+
+    def _settle_quietly(self, why: str) -> None:
+        """Settle without waiting for an outage to end (a rebalance, a stop): what fails is replayed later."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            self._finish(pending.batch, self.handler.settle(pending.sending), pending.started)
+        except Exception as exc:  # noqa: BLE001 - left uncommitted: its partitions' next owner replays it (I7, I8)
+            log.warning("batch_left_for_replay", reason=why, error=type(exc).__name__, records=len(pending.batch))
+
+    def _finish(self, batch: list[Inbound], report: BatchReport, started: float) -> None:
+        handled = time.perf_counter()
+        self._commit(batch)
+        self.metrics.stage["commit"].observe(time.perf_counter() - handled)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_records.observe(len(batch))
+        self.metrics.consumed(Tally(map(_TOPIC, batch)), self._event_types)
+        self._proven_at = time.monotonic()
+        self.health.running()
+        self._log(report)
+
+    def _complete_now(self, batch: list[Inbound]) -> BatchReport | None:
+        """Steps 3 and 4 start to finish, retried through outages until done or dropped by a rebalance."""
         attempt = 0
         while batch and not self.stopping:
             try:
@@ -257,15 +356,7 @@ class SharingLoop:
                     self._catch_up_once()
                 started = time.perf_counter()
                 report = self._handle(batch)
-                handled = time.perf_counter()
-                self._commit(batch)
-                self.metrics.stage["commit"].observe(time.perf_counter() - handled)
-                self.metrics.batch_seconds.observe(time.perf_counter() - started)
-                self.metrics.batch_records.observe(len(batch))
-                self.metrics.consumed(Tally(map(_TOPIC, batch)), self._event_types)
-                self._proven_at = time.monotonic()
-                self.health.running()
-                self._log(report)
+                self._finish(batch, report, started)
                 return report
             except Exception as exc:
                 service = outage_of(exc)
@@ -395,6 +486,7 @@ class SharingLoop:
             for timer in due:
                 timer.last = now  # another worker runs them; ask again at the next interval
             return
+        self._settle_pending()  # a retraction must reach the partner after the disclosure it retracts
         for timer in due:
             more = self._guarded(timer.work, name=timer.name)
             timer.last = 0.0 if more is True else now

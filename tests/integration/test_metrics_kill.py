@@ -70,7 +70,8 @@ def test_a_restarted_processor_does_not_count_what_it_replays(broker, tmp_path_f
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
         bus.create_topics()
         publisher = Publisher(settings)
-        scenario = build_scenario(600, seed=random.randrange(1 << 30), n_malformed=0)
+        # Enough that the kill lands mid-stream: at batches of 10 it takes seconds, not one poll of `eventually`.
+        scenario = build_scenario(2000, seed=random.randrange(1 << 30), n_malformed=0)
         for event in scenario.events:
             publisher.publish(event.event_type, event.record, agency=event.agency)
         report = publisher.flush()
