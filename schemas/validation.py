@@ -47,6 +47,7 @@ FUTURE_TOLERANCE = timedelta(days=1)
 LATEST_ZONE = timedelta(hours=14)  # UTC+14 (Line Islands): where the calendar date is furthest ahead
 ENVELOPE_TIMESTAMPS = ("envelope.occurred_at", "envelope.recorded_at")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_nhs_problem = nhs_number.problem  # one global read per NHS number, not a module attribute too
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,11 @@ def _check_string(value: Any, path: str, out: list[Problem], ctx: _Context) -> N
 def _check_nhs_number(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
     if value is None:
         return
-    why = nhs_number.problem(value)
+    why = _nhs_problem(value)
     if why is not None:
         out.append(Problem(path, why))
-    _check_string(value, path, out, ctx)
+    if isinstance(value, str) and len(value) * 4 > ctx.max_string_bytes:  # _check_string's first test, without the call
+        _check_string(value, path, out, ctx)
 
 
 def _check_event_id(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
