@@ -102,9 +102,7 @@ def run_processor(settings: Settings) -> int:
 
     # 3.
     agreement_set = AgreementSet(agreements, recipient_catalogue(agreements))
-    # No linger: the loop waits for a batch's disclosures only after deciding the next batch
-    # (accord/processor/loop.py), so each record goes out at once rather than up to 5 ms later.
-    producer = kafka.producer(settings, **{"linger.ms": 0})
+    producer = kafka.producer(settings)
     handler = BatchHandler(
         agreement_set,
         engine,

@@ -227,6 +227,7 @@ class SharingLoop:
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle_quietly("partitions_revoked")  # commit what is done while the partitions are ours
+        self._commit_all((p.topic, p.partition) for p in partitions)
         self.moved.update((p.topic, p.partition) for p in partitions)
         self._forget(partitions)
         log.info("partitions_revoked", partitions=len(partitions))
@@ -252,6 +253,7 @@ class SharingLoop:
                 self.run_once()
         finally:
             self._settle_quietly("stopping")
+            self._commit_all()
             self.health.stopped()
 
     def run_once(self) -> BatchReport | None:
@@ -412,12 +414,40 @@ class SharingLoop:
             return report
 
     def _commit(self, batch: Sequence[Inbound]) -> None:
+        """Commit a settled batch's offsets without waiting for the answer.
+
+        Safe because offsets only ever move forward past settled records: a commit lost
+        with an outage or a crash is covered by the partition's next one, or replayed by
+        the next owner (I7, I8). What this loop committed is committed again, waiting,
+        before it gives partitions up or stops (``_commit_all``), so a clean handover
+        replays nothing.
+        """
         ends: dict[tuple[str, int], int] = {}
         for m in batch:
             ends[(m.topic, m.partition)] = max(ends.get((m.topic, m.partition), -1), m.offset + 1)
+        self._commit_offsets(ends, asynchronous=True)
+
+    def _commit_all(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+        """Commit again, waiting, what this loop committed (of ``partitions``, or all); a failure is logged."""
+        wanted = (
+            self._committed
+            if partitions is None
+            else {tp: self._committed[tp] for tp in partitions if tp in self._committed}
+        )
+        if not wanted:
+            return
+        try:
+            self._commit_offsets(dict(wanted), asynchronous=False)
+        except Exception as exc:  # noqa: BLE001 - what is not committed is replayed by the next owner (I7, I8)
+            log.warning("final_commit_failed", error=type(exc).__name__)
+
+    def _commit_offsets(self, ends: dict[tuple[str, int], int], asynchronous: bool) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            if asynchronous:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
             self._committed.update(ends)
         except KafkaException as exc:
             err = exc.args[0]

@@ -54,11 +54,9 @@ class Record:
 class Consumer:
     """Hands out scripted batches: poll() the first record, consume() the rest; None once between batches."""
 
-    def __init__(self, calls: list[str], batches: Iterable[Sequence[int]]) -> None:
+    def __init__(self, calls: list[str], batches: Iterable[Sequence[int] | None]) -> None:
         self.calls = calls
-        self.rounds: list[list[Record] | None] = []
-        for b in batches:
-            self.rounds += [[Record(o) for o in b]]
+        self.rounds = [None if b is None else [Record(o) for o in b] for b in batches]
         self.current: list[Record] = []
 
     def poll(self, _timeout: float) -> Record | None:
@@ -75,7 +73,7 @@ class Consumer:
         return out
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
-        self.calls.append(f"commit {max(o.offset for o in offsets)}")
+        self.calls.append(f"commit {max(o.offset for o in offsets)}" + ("" if asynchronous else " waiting"))
 
     def subscribe(self, _topics: list[str], **_kw: Any) -> None:
         pass
@@ -149,7 +147,7 @@ class Handler:
         pass
 
 
-def _loop(batches: Iterable[Sequence[int]], **kw: Any) -> tuple[SharingLoop, Handler, list[str]]:
+def _loop(batches: Iterable[Sequence[int] | None], **kw: Any) -> tuple[SharingLoop, Handler, list[str]]:
     calls: list[str] = []
     handler = Handler(calls)
     loop = SharingLoop(
@@ -260,7 +258,8 @@ def test_a_stop_or_a_rebalance_settles_and_commits_what_is_in_flight(how: str) -
         loop.run()
     else:
         loop.on_revoke(loop.consumer, [TopicPartition(TOPIC, 0)])
-    assert calls[-2:] == ["settle 0-1", "commit 2"]
+    # Settled, committed; then committed again, waiting for the answer, before it goes.
+    assert calls[-3:] == ["settle 0-1", "commit 2", "commit 2 waiting"]
 
 
 def test_a_rebalance_that_cannot_settle_leaves_the_batch_uncommitted_for_replay() -> None:
@@ -269,3 +268,12 @@ def test_a_rebalance_that_cannot_settle_leaves_the_batch_uncommitted_for_replay(
     handler.fail_settle.add("0-1")
     loop.on_revoke(loop.consumer, [TopicPartition(TOPIC, 0)])
     assert calls == ["prepare 0-1", "send 0-1", "settle 0-1"]  # no commit, no retry while rebalancing
+
+
+def test_a_stop_commits_every_partition_it_committed_again_waiting() -> None:
+    loop, _, calls = _loop([[0, 1], None, [2]])
+    for _ in range(3):
+        loop.run_once()
+    loop.stopping = True
+    loop.run()
+    assert [c for c in calls if c.startswith("commit")] == ["commit 2", "commit 3", "commit 3 waiting"]
