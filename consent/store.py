@@ -12,10 +12,24 @@ the partner registry); the store reads no files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, Integer, String, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    Row,
+    String,
+    any_,
+    bindparam,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes, check_preference
@@ -90,14 +104,23 @@ def record(
     return ConsentRecord(new_id, subject_key, purpose, recipient, decision, now, recipient_class, expires_at)
 
 
-def history(engine: Engine, subject_keys: Iterable[str]) -> dict[str, list[ConsentRecord]]:
-    """Every record of the given subjects, oldest first, in one query."""
+def history(target: Engine | Connection, subject_keys: Iterable[str]) -> dict[str, list[ConsentRecord]]:
+    """Every record of the given subjects, oldest first, in one query.
+
+    On a Connection it runs there (the processor reads a batch's replays and consent on
+    one connection: one check-out, one liveness ping). On PostgreSQL the keys go as one
+    array (``= ANY``): the statement is compiled once, where an ``IN`` list is compiled
+    again for each number of keys.
+    """
     keys = sorted(set(subject_keys))
     out: dict[str, list[ConsentRecord]] = {}
     if not keys:
         return out
-    with engine.connect() as conn:
-        rows = conn.execute(select(ConsentRow).where(ConsentRow.subject_key.in_(keys)).order_by(ConsentRow.id)).all()
+    if isinstance(target, Connection):
+        rows = _history_rows(target, keys)
+    else:
+        with target.connect() as conn:
+            rows = _history_rows(conn, keys)
     for r in rows:
         out.setdefault(r.subject_key, []).append(
             ConsentRecord(
@@ -112,3 +135,16 @@ def history(engine: Engine, subject_keys: Iterable[str]) -> dict[str, list[Conse
             )
         )
     return out
+
+
+_BY_SUBJECT_PG = (
+    select(ConsentRow)
+    .where(ConsentRow.subject_key == any_(bindparam("keys", type_=ARRAY(String))))
+    .order_by(ConsentRow.id)
+)
+
+
+def _history_rows(conn: Connection, keys: list[str]) -> Sequence[Row[Any]]:
+    if conn.dialect.name == "postgresql":
+        return conn.execute(_BY_SUBJECT_PG, {"keys": keys}).all()
+    return conn.execute(select(ConsentRow).where(ConsentRow.subject_key.in_(keys)).order_by(ConsentRow.id)).all()

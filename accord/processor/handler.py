@@ -297,35 +297,37 @@ class BatchHandler:
         read_s = at - began
         stage["read"].observe(read_s)
 
-        # 2. what the ledger already holds decides; only then does the batch's first copy
+        # 2. what the ledger already holds decides; only then does the batch's first copy. The
+        # look-ups of steps 2 and 3 share one connection: one check-out, one liveness ping.
         events: dict[str, Event] = {}
         deliveries: list[Delivery] = []
-        known = event_entries(self.engine, list(copies)) if copies else {}
-        looked_up = clock() - at
-        agreements = self.agreements.current()  # one view for the whole batch
-        sharing = Sharing.of(agreements)  # compiled once per set of agreements (cached)
-        replay = _ReplayView(self.agreements.by_key(), {a.id: a for a in agreements}, context)
-        for event_id, versions in copies.items():
-            stored = known.get(event_id)
-            if stored is not None:
-                for event in versions.values():  # the recorded content is replayed, any other dead-lettered
-                    self._replay(event, stored, replay, deliveries, dead)
-                continue
-            first, *others = versions.values()
-            events[event_id] = first
-            for other in others:
-                dead.append(
-                    DeadLetter(
-                        other.msg,
-                        "ConflictingDuplicate",
-                        f"event id {event_id} reused with different content: the first is at "
-                        f"{first.msg.topic}[{first.msg.partition}]@{first.msg.offset} in this batch",
+        with self.engine.connect() as reads:
+            known = event_entries(reads, list(copies)) if copies else {}
+            looked_up = clock() - at
+            agreements = self.agreements.current()  # one view for the whole batch
+            sharing = Sharing.of(agreements)  # compiled once per set of agreements (cached)
+            replay = _ReplayView(self.agreements.by_key(), {a.id: a for a in agreements}, context)
+            for event_id, versions in copies.items():
+                stored = known.get(event_id)
+                if stored is not None:
+                    for event in versions.values():  # the recorded content is replayed, any other dead-lettered
+                        self._replay(event, stored, replay, deliveries, dead)
+                    continue
+                first, *others = versions.values()
+                events[event_id] = first
+                for other in others:
+                    dead.append(
+                        DeadLetter(
+                            other.msg,
+                            "ConflictingDuplicate",
+                            f"event id {event_id} reused with different content: the first is at "
+                            f"{first.msg.topic}[{first.msg.partition}]@{first.msg.offset} in this batch",
+                        )
                     )
-                )
 
-        # 3. decide the new events
-        at = clock()
-        histories = consent.history(self.engine, {e.subject_key for e in events.values()})
+            # 3. decide the new events
+            at = clock()
+            histories = consent.history(reads, {e.subject_key for e in events.values()})
         looked_up += clock() - at
         stage["look_up"].observe(looked_up)
         drafts: list[EntryDraft] = []
