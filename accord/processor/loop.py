@@ -307,7 +307,10 @@ class SharingLoop:
         # a. the batch before
         report = self._settle_pending()
         if any((m.topic, m.partition) in self.moved for m in batch):
-            return self._complete_now(batch) or report  # a rebalance came with it: decide again
+            # A rebalance came while the batch before settled: decide again what is still ours.
+            batch = [m for m in batch if (m.topic, m.partition) not in self.moved]
+            self.moved.clear()
+            return self._complete_now(batch) or report
         # b. this batch
         try:
             sending = self.handler.send(prepared)

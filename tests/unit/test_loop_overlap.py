@@ -10,7 +10,7 @@ sequence of calls the fakes saw, so any step out of its place fails it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -116,6 +116,7 @@ class Handler:
         self.fail_settle: set[str] = set()
         self.fail_prepare: set[str] = set()
         self.batch_of: dict[int, str] = {}
+        self.while_settling: list[Callable[[], object]] = []  # what happens while the broker confirms
 
     def prepare(self, batch: Sequence[Inbound]) -> Prepared:
         name = _name(batch)
@@ -134,6 +135,8 @@ class Handler:
     def settle(self, sending: Sending) -> BatchReport:
         name = self.batch_of[id(sending.report)]
         self.calls.append(f"settle {name}")
+        for happen in self.while_settling:
+            happen()
         if name in self.fail_settle:
             self.fail_settle.discard(name)
             raise Outage("broker", "not acknowledged")
@@ -277,3 +280,12 @@ def test_a_stop_commits_every_partition_it_committed_again_waiting() -> None:
     loop.stopping = True
     loop.run()
     assert [c for c in calls if c.startswith("commit")] == ["commit 2", "commit 3", "commit 3 waiting"]
+
+
+def test_a_batch_decided_before_a_rebalance_is_not_sent_for_partitions_gone_meanwhile() -> None:
+    loop, handler, calls = _loop([[0, 1], [2, 3]])
+    loop.run_once()
+    handler.while_settling.append(lambda: loop.moved.add((TOPIC, 0)))  # partition 0 moves meanwhile
+    loop.run_once()
+    # 2-3 was decided, but its partition went while 0-1 settled: its new owner reads it.
+    assert calls == ["prepare 0-1", "send 0-1", "prepare 2-3", "settle 0-1", "commit 2"]
