@@ -28,13 +28,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
 from sqlalchemy import Engine, text
 
 from accord.dev.drain import wait_for_group
 from bench.backlog import Encoded, position
+from bench.cpu import CpuMeter
 from bus import headers as header
 from bus import kafka
 from bus.settings import Settings
@@ -50,6 +51,7 @@ class Stage:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    cores: dict[str, float] = field(default_factory=dict)  # CPU cores used while it was published and drained
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -96,9 +98,9 @@ class PartnerClock:
 class SteadyPublisher:
     """3. Produces events at a steady rate and notes each one's publish time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **overrides: object) -> None:
         self.names = TopicNames(settings.topic_prefix)
-        self.producer = kafka.producer(settings)
+        self.producer = kafka.producer(settings, **overrides)
         self.sent: dict[str, int] = {}  # event id -> monotonic ns just before produce
         self.ends: dict[tuple[str, int], int] = {}
         self.failed: list[str] = []
@@ -160,16 +162,22 @@ def measure(
     loads: Sequence[tuple[float, float]],
     warmup: int = 300,
     progress: Callable[[str], None] = print,
+    meter: CpuMeter | None = None,
+    source: dict[str, object] | None = None,
 ) -> list[Stage]:
-    """Steps 1-4 for ``loads`` as (events/s, seconds); the processor(s) must be running and settled."""
+    """Steps 1-4 for ``loads`` as (events/s, seconds); the processor(s) must be running and settled.
+
+    ``meter`` notes the CPU each component used while a load was published and drained;
+    ``source`` is librdkafka settings for the publisher only (the source systems' producers).
+    """
     clock = PartnerClock(settings, partner_topics)
-    publisher = SteadyPublisher(settings)
+    publisher = SteadyPublisher(settings, **(source or {}))
     try:
         if not clock.assigned.wait(30):
             raise RuntimeError("the partner-side consumer got no partitions within 30 s")
         # 2.
         cursor = 0
-        stages: list[tuple[float, float, list[str]]] = []
+        stages: list[tuple[float, float, list[str], dict[str, float]]] = []
         plan = [(200.0, warmup / 200.0, True)] + [(load, seconds, False) for load, seconds in loads]
         for load, seconds, is_warmup in plan:
             n = int(load * seconds)
@@ -178,6 +186,8 @@ def measure(
                 raise ValueError(f"not enough events for {load:.0f}/s for {seconds:.0f} s: make more")
             cursor += n
             # 3.
+            if meter is not None:
+                meter.start(time.perf_counter())
             achieved = publisher.run(chunk, load)
             wait_for_group(settings, settings.processor_group, dict(publisher.ends), timeout=300)
             settle_until = time.monotonic() + 0.5
@@ -185,8 +195,9 @@ def measure(
             while time.monotonic() < settle_until or clock.count() != last:
                 last = clock.count()
                 time.sleep(0.2)
+            cores = meter.stop(time.perf_counter()).cores if meter is not None else {}
             if not is_warmup:
-                stages.append((load, achieved, [e.event_id for e in chunk]))
+                stages.append((load, achieved, [e.event_id for e in chunk], cores))
                 progress(
                     f"  {load:,.0f}/s for {seconds:.0f} s published and drained; "
                     f"{clock.count():,} partner records received so far"
@@ -199,7 +210,7 @@ def measure(
             if event_id is not None and event_id in publisher.sent:
                 by_event.setdefault(event_id, []).append((arrived - publisher.sent[event_id]) / 1e6)
         out = []
-        for load, achieved, ids in stages:
+        for load, achieved, ids, cores in stages:
             samples = sorted(ms for i in ids for ms in by_event.get(i, ()))
             out.append(
                 Stage(
@@ -210,6 +221,7 @@ def measure(
                     quantile(samples, 0.50),
                     quantile(samples, 0.99),
                     samples[-1] if samples else float("nan"),
+                    cores,
                 )
             )
         return out

@@ -64,7 +64,7 @@ from bench.baselines import PerEvent
 from bench.cpu import CpuMeter, Usage
 from bench.latency import Stage
 from bench.pg_waits import PgWaits
-from bench.roles import role_database, scratch_schema
+from bench.roles import RoleDatabase, role_database, scratch_schema
 from bench.workers import Drained, Workers, drain_backlog, processor_env
 from bus.settings import Settings
 from bus.topics import EVENT_PARTITIONS, EVENT_TYPES, TopicNames, TopicSpec
@@ -167,17 +167,7 @@ class Bench:
         pids, a sampler of its sessions)."""
         if backend == "postgresql":
             with role_database() as db:
-
-                def backends() -> list[int]:
-                    with db.admin.connect() as conn:
-                        return [
-                            int(p)
-                            for p in conn.execute(
-                                text("SELECT pid FROM pg_stat_activity WHERE usename = :r"), {"r": db.app_role}
-                            ).scalars()
-                        ]
-
-                yield db.app_url, db.admin, backends, PgWaits(db.admin, db.app_role)
+                yield db.app_url, db.admin, backends_of(db), PgWaits(db.admin, db.app_role)
         else:
             url = f"sqlite:///{settings.state_dir / 'ledger.db'}"
             engine = create_engine(url)
@@ -222,7 +212,13 @@ class Bench:
         )
         return drained, shape, detail
 
-    def latency(self, workers: int, loads: list[tuple[float, float]], env: dict[str, str] | None = None) -> list[Stage]:
+    def latency(
+        self,
+        workers: int,
+        loads: list[tuple[float, float]],
+        env: dict[str, str] | None = None,
+        source: dict[str, object] | None = None,
+    ) -> list[Stage]:
         settings = self.fresh(f"lat{workers}")
         backlog.create_bus_topics(settings)
         partner_topics = [t for ts in backlog.partner_topics(settings).values() for t in ts]
@@ -232,8 +228,16 @@ class Bench:
         ):
             group.wait_settled()
             group.check_alive()
+            meter = CpuMeter({"processor": group.pids, "postgres": backends_of(db), **self.cpu_groups()})
             stages = latency.measure(
-                settings, latency.ledger_keys(db.admin), partner_topics, self.events, loads, progress=log
+                settings,
+                latency.ledger_keys(db.admin),
+                partner_topics,
+                self.events,
+                loads,
+                progress=log,
+                meter=meter,
+                source=source,
             )
             group.check_alive()
             group.no_dead_letters()
@@ -261,6 +265,21 @@ class Bench:
             relay.close()
 
 
+def backends_of(db: RoleDatabase) -> Callable[[], list[int]]:
+    """The pids of the PostgreSQL backends serving the app role (for the CPU meter)."""
+
+    def backends() -> list[int]:
+        with db.admin.connect() as conn:
+            return [
+                int(p)
+                for p in conn.execute(
+                    text("SELECT pid FROM pg_stat_activity WHERE usename = :r"), {"r": db.app_role}
+                ).scalars()
+            ]
+
+    return backends
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -283,6 +302,13 @@ def main() -> int:
     parser.add_argument("--headline-seconds", type=float, default=10.0)
     parser.add_argument("--latency-workers", default="1,2")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
+    parser.add_argument(
+        "--source-linger-ms",
+        type=int,
+        default=50,
+        help="also measure the headline load with 1 worker and the source producers at this linger.ms "
+        "(the processor's settings unchanged; 0 skips it)",
+    )
     parser.add_argument(
         "--latency-env",
         action="append",
@@ -430,7 +456,7 @@ def main() -> int:
         kept.pop("rows", None)
 
         # 6.
-        stages: dict[int, list[Stage] | str] = {}
+        stages: dict[int | str, list[Stage] | str] = {}
         relays: list[tuple[str, Stage]] = []
         if not args.no_latency:
             for n in latency_workers:
@@ -451,11 +477,31 @@ def main() -> int:
                     for s in measured:
                         log(
                             f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
-                            f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms"
+                            f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms; "
+                            + ", ".join(f"{k} {c:.2f}" for k, c in s.cores.items())
+                            + " cores"
                         )
                 except Exception as exc:
                     stages[n] = f"{type(exc).__name__}: {exc}"
                     log(f"  FAILED: {stages[n]}")
+            if args.source_linger_ms:
+                # The embedded broker's CPU grows with the number of record batches it stores
+                # and serves: larger source batches show how much of the latency is the broker's.
+                label = f"1, source linger.ms={args.source_linger_ms}"
+                log(f"latency, PostgreSQL, {label}: {args.headline_load:.0f}/s")
+                try:
+                    extra = bench.latency(
+                        1,
+                        [(args.headline_load, args.headline_seconds)],
+                        latency_env,
+                        source={"linger.ms": args.source_linger_ms},
+                    )
+                    stages[label] = extra
+                    for s in extra:
+                        log(f"  p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms")
+                except Exception as exc:
+                    stages[label] = f"{type(exc).__name__}: {exc}"
+                    log(f"  FAILED: {stages[label]}")
             # The Kafka loop alone, at the headline load: what consume settings cost by themselves.
             relay_load = (args.headline_load, args.stage_seconds)
             for label, window, overrides in (
@@ -527,21 +573,28 @@ def main() -> int:
                 f"Latency, publish -> partner record (one sample per partner record), PostgreSQL (app role), {setting}:"
             )
             print()
-            print("| workers | offered events/s | achieved | partner records | p50 ms | p99 ms | max ms |")
-            print("|---:|---:|---:|---:|---:|---:|---:|")
-            for n, result in stages.items():
+            print(
+                "| workers | offered events/s | achieved | partner records | p50 ms | p99 ms | max ms "
+                "| CPU cores: processor / PostgreSQL / broker / bench |"
+            )
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for who, result in stages.items():
                 if isinstance(result, str):
                     ok = False
-                    print(f"| {n} | failed | | | | | |")
+                    print(f"| {who} | failed | | | | | | |")
                     continue
                 for s in result:
+                    cores = " / ".join(
+                        f"{s.cores[k]:.2f}" if k in s.cores else "-"
+                        for k in ("processor", "postgres", "broker", "bench")
+                    )
                     print(
-                        f"| {n} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
-                        f"{s.p99_ms:.0f} | {s.max_ms:.0f} |"
+                        f"| {who} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
+                        f"{s.p99_ms:.0f} | {s.max_ms:.0f} | {cores} |"
                     )
             print()
-            for n, result in stages.items():
-                if isinstance(result, str):
+            for who, result in stages.items():
+                if isinstance(result, str) or isinstance(who, str):  # a failure, or the one-load source run
                     continue
                 best = None
                 for s in result:  # loads ascend: the highest before the first one over 100 ms
@@ -556,7 +609,7 @@ def main() -> int:
                     if lowest
                     else "-"
                 )
-                print(f"{n} worker(s): highest offered load with p99 < 100 ms: {text_best}")
+                print(f"{who} worker(s): highest offered load with p99 < 100 ms: {text_best}")
         if relays:
             print()
             print(
@@ -572,9 +625,9 @@ def main() -> int:
             for r in attempts:
                 if r.failure:
                     print(f"\n{r.label} failed: {r.failure}")
-        for n, result in stages.items():
+        for who, result in stages.items():
             if isinstance(result, str):
-                print(f"\nlatency with {n} worker(s) failed: {result}")
+                print(f"\nlatency with {who} worker(s) failed: {result}")
         print(f"\n(whole benchmark: {time.perf_counter() - begun:.0f} s)")
         return 0 if ok else 1
     except BaseException:
