@@ -21,8 +21,11 @@ here asserts a time. The steps, each with its own topic prefix, group and ledger
    times, interleaved, and the best try of each is reported (every try is shown):
    other work on the machine moves a single try by as much as 2x;
 6. latency, publish -> partner record, at steady offered loads on PostgreSQL with
-   1 and 2 workers (bench/latency.py), then the same path through the processor's
-   Kafka loop with nothing in it, with its consume settings and without their waits;
+   1 and 2 workers (bench/latency.py), with the cores each part used; the headline
+   load once more with the source producers at ``--source-linger-ms`` (the embedded
+   broker's CPU follows the number of record batches it serves, so this shows its
+   share); then the same path through the processor's Kafka loop with nothing in it,
+   with its consume settings and without their waits;
 7. markdown tables, for the README.
 
 Each throughput run also says where the CPU went (bench/cpu.py: processor, PostgreSQL
