@@ -186,8 +186,9 @@ def measure(
                 raise ValueError(f"not enough events for {load:.0f}/s for {seconds:.0f} s: make more")
             cursor += n
             # 3.
-            if meter is not None:
-                meter.start(time.perf_counter())
+            metered = None if is_warmup else meter
+            if metered is not None:
+                metered.start(time.perf_counter())
             achieved = publisher.run(chunk, load)
             wait_for_group(settings, settings.processor_group, dict(publisher.ends), timeout=300)
             settle_until = time.monotonic() + 0.5
@@ -195,7 +196,7 @@ def measure(
             while time.monotonic() < settle_until or clock.count() != last:
                 last = clock.count()
                 time.sleep(0.2)
-            cores = meter.stop(time.perf_counter()).cores if meter is not None else {}
+            cores = metered.stop(time.perf_counter()).cores if metered is not None else {}
             if not is_warmup:
                 stages.append((load, achieved, [e.event_id for e in chunk], cores))
                 progress(

@@ -283,6 +283,16 @@ def backends_of(db: RoleDatabase) -> Callable[[], list[int]]:
     return backends
 
 
+def describe_stage(s: Stage) -> str:
+    """One log line for a measured load: its latency and the cores each part used."""
+    cores = ", ".join(f"{k} {c:.2f}" for k, c in s.cores.items())
+    return (
+        f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
+        f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms; "
+        f"cores: {cores or '-'}"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -478,12 +488,7 @@ def main() -> int:
                     measured = bench.latency(n, todo, latency_env)
                     stages[n] = measured
                     for s in measured:
-                        log(
-                            f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
-                            f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms; "
-                            + ", ".join(f"{k} {c:.2f}" for k, c in s.cores.items())
-                            + " cores"
-                        )
+                        log(describe_stage(s))
                 except Exception as exc:
                     stages[n] = f"{type(exc).__name__}: {exc}"
                     log(f"  FAILED: {stages[n]}")
@@ -501,7 +506,7 @@ def main() -> int:
                     )
                     stages[label] = extra
                     for s in extra:
-                        log(f"  p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms")
+                        log(describe_stage(s))
                 except Exception as exc:
                     stages[label] = f"{type(exc).__name__}: {exc}"
                     log(f"  FAILED: {stages[label]}")
