@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +12,8 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+
+from tests.ports import free_port
 
 TEST_DATABASE_URL = os.environ.get("ACCORD_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -120,19 +121,13 @@ def pg_engine() -> Iterator[Engine]:
         yield engine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One embedded Tansu broker for the whole session, on a free port."""
     from accord.dev import devstack
     from bus.settings import Settings
 
-    settings = Settings(bootstrap_servers=f"127.0.0.1:{_free_port()}", state_dir=tmp_path_factory.mktemp("broker"))
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", state_dir=tmp_path_factory.mktemp("broker"))
     devstack.up(settings)
     try:
         yield settings.bootstrap_servers

@@ -27,6 +27,7 @@ from consumers import Disclosure, Retraction
 from ledger import LedgerEntry
 from tests.bus import Bus, read_topic
 from tests.integration.test_end_to_end import _leaf_paths
+from tests.ports import free_port
 
 
 def ledger_rows(bus: Bus) -> list[Any]:
@@ -228,9 +229,7 @@ def via(url: str, port: int) -> str:
 def proxied_broker(log: Path) -> Iterator[tuple[str, TcpProxy]]:
     """An embedded broker of the caller's own, advertised at a proxy's port, so every client goes through the
     proxy and cutting it cuts the broker (the session's shared broker stays whole)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        listen = int(s.getsockname()[1])
+    listen = free_port()
     proxy = TcpProxy(listen)
     broker = subprocess.Popen(
         [

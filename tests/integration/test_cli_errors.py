@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from bus.database import describe_database_error
 from bus.settings import PACKAGE_ROOT
 from tests.conftest import TEST_DATABASE_URL, fresh_schema
+from tests.ports import free_port
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"
 # An ACCORD_* variable from the caller's environment must not steer these runs.
@@ -49,13 +49,6 @@ def one_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pg_url(database: str | None = None, port: int | None = None) -> str:
@@ -108,7 +101,7 @@ def test_a_command_loading_bad_agreements_prints_the_same_lines_and_exits_2(tmp_
         *command,
         *extra,
         ACCORD_AGREEMENTS_DIR=str(folder),
-        ACCORD_BOOTSTRAP_SERVERS=f"127.0.0.1:{closed_port()}",
+        ACCORD_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         timeout=20,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -141,7 +134,7 @@ def test_a_database_that_does_not_exist_is_one_line(tmp_path: Path, args) -> Non
 
 
 def test_postgresql_down_is_one_line_naming_it(tmp_path: Path) -> None:
-    url = pg_url(port=closed_port())
+    url = pg_url(port=free_port())
     started = time.monotonic()
     line = one_line(accord("ledger", "verify", ACCORD_LEDGER_URL=url, ACCORD_STATE_DIR=str(tmp_path)))
     assert time.monotonic() - started < 15
@@ -237,7 +230,7 @@ def test_database_errors_never_echo_values(pg_engine) -> None:
 
 @pytest.mark.parametrize("args", [("topics", "create"), ("consume", "--partner", "cps")])
 def test_broker_down_is_one_line_naming_the_servers_within_seconds(tmp_path: Path, args) -> None:
-    servers = f"127.0.0.1:{closed_port()}"
+    servers = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = accord(*args, ACCORD_BOOTSTRAP_SERVERS=servers, ACCORD_STATE_DIR=str(tmp_path), timeout=30)
     elapsed = time.monotonic() - started
@@ -302,7 +295,7 @@ def test_checkpoint_with_the_broker_down_is_one_line_within_seconds(tmp_path: Pa
     env = {
         "ACCORD_STATE_DIR": str(tmp_path),
         "ACCORD_LEDGER_SIGNING_KEY": SIGNING_SEED,
-        "ACCORD_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}",
+        "ACCORD_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
     }
     # env holds ACCORD_* names only, never timeout.
     assert accord("ledger", "init", **env).returncode == 0  # type: ignore[arg-type]

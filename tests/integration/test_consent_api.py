@@ -7,7 +7,6 @@ is 403 (authenticated, wrong role), not 401.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from consent.model import ConsentDecision, KnownScopes
 from consent.tokens import TokenError, issue_token, verify_token
 from producers.nhs_number import is_valid
 from tests.conftest import RoleDatabase, _schema_url
+from tests.ports import free_port
 
 SECRET = "test-secret-for-the-consent-api-0123456789"
 ME = "nhs:9434765919"
@@ -330,15 +330,9 @@ def test_short_secret_refused_at_startup(engine: Engine) -> None:
 # --- starting the API -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _uvicorn(url: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """The API started the way accord.web.consent_api documents, not through `accord consent serve`."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "ACCORD_LEDGER_URL": url, "ACCORD_API_SECRET": SECRET, "ACCORD_STATE_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "accord.web.consent_api:app_from_settings", "--port", str(port)],

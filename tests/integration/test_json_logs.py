@@ -30,8 +30,9 @@ from producers import Publisher
 from producers.synthetic import build_scenario
 from tests import faults
 from tests.bus import Bus, make_settings, settings_env
-from tests.conftest import _free_port, fresh_role_database
+from tests.conftest import fresh_role_database
 from tests.faults import TcpProxy, via
+from tests.ports import free_port
 
 KEYS = {"timestamp", "level", "event", "logger"}
 
@@ -146,7 +147,7 @@ def test_a_health_probe_that_hangs_up_leaves_no_plain_line(broker: str, tmp_path
 
     with fresh_role_database() as db:
         settings = make_settings(broker, db.app_url, tmp_path)
-        settings = settings.model_copy(update={"health_port": _free_port()})
+        settings = settings.model_copy(update={"health_port": free_port()})
         Bus(settings, db.owner, load_dir(settings.agreements_dir)).create_topics()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCORD_")}
         env.update({**settings_env(settings), "ACCORD_LOG_FORMAT": "json"})

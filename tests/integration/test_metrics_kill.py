@@ -23,7 +23,8 @@ from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings
 from tests.conftest import RoleDatabase, fresh_role_database
-from tests.integration.test_metrics_processor import _free_port, by, eventually, get, scrape
+from tests.integration.test_metrics_processor import by, eventually, get, scrape
+from tests.ports import free_port
 
 DECIDED = ("DISCLOSED", "WITHHELD", "NOT_COVERED")
 
@@ -63,7 +64,7 @@ def _head(bus: Bus) -> int:
 
 def test_a_restarted_processor_does_not_count_what_it_replays(broker, tmp_path_factory) -> None:
     with fresh_role_database() as db:
-        port = _free_port()
+        port = free_port()
         settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("metrics-kill")).model_copy(
             update={"health_port": port, "batch_size": 10}
         )

@@ -24,7 +24,8 @@ from tests import faults
 from tests.bus import Bus, make_settings
 from tests.conftest import fresh_role_database
 from tests.faults import TcpProxy, via
-from tests.integration.test_metrics_processor import _free_port, get
+from tests.integration.test_metrics_processor import get
+from tests.ports import free_port
 
 
 def _until(port: int, path: str, status: int, timeout: float) -> str:
@@ -58,7 +59,7 @@ def _waits(port: int) -> float:
 def test_readyz_is_degraded_while_the_database_is_cut_and_ready_after(broker, tmp_path_factory) -> None:
     with fresh_role_database() as db:
         proxy = TcpProxy(urlsplit(db.app_url).port or 5432)
-        port = _free_port()
+        port = free_port()
         settings = make_settings(broker, via(db.app_url, proxy.port), tmp_path_factory.mktemp("readyz"))
         settings = settings.model_copy(update={"database_timeout_s": 2.0, "health_port": port})
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
@@ -97,7 +98,7 @@ def proxied_broker(tmp_path: Path) -> Iterator[tuple[str, TcpProxy]]:
 def test_readyz_is_degraded_while_the_broker_is_cut_and_ready_after(proxied_broker, tmp_path) -> None:
     bootstrap, proxy = proxied_broker
     with fresh_role_database() as db:
-        port = _free_port()
+        port = free_port()
         settings = make_settings(bootstrap, db.app_url, tmp_path).model_copy(update={"health_port": port})
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
         bus.create_topics()

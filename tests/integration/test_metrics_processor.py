@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -40,14 +39,9 @@ from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings
 from tests.conftest import fresh_role_database
 from tests.faults import dead_letters
+from tests.ports import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -95,7 +89,7 @@ def eventually(what: str, check, timeout: float = 60.0):
 def demo_run(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bus, int, dict]]:
     with fresh_role_database() as db:
         state = tmp_path_factory.mktemp("metrics-demo")
-        port = _free_port()
+        port = free_port()
         settings = make_settings(broker, db.app_url, state).model_copy(
             update={"health_port": port, "checkpoint_interval_s": 1.0}
         )

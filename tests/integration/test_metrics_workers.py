@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -25,44 +24,12 @@ from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings, settings_env
 from tests.conftest import fresh_role_database
 from tests.integration.test_metrics_processor import by, eventually, get, scrape
-
-
-def _two_free_ports() -> int:
-    """A port whose next one is free too, both below the kernel's ephemeral range.
-
-    A port from bind(0) is in that range, where any connection the parallel tests open
-    (to the broker, to PostgreSQL) may take port + 1 as its local end before worker 1
-    binds it: seen twice as worker 1's "Address already in use". Below the range only
-    an explicit bind takes a port, and no test binds one there.
-    """
-    low = _ephemeral_low()
-    while True:
-        port = random.randrange(max(1024, low - 12_000), low - 1)
-        if all(_can_bind(p) for p in (port, port + 1)):
-            return port
-
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the health server binds
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+from tests.ports import free_port
 
 
 def test_two_workers_answer_on_port_and_port_plus_one_and_sum_to_the_ledger(broker, tmp_path_factory) -> None:
     with fresh_role_database() as db:
-        port = _two_free_ports()
+        port = free_port(2)
         settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("metrics-workers")).model_copy(
             update={"health_port": port}
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -23,12 +22,7 @@ from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings
 from tests.conftest import fresh_role_database
 from tests.faults import TcpProxy, ledger_rows, via
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 def _health(port: int) -> dict:
@@ -62,7 +56,7 @@ def _mash_ids(bus: Bus) -> set[str]:
 def test_database_cut_and_silenced_the_same_processor_resumes(broker, tmp_path_factory) -> None:
     with fresh_role_database() as db:
         proxy = TcpProxy(urlsplit(db.app_url).port or 5432)
-        health_port = _free_port()
+        health_port = free_port()
         settings = make_settings(broker, via(db.app_url, proxy.port), tmp_path_factory.mktemp("outage"))
         settings = settings.model_copy(update={"database_timeout_s": 2.0, "health_port": health_port})
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))

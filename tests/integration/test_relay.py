@@ -39,6 +39,7 @@ from producers.outbox import Relay, lock_key
 from producers.synthetic import build_scenario, to_json_line
 from schemas.serde import Catalogue
 from tests.conftest import TEST_DATABASE_URL
+from tests.ports import free_port
 
 DOC = PACKAGE_ROOT / "docs" / "relay.md"
 DOC_ROLE = "accord_relay"
@@ -475,7 +476,7 @@ def test_start_up_problems_are_one_line_each(broker, source) -> None:
     assert code == 2 and len(lines) == 1 and "ACCORD_RELAY_SOURCE_URL is not set" in lines[0], lines
     code, lines = run(ACCORD_RELAY_SOURCE_URL=source.relay_url.replace("postgresql+psycopg://", "postgresql://"))
     assert code == 2 and len(lines) == 1 and "psycopg 3 only, not psycopg2" in lines[0], lines
-    closed = _dsn(source.schema, source.role, port=_closed_port())
+    closed = _dsn(source.schema, source.role, port=free_port())
     code, lines = run(ACCORD_RELAY_SOURCE_URL=closed)
     assert code == 2 and len(lines) == 1 and "could not reach the database" in lines[0], lines
     assert "ACCORD_RELAY_SOURCE_URL" in lines[0]
@@ -548,14 +549,6 @@ def test_the_source_engine_connects_with_the_timeouts_and_keepalives(source) -> 
     assert given["connect_timeout"] == "6" and given["keepalives"] == "1"
     assert (given["keepalives_idle"], given["keepalives_interval"], given["keepalives_count"]) == ("3", "1", "3")
     assert given["tcp_user_timeout"] == "6000"
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
 
 
 def test_the_lock_key_is_the_outbox_tables_own(source) -> None:

@@ -10,7 +10,6 @@ came back. The same relay process must come through both, with nothing restartin
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,7 @@ from bus.settings import Settings
 from bus.topics import TopicNames, create_topics
 from tests.faults import TcpProxy, via
 from tests.integration.test_relay import Source, good_rows, read_events, relay_env, relay_settings, source_database
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.ports import free_port
 
 
 def _start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -103,7 +96,7 @@ def test_a_database_cut_the_same_relay_waits_and_resumes(broker, tmp_path) -> No
 @pytest.fixture
 def own_broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """An embedded broker of this test's own, which it may stop and start."""
-    settings = Settings(bootstrap_servers=f"127.0.0.1:{_free_port()}", state_dir=tmp_path_factory.mktemp("broker"))
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", state_dir=tmp_path_factory.mktemp("broker"))
     devstack.up(settings)
     try:
         yield settings

@@ -22,7 +22,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from bus.logs import configure_logging
 from bus.settings import Settings
 from tests.bus import Bus, make_settings, settings_env
 from tests.conftest import fresh_role_database
+from tests.ports import free_port
 
 SECRET = "Qv7-sasl-secret-only-in-this-test-93Xk"
 SASL = {
@@ -334,9 +334,7 @@ def tls_postgres() -> Iterator[TlsPostgres]:
         "hostssl all postgres 127.0.0.1/32 trust\n"
         "hostnossl all all 127.0.0.1/32 reject\n"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     options = (
         f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder} -c ssl=on "
         f"-c ssl_cert_file={folder}/server.crt -c ssl_key_file={folder}/server.key -c ssl_ca_file={folder}/ca.crt"

@@ -20,7 +20,6 @@ import csv
 import io
 import os
 import random
-import socket
 import threading
 import time
 import uuid
@@ -46,6 +45,7 @@ from ledger.checkpoint import make_checkpoint
 from ledger.note import NoteSigner
 from producers.synthetic import build_scenario
 from tests.bus import Bus, read_topic, running_bus
+from tests.ports import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -60,12 +60,6 @@ AXE = Path(__file__).resolve().parent.parent / "assets" / "axe.min.js"
 SECRET = "test-secret-for-the-web-dashboard-0123456789"
 KNOWN = consent.KnownScopes.from_partners(load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"))
 WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -120,7 +114,7 @@ def served(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         app = create_app(
             bus.settings, engine=engine, agreements=bus.agreements, secret=SECRET, verifier=signer.verifier
         )
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 20

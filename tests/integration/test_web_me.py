@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import random
-import socket
 import threading
 import time
 import uuid
@@ -47,6 +46,7 @@ from producers.synthetic import build_scenario
 from schemas import catalogue
 from tests.bus import running_bus
 from tests.conftest import RoleDatabase
+from tests.ports import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -62,12 +62,6 @@ AGREEMENTS = {a.key: a for a in load_dir(PACKAGE_ROOT / "agreements" / "examples
 ORIGIN = "accord.test/ledger"
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 KNOWN = consent.KnownScopes.from_partners(load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +312,7 @@ AXE = PACKAGE_ROOT / "tests" / "assets" / "axe.min.js"
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
     """``app`` on uvicorn at 127.0.0.1 and a free port, in a thread; yields the base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

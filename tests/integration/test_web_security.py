@@ -31,6 +31,7 @@ from bus.settings import PACKAGE_ROOT, Settings
 from consent import store
 from consent.model import ConsentDecision, KnownScopes
 from consent.tokens import MAX_LIFETIME_S, TokenError, issue_token, sign_in_link, verify_token
+from tests.ports import free_port
 
 SECRET = "test-secret-for-the-web-pages-0123456789"
 ME = "nhs:9434765919"
@@ -144,9 +145,7 @@ def test_a_body_over_64_kb_is_413_unread_and_a_chunked_one_is_cut_off(engine: En
 
 
 def _serve(app) -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
