@@ -70,6 +70,7 @@ from ledger.entry import (
     SCHEMA_PATH,
     EntryDraft,
     StoredEntry,
+    binary_rows,
     binary_timestamp,
     canonical_bytes,
     check_draft,
@@ -78,7 +79,6 @@ from ledger.entry import (
     stored_entry,
     to_millis,
     write_binary_row,
-    write_binary_rows,
     write_row,
 )
 from ledger.read import count, entries, event_entries, lookup, seqs
@@ -343,7 +343,8 @@ def _copy_batch(
     transaction, or savepoint, must then be rolled back).
 
     ``known`` None: the first try, every draft assumed new. The rows go straight from the
-    drafts to COPY (write_binary_rows, one compiled loop), and a disclosure_id repeated
+    drafts to COPY (binary_rows: in C where ledger/_binary_rows.c was built, else
+    write_binary_rows, one compiled Python loop), and a disclosure_id repeated
     within the batch is left to UNIQUE(disclosure_id) like one already in the ledger.
     ``known`` a dict (disclosure_id -> seq, looked up after a refusal): the drafts in it,
     or earlier in the batch, are not written again (_rows).
@@ -367,19 +368,19 @@ def _copy_batch(
                 copy.set_types(_COPY_TYPES)
                 _rows(drafts, {} if known is None else known, last_seq, prev, results, copy.write_row)
             return results
-        rows = [COPY_BINARY_HEADER]
         with cursor.copy(_COPY_SQL) as copy:
             if known is None:
                 seq = last_seq
+                copy.write(COPY_BINARY_HEADER)
                 for start in range(0, len(drafts), _CHUNK):
                     part = drafts[start : start + _CHUNK]
-                    prev = write_binary_rows(rows.append, part, seq, prev)
+                    data, prev = binary_rows(part, seq, prev)
                     seq += len(part)
-                    copy.write(b"".join(rows))
-                    rows.clear()
+                    copy.write(data)
                 ids = [d.disclosure_id for d in drafts]
                 results = [*map(_new_tuple, repeat(Appended), zip(range(last_seq + 1, seq + 1), ids, repeat(True)))]
             else:
+                rows = [COPY_BINARY_HEADER]
                 _rows(drafts, known, last_seq, prev, results, rows.append, binary=True)
                 copy.write(memoryview(b"".join(rows)))  # psycopg sends it in slices: of a view, not copies
             copy.write(COPY_BINARY_TRAILER)

@@ -39,7 +39,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, SmallInteger, String, Table
 
 from ledger import merkle
-from ledger.leaf_codec import REPEATING, SCHEMA, SCHEMA_PATH, FieldCompiler, encode_entry, string_array
+from ledger.leaf_codec import REPEATING, SCHEMA, SCHEMA_PATH, FieldCompiler, encode_entry, encode_long, string_array
 from ledger.tables import LedgerEntry
 
 __all__ = [
@@ -961,3 +961,80 @@ def stored_entry(row: Any) -> StoredEntry:
     return StoredEntry(
         row.seq, _draft_of(row), bytes(row.prev_hash), bytes(row.entry_hash), bytes(leaf) if leaf else b""
     )
+
+
+# --------------------------------------------------------------------------- the rows in C
+
+# ledger/_binary_rows.c's kinds of field (its enum kind), by (leaf kind, nullable, COPY type, ASSIGNED).
+_NATIVE_KINDS: Mapping[tuple[str, bool, str, bool], int] = {
+    ("long", False, "int8", True): 1,  # seq
+    ("fixed", False, "bytea", True): 2,  # prev_hash, 32 bytes
+    ("string", False, "text", False): 3,
+    ("string", True, "text", False): 4,
+    ("long", False, "int8", False): 5,
+    ("int", False, "int8", False): 5,
+    ("int", False, "int4", False): 6,
+    ("enum", False, "text", False): 7,
+    ("array", False, "text", False): 8,
+    ("timestamp", False, "timestamptz", False): 9,
+}
+
+
+def _stamp(at: datetime) -> tuple[bytes, bytes]:
+    """A timestamp's (leaf bytes, binary COPY field), as write_binary_rows converts it (refuses a naive one)."""
+    utc = at if at.tzinfo is UTC and not at.microsecond % 1000 else to_millis(at)
+    ms = (utc - _EPOCH) // _MS
+    return encode_long(ms), binary_timestamp(ms)
+
+
+def _native_plan(leaf: Sequence[LeafField], pg_types: Sequence[str]) -> tuple[tuple[Any, ...], ...] | None:
+    """The schema as ledger/_binary_rows.c takes it: (kind, attribute, table, store) per field, in
+    order; None if a field is of a kind it does not write (then the rows are written in Python)."""
+    plan: list[tuple[int, str | None, Any, Any]] = []
+    for i, (f, pg_type) in enumerate(zip(leaf, pg_types, strict=False)):
+        kind = _NATIVE_KINDS.get((f.kind, f.nullable, pg_type, f.name in ASSIGNED), 0)
+        if kind == 0 or (kind == 2 and f.size != 32):
+            return None
+        if kind == 7:
+            plan.append((kind, f.name, _NS[f"_E{i}"], None))
+        elif kind == 8:
+            plan.append((kind, f.name, _NS[f"_arrays_{f.name}"], _NS[f"_arrays_store_{f.name}"]))
+        else:
+            plan.append((kind, None if kind in (1, 2, 9) else f.name, None, None))
+    return tuple(plan)
+
+
+def _native_rows() -> Callable[[Sequence[EntryDraft], int, bytes], tuple[bytes, bytes] | None] | None:
+    try:
+        from ledger import _binary_rows  # type: ignore[attr-defined]  # built by setup.py where a compiler is
+    except ImportError:
+        return None
+    plan = _native_plan(FIELDS, PG_COPY_TYPES)
+    if plan is None:
+        return None
+    (stamp,) = (f.name for f in FIELDS if f.kind == "timestamp")
+    _binary_rows.configure(
+        plan, check_draft, OUTCOMES, NOT_COVERED, _stamp, ("disclosure_id", "outcome", "event_digest", stamp)
+    )
+    return cast(Callable[[Sequence[EntryDraft], int, bytes], "tuple[bytes, bytes] | None"], _binary_rows.rows)
+
+
+_NATIVE = _native_rows()
+NATIVE_ROWS = _NATIVE is not None  # whether binary_rows writes in C here
+
+
+def binary_rows(drafts: Sequence[EntryDraft], seq: int, prev_hash: bytes) -> tuple[bytes, bytes]:
+    """write_binary_rows' rows as one bytes, and the last entry_hash: in C where it was built.
+
+    The C writer (ledger/_binary_rows.c) writes the same bytes for the drafts it is sure
+    of and declines the rest (a value of an unusual class or range, a draft check_draft
+    must look at and refuses); write_binary_rows then writes the batch, or raises, as
+    it always has.
+    """
+    if _NATIVE is not None:
+        done = _NATIVE(drafts, seq, prev_hash)
+        if done is not None:
+            return done
+    rows: list[bytes] = []
+    last = write_binary_rows(rows.append, drafts, seq, prev_hash)
+    return b"".join(rows), last
