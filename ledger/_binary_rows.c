@@ -207,7 +207,8 @@ static int put_draft(Buf *leaf, Buf *row, PyObject *draft, int64_t seq, const un
             continue;
         }
         if (f->kind == K_STAMP) {
-            if (put_pair(leaf, row, stamp) != 1) return -1;
+            int r = put_pair(leaf, row, stamp);
+            if (r != 1) return r;
             continue;
         }
         PyObject *v = PyObject_GetAttr(draft, f->attr);
