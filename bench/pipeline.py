@@ -96,6 +96,20 @@ class Run:
 
 
 @dataclass
+class LatencyRun:
+    """One latency measurement: its loads' stages, or why it failed.
+
+    ``workers`` labels the table's row; ``sweep`` says its loads ascend from the lowest,
+    so it tells the highest load with p99 under 100 ms (the source-linger run is one load).
+    """
+
+    workers: str
+    stages: list[Stage] = field(default_factory=list)
+    failure: str | None = None
+    sweep: bool = True
+
+
+@dataclass
 class LedgerShape:
     """What the pipeline's ledger holds after a run: rows and disclosures per event type."""
 
@@ -469,7 +483,7 @@ def main() -> int:
         kept.pop("rows", None)
 
         # 6.
-        stages: dict[int | str, list[Stage] | str] = {}
+        latencies: list[LatencyRun] = []
         relays: list[tuple[str, Stage]] = []
         if not args.no_latency:
             for n in latency_workers:
@@ -484,32 +498,34 @@ def main() -> int:
                         else ""
                     )
                 )
+                result = LatencyRun(str(n))
+                latencies.append(result)
                 try:
-                    measured = bench.latency(n, todo, latency_env)
-                    stages[n] = measured
-                    for s in measured:
+                    result.stages = bench.latency(n, todo, latency_env)
+                    for s in result.stages:
                         log(describe_stage(s))
                 except Exception as exc:
-                    stages[n] = f"{type(exc).__name__}: {exc}"
-                    log(f"  FAILED: {stages[n]}")
+                    result.failure = f"{type(exc).__name__}: {exc}"
+                    log(f"  FAILED: {result.failure}")
             if args.source_linger_ms:
                 # The embedded broker's CPU grows with the number of record batches it stores
                 # and serves: larger source batches show how much of the latency is the broker's.
                 label = f"1, source linger.ms={args.source_linger_ms}"
                 log(f"latency, PostgreSQL, {label}: {args.headline_load:.0f}/s")
+                result = LatencyRun(label, sweep=False)
+                latencies.append(result)
                 try:
-                    extra = bench.latency(
+                    result.stages = bench.latency(
                         1,
                         [(args.headline_load, args.headline_seconds)],
                         latency_env,
                         source={"linger.ms": args.source_linger_ms},
                     )
-                    stages[label] = extra
-                    for s in extra:
+                    for s in result.stages:
                         log(describe_stage(s))
                 except Exception as exc:
-                    stages[label] = f"{type(exc).__name__}: {exc}"
-                    log(f"  FAILED: {stages[label]}")
+                    result.failure = f"{type(exc).__name__}: {exc}"
+                    log(f"  FAILED: {result.failure}")
             # The Kafka loop alone, at the headline load: what consume settings cost by themselves.
             relay_load = (args.headline_load, args.stage_seconds)
             for label, window, overrides in (
@@ -570,7 +586,7 @@ def main() -> int:
         pg1_rate, pg2_rate = runs.get("pg1", Run("")).rate, runs.get("pg2", Run("")).rate
         if pg1_rate and pg2_rate:
             print(f"\n2 workers / 1 worker on PostgreSQL: {pg2_rate / pg1_rate:.2f}x")
-        if stages:
+        if latencies:
             print()
             setting = (
                 (", ".join(f"{k}={v}" for k, v in latency_env.items()) + " (NOT the defaults)")
@@ -586,30 +602,30 @@ def main() -> int:
                 "| CPU cores: processor / PostgreSQL / broker / bench |"
             )
             print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for who, result in stages.items():
-                if isinstance(result, str):
+            for result in latencies:
+                if result.failure is not None:
                     ok = False
-                    print(f"| {who} | failed | | | | | | |")
+                    print(f"| {result.workers} | failed | | | | | | |")
                     continue
-                for s in result:
+                for s in result.stages:
                     cores = " / ".join(
                         f"{s.cores[k]:.2f}" if k in s.cores else "-"
                         for k in ("processor", "postgres", "broker", "bench")
                     )
                     print(
-                        f"| {who} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
+                        f"| {result.workers} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
                         f"{s.p99_ms:.0f} | {s.max_ms:.0f} | {cores} |"
                     )
             print()
-            for who, result in stages.items():
-                if isinstance(result, str) or isinstance(who, str):  # a failure, or the one-load source run
+            for result in latencies:
+                if result.failure is not None or not result.sweep:
                     continue
                 best = None
-                for s in result:  # loads ascend: the highest before the first one over 100 ms
+                for s in result.stages:  # loads ascend: the highest before the first one over 100 ms
                     if not s.p99_ms < 100:
                         break
                     best = s.load
-                lowest = result[0] if result else None
+                lowest = result.stages[0] if result.stages else None
                 text_best = (
                     f"{best:,.0f} events/s"
                     if best is not None
@@ -617,7 +633,7 @@ def main() -> int:
                     if lowest
                     else "-"
                 )
-                print(f"{who} worker(s): highest offered load with p99 < 100 ms: {text_best}")
+                print(f"{result.workers} worker(s): highest offered load with p99 < 100 ms: {text_best}")
         if relays:
             print()
             print(
@@ -633,9 +649,9 @@ def main() -> int:
             for r in attempts:
                 if r.failure:
                     print(f"\n{r.label} failed: {r.failure}")
-        for who, result in stages.items():
-            if isinstance(result, str):
-                print(f"\nlatency with {who} worker(s) failed: {result}")
+        for result in latencies:
+            if result.failure is not None:
+                print(f"\nlatency with {result.workers} worker(s) failed: {result.failure}")
         print(f"\n(whole benchmark: {time.perf_counter() - begun:.0f} s)")
         return 0 if ok else 1
     except BaseException:
