@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 
 from ledger import merkle
 from ledger.checkpoint import CheckpointBody, StoredCheckpoint, cosigned_note, latest_checkpoint, open_checkpoint
-from ledger.entry import SCHEMA_PATH, StoredEntry
+from ledger.entry import FIELDS, SCHEMA_PATH, StoredEntry
 from ledger.note import NoteError, NoteVerifier, SignedNote
 
 if TYPE_CHECKING:
@@ -85,6 +85,30 @@ COLUMNS = (
     "leaf_hash",
     "proof",
 )
+# After the leaf's fields: the entry's hash, its leaf (base64), leaf hash and inclusion proof.
+_AFTER_FIELDS = ("entry_hash", "leaf", "leaf_hash", "proof")
+
+
+def column_problem(columns: Sequence[str], fields: Sequence[str]) -> str | None:
+    """Why an export's columns are not the leaf's fields, in order, then _AFTER_FIELDS; None if they are.
+
+    The columns are written out, not derived from schemas/disclosure.avsc: they are a
+    published format, which a schema change must not change silently. So a field added
+    to the schema stops ``import ledger.export`` here until the columns (and
+    EXPORT_FORMAT's version) say what the export does with it.
+    """
+    want = (*fields, *_AFTER_FIELDS)
+    if tuple(columns) == want:
+        return None
+    missing = [c for c in want if c not in columns]
+    extra = [c for c in columns if c not in want]
+    if missing or extra:
+        return f"export columns lack {missing} and have {extra} beyond the leaf's fields; bump EXPORT_FORMAT"
+    return f"export columns are not in the leaf's order {list(want)}; bump EXPORT_FORMAT"
+
+
+if (_problem := column_problem(COLUMNS, [f.name for f in FIELDS])) is not None:
+    raise ImportError(f"ledger/export.py: {_problem}")
 
 
 def _b64(data: bytes) -> str:
