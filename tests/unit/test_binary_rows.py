@@ -40,8 +40,8 @@ def test_the_install_built_the_c_writer() -> None:
     assert entry.NATIVE_ROWS, "ledger/_binary_rows.c was not built: is there a C compiler and OpenSSL's headers?"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.lists(drafts, min_size=1, max_size=6), st.integers(0, (1 << 62)), st.binary(min_size=32, max_size=32))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(drafts, min_size=1, max_size=4), st.integers(0, (1 << 62)), st.binary(min_size=32, max_size=32))
 def test_any_ordinary_batch_is_written_in_c_as_python_writes_it(ds: list[EntryDraft], seq: int, prev: bytes) -> None:
     assert native(ds, seq, prev) == python_rows(ds, seq, prev)
 
