@@ -257,10 +257,13 @@ def collect(
     as_of: date | None = None,
     now: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
+    stored: Sequence[StoredEntry] | None = None,
 ) -> SubjectReport:
     """Read the subject's entries and prove each shown one against the newest checkpoint.
 
-    ``on_progress(1)`` is called after each entry is proved.
+    ``on_progress(1)`` is called after each entry is proved. ``stored``: the subject's
+    entries as ``subject_entries`` read them just now, for a caller that needs them too
+    (the citizen's page), so they are not read twice.
 
     ``subject``: any form :func:`schemas.subject_keys.normalise` accepts (a bare NHS
     number included); :class:`InvalidSubjectKey` otherwise.
@@ -270,7 +273,8 @@ def collect(
     key = normalise(subject)
     now = now or datetime.now(UTC)
     day = as_of or now.date()
-    stored = subject_entries(engine, key)
+    if stored is None:
+        stored = subject_entries(engine, key)
     shown = [e.seq for e in stored if e.draft.outcome in SHOWN_OUTCOMES and _visible(e, agreements, day)]
     checkpoint = latest_checkpoint(engine)
     proofs: dict[int, dict[str, Any]] = {}

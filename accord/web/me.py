@@ -682,7 +682,7 @@ def _read(services: _Services, subject: str, now: datetime) -> tuple[SubjectRepo
     by_key = {a.key: a for a in services.agreements}
     stored = subject_entries(services.engine, subject)
     try:
-        return collect(services.engine, subject, by_key, now=now), stored, False
+        return collect(services.engine, subject, by_key, now=now, stored=stored), stored, False
     except LedgerMismatch:
         log.warning("me_proofs_unavailable", reason="the ledger does not match its signed checkpoint")
         report = build_report(subject, stored, by_key, {}, None, now.date(), now)

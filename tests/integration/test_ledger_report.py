@@ -14,6 +14,7 @@ from io import BytesIO
 
 import fastavro
 import pytest
+from sqlalchemy import event
 
 from agreements import load_dir
 from bus.settings import PACKAGE_ROOT
@@ -22,7 +23,7 @@ from ledger.checkpoint import make_checkpoint, open_checkpoint
 from ledger.entry import SCHEMA_PATH
 from ledger.merkle import leaf_hash, verify_inclusion
 from ledger.note import NoteSigner
-from ledger.report import InvalidSubjectKey, collect, render_html, render_json
+from ledger.report import InvalidSubjectKey, collect, render_html, render_json, subject_entries
 from producers.nhs_number import generate
 from tests.conftest import RoleDatabase
 
@@ -276,3 +277,26 @@ def test_report_on_a_tampered_ledger_gives_no_proofs_but_an_error(role_db: RoleD
         timeout=120,
     )
     assert result.returncode == 1 and "accord ledger verify" in result.stderr and result.stdout == ""
+
+
+def test_entries_read_by_the_caller_are_not_read_again_and_give_the_same_report(role_db: RoleDatabase, people) -> None:
+    """The citizen's page reads the subject's entries for itself and hands them to collect."""
+    me, other = people
+    _ledger(role_db, me, other)
+    make_checkpoint(role_db.app, NoteSigner.generate(ORIGIN), ORIGIN)
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    now = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    expected = collect(role_db.app, me, AGREEMENTS, now=now)
+    stored = subject_entries(role_db.app, f"nhs:{me}")
+    event.listen(role_db.app, "before_cursor_execute", seen)
+    try:
+        given = collect(role_db.app, me, AGREEMENTS, now=now, stored=stored)
+    finally:
+        event.remove(role_db.app, "before_cursor_execute", seen)
+    assert given == expected
+    by_subject = [s for s in statements if "subject" in s.partition("WHERE")[2]]  # subject_entries' look-ups
+    assert statements and not by_subject, by_subject
