@@ -438,5 +438,19 @@ PyMODINIT_FUNC PyInit__binary_rows(void) {
         PyErr_SetString(PyExc_ImportError, "OpenSSL has no SHA-256 here");
         return NULL;
     }
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    /* The kinds by name, so ledger/entry.py's plan never writes their numbers. */
+    static const struct {
+        const char *name;
+        int kind;
+    } kinds[] = {{"SEQ", K_SEQ},     {"PREV", K_PREV},   {"STRING", K_STRING}, {"NSTRING", K_NSTRING}, {"LONG8", K_LONG8},
+                 {"INT4", K_INT4},   {"ENUM", K_ENUM},   {"ARRAY", K_ARRAY},   {"STAMP", K_STAMP}};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        if (PyModule_AddIntConstant(m, kinds[i].name, kinds[i].kind) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    return m;
 }

@@ -965,18 +965,19 @@ def stored_entry(row: Any) -> StoredEntry:
 
 # --------------------------------------------------------------------------- the rows in C
 
-# ledger/_binary_rows.c's kinds of field (its enum kind), by (leaf kind, nullable, COPY type, ASSIGNED).
-_NATIVE_KINDS: Mapping[tuple[str, bool, str, bool], int] = {
-    ("long", False, "int8", True): 1,  # seq
-    ("fixed", False, "bytea", True): 2,  # prev_hash, 32 bytes
-    ("string", False, "text", False): 3,
-    ("string", True, "text", False): 4,
-    ("long", False, "int8", False): 5,
-    ("int", False, "int8", False): 5,
-    ("int", False, "int4", False): 6,
-    ("enum", False, "text", False): 7,
-    ("array", False, "text", False): 8,
-    ("timestamp", False, "timestamptz", False): 9,
+# ledger/_binary_rows.c's kinds of field (the names of its constants), by (leaf kind,
+# nullable, COPY type, ASSIGNED).
+_NATIVE_KINDS: Mapping[tuple[str, bool, str, bool], str] = {
+    ("long", False, "int8", True): "SEQ",
+    ("fixed", False, "bytea", True): "PREV",  # 32 bytes
+    ("string", False, "text", False): "STRING",
+    ("string", True, "text", False): "NSTRING",
+    ("long", False, "int8", False): "LONG8",
+    ("int", False, "int8", False): "LONG8",
+    ("int", False, "int4", False): "INT4",
+    ("enum", False, "text", False): "ENUM",
+    ("array", False, "text", False): "ARRAY",
+    ("timestamp", False, "timestamptz", False): "STAMP",
 }
 
 
@@ -987,22 +988,25 @@ def _stamp(at: datetime) -> tuple[bytes, bytes]:
     return encode_long(ms), binary_timestamp(ms)
 
 
-def _native_plan(leaf: Sequence[LeafField], pg_types: Sequence[str]) -> tuple[tuple[Any, ...], ...] | None:
+def _native_plan(
+    leaf: Sequence[LeafField], pg_types: Sequence[str], kinds: Mapping[str, int]
+) -> tuple[tuple[Any, ...], ...] | None:
     """The schema as ledger/_binary_rows.c takes it: (kind, attribute, table, store) per field, in
-    order; None if a field is of a kind it does not write (then the rows are written in Python)."""
+    order, ``kinds`` its constants by name; None if a field is of a kind it does not write (then
+    the rows are written in Python)."""
     if HASH_COLUMNS != ("entry_hash", "leaf_hash"):  # the C writer ends a row with these two
         return None
     plan: list[tuple[int, str | None, Any, Any]] = []
     for i, (f, pg_type) in enumerate(zip(leaf, pg_types, strict=False)):
-        kind = _NATIVE_KINDS.get((f.kind, f.nullable, pg_type, f.name in ASSIGNED), 0)
-        if kind == 0 or (kind == 2 and f.size != 32):
+        name = _NATIVE_KINDS.get((f.kind, f.nullable, pg_type, f.name in ASSIGNED))
+        if name is None or (name == "PREV" and f.size != 32):
             return None
-        if kind == 7:
-            plan.append((kind, f.name, _NS[f"_E{i}"], None))
-        elif kind == 8:
-            plan.append((kind, f.name, _NS[f"_arrays_{f.name}"], _NS[f"_arrays_store_{f.name}"]))
-        else:
-            plan.append((kind, None if kind in (1, 2, 9) else f.name, None, None))
+        if name == "ENUM":  # symbol -> leaf bytes: leaf_codec's table for field i
+            plan.append((kinds[name], f.name, _NS[f"_E{i}"], None))
+        elif name == "ARRAY":  # values -> (leaf bytes, row bytes), kept by value
+            plan.append((kinds[name], f.name, _NS[f"_arrays_{f.name}"], _NS[f"_arrays_store_{f.name}"]))
+        else:  # the arguments (seq, prev_hash) and the batch's timestamp are given, not read
+            plan.append((kinds[name], None if name in ("SEQ", "PREV", "STAMP") else f.name, None, None))
     return tuple(plan)
 
 
@@ -1011,7 +1015,7 @@ def _native_rows() -> Callable[[Sequence[EntryDraft], int, bytes], tuple[bytes, 
         from ledger import _binary_rows  # type: ignore[attr-defined]  # built by setup.py where a compiler is
     except ImportError:
         return None
-    plan = _native_plan(FIELDS, PG_COPY_TYPES)
+    plan = _native_plan(FIELDS, PG_COPY_TYPES, {n: getattr(_binary_rows, n) for n in set(_NATIVE_KINDS.values())})
     if plan is None:
         return None
     (stamp,) = (f.name for f in FIELDS if f.kind == "timestamp")
