@@ -6,10 +6,14 @@
  * as a plan (configure), so the fields are still named once, in schemas/disclosure.avsc.
  *
  * One rule keeps it exact: it writes only what it is sure of. A value of any other
- * class or range than the usual (an int that is not an int, a bool, a string that is not
- * valid UTF-8, a tuple that is a list, a draft check_draft refuses, ...) makes rows()
- * return None, and the caller does the chunk in Python, which writes it or raises as it
- * always has. tests/unit/test_binary_rows.py compares the two byte for byte.
+ * class or range than the usual (a str or int subclass, a bool, a string that is not
+ * valid UTF-8, a draft check_draft refuses, a seq past int64, ...) makes rows() return
+ * None, and the caller does the chunk in Python, which writes it or raises as it always
+ * has. An exception that is not an Exception (KeyboardInterrupt, SystemExit) is never
+ * swallowed: it propagates. Each draft's values are read once, from a tuple of the
+ * drafts rows() holds, so Python code it calls (check_draft, the stamp and array
+ * functions, a property) cannot change what it checked or free what it reads.
+ * tests/unit/test_binary_rows.py compares the two byte for byte.
  *
  * rows(drafts, seq, prev_hash) -> (data, last_entry_hash) | None
  *     data: the drafts' rows, numbered seq + 1, ..., chained from prev_hash, as binary
@@ -17,7 +21,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <openssl/evp.h>
+#include <openssl/opensslv.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -33,9 +39,13 @@ enum kind {
     K_STAMP = 9,   /* timestamp-millis: stamp(datetime) -> (leaf bytes, row field bytes) */
 };
 
+/* Where a field's value comes from: the draft's attribute, or one rows() read already for its checks. */
+enum source { FROM_ATTR = 0, FROM_ID, FROM_OUTCOME, FROM_DIGEST };
+
 typedef struct {
     int kind;
-    PyObject *attr;   /* the draft's attribute (interned str); NULL for the arguments */
+    int source;
+    PyObject *attr;   /* the draft's attribute; NULL for the arguments */
     PyObject *table;  /* K_ENUM: dict; K_ARRAY: dict cache */
     PyObject *store;  /* K_ARRAY: store(values); K_STAMP: stamp(datetime) */
 } Field;
@@ -46,7 +56,7 @@ static int16_t ncolumns;
 static PyObject *check_draft, *outcomes, *not_covered, *stamp_fn;
 static PyObject *attr_id, *attr_outcome, *attr_digest, *attr_stamp;
 static EVP_MD_CTX *md_ctx;
-static EVP_MD *md_sha256; /* fetched once: EVP_sha256() in each init costs a provider look-up under a lock */
+static const EVP_MD *md_sha256; /* fetched once: EVP_sha256() in each init costs a provider look-up under a lock */
 
 /* A growable byte buffer. */
 typedef struct {
@@ -100,27 +110,35 @@ static inline int put_zigzag(Buf *b, int64_t v) {
     return put(b, c, n);
 }
 
-/* Put a str's UTF-8 bytes: leaf (zig-zag length, bytes) and row (int32 length, bytes).
- * 1 done, 0 not a str or not UTF-8 (the Python path decides), -1 out of memory. */
-static int put_string(Buf *leaf, Buf *row, PyObject *v) {
-    if (!PyUnicode_Check(v)) return 0;
-    Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
-    if (!s) {
+/* After a Python call or conversion failed: 0 (declined: the Python path decides) for an
+ * Exception, which is cleared; -1 for anything else (KeyboardInterrupt, ...), left set. */
+static int soft(void) {
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
         PyErr_Clear();
         return 0;
     }
+    return -1;
+}
+
+/* Put a str's UTF-8 bytes: leaf (zig-zag length, bytes) and row (int32 length, bytes).
+ * 1 done, 0 not an exact str or not UTF-8 (the Python path decides), -1 an error. */
+static int put_string(Buf *leaf, Buf *row, PyObject *v) {
+    if (!PyUnicode_CheckExact(v)) return 0;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+    if (!s) return soft();
     if (n > INT32_MAX) return 0;
     if (put_zigzag(leaf, n) || put(leaf, s, n) || put_be32(row, (int32_t)n) || put(row, s, n)) return -1;
     return 1;
 }
 
-/* An exact int in int64 (not a bool, not a subclass): 1 and *out, or 0. */
+/* An exact int in int64 (not a bool, not a subclass): 1 and *out, or 0. Cannot fail. */
 static int exact_int64(PyObject *v, int64_t *out) {
     if (!PyLong_CheckExact(v)) return 0;
     int overflow = 0;
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (overflow || (x == -1 && PyErr_Occurred())) {
+    if (overflow) return 0;
+    if (x == -1 && PyErr_Occurred()) { /* not for an exact int; kept for safety */
         PyErr_Clear();
         return 0;
     }
@@ -138,8 +156,9 @@ static int put_pair(Buf *leaf, Buf *row, PyObject *pair) {
     return 1;
 }
 
+/* The regex [0-9a-f]{64}, fullmatch, on an exact str. */
 static int is_digest(PyObject *v) {
-    if (!PyUnicode_Check(v) || PyUnicode_GET_LENGTH(v) != 64 || PyUnicode_KIND(v) != PyUnicode_1BYTE_KIND) return 0;
+    if (PyUnicode_GET_LENGTH(v) != 64 || PyUnicode_KIND(v) != PyUnicode_1BYTE_KIND) return 0;
     const Py_UCS1 *s = PyUnicode_1BYTE_DATA(v);
     for (int i = 0; i < 64; i++)
         if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
@@ -156,41 +175,34 @@ static int sha256(const unsigned char *data, size_t n, unsigned char *out) {
     return 0;
 }
 
-/* check_draft's rules, as write_binary_rows applies them: 1 passed, 0 the Python path decides. */
-static int checked(PyObject *draft, PyObject *did, PyObject *outcome, PyObject *digest, PyObject **last_digest) {
-    if (!PyUnicode_Check(did) || !PyUnicode_Check(outcome) || !PyUnicode_Check(digest)) return 0;
-    int known = PySet_Contains(outcomes, outcome);
-    if (known < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_ssize_t n = PyUnicode_GET_LENGTH(did);
-    int uncovered = PyUnicode_Compare(outcome, not_covered) == 0;
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
+/* The values rows() reads of each draft before its fields: for the checks, and written as read. */
+typedef struct {
+    PyObject *id, *outcome, *digest, *at;
+} Checked;
+
+/* check_draft's rules, as write_binary_rows applies them: 1 passed, 0 the Python path decides, -1. */
+static int checked(PyObject *draft, const Checked *c, PyObject **last_digest) {
+    if (!PyUnicode_CheckExact(c->id) || !PyUnicode_CheckExact(c->outcome) || !PyUnicode_CheckExact(c->digest))
+        return 0; /* a subclass may answer len, == or `in` otherwise than a str: Python asks it */
+    int known = PySet_Contains(outcomes, c->outcome);
+    if (known < 0) return soft();
+    Py_ssize_t n = PyUnicode_GET_LENGTH(c->id);
+    int uncovered = PyUnicode_Compare(c->outcome, not_covered) == 0;
     if (!known || n == 0 || n > 64 || uncovered) {
         PyObject *r = PyObject_CallOneArg(check_draft, draft); /* raises, or passes a valid NOT_COVERED */
-        if (!r) {
-            PyErr_Clear();
-            return 0;
-        }
+        if (!r) return soft();
         Py_DECREF(r);
     }
-    if (*last_digest == NULL || PyUnicode_Compare(digest, *last_digest) != 0) {
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            return 0;
-        }
-        if (PyUnicode_GET_LENGTH(digest) != 0 && !is_digest(digest)) return 0; /* check_draft refuses it */
-        Py_XSETREF(*last_digest, Py_NewRef(digest));
+    if (*last_digest == NULL || PyUnicode_Compare(c->digest, *last_digest) != 0) {
+        if (PyUnicode_GET_LENGTH(c->digest) != 0 && !is_digest(c->digest)) return 0; /* check_draft refuses it */
+        Py_XSETREF(*last_digest, Py_NewRef(c->digest));
     }
     return 1;
 }
 
 /* One draft's row to row, its leaf to leaf (after the leaf's 0x00 prefix byte). 1, 0 or -1. */
-static int put_draft(Buf *leaf, Buf *row, PyObject *draft, int64_t seq, const unsigned char *prev, PyObject *stamp) {
+static int put_draft(Buf *leaf, Buf *row, PyObject *draft, const Checked *c, int64_t seq, const unsigned char *prev,
+                     PyObject *stamp) {
     leaf->n = 1;
     int16_t cols = ncolumns;
     unsigned char head[2] = {(unsigned char)((uint16_t)cols >> 8), (unsigned char)cols};
@@ -207,14 +219,24 @@ static int put_draft(Buf *leaf, Buf *row, PyObject *draft, int64_t seq, const un
             continue;
         }
         if (f->kind == K_STAMP) {
-            int r = put_pair(leaf, row, stamp);
+            r = put_pair(leaf, row, stamp);
             if (r != 1) return r;
             continue;
         }
-        PyObject *v = PyObject_GetAttr(draft, f->attr);
-        if (!v) {
-            PyErr_Clear();
-            return 0;
+        PyObject *v;
+        switch (f->source) {
+            case FROM_ID:
+                v = Py_NewRef(c->id);
+                break;
+            case FROM_OUTCOME:
+                v = Py_NewRef(c->outcome);
+                break;
+            case FROM_DIGEST:
+                v = Py_NewRef(c->digest);
+                break;
+            default:
+                v = PyObject_GetAttr(draft, f->attr);
+                if (!v) return soft();
         }
         int64_t x;
         switch (f->kind) {
@@ -239,16 +261,18 @@ static int put_draft(Buf *leaf, Buf *row, PyObject *draft, int64_t seq, const un
                         : 0;
                 break;
             case K_ENUM: {
-                PyObject *code = PyUnicode_Check(v) ? PyDict_GetItemWithError(f->table, v) : NULL;
-                if (!code || !PyBytes_CheckExact(code)) {
-                    PyErr_Clear();
+                if (!PyUnicode_CheckExact(v)) {
                     r = 0;
                     break;
                 }
+                PyObject *code = PyDict_GetItemWithError(f->table, v); /* borrowed: the table is ours */
                 Py_ssize_t n;
-                const char *s = PyUnicode_AsUTF8AndSize(v, &n);
-                if (!s) {
-                    PyErr_Clear();
+                const char *s = code ? PyUnicode_AsUTF8AndSize(v, &n) : NULL;
+                if (!code || !s) {
+                    r = PyErr_Occurred() ? soft() : 0;
+                    break;
+                }
+                if (!PyBytes_CheckExact(code)) {
                     r = 0;
                     break;
                 }
@@ -259,16 +283,14 @@ static int put_draft(Buf *leaf, Buf *row, PyObject *draft, int64_t seq, const un
                 break;
             }
             case K_ARRAY: {
+                /* As write_binary_rows: the cache for a tuple, else the store (a list, ...). */
                 PyObject *pair = PyTuple_CheckExact(v) ? PyDict_GetItemWithError(f->table, v) : NULL;
                 if (pair) {
                     Py_INCREF(pair);
-                } else if (PyErr_Occurred()) {
-                    PyErr_Clear(); /* unhashable: the Python path raises as it always has */
-                } else {
+                } else if (!PyErr_Occurred()) {
                     pair = PyObject_CallOneArg(f->store, v);
-                    if (!pair) PyErr_Clear();
                 }
-                r = pair ? put_pair(leaf, row, pair) : 0;
+                r = pair ? put_pair(leaf, row, pair) : soft(); /* unhashable, or the store refused */
                 Py_XDECREF(pair);
                 break;
             }
@@ -281,91 +303,124 @@ static int put_draft(Buf *leaf, Buf *row, PyObject *draft, int64_t seq, const un
     return 1;
 }
 
+/* Whether the timestamp ``at`` needs converting after ``cached`` (write_binary_rows' test:
+ * not the same object, and unequal or of another fold). 1 yes, 0 no, -1 an error. */
+static int new_stamp(PyObject *at, PyObject *cached) {
+    if (cached == NULL) return 1;
+    if (at == cached) return 0;
+    int ne = PyObject_RichCompareBool(at, cached, Py_NE);
+    if (ne < 0) return -1;
+    return ne || PyDateTime_DATE_GET_FOLD(at) != PyDateTime_DATE_GET_FOLD(cached);
+}
+
 static PyObject *rows(PyObject *self, PyObject *args) {
-    PyObject *drafts, *seq_obj;
-    Py_buffer prev_buf;
+    PyObject *drafts, *seq_obj, *prev_obj;
     if (!fields) {
         PyErr_SetString(PyExc_RuntimeError, "ledger._binary_rows: configure() first");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOy*", &drafts, &seq_obj, &prev_buf)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO", &drafts, &seq_obj, &prev_obj)) return NULL;
     int64_t seq;
-    if (prev_buf.len != 32 || !exact_int64(seq_obj, &seq) || seq < 0) {
-        PyBuffer_Release(&prev_buf);
+    /* Only a list or tuple: an iterator would be used up by a try that declines. */
+    if ((!PyList_CheckExact(drafts) && !PyTuple_CheckExact(drafts)) || !PyBytes_CheckExact(prev_obj) ||
+        PyBytes_GET_SIZE(prev_obj) != 32 || !exact_int64(seq_obj, &seq) || seq < 0)
+        Py_RETURN_NONE;
+    PyObject *held = PySequence_Tuple(drafts); /* ours: Python code called below cannot change or free it */
+    if (!held) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(held);
+    if (seq > INT64_MAX - n) { /* the last seq would not fit int64: Python refuses it */
+        Py_DECREF(held);
         Py_RETURN_NONE;
     }
     unsigned char prev[32], entry_hash[32], leaf_hash[32];
-    memcpy(prev, prev_buf.buf, 32);
-    PyBuffer_Release(&prev_buf);
-    PyObject *seqf = PySequence_Fast(drafts, "drafts must be a sequence");
-    if (!seqf) return NULL;
+    memcpy(prev, PyBytes_AS_STRING(prev_obj), 32);
     Buf leaf = {0}, row = {0};
     PyObject *result = NULL, *stamp = NULL, *cached_at = NULL, *last_digest = NULL;
     int status = 1;
     unsigned char zero = 0;
-    if (put(&leaf, &zero, 1)) goto fail; /* the RFC 9162 leaf prefix, before the leaf's bytes */
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seqf);
-    PyObject **items = PySequence_Fast_ITEMS(seqf);
+    if (put(&leaf, &zero, 1)) status = -1; /* the RFC 9162 leaf prefix, before the leaf's bytes */
     for (Py_ssize_t i = 0; i < n && status == 1; i++) {
-        PyObject *draft = items[i];
-        PyObject *did = PyObject_GetAttr(draft, attr_id), *outcome = PyObject_GetAttr(draft, attr_outcome),
-                 *digest = PyObject_GetAttr(draft, attr_digest), *at = PyObject_GetAttr(draft, attr_stamp);
-        if (!did || !outcome || !digest || !at) {
-            PyErr_Clear();
-            status = 0;
-        } else if (!checked(draft, did, outcome, digest, &last_digest)) {
-            status = 0;
+        PyObject *draft = PyTuple_GET_ITEM(held, i);
+        Checked c = {NULL, NULL, NULL, NULL};
+        if (!(c.id = PyObject_GetAttr(draft, attr_id)) || !(c.outcome = PyObject_GetAttr(draft, attr_outcome)) ||
+            !(c.digest = PyObject_GetAttr(draft, attr_digest)) || !(c.at = PyObject_GetAttr(draft, attr_stamp))) {
+            status = soft();
+        } else if (!PyDateTime_CheckExact(c.at)) {
+            status = 0; /* a subclass may compare otherwise: Python decides */
         } else {
-            int same = 0;
-            if (cached_at) {
-                same = at == cached_at || PyObject_RichCompareBool(at, cached_at, Py_EQ) == 1;
-                PyErr_Clear();
-            }
-            if (!same) { /* equal instants: the same stored value */
-                Py_XDECREF(stamp);
-                stamp = PyObject_CallOneArg(stamp_fn, at);
-                if (!stamp) {
-                    PyErr_Clear();
-                    status = 0;
-                } else {
-                    Py_XSETREF(cached_at, Py_NewRef(at));
-                }
-            }
-            if (status == 1) {
-                seq += 1;
-                status = put_draft(&leaf, &row, draft, seq, prev, stamp);
-            }
-            if (status == 1) {
-                if (sha256((unsigned char *)leaf.p + 1, leaf.n - 1, entry_hash) ||
-                    sha256((unsigned char *)leaf.p, leaf.n, leaf_hash) || put_be32(&row, 32) ||
-                    put(&row, entry_hash, 32) || put_be32(&row, 32) || put(&row, leaf_hash, 32))
-                    status = -1;
-                memcpy(prev, entry_hash, 32);
+            status = checked(draft, &c, &last_digest);
+        }
+        if (status == 1) {
+            int fresh = new_stamp(c.at, cached_at);
+            if (fresh < 0) {
+                status = soft();
+            } else if (fresh) {
+                Py_XSETREF(stamp, PyObject_CallOneArg(stamp_fn, c.at)); /* refuses a naive one */
+                if (!stamp)
+                    status = soft();
+                else
+                    Py_XSETREF(cached_at, Py_NewRef(c.at));
             }
         }
-        Py_XDECREF(did);
-        Py_XDECREF(outcome);
-        Py_XDECREF(digest);
-        Py_XDECREF(at);
+        if (status == 1) {
+            seq += 1;
+            status = put_draft(&leaf, &row, draft, &c, seq, prev, stamp);
+        }
+        if (status == 1) {
+            if (sha256((unsigned char *)leaf.p + 1, leaf.n - 1, entry_hash) ||
+                sha256((unsigned char *)leaf.p, leaf.n, leaf_hash) || put_be32(&row, 32) ||
+                put(&row, entry_hash, 32) || put_be32(&row, 32) || put(&row, leaf_hash, 32))
+                status = -1;
+            memcpy(prev, entry_hash, 32);
+        }
+        Py_XDECREF(c.id);
+        Py_XDECREF(c.outcome);
+        Py_XDECREF(c.digest);
+        Py_XDECREF(c.at);
     }
     if (status == 1) {
         result = Py_BuildValue("(y#y#)", row.p ? row.p : "", (Py_ssize_t)row.n, (const char *)prev, (Py_ssize_t)32);
     } else if (status == 0) {
         result = Py_NewRef(Py_None);
     }
-fail:
     Py_XDECREF(stamp);
     Py_XDECREF(cached_at);
     Py_XDECREF(last_digest);
-    Py_DECREF(seqf);
+    Py_DECREF(held);
     PyMem_Free(leaf.p);
     PyMem_Free(row.p);
     return result;
 }
 
-/* configure(plan, check_draft, outcomes, not_covered, stamp, checked_attrs)
+static void unconfigure(void) {
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        Py_XDECREF(fields[i].attr);
+        Py_XDECREF(fields[i].table);
+        Py_XDECREF(fields[i].store);
+    }
+    PyMem_Free(fields);
+    fields = NULL;
+    nfields = 0;
+    Py_CLEAR(check_draft);
+    Py_CLEAR(outcomes);
+    Py_CLEAR(not_covered);
+    Py_CLEAR(stamp_fn);
+    Py_CLEAR(attr_id);
+    Py_CLEAR(attr_outcome);
+    Py_CLEAR(attr_digest);
+    Py_CLEAR(attr_stamp);
+}
+
+static int source_of(PyObject *attr, PyObject *const *checked_attrs) {
+    if (attr == NULL) return FROM_ATTR;
+    for (int k = 0; k < 3; k++)
+        if (PyUnicode_Compare(attr, checked_attrs[k]) == 0) return FROM_ID + k;
+    return FROM_ATTR;
+}
+
+/* configure(plan, check_draft, outcomes, not_covered, stamp, checked_attrs): again replaces the plan.
  *   plan: ((kind, attr | None, table | None, store | None), ...) in the leaf's field order
- *   checked_attrs: (disclosure_id, outcome, event_digest, the timestamp's attribute) */
+ *   checked_attrs: (disclosure_id, outcome, event_digest, the timestamp's attribute), all str */
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *plan, *check, *outs, *nc, *stamp, *attrs;
     if (!PyArg_ParseTuple(args, "O!OO!UOO!", &PyTuple_Type, &plan, &check, &PyFrozenSet_Type, &outs, &nc, &stamp,
@@ -375,38 +430,46 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "checked_attrs: four attribute names");
         return NULL;
     }
+    for (int k = 0; k < 4; k++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(attrs, k))) {
+            PyErr_SetString(PyExc_TypeError, "checked_attrs: four str");
+            return NULL;
+        }
     Py_ssize_t n = PyTuple_GET_SIZE(plan);
-    if (fields) {
-        PyErr_SetString(PyExc_RuntimeError, "ledger._binary_rows is configured once, at import");
-        return NULL;
-    }
-    Field *fs = PyMem_Calloc(n, sizeof(Field));
+    Field *fs = PyMem_Calloc(n ? n : 1, sizeof(Field));
     if (!fs) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *const checked_attrs[3] = {PyTuple_GET_ITEM(attrs, 0), PyTuple_GET_ITEM(attrs, 1),
+                                        PyTuple_GET_ITEM(attrs, 2)};
+    for (Py_ssize_t i = 0; i < n; i++) { /* check all before keeping any reference */
         PyObject *t = PyTuple_GET_ITEM(plan, i);
         int kind;
         PyObject *attr, *table, *store;
-        if (!PyArg_ParseTuple(t, "iOOO", &kind, &attr, &table, &store)) {
+        if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "iOOO", &kind, &attr, &table, &store)) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "plan field %zd: not a tuple", i);
             PyMem_Free(fs);
             return NULL;
         }
         int needs_attr = kind != K_SEQ && kind != K_PREV && kind != K_STAMP;
-        if (kind < K_SEQ || kind > K_STAMP || (needs_attr && !PyUnicode_Check(attr)) ||
-            ((kind == K_ENUM || kind == K_ARRAY) && !PyDict_Check(table)) || (kind == K_ARRAY && !PyCallable_Check(store))) {
+        if (kind < K_SEQ || kind > K_STAMP || (needs_attr && !PyUnicode_CheckExact(attr)) ||
+            ((kind == K_ENUM || kind == K_ARRAY) && !PyDict_CheckExact(table)) ||
+            (kind == K_ARRAY && !PyCallable_Check(store))) {
             PyErr_Format(PyExc_ValueError, "plan field %zd: kind %d, or its attribute, table or store, not understood", i,
                          kind);
-            PyMem_Free(fs); /* nothing referenced yet is kept: the references below are taken after all are checked */
+            PyMem_Free(fs);
             return NULL;
         }
+        fs[i].kind = kind;
+        fs[i].attr = needs_attr ? attr : NULL;
+        fs[i].table = table == Py_None ? NULL : table;
+        fs[i].store = store == Py_None ? NULL : store;
+        fs[i].source = needs_attr ? source_of(attr, checked_attrs) : FROM_ATTR;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyTuple_GET_ITEM(plan, i);
-        PyObject *attr = PyTuple_GET_ITEM(t, 1), *table = PyTuple_GET_ITEM(t, 2), *store = PyTuple_GET_ITEM(t, 3);
-        fs[i].kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 0));
-        fs[i].attr = attr == Py_None ? NULL : Py_NewRef(attr);
-        fs[i].table = table == Py_None ? NULL : Py_NewRef(table);
-        fs[i].store = store == Py_None ? NULL : Py_NewRef(store);
+        Py_XINCREF(fs[i].attr);
+        Py_XINCREF(fs[i].table);
+        Py_XINCREF(fs[i].store);
     }
+    unconfigure();
     fields = fs;
     nfields = n;
     ncolumns = (int16_t)(n + 2); /* the leaf's fields, then entry_hash and leaf_hash */
@@ -414,9 +477,9 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     check_draft = Py_NewRef(check);
     outcomes = Py_NewRef(outs);
     not_covered = Py_NewRef(nc);
-    attr_id = Py_NewRef(PyTuple_GET_ITEM(attrs, 0));
-    attr_outcome = Py_NewRef(PyTuple_GET_ITEM(attrs, 1));
-    attr_digest = Py_NewRef(PyTuple_GET_ITEM(attrs, 2));
+    attr_id = Py_NewRef(checked_attrs[0]);
+    attr_outcome = Py_NewRef(checked_attrs[1]);
+    attr_digest = Py_NewRef(checked_attrs[2]);
     attr_stamp = Py_NewRef(PyTuple_GET_ITEM(attrs, 3));
     Py_RETURN_NONE;
 }
@@ -432,8 +495,14 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "ledger._binary_rows"
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__binary_rows(void) {
+    PyDateTime_IMPORT;
+    if (!PyDateTimeAPI) return NULL;
     md_ctx = EVP_MD_CTX_new();
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
     md_sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+#else
+    md_sha256 = EVP_sha256();
+#endif
     if (!md_ctx || !md_sha256) {
         PyErr_SetString(PyExc_ImportError, "OpenSSL has no SHA-256 here");
         return NULL;

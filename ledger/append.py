@@ -458,7 +458,7 @@ def _rows(
             results.append(_new_tuple(Appended, (seen, did, False)))
             continue
         dt = d.decided_at
-        if dt != cached_dt:  # equal instants: the same stored value
+        if dt is not cached_dt and (dt != cached_dt or dt.fold != cached_dt.fold):  # as write_binary_rows
             cached_dt = dt
             utc = dt if dt.tzinfo is UTC and not dt.microsecond % 1000 else to_millis(dt)  # refuses a naive one
             ms = (utc - _EPOCH) // _MS

@@ -872,7 +872,9 @@ def _binary_rows_source(leaf: Sequence[LeafField], body: Sequence[str]) -> list[
         "            _check_draft(draft)",
         f"        checked_digest = {digest}",
         f"    at = draft.{stamp}",
-        "    if at is not cached and at != cached:  # equal instants: the same stored value",
+        # Equal instants share a stored value; an equal one of another fold (an hour of a
+        # clock turned back, compared within its zone as equal) does not.
+        "    if at is not cached and (at != cached or at.fold != cached.fold):",
         "        cached = at",
         "        utc = at if at.tzinfo is _UTC and not at.microsecond % 1000 else _to_millis(at)  # refuses a naive one",
         f"        {stamp}_ms = (utc - _EPOCH) // _MS",
@@ -1015,7 +1017,11 @@ def _native_rows() -> Callable[[Sequence[EntryDraft], int, bytes], tuple[bytes, 
         from ledger import _binary_rows  # type: ignore[attr-defined]  # built by setup.py where a compiler is
     except ImportError:
         return None
-    plan = _native_plan(FIELDS, PG_COPY_TYPES, {n: getattr(_binary_rows, n) for n in set(_NATIVE_KINDS.values())})
+    try:
+        kinds = {n: getattr(_binary_rows, n) for n in set(_NATIVE_KINDS.values())}
+    except AttributeError:  # a module built from an older ledger/_binary_rows.c: rebuild (pip install -e .)
+        return None
+    plan = _native_plan(FIELDS, PG_COPY_TYPES, kinds)
     if plan is None:
         return None
     (stamp,) = (f.name for f in FIELDS if f.kind == "timestamp")

@@ -12,8 +12,10 @@ from __future__ import annotations
 import struct
 import sys
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -128,3 +130,91 @@ def test_writing_and_declining_keep_no_memory() -> None:
         tracemalloc.stop()
     assert kept < 20_000, f"{kept:,} bytes kept by 4,000 calls"
     assert [sys.getrefcount(v) for v in values] == counts  # no reference to a draft's value taken and kept
+
+
+class _Draft:
+    """A duck-typed draft: EntryDraft's values, with a hook run when one attribute is read."""
+
+    def __init__(self, base: EntryDraft, hooked: str, hook: Callable[[], object]) -> None:
+        self._base, self._hooked, self._hook = base, hooked, hook
+
+    def __getattr__(self, name: str) -> object:
+        value = getattr(self._base, name)
+        if name == self._hooked:
+            replaced = self._hook()
+            return value if replaced is None else replaced
+        return value
+
+
+def test_drafts_changed_by_python_code_it_calls_are_neither_freed_nor_reread() -> None:
+    """The list is emptied by a property the writer reads: it works on its own tuple of the drafts."""
+    base = [sample(i) for i in range(1, 9)]
+    expected = python_rows(base)
+    held = list(base)
+    held[2] = _Draft(base[2], "event_id", lambda: held.clear())  # type: ignore[call-overload]
+    assert native(held) == expected  # what was passed, whole; no crash (a use-after-free before)
+
+
+def test_each_value_is_read_once_as_python_reads_it() -> None:
+    """A value that changes from read to read: checked and written as first read, in both paths."""
+    reads = iter(range(1000))
+    ds = [sample(i) for i in range(1, 4)]
+    ds[1] = _Draft(ds[1], "disclosure_id", lambda: f"d-{next(reads)}")  # type: ignore[call-overload]
+    c = native(ds)
+    reads = iter(range(1000))
+    assert c is not None and c == python_rows(ds)
+
+
+def test_a_seq_past_int64_is_declined_and_refused() -> None:
+    ds = [sample(1), sample(2)]
+    assert native(ds, (1 << 63) - 2) is None
+    with pytest.raises((OverflowError, struct.error)):
+        binary_rows(ds, (1 << 63) - 2, GENESIS_HASH)
+
+
+def test_an_interrupt_is_not_swallowed() -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    ds = [sample(1), _Draft(sample(2), "subject_key", interrupt)]
+    with pytest.raises(KeyboardInterrupt):
+        native(ds)  # type: ignore[arg-type]
+
+
+class _Shouting(str):
+    def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+        return super().upper().encode()
+
+
+@pytest.mark.parametrize("field", ["event_id", "disclosure_id", "subject_key", "reason", "outcome"])
+def test_a_str_subclass_is_declined(field: str) -> None:
+    ds = [sample(i, reason="why") for i in range(1, 4)]
+    ds[1] = replace(ds[1], **{field: _Shouting(getattr(ds[1], field))})  # type: ignore[arg-type]
+    assert native(ds) is None
+    assert binary_rows(ds, 0, GENESIS_HASH) == python_rows(ds)
+
+
+def test_only_a_list_or_tuple_and_32_bytes_of_prev_hash() -> None:
+    ds = [sample(i) for i in range(1, 4)]
+    assert native(iter(ds)) is None  # type: ignore[arg-type]  # a try that declines would use it up
+    assert native(ds, 0, memoryview(bytes(32)).cast("I")) is None  # type: ignore[arg-type]
+    assert native(ds, 0, bytearray(32)) is None  # type: ignore[arg-type]
+
+
+def test_the_hour_a_clock_turns_back_is_stored_twice_not_once() -> None:
+    """01:30 in London on 2026-10-25 happens twice (fold 0, then 1): equal within the zone, an hour apart."""
+    london = ZoneInfo("Europe/London")
+    first = datetime(2026, 10, 25, 1, 30, tzinfo=london)
+    second = first.replace(fold=1)
+    assert first == second and first.astimezone(UTC) != second.astimezone(UTC)
+    ds = [sample(1, decided_at=first), sample(2, decided_at=second)]
+    one_by_one = python_rows(ds[:1])[0] + python_rows(ds[1:], 1, python_rows(ds[:1])[1])[0]
+    assert python_rows(ds)[0] == one_by_one
+    assert native(ds) == python_rows(ds)
+
+
+def test_configured_again_it_writes_the_same() -> None:
+    """importlib.reload(ledger.entry) configures the module once more."""
+    again = entry._native_rows()
+    ds = [sample(i) for i in range(1, 6)]
+    assert again is not None and again(ds, 0, GENESIS_HASH) == python_rows(ds)
