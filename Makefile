@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test check bench bench-ledger bench-reads bench-memory database browser clean
 
-$(STAMP): pyproject.toml
+# setup.py and the C it builds too: an editable install compiles ledger/_binary_rows.c only when installed.
+$(STAMP): pyproject.toml setup.py ledger/_binary_rows.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
