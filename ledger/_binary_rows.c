@@ -1,8 +1,8 @@
 /* The ledger's binary COPY rows in C: what ledger/entry.py's write_binary_rows writes, faster.
  *
- * Why: append's Python loop costs 5-6 us an entry (one field at a time through the
- * interpreter), a raw binary COPY of the finished rows about 3; this does the same work
- * in about 1. It knows kinds of field, not fields: ledger/entry.py gives it the schema
+ * Why: append's Python loop costs 4-6 us an entry (one field at a time through the
+ * interpreter), psycopg's COPY of the finished rows about 3; this does the same work in
+ * about 2, some 0.8 of it the two SHA-256 (openssl speed: 0.4 us for 350 bytes here). It knows kinds of field, not fields: ledger/entry.py gives it the schema
  * as a plan (configure), so the fields are still named once, in schemas/disclosure.avsc.
  *
  * One rule keeps it exact: it writes only what it is sure of. A value of any other
@@ -47,7 +47,7 @@ typedef struct {
     int source;
     PyObject *attr;   /* the draft's attribute; NULL for the arguments */
     PyObject *table;  /* K_ENUM: dict; K_ARRAY: dict cache */
-    PyObject *store;  /* K_ARRAY: store(values); K_STAMP: stamp(datetime) */
+    PyObject *store;  /* K_ARRAY: store(values) -> (leaf bytes, row bytes) */
 } Field;
 
 static Field *fields;
