@@ -2,8 +2,9 @@
  *
  * Why: append's Python loop costs 4-6 us an entry (one field at a time through the
  * interpreter), psycopg's COPY of the finished rows about 3; this does the same work in
- * about 2, some 0.8 of it the two SHA-256 (openssl speed: 0.4 us for 350 bytes here). It knows kinds of field, not fields: ledger/entry.py gives it the schema
- * as a plan (configure), so the fields are still named once, in schemas/disclosure.avsc.
+ * about 2, some 0.8 of it the two SHA-256 (openssl speed: 0.4 us for 350 bytes here).
+ * It knows kinds of field, not fields: ledger/entry.py gives it the schema as a plan
+ * (configure), so the fields are still named once, in schemas/disclosure.avsc.
  *
  * One rule keeps it exact: it writes only what it is sure of. A value of any other
  * class or range than the usual (a str or int subclass, a bool, a string that is not
