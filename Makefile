@@ -6,14 +6,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test check bench bench-ledger bench-reads bench-memory database browser clean
+.PHONY: demo test check bench bench-ledger bench-reads bench-memory database browser build-deps clean
 
 # setup.py and the C it builds too: an editable install compiles ledger/_binary_rows.c only when installed.
-$(STAMP): pyproject.toml setup.py ledger/_binary_rows.c
+$(STAMP): pyproject.toml setup.py ledger/_binary_rows.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# The ledger's C row writer needs a C compiler and OpenSSL's headers. Fetch the headers where
+# apt can; without them the install goes on, the ledger writes the same rows in Python, and
+# the test that the writer was built says so.
+build-deps:
+	@test -f /usr/include/openssl/evp.h || \
+	  (command -v apt-get >/dev/null && export DEBIAN_FRONTEND=noninteractive && \
+	   (apt-get install -y -q libssl-dev >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q libssl-dev >/dev/null 2>&1))) || \
+	  echo "OpenSSL's headers (Debian: libssl-dev) are missing: the ledger's C row writer is not built" >&2
 
 # PostgreSQL is only needed by the tests and by a demo pointed at it
 # (ACCORD_LEDGER_URL); start the local cluster if it is installed but down.
