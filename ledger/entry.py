@@ -574,6 +574,14 @@ def binary_timestamp(ms: int) -> bytes:
     return _PK_IQ(8, (ms - _PG_EPOCH_MS) * 1000)
 
 
+def _stamp(at: datetime) -> tuple[bytes, bytes]:
+    """A timestamp's (leaf bytes, binary COPY field): write_binary_rows' and the C writer's one
+    conversion, once a run of equal times (refuses a naive one)."""
+    utc = at if at.tzinfo is UTC and not at.microsecond % 1000 else to_millis(at)
+    ms = (utc - _EPOCH) // _MS
+    return encode_long(ms), binary_timestamp(ms)
+
+
 def _binary_json_list(ascii_only: bool) -> tuple[dict[tuple[str, ...], bytes], Callable[[Sequence[str]], bytes]]:
     """(cache, store): a JSON list of strings as a text field of binary COPY, kept by value."""
     cache: dict[tuple[str, ...], bytes] = {}
@@ -775,11 +783,7 @@ def _namespace() -> dict[str, Any]:
         _NOT_COVERED=NOT_COVERED,
         _DIGEST=DIGEST,
         _check_draft=check_draft,
-        _UTC=UTC,
-        _to_millis=to_millis,
-        _EPOCH=_EPOCH,
-        _MS=_MS,
-        _binary_timestamp=binary_timestamp,
+        _stamp=_stamp,
     )
     return ns
 
@@ -860,7 +864,7 @@ def _binary_rows_source(leaf: Sequence[LeafField], body: Sequence[str]) -> list[
     return [
         "checked_digest = ''",
         "cached = None",
-        f"{stamp}_bin = {stamp}_ms = {stamp}_avro = None",
+        f"{stamp}_bin = {stamp}_avro = None",
         "for draft in drafts:",
         f"    {did} = draft.disclosure_id",
         f"    {outcome} = draft.outcome",
@@ -876,10 +880,7 @@ def _binary_rows_source(leaf: Sequence[LeafField], body: Sequence[str]) -> list[
         # clock turned back, compared within its zone as equal) does not.
         "    if at is not cached and (at != cached or at.fold != cached.fold):",
         "        cached = at",
-        "        utc = at if at.tzinfo is _UTC and not at.microsecond % 1000 else _to_millis(at)  # refuses a naive one",
-        f"        {stamp}_ms = (utc - _EPOCH) // _MS",
-        f"        {stamp}_bin = _binary_timestamp({stamp}_ms)",
-        f"        {stamp}_avro = _long({stamp}_ms)",
+        f"        {stamp}_avro, {stamp}_bin = _stamp(at)  # refuses a naive one",
         "    seq += 1",
         *(f"    {line}" for line in entry if line not in checked and not line.startswith(f"{stamp}_avro = ")),
         "    prev_hash = entry_hash",
@@ -981,13 +982,6 @@ _NATIVE_KINDS: Mapping[tuple[str, bool, str, bool], str] = {
     ("array", False, "text", False): "ARRAY",
     ("timestamp", False, "timestamptz", False): "STAMP",
 }
-
-
-def _stamp(at: datetime) -> tuple[bytes, bytes]:
-    """A timestamp's (leaf bytes, binary COPY field), as write_binary_rows converts it (refuses a naive one)."""
-    utc = at if at.tzinfo is UTC and not at.microsecond % 1000 else to_millis(at)
-    ms = (utc - _EPOCH) // _MS
-    return encode_long(ms), binary_timestamp(ms)
 
 
 def _native_plan(
