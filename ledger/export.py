@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 EXPORT_FORMAT = "accord-ledger-export/2"  # /2: event_digest and subjects
+# After the leaf's fields: the entry's hash, its leaf (base64), leaf hash and inclusion proof.
+_AFTER_FIELDS = ("entry_hash", "leaf", "leaf_hash", "proof")
 COLUMNS = (
     "seq",
     "disclosure_id",
@@ -80,13 +82,8 @@ COLUMNS = (
     "event_digest",
     "subjects",
     "prev_hash",
-    "entry_hash",
-    "leaf",
-    "leaf_hash",
-    "proof",
+    *_AFTER_FIELDS,
 )
-# After the leaf's fields: the entry's hash, its leaf (base64), leaf hash and inclusion proof.
-_AFTER_FIELDS = ("entry_hash", "leaf", "leaf_hash", "proof")
 
 
 def column_problem(columns: Sequence[str], fields: Sequence[str]) -> str | None:
