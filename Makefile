@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# A Debian package installed where apt can, quietly; the package lists refreshed once if needed.
+apt_install = (command -v apt-get >/dev/null && export DEBIAN_FRONTEND=noninteractive && \
+  (apt-get install -y -q $(1) >/dev/null 2>&1 || \
+   (apt-get update -q >/dev/null && apt-get install -y -q $(1) >/dev/null 2>&1)))
 
 .PHONY: demo test check bench bench-ledger bench-reads bench-memory database browser build-deps clean
 
@@ -19,10 +23,7 @@ $(STAMP): pyproject.toml setup.py ledger/_binary_rows.c | build-deps
 # apt can; without them the install goes on, the ledger writes the same rows in Python, and
 # the test that the writer was built says so.
 build-deps:
-	@test -f /usr/include/openssl/evp.h || \
-	  (command -v apt-get >/dev/null && export DEBIAN_FRONTEND=noninteractive && \
-	   (apt-get install -y -q libssl-dev >/dev/null 2>&1 || \
-	    (apt-get update -q >/dev/null && apt-get install -y -q libssl-dev >/dev/null 2>&1))) || \
+	@test -f /usr/include/openssl/evp.h || $(call apt_install,libssl-dev) || \
 	  echo "OpenSSL's headers (Debian: libssl-dev) are missing: the ledger's C row writer is not built" >&2
 
 # PostgreSQL is only needed by the tests and by a demo pointed at it
@@ -37,10 +38,7 @@ database:
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot
 # work offline); install it when it is missing and the machine lets us.
 browser:
-	@command -v chromium >/dev/null || \
-	  (command -v apt-get >/dev/null && export DEBIAN_FRONTEND=noninteractive && \
-	   (apt-get install -y -q chromium >/dev/null 2>&1 || \
-	    (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))) || \
+	@command -v chromium >/dev/null || $(call apt_install,chromium) || \
 	  (echo "Chromium is needed for the browser tests: apt-get install chromium" >&2; exit 1)
 
 demo: $(STAMP)
