@@ -1,6 +1,8 @@
 """I8 and I9 on the real broker and PostgreSQL, each case set up so the old processor broke it.
 
 - A replay after a consent change delivers what the ledger recorded, not a new decision.
+- A replay after a suspension delivers nothing under the suspended agreement, before or
+  after the sweep retracted it, and the rest as recorded.
 - An agreement suspended before a start is in force from that start's first decision,
   and what an earlier run disclosed under it is retracted once, however often it restarts.
 """
@@ -91,6 +93,69 @@ def test_a_replay_after_consent_was_withdrawn_is_retracted_not_redecided(bus: Bu
     # Sent once, before the withdrawal; the replay sends nothing more of a retracted disclosure.
     got = [d for d in bus.received("salford-health-visiting") if d.disclosure_id == disclosed.disclosure_id]
     assert len(got) == 1
+
+
+@pytest.mark.parametrize("swept", [True, False], ids=["retracted-before-the-replay", "replayed-before-the-sweep"])
+def test_a_replay_after_a_suspension_delivers_nothing_under_it_and_the_rest_as_recorded(
+    broker: str, tmp_path_factory: pytest.TempPathFactory, swept: bool
+) -> None:
+    """Found by hand: a worker killed before the broker took its batch, whose agreement was
+    suspended before the batch was replayed, leaves DISCLOSED entries that are never delivered,
+    only retracted. The replay is what decides that, staged here: an event disclosed under
+    custody-to-prosecution, the agreement suspended, the same event sent again, once after the
+    retraction sweep retracted it and once before the sweep ran (its interval an hour). Either
+    way the replay sends nothing more under the suspended agreement, and what other agreements
+    disclosed is delivered again as recorded; retracted, each gets one retraction and notice."""
+    with fresh_role_database() as db:
+        settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("i8-suspended"))
+        if not swept:
+            settings = settings.model_copy(update={"retraction_interval_s": 3600.0})  # one sweep, at the start
+        bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
+        bus.create_topics()
+        bus.start_processor()
+        try:
+            [event] = _events("custody", 1)
+            bus.publish([("custody", event)])
+            entries = bus.ledger(event_id=event["envelope"]["event_id"], outcome="DISCLOSED")
+            suspended = {e.disclosure_id for e in entries if e.agreement_id == "custody-to-prosecution"}
+            others = {e.disclosure_id for e in entries} - suspended
+            assert suspended, "the event was not disclosed under custody-to-prosecution"
+            recipients = {e.recipient for e in entries}
+
+            def sent(ids: set[str]) -> list[str]:
+                return sorted(d.disclosure_id for r in recipients for d in bus.received(r) if d.disclosure_id in ids)
+
+            assert sent(suspended) == sorted(suspended)  # delivered once, before the suspension
+            current = next(a for a in bus.agreements if a.id == "custody-to-prosecution")
+            publish_agreements(
+                settings, [current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})]
+            )
+            if swept:
+                for did in suspended:
+                    _wait_for(lambda did=did: bus.ledger(refers_to=did, outcome="RETRACTED"))
+            else:  # a fresh event decided without the agreement says the processor applied the suspension
+                for probe in _events("custody", 10):
+                    bus.publish([("custody", probe)])
+                    if not bus.ledger(event_id=probe["envelope"]["event_id"], agreement_id=current.id):
+                        break
+                else:
+                    raise AssertionError("the processor never applied the suspension")
+            others_before = len(sent(others))
+
+            bus.publish([("custody", event)])  # the replay
+
+            assert sent(suspended) == sorted(suspended)  # nothing more under the suspended agreement
+            assert len(sent(others)) == others_before + len(others)  # the rest again, as recorded
+            retractions = [e for did in suspended for e in bus.ledger(refers_to=did, outcome="RETRACTED")]
+            if swept:
+                assert sorted(e.refers_to for e in retractions) == sorted(suspended)  # once each
+                notices = [n.retracts_disclosure_id for r in recipients for n in bus.retractions(r)]
+                assert sorted(n for n in notices if n in suspended) == sorted(suspended)
+            else:
+                assert not retractions  # the sweep's to do, within its hour
+            assert verify(bus.engine).ok
+        finally:
+            bus.stop_processor()
 
 
 def test_a_suspension_on_the_feed_before_start_holds_and_retracts_once_across_restarts(
