@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
@@ -230,20 +230,26 @@ def measure(
         clock.close()
 
 
+def relay_key(event_id: bytes, i: int) -> bytes:
+    """The key of a relayed record: its event id and which of the event's out topics it went to."""
+    return event_id + b"|%d" % i
+
+
 class Relay:
     """The processor's Kafka loop with nothing in it: the latency floor of its settings on this broker.
 
     A thread consumes from the event topics as the processor does (``consume(batch_size,
     timeout=window)``, the processor's consumer configuration unless ``overrides`` say
-    otherwise), produces each record keyed by its event id to ``out_topic``, flushes, and
-    commits the batch: the publish -> partner path without decoding, deciding or a ledger.
+    otherwise), produces each record to every topic ``out`` names for its event topic,
+    keyed by :func:`relay_key`, flushes, and commits the batch: the publish -> partner path
+    without decoding, deciding or a ledger. Given the partner topics the agreements send
+    each type to, it makes as many records over as many partitions as the pipeline does.
     """
 
     def __init__(
         self,
         settings: Settings,
-        topics: list[str],
-        out_topic: str,
+        out: Mapping[str, Sequence[str]],
         batch_size: int,
         window_s: float,
         **overrides: object,
@@ -251,8 +257,9 @@ class Relay:
         self.consumer = kafka.consumer(settings, settings.processor_group, **overrides)
         self.producer = kafka.producer(settings)
         self.assigned = threading.Event()
-        self.consumer.subscribe(topics, on_assign=lambda _c, ps: self.assigned.set() if ps else None)
-        self.out_topic, self.batch_size, self.window_s = out_topic, batch_size, window_s
+        self.consumer.subscribe(list(out), on_assign=lambda _c, ps: self.assigned.set() if ps else None)
+        self.out = {topic: list(enumerate(targets)) for topic, targets in out.items()}
+        self.batch_size, self.window_s = batch_size, window_s
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="relay", daemon=True)
         self.thread.start()
@@ -266,8 +273,10 @@ class Relay:
                 continue
             ends: dict[tuple[str, int], int] = {}
             for m in msgs:
-                event_id = dict(m.headers() or []).get(header.EVENT_ID, b"")
-                self.producer.produce(self.out_topic, key=event_id, value=m.value())
+                raw = dict(m.headers() or []).get(header.EVENT_ID)
+                event_id = raw.encode() if isinstance(raw, str) else raw or b""
+                for i, target in self.out[m.topic() or ""]:
+                    self.producer.produce(target, key=relay_key(event_id, i), value=m.value())
                 tp, offset = position(m)
                 ends[tp] = max(ends.get(tp, -1), offset + 1)
             self.producer.flush(30)

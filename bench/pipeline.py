@@ -25,7 +25,8 @@ here asserts a time. The steps, each with its own topic prefix, group and ledger
    load once more with the source producers at ``--source-linger-ms`` (the embedded
    broker's CPU follows the number of record batches it serves, so this shows its
    share); then the same path through the processor's Kafka loop with nothing in it,
-   with its consume settings and without their waits;
+   with its consume settings and without their waits, to one topic and then fanned out
+   as the pipeline's disclosures are (every partner topic of the event's type);
 7. markdown tables, for the README.
 
 Each throughput run also says where the CPU went (bench/cpu.py: processor, PostgreSQL
@@ -260,22 +261,42 @@ class Bench:
             group.no_dead_letters()
             return stages
 
-    def relay_latency(self, load: tuple[float, float], window_s: float, **overrides: object) -> Stage:
-        """Latency through the processor's Kafka loop with nothing in it (bench/latency.py Relay)."""
+    def relay_latency(
+        self, load: tuple[float, float], window_s: float, fan_out: bool = False, **overrides: object
+    ) -> Stage:
+        """Latency through the processor's Kafka loop with nothing in it (bench/latency.py Relay).
+
+        ``fan_out``: each event goes to every partner topic its type is sent to (as many
+        records and partitions as the pipeline's disclosures, withheld ones included);
+        otherwise to one topic of one partition.
+        """
         settings = self.fresh("relay")
-        out = f"{settings.topic_prefix}relay.out"
-        backlog.create_bus_topics(settings, [TopicSpec(out, 1, {})])
-        relay = latency.Relay(settings, self.event_topics(settings), out, settings.batch_size, window_s, **overrides)
+        names = TopicNames(settings.topic_prefix)
+        if fan_out:
+            backlog.create_bus_topics(settings)
+            partners = backlog.partner_topics(settings)
+            out = {names.event(t): partners.get(t, []) for t in EVENT_TYPES}
+        else:
+            single = f"{settings.topic_prefix}relay.out"
+            backlog.create_bus_topics(settings, [TopicSpec(single, 1, {})])
+            out = {names.event(t): [single] for t in EVENT_TYPES}
+        relay = latency.Relay(settings, out, settings.batch_size, window_s, **overrides)
+        keys = {
+            latency.relay_key(e.event_id.encode(), i): e.event_id
+            for e in self.events
+            for i in range(len(out[names.event(e.event_type)]))
+        }
         try:
             if not relay.assigned.wait(30):
                 raise RuntimeError("the relay got no partitions within 30 s")
             [stage] = latency.measure(
                 settings,
-                lambda: {e.event_id.encode(): e.event_id for e in self.events},
-                [out],
+                lambda: keys,
+                sorted({t for ts in out.values() for t in ts}),
                 self.events,
                 [load],
                 progress=lambda _m: None,
+                meter=CpuMeter(self.cpu_groups()),
             )
             return stage
         finally:
@@ -526,27 +547,34 @@ def main() -> int:
                 except Exception as exc:
                     result.failure = f"{type(exc).__name__}: {exc}"
                     log(f"  FAILED: {result.failure}")
-            # The Kafka loop alone, at the headline load: what consume settings cost by themselves.
+            # The Kafka loop alone, at the headline load: what consume settings cost by themselves,
+            # and what the pipeline's fan-out (its partner records and partitions) costs the broker.
             relay_load = (args.headline_load, args.stage_seconds)
-            for label, window, overrides in (
+            close = (
+                f"consume({base.batch_size}, timeout=0.01), fetch.wait.max.ms=10 (close to the processor's: "
+                "first record, then what is buffered, ACCORD_FETCH_WAIT_MAX_MS=10)"
+            )
+            for label, window, fan_out, overrides in (
                 (
                     f"consume({base.batch_size}, timeout={base.batch_window_s}), librdkafka's default fetch wait "
-                    "(the processor's settings before it took what is buffered)",
+                    "(the processor's settings before it took what is buffered); one topic of one partition",
                     base.batch_window_s,
+                    False,
                     {},
                 ),
+                (f"{close}; one topic of one partition", 0.01, False, {"fetch.wait.max.ms": 10}),
                 (
-                    f"consume({base.batch_size}, timeout=0.01), fetch.wait.max.ms=10 (close to the processor's: "
-                    "first record, then what is buffered, ACCORD_FETCH_WAIT_MAX_MS=10)",
+                    f"{close}; each event to every partner topic of its type (the pipeline's fan-out)",
                     0.01,
+                    True,
                     {"fetch.wait.max.ms": 10},
                 ),
             ):
                 log(f"latency of the Kafka loop alone (consume, produce, flush, commit), {label} ...")
                 try:
-                    stage = bench.relay_latency(relay_load, window, **overrides)
+                    stage = bench.relay_latency(relay_load, window, fan_out, **overrides)
                     relays.append((label, stage))
-                    log(f"  {stage.load:,.0f}/s: p50 {stage.p50_ms:.0f} ms, p99 {stage.p99_ms:.0f} ms")
+                    log(describe_stage(stage))
                 except Exception as exc:
                     log(f"  FAILED: {type(exc).__name__}: {exc}")
 
@@ -638,13 +666,14 @@ def main() -> int:
             print()
             print(
                 f"The Kafka loop alone at {args.headline_load:,.0f}/s (consume, produce keyed by event, flush, "
-                "commit; no decoding, no decisions, no ledger):"
+                "commit; no decoding, no decisions, no ledger; the relay is a thread of the bench):"
             )
             print()
-            print("| consumer | p50 ms | p99 ms | max ms |")
-            print("|---|---:|---:|---:|")
+            print("| consumer; out topics | records | p50 ms | p99 ms | max ms | CPU cores: broker / bench |")
+            print("|---|---:|---:|---:|---:|---:|")
             for label, st in relays:
-                print(f"| {label} | {st.p50_ms:.0f} | {st.p99_ms:.0f} | {st.max_ms:.0f} |")
+                cores = " / ".join(f"{st.cores[k]:.2f}" if k in st.cores else "-" for k in ("broker", "bench"))
+                print(f"| {label} | {st.samples:,} | {st.p50_ms:.0f} | {st.p99_ms:.0f} | {st.max_ms:.0f} | {cores} |")
         for attempts in tries.values():
             for r in attempts:
                 if r.failure:
