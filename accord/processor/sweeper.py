@@ -26,6 +26,13 @@ disclosures costs the event stream one bounded chunk per batch, never one pass
 holding all of them in memory. Only the worker holding the control-plane lease
 sweeps (accord/control_lease.py).
 
+A pass begins with one query for where everything stands (both cursors, the newest
+consent record, the ledger head), so a step with nothing to do costs nothing more; under
+a steady stream a pass is that query and the notice step's scan of the entries appended
+since the last one. The notice cursor is written when notices were sent, and otherwise at
+most every ``persist_every_s``: a range scanned and found empty stays empty (the ledger
+only grows past its head), so the sweeper remembers it, and a restart scans it again.
+
 After each pass the sweeper tells the processor's metrics (docs/metrics.md) how far
 behind it is: the consent records still to handle and the age of the oldest, and the
 ledger entries steps 2 and 3 have still to read. Counting the consent backlog costs a
@@ -82,6 +89,7 @@ class RetractionSweeper:
         window: int = 20_000,
         *,
         metrics: ProcessorMetrics | None = None,
+        persist_every_s: float = 30.0,
     ) -> None:
         self.engine = engine
         self.agreements = agreements
@@ -94,21 +102,37 @@ class RetractionSweeper:
         self.metrics = metrics if metrics is not None else ProcessorMetrics()
         self._pending: dict[str, int] = {}
         self._lag_s = 0.0
+        self.persist_every_s = persist_every_s
+        self._notices_done = 0  # the ledger seq up to which this sweeper scanned for notices and sent them
+        self._notices_stored = 0.0  # monotonic time the notice cursor was last written
+        self._appended_head = 0  # the last seq of the retractions this sweeper appended
         cursors.init_cursors(engine)
 
     def sweep(self) -> bool:
         """One bounded pass of the three steps; True when any step left work for the next."""
+        with self.engine.connect() as conn:
+            at = conn.execute(self._positions).one()
         context = self._context()
-        more = self._consent_step(context)
-        more = self._agreement_step(context) or more
-        more = self._notice_step() or more
+        more = self._consent_step(context, at.consent, at.newest_consent or 0)
+        more = self._agreement_step(context, at.head or 0) or more
+        # Retractions appended by steps 1 and 2 are committed up to their last seq: notices now.
+        more = self._notice_step(at.notices, max(at.head or 0, self._appended_head)) or more
         control = self.metrics.control
         control.sweep_pending, control.sweep_lag_s = dict(self._pending), self._lag_s
         control.sweep_at = time.time()
         return more
 
+    # Where each step stands, read in one round trip at the start of a pass.
+    _positions = select(
+        select(cursors.Cursor.position).where(cursors.Cursor.name == CURSOR).scalar_subquery().label("consent"),
+        select(func.max(ConsentRow.id)).scalar_subquery().label("newest_consent"),
+        select(cursors.Cursor.position).where(cursors.Cursor.name == NOTICE_CURSOR).scalar_subquery().label("notices"),
+        select(func.max(LedgerEntry.seq)).scalar_subquery().label("head"),
+    )
+
     def _append(self, owed: Sequence[Retraction]) -> None:
         appended = append(self.engine, [r.entry for r in owed])
+        self._appended_head = max([self._appended_head, *(a.seq for a in appended)])
         self.metrics.retracted(
             Counter(
                 (r.entry.recipient, r.entry.agreement_id, r.entry.agreement_version)
@@ -121,8 +145,11 @@ class RetractionSweeper:
         now = datetime.now(UTC)
         return Context(now.replace(microsecond=now.microsecond // 1000 * 1000), self.partner_classes)
 
-    def _consent_step(self, context: Context) -> bool:
-        start = cursors.get(self.engine, CURSOR)
+    def _consent_step(self, context: Context, start: int | None, newest: int) -> bool:
+        start = start or 0
+        if newest <= start:
+            self._pending["consent"], self._lag_s = 0, 0.0
+            return False
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(ConsentRow.__table__).where(ConsentRow.id > start).order_by(ConsentRow.id).limit(self.batch)
@@ -158,12 +185,11 @@ class RetractionSweeper:
         self._pending["consent"] = int(left)
         self._lag_s = max((datetime.now(UTC) - utc(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
 
-    def _agreement_step(self, context: Context) -> bool:
+    def _agreement_step(self, context: Context, head: int) -> bool:
         ended = [a for a in self.agreements.current() if a.status in ENDED]
         if not ended:
             self._pending["agreements"] = 0
             return False
-        head = self._head()
         more = False
         left = 0
         for agreement in ended:
@@ -187,26 +213,31 @@ class RetractionSweeper:
         self._pending["agreements"] = left
         return more
 
-    def _notice_step(self) -> bool:
-        start = cursors.get(self.engine, NOTICE_CURSOR)
-        head = self._head()
+    def _notice_step(self, stored: int | None, head: int) -> bool:
+        """Send the notices of the RETRACTED entries after the cursor, up to ``head`` (all committed).
+
+        Starts after the stored cursor or, if further, after what this sweeper already
+        scanned and sent: another worker may have moved the stored one meanwhile, and
+        what either scanned needs no second look.
+        """
+        start = max(stored or 0, self._notices_done)
         if head <= start:
             self._pending["notices"] = 0
             return False
         to_send, reached = self._entries(start, head, LedgerEntry.outcome == "RETRACTED")
         errors: list[str] = []
-        for stored in to_send:
-            self._send(stored.seq, stored.draft, errors)
+        for entry in to_send:
+            self._send(entry.seq, entry.draft, errors)
         self._flush(errors, "retraction notices")
-        cursors.advance(self.engine, NOTICE_CURSOR, reached)
+        self._notices_done = reached
+        now = time.monotonic()
+        if to_send or now - self._notices_stored >= self.persist_every_s:
+            cursors.advance(self.engine, NOTICE_CURSOR, reached)
+            self._notices_stored = now
         if to_send:
             log.info("retractions", notices=len(to_send))
         self._pending["notices"] = head - reached
         return reached < head
-
-    def _head(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.max(LedgerEntry.seq))).scalar_one() or 0
 
     def _entries(self, after: int, upto: int, *where: ColumnElement[bool]) -> tuple[list[StoredEntry], int]:
         """At most ``batch`` matching entries in (after, upto], and the seq the cursor may move to.

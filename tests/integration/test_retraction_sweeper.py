@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import event
 
 from accord.processor.sweeper import RetractionSweeper
 from agreements import Status
@@ -79,3 +80,70 @@ def test_suspending_an_agreement_retracts_each_disclosure_once_in_the_ledger_the
     _sweep_to_the_end(sweeper)
     assert ledger_size(parts) == size
     assert len(parts.bus.retractions("cps")) == EVENTS
+
+
+def _sweeper(parts: Parts, persist_every_s: float) -> RetractionSweeper:
+    return RetractionSweeper(
+        parts.db.app,
+        parts.agreement_set,
+        kafka.producer(parts.settings),
+        parts.names,
+        load_partners(parts.settings.partners_file),
+        persist_every_s=persist_every_s,
+    )
+
+
+def test_each_notice_goes_once_when_leaders_change_and_restart_with_the_notice_cursor_behind(parts: Parts) -> None:
+    """A sweeper remembers what it scanned and writes the notice cursor only when it sent
+    notices (or every persist_every_s): here never, unless it sent some. So the stored
+    cursor lags what sweeper A scanned; B, leading meanwhile, retracts and sends from the
+    stored one; then A leads again, then a restarted C. Nobody may send a notice twice."""
+    current = agreement(parts, AGREEMENT)
+    events = shared_custody_events(current, 2 * EVENTS)
+    first, later = events[:EVENTS], events[EVENTS:]
+    parts.handler.handle([parts.inbound("custody", e, offset=i) for i, e in enumerate(first)])
+    a = _sweeper(parts, persist_every_s=3600)
+    _sweep_to_the_end(a)  # writes the cursor once (its first pass), then only remembers
+    parts.handler.handle([parts.inbound("custody", e, offset=EVENTS + i) for i, e in enumerate(later)])
+    _sweep_to_the_end(a)  # scans the later disclosures: nothing to send, the stored cursor stays behind
+
+    suspended = current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})
+    parts.agreement_set.apply(suspended.model_dump_json().encode())
+    b = _sweeper(parts, persist_every_s=3600)  # another worker took the lease
+    _sweep_to_the_end(b)
+    _sweep_to_the_end(a)  # and gave it back
+    _sweep_to_the_end(_sweeper(parts, persist_every_s=3600))  # a restart
+
+    retracted = parts.ledger(outcome="RETRACTED")
+    assert len(retracted) == 2 * 2 * EVENTS  # to cps and to hmcts, of each event
+    assert Counter(r.refers_to for r in retracted).most_common(1)[0][1] == 1
+    for partner in ("cps", "hmcts"):
+        notices = Counter(n.retracts_disclosure_id for n in parts.bus.retractions(partner))
+        assert set(notices) == {r.refers_to for r in retracted if r.recipient == partner}
+        assert set(notices.values()) == {1}, "a notice was sent twice"
+
+
+def test_a_pass_with_nothing_new_reads_one_row_and_a_stream_without_retractions_writes_nothing(parts: Parts) -> None:
+    """What keeps the sweep off the event stream's back: counted on the app role's engine."""
+    current = agreement(parts, AGREEMENT)
+    events = shared_custody_events(current, 2 * EVENTS)
+    parts.handler.handle([parts.inbound("custody", e, offset=i) for i, e in enumerate(events[:EVENTS])])
+    sweeper = _sweeper(parts, persist_every_s=3600)
+    _sweep_to_the_end(sweeper)
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement.split()[0].upper())
+
+    event.listen(parts.db.app, "before_cursor_execute", note)
+    try:
+        assert sweeper.sweep() is False
+        idle = list(statements)
+        parts.handler.handle([parts.inbound("custody", e, offset=EVENTS + i) for i, e in enumerate(events[EVENTS:])])
+        statements.clear()
+        assert sweeper.sweep() is False
+        streaming = list(statements)
+    finally:
+        event.remove(parts.db.app, "before_cursor_execute", note)
+    assert idle == ["SELECT"], idle
+    assert streaming == ["SELECT", "SELECT"], streaming  # where things stand; the new entries' RETRACTED ones
