@@ -14,15 +14,19 @@ One pass of the loop (``SharingLoop.run_once``), in this order:
    whose work returns True has more waiting and runs again on the next pass, so a
    large job (retracting a suspended agreement) goes in bounded chunks between batches.
 
-Steps 3 and 4 overlap with the next batch (``_complete``): while the broker confirms
-batch N's disclosures, the loop takes batch N+1 and reads, looks up and decides it
-(``prepare``, which writes nothing), then
+Steps 3 and 4 overlap with the next batch (``_complete``): while batch N is appended to
+the ledger and produced (``send``, on one sender thread) and the broker confirms it, the
+loop takes batch N+1 and reads, looks up and decides it (``prepare``, which writes
+nothing), then
 
-a. waits for the broker to take batch N (``settle``) and commits N's offsets;
-b. appends N+1's decisions to the ledger and produces its disclosures (``send``);
+a. waits for batch N's send to end and the broker to take it (``settle``), and commits
+   N's offsets;
+b. hands N+1 to the sender thread: append its decisions to the ledger, then produce its
+   disclosures (``send``);
 
 and N+1 is settled the same way by the batch after it, or at once when nothing more is
-waiting. So nothing is produced before its ledger entry is committed (I1), no offset is
+waiting. The sender thread mostly waits on PostgreSQL and the broker, which frees the
+GIL for ``prepare``. So nothing is produced before its ledger entry is committed (I1), no offset is
 committed before the broker took its batch's records (I7), and batches reach the broker
 in order. A batch is settled before anything else happens: the control plane's work (a
 retraction must follow its disclosure onto the partner's topic), a rebalance, a stop,
@@ -53,6 +57,7 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Protocol, TypeVar
@@ -136,7 +141,7 @@ class _Pending:
     """A batch sent (in the ledger, its disclosures produced) but not yet settled and committed."""
 
     batch: list[Inbound]
-    sending: Sending
+    sending: Future[Sending]  # send() on the sender thread: the ledger append, then the produce
     started: float  # perf_counter when the batch began
 
 
@@ -178,6 +183,7 @@ class SharingLoop:
         probe_interval_s: float = 2.0,
         lag_interval_s: float = 1.0,
         overlap: bool = True,
+        sender: Executor | None = None,
     ) -> None:
         self.consumer = consumer
         self.feed = feed
@@ -207,6 +213,10 @@ class SharingLoop:
         self._proven_at = time.monotonic()  # the services last answered (a batch, or the probes)
         self._lag_at = 0.0
         self._pending: _Pending | None = None
+        # One thread, so batches reach the ledger and the broker in order; its work is always
+        # joined (settled) before the next batch is sent, before the control plane, a rebalance or a stop.
+        # (A test may give an executor that runs send at once, to read the calls in a fixed order.)
+        self._sender = sender or ThreadPoolExecutor(max_workers=1, thread_name_prefix="accord-send")
 
     @property
     def stopping(self) -> bool:
@@ -311,12 +321,9 @@ class SharingLoop:
             batch = [m for m in batch if (m.topic, m.partition) not in self.moved]
             self.moved.clear()
             return self._complete_now(batch) or report
-        # b. this batch
-        try:
-            sending = self.handler.send(prepared)
-        except Exception:  # noqa: BLE001 - as above: done again (a replay of what reached the ledger)
-            return self._complete_now(batch) or report
-        self._pending = _Pending(batch, sending, started)
+        # b. this batch, on the sender thread: its ledger append and produce run while this
+        # thread takes and prepares the next one (the waits on PostgreSQL leave the GIL free)
+        self._pending = _Pending(batch, self._sender.submit(self.handler.send, prepared), started)
         return report
 
     def _settle_pending(self) -> BatchReport | None:
@@ -325,10 +332,10 @@ class SharingLoop:
         if pending is None:
             return None
         try:
-            report = self.handler.settle(pending.sending)
+            report = self.handler.settle(pending.sending.result())
             self._finish(pending.batch, report, pending.started)
             return report
-        except Exception:  # noqa: BLE001 - the batch is done again from its records: waits if it is an outage
+        except Exception:  # noqa: BLE001 - send or settle failed: the batch is done again from its records (a replay of what reached the ledger); waits if it is an outage
             return self._complete_now(pending.batch)
 
     def _settle_quietly(self, why: str) -> None:
@@ -337,7 +344,7 @@ class SharingLoop:
         if pending is None:
             return
         try:
-            self._finish(pending.batch, self.handler.settle(pending.sending), pending.started)
+            self._finish(pending.batch, self.handler.settle(pending.sending.result()), pending.started)
         except Exception as exc:  # noqa: BLE001 - left uncommitted: its partitions' next owner replays it (I7, I8)
             log.warning("batch_left_for_replay", reason=why, error=type(exc).__name__, records=len(pending.batch))
 
@@ -594,6 +601,7 @@ class SharingLoop:
         Not leaving: the caller keeps the consumer alive until the process ends (its
         destructor would leave the group), and the group notices after the session timeout.
         """
+        self._sender.shutdown(wait=True)
         closers = ([self.consumer.close] if leave_group else []) + [self.feed.close]
         closers += [self.lease.release] if self.lease else []
         for close in closers:

@@ -10,7 +10,9 @@ sequence of calls the fakes saw, so any step out of its place fails it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import pytest
@@ -150,9 +152,24 @@ class Handler:
         pass
 
 
-def _loop(batches: Iterable[Sequence[int] | None], **kw: Any) -> tuple[SharingLoop, Handler, list[str]]:
-    calls: list[str] = []
-    handler = Handler(calls)
+class AtOnce(Executor):
+    """Runs each send as it is handed over, so a test reads the calls in one fixed order."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+
+def _loop(
+    batches: Iterable[Sequence[int] | None], handler: Handler | None = None, **kw: Any
+) -> tuple[SharingLoop, Handler, list[str]]:
+    calls: list[str] = [] if handler is None else handler.calls
+    handler = handler or Handler(calls)
+    kw.setdefault("sender", AtOnce())
     loop = SharingLoop(
         Consumer(calls, batches),  # type: ignore[arg-type]
         Feed(),  # type: ignore[arg-type]  # the loop reads only by_key() of its agreements
@@ -289,3 +306,55 @@ def test_a_batch_decided_before_a_rebalance_is_not_sent_for_partitions_gone_mean
     loop.run_once()
     # 2-3 was decided, but its partition went while 0-1 settled: its new owner reads it.
     assert calls == ["prepare 0-1", "send 0-1", "prepare 2-3", "settle 0-1", "commit 2"]
+
+
+class SlowSender(Handler):
+    """A send that takes its time (a ledger append waiting on PostgreSQL): it ends only once the
+    next batch has been prepared, or after 2 s ("alone": nothing was prepared meanwhile)."""
+
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__(calls)
+        self.prepares = 0
+        self.index: dict[str, int] = {}
+        self.changed = threading.Condition()
+
+    def prepare(self, batch: Sequence[Inbound]) -> Prepared:
+        prepared = super().prepare(batch)
+        with self.changed:
+            self.prepares += 1
+            self.index[_name(batch)] = self.prepares
+            self.changed.notify_all()
+        return prepared
+
+    def send(self, prepared: Prepared) -> Sending:
+        mine = self.index[self.batch_of[id(prepared.report)]]
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.prepares > mine, timeout=2):
+                self.calls.append("alone")
+        return super().send(prepared)
+
+
+def test_the_sender_thread_appends_and_produces_a_batch_while_the_next_one_is_prepared() -> None:
+    calls: list[str] = []
+    loop, _, _ = _loop([[0, 1, 2], [3, 4], [5]], SlowSender(calls), sender=None)  # the real sender thread
+    try:
+        _passes(loop, 4)
+    finally:
+        loop.close(leave_group=False)
+    # Each send ended only after the next batch was prepared, so they ran at once; and the next
+    # was sent only once the one before had settled and its offsets were committed.
+    assert calls == [
+        "prepare 0-2",
+        "prepare 3-4",
+        "send 0-2",
+        "settle 0-2",
+        "commit 3",
+        "prepare 5",
+        "send 3-4",
+        "settle 3-4",
+        "commit 5",
+        "alone",  # nothing more to prepare: it waited its 2 s, and still settled before the commit
+        "send 5",
+        "settle 5",
+        "commit 6",
+    ]
