@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Engine, String, func, select
+from sqlalchemy import BigInteger, Engine, ScalarSelect, String, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -40,9 +40,14 @@ def init_cursors(engine: Engine) -> None:
             conn.execute(select(Cursor.position).limit(1))
 
 
+def position(name: str) -> ScalarSelect[int]:
+    """The cursor's position as a scalar subquery (NULL before its first advance), to read with other things."""
+    return select(Cursor.position).where(Cursor.name == name).scalar_subquery()
+
+
 def get(engine: Engine, name: str) -> int:
     with engine.connect() as conn:
-        return conn.execute(select(Cursor.position).where(Cursor.name == name)).scalar_one_or_none() or 0
+        return conn.execute(select(position(name))).scalar_one_or_none() or 0
 
 
 def advance(engine: Engine, name: str, position: int) -> None:

@@ -26,9 +26,9 @@ b. hands N+1 to the sender thread: append its decisions to the ledger, then prod
 
 and N+1 is settled the same way by the batch after it, or at once when nothing more is
 waiting. The sender thread mostly waits on PostgreSQL and the broker, which frees the
-GIL for ``prepare``. So nothing is produced before its ledger entry is committed (I1), no offset is
-committed before the broker took its batch's records (I7), and batches reach the broker
-in order. A batch is settled before anything else happens: the control plane's work (a
+GIL for ``prepare``. So nothing is produced before its ledger entry is committed (I1),
+no offset is committed before the broker took its batch's records (I7), and batches
+reach the broker in order. A batch is settled before anything else happens: the control plane's work (a
 retraction must follow its disclosure onto the partner's topic), a rebalance, a stop,
 a batch of receipts; and a batch that fails to settle is done again from its records,
 which the ledger turns into a replay (I8).

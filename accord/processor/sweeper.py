@@ -105,18 +105,19 @@ class RetractionSweeper:
         self.persist_every_s = persist_every_s
         self._notices_done = 0  # the ledger seq up to which this sweeper scanned for notices and sent them
         self._notices_stored = 0.0  # monotonic time the notice cursor was last written
-        self._appended_head = 0  # the last seq of the retractions this sweeper appended
+        self._appended_head = 0  # the last seq of the retractions appended in this pass (0: none)
         cursors.init_cursors(engine)
 
     def sweep(self) -> bool:
         """One bounded pass of the three steps; True when any step left work for the next."""
         with self.engine.connect() as conn:
-            at = conn.execute(self._positions).one()
+            consent_at, newest_consent, notices_at, head = (v or 0 for v in conn.execute(self._positions).one())
         context = self._context()
-        more = self._consent_step(context, at.consent, at.newest_consent or 0)
-        more = self._agreement_step(context, at.head or 0) or more
+        self._appended_head = 0
+        more = self._consent_step(context, consent_at, newest_consent)
+        more = self._agreement_step(context, head) or more
         # Retractions appended by steps 1 and 2 are committed up to their last seq: notices now.
-        more = self._notice_step(at.notices, max(at.head or 0, self._appended_head)) or more
+        more = self._notice_step(notices_at, max(head, self._appended_head)) or more
         control = self.metrics.control
         control.sweep_pending, control.sweep_lag_s = dict(self._pending), self._lag_s
         control.sweep_at = time.time()
@@ -124,10 +125,10 @@ class RetractionSweeper:
 
     # Where each step stands, read in one round trip at the start of a pass.
     _positions = select(
-        select(cursors.Cursor.position).where(cursors.Cursor.name == CURSOR).scalar_subquery().label("consent"),
-        select(func.max(ConsentRow.id)).scalar_subquery().label("newest_consent"),
-        select(cursors.Cursor.position).where(cursors.Cursor.name == NOTICE_CURSOR).scalar_subquery().label("notices"),
-        select(func.max(LedgerEntry.seq)).scalar_subquery().label("head"),
+        cursors.position(CURSOR),
+        select(func.max(ConsentRow.id)).scalar_subquery(),
+        cursors.position(NOTICE_CURSOR),
+        select(func.max(LedgerEntry.seq)).scalar_subquery(),
     )
 
     def _append(self, owed: Sequence[Retraction]) -> None:
@@ -145,8 +146,7 @@ class RetractionSweeper:
         now = datetime.now(UTC)
         return Context(now.replace(microsecond=now.microsecond // 1000 * 1000), self.partner_classes)
 
-    def _consent_step(self, context: Context, start: int | None, newest: int) -> bool:
-        start = start or 0
+    def _consent_step(self, context: Context, start: int, newest: int) -> bool:
         if newest <= start:
             self._pending["consent"], self._lag_s = 0, 0.0
             return False
@@ -213,14 +213,14 @@ class RetractionSweeper:
         self._pending["agreements"] = left
         return more
 
-    def _notice_step(self, stored: int | None, head: int) -> bool:
+    def _notice_step(self, stored: int, head: int) -> bool:
         """Send the notices of the RETRACTED entries after the cursor, up to ``head`` (all committed).
 
         Starts after the stored cursor or, if further, after what this sweeper already
         scanned and sent: another worker may have moved the stored one meanwhile, and
         what either scanned needs no second look.
         """
-        start = max(stored or 0, self._notices_done)
+        start = max(stored, self._notices_done)
         if head <= start:
             self._pending["notices"] = 0
             return False
