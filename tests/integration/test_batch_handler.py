@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import Counter
@@ -143,3 +144,51 @@ def test_nothing_is_on_a_partner_topic_while_the_ledger_transaction_is_open(part
     assert report.appended == ledger_size(parts) > 0
     for partner in ("cps", "hmcts"):
         assert sorted(delivered(parts.partner_topic(partner))) == sorted(disclosed(parts, partner).items())
+
+
+@pytest.mark.parametrize(
+    ("copy_", "between", "others"),
+    [
+        ("the same content", "nothing", 0),
+        ("other content", "nothing", 0),
+        ("the same content", "a new version of the agreement", 0),
+        ("other content", "a new version of the agreement", 0),
+        # more sends end meanwhile than the handler keeps the ids of: the ledger is asked
+        ("other content", "a new version of the agreement", 9),
+    ],
+)
+def test_an_event_in_the_batch_before_is_a_replay_though_it_was_looked_up_before_that_batch_was_recorded(
+    parts: Parts, copy_: str, between: str, others: int
+) -> None:
+    """The sender thread's order: batch 2 is read, looked up and decided while batch 1 is
+    still on its way to the ledger, so batch 2's look-up cannot see batch 1's entries. An
+    event of batch 1 sent again in batch 2 must still be what the ledger recorded: the same
+    decisions and disclosure ids (redelivered, or dead-lettered if its content differs),
+    never a second decision, even under a new version of its agreement applied in between (I8)."""
+    current = agreement(parts, AGREEMENT)
+    [record] = shared_custody_events(current, 1)
+    again = copy.deepcopy(record)
+    if copy_ == "other content":
+        again["custody_record_id"] = f"{again['custody_record_id']}B"
+    event_id = record["envelope"]["event_id"]
+    first = parts.handler.prepare([parts.inbound("custody", record, offset=0)])
+    if between != "nothing":
+        newer = current.model_copy(update={"version": current.version + 1})
+        parts.agreement_set.apply(newer.model_dump_json().encode())
+    second = parts.handler.prepare([parts.inbound("custody", again, offset=1)])
+    parts.handler.settle(parts.handler.send(first))
+    recorded = {r.disclosure_id for r in parts.ledger(event_id=event_id)}
+    for i, other in enumerate(shared_custody_events(current, others)):
+        parts.handler.handle([parts.inbound("custody", other, offset=2 + i, partition=1)])
+    report = parts.handler.settle(parts.handler.send(second))
+
+    assert {r.disclosure_id for r in parts.ledger(event_id=event_id)} == recorded, "decided again"
+    in_ledger = {r.disclosure_id for r in parts.ledger()}
+    for partner in ("cps", "hmcts"):
+        ids = [d for d, _seq in delivered(parts.partner_topic(partner))]
+        assert set(ids) <= in_ledger, "a disclosure the ledger does not hold"
+        mine = [d for d in ids if d in recorded]  # the other batches' disclosures aside
+        assert len(mine) == (2 if copy_ == "the same content" else 1), mine
+    conflicts = [h for h in parts.dead_letters() if h[header.ERROR] == b"ConflictingDuplicate"]
+    assert len(conflicts) == (0 if copy_ == "the same content" else 1)
+    assert report.appended == 0
