@@ -14,7 +14,11 @@ With the processor(s) running and caught up on empty topics:
    have arrived;
 4. the ledger maps each disclosure id to its event, so each partner record's
    latency is its receive time minus its event's publish time. One sample per
-   partner record (an event sent to two partners gives two).
+   partner record (an event sent to two partners gives two). Each sample is also
+   split at the partner record's timestamp, which the processor's producer sets when
+   it produces it (wall clock, milliseconds): publish -> produced is the broker's way
+   in, the wait for a batch and the processor's work; produced -> partner is the
+   broker's way out to the partner's consumer.
 
 Nothing in the processor is changed: its batch window (ACCORD_BATCH_WINDOW_S, the
 longest ``consume`` waits to fill a batch of ACCORD_BATCH_SIZE) is part of what is
@@ -52,6 +56,10 @@ class Stage:
     p99_ms: float
     max_ms: float
     cores: dict[str, float] = field(default_factory=dict)  # CPU cores used while it was published and drained
+    # The same samples split at the partner record's CreateTime (the processor's produce() call,
+    # wall clock, ms): publish -> produce (broker in, the batch, decisions, ledger) and produce -> partner.
+    p99_in_ms: float = float("nan")
+    p99_out_ms: float = float("nan")
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -74,6 +82,7 @@ class PartnerClock:
         self.assigned = threading.Event()
         self.consumer.subscribe(topics, on_assign=lambda _c, ps: self.assigned.set() if ps else None)
         self.arrived: dict[bytes, int] = {}
+        self.made: dict[bytes, tuple[int, int]] = {}  # key -> (CreateTime ms, wall ns on arrival)
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="partner-clock", daemon=True)
         self.thread.start()
@@ -82,9 +91,12 @@ class PartnerClock:
         # poll() returns as soon as a record is there (consume(n) would wait to fill n).
         while not self.stopping:
             m = self.consumer.poll(0.05)
-            key = m.key() if m is not None and m.error() is None else None
-            if key is not None:
-                self.arrived.setdefault(key, time.monotonic_ns())
+            if m is None or m.error() is not None:
+                continue
+            key = m.key()
+            if key is not None and key not in self.arrived:
+                self.arrived[key] = time.monotonic_ns()
+                self.made[key] = (m.timestamp()[1], time.time_ns())
 
     def count(self) -> int:
         return len(self.arrived)
@@ -102,6 +114,7 @@ class SteadyPublisher:
         self.names = TopicNames(settings.topic_prefix)
         self.producer = kafka.producer(settings, **overrides)
         self.sent: dict[str, int] = {}  # event id -> monotonic ns just before produce
+        self.sent_wall: dict[str, int] = {}  # event id -> wall ns just before produce
         self.ends: dict[tuple[str, int], int] = {}
         self.failed: list[str] = []
 
@@ -120,6 +133,7 @@ class SteadyPublisher:
             if wait > 0:
                 time.sleep(wait)
             self.sent[e.event_id] = time.monotonic_ns()
+            self.sent_wall[e.event_id] = time.time_ns()
             while True:
                 try:
                     self.producer.produce(
@@ -205,14 +219,22 @@ def measure(
                 )
         # 4.
         event_of = resolve()
-        by_event: dict[str, list[float]] = {}
+        by_event: dict[str, list[tuple[float, float, float]]] = {}  # (whole, in, out) per partner record
         for key, arrived in clock.arrived.items():
             event_id = event_of.get(key)
             if event_id is not None and event_id in publisher.sent:
-                by_event.setdefault(event_id, []).append((arrived - publisher.sent[event_id]) / 1e6)
+                made_ms, arrived_wall = clock.made[key]
+                by_event.setdefault(event_id, []).append(
+                    (
+                        (arrived - publisher.sent[event_id]) / 1e6,
+                        made_ms - publisher.sent_wall[event_id] / 1e6,
+                        arrived_wall / 1e6 - made_ms,
+                    )
+                )
         out = []
         for load, achieved, ids, cores in stages:
-            samples = sorted(ms for i in ids for ms in by_event.get(i, ()))
+            parts = [t for i in ids for t in by_event.get(i, ())]
+            samples = sorted(t[0] for t in parts)
             out.append(
                 Stage(
                     load,
@@ -223,6 +245,8 @@ def measure(
                     quantile(samples, 0.99),
                     samples[-1] if samples else float("nan"),
                     cores,
+                    quantile(sorted(t[1] for t in parts), 0.99),
+                    quantile(sorted(t[2] for t in parts), 0.99),
                 )
             )
         return out

@@ -323,7 +323,8 @@ def describe_stage(s: Stage) -> str:
     cores = ", ".join(f"{k} {c:.2f}" for k, c in s.cores.items())
     return (
         f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
-        f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms; "
+        f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms "
+        f"(p99 publish -> produced {s.p99_in_ms:.0f} ms, produced -> partner {s.p99_out_ms:.0f} ms); "
         f"cores: {cores or '-'}"
     )
 
@@ -627,13 +628,14 @@ def main() -> int:
             print()
             print(
                 "| workers | offered events/s | achieved | partner records | p50 ms | p99 ms | max ms "
+                "| p99 ms: publish -> produced / produced -> partner "
                 "| CPU cores: processor / PostgreSQL / broker / bench |"
             )
-            print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for result in latencies:
                 if result.failure is not None:
                     ok = False
-                    print(f"| {result.workers} | failed | | | | | | |")
+                    print(f"| {result.workers} | failed | | | | | | | |")
                     continue
                 for s in result.stages:
                     cores = " / ".join(
@@ -642,7 +644,7 @@ def main() -> int:
                     )
                     print(
                         f"| {result.workers} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
-                        f"{s.p99_ms:.0f} | {s.max_ms:.0f} | {cores} |"
+                        f"{s.p99_ms:.0f} | {s.max_ms:.0f} | {s.p99_in_ms:.0f} / {s.p99_out_ms:.0f} | {cores} |"
                     )
             print()
             for result in latencies:
@@ -669,11 +671,17 @@ def main() -> int:
                 "commit; no decoding, no decisions, no ledger; the relay is a thread of the bench):"
             )
             print()
-            print("| consumer; out topics | records | p50 ms | p99 ms | max ms | CPU cores: broker / bench |")
-            print("|---|---:|---:|---:|---:|---:|")
+            print(
+                "| consumer; out topics | records | p50 ms | p99 ms | max ms "
+                "| p99 ms: publish -> produced / produced -> partner | CPU cores: broker / bench |"
+            )
+            print("|---|---:|---:|---:|---:|---:|---:|")
             for label, st in relays:
                 cores = " / ".join(f"{st.cores[k]:.2f}" if k in st.cores else "-" for k in ("broker", "bench"))
-                print(f"| {label} | {st.samples:,} | {st.p50_ms:.0f} | {st.p99_ms:.0f} | {st.max_ms:.0f} | {cores} |")
+                print(
+                    f"| {label} | {st.samples:,} | {st.p50_ms:.0f} | {st.p99_ms:.0f} | {st.max_ms:.0f} "
+                    f"| {st.p99_in_ms:.0f} / {st.p99_out_ms:.0f} | {cores} |"
+                )
         for attempts in tries.values():
             for r in attempts:
                 if r.failure:
