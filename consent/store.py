@@ -8,10 +8,16 @@ to it (invariant I5).
 (consent.model.check_preference): the subject key normalised, every scope known.
 The caller passes the known scopes in (:class:`consent.model.KnownScopes`, from
 the partner registry); the store reads no files.
+
+Records are written one at a time (:data:`WRITER_LOCK_KEY`), so their ids commit in
+order: the retraction sweep reads the records after the last id it handled, and a
+record given an id before another but committed after it would fall behind that
+cursor, its withdrawal never swept and never relayed.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,11 +34,16 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes, check_preference
+
+# pg_advisory_xact_lock key serialising consent writers (first 8 bytes of sha256("accord.consent")).
+# SQLite needs none: an insert holds the database's write lock until its commit.
+WRITER_LOCK_KEY = int.from_bytes(hashlib.sha256(b"accord.consent").digest()[:8], "big", signed=True)
 
 
 class ConsentBase(DeclarativeBase):
@@ -86,6 +97,9 @@ def record(
         raise InvalidPreference("expires_at", "the expiry time must carry a time zone")
     now = datetime.now(UTC)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # The id is drawn after the lock: ids commit in their order (the module's docstring).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITER_LOCK_KEY})
         new_id = conn.execute(
             insert(ConsentRow).returning(ConsentRow.id),
             {

@@ -18,6 +18,9 @@ records one twice and a replay re-sends a notice with the same id (I7).
 Steps 2 and 3 read ledger entries up to a head read first: seqs are assigned
 under the ledger's writer lock and committed in order, so every entry up to
 that head is already committed and none can appear behind the cursor later.
+Step 1 reads the consent records after its cursor for the same reason: they are
+written under the consent store's writer lock (consent/store.py), so their ids
+commit in order too.
 
 Every step handles at most ``batch`` rows (read from at most ``window`` ledger
 seqs) per pass and says whether more are waiting (``sweep`` returns True): the processor then runs the next pass right

@@ -8,16 +8,24 @@ recipient's partner topic, read back with the partner SDK. A second sweep sends 
 
 from __future__ import annotations
 
+import random
+import secrets
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
+import consent
 from accord.processor.sweeper import RetractionSweeper
+from accord.sharing.decide import subject_key
 from agreements import Status
 from agreements.partners import load_partners
 from bus import kafka
+from producers.synthetic import build_scenario
+from tests.bus import read_topic
 from tests.integration.parts import Parts, agreement, disclosed, ledger_size, processor_parts, shared_custody_events
 
 AGREEMENT = "custody-to-prosecution"
@@ -147,3 +155,99 @@ def test_a_pass_with_nothing_new_reads_one_row_and_a_stream_without_retractions_
         event.remove(parts.db.app, "before_cursor_execute", note)
     assert idle == ["SELECT"], idle
     assert streaming == ["SELECT", "SELECT"], streaming  # where things stand; the new entries' RETRACTED ones
+
+
+def _app_sessions_waiting_on_advisory_locks(parts: Parts) -> int:
+    with parts.db.admin.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.usename = :role"
+                ),
+                {"role": parts.db.app_role},
+            ).scalar_one()
+        )
+
+
+def test_a_withdrawal_given_its_id_first_but_committed_last_is_still_swept_and_relayed(parts: Parts) -> None:
+    """Consent ids come from a sequence: two citizens withdrawing at once, the first id's
+    transaction still open when the second commits, must not leave the first behind the
+    sweep's cursor (its disclosures never retracted, its change never relayed). The first
+    writer is held between its insert and its commit by a trigger the owner adds, which
+    waits on a lock this test holds; the sweep runs while it is held, then to the end."""
+    natal = [
+        e.record
+        for e in build_scenario(200, seed=random.randrange(1 << 30), n_malformed=0).events
+        if e.event_type == "natal_care"
+    ]
+    first, second = (
+        natal[0],
+        next(e for e in natal if subject_key("natal_care", e) != subject_key("natal_care", natal[0])),
+    )
+    parts.handler.handle([parts.inbound("natal_care", e, offset=i) for i, e in enumerate([first, second])])
+    sent = disclosed(parts, "salford-health-visiting")
+    assert len(sent) == 2
+    sweeper = _sweeper(parts, persist_every_s=3600)
+    _sweep_to_the_end(sweeper)
+
+    hold = int.from_bytes(secrets.token_bytes(7), "big")
+    held = subject_key("natal_care", first)
+    with parts.db.owner.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION hold_consent() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.subject_key = '{held}' THEN PERFORM pg_advisory_xact_lock({hold}); END IF; "
+                "RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER hold_consent AFTER INSERT ON consent_records "
+                "FOR EACH ROW EXECUTE FUNCTION hold_consent()"
+            )
+        )
+    known = consent.KnownScopes.from_partners(load_partners(parts.settings.partners_file))
+    failed: list[BaseException] = []
+
+    def withdraw(event: dict) -> threading.Thread:
+        def run() -> None:
+            try:
+                consent.record(
+                    parts.db.app,
+                    subject_key("natal_care", event),
+                    consent.ConsentDecision.DENY,
+                    known=known,
+                    recipient="salford-health-visiting",
+                )
+            except BaseException as exc:  # handed to the test's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    with parts.db.admin.connect() as holder, holder.begin():
+        holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": hold})
+        writers = [withdraw(first)]
+        deadline = time.monotonic() + 30
+        while _app_sessions_waiting_on_advisory_locks(parts) < 1:  # the first has its id, and waits
+            assert not failed and time.monotonic() < deadline, failed
+            time.sleep(0.05)
+        writers.append(withdraw(second))
+        # The second commits, or waits behind the first: either way, sweep now.
+        while writers[1].is_alive() and _app_sessions_waiting_on_advisory_locks(parts) < 2:
+            assert not failed and time.monotonic() < deadline, failed
+            time.sleep(0.05)
+        _sweep_to_the_end(sweeper)
+    for w in writers:
+        w.join(30)
+    assert not failed, failed
+    _sweep_to_the_end(sweeper)
+
+    retracted = parts.ledger(outcome="RETRACTED")
+    assert sorted(r.refers_to for r in retracted) == sorted(sent)
+    assert sorted(n.retracts_disclosure_id for n in parts.bus.retractions("salford-health-visiting")) == sorted(sent)
+    catalogue = parts.agreement_set.catalogue
+    relayed = [catalogue.decode(v)[1] for _h, v in read_topic(parts.settings, parts.names.consent_preferences) if v]
+    assert sorted(c["subject_key"] for c in relayed) == sorted(subject_key("natal_care", e) for e in (first, second))
