@@ -8,7 +8,11 @@ Each pass, in three steps, each behind its own cursor in the database:
 2. agreements: for each agreement whose newest version is suspended or revoked,
    every disclosure made under it since the last pass is retracted in the ledger;
 3. notices: every RETRACTED ledger entry not yet sent goes to its recipient's
-   partner topic.
+   partner topic. The same scan of the new entries finds any disclosure whose
+   subject withdrew consent after the consent version it was decided with, and
+   appends the retraction it is owed (sent by the next pass): with several
+   workers, one may append a disclosure it decided before a withdrawal after the
+   sweep, in the worker that leads, had handled that withdrawal in step 1.
 
 Notices are sent only from the ledger and only after it (I1, as for
 disclosures). A cursor moves after its step's writes are committed or flushed,
@@ -52,7 +56,7 @@ from typing import Any
 
 import structlog
 from confluent_kafka import Producer
-from sqlalchemy import ColumnElement, Engine, Row, func, select
+from sqlalchemy import ColumnElement, Engine, Row, and_, exists, func, or_, select
 
 import consent
 from accord.processor.agreement_feed import AgreementSet
@@ -120,7 +124,7 @@ class RetractionSweeper:
         more = self._consent_step(context, consent_at, newest_consent)
         more = self._agreement_step(context, head) or more
         # Retractions appended by steps 1 and 2 are committed up to their last seq: notices now.
-        more = self._notice_step(notices_at, max(head, self._appended_head)) or more
+        more = self._notice_step(context, notices_at, max(head, self._appended_head)) or more
         control = self.metrics.control
         control.sweep_pending, control.sweep_lag_s = dict(self._pending), self._lag_s
         control.sweep_at = time.time()
@@ -216,18 +220,31 @@ class RetractionSweeper:
         self._pending["agreements"] = left
         return more
 
-    def _notice_step(self, stored: int, head: int) -> bool:
+    # A disclosure whose subject withdrew consent after the version it was decided with.
+    _withdrawn_since = and_(
+        LedgerEntry.outcome == Outcome.DISCLOSED.value,
+        exists().where(
+            ConsentRow.subject_key == LedgerEntry.subject_key,
+            ConsentRow.id > LedgerEntry.consent_version,
+            ConsentRow.decision == consent.ConsentDecision.DENY.value,
+        ),
+    )
+
+    def _notice_step(self, context: Context, stored: int, head: int) -> bool:
         """Send the notices of the RETRACTED entries after the cursor, up to ``head`` (all committed).
 
         Starts after the stored cursor or, if further, after what this sweeper already
         scanned and sent: another worker may have moved the stored one meanwhile, and
-        what either scanned needs no second look.
+        what either scanned needs no second look. Disclosures found withdrawn since
+        their decision are retracted (the module's step 3); their notices go next pass.
         """
         start = max(stored, self._notices_done)
         if head <= start:
             self._pending["notices"] = 0
             return False
-        to_send, reached = self._entries(start, head, LedgerEntry.outcome == "RETRACTED")
+        found, reached = self._entries(start, head, or_(LedgerEntry.outcome == "RETRACTED", self._withdrawn_since))
+        to_send = [e for e in found if e.draft.outcome == "RETRACTED"]
+        late = self._retract_withdrawn([e.draft for e in found if e.draft.outcome == Outcome.DISCLOSED.value], context)
         errors: list[str] = []
         for entry in to_send:
             self._send(entry.seq, entry.draft, errors)
@@ -240,7 +257,25 @@ class RetractionSweeper:
         if to_send:
             log.info("retractions", notices=len(to_send))
         self._pending["notices"] = head - reached
-        return reached < head
+        return reached < head or late
+
+    def _retract_withdrawn(self, disclosed: list[EntryDraft], context: Context) -> bool:
+        """Append the retractions owed to disclosures made on consent withdrawn since; True if any."""
+        if not disclosed:
+            return False
+        histories = consent.history(self.engine, {d.subject_key for d in disclosed})
+        owed = [
+            r
+            for d in disclosed
+            for r in retractions_for([d], self.agreements.by_key(), histories.get(d.subject_key, []), context)
+        ]
+        done = lookup(self.engine, [r.entry.disclosure_id for r in owed])  # step 1 got there first
+        owed = [r for r in owed if r.entry.disclosure_id not in done]
+        if not owed:
+            return False
+        self._append(owed)
+        log.info("late_consent_retractions", retractions=len(owed))
+        return True
 
     def _entries(self, after: int, upto: int, *where: ColumnElement[bool]) -> tuple[list[StoredEntry], int]:
         """At most ``batch`` matching entries in (after, upto], and the seq the cursor may move to.

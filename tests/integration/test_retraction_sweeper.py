@@ -251,3 +251,32 @@ def test_a_withdrawal_given_its_id_first_but_committed_last_is_still_swept_and_r
     catalogue = parts.agreement_set.catalogue
     relayed = [catalogue.decode(v)[1] for _h, v in read_topic(parts.settings, parts.names.consent_preferences) if v]
     assert sorted(c["subject_key"] for c in relayed) == sorted(subject_key("natal_care", e) for e in (first, second))
+
+
+def test_a_disclosure_appended_after_its_subjects_withdrawal_was_swept_is_still_retracted(parts: Parts) -> None:
+    """Another worker decided the event before the withdrawal was recorded and appends its
+    disclosure after the sweep handled the withdrawal (the control plane runs in one
+    worker, the batches in all): the disclosure is owed a retraction all the same."""
+    [event] = [
+        e.record
+        for e in build_scenario(200, seed=random.randrange(1 << 30), n_malformed=0).events
+        if e.event_type == "natal_care"
+    ][:1]
+    sweeper = _sweeper(parts, persist_every_s=3600)
+    _sweep_to_the_end(sweeper)
+    prepared = parts.handler.prepare([parts.inbound("natal_care", event, offset=0)])  # consent read: none yet
+    known = consent.KnownScopes.from_partners(load_partners(parts.settings.partners_file))
+    consent.record(
+        parts.db.app,
+        subject_key("natal_care", event),
+        consent.ConsentDecision.DENY,
+        known=known,
+        recipient="salford-health-visiting",
+    )
+    _sweep_to_the_end(sweeper)  # the withdrawal handled: nothing in the ledger to retract yet
+    parts.handler.settle(parts.handler.send(prepared))
+    [disclosure] = disclosed(parts, "salford-health-visiting")
+    _sweep_to_the_end(sweeper)
+
+    assert [r.refers_to for r in parts.ledger(outcome="RETRACTED")] == [disclosure]
+    assert [n.retracts_disclosure_id for n in parts.bus.retractions("salford-health-visiting")] == [disclosure]
