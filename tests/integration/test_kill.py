@@ -6,7 +6,9 @@ suspended version on the feed before the first start. Afterwards, from outside:
 every partner record has the committed ledger entry it names (I1, I8), nothing is
 decided under the suspended agreement (I9), no decision is recorded twice (I7),
 every event is fully decided or dead-lettered (I2), each decision agrees with the
-consent version it names (I5), and the ledger verifies (I3).
+consent version it names (I5), every disclosure that consent as it finally stands would
+withhold is retracted in the ledger and on the partner's topic, and the ledger verifies
+(I3). Two threads change consent, so their records also commit out of order.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from accord.sharing.decide import Context, Outcome, consent_outcome, subject_key
 from agreements import Status
 from agreements.model import ConsentMode
 from agreements.partners import load_partners
+from consumers.subscription import Retraction
 from ledger import verify
 from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings
 from tests.conftest import fresh_role_database
-from tests.faults import audit, dead_letters, ledger_rows
+from tests.faults import audit, dead_letters, ledger_rows, partner_records
 
 EVENTS = 3000
 KILLS = 8
@@ -97,8 +100,8 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
         stop = threading.Event()
         changes: list[int] = []
 
-        def change_consent() -> None:
-            crng = random.Random(seed)
+        def change_consent(n: int) -> None:
+            crng = random.Random(seed + 7 * n)
             while not stop.is_set():
                 for _ in range(CHANGES_PER_TICK):
                     decision = crng.choice([consent.ConsentDecision.DENY, consent.ConsentDecision.PERMIT])
@@ -107,8 +110,9 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
                     changes.append(1)
                 stop.wait(0.2)
 
-        changer = threading.Thread(target=change_consent, daemon=True)
-        changer.start()
+        changers = [threading.Thread(target=change_consent, args=(n,), daemon=True) for n in range(2)]
+        for changer in changers:
+            changer.start()
         streamer.start()
         kills = 0
         try:
@@ -129,7 +133,8 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
             wait_for_group(settings, settings.processor_group, report.end_offsets, timeout=240)
         finally:
             stop.set()
-            changer.join()
+            for changer in changers:
+                changer.join()
         try:
             time.sleep(3 * settings.retraction_interval_s + 2)  # let the last sweep send its notices
             assert bus.processor.poll() is None, "the processor died on its own"
@@ -172,5 +177,33 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
             assert (max((c.id for c in seen), default=0)) == r.consent_version
             outcome, _ = consent_outcome(agreement, r.recipient, seen, Context(r.decided_at, partner_classes))
             assert outcome is Outcome(r.outcome), (r.disclosure_id, r.consent_version)
+
+        # Withdrawals: what consent as it finally stands withholds was retracted, and the partner told.
+        today_context = Context(datetime.now(UTC), partner_classes)
+        retracted = {r.refers_to: r.disclosure_id for r in rows if r.outcome == "RETRACTED"}
+        noticed = {
+            (p, n.retracts_disclosure_id)
+            for p, records in partner_records(bus).items()
+            for n in records
+            if isinstance(n, Retraction)
+        }
+        unretracted, unnoticed = [], []
+        for r in rows:
+            if r.outcome != "DISCLOSED" or not r.agreement_id:
+                continue
+            agreement = by_key[f"{r.agreement_id}@v{r.agreement_version}"]
+            if agreement.consent_mode is ConsentMode.NOT_REQUIRED:
+                continue
+            now, _ = consent_outcome(agreement, r.recipient, histories.get(r.subject_key, []), today_context)
+            if now is Outcome.DISCLOSED:
+                continue
+            if r.disclosure_id not in retracted:
+                unretracted.append(r.disclosure_id)
+            elif (r.recipient, r.disclosure_id) not in noticed:
+                unnoticed.append(r.disclosure_id)
+        print(
+            f"withdrawn since disclosure: {len(retracted)} retracted; unretracted {unretracted}, unnoticed {unnoticed}"
+        )
+        assert (unretracted, unnoticed) == ([], [])
 
         assert verify(db.owner).ok
