@@ -134,3 +134,17 @@ def delivered(records: list[tuple[dict[str, bytes], bytes | None]]) -> list[tupl
 def ledger_size(parts: Parts) -> int:
     with parts.db.owner.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar_one())
+
+
+def waiting_on_advisory_locks(parts: Parts) -> int:
+    """How many sessions of the app role wait for an advisory lock (the ledger's writer lock, say)."""
+    with parts.db.admin.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.usename = :role"
+                ),
+                {"role": parts.db.app_role},
+            ).scalar_one()
+        )

@@ -32,6 +32,7 @@ from tests.integration.parts import (
     ledger_size,
     processor_parts,
     shared_custody_events,
+    waiting_on_advisory_locks,
 )
 
 AGREEMENT = "custody-to-prosecution"  # custody events to cps and hmcts, no consent needed
@@ -100,20 +101,6 @@ def test_nothing_is_delivered_after_the_ledger_refused_the_batch(parts: Parts) -
     assert sorted(delivered(parts.partner_topic("cps"))) == sorted(disclosed(parts, "cps").items())
 
 
-def _waiting_for_the_writer_lock(parts: Parts) -> bool:
-    """True when a session of the app role waits for the ledger's writer lock (an advisory lock)."""
-    with parts.db.admin.connect() as conn:
-        return bool(
-            conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.usename = :role"
-                ),
-                {"role": parts.db.app_role},
-            ).scalar_one()
-        )
-
-
 def test_nothing_is_on_a_partner_topic_while_the_ledger_transaction_is_open(parts: Parts) -> None:
     batch = _batch(parts)
     done: dict[str, BatchReport | BaseException] = {}
@@ -130,7 +117,7 @@ def test_nothing_is_on_a_partner_topic_while_the_ledger_transaction_is_open(part
         worker = threading.Thread(target=handle, daemon=True)
         worker.start()
         deadline = time.monotonic() + 30
-        while not _waiting_for_the_writer_lock(parts):
+        while not waiting_on_advisory_locks(parts):  # the append waits for the writer lock
             assert worker.is_alive() and time.monotonic() < deadline, done
             time.sleep(0.05)
         # The handler is inside its ledger transaction, blocked before its append commits.

@@ -26,7 +26,15 @@ from agreements.partners import load_partners
 from bus import kafka
 from producers.synthetic import build_scenario
 from tests.bus import read_topic
-from tests.integration.parts import Parts, agreement, disclosed, ledger_size, processor_parts, shared_custody_events
+from tests.integration.parts import (
+    Parts,
+    agreement,
+    disclosed,
+    ledger_size,
+    processor_parts,
+    shared_custody_events,
+    waiting_on_advisory_locks,
+)
 
 AGREEMENT = "custody-to-prosecution"
 EVENTS = 5
@@ -157,17 +165,21 @@ def test_a_pass_with_nothing_new_reads_one_row_and_a_stream_without_retractions_
     assert streaming == ["SELECT", "SELECT"], streaming  # where things stand; the new entries' RETRACTED ones
 
 
-def _app_sessions_waiting_on_advisory_locks(parts: Parts) -> int:
-    with parts.db.admin.connect() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.usename = :role"
-                ),
-                {"role": parts.db.app_role},
-            ).scalar_one()
-        )
+def _natal_care_events() -> list[dict]:
+    """Synthetic natal care events: shared with health visiting unless the mother opts out."""
+    scenario = build_scenario(200, seed=random.randrange(1 << 30), n_malformed=0)
+    return [e.record for e in scenario.events if e.event_type == "natal_care"]
+
+
+def _withdraw(parts: Parts, natal_care: dict) -> None:
+    """The subject of a natal care event withdraws consent to health visiting (opt-out sharing)."""
+    consent.record(
+        parts.db.app,
+        subject_key("natal_care", natal_care),
+        consent.ConsentDecision.DENY,
+        known=consent.KnownScopes.from_partners(load_partners(parts.settings.partners_file)),
+        recipient="salford-health-visiting",
+    )
 
 
 def test_a_withdrawal_given_its_id_first_but_committed_last_is_still_swept_and_relayed(parts: Parts) -> None:
@@ -176,11 +188,7 @@ def test_a_withdrawal_given_its_id_first_but_committed_last_is_still_swept_and_r
     sweep's cursor (its disclosures never retracted, its change never relayed). The first
     writer is held between its insert and its commit by a trigger the owner adds, which
     waits on a lock this test holds; the sweep runs while it is held, then to the end."""
-    natal = [
-        e.record
-        for e in build_scenario(200, seed=random.randrange(1 << 30), n_malformed=0).events
-        if e.event_type == "natal_care"
-    ]
+    natal = _natal_care_events()
     first, second = (
         natal[0],
         next(e for e in natal if subject_key("natal_care", e) != subject_key("natal_care", natal[0])),
@@ -207,19 +215,12 @@ def test_a_withdrawal_given_its_id_first_but_committed_last_is_still_swept_and_r
                 "FOR EACH ROW EXECUTE FUNCTION hold_consent()"
             )
         )
-    known = consent.KnownScopes.from_partners(load_partners(parts.settings.partners_file))
     failed: list[BaseException] = []
 
     def withdraw(event: dict) -> threading.Thread:
         def run() -> None:
             try:
-                consent.record(
-                    parts.db.app,
-                    subject_key("natal_care", event),
-                    consent.ConsentDecision.DENY,
-                    known=known,
-                    recipient="salford-health-visiting",
-                )
+                _withdraw(parts, event)
             except BaseException as exc:  # handed to the test's thread
                 failed.append(exc)
 
@@ -231,12 +232,12 @@ def test_a_withdrawal_given_its_id_first_but_committed_last_is_still_swept_and_r
         holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": hold})
         writers = [withdraw(first)]
         deadline = time.monotonic() + 30
-        while _app_sessions_waiting_on_advisory_locks(parts) < 1:  # the first has its id, and waits
+        while waiting_on_advisory_locks(parts) < 1:  # the first has its id, and waits
             assert not failed and time.monotonic() < deadline, failed
             time.sleep(0.05)
         writers.append(withdraw(second))
         # The second commits, or waits behind the first: either way, sweep now.
-        while writers[1].is_alive() and _app_sessions_waiting_on_advisory_locks(parts) < 2:
+        while writers[1].is_alive() and waiting_on_advisory_locks(parts) < 2:
             assert not failed and time.monotonic() < deadline, failed
             time.sleep(0.05)
         _sweep_to_the_end(sweeper)
@@ -257,22 +258,11 @@ def test_a_disclosure_appended_after_its_subjects_withdrawal_was_swept_is_still_
     """Another worker decided the event before the withdrawal was recorded and appends its
     disclosure after the sweep handled the withdrawal (the control plane runs in one
     worker, the batches in all): the disclosure is owed a retraction all the same."""
-    [event] = [
-        e.record
-        for e in build_scenario(200, seed=random.randrange(1 << 30), n_malformed=0).events
-        if e.event_type == "natal_care"
-    ][:1]
+    [event] = _natal_care_events()[:1]
     sweeper = _sweeper(parts, persist_every_s=3600)
     _sweep_to_the_end(sweeper)
     prepared = parts.handler.prepare([parts.inbound("natal_care", event, offset=0)])  # consent read: none yet
-    known = consent.KnownScopes.from_partners(load_partners(parts.settings.partners_file))
-    consent.record(
-        parts.db.app,
-        subject_key("natal_care", event),
-        consent.ConsentDecision.DENY,
-        known=known,
-        recipient="salford-health-visiting",
-    )
+    _withdraw(parts, event)
     _sweep_to_the_end(sweeper)  # the withdrawal handled: nothing in the ledger to retract yet
     parts.handler.settle(parts.handler.send(prepared))
     [disclosure] = disclosed(parts, "salford-health-visiting")
