@@ -45,7 +45,7 @@ demo: $(STAMP)
 	$(BIN)/accord demo
 
 test: $(STAMP) database browser
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 # Lint, format, types and the import layers; CI runs it before the tests.
 check: $(STAMP)

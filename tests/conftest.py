@@ -17,30 +17,6 @@ from tests.ports import free_port
 
 TEST_DATABASE_URL = os.environ.get("ACCORD_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
-# The files that take longest (`make test` prints the slowest tests), run first. `make test`
-# hands whole files to its two workers in collection order (--dist loadfile
-# --no-loadscope-reorder): a long file handed out last leaves one worker running it alone
-# at the end, which made the suite minutes longer than its work.
-LONGEST_FIRST = (
-    "tests/integration/test_workers.py",
-    "tests/integration/test_delivery_follows_ledger.py",
-    "tests/integration/test_tiles.py",
-    "tests/integration/test_kill.py",
-    "tests/integration/test_demo.py",
-    "tests/integration/test_clean_stop.py",
-    "tests/integration/test_outage.py",
-    "tests/integration/test_json_logs.py",
-    "tests/integration/test_demo_postgres.py",
-    "tests/integration/test_checkpoints.py",
-    "tests/integration/test_relay_outage.py",
-    "tests/integration/test_relay_kill.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep their order
-
 
 @contextmanager
 def fresh_schema() -> Iterator[tuple[Engine, str]]:
