@@ -17,7 +17,6 @@ cursor, its withdrawal never swept and never relayed.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -39,11 +38,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bus import advisory_locks
 from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes, check_preference
 
 # pg_advisory_xact_lock key serialising consent writers (first 8 bytes of sha256("accord.consent")).
 # SQLite needs none: an insert holds the database's write lock until its commit.
-WRITER_LOCK_KEY = int.from_bytes(hashlib.sha256(b"accord.consent").digest()[:8], "big", signed=True)
+WRITER_LOCK_KEY = advisory_locks.key("accord.consent")
 
 
 class ConsentBase(DeclarativeBase):

@@ -37,7 +37,6 @@ bench/ledger_indexes.py the indexes (ledger/tables.py).
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +57,7 @@ from sqlalchemy import (
     text,
 )
 
+from bus import advisory_locks
 from ledger.entry import (
     COLUMNS,
     COPY_BINARY_HEADER,
@@ -114,7 +114,7 @@ __all__ = [
 # Columns added after the first ledgers were written; create_all never adds a column.
 _REQUIRED_COLUMNS = ("leaf_hash", "event_digest", "subjects")
 # pg_advisory_xact_lock key serialising ledger writers (first 8 bytes of sha256("accord.ledger")).
-ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"accord.ledger").digest()[:8], "big", signed=True)
+ADVISORY_LOCK_KEY = advisory_locks.key("accord.ledger")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _new_tuple = tuple.__new__  # Appended(seq, id, new) without NamedTuple's keyword handling

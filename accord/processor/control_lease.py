@@ -23,7 +23,6 @@ lease is what keeps the normal case to one runner.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +34,8 @@ from psycopg.rows import TupleRow
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from bus import advisory_locks
+
 log = structlog.get_logger("accord.control_lease")
 
 
@@ -44,7 +45,7 @@ def lease_key(schema: str) -> int:
     Advisory locks are per database; the schema is part of the key so that buses sharing
     one database in different schemas (as the tests do) do not take each other's lease.
     """
-    return int.from_bytes(hashlib.sha256(f"accord.control-plane:{schema}".encode()).digest()[:8], "big", signed=True)
+    return advisory_locks.key(f"accord.control-plane:{schema}")
 
 
 class Lease(Protocol):

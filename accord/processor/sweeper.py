@@ -149,6 +149,20 @@ class RetractionSweeper:
             )
         )
 
+    def _append_unrecorded(self, owed: Sequence[Retraction]) -> int:
+        """Append the retractions the ledger does not hold yet; how many.
+
+        A disclosure already retracted (consent withdrawn earlier, say) keeps that
+        retraction. Asked first, so a pass with nothing new never takes the writer lock.
+        """
+        if not owed:
+            return 0
+        done = lookup(self.engine, [r.entry.disclosure_id for r in owed])
+        new = [r for r in owed if r.entry.disclosure_id not in done]
+        if new:
+            self._append(new)
+        return len(new)
+
     def _context(self) -> Context:
         now = datetime.now(UTC)
         return Context(now.replace(microsecond=now.microsecond // 1000 * 1000), self.partner_classes)
@@ -208,12 +222,9 @@ class RetractionSweeper:
                 start, head, LedgerEntry.outcome == Outcome.DISCLOSED.value, LedgerEntry.agreement_id == agreement.id
             )
             owed = retractions_for_agreement([e.draft for e in disclosed], agreement, context)
-            # A disclosure already retracted (consent withdrawn earlier) keeps that retraction.
-            done = lookup(self.engine, [r.entry.disclosure_id for r in owed])
-            owed = [r for r in owed if r.entry.disclosure_id not in done]
-            if owed:
-                self._append(owed)
-                log.info("agreement_retractions", agreement=agreement.key, retractions=len(owed))
+            appended = self._append_unrecorded(owed)
+            if appended:
+                log.info("agreement_retractions", agreement=agreement.key, retractions=appended)
             cursors.advance(self.engine, name, reached)
             more = more or reached < head
             left += head - reached
@@ -269,13 +280,10 @@ class RetractionSweeper:
             for d in disclosed
             for r in retractions_for([d], self.agreements.by_key(), histories.get(d.subject_key, []), context)
         ]
-        done = lookup(self.engine, [r.entry.disclosure_id for r in owed])  # step 1 got there first
-        owed = [r for r in owed if r.entry.disclosure_id not in done]
-        if not owed:
-            return False
-        self._append(owed)
-        log.info("late_consent_retractions", retractions=len(owed))
-        return True
+        appended = self._append_unrecorded(owed)  # step 1 may have got there first
+        if appended:
+            log.info("late_consent_retractions", retractions=appended)
+        return appended > 0
 
     def _entries(self, after: int, upto: int, *where: ColumnElement[bool]) -> tuple[list[StoredEntry], int]:
         """At most ``batch`` matching entries in (after, upto], and the seq the cursor may move to.
