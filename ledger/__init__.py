@@ -14,7 +14,7 @@ upgraded by Alembic revisions (ledger.migrations): :func:`init_ledger`.
 
 from sqlalchemy import Engine
 
-from ledger.append import Appended, append, require_current_columns, writer
+from ledger.append import Appended, Decisions, append, append_decisions, require_current_columns, writer
 from ledger.entry import (
     GENESIS_HASH,
     NOT_COVERED,
@@ -52,6 +52,7 @@ __all__ = [
     "Appended",
     "EntryDraft",
     "LedgerBase",
+    "Decisions",
     "LedgerCheckpoint",
     "LedgerCosignature",
     "LedgerEntry",
@@ -60,6 +61,7 @@ __all__ = [
     "StoredEntry",
     "VerifyResult",
     "append",
+    "append_decisions",
     "canonical_bytes",
     "count",
     "entries",

@@ -30,6 +30,12 @@ Appending a batch on PostgreSQL (psycopg), under the lock:
    savepoint), look the batch's ids up, and COPY the others, each id once;
 4. COMMIT (or release the savepoint, committing with the caller's transaction).
 
+append_decisions() is append for the processor's decisions: under the same lock, at step
+1, it also looks the batch's event ids up and leaves out the drafts of any event the
+ledger already holds entries for. An event is decided once (I7, I8), whoever decided it
+first: the same processor's batch before (its look-up ran before that batch was
+recorded), or another worker that was given the partitions while this one was paused.
+
 Elsewhere (SQLite, for the demo) the ids are looked up first and the rows inserted with
 executemany. bench/ledger_append.py measures append against a raw COPY of the same rows;
 bench/ledger_indexes.py the indexes (ledger/tables.py).
@@ -88,7 +94,9 @@ from ledger.tables import DISCLOSURE_ID_UNIQUE, LedgerEntry
 __all__ = [
     "ADVISORY_LOCK_KEY",
     "Appended",
+    "Decisions",
     "append",
+    "append_decisions",
     "require_current_columns",
     "sqlite_immediate",
     "use_c_bytea_dumper",
@@ -130,6 +138,15 @@ class Appended(NamedTuple):
     seq: int
     disclosure_id: str
     new: bool
+
+
+class Decisions(NamedTuple):
+    """What append_decisions() did: the drafts it kept, what append did with each, and the
+    events it found already recorded (none of their drafts is written)."""
+
+    kept: list[EntryDraft]
+    appended: list[Appended]  # one per draft of ``kept``, in order
+    recorded: frozenset[str]  # event ids the ledger held entries for, under the lock
 
 
 def require_current_columns(conn: Connection) -> None:
@@ -213,9 +230,26 @@ def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Ap
             return _append_in_writer(target, drafts)
         return _append_elsewhere(target, drafts)
     if _psycopg(target):
-        return _append_own_transaction(target, drafts)
+        return _append_own_transaction(target, drafts, fence=False).appended
     with writer(target) as conn:
         return _append_elsewhere(conn, drafts)
+
+
+def append_decisions(engine: Engine, drafts: Sequence[EntryDraft]) -> Decisions:
+    """append(engine, drafts), leaving out every draft of an event the ledger already holds.
+
+    The look-up runs under the writer lock, so no writer can record one of these events
+    between it and the append: the processor's look-up before deciding (event_entries)
+    cannot see what another writer records while the batch is decided.
+    """
+    if not drafts:
+        return Decisions([], [], frozenset())
+    if _psycopg(engine):
+        return _append_own_transaction(engine, drafts, fence=True)
+    with writer(engine) as conn:
+        recorded = frozenset(event_entries(conn, {d.event_id for d in drafts}))
+        kept = [d for d in drafts if d.event_id not in recorded] if recorded else list(drafts)
+        return Decisions(kept, _append_elsewhere(conn, kept) if kept else [], recorded)
 
 
 def _psycopg(target: Engine | Connection) -> bool:
@@ -226,12 +260,13 @@ class _AlreadyRecorded(Exception):
     """The COPY met UNIQUE(disclosure_id): some of the batch is in the ledger already."""
 
 
-def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft]) -> list[Appended]:
+def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft], fence: bool) -> Decisions:
     """append(engine, drafts) on PostgreSQL: writer()'s protocol on the driver connection, three round trips.
 
     1. BEGIN at READ COMMITTED, take the writer lock, read the head: one round trip (each
        statement of it has its own snapshot, so the head read sees the previous holder's
-       commit);
+       commit); with ``fence``, a fourth: which of the drafts' events the ledger holds,
+       whose drafts are then left out;
     2. number, chain and COPY the rows (_copy_batch), assuming none is in the ledger;
     3. COMMIT. If step 2 met UNIQUE(disclosure_id), roll back and do it again, looking
        the batch's ids up first.
@@ -244,9 +279,9 @@ def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft]) -> lis
         autocommit = conn.autocommit
         conn.autocommit = True  # BEGIN and COMMIT are ours: BEGIN goes with the lock and the head read
         try:
-            return _append_transaction(conn, drafts, look_up=False)
+            return _append_transaction(conn, drafts, look_up=False, fence=fence)
         except _AlreadyRecorded:
-            return _append_transaction(conn, drafts, look_up=True)
+            return _append_transaction(conn, drafts, look_up=True, fence=fence)
         finally:
             if not conn.closed:
                 conn.autocommit = autocommit
@@ -258,14 +293,25 @@ def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft]) -> lis
         raw.close()
 
 
-def _append_transaction(conn: psycopg.Connection[Any], drafts: Sequence[EntryDraft], look_up: bool) -> list[Appended]:
+def _append_transaction(
+    conn: psycopg.Connection[Any], drafts: Sequence[EntryDraft], look_up: bool, fence: bool
+) -> Decisions:
     cursor = conn.cursor()
+    recorded: frozenset[str] = frozenset()
     try:
-        # 1. BEGIN, lock, head
+        # 1. BEGIN, lock, head; the events already recorded
         cursor.execute(_BEGIN_LOCK_HEAD)
         cursor.nextset()
         cursor.nextset()
         last_seq, prev = _head(cursor)
+        if fence:
+            cursor.execute(_RECORDED_EVENTS_SQL, (list({d.event_id: None for d in drafts}),))
+            recorded = frozenset(row[0] for row in cursor.fetchall())
+            if recorded:
+                drafts = [d for d in drafts if d.event_id not in recorded]
+            if not drafts:
+                cursor.execute("COMMIT")
+                return Decisions([], [], recorded)
         known: dict[str, int] | None = None
         if look_up:
             cursor.execute(_LOOKUP_SQL, ([d.disclosure_id for d in drafts],))
@@ -287,7 +333,7 @@ def _append_transaction(conn: psycopg.Connection[Any], drafts: Sequence[EntryDra
         except psycopg.Error:
             pass  # the connection is gone; the error being raised says why
         raise
-    return results
+    return Decisions(list(drafts), results, recorded)
 
 
 def _append_in_writer(conn: Connection, drafts: Sequence[EntryDraft]) -> list[Appended]:
@@ -483,4 +529,10 @@ _BEGIN_LOCK_HEAD = (
 )
 _SAVEPOINT_HEAD = f"SAVEPOINT ledger_append; {_HEAD_SQL}"
 _LOOKUP_SQL = "SELECT disclosure_id, seq FROM ledger_entries WHERE disclosure_id = ANY(%s)"
+# One probe of the event_id index per id (LIMIT 1 keeps the lateral subquery a probe, not a
+# join the planner may turn into a scan of the table: ledger/read.py's _BY_EVENT_PG).
+_RECORDED_EVENTS_SQL = (
+    "SELECT ids.event_id FROM unnest(%s::text[]) AS ids(event_id) "
+    "CROSS JOIN LATERAL (SELECT 1 FROM ledger_entries WHERE event_id = ids.event_id LIMIT 1) AS e"
+)
 _BYTEA_OID = postgres.types["bytea"].oid

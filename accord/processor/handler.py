@@ -6,7 +6,8 @@
 2. look up the ledger for events already recorded (a replay), and the consent history
    of the batch's subjects, in one query each;
 3. decide every new event (the pure core, ``accord.sharing``) and append the decisions
-   to the ledger in one transaction;
+   to the ledger in one transaction, which leaves out any event the ledger has recorded
+   since step 2 (the batch before, or another worker): that one is replayed instead;
 4. deliver what the ledger says was disclosed, the replayed entries included, and wait
    for the broker to confirm it;
 5. dead-letter what could not be read, decided or delivered, with the reason.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -51,7 +52,7 @@ from agreements.recipient_schemas import projection_name
 from bus import headers as header
 from bus.topics import TopicNames
 from consent.model import version
-from ledger import EntryDraft, append, event_entries
+from ledger import EntryDraft, append_decisions, event_entries
 from ledger.entry import StoredEntry
 from schemas.serde import SerdeError
 from schemas.validation import Limits, event_problems, size_problem
@@ -148,7 +149,6 @@ class Prepared:
     deliveries: list[Delivery]  # so far, the replayed entries'
     dead: list[DeadLetter]
     replay: _ReplayView
-    sends_before: int = 0  # how many sends had recorded their batch when this one was looked up
 
 
 @dataclass
@@ -237,10 +237,6 @@ class BatchHandler:
         self.flush_timeout_s = flush_timeout_s
         self.metrics = metrics if metrics is not None else ProcessorMetrics()
         self._topic_types: dict[str, str] = {}
-        # The event ids each send recorded, numbered: a batch looked up before a send ended
-        # (the sender thread's overlap) learns from these what its look-up could not see.
-        self._sends = 0
-        self._recorded: deque[tuple[int, frozenset[str]]] = deque(maxlen=8)
 
     # -- step 1 -----------------------------------------------------------------
 
@@ -283,7 +279,6 @@ class BatchHandler:
     def prepare(self, batch: Sequence[Inbound]) -> Prepared:
         """Steps 1 to 3: read, look up and decide. Reads the ledger and consent, writes nothing."""
         report = BatchReport(events=len(batch))
-        sends_before = self._sends  # read before the look-up: a send counted here is visible to it
         stage = self.metrics.stage  # each step's time (accord_batch_stage_seconds)
         clock = time.perf_counter
         began = clock()
@@ -353,7 +348,7 @@ class BatchHandler:
                 drafts.append(d.entry(decided_at, event.digest, event.subjects))
                 decided.append((event, d))
         stage["decide"].observe(clock() - began - read_s - looked_up)  # the rest of steps 2 and 3
-        return Prepared(report, events, drafts, decided, deliveries, dead, replay, sends_before)
+        return Prepared(report, events, drafts, decided, deliveries, dead, replay)
 
     def send(self, prepared: Prepared) -> Sending:
         """Step 4, and step 5 up to the wait: append, then produce every disclosure (I1).
@@ -363,31 +358,24 @@ class BatchHandler:
         p = prepared
         report, deliveries, dead = p.report, p.deliveries, p.dead
         clock = time.perf_counter
-        # An event another send recorded after this batch was looked up is a replay now: the
-        # ledger decides what it delivers, not this batch's decision (I8).
-        stale = self._recorded_since(p)
-        drafts = [d for d in p.drafts if d.event_id not in stale] if stale else p.drafts
-        decided = [(e, d) for e, d in p.decided if e.event_id not in stale] if stale else p.decided
-        # 4. the ledger first (I1)
+        # 4. the ledger first (I1). An event recorded since this batch was looked up (by the
+        # batch before it, or by a worker given its partitions while this one was paused) is
+        # left out under the ledger's lock, and replayed: the ledger decides what it delivers,
+        # not this batch's decision (I8).
         at = clock()
-        appended = append(self.engine, drafts) if drafts else []
-        self._recorded.append((self._sends + 1, frozenset(p.events)))
-        self._sends += 1  # after the entry above: whoever sees the count finds its ids
+        kept, appended, stale = append_decisions(self.engine, p.drafts)
+        decided = [(e, d) for e, d in p.decided if e.event_id not in stale] if stale else p.decided
         appended_at = clock()
         self.metrics.stage["append"].observe(appended_at - at)
         report.appended = sum(1 for a in appended if a.new)
         if appended:
             # What reached the ledger, counted per batch, so the counts can equal the ledger's
             # own; tallied in C (map, attrgetter) when every entry is new, as it almost always is.
-            new = (
-                drafts
-                if report.appended == len(drafts)
-                else [d for d, a in zip(drafts, appended, strict=True) if a.new]
-            )
+            new = kept if report.appended == len(kept) else [d for d, a in zip(kept, appended, strict=True) if a.new]
             self.metrics.decided(Counter(map(_DECISION_LABELS, new)))
         seq_of = {a.disclosure_id: a.seq for a in appended}
         fresh = {a.disclosure_id for a in appended if a.new}
-        raced = {d.event_id for d, a in zip(drafts, appended, strict=True) if not a.new} | stale
+        raced = {d.event_id for d, a in zip(kept, appended, strict=True) if not a.new} | stale
         for event, d in decided:
             report.outcomes[(d.recipient, d.outcome._value_, d.reason or "")] += 1
             if d.outcome is Outcome.DISCLOSED and event.event_id not in raced and d.projected is not None:
@@ -429,21 +417,6 @@ class BatchHandler:
         sending.report.dead_letters = len(dead)
         self.metrics.stage["deliver"].observe(sending.producing_s + time.perf_counter() - at)
         return sending.report
-
-    def _recorded_since(self, p: Prepared) -> set[str]:
-        """The ids of ``p``'s new events that sends recorded after ``p`` was looked up.
-
-        Its look-up ran before those sends committed, so it took their events for new.
-        Known from the ids each send kept; if more sends ended since than are kept, asked
-        of the ledger.
-        """
-        since = self._sends - p.sends_before
-        if since == 0 or not p.events:
-            return set()
-        kept = [ids for n, ids in list(self._recorded) if n > p.sends_before]
-        if len(kept) < since:
-            return set(event_entries(self.engine, list(p.events)))
-        return {event_id for event_id in p.events if any(event_id in ids for ids in kept)}
 
     # -- step 2 / 4: a replay ---------------------------------------------------
 
