@@ -51,7 +51,7 @@ from itertools import repeat
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg import postgres, pq
+from psycopg import postgres, pq, sql
 from psycopg.dbapi20 import BinaryBinaryDumper
 from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import (
@@ -265,8 +265,8 @@ def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft], fence:
 
     1. BEGIN at READ COMMITTED, take the writer lock, read the head: one round trip (each
        statement of it has its own snapshot, so the head read sees the previous holder's
-       commit); with ``fence``, a fourth: which of the drafts' events the ledger holds,
-       whose drafts are then left out;
+       commit); with ``fence``, a fourth statement in it: which of the drafts' events the
+       ledger holds, whose drafts are then left out;
     2. number, chain and COPY the rows (_copy_batch), assuming none is in the ledger;
     3. COMMIT. If step 2 met UNIQUE(disclosure_id), roll back and do it again, looking
        the batch's ids up first.
@@ -299,13 +299,17 @@ def _append_transaction(
     cursor = conn.cursor()
     recorded: frozenset[str] = frozenset()
     try:
-        # 1. BEGIN, lock, head; the events already recorded
-        cursor.execute(_BEGIN_LOCK_HEAD)
+        # 1. BEGIN, lock, head; with the fence, the events already recorded, in the same round trip
+        if fence:
+            ids = sql.Literal(list({d.event_id: None for d in drafts}))  # quoted by psycopg, not by hand
+            cursor.execute(f"{_BEGIN_LOCK_HEAD}; {_RECORDED_EVENTS_SQL.format(ids).as_string(conn)}")
+        else:
+            cursor.execute(_BEGIN_LOCK_HEAD)
         cursor.nextset()
         cursor.nextset()
         last_seq, prev = _head(cursor)
         if fence:
-            cursor.execute(_RECORDED_EVENTS_SQL, (list({d.event_id: None for d in drafts}),))
+            cursor.nextset()
             recorded = frozenset(row[0] for row in cursor.fetchall())
             if recorded:
                 drafts = [d for d in drafts if d.event_id not in recorded]
@@ -531,8 +535,10 @@ _SAVEPOINT_HEAD = f"SAVEPOINT ledger_append; {_HEAD_SQL}"
 _LOOKUP_SQL = "SELECT disclosure_id, seq FROM ledger_entries WHERE disclosure_id = ANY(%s)"
 # One probe of the event_id index per id (LIMIT 1 keeps the lateral subquery a probe, not a
 # join the planner may turn into a scan of the table: ledger/read.py's _BY_EVENT_PG).
-_RECORDED_EVENTS_SQL = (
-    "SELECT ids.event_id FROM unnest(%s::text[]) AS ids(event_id) "
+# The ids go in as a literal so that the query joins step 1's round trip (the simple query
+# protocol takes several statements, but no parameters).
+_RECORDED_EVENTS_SQL = sql.SQL(
+    "SELECT ids.event_id FROM unnest({}::text[]) AS ids(event_id) "
     "CROSS JOIN LATERAL (SELECT 1 FROM ledger_entries WHERE event_id = ids.event_id LIMIT 1) AS e"
 )
 _BYTEA_OID = postgres.types["bytea"].oid
