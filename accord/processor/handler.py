@@ -363,8 +363,8 @@ class BatchHandler:
         # left out under the ledger's lock, and replayed: the ledger decides what it delivers,
         # not this batch's decision (I8).
         at = clock()
-        kept, appended, stale = append_decisions(self.engine, p.drafts)
-        decided = [(e, d) for e, d in p.decided if e.event_id not in stale] if stale else p.decided
+        kept, appended, recorded_before = append_decisions(self.engine, p.drafts)
+        decided = [(e, d) for e, d in p.decided if e.event_id not in recorded_before] if recorded_before else p.decided
         appended_at = clock()
         self.metrics.stage["append"].observe(appended_at - at)
         report.appended = sum(1 for a in appended if a.new)
@@ -375,7 +375,7 @@ class BatchHandler:
             self.metrics.decided(Counter(map(_DECISION_LABELS, new)))
         seq_of = {a.disclosure_id: a.seq for a in appended}
         fresh = {a.disclosure_id for a in appended if a.new}
-        raced = {d.event_id for d, a in zip(kept, appended, strict=True) if not a.new} | stale
+        raced = {d.event_id for d, a in zip(kept, appended, strict=True) if not a.new} | recorded_before
         for event, d in decided:
             report.outcomes[(d.recipient, d.outcome._value_, d.reason or "")] += 1
             if d.outcome is Outcome.DISCLOSED and event.event_id not in raced and d.projected is not None:

@@ -19,6 +19,7 @@ from ledger import (
     GENESIS_HASH,
     EntryDraft,
     append,
+    append_decisions,
     canonical_bytes,
     count,
     entries,
@@ -148,6 +149,27 @@ def test_reappend_is_idempotent(ledger_engine: Engine) -> None:
     assert count(ledger_engine) == 52
     assert lookup(ledger_engine, [drafts[3].disclosure_id, "absent"]) == {drafts[3].disclosure_id: 4}
     assert verify(ledger_engine).ok
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_append_decisions_leaves_out_every_event_already_recorded(backend: str, request: pytest.FixtureRequest) -> None:
+    """A second decision of a recorded event, under another disclosure id (another agreement
+    version, say), is not written; the other events of the batch are, and the repeat within
+    the batch still counts once."""
+    engine: Engine = request.getfixturevalue("ledger_engine" if backend == "postgresql" else "sqlite_engine")
+    recorded = append(engine, [draft(1), draft(2)])
+    redecided = replace(draft(1), disclosure_id=str(uuid.uuid4()), agreement_version=3)
+    fresh = draft(3)
+    kept, appended, seen = append_decisions(engine, [redecided, fresh, fresh, not_covered(draft(2, "a"))])
+    assert seen == {draft(1).event_id, draft(2).event_id}
+    assert kept == [fresh, fresh]
+    assert [(a.seq, a.new) for a in appended] == [(3, True), (3, False)]
+    assert [e.draft.disclosure_id for e in entries(engine)] == [
+        *(a.disclosure_id for a in recorded),
+        fresh.disclosure_id,
+    ]
+    assert append_decisions(engine, [redecided]) == ([], [], frozenset({draft(1).event_id}))
+    assert count(engine) == 3 and verify(engine).ok
 
 
 def test_chain_links(ledger_engine: Engine) -> None:
