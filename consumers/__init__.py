@@ -1,5 +1,5 @@
 """Partner side: subscription SDK."""
 
-from consumers.subscription import Disclosure, Retraction, Subscription, partner_topics
+from consumers.subscription import Disclosure, Retraction, Subscription, UnknownAgreementVersion, partner_topics
 
-__all__ = ["Disclosure", "Retraction", "Subscription", "partner_topics"]
+__all__ = ["Disclosure", "Retraction", "Subscription", "UnknownAgreementVersion", "partner_topics"]

@@ -22,6 +22,7 @@ from bus import kafka
 from bus.settings import Settings
 from bus.topics import TopicNames
 from consumers.receipts import ReceiptSender
+from schemas.errors import UnknownFingerprint
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,22 @@ class Retraction:
     topic: str
     partition: int
     offset: int
+
+
+class UnknownAgreementVersion(UnknownFingerprint):
+    """A disclosure under an agreement version the Subscription was not given.
+
+    Each version's projection is a schema of its own, so the record cannot be decoded
+    without that version's agreement: give the Subscription every version (one file each).
+    """
+
+    def __init__(self, fp: bytes, agreement: str, where: str) -> None:
+        super().__init__(fp)
+        self.agreement = agreement
+        self.args = (
+            f"{where}: a disclosure under agreement {agreement}, which the agreements given to this "
+            "subscription do not include: add that version's file to them",
+        )
 
 
 def partner_topics(names: TopicNames, partner: str, agreements: Iterable[Agreement]) -> list[str]:
@@ -102,7 +119,13 @@ class Subscription:
         topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
         # A consumed record without an error has all four (the processor writes no empty records).
         assert topic is not None and partition is not None and offset is not None and value is not None
-        schema, record = self.catalogue.decode(value)
+        try:
+            schema, record = self.catalogue.decode(value)
+        except UnknownFingerprint as exc:
+            agreement = headers.get(header.AGREEMENT)
+            if agreement is None:
+                raise
+            raise UnknownAgreementVersion(exc.fingerprint, agreement, f"{topic}[{partition}]@{offset}") from None
         if schema == "retraction":
             return Retraction(
                 retraction_id=record["retraction_id"],

@@ -306,6 +306,19 @@ def test_a_new_agreement_version_published_while_running_changes_the_next_decisi
     assert got.agreement == narrower.key and "narrative" not in got.record
     assert "narrative" not in json.loads(entry.fields)
 
+    # A partner whose agreements lack the new version (the CLI reads ACCORD_AGREEMENTS_DIR,
+    # which holds version 1 only) is told which version it needs, in one line.
+    result = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "consume", "--partner", "salford-mash", "--idle", "2"],
+        env={**os.environ, **settings_env(bus.settings), "ACCORD_LOG_FORMAT": "console"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"a disclosure under agreement {narrower.key}" in line and "add that version's file" in line, line
+
 
 def test_verify_names_a_row_altered_behind_the_triggers_back(bus: Bus) -> None:
     bus.publish([("custody", e) for e in _events("custody", n=3)])
