@@ -286,7 +286,7 @@ def test_the_documented_tables_and_trigger_work_and_the_relay_needs_only_the_doc
     outbox = source.outbox()
     assert [e for _, _, e, _ in outbox] == ["referral"] * 3
 
-    assert _relay_rows_until(settings, 3) == (2, 1)
+    assert _relay_until(settings, 3) == (2, 1)
 
     on_topic = read_events(settings)
     ids = {row[3]["envelope"]["event_id"]: row for row in outbox}
@@ -362,12 +362,7 @@ def test_bad_rows_go_to_the_dead_letter_table_with_reasons_and_the_rest_are_publ
     assert source.position() == outbox[-1][:2]
 
 
-def _relay_until(settings, wanted: int, timeout_s: float = 30.0) -> int:
-    """Relay passes until ``wanted`` rows are published; how many were."""
-    return _relay_rows_until(settings, wanted, timeout_s)[0]
-
-
-def _relay_rows_until(settings, wanted: int, timeout_s: float = 30.0) -> tuple[int, int]:
+def _relay_until(settings, wanted: int, timeout_s: float = 30.0) -> tuple[int, int]:
     """Relay passes until ``wanted`` rows are handled (published or refused): (published, refused).
 
     A pass reads nothing while any older transaction on the server is open (the outbox's
@@ -406,7 +401,7 @@ def test_rows_committed_out_of_order_are_not_lost(broker, source) -> None:
         assert first.published == 0, "published a row ahead of an older transaction still open"
         assert read_events(settings) == []
         a.commit()
-    assert _relay_until(settings, 2) == 2
+    assert _relay_until(settings, 2)[0] == 2
 
     # The other way round: C's transaction began writing first but takes the later id.
     with psycopg.connect(source.owner_dsn) as c, psycopg.connect(source.owner_dsn) as d:
@@ -417,7 +412,7 @@ def test_rows_committed_out_of_order_are_not_lost(broker, source) -> None:
         id_c = c.execute(insert, (type_c, payload_c)).fetchone()
         c.commit()
         assert id_c is not None and id_d is not None and id_c[0] > id_d[0]
-    assert _relay_until(settings, 2) == 2
+    assert _relay_until(settings, 2)[0] == 2
 
     ids = [r.event_id for r in read_events(settings)]
     expected = {json.loads(p)["envelope"]["event_id"] for p in (payload_a, payload_b, payload_c, payload_d)}
