@@ -44,7 +44,7 @@ bench/ledger_indexes.py the indexes (ledger/tables.py).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
@@ -230,24 +230,27 @@ def append(target: Engine | Connection, drafts: Sequence[EntryDraft]) -> list[Ap
             return _append_in_writer(target, drafts)
         return _append_elsewhere(target, drafts)
     if _psycopg(target):
-        return _append_own_transaction(target, drafts, fence=False).appended
+        return _append_own_transaction(target, drafts, fence=None).appended
     with writer(target) as conn:
         return _append_elsewhere(conn, drafts)
 
 
-def append_decisions(engine: Engine, drafts: Sequence[EntryDraft]) -> Decisions:
+def append_decisions(engine: Engine, drafts: Sequence[EntryDraft], events: Iterable[str] | None = None) -> Decisions:
     """append(engine, drafts), leaving out every draft of an event the ledger already holds.
 
+    ``events`` are the event ids to look for (default: the drafts'); the processor gives
+    its whole batch's, so an event it could not decide is still found if it is recorded.
     The look-up runs under the writer lock, so no writer can record one of these events
-    between it and the append: the processor's look-up before deciding (event_entries)
-    cannot see what another writer records while the batch is decided.
+    between it and the append: it is the processor's only look-up of its batch's events,
+    and what it finds is replayed, never decided again (I8).
     """
-    if not drafts:
+    ids = list(dict.fromkeys(events if events is not None else (d.event_id for d in drafts)))
+    if not ids:
         return Decisions([], [], frozenset())
     if _psycopg(engine):
-        return _append_own_transaction(engine, drafts, fence=True)
+        return _append_own_transaction(engine, drafts, fence=ids)
     with writer(engine) as conn:
-        recorded = frozenset(event_entries(conn, {d.event_id for d in drafts}))
+        recorded = frozenset(event_entries(conn, ids))
         kept = [d for d in drafts if d.event_id not in recorded] if recorded else list(drafts)
         return Decisions(kept, _append_elsewhere(conn, kept) if kept else [], recorded)
 
@@ -260,13 +263,13 @@ class _AlreadyRecorded(Exception):
     """The COPY met UNIQUE(disclosure_id): some of the batch is in the ledger already."""
 
 
-def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft], fence: bool) -> Decisions:
+def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft], fence: list[str] | None) -> Decisions:
     """append(engine, drafts) on PostgreSQL: writer()'s protocol on the driver connection, three round trips.
 
     1. BEGIN at READ COMMITTED, take the writer lock, read the head: one round trip (each
        statement of it has its own snapshot, so the head read sees the previous holder's
-       commit); with ``fence``, a fourth statement in it: which of the drafts' events the
-       ledger holds, whose drafts are then left out;
+       commit); with ``fence`` (event ids), a fourth statement in it: which of those events
+       the ledger holds, whose drafts are then left out;
     2. number, chain and COPY the rows (_copy_batch), assuming none is in the ledger;
     3. COMMIT. If step 2 met UNIQUE(disclosure_id), roll back and do it again, looking
        the batch's ids up first.
@@ -294,21 +297,21 @@ def _append_own_transaction(engine: Engine, drafts: Sequence[EntryDraft], fence:
 
 
 def _append_transaction(
-    conn: psycopg.Connection[Any], drafts: Sequence[EntryDraft], look_up: bool, fence: bool
+    conn: psycopg.Connection[Any], drafts: Sequence[EntryDraft], look_up: bool, fence: list[str] | None
 ) -> Decisions:
     cursor = conn.cursor()
     recorded: frozenset[str] = frozenset()
     try:
         # 1. BEGIN, lock, head; with the fence, the events already recorded, in the same round trip
-        if fence:
-            ids = sql.Literal(list({d.event_id: None for d in drafts}))  # quoted by psycopg, not by hand
+        if fence is not None:
+            ids = sql.Literal(fence)  # quoted by psycopg, not by hand
             cursor.execute(f"{_BEGIN_LOCK_HEAD}; {_RECORDED_EVENTS_SQL.format(ids).as_string(conn)}")
         else:
             cursor.execute(_BEGIN_LOCK_HEAD)
         cursor.nextset()
         cursor.nextset()
         last_seq, prev = _head(cursor)
-        if fence:
+        if fence is not None:
             cursor.nextset()
             recorded = frozenset(row[0] for row in cursor.fetchall())
             if recorded:

@@ -3,11 +3,11 @@
 ``BatchHandler.handle`` is the sharing loop's step 3, in the order I1, I7 and I8 need:
 
 1. read each record (decode, validate; what cannot be read becomes a dead letter);
-2. look up the ledger for events already recorded (a replay), and the consent history
-   of the batch's subjects, in one query each;
-3. decide every new event (the pure core, ``accord.sharing``) and append the decisions
-   to the ledger in one transaction, which leaves out any event the ledger has recorded
-   since step 2 (the batch before, or another worker): that one is replayed instead;
+2. look up the consent history of the batch's subjects, in one query;
+3. decide every event (the pure core, ``accord.sharing``) and append the decisions to
+   the ledger in one transaction, which first looks the batch's events up under the
+   ledger's lock and leaves out every one already recorded (a replay: of a restart, of
+   the batch before, of another worker): that one is replayed instead (I8);
 4. deliver what the ledger says was disclosed, the replayed entries included, and wait
    for the broker to confirm it;
 5. dead-letter what could not be read, decided or delivered, with the reason.
@@ -140,15 +140,21 @@ class Delivery:
 
 @dataclass
 class Prepared:
-    """A batch read, looked up and decided (steps 1 to 3): what ``send`` appends and delivers."""
+    """A batch read, looked up and decided (steps 1 to 3): what ``send`` appends and delivers.
+
+    Whether an event is a replay is known only under the ledger's lock, in ``send``; so a
+    copy of an event id with other content, and an event that could not be decided, wait
+    for it: a replay of a recorded event is delivered from the ledger, whatever else.
+    """
 
     report: BatchReport
-    events: dict[str, Event]  # the new events, by id
+    events: dict[str, Event]  # each event id's first copy in the batch, by id
     drafts: list[EntryDraft]  # their ledger entries, in order
     decided: list[tuple[Event, Decision]]
-    deliveries: list[Delivery]  # so far, the replayed entries'
     dead: list[DeadLetter]
     replay: _ReplayView
+    others: dict[str, list[Event]] = field(default_factory=dict)  # later copies with other content, by id
+    undecidable: list[tuple[Event, str]] = field(default_factory=list)  # decide() failed: the error's class
 
 
 @dataclass
@@ -193,18 +199,18 @@ class BatchHandler:
 
     1. read: decode and validate each record; one that cannot be read or is implausible
        is a dead letter (I2). Copies of one event id are told apart by their digest;
-    2. look in the ledger for the batch's event ids: an event already recorded is a
-       replay, and its entries decide what is delivered, never a new decision (I8); a
-       copy with another digest is a conflicting duplicate, dead-lettered naming the
-       first. Of an event not recorded yet, the batch's first copy is decided and any
-       copy with other content is the conflicting one;
-    3. decide the new events with the consent history read now (I5); an event that no
-       agreement covers gets a NOT_COVERED entry;
-    4. append every new decision in one transaction, BEFORE anything is produced (I1); a
-       decision the ledger already held (another worker recorded the event meanwhile)
-       makes its event a replay, handled as in step 2, and so does an event that this
-       handler's previous send recorded after this batch was looked up (the loop's
-       sender thread sends one batch while it prepares the next);
+    2. read the consent history of the batch's subjects (I5);
+    3. decide the batch's first copy of each event id; an event that no agreement covers
+       gets a NOT_COVERED entry;
+    4. append every decision in one transaction, BEFORE anything is produced (I1). Under
+       the ledger's lock, it first looks up the batch's event ids and leaves out every
+       event already recorded: a replay (after a restart, or of this handler's batch
+       before, or of another worker that had the partition), whose entries decide what
+       is delivered, never this batch's decision (I8). Each copy of a replayed event is
+       checked against the recorded content, and one with other content is a
+       conflicting duplicate, dead-lettered naming the recorded one; of an event not
+       recorded, a later copy with other content is the conflicting one, and an event
+       that could not be decided is dead-lettered;
     5. produce the disclosures (new and replayed), wait for the broker to take them,
        then produce the dead letters and wait again. A record the broker refuses for
        itself (too large, invalid) is dead-lettered; any other failure is an outage and
@@ -300,47 +306,33 @@ class BatchHandler:
         read_s = at - began
         stage["read"].observe(read_s)
 
-        # 2. what the ledger already holds decides; only then does the batch's first copy. The
-        # look-ups of steps 2 and 3 share one connection: one check-out, one liveness ping.
+        # 2. the consent history of the batch's subjects. Whether an event is already recorded
+        # is asked once, under the ledger's lock (send): a replay's decision here is left out.
         events: dict[str, Event] = {}
-        deliveries: list[Delivery] = []
+        others: dict[str, list[Event]] = {}
+        for event_id, versions in copies.items():
+            first, *rest = versions.values()
+            events[event_id] = first
+            if rest:
+                others[event_id] = rest
         with self.engine.connect() as reads:
-            known = event_entries(reads, list(copies)) if copies else {}
-            looked_up = clock() - at
-            agreements = self.agreements.current()  # one view for the whole batch
-            sharing = Sharing.of(agreements)  # compiled once per set of agreements (cached)
-            replay = _ReplayView(self.agreements.by_key(), {a.id: a for a in agreements}, context)
-            for event_id, versions in copies.items():
-                stored = known.get(event_id)
-                if stored is not None:
-                    for event in versions.values():  # the recorded content is replayed, any other dead-lettered
-                        self._replay(event, stored, replay, deliveries, dead)
-                    continue
-                first, *others = versions.values()
-                events[event_id] = first
-                for other in others:
-                    dead.append(
-                        DeadLetter(
-                            other.msg,
-                            "ConflictingDuplicate",
-                            f"event id {event_id} reused with different content: the first is at "
-                            f"{first.msg.topic}[{first.msg.partition}]@{first.msg.offset} in this batch",
-                        )
-                    )
-
-            # 3. decide the new events
-            at = clock()
             histories = consent.history(reads, {e.subject_key for e in events.values()})
-        looked_up += clock() - at
+        looked_up = clock() - at
         stage["look_up"].observe(looked_up)
+
+        # 3. decide each event id's first copy
+        agreements = self.agreements.current()  # one view for the whole batch
+        sharing = Sharing.of(agreements)  # compiled once per set of agreements (cached)
+        replay = _ReplayView(self.agreements.by_key(), {a.id: a for a in agreements}, context)
         drafts: list[EntryDraft] = []
         decided: list[tuple[Event, Decision]] = []
+        undecidable: list[tuple[Event, str]] = []
         for event in events.values():
             consents = histories.get(event.subject_key, ())
             try:
                 decisions = sharing.decide(event.event_type, event.record, consents, context, key=event.subject_key)
-            except Exception as exc:  # noqa: BLE001 - pure code failing on one record must not stop the bus (I10)
-                dead.append(DeadLetter(event.msg, "Undecidable", f"could not be decided: {type(exc).__name__}"))
+            except Exception as exc:  # noqa: BLE001 - pure code failing on one record must not stop the bus (I10): dead-lettered in send unless it is a replay
+                undecidable.append((event, type(exc).__name__))
                 continue
             if not decisions:
                 drafts.append(_not_covered(event, version(consents), decided_at))
@@ -348,7 +340,7 @@ class BatchHandler:
                 drafts.append(d.entry(decided_at, event.digest, event.subjects))
                 decided.append((event, d))
         stage["decide"].observe(clock() - began - read_s - looked_up)  # the rest of steps 2 and 3
-        return Prepared(report, events, drafts, decided, deliveries, dead, replay)
+        return Prepared(report, events, drafts, decided, dead, replay, others, undecidable)
 
     def send(self, prepared: Prepared) -> Sending:
         """Step 4, and step 5 up to the wait: append, then produce every disclosure (I1).
@@ -356,14 +348,15 @@ class BatchHandler:
         Returns before the broker has confirmed anything; ``settle`` waits for it.
         """
         p = prepared
-        report, deliveries, dead = p.report, p.deliveries, p.dead
+        report, dead = p.report, p.dead
+        deliveries: list[Delivery] = []
         clock = time.perf_counter
-        # 4. the ledger first (I1). An event recorded since this batch was looked up (by the
-        # batch before it, or by a worker given its partitions while this one was paused) is
+        # 4. the ledger first (I1). An event already recorded (before a restart, by the batch
+        # before this one, by a worker that had its partition while this one was paused) is
         # left out under the ledger's lock, and replayed: the ledger decides what it delivers,
         # not this batch's decision (I8).
         at = clock()
-        kept, appended, recorded_before = append_decisions(self.engine, p.drafts)
+        kept, appended, recorded_before = append_decisions(self.engine, p.drafts, p.events)
         decided = [(e, d) for e, d in p.decided if e.event_id not in recorded_before] if recorded_before else p.decided
         appended_at = clock()
         self.metrics.stage["append"].observe(appended_at - at)
@@ -390,10 +383,27 @@ class BatchHandler:
                         event.msg,
                     )
                 )
-        if raced:
-            by_id = {e.event_id: e for e in p.events.values()}
+        if raced:  # every copy of a recorded event, against the recorded content
             for event_id, stored in event_entries(self.engine, sorted(raced)).items():
-                self._replay(by_id[event_id], stored, p.replay, deliveries, dead)
+                for event in (p.events[event_id], *p.others.get(event_id, ())):
+                    self._replay(event, stored, p.replay, deliveries, dead)
+        for event_id, rest in p.others.items():
+            if event_id not in raced:
+                first = p.events[event_id].msg
+                dead.extend(
+                    DeadLetter(
+                        other.msg,
+                        "ConflictingDuplicate",
+                        f"event id {event_id} reused with different content: the first is at "
+                        f"{first.topic}[{first.partition}]@{first.offset} in this batch",
+                    )
+                    for other in rest
+                )
+        dead.extend(
+            DeadLetter(event.msg, "Undecidable", f"could not be decided: {error}")
+            for event, error in p.undecidable
+            if event.event_id not in raced
+        )
 
         # 5. deliver (the wait is settle's)
         report.redelivered = len(deliveries) - sum(1 for d in deliveries if d.disclosure_id in fresh)

@@ -176,8 +176,8 @@ class ProcessorMetrics:
         )
         self.stage_seconds = Histogram(
             "accord_batch_stage_seconds",
-            "Time of one step of a batch: read (decode, validate), look_up (the ledger for replays, the "
-            "consent history), decide, append (the ledger transaction), deliver (produce and wait for the "
+            "Time of one step of a batch: read (decode, validate), look_up (the consent history; replays "
+            "are found in the append), decide, append (the ledger transaction), deliver (produce and wait for the "
             "broker), commit (the offsets)",
             ["stage"],
             buckets=_SECONDS,

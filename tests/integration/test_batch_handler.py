@@ -23,6 +23,7 @@ from sqlalchemy import text
 from accord.processor.agreement_feed import AgreementSet
 from accord.processor.handler import BatchReport, Inbound
 from accord.processor.outage import outage_of
+from accord.sharing.decide import Sharing
 from agreements.recipient_schemas import recipient_catalogue
 from bus import headers as header
 from ledger.append import ADVISORY_LOCK_KEY
@@ -208,3 +209,51 @@ def test_a_worker_resuming_after_its_partitions_moved_does_not_decide_their_even
         # What the new owner disclosed, and only that: the late batch knows nothing of version 2
         # (its worker was paused before it was applied), so it sends nothing of it again.
         assert sorted(d for d, _seq in delivered(parts.partner_topic(partner))) == sorted(disclosed(parts, partner))
+
+
+def test_every_copy_of_a_recorded_event_in_one_batch_is_judged_against_the_ledger(parts: Parts) -> None:
+    """A batch holding a reused id first (other content) and then the recorded event sent again.
+    Which events are recorded is known only under the ledger's lock, after deciding: the
+    impostor, though first in its batch, must be the conflicting one, and the genuine copy's
+    recorded disclosures must go out again, under their ids; nothing is appended (I8)."""
+    [record] = shared_custody_events(agreement(parts, AGREEMENT), 1)
+    parts.handler.handle([parts.inbound("custody", record, offset=0)])
+    recorded = disclosed(parts, "cps")
+    size = ledger_size(parts)
+    impostor = copy.deepcopy(record)
+    impostor["custody_record_id"] = f"{impostor['custody_record_id']}B"
+
+    report = parts.handler.handle(
+        [parts.inbound("custody", impostor, offset=1), parts.inbound("custody", record, offset=2)]
+    )
+
+    assert (report.appended, ledger_size(parts)) == (0, size)
+    assert Counter(delivered(parts.partner_topic("cps"))) == {item: 2 for item in recorded.items()}
+    [conflict] = [h for h in parts.dead_letters() if h[header.ERROR] == b"ConflictingDuplicate"]
+    assert int(conflict[header.SOURCE_OFFSET]) == 1
+    assert b"recorded at ledger seq" in conflict[header.REASON]
+
+
+def test_an_event_that_cannot_be_decided_is_still_replayed_if_the_ledger_holds_it(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decide() failing (a fault injected here) dead-letters a new event as Undecidable; a
+    recorded one is a replay, whose recorded disclosures are delivered again, not lost."""
+    recorded_record, new_record = shared_custody_events(agreement(parts, AGREEMENT), 2)
+    parts.handler.handle([parts.inbound("custody", recorded_record, offset=0)])
+    recorded = disclosed(parts, "cps")
+    size = ledger_size(parts)
+
+    def fail(*_args: object, **_kw: object) -> None:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(Sharing, "decide", fail)
+    report = parts.handler.handle(
+        [parts.inbound("custody", recorded_record, offset=1), parts.inbound("custody", new_record, offset=2)]
+    )
+
+    assert (report.appended, ledger_size(parts)) == (0, size)
+    assert Counter(delivered(parts.partner_topic("cps"))) == {item: 2 for item in recorded.items()}
+    [dead] = parts.dead_letters()
+    assert (dead[header.ERROR], int(dead[header.SOURCE_OFFSET])) == (b"Undecidable", 2)
+    assert dead[header.REASON] == b"could not be decided: ZeroDivisionError"

@@ -128,7 +128,7 @@ class Handler:
             raise Outage("database", "cut")
         report = BatchReport(events=len(batch))
         self.batch_of[id(report)] = name  # the report travels through send and settle: it names the batch
-        return Prepared(report, {}, [], [], [], [], None)  # type: ignore[arg-type]  # no replay view needed
+        return Prepared(report, {}, [], [], [], None)  # type: ignore[arg-type]  # no replay view needed
 
     def send(self, prepared: Prepared) -> Sending:
         self.calls.append(f"send {self.batch_of[id(prepared.report)]}")
