@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     relay_table: str = Field("accord_outbox", description="The outbox table `accord relay` reads")
     relay_batch_size: int = Field(500, ge=1, description="Most outbox rows the relay publishes per transaction")
     relay_poll_interval_s: float = Field(0.5, gt=0, description="How often the relay looks for new outbox rows")
+    relay_once_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long `accord relay --once` waits for rows held back by a transaction still open on the "
+        "source database server before it exits, saying so",
+    )
     database_timeout_s: float = Field(
         10.0,
         gt=0,

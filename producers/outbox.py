@@ -148,6 +148,7 @@ class RelayReport:
     refused: int = 0
     waits: int = 0  # times the relay waited for the database or the broker
     last: tuple[int, int] = (0, 0)  # the position reached: (txid, id)
+    held_back: bool = False  # ``once``: it exited while rows still waited behind an open transaction
 
 
 def _one_line(problems: list[Problem]) -> str:
@@ -368,7 +369,14 @@ class Relay:
     # -- the loop ---------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, *, once: bool = False) -> RelayReport:
-        """Relay until ``stop`` is set, or (``once``) until no row is ready; RelayError for what a person must fix."""
+        """Relay until ``stop`` is set, or (``once``) until no row is ready; RelayError for what a person must fix.
+
+        ``once`` and rows held back behind a transaction still open on the server (any
+        database of it: the snapshot-xmin rule of the module docstring): it waits up to
+        ``relay_once_wait_s`` for them, as a batch job's commit usually comes soon, then
+        exits with ``report.held_back`` set, so a run from cron does not report "0 rows"
+        as if nothing were waiting.
+        """
         stop = stop or threading.Event()
         attempt = 0
         held_since: float | None = None
@@ -411,6 +419,16 @@ class Relay:
                     continue
                 if held_back:
                     held_since = held_since or time.monotonic()
+                    if once and time.monotonic() - held_since >= self.settings.relay_once_wait_s:
+                        self.report.held_back = True
+                        log.warning(
+                            "relay_held_back",
+                            outbox=self.tables.outbox,
+                            reason="rows wait behind a transaction still open on the database server; "
+                            "the next run relays them once it ends",
+                            for_s=round(time.monotonic() - held_since, 1),
+                        )
+                        break
                     if time.monotonic() - held_since > HELD_BACK_WARN_S:
                         log.warning(
                             "relay_held_back",
@@ -421,8 +439,8 @@ class Relay:
                         held_since = time.monotonic()
                 else:
                     held_since = None
-                if once:
-                    break
+                    if once:
+                        break
                 stop.wait(self.settings.relay_poll_interval_s)
         finally:
             self.close()

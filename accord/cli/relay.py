@@ -48,9 +48,16 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
         )
         error_line(f"accord relay: {line}", exc)
         return 2
+    held = (
+        f"; later rows wait behind a transaction still open on the database server (for "
+        f"{settings.relay_once_wait_s:g} s, ACCORD_RELAY_ONCE_WAIT_S): the next run relays them once it ends"
+        if report.held_back
+        else ""
+    )
     print(
         f"{report.published + report.refused} outbox rows relayed: {report.published} published, "
         f"{report.refused} refused to {relay.tables.dead_letters}; {report.waits} waits for the database or broker"
+        f"{held}"
     )
     return 0
 

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -146,6 +147,7 @@ def relay_env(settings: Settings) -> dict[str, str]:
         "ACCORD_RELAY_TABLE": settings.relay_table,
         "ACCORD_RELAY_BATCH_SIZE": str(settings.relay_batch_size),
         "ACCORD_RELAY_POLL_INTERVAL_S": str(settings.relay_poll_interval_s),
+        "ACCORD_RELAY_ONCE_WAIT_S": str(settings.relay_once_wait_s),
         "ACCORD_DATABASE_TIMEOUT_S": str(settings.database_timeout_s),
         "ACCORD_LOG_FORMAT": "json",
     }
@@ -379,7 +381,7 @@ def _relay_until(settings, wanted: int, timeout_s: float = 30.0) -> tuple[int, i
 
 def test_rows_committed_out_of_order_are_not_lost(broker, source) -> None:
     """Transaction A takes id 1 and stays open while B takes id 2 and commits; the relay runs; then A commits."""
-    settings = relay_settings(broker, source)
+    settings = relay_settings(broker, source, relay_once_wait_s=0.3)  # --once's wait for A: its own test is below
     (type_a, payload_a), (type_b, payload_b), (type_c, payload_c), (type_d, payload_d) = good_rows(4, seed=3)
     insert = "INSERT INTO accord_outbox (event_type, payload) VALUES (%s, %s::jsonb) RETURNING id"
     with (
@@ -399,6 +401,7 @@ def test_rows_committed_out_of_order_are_not_lost(broker, source) -> None:
         assert [i for _, i, _, _ in source.outbox()] == [id_b[0]]
         first = Relay(settings).run(once=True)
         assert first.published == 0, "published a row ahead of an older transaction still open"
+        assert first.held_back
         assert read_events(settings) == []
         a.commit()
     assert _relay_until(settings, 2)[0] == 2
@@ -418,6 +421,37 @@ def test_rows_committed_out_of_order_are_not_lost(broker, source) -> None:
     expected = {json.loads(p)["envelope"]["event_id"] for p in (payload_a, payload_b, payload_c, payload_d)}
     assert sorted(ids) == sorted(expected), "a row committed out of order was lost or doubled"
     assert source.dead_letters() == {}
+
+
+def test_once_waits_for_rows_behind_an_open_transaction_and_says_so_when_they_are_not_ready(broker, source) -> None:
+    """As a cron job would meet it: rows committed while another transaction on the server is
+    open. ``accord relay --once`` waits for it (up to ACCORD_RELAY_ONCE_WAIT_S) and relays the
+    rows once it ends; if it stays open, it exits 0 saying the rows wait, and the next run
+    relays them. Before, it printed "0 outbox rows relayed" at once and left."""
+    settings = relay_settings(broker, source, relay_once_wait_s=8.0)
+    rows = good_rows(3, seed=7)
+    wanted = sorted(json.loads(p)["envelope"]["event_id"] for _t, p in rows)
+    with psycopg.connect(source.owner_dsn) as batch_job:
+        batch_job.execute("SELECT pg_current_xact_id()")  # a writing transaction: it holds an xid
+        source.insert(rows[:2])
+        threading.Timer(2.0, batch_job.commit).start()  # the batch job commits while --once waits
+        waited = run_relay_once(settings)
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.startswith("2 outbox rows relayed: 2 published"), waited.stdout
+    assert "wait behind" not in waited.stdout
+
+    impatient = settings.model_copy(update={"relay_once_wait_s": 1.0})
+    with psycopg.connect(source.owner_dsn) as batch_job:
+        batch_job.execute("SELECT pg_current_xact_id()")
+        source.insert(rows[2:])
+        held = run_relay_once(impatient)
+        assert held.returncode == 0, held.stderr
+        assert held.stdout.startswith("0 outbox rows relayed: 0 published"), held.stdout
+        assert "later rows wait behind a transaction still open on the database server" in held.stdout
+        assert "Traceback" not in held.stderr
+    again = run_relay_once(settings)
+    assert again.stdout.startswith("1 outbox rows relayed: 1 published"), again.stdout
+    assert sorted(r.event_id for r in read_events(settings)) == wanted
 
 
 def _start_relay(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
