@@ -63,7 +63,7 @@ from operator import attrgetter
 from typing import Protocol, TypeVar
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from accord.processor.agreement_feed import AgreementSet
 from accord.processor.control_lease import Lease
@@ -281,14 +281,20 @@ class SharingLoop:
             msgs += self.consumer.consume(self.batch_size - 1, timeout=0)
         self.moved.clear()  # what consume returned belongs to the assignment it ends with
         batch: list[Inbound] = []
+        oldest_ms = 0  # the batch's oldest record timestamp, ms since the epoch (0: none known)
         for m in msgs:
             err = m.error()
             if err is None:
                 batch.append(_inbound(m))
+                kind, ms = m.timestamp()
+                if kind != TIMESTAMP_NOT_AVAILABLE and (ms < oldest_ms or not oldest_ms):
+                    oldest_ms = ms
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer_error", error=err.name())
                 if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
                     self.health.waiting("broker", err.name())
+        if oldest_ms:
+            self.metrics.record_age.observe(max(time.time() - oldest_ms / 1000, 0.0))
         if batch:
             # 3. handle, 4. commit: retried through outages until done or dropped by a rebalance
             report = self._complete(batch) or report

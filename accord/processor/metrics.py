@@ -34,6 +34,8 @@ from accord.processor.health import Health
 # Seconds: a batch takes milliseconds to seconds (a flush may wait up to 30 s).
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _RECORDS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+# Seconds a record waited before the processor took it: milliseconds when it keeps up, hours behind a backlog.
+_AGE = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 STATES = ("starting", "running", "waiting", "stopped")
 # The steps of one batch, in order (accord_batch_stage_seconds).
 STAGES = ("read", "look_up", "decide", "append", "deliver", "commit")
@@ -173,6 +175,13 @@ class ProcessorMetrics:
         )
         self.batch_records = Histogram(
             "accord_batch_records", "Records in a handled batch", buckets=_RECORDS, registry=r
+        )
+        self.record_age = Histogram(
+            "accord_record_age_seconds",
+            "Age of each batch's oldest record when the processor took it from the consumer: now minus the "
+            "record's timestamp (set by its producer's clock)",
+            buckets=_AGE,
+            registry=r,
         )
         self.stage_seconds = Histogram(
             "accord_batch_stage_seconds",

@@ -100,6 +100,7 @@ def demo_run(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         # The demo's scenario and consent choices (accord.dev.demo.run_demo, steps before its processor).
         seed = random.randrange(1 << 30)
         scenario = build_scenario(n_events=300, seed=seed)
+        published_at = time.time()
         known = consent.KnownScopes.from_partners(load_partners(settings.partners_file))
         _record_consent(db.app, scenario, random.Random(seed), known)
         publisher = Publisher(settings)
@@ -109,8 +110,10 @@ def demo_run(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             publisher.publish_raw(event_type, raw, key=b"demo-malformed")
         published = publisher.flush()
         assert not published.failed
+        published_by = time.time()
 
         bus.start_processor()
+        started = time.time()
         try:
             wait_for_group(settings, settings.processor_group, published.end_offsets, timeout=120)
             # A citizen withdraws after the fact: the sweep retracts what was shared (RETRACTED entries).
@@ -127,6 +130,8 @@ def demo_run(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             expected = {
                 "events": Counter(e.event_type for e in scenario.events) + Counter(t for t, _ in scenario.malformed),
                 "malformed": len(scenario.malformed),
+                "published_at": published_at,
+                "waited_s": started - published_by,  # every record was published this long before it was taken
             }
             yield bus, port, expected
         finally:
@@ -219,6 +224,18 @@ def test_lag_falls_to_zero_and_the_control_plane_reports(demo_run) -> None:
     samples = eventually("a checkpoint of the whole ledger", checkpointed, timeout=30)
     assert samples[("accord_checkpoint_pending_entries", ())] == 0
     assert 0 <= samples[("accord_checkpoint_age_seconds", ())] < 3600
+
+
+def test_record_age_tells_how_long_the_oldest_record_of_each_batch_waited(demo_run) -> None:
+    """The scenario was published before the processor started: the first batch's oldest record
+    waited at least the time between, and none can have waited longer than since it was published."""
+    _bus, port, expected = demo_run
+    samples = scrape(port)
+    batches = samples[("accord_record_age_seconds_count", ())]
+    assert batches >= samples[("accord_batch_records_count", ())] > 0
+    total = samples[("accord_record_age_seconds_sum", ())]
+    assert total >= expected["waited_s"] > 0
+    assert total <= batches * (time.time() - expected["published_at"])
 
 
 def test_health_port_answers_health_healthz_and_readyz(demo_run) -> None:

@@ -52,6 +52,9 @@ class Record:
     def value(self) -> bytes:
         return b"v"
 
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)  # TIMESTAMP_NOT_AVAILABLE
+
 
 class Consumer:
     """Hands out scripted batches: poll() the first record, consume() the rest; None once between batches."""
