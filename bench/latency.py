@@ -18,7 +18,10 @@ With the processor(s) running and caught up on empty topics:
    split at the partner record's timestamp, which the processor's producer sets when
    it produces it (wall clock, milliseconds): publish -> produced is the broker's way
    in, the wait for a batch and the processor's work; produced -> partner is the
-   broker's way out to the partner's consumer.
+   broker's way out to the partner's consumer. And, given the processors' health
+   ports, the load's share of ``accord_record_age_seconds`` (how long each batch's
+   oldest record had waited when a processor took it from its consumer): what of
+   publish -> produced passed before the processor had the record.
 
 Nothing in the processor is changed: its batch window (ACCORD_BATCH_WINDOW_S, the
 longest ``consume`` waits to fill a batch of ACCORD_BATCH_SIZE) is part of what is
@@ -28,13 +31,16 @@ under the latency of every event.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
 from accord.dev.drain import wait_for_group
@@ -60,6 +66,37 @@ class Stage:
     # wall clock, ms): publish -> produce (broker in, the batch, decisions, ledger) and produce -> partner.
     p99_in_ms: float = float("nan")
     p99_out_ms: float = float("nan")
+    # accord_record_age_seconds over the load, as the upper bounds (ms) of the buckets holding
+    # its p50 and p99: the oldest record of each batch, when a processor took it (nan: not read).
+    age_p50_ms: float = float("nan")
+    age_p99_ms: float = float("nan")
+
+
+Buckets = dict[float, float]  # a histogram's upper bound (s) -> observations at or under it
+
+
+def record_ages(ports: Sequence[int]) -> Buckets:
+    """accord_record_age_seconds of the processors on these health ports, buckets summed."""
+    total: Buckets = {}
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text_ = r.read().decode()
+        for family in text_string_to_metric_families(text_):
+            for s in family.samples:
+                if s.name == "accord_record_age_seconds_bucket":
+                    le = float(s.labels["le"])
+                    total[le] = total.get(le, 0.0) + s.value
+    return total
+
+
+def bucket_quantile(before: Buckets, after: Buckets, q: float) -> float:
+    """The upper bound, in ms, of the bucket holding quantile ``q`` of what was observed between the two reads."""
+    delta = sorted((le, after.get(le, 0.0) - before.get(le, 0.0)) for le in after)
+    if not delta or delta[-1][1] <= 0:
+        return float("nan")
+    wanted = q * delta[-1][1]
+    le = next(le for le, n in delta if n >= wanted)
+    return le * 1000 if not math.isinf(le) else float("inf")
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -178,11 +215,13 @@ def measure(
     progress: Callable[[str], None] = print,
     meter: CpuMeter | None = None,
     source: dict[str, object] | None = None,
+    ages: Callable[[], Buckets] | None = None,
 ) -> list[Stage]:
     """Steps 1-4 for ``loads`` as (events/s, seconds); the processor(s) must be running and settled.
 
     ``meter`` notes the CPU each component used while a load was published and drained;
-    ``source`` is librdkafka settings for the publisher only (the source systems' producers).
+    ``source`` is librdkafka settings for the publisher only (the source systems' producers);
+    ``ages`` reads the processors' accord_record_age_seconds (``record_ages``), before and after each load.
     """
     clock = PartnerClock(settings, partner_topics)
     publisher = SteadyPublisher(settings, **(source or {}))
@@ -191,7 +230,7 @@ def measure(
             raise RuntimeError("the partner-side consumer got no partitions within 30 s")
         # 2.
         cursor = 0
-        stages: list[tuple[float, float, list[str], dict[str, float]]] = []
+        stages: list[tuple[float, float, list[str], dict[str, float], tuple[float, float]]] = []
         plan = [(200.0, warmup / 200.0, True)] + [(load, seconds, False) for load, seconds in loads]
         for load, seconds, is_warmup in plan:
             n = int(load * seconds)
@@ -203,6 +242,7 @@ def measure(
             metered = None if is_warmup else meter
             if metered is not None:
                 metered.start(time.perf_counter())
+            aged = ages() if ages is not None and not is_warmup else None
             achieved = publisher.run(chunk, load)
             wait_for_group(settings, settings.processor_group, dict(publisher.ends), timeout=300)
             settle_until = time.monotonic() + 0.5
@@ -211,8 +251,12 @@ def measure(
                 last = clock.count()
                 time.sleep(0.2)
             cores = metered.stop(time.perf_counter()).cores if metered is not None else {}
+            age = (float("nan"), float("nan"))
+            if aged is not None and ages is not None:
+                now = ages()
+                age = (bucket_quantile(aged, now, 0.50), bucket_quantile(aged, now, 0.99))
             if not is_warmup:
-                stages.append((load, achieved, [e.event_id for e in chunk], cores))
+                stages.append((load, achieved, [e.event_id for e in chunk], cores, age))
                 progress(
                     f"  {load:,.0f}/s for {seconds:.0f} s published and drained; "
                     f"{clock.count():,} partner records received so far"
@@ -232,7 +276,7 @@ def measure(
                     )
                 )
         out = []
-        for load, achieved, ids, cores in stages:
+        for load, achieved, ids, cores, (age_p50, age_p99) in stages:
             parts = [t for i in ids for t in by_event.get(i, ())]
             samples = sorted(t[0] for t in parts)
             out.append(
@@ -247,6 +291,8 @@ def measure(
                     cores,
                     quantile(sorted(t[1] for t in parts), 0.99),
                     quantile(sorted(t[2] for t in parts), 0.99),
+                    age_p50,
+                    age_p99,
                 )
             )
         return out

@@ -21,7 +21,8 @@ here asserts a time. The steps, each with its own topic prefix, group and ledger
    times, interleaved, and the best try of each is reported (every try is shown):
    other work on the machine moves a single try by as much as 2x;
 6. latency, publish -> partner record, at steady offered loads on PostgreSQL with
-   1 and 2 workers (bench/latency.py), with the cores each part used; the headline
+   1 and 2 workers (bench/latency.py), with the cores each part used and how old
+   each batch's oldest record was when a worker took it (its accord_record_age_seconds); the headline
    load once more with the source producers at ``--source-linger-ms`` (the embedded
    broker's CPU follows the number of record batches it serves, so this shows its
    share); then the same path through the processor's Kafka loop with nothing in it,
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import platform
 import secrets
@@ -53,7 +55,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,9 +242,13 @@ class Bench:
         settings = self.fresh(f"lat{workers}")
         backlog.create_bus_topics(settings)
         partner_topics = [t for ts in backlog.partner_topics(settings).values() for t in ts]
+        # Worker i serves its /metrics on ACCORD_HEALTH_PORT + i: read for each load's record ages.
+        health = free_ports(workers)
+        extra = {"ACCORD_HEALTH_PORT": str(health), **(env or {})}
+        ports = [health + i for i in range(workers)]
         with (
             role_database() as db,
-            Workers(workers, processor_env(settings, db.app_url, env), settings.state_dir, "processor") as group,
+            Workers(workers, processor_env(settings, db.app_url, extra), settings.state_dir, "processor") as group,
         ):
             group.wait_settled()
             group.check_alive()
@@ -256,6 +262,7 @@ class Bench:
                 progress=log,
                 meter=meter,
                 source=source,
+                ages=(lambda: latency.record_ages(ports)) if extra["ACCORD_HEALTH_PORT"] == str(health) else None,
             )
             group.check_alive()
             group.no_dead_letters()
@@ -321,10 +328,15 @@ def backends_of(db: RoleDatabase) -> Callable[[], list[int]]:
 def describe_stage(s: Stage) -> str:
     """One log line for a measured load: its latency and the cores each part used."""
     cores = ", ".join(f"{k} {c:.2f}" for k, c in s.cores.items())
+    aged = (
+        f"; oldest record of a batch when taken: p50 <= {s.age_p50_ms:.0f} ms, p99 <= {s.age_p99_ms:.0f} ms"
+        if not math.isnan(s.age_p50_ms)  # nan: no processor's ages were read (the Kafka loop alone)
+        else ""
+    )
     return (
         f"  {s.load:,.0f}/s offered ({s.achieved:,.0f} achieved): {s.samples:,} partner records "
         f"of {s.events:,} events, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, max {s.max_ms:.0f} ms "
-        f"(p99 publish -> produced {s.p99_in_ms:.0f} ms, produced -> partner {s.p99_out_ms:.0f} ms); "
+        f"(p99 publish -> produced {s.p99_in_ms:.0f} ms, produced -> partner {s.p99_out_ms:.0f} ms{aged}); "
         f"cores: {cores or '-'}"
     )
 
@@ -333,6 +345,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive ports that are free now."""
+    while True:
+        first = free_port()
+        try:
+            with ExitStack() as held:
+                for port in range(first, first + n):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -629,13 +655,14 @@ def main() -> int:
             print(
                 "| workers | offered events/s | achieved | partner records | p50 ms | p99 ms | max ms "
                 "| p99 ms: publish -> produced / produced -> partner "
+                "| oldest record of a batch when taken, p50 / p99 ms (bucket bounds) "
                 "| CPU cores: processor / PostgreSQL / broker / bench |"
             )
-            print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for result in latencies:
                 if result.failure is not None:
                     ok = False
-                    print(f"| {result.workers} | failed | | | | | | | |")
+                    print(f"| {result.workers} | failed | | | | | | | | |")
                     continue
                 for s in result.stages:
                     cores = " / ".join(
@@ -644,7 +671,8 @@ def main() -> int:
                     )
                     print(
                         f"| {result.workers} | {s.load:,.0f} | {s.achieved:,.0f} | {s.samples:,} | {s.p50_ms:.0f} | "
-                        f"{s.p99_ms:.0f} | {s.max_ms:.0f} | {s.p99_in_ms:.0f} / {s.p99_out_ms:.0f} | {cores} |"
+                        f"{s.p99_ms:.0f} | {s.max_ms:.0f} | {s.p99_in_ms:.0f} / {s.p99_out_ms:.0f} | "
+                        f"{s.age_p50_ms:.0f} / {s.age_p99_ms:.0f} | {cores} |"
                     )
             print()
             for result in latencies:
