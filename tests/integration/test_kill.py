@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import random
 import signal
-import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import consent
 from accord.dev.drain import wait_for_group
 from accord.processor.agreement_feed import publish_agreements
-from accord.sharing.decide import Context, Outcome, consent_outcome, subject_key
+from accord.sharing.decide import Context, Outcome, consent_outcome
 from agreements import Status
 from agreements.model import ConsentMode
 from agreements.partners import load_partners
 from consumers.subscription import Retraction
 from ledger import verify
-from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings
 from tests.conftest import fresh_role_database
+from tests.fault_load import ConsentChurn, Stream
 from tests.faults import audit, dead_letters, ledger_rows, partner_records
 
 EVENTS = 3000
@@ -66,53 +64,13 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
 
         # Events arrive as a stream during the kills, and a source system re-sends some it
         # already sent: each re-send is a replay that meets whatever consent says by then (I8).
-        published: dict[str, Any] = {}
-
-        def stream() -> None:
-            prng = random.Random(seed + 1)
-            publisher = Publisher(settings)
-            sent: list = []
-            for n, e in enumerate(scenario.events):
-                publisher.publish(e.event_type, e.record)
-                sent.append(e)
-                if n % RESEND_EVERY == 0 and len(sent) > 200:
-                    old = sent[prng.randrange(len(sent) - 200)]  # sent a while ago, so likely decided
-                    publisher.publish(old.event_type, old.record)
-                    published["resent"] = int(published.get("resent", 0)) + 1
-                if n % 50 == 0:
-                    time.sleep(50 / EVENTS_PER_S)
-            for event_type, raw in scenario.malformed:
-                publisher.publish_raw(event_type, raw, key=b"raw")
-            published["report"] = publisher.flush()
-
-        streamer = threading.Thread(target=stream, daemon=True)
-
+        streamer = Stream(
+            settings, scenario, seed, events_per_s=EVENTS_PER_S, resend_every=RESEND_EVERY, resend_gap=200
+        )
         # Consent changes, far more than two a second, aimed at the subjects of consent-based
         # sharing so that a replayed batch often meets a changed preference (where I8 broke).
-        subjects = sorted(
-            {
-                subject_key(e.event_type, e.record)
-                for e in scenario.events
-                if e.event_type == "natal_care" or (e.event_type == "custody" and e.record["subject"]["nhs_number"])
-            }
-        )
-        known = _known_scopes(bus)
-        stop = threading.Event()
-        changes: list[int] = []
-
-        def change_consent(n: int) -> None:
-            crng = random.Random(seed + 7 * n)
-            while not stop.is_set():
-                for _ in range(CHANGES_PER_TICK):
-                    decision = crng.choice([consent.ConsentDecision.DENY, consent.ConsentDecision.PERMIT])
-                    recipient = crng.choice(["salford-health-visiting", "liaison-diversion", "salford-research"])
-                    consent.record(db.owner, crng.choice(subjects), decision, known=known, recipient=recipient)
-                    changes.append(1)
-                stop.wait(0.2)
-
-        changers = [threading.Thread(target=change_consent, args=(n,), daemon=True) for n in range(2)]
-        for changer in changers:
-            changer.start()
+        churn = ConsentChurn(db.owner, scenario, _known_scopes(bus), seed, per_tick=CHANGES_PER_TICK)
+        churn.start()
         streamer.start()
         kills = 0
         try:
@@ -126,15 +84,13 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
                     bus.processor.wait()
                     kills += 1
             streamer.join()
-            report = published["report"]
+            report = streamer.report
             assert not report.failed
             bus.start_processor()
             assert bus.processor is not None
             wait_for_group(settings, settings.processor_group, report.end_offsets, timeout=240)
         finally:
-            stop.set()
-            for changer in changers:
-                changer.join()
+            churn.stop()
         try:
             time.sleep(3 * settings.retraction_interval_s + 2)  # let the last sweep send its notices
             assert bus.processor.poll() is None, "the processor died on its own"
@@ -146,9 +102,9 @@ def test_kill_9_during_start_up_and_mid_batch_with_consent_changing(broker, tmp_
         breaks = audit(bus, valid, in_force, today)
         rows = ledger_rows(bus)
         print(
-            f"\nkill -9 test: {len(valid)} events ({published['resent']} re-sent) + "
+            f"\nkill -9 test: {len(valid)} events ({streamer.resent} re-sent) + "
             f"{len(scenario.malformed)} malformed, {kills} kills, "
-            f"{len(changes)} consent changes, {len(rows)} ledger entries; breaks: "
+            f"{churn.changes} consent changes, {len(rows)} ledger entries; breaks: "
             f"I1 {len(breaks.undelivered_ledger)}, I8 {len(breaks.delivered_withheld)}, "
             f"I4 {len(breaks.extra_fields)}, I7 {len(breaks.duplicates)}, I2 {len(breaks.undecided)}"
         )

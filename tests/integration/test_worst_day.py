@@ -15,29 +15,26 @@ under both versions.
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any
 
 import consent
 from accord.dev.drain import wait_for_group
 from accord.processor.agreement_feed import publish_agreements
-from accord.sharing.decide import candidate_agreements, subject_key
+from accord.sharing.decide import candidate_agreements
 from agreements import load_dir
 from agreements.partners import load_partners
 from ledger import verify
-from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings, settings_env
 from tests.conftest import fresh_role_database
+from tests.fault_load import ConsentChurn, Stream
 from tests.faults import audit, dead_letters, ledger_rows
 
 EVENTS = 3000
@@ -61,58 +58,14 @@ def test_worst_day(broker, tmp_path_factory) -> None:
                 [sys.executable, "-m", "accord.cli", "run", "processor"], env=env, stdout=logs, stderr=subprocess.STDOUT
             )
 
-        published: dict[str, Any] = {"resent": 0, "impostors": 0}
-        impostor_ids: set[str] = set()
-
-        def stream() -> None:
-            prng = random.Random(seed + 1)
-            publisher = Publisher(settings)
-            sent: list = []
-            for n, e in enumerate(scenario.events):
-                publisher.publish(e.event_type, e.record)
-                sent.append(e)
-                if n % 5 == 0 and len(sent) > 100:
-                    old = sent[prng.randrange(len(sent) - 50)]
-                    publisher.publish(old.event_type, old.record)
-                    published["resent"] += 1
-                if n % 150 == 7 and len(sent) > 20:
-                    victim = sent[prng.randrange(len(sent))]
-                    other = copy.deepcopy(victim.record)
-                    other["envelope"]["source_system"] = other["envelope"]["source_system"] + "-x"
-                    publisher.publish(victim.event_type, other)
-                    impostor_ids.add(victim.record["envelope"]["event_id"])
-                    published["impostors"] += 1
-                if n % 50 == 0:
-                    time.sleep(50 / 150)
-            for event_type, raw in scenario.malformed:
-                publisher.publish_raw(event_type, raw, key=b"raw")
-            published["report"] = publisher.flush()
-
-        subjects = sorted(
-            {
-                subject_key(e.event_type, e.record)
-                for e in scenario.events
-                if e.event_type == "natal_care" or (e.event_type == "custody" and e.record["subject"]["nhs_number"])
-            }
+        streamer = Stream(settings, scenario, seed, events_per_s=150, resend_every=5, resend_gap=50, reuse_every=150)
+        churn = ConsentChurn(
+            db.owner, scenario, consent.KnownScopes.from_partners(load_partners(settings.partners_file)), seed
         )
-        known = consent.KnownScopes.from_partners(load_partners(settings.partners_file))
-        stop = threading.Event()
-
-        def change_consent(n: int) -> None:
-            crng = random.Random(seed + 7 * n)
-            while not stop.is_set():
-                for _ in range(10):
-                    decision = crng.choice([consent.ConsentDecision.DENY, consent.ConsentDecision.PERMIT])
-                    recipient = crng.choice(["salford-health-visiting", "liaison-diversion", "salford-research"])
-                    consent.record(db.owner, crng.choice(subjects), decision, known=known, recipient=recipient)
-                stop.wait(0.2)
-
-        changers = [threading.Thread(target=change_consent, args=(n,), daemon=True) for n in range(2)]
-        streamer = threading.Thread(target=stream, daemon=True)
         a, b = start(), start()
         time.sleep(4)
-        for t in (*changers, streamer):
-            t.start()
+        churn.start()
+        streamer.start()
         t0 = time.monotonic()
         try:
             time.sleep(3 + rng.uniform(0, 2))
@@ -133,13 +86,11 @@ def test_worst_day(broker, tmp_path_factory) -> None:
                 p.wait()
             a, b = start(), start()
             streamer.join()
-            report = published["report"]
+            report = streamer.report
             assert not report.failed
             wait_for_group(settings, settings.processor_group, report.end_offsets, timeout=240)
         finally:
-            stop.set()
-            for c in changers:
-                c.join()
+            churn.stop()
         time.sleep(3 * settings.retraction_interval_s + 2)
         alive = [p.poll() is None for p in (a, b)]
         for p in (a, b):
@@ -182,7 +133,7 @@ def test_worst_day(broker, tmp_path_factory) -> None:
             kinds[d.get("accord.error", "?")] += 1
         log_text = (settings.state_dir / "workers.log").read_text(errors="replace")
         print(
-            f"events {len(valid)} (+{published['resent']} re-sent, {published['impostors']} reused ids, "
+            f"events {len(valid)} (+{streamer.resent} re-sent, {len(streamer.reused)} reused ids, "
             f"{len(scenario.malformed)} malformed); ledger {len(rows)} entries; dead letters {dict(kinds)}\n"
             f"breaks: I1 {len(breaks.undelivered_ledger)}, I8 {len(breaks.delivered_withheld)}, I4 "
             f"{len(breaks.extra_fields)}, I7 {len(breaks.duplicates)}, I2 {len(undecided)} (+{len(bumped_wrong)} "
@@ -192,6 +143,6 @@ def test_worst_day(broker, tmp_path_factory) -> None:
         print(verify(db.owner))
         assert not breaks.undelivered_ledger and not breaks.delivered_withheld and not breaks.extra_fields
         assert not breaks.duplicates and not undecided and not bumped_wrong and not two_versions
-        assert kinds.get("ConflictingDuplicate", 0) >= published["impostors"] > 0
+        assert kinds.get("ConflictingDuplicate", 0) >= len(streamer.reused) > 0
         assert under_new > 0, "the new version was never applied: the pause tested nothing"
         assert "Traceback" not in log_text
