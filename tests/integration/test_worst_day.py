@@ -5,10 +5,12 @@ event id for other content now and then (19 in 3,000), 12 malformed records, two
 threads changing consent; meanwhile worker A is killed -9 and restarted, worker B is
 paused (SIGSTOP) past its session timeout while an agreement's version is raised, so the
 group gives its partitions to A, then resumed with a batch decided under the old
-version; then both are killed -9 and restarted. Afterwards: every partner record has its
+version; then both are killed -9 and restarted, and their database connections are
+cut for 5 s. A 600 KB record comes first, past any publisher's check. Afterwards: every partner record has its
 committed ledger entry (I1, I8), carries only allowed fields (I4), no decision is
 recorded twice (I7) nor under two versions of one agreement, every valid event is
-decided (I2), every reused id is a conflicting duplicate, and the ledger verifies (I3).
+decided (I2), every reused id is a conflicting duplicate, the big record is dead-lettered
+as too large, and the ledger verifies (I3).
 With the ledger's look-up of a batch's events turned off, this found 39 events decided
 under both versions.
 """
@@ -23,6 +25,7 @@ import sys
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import consent
 from accord.dev.drain import wait_for_group
@@ -30,12 +33,13 @@ from accord.processor.agreement_feed import publish_agreements
 from accord.sharing.decide import candidate_agreements
 from agreements import load_dir
 from agreements.partners import load_partners
+from bus import kafka
 from ledger import verify
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings, settings_env
 from tests.conftest import fresh_role_database
 from tests.fault_load import ConsentChurn, Stream
-from tests.faults import audit, dead_letters, ledger_rows
+from tests.faults import TcpProxy, audit, dead_letters, ledger_rows, via
 
 EVENTS = 3000
 BUMPED = "referral-to-mash"
@@ -46,7 +50,8 @@ def test_worst_day(broker, tmp_path_factory) -> None:
     rng = random.Random(seed)
     scenario = build_scenario(EVENTS, seed=seed, n_malformed=12)
     with fresh_role_database() as db:
-        settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("worst"))
+        proxy = TcpProxy(urlsplit(db.app_url).port or 5432)  # the workers' way to PostgreSQL, to cut
+        settings = make_settings(broker, via(db.app_url, proxy.port), tmp_path_factory.mktemp("worst"))
         settings = settings.model_copy(update={"batch_size": 250, "session_timeout_ms": 6000})
         bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
         bus.create_topics()
@@ -64,6 +69,9 @@ def test_worst_day(broker, tmp_path_factory) -> None:
         )
         a, b = start(), start()
         time.sleep(4)
+        too_big = kafka.producer(settings)  # past any publisher's size check, as a broken source would send it
+        too_big.produce(bus.names.event("custody"), key=b"big", value=b"\x00" * 600_000)
+        assert too_big.flush(30) == 0
         churn.start()
         streamer.start()
         t0 = time.monotonic()
@@ -85,11 +93,16 @@ def test_worst_day(broker, tmp_path_factory) -> None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
             a, b = start(), start()
+            time.sleep(3)
+            proxy.cut()  # the database goes away under both, mid-stream, and comes back
+            time.sleep(5)
+            proxy.restore()
             streamer.join()
             report = streamer.report
             assert not report.failed
             wait_for_group(settings, settings.processor_group, report.end_offsets, timeout=240)
         finally:
+            proxy.restore()
             churn.stop()
         time.sleep(3 * settings.retraction_interval_s + 2)
         alive = [p.poll() is None for p in (a, b)]
@@ -144,5 +157,6 @@ def test_worst_day(broker, tmp_path_factory) -> None:
         assert not breaks.undelivered_ledger and not breaks.delivered_withheld and not breaks.extra_fields
         assert not breaks.duplicates and not undecided and not bumped_wrong and not two_versions
         assert kinds.get("ConflictingDuplicate", 0) >= len(streamer.reused) > 0
+        assert kinds.get("TooLarge", 0) >= 1
         assert under_new > 0, "the new version was never applied: the pause tested nothing"
         assert "Traceback" not in log_text
