@@ -31,7 +31,6 @@ under the latency of every event.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import urllib.request
@@ -95,8 +94,7 @@ def bucket_quantile(before: Buckets, after: Buckets, q: float) -> float:
     if not delta or delta[-1][1] <= 0:
         return float("nan")
     wanted = q * delta[-1][1]
-    le = next(le for le, n in delta if n >= wanted)
-    return le * 1000 if not math.isinf(le) else float("inf")
+    return 1000 * next(le for le, n in delta if n >= wanted)
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -242,7 +240,8 @@ def measure(
             metered = None if is_warmup else meter
             if metered is not None:
                 metered.start(time.perf_counter())
-            aged = ages() if ages is not None and not is_warmup else None
+            read_ages = None if is_warmup else ages
+            aged = read_ages() if read_ages is not None else None
             achieved = publisher.run(chunk, load)
             wait_for_group(settings, settings.processor_group, dict(publisher.ends), timeout=300)
             settle_until = time.monotonic() + 0.5
@@ -252,8 +251,8 @@ def measure(
                 time.sleep(0.2)
             cores = metered.stop(time.perf_counter()).cores if metered is not None else {}
             age = (float("nan"), float("nan"))
-            if aged is not None and ages is not None:
-                now = ages()
+            if read_ages is not None and aged is not None:
+                now = read_ages()
                 age = (bucket_quantile(aged, now, 0.50), bucket_quantile(aged, now, 0.99))
             if not is_warmup:
                 stages.append((load, achieved, [e.event_id for e in chunk], cores, age))
