@@ -8,8 +8,11 @@ and its proof leads to the root the checkpoint signs (the signature checked when
 ledger's public key is given).
 
 Formats: ``jsonl`` (a header line, then one entry per line) and ``csv`` (one row per
-entry; the checkpoint note in the ``checkpoint`` column of the first row; ``fields`` and
-``subjects`` as JSON lists).
+entry; the checkpoint note, and the range exported as ``from`` and ``to``, in the first
+row's last columns; ``fields`` and ``subjects`` as JSON lists). The check holds the
+entries to the range the file states, so entries cut from either end are found; the
+range itself is not signed, so the check also prints it, for the reader to compare with
+the range they asked for (``verify-export --from/--to`` does that comparison).
 An export holds subject keys (NHS numbers): it is personal data, for auditors.
 
 An export of any size streams: :func:`export_rows` checks what it can at once (the
@@ -28,7 +31,7 @@ import hashlib
 import io
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -228,17 +231,16 @@ def render_csv(export: Export, *, on_progress: Callable[[int], None] | None = No
     """One row per entry (after the column names); ``on_progress(1)`` after each entry's row is made."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow((*COLUMNS, "checkpoint", "consistency"))
+    writer.writerow((*COLUMNS, "checkpoint", "consistency", "from", "to"))
     consistency = json.dumps(list(export.consistency), separators=(",", ":")) if export.consistency else ""
+    stated = (export.note, consistency, export.from_seq, export.to_seq)
     first = True
     for row in export.rows:
         values = [row[c] for c in COLUMNS]
         for column in ("fields", "subjects"):
             values[COLUMNS.index(column)] = json.dumps(row[column], separators=(",", ":"))
         values[COLUMNS.index("proof")] = " ".join(row["proof"])
-        writer.writerow(
-            (*("" if v is None else v for v in values), export.note if first else "", consistency if first else "")
-        )
+        writer.writerow((*("" if v is None else v for v in values), *(stated if first else ("",) * len(stated))))
         first = False
         if on_progress is not None:
             on_progress(1)
@@ -260,18 +262,28 @@ class ExportCheck:
     signature_checked: bool
     problems: list[str] = field(default_factory=list)
     consistent_with: list[int] = field(default_factory=list)  # older checkpoints it was proved to extend
+    first: int | None = None  # the seqs of the first and last entries checked
+    last: int | None = None
+    range_stated: bool = True  # False: a csv export from before the range was written into it
 
     def describe(self) -> str:
         if not self.ok:
             return "export BROKEN: " + "; ".join(self.problems[:5])
         signed = "signature verified" if self.signature_checked else "signature NOT checked (no public key given)"
+        held = (
+            f"entries {self.first:,} to {self.last:,}"
+            if self.first is not None and self.last is not None
+            else "no entries"
+        )
+        if not self.range_stated:
+            held += " (the file does not state the range it was exported for)"
         extends = (
             f"; it extends checkpoint(s) {', '.join(f'{n:,}' for n in self.consistent_with)}"
             if self.consistent_with
             else ""
         )
         return (
-            f"export OK: {self.entries:,} entries, each proven in the tree of {self.tree_size:,} entries "
+            f"export OK: {self.entries:,} entries, {held}, each proven in the tree of {self.tree_size:,} entries "
             f"the checkpoint commits to ({signed}){extends}"
         )
 
@@ -300,8 +312,22 @@ def _consistency_problem(
     return None
 
 
-def _records(lines: Iterator[str]) -> tuple[str | None, list[dict[str, Any]], Iterator[dict[str, Any]]]:
-    """(checkpoint note, consistency proofs, entries with typed values) of a jsonl or csv export.
+@dataclass(frozen=True)
+class _Records:
+    note: str | None  # the checkpoint's signed note
+    consistency: list[dict[str, Any]]
+    stated: tuple[int, int] | None  # the range the file says it holds (None: an older csv)
+    entries: Iterator[dict[str, Any]]  # with typed values, read lazily
+
+
+def _stated_range(values: Mapping[str, Any]) -> tuple[int, int] | None:
+    if values.get("from") in (None, "") and values.get("to") in (None, ""):
+        return None
+    return int(values["from"]), int(values["to"])
+
+
+def _records(lines: Iterator[str]) -> _Records:
+    """The checkpoint note, consistency proofs, stated range and entries of a jsonl or csv export.
 
     Reads the header (jsonl) or first row (csv) now and the entries lazily, so a file of
     any size is checked in bounded memory. KeyError, ValueError or TypeError (now or
@@ -311,14 +337,16 @@ def _records(lines: Iterator[str]) -> tuple[str | None, list[dict[str, Any]], It
     if first.startswith("{"):
         header = json.loads(first)
         if header.get("type") != "header":  # the header line comes first, as render_jsonl writes it
-            return None, [], _jsonl_entries(itertools.chain([first], lines))
-        return header["checkpoint"], header.get("consistency") or [], _jsonl_entries(lines)
+            return _Records(None, [], None, _jsonl_entries(itertools.chain([first], lines)))
+        stated = int(header["from"]), int(header["to"])  # every jsonl header states it (KeyError: a finding)
+        return _Records(header["checkpoint"], header.get("consistency") or [], stated, _jsonl_entries(lines))
     reader = csv.DictReader(itertools.chain([first], lines))
     head = next(reader, None)
     if head is None:
-        return None, [], iter(())
+        return _Records(None, [], None, iter(()))
     consistency = json.loads(head["consistency"]) if head.get("consistency") else []
-    return head.get("checkpoint") or None, consistency, map(_csv_entry, itertools.chain([head], reader))
+    entries = map(_csv_entry, itertools.chain([head], reader))
+    return _Records(head.get("checkpoint") or None, consistency, _stated_range(head), entries)
 
 
 def _jsonl_entries(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
@@ -374,16 +402,20 @@ def _decoded_matches(row: dict[str, Any], leaf: bytes) -> str | None:
 
 
 def verify_export(
-    source: str | Iterable[str], verifier: NoteVerifier | None = None, origin: str | None = None
+    source: str | Iterable[str],
+    verifier: NoteVerifier | None = None,
+    origin: str | None = None,
+    expected: tuple[int, int] | None = None,
 ) -> ExportCheck:
     """Re-check an export from its text alone (no database).
 
     ``source``: the file's text, or its lines (an open text file, read with
     ``newline=""`` for csv): then it is checked as it is read, in bounded memory.
+    ``expected``: the (from, to) range the reader asked for; the file must hold exactly it.
     """
     lines = iter(io.StringIO(source, newline="") if isinstance(source, str) else source)
     try:
-        return _verify(lines, verifier, origin)
+        return _verify(lines, verifier, origin, expected)
     except (KeyError, ValueError, TypeError) as exc:  # a missing column, a damaged line: a finding
         what = (
             f"column {exc} is missing" if isinstance(exc, KeyError) else f"a line does not parse ({type(exc).__name__})"
@@ -391,9 +423,19 @@ def verify_export(
         return ExportCheck(False, 0, None, verifier is not None, [f"not an {EXPORT_FORMAT} file: {what}"])
 
 
-def _verify(lines: Iterator[str], verifier: NoteVerifier | None, origin: str | None) -> ExportCheck:
-    note, consistency, rows = _records(lines)
-    check = ExportCheck(False, 0, None, verifier is not None)
+def _verify(
+    lines: Iterator[str], verifier: NoteVerifier | None, origin: str | None, expected: tuple[int, int] | None
+) -> ExportCheck:
+    """The checks docs/ledger.md lists for ``verify-export``, in three passes.
+
+    1. the checkpoint note (signature, size, root), then each consistency proof;
+    2. each entry as it is read: leaf, hashes, chain, seq order, inclusion proof;
+    3. the entries are exactly the range the file states (and the reader expected).
+    """
+    records = _records(lines)
+    note, consistency, rows = records.note, records.consistency, records.entries
+    check = ExportCheck(False, 0, None, verifier is not None, range_stated=records.stated is not None)
+    # 1.
     if note is None:
         check.entries = sum(1 for _ in rows)
         check.problems.append("no checkpoint note in the export")
@@ -411,10 +453,13 @@ def _verify(lines: Iterator[str], verifier: NoteVerifier | None, origin: str | N
             check.problems.append(f"consistency from checkpoint {c.get('old_size')}: {problem}")
         else:
             check.consistent_with.append(int(c["old_size"]))
+    # 2.
     prev_seq, prev_hash = None, None
     for row in rows:
         check.entries += 1
         seq = row["seq"]
+        check.first = seq if check.first is None else check.first
+        check.last = seq
         where = f"entry {seq:,}"
         try:
             leaf = base64.b64decode(row["leaf"], validate=True)
@@ -441,5 +486,15 @@ def _verify(lines: Iterator[str], verifier: NoteVerifier | None, origin: str | N
         if not merkle.verify_inclusion(lh, seq - 1, body.tree_size, proof, body.root):
             check.problems.append(f"{where}: inclusion proof does not lead to the checkpoint's root")
         prev_seq, prev_hash = seq, row["entry_hash"]
+    # 3. Entries cut from either end leave a file whose chain and proofs still hold.
+    held = (check.first, check.last) if check.first is not None and check.last is not None else None
+    for what, wanted in (("the file states", records.stated), ("you asked for", expected)):
+        if wanted is not None and held != wanted:
+            holds = f"holds entries {held[0]:,} to {held[1]:,}" if held else "holds no entries"
+            check.problems.append(f"{what} entries {wanted[0]:,} to {wanted[1]:,} but it {holds}")
+    if records.stated is not None and records.stated[1] > body.tree_size:
+        check.problems.append(
+            f"it states entries up to {records.stated[1]:,}, past the checkpoint's {body.tree_size:,}"
+        )
     check.ok = not check.problems
     return check

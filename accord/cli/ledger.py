@@ -328,10 +328,14 @@ def cmd_ledger_verify_export(args: argparse.Namespace, settings: Settings) -> in
     from ledger.export import verify_export
     from ledger.note import NoteVerifier
 
+    if (args.from_seq is None) != (args.to_seq is None):
+        print("accord ledger verify-export: give both --from and --to, or neither", file=sys.stderr)
+        return 2
+    expected = None if args.from_seq is None else (args.from_seq, args.to_seq)
     verifier = NoteVerifier.parse(args.key) if args.key else verifier_from_settings(settings)
     # Read as it is checked, in bounded memory (a missing file is main()'s one-line error).
     with open(args.file, encoding="utf-8", newline="") as lines:
-        result = verify_export(lines, verifier)
+        result = verify_export(lines, verifier, expected=expected)
     print(result.describe())
     return 0 if result.ok else 1
 
@@ -398,6 +402,8 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("file")
     p.add_argument("--key", default=None, help="the ledger's public key (vkey); default ACCORD_LEDGER_VERIFIER_KEY")
+    p.add_argument("--from", dest="from_seq", type=int, default=None, help="the first entry the file must hold")
+    p.add_argument("--to", dest="to_seq", type=int, default=None, help="the last entry the file must hold")
     p.set_defaults(func=cmd_ledger_verify_export)
 
     p = ledger_sub.add_parser(

@@ -147,3 +147,69 @@ def test_an_export_missing_a_column_is_a_finding(role_db: RoleDatabase, signed: 
     assert verify_export(cut.getvalue()).describe() == (
         "export BROKEN: not an accord-ledger-export/2 file: column 'event_digest' is missing"
     )
+
+
+def test_entries_cut_from_either_end_are_caught(role_db: RoleDatabase, signed: NoteSigner) -> None:
+    """Each remaining entry's chain and proof still hold: only the stated range tells what is missing."""
+    lines = _jsonl(role_db)  # the header, then entries 1..30
+    header, entries = lines[0], lines[1:]
+    assert (
+        verify_export(_text(lines), signed.verifier, ORIGIN)
+        .describe()
+        .startswith("export OK: 30 entries, entries 1 to 30,")
+    )
+    for kept, held in ((entries[:15], "1 to 15"), (entries[10:], "11 to 30"), (entries[:-1], "1 to 29")):
+        result = verify_export(_text([header, *kept]), signed.verifier, ORIGIN)
+        assert not result.ok
+        assert result.problems == [f"the file states entries 1 to 30 but it holds entries {held}"]
+    empty = verify_export(_text([header]), signed.verifier, ORIGIN)
+    assert empty.problems == ["the file states entries 1 to 30 but it holds no entries"]
+
+    # The stated range edited to fit the cut: the file is consistent, so the reader's range decides.
+    narrowed = {**header, "from": 11}
+    assert verify_export(_text([narrowed, *entries[10:]]), signed.verifier, ORIGIN).ok
+    asked = verify_export(_text([narrowed, *entries[10:]]), signed.verifier, ORIGIN, expected=(1, 30))
+    assert asked.problems == ["you asked for entries 1 to 30 but it holds entries 11 to 30"]
+    stretched = verify_export(_text([{**header, "to": 31}, *entries]), signed.verifier, ORIGIN)
+    assert "the file states entries 1 to 31 but it holds entries 1 to 30" in stretched.problems
+    assert "it states entries up to 31, past the checkpoint's 30" in stretched.problems
+    no_range = {k: v for k, v in header.items() if k != "to"}
+    assert verify_export(_text([no_range, *entries])).problems == [
+        "not an accord-ledger-export/2 file: column 'to' is missing"
+    ]
+
+    # csv states the range in its first row; one from before it did is checked and says so.
+    rows = list(csv.reader(io.StringIO("".join(render_csv(export_rows(role_db.app, 1, 30))))))
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows[:-1])
+    assert verify_export(out.getvalue(), signed.verifier, ORIGIN).problems == [
+        "the file states entries 1 to 30 but it holds entries 1 to 29"
+    ]
+    old = io.StringIO()
+    csv.writer(old, lineterminator="\n").writerows([r[:-2] for r in rows])
+    older = verify_export(old.getvalue(), signed.verifier, ORIGIN)
+    assert older.ok and "(the file does not state the range it was exported for)" in older.describe()
+
+
+def test_verify_export_holds_the_file_to_the_range_asked_for(
+    role_db: RoleDatabase, signed: NoteSigner, tmp_path: Path
+) -> None:
+    env = {**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_STATE_DIR": str(tmp_path)}
+
+    def accord(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "accord.cli", "ledger", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    out = tmp_path / "range.jsonl"
+    assert accord("export", "--from", "5", "--to", "20", "--out", str(out)).returncode == 0
+    key = ("--key", signed.verifier.vkey)
+    ok = accord("verify-export", str(out), *key, "--from", "5", "--to", "20")
+    assert ok.returncode == 0 and "entries 5 to 20" in ok.stdout, ok.stdout + ok.stderr
+    wrong = accord("verify-export", str(out), *key, "--from", "1", "--to", "20")
+    assert wrong.returncode == 1
+    assert wrong.stdout.strip() == "export BROKEN: you asked for entries 1 to 20 but it holds entries 5 to 20"
+    half = accord("verify-export", str(out), *key, "--from", "5")
+    assert half.returncode == 2 and half.stderr.strip() == (
+        "accord ledger verify-export: give both --from and --to, or neither"
+    )
