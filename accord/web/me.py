@@ -295,10 +295,20 @@ class MePage:
     summary: tuple[str, ...] = field(default=())
 
 
-def _reason_words(reason: str | None, records: Mapping[int, ConsentRecord]) -> tuple[str | None, bool]:
-    """(plain words, whether it was the citizen's choice) for a ledger entry's reason."""
+def _reason_words(
+    reason: str | None, records: Mapping[int, ConsentRecord], *, other_subject: bool = False
+) -> tuple[str | None, bool]:
+    """(plain words, whether it was the citizen's choice) for a ledger entry's reason.
+
+    ``other_subject``: the citizen is another person the event names (a baby in the
+    mother's natal-care record). Consent there is the main subject's (sharing.md), so a
+    consent reason was that person's choice: never worded as the citizen's, and never
+    saying whose, or when.
+    """
     if not reason:
         return None, False
+    if other_subject and reason.startswith(("consent withdrawn", "consent denied", "explicit consent required")):
+        return "the consent it rested on was withdrawn", False
     found = _CONSENT_RECORD.search(reason)
     chosen = records.get(int(found.group(1))) if found else None
     said = f" on {day(chosen.recorded_at)}" if chosen is not None else ""
@@ -335,12 +345,13 @@ def _entry(
 ) -> Entry:
     status_words = {"DISCLOSED": "Sent", "WITHHELD": "Not sent", "RETRACTED": "Taken back"}
     head_words = {"DISCLOSED": "Sent", "WITHHELD": "Not sent", "RETRACTED": "Told to stop using what was sent"}
-    why, chosen = _reason_words(item.reason, records)
+    other_subject = own_key != subject_key
+    why, chosen = _reason_words(item.reason, records, other_subject=other_subject)
     labels = field_labels(
         item.event_type,
         item.fields,
         pseudonymised=_pseudonymised(agreement, item.event_type),
-        other_subject=own_key != subject_key,
+        other_subject=other_subject,
     )
     later = retracted.get(item.disclosure_id)
     about = received_by_id.get(item.refers_to or "")
@@ -366,7 +377,7 @@ def _entry(
         about_sent_on=day(about.decided_at) if about is not None else None,
         proven=item.proof is not None,
         disclosure_id=item.disclosure_id,
-        basis=(f"{item.agreement_id}@v{item.agreement_version}", own_key != subject_key),
+        basis=(f"{item.agreement_id}@v{item.agreement_version}", other_subject),
     )
 
 
@@ -514,6 +525,15 @@ def build_page(
     disclosed = {i.disclosure_id: i for i in report.items if i.outcome == "DISCLOSED"}
     grouped: dict[str, list[Entry]] = {}
     for item in report.items:
+        if (
+            item.outcome == "WITHHELD"
+            and own_key.get(item.seq, report.subject_key) != report.subject_key
+            and _reason_words(item.reason, by_id)[1]
+        ):
+            # Held back by the choice of the person the record is about (the citizen is
+            # another subject of it): nothing of the citizen's was sent, and showing it
+            # would tell whoever reads this page what that other person chose.
+            continue
         entry = _entry(
             item,
             subject_key=report.subject_key,
@@ -598,6 +618,9 @@ class Effect:
     future: str  # "Future sharing with X stops." / "X may be sent ... from now on."
     retracted: int  # past disclosures the retraction sweep will retract
     continues: tuple[str, ...]  # sharing with X that the law requires, which goes on
+    # X was sent records about someone else that name the citizen (a baby in the mother's
+    # natal-care record): their sharing follows that person's consent, not this change.
+    others_decide: bool = False
 
 
 def consent_effect(
@@ -618,6 +641,7 @@ def consent_effect(
     with the new record added, less the disclosures already retracted, for this recipient.
     """
     name = names.get(recipient, recipient)
+    others_decide = any(e.draft.recipient == recipient and e.draft.subject_key != subject_key for e in stored)
     under = [a for a in agreements if recipient in a.recipients and a.status is Status.ACTIVE]
     statutory = tuple(sorted({a.gateway for a in under if a.consent_mode is ConsentMode.NOT_REQUIRED}))
     n = 0
@@ -633,7 +657,7 @@ def consent_effect(
             sorted({PURPOSE_WORDS[a.purpose.value] for a in under if a.consent_mode is not ConsentMode.NOT_REQUIRED})
         )
         future = f"{name} may be sent information about you for {purposes or 'the purposes agreed'} from now on."
-    return Effect(recipient, name, decision.value, future, n, statutory)
+    return Effect(recipient, name, decision.value, future, n, statutory, others_decide)
 
 
 # --- the routes ---------------------------------------------------------------------------------

@@ -357,9 +357,10 @@ class Citizen:
     other: str  # another person's, in the same ledger
     proven: int  # entries under the checkpoint
     engine: Any
+    baby: str = ""  # NHS number of the baby the mother's natal-care entries name
 
-    def sign_in(self, page: Page) -> None:
-        link = sign_in_link(SECRET, CITIZEN, f"nhs:{self.subject}", self.base).link
+    def sign_in(self, page: Page, *, as_baby: bool = False) -> None:
+        link = sign_in_link(SECRET, CITIZEN, f"nhs:{self.baby if as_baby else self.subject}", self.base).link
         response = page.goto(link)
         assert response is not None and response.ok and page.url == f"{self.base}/me"
 
@@ -379,7 +380,7 @@ def citizen(role_db: RoleDatabase) -> Iterator[Citizen]:
         # A value an agency sent, with markup in it: shown as text, never run.
         _draft("custody-to-prosecution@v1", me, 3, legal_basis=MARKUP),
         _draft("referral-to-mash@v1", me, 4),  # deferred until 2027-03-31
-        _draft("natal-care-to-research@v1", me, 5, outcome="WITHHELD"),
+        _draft("natal-care-to-research@v1", me, 5, outcome="WITHHELD", subjects=(f"nhs:{baby}",)),
         _draft("natal-care-to-health-visiting@v1", other, 6),
     ]
     append(role_db.app, drafts)
@@ -388,7 +389,7 @@ def citizen(role_db: RoleDatabase) -> Iterator[Citizen]:
     append(role_db.app, [_draft("natal-care-to-health-visiting@v1", me, 7)])  # newer than the checkpoint
     app = create_app(Settings(), engine=role_db.app, verifier=signer.verifier, secret=SECRET)
     with serving(app) as base:
-        yield Citizen(base, me, other, 4, role_db.app)
+        yield Citizen(base, me, other, 4, role_db.app, baby)
 
 
 def _results(page: Page, n: int) -> list[str]:
@@ -585,4 +586,17 @@ def test_a_consent_change_needs_the_sessions_csrf_token_and_a_consent_based_reci
     assert refused is not None and refused.status == 400
     after = consent.history(citizen.engine, [f"nhs:{citizen.subject}"])[f"nhs:{citizen.subject}"]
     assert after == before
+    page.close()
+
+
+def test_the_babys_page_keeps_the_mothers_choices_to_herself(browser: Browser, citizen: Citizen) -> None:
+    """The baby is another subject of the mother's natal-care entries, one of them held back by her choice."""
+    page = browser.new_page()
+    citizen.sign_in(page, as_baby=True)
+    main = page.locator("main").inner_text()
+    assert "Salford City Council health visiting service" in main  # what was sent about the baby
+    assert "Because of your choices" not in main and "you said no" not in main
+    page.goto(f"{citizen.base}/me/consent?recipient=salford-research&decision=deny")
+    effect = page.get_by_test_id("effect").inner_text()
+    assert "are shared with Salford City Council public-health intelligence by that person's choices" in effect
     page.close()
