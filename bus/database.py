@@ -27,6 +27,7 @@ __all__ = [
     "describe_database_error",
     "engine_for",
     "owner_engine_for",
+    "shown_url",
     "sqlite_path",
     "where",
     "with_tls",
@@ -73,9 +74,23 @@ def app_role_of(settings: Settings) -> str | None:
     return make_url(url).username
 
 
+# Query parameters of a database URL that are safe to print; any other (password=,
+# sslpassword=, a key a driver adds later) is shown as *** so no secret reaches a log line.
+_SHOWN_QUERY = frozenset(
+    {"sslmode", "sslrootcert", "sslcert", "sslkey", "options", "application_name", "connect_timeout", "host", "port"}
+)
+
+
+def shown_url(url: str | URL) -> str:
+    """A database URL as a person may see it: no password, in the userinfo or the query."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    query = {k: (v if k in _SHOWN_QUERY else "***") for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+
+
 def where(engine: Engine) -> str:
     """The database, as a person can find it: the URL without its password."""
-    return engine.url.render_as_string(hide_password=True)
+    return shown_url(engine.url)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -94,7 +109,7 @@ def describe_database_error(exc: DBAPIError, url: str) -> str:
     there); the statement and its parameters never appear (I6).
     """
     path = sqlite_path(url)
-    where = str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+    where = str(path) if path is not None else shown_url(url)
     orig = exc.orig
     text = str(orig) if orig is not None else ""
     first = " ".join(text.splitlines()[0].split()) if text.strip() else type(orig or exc).__name__

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -36,6 +36,39 @@ class _KafkaEnvSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         found = {kafka_property(k.upper()): v for k, v in os.environ.items() if k.upper().startswith(KAFKA_ENV_PREFIX)}
         return {"kafka": found} if found else {}
+
+
+_URL_EXAMPLES = "postgresql+psycopg://user@host:5432/accord or sqlite:///path/to/ledger.db"
+UNENCODED_AT = "its password or user name holds an '@' that is not percent-encoded: write each '@' in it as %40"
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why a ledger or consent database URL cannot work (None if it can), never repeating it: it may hold a password.
+
+    Caught here, where the variable is named, rather than as a driver's error later: a
+    plain ``postgresql://`` is psycopg2 to SQLAlchemy (not installed), and an ``@`` left in
+    a password makes the rest of it the host, which the driver's error then prints.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # a malformed URL, or a port that is not a number
+        return (
+            "not a database URL SQLAlchemy can read (check the scheme, the host and that the port is a "
+            f"number); give one such as {_URL_EXAMPLES}"
+        )
+    if "@" in (parsed.host or ""):
+        return UNENCODED_AT
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return None
+    if backend != "postgresql":
+        return f"Accord's database is PostgreSQL or SQLite, not {backend[:20]}; give a URL such as {_URL_EXAMPLES}"
+    if parsed.drivername != "postgresql+psycopg":
+        return "Accord connects to PostgreSQL with psycopg 3: begin the URL with postgresql+psycopg://"
+    return None
 
 
 class Settings(BaseSettings):
@@ -92,7 +125,7 @@ class Settings(BaseSettings):
         "https://ico.org.uk/make-a-complaint/",
         description="Where a citizen complains; the ICO's form unless the deployment has its own",
     )
-    api_port: int = 8000
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of `accord serve` and `accord consent serve`")
     topic_prefix: str = Field("", description="Prefix of every topic name, to share one broker")
     processor_group: str = Field(
         "accord-processor", description="Consumer group of the sharing processor (every worker joins it)"
@@ -132,7 +165,7 @@ class Settings(BaseSettings):
         524_288, ge=1024, description="Largest encoded event the bus accepts; a larger one is refused or dead-lettered"
     )
     max_string_bytes: int = Field(65_536, ge=64, description="Longest string field (UTF-8 bytes) an event may carry")
-    database_sslmode: str = Field(
+    database_sslmode: Literal["", "disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
         "",
         description="libpq sslmode of the PostgreSQL connections (verify-full in production); empty: libpq's default",
     )
@@ -173,6 +206,14 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    @field_validator("ledger_url", "ledger_owner_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        problem = database_url_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -42,7 +42,8 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError,
 
 from bus import kafka
 from bus.connection_guard import psycopg_connect_args
-from bus.settings import Settings
+from bus.database import shown_url
+from bus.settings import UNENCODED_AT, Settings
 from producers.json_event import publish_json
 from producers.publisher import Publisher
 from schemas.validation import Problem
@@ -163,7 +164,7 @@ def source_engine(settings: Settings) -> Engine:
     failure table of docs/relay.md are libpq keywords given through psycopg, and telling
     a lost connection from a refusal reads psycopg's SQLSTATE. A plain ``postgresql://``
     means psycopg2 to SQLAlchemy (not installed), so it is refused too, with the fix.
-    No line repeats the URL: it may carry a password.
+    A line naming the database shows its URL without any password (bus.database.shown_url).
     """
     url = settings.relay_source_url
     example = "postgresql+psycopg://accord_relay@db.example:5432/cases"
@@ -179,6 +180,8 @@ def source_engine(settings: Settings) -> Engine:
             "ACCORD_RELAY_SOURCE_URL is not a URL SQLAlchemy can read (check the scheme, the host and that the "
             f"port is a number); give one such as {example}"
         ) from None
+    if "@" in (parsed.host or ""):  # the rest of the password became the host, which errors would print
+        raise RelayError(f"ACCORD_RELAY_SOURCE_URL: {UNENCODED_AT}")
     if parsed.get_backend_name() != "postgresql":
         raise RelayError(f"ACCORD_RELAY_SOURCE_URL: the relay reads PostgreSQL only; give a URL such as {example}")
     if parsed.drivername != "postgresql+psycopg":
@@ -276,7 +279,7 @@ class Relay:
             text("SELECT to_regclass(:o)::oid, to_regclass(:p)::oid, to_regclass(:d)::oid"),
             {"o": t.outbox_sql, "p": t.position_sql, "d": t.dead_letters_sql},
         ).one()
-        where = conn.engine.url.render_as_string(hide_password=True)
+        where = shown_url(conn.engine.url)
         for name, oid in zip((t.outbox, t.position, t.dead_letters), found, strict=True):
             if oid is None:
                 raise RelayError(
@@ -461,7 +464,7 @@ class Relay:
                 return
         tries = f" {self._refused_in_a_row} times in a row" if code in _TRANSIENT else ""
         doing, table = self._doing
-        where = self.engine.url.render_as_string(hide_password=True)
+        where = shown_url(self.engine.url)
         raise RelayError(
             f"the source database {where} refused {doing}: {_kind(exc)}{tries}; waiting will not fix it, so the "
             f"relay stopped with its position unmoved (what follows it is relayed when it runs again): check {table} "

@@ -60,7 +60,7 @@ def _settings_problems(exc: ValidationError) -> str:
             name = "ACCORD_KAFKA_" + inside[0].upper().replace(".", "_")
         else:  # a key inside a JSON setting, e.g. ACCORD_TOPIC_PARTITIONS["custody"]
             name = "ACCORD_" + field.upper() + "".join(f'["{key}"]' for key in inside)
-        parts.append(f"{name}: {err['msg']}")
+        parts.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts) + "; fix the environment variable"
 
 

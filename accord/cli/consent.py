@@ -31,18 +31,17 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "token":
         return cmd_consent_token(args, settings)
     if args.action == "serve":
-        import uvicorn
-
+        from accord.web.app import run_app
         from accord.web.consent_api import ApiSettingsError, app_from_settings
 
         try:
             # Checks ACCORD_API_SECRET, then refuses to serve as a role that could change
             # the consent history (require_app_role), however the API is started.
             app = app_from_settings()
+            run_app(app, settings.api_host, settings.api_port)
         except ApiSettingsError as exc:
             print(f"accord consent serve: {exc}", file=sys.stderr)
             return 2
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning", log_config=None)
         return 0
     if args.subject is None:
         print("accord consent: --subject is required for deny and permit", file=sys.stderr)

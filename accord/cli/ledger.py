@@ -35,11 +35,11 @@ __all__ = [
 def cmd_ledger_init(args: argparse.Namespace, settings: Settings) -> int:
     """``alembic upgrade head`` as the owner (a database from before migrations is stamped first), then the grants."""
     from accord.provision import app_grants, setup_database
-    from bus.database import app_role_of, owner_engine_for
+    from bus.database import app_role_of, owner_engine_for, shown_url
     from ledger.migrations import head, schema_state
 
     owner = owner_engine_for(settings)
-    where = owner.url.render_as_string(hide_password=True)
+    where = shown_url(owner.url)
     with owner.connect() as conn:
         before = schema_state(conn).current
     if owner.dialect.name != "postgresql":

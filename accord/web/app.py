@@ -24,10 +24,12 @@ and templates extending ``base.html``, reads the principal with
 from __future__ import annotations
 
 import importlib
+import os
+import socket
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from fastapi import FastAPI, Request
@@ -265,30 +267,57 @@ def serve(settings: Settings) -> None:
     uvicorn's access log is off: it would write each sign-in link's token (in the
     query string) to the log; requests are logged by the app without query strings.
     """
-    import uvicorn
-
     from accord.provision import require_app_role
-    from bus.database import engine_for
+    from bus.database import engine_for, sqlite_path
+    from ledger.roles import LedgerSchemaMissing
 
     secret = consent_api.secret_from_settings(settings)
+    ledger_file = sqlite_path(settings.resolved_ledger_url)
+    if ledger_file is not None and not ledger_file.exists():  # a mistyped state folder: not a new, empty ledger
+        raise LedgerSchemaMissing(
+            f"no ledger at {ledger_file}: check ACCORD_STATE_DIR (or ACCORD_LEDGER_URL); "
+            "`accord ledger init` or `accord demo` makes one"
+        )
     engine = engine_for(settings)
     require_app_role(engine)
     app = create_app(settings, engine=engine, secret=secret)
-    print(
-        f"Accord is serving at http://{settings.api_host}:{settings.api_port}/ (dashboard: /dashboard, citizens: /me)",
-        flush=True,
+    run_app(
+        app,
+        settings.api_host,
+        settings.api_port,
+        announce=f"Accord is serving at http://{settings.api_host}:{settings.api_port}/ "
+        "(dashboard: /dashboard, citizens: /me)",
     )
+
+
+def run_app(app: Any, host: str, port: int, *, announce: str | None = None) -> None:
+    """Run ``app`` with uvicorn on ``host:port``, bound before ``announce`` is printed.
+
+    A port in use is then one line naming it (ApiSettingsError), not a message after
+    the address was already given out.
+    """
+    import uvicorn
+
+    listening = _listen(host, port)
+    if announce:
+        print(announce, flush=True)
     # log_config=None: uvicorn's own lines go through the standard library's logging, which
     # bus.logs renders like every other line (one JSON object per line in production).
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        access_log=False,
-        log_level="warning",
-        log_config=None,
-        server_header=False,
-    )
+    config = uvicorn.Config(app, access_log=False, log_level="warning", log_config=None, server_header=False)
+    uvicorn.Server(config).run(sockets=[listening])
 
 
-__all__ = ["HOME", "PAGE_MODULES", "SignInLinks", "app_from_settings", "create_app", "serve"]
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; ApiSettingsError naming them if the system refuses."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = (os.strerror(exc.errno) if exc.errno else type(exc).__name__).lower()
+        raise consent_api.ApiSettingsError(
+            f"cannot listen on {host}:{port} ({reason}); set ACCORD_API_HOST and ACCORD_API_PORT to a free "
+            "address of this machine"
+        ) from None
+
+
+__all__ = ["HOME", "PAGE_MODULES", "SignInLinks", "app_from_settings", "create_app", "run_app", "serve"]

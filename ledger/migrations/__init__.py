@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from bus.database import where
 from ledger.append import ADVISORY_LOCK_KEY, require_current_columns, sqlite_immediate
 from ledger.roles import LedgerSchemaMissing
 
@@ -283,7 +284,7 @@ def schema_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 def _where(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return where(engine)
 
 
 def _ahead(state: SchemaState, engine: Engine) -> LedgerSchemaNotCurrent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,10 @@ def test_serve_prints_its_address_and_answers(tmp_path: Path) -> None:
         "ACCORD_LEDGER_URL": "",
         "ACCORD_LOG_FORMAT": "json",
     }
+    made = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "ledger", "init"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -61,3 +66,46 @@ def test_serve_prints_its_address_and_answers(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_serve_refuses_a_missing_ledger_a_port_in_use_and_a_port_out_of_range_in_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ACCORD_STATE_DIR": str(tmp_path / "typo"),
+        "ACCORD_API_SECRET": SECRET,
+        "ACCORD_LEDGER_URL": "",
+    }
+
+    def serve(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "accord.cli", "serve"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    missing = serve(ACCORD_API_PORT=str(free_port()))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"accord serve: no ledger at {tmp_path / 'typo' / 'ledger.db'}: check ACCORD_STATE_DIR (or "
+        "ACCORD_LEDGER_URL); `accord ledger init` or `accord demo` makes one"
+    )
+    assert not (tmp_path / "typo" / "ledger.db").exists()
+
+    env["ACCORD_STATE_DIR"] = str(tmp_path)
+    init = [sys.executable, "-m", "accord.cli", "ledger", "init"]
+    assert subprocess.run(init, env=env, capture_output=True, timeout=60).returncode == 0
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        busy = serve(ACCORD_API_PORT=str(port))
+    assert busy.returncode == 2 and "Accord is serving" not in busy.stdout
+    assert busy.stderr.strip().splitlines()[-1] == (
+        f"accord serve: cannot listen on 127.0.0.1:{port} (address already in use); set ACCORD_API_HOST and "
+        "ACCORD_API_PORT to a free address of this machine"
+    )
+    wrong = serve(ACCORD_API_PORT="99999")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.strip() == (
+        "accord serve: ACCORD_API_PORT: Input should be less than or equal to 65535; fix the environment variable"
+    )
