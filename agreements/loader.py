@@ -61,6 +61,30 @@ class AgreementError(ValueError):
         super().__init__(f"{path}:{line}: {field}: {problem}")
 
 
+def read_yaml_text(path: Path) -> str:
+    """A YAML file's text; AgreementError naming the file when it cannot be read or is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AgreementError(
+            path, 1, "(file)", f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise AgreementError(
+            path, 1, "(file)", f"cannot read: {(exc.strerror or type(exc).__name__).lower()}"
+        ) from None
+
+
+def yaml_error(path: Path, exc: yaml.YAMLError) -> AgreementError:
+    """A YAML syntax error as ``file:line: (yaml): problem``, with where the construct it breaks began."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        problem = f"{problem} ({context} that began on line {context_mark.line + 1})"
+    return AgreementError(path, (mark.line + 1) if mark else 1, "(yaml)", problem)
+
+
 class AgreementsRefused(AgreementError):
     """A folder refused: reads as its first problem, and carries them all (``problems``).
 
@@ -261,15 +285,13 @@ def _check_file(
 ) -> tuple[Agreement | None, list[AgreementError], dict[tuple[Any, ...], int]]:
     """The agreement (when the model accepts it) and every problem found in one file."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [AgreementError(path, 1, "(file)", f"cannot read: {exc}")], {}
-    try:
+        text = read_yaml_text(path)
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        return None, [AgreementError(path, (mark.line + 1) if mark else 1, "(yaml)", str(exc).splitlines()[0])], {}
+        return None, [yaml_error(path, exc)], {}
+    except AgreementError as exc:
+        return None, [exc], {}
     if not isinstance(data, dict) or node is None:
         return None, [AgreementError(path, 1, "(document)", "an agreement must be a YAML mapping")], {}
     index = _line_index(node)

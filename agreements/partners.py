@@ -7,15 +7,18 @@ from pathlib import Path
 
 import yaml
 
-from agreements.loader import AgreementError
+from agreements.loader import AgreementError, read_yaml_text, yaml_error
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 def load_partners(path: Path) -> dict[str, str]:
     """``{partner id: recipient class}``; a bad entry is refused with file and line."""
-    text = Path(path).read_text(encoding="utf-8")
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    text = read_yaml_text(Path(path))
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise yaml_error(Path(path), exc) from None
     if node is None:
         return {}
     if not isinstance(node, yaml.MappingNode):

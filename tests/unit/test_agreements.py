@@ -200,3 +200,33 @@ def test_load_dir_refuses_with_every_problem(tmp_path: Path) -> None:
 def test_a_valid_date_still_loads_as_a_date() -> None:
     agreement = load_file(EXAMPLES / "referral-to-mash.yaml")
     assert agreement.valid_from == date(2026, 1, 1) and agreement.transparency.until == date(2027, 3, 31)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"cps: [prosecution\nfoo: bar\n",
+            "2: (yaml): expected ',' or ']', but got ':' (while parsing a flow sequence that began on line 1)",
+        ),
+        (b"\xd0\x00\xff", "1: (file): not UTF-8 text (byte 0xd0 at offset 0)"),
+        (b"- cps\n", "1: (document): the partner registry must map partner id to class"),
+    ],
+)
+def test_a_broken_partner_registry_is_one_line_naming_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    from agreements.partners import load_partners
+
+    path = tmp_path / "partners.yaml"
+    path.write_bytes(content)
+    with pytest.raises(AgreementError) as refused:
+        load_partners(path)
+    assert str(refused.value) == f"{path}:{message}"
+
+
+def test_a_yaml_syntax_error_in_an_agreement_says_what_and_where(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("id: x\nrecipients: [cps\nversion: 1\n", encoding="utf-8")
+    [problem] = validate_dir(tmp_path)
+    assert str(problem) == (
+        f"{tmp_path / 'a.yaml'}:3: (yaml): expected ',' or ']', but got ':' (while parsing a flow sequence that "
+        "began on line 2)"
+    )
