@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from ledger import merkle, tiles
 from ledger.checkpoint import StoredCheckpoint, checkpoint_at, cosigned_note, latest_checkpoint
@@ -184,13 +184,21 @@ def _covering(engine: Engine, checkpoint: StoredCheckpoint | None) -> StoredChec
     return chosen
 
 
-def _require_covered(chosen: StoredCheckpoint, seqs: Iterable[int]) -> None:
+def _require_covered(engine: Engine, chosen: StoredCheckpoint, seqs: Iterable[int]) -> None:
+    """NotCovered naming the first entry the checkpoint cannot prove, and whether waiting helps."""
     outside = [s for s in seqs if not 1 <= s <= chosen.tree_size]
-    if outside:
-        raise NotCovered(
-            f"entry {outside[0]:,} is not covered by checkpoint {chosen.tree_size:,} "
-            "(the next checkpoint will cover newer entries)"
-        )
+    if not outside:
+        return
+    seq = outside[0]
+    if seq < 1:
+        raise NotCovered(f"there is no entry {seq:,}: entries are numbered from 1")
+    with engine.connect() as conn:
+        size = conn.execute(select(func.max(LedgerEntry.seq))).scalar_one() or 0
+    if seq > size:
+        raise NotCovered(f"there is no entry {seq:,}: the ledger holds {size:,}")
+    raise NotCovered(
+        f"entry {seq:,} is not covered by checkpoint {chosen.tree_size:,} yet (the next checkpoint will cover it)"
+    )
 
 
 def prove_entries(
@@ -203,7 +211,7 @@ def prove_entries(
     """
     wanted = list(seqs)
     chosen = _covering(engine, checkpoint)
-    _require_covered(chosen, wanted)
+    _require_covered(engine, chosen, wanted)
     if not wanted:
         return []
     note = cosigned_note(engine, chosen.tree_size) or chosen.note
@@ -235,7 +243,7 @@ def iter_range_proofs(
     """
     if to_seq < from_seq:
         return iter(())
-    _require_covered(checkpoint, (from_seq, to_seq))
+    _require_covered(engine, checkpoint, (from_seq, to_seq))
     with engine.connect() as conn:
         _open_tree(engine, conn, checkpoint)
     return _range_proofs(engine, from_seq, to_seq, checkpoint, note)
@@ -271,14 +279,23 @@ def prove_entry(engine: Engine, seq: int, checkpoint: StoredCheckpoint | None = 
     return prove_entries(engine, [seq], checkpoint)[0]
 
 
+def no_checkpoint_of(engine: Engine, size: int) -> NotCovered:
+    """NotCovered for a tree size no checkpoint has, saying which is the newest."""
+    newest = latest_checkpoint(engine)
+    return NotCovered(
+        f"no checkpoint of tree size {size:,}"
+        + (f" (the newest is of {newest.tree_size:,} entries)" if newest else " (the ledger has no checkpoint yet)")
+    )
+
+
 def prove_consistency(engine: Engine, old_size: int, new_size: int | None = None) -> ConsistencyProof:
     """The consistency proof between two stored checkpoints (``new_size`` default the newest)."""
     old = checkpoint_at(engine, old_size)
     new = checkpoint_at(engine, new_size) if new_size is not None else latest_checkpoint(engine)
     if old is None:
-        raise NotCovered(f"no checkpoint of tree size {old_size:,}")
+        raise no_checkpoint_of(engine, old_size)
     if new is None:
-        raise NotCovered(f"no checkpoint of tree size {new_size:,}" if new_size is not None else "no checkpoint yet")
+        raise no_checkpoint_of(engine, new_size) if new_size is not None else NotCovered("no checkpoint yet")
     if old.tree_size > new.tree_size:
         raise ValueError(f"checkpoint {old.tree_size:,} is newer than {new.tree_size:,}")
     with engine.connect() as conn:

@@ -195,8 +195,14 @@ def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_ledger_prove(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.checkpoint import checkpoint_at
-    from ledger.proofs import LedgerMismatch, NotCovered, prove_consistency, prove_entry
+    from ledger.proofs import LedgerMismatch, NotCovered, no_checkpoint_of, prove_consistency, prove_entry
 
+    if args.entry is not None and (args.from_size is not None or args.to_size is not None):
+        print(
+            "accord ledger prove: give --entry N (an inclusion proof) or --from-size M (a consistency proof), not both",
+            file=sys.stderr,
+        )
+        return 2
     engine = ledger_engine(settings)
     try:
         if args.entry is not None:
@@ -204,7 +210,7 @@ def cmd_ledger_prove(args: argparse.Namespace, settings: Settings) -> int:
             if args.size is not None:
                 at = checkpoint_at(engine, args.size)
                 if at is None:
-                    raise NotCovered(f"no checkpoint of tree size {args.size:,}")
+                    raise no_checkpoint_of(engine, args.size)
             proof = prove_entry(engine, args.entry, at).to_dict()
         elif args.from_size is not None:
             proof = prove_consistency(engine, args.from_size, args.to_size).to_dict()

@@ -213,3 +213,35 @@ def test_verify_export_holds_the_file_to_the_range_asked_for(
     assert half.returncode == 2 and half.stderr.strip() == (
         "accord ledger verify-export: give both --from and --to, or neither"
     )
+
+
+def test_prove_and_export_say_whether_an_entry_does_not_exist_or_is_not_checkpointed_yet(
+    role_db: RoleDatabase, signed: NoteSigner, tmp_path: Path
+) -> None:
+    """35 entries, the newest checkpoint of 30: waiting helps for entry 33, never for 0 or 99."""
+    env = {**os.environ, "ACCORD_LEDGER_URL": role_db.app_url, "ACCORD_STATE_DIR": str(tmp_path)}
+
+    def refused(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "accord.cli", "ledger", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+        return done.stderr.strip()
+
+    assert refused("prove", "--entry", "0") == "accord ledger prove: there is no entry 0: entries are numbered from 1"
+    assert refused("prove", "--entry", "99") == "accord ledger prove: there is no entry 99: the ledger holds 35"
+    assert refused("prove", "--entry", "33") == (
+        "accord ledger prove: entry 33 is not covered by checkpoint 30 yet (the next checkpoint will cover it)"
+    )
+    assert refused("export", "--from", "1", "--to", "99") == (
+        "accord ledger export: there is no entry 99: the ledger holds 35"
+    )
+    assert refused("prove", "--entry", "5", "--from-size", "30") == (
+        "accord ledger prove: give --entry N (an inclusion proof) or --from-size M (a consistency proof), not both"
+    )
+    assert refused("prove", "--from-size", "50") == (
+        "accord ledger prove: no checkpoint of tree size 50 (the newest is of 30 entries)"
+    )
+    assert refused("prove", "--entry", "5", "--size", "7") == (
+        "accord ledger prove: no checkpoint of tree size 7 (the newest is of 30 entries)"
+    )
