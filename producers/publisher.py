@@ -12,6 +12,7 @@ rather than dropped.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,10 +51,14 @@ def limits_of(settings: Settings) -> Limits:
     return Limits(max_event_bytes=settings.max_event_bytes, max_string_bytes=settings.max_string_bytes)
 
 
+NOT_CONFIRMED = "not confirmed by the broker"
+
+
 @dataclass
 class PublishReport:
     delivered: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (event id, error)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (event id, error), one per event
+    unconfirmed: int = 0  # of the failed: the broker had not answered when the flush gave up
     # Highest delivered offset + 1 per (topic, partition): what a processor must reach.
     end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -76,11 +81,18 @@ class Publisher:
         self.limits = limits_of(settings)
         self.clock = clock
         self.report = PublishReport()
+        # Event ids sent and not yet answered by a delivery report: what a flush that runs
+        # out of time lists as failed, one by one (a raw send without an envelope is "?").
+        self._unanswered: Counter[str] = Counter()
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         headers = dict(msg.headers() or [])
+        event_id = cast("bytes", headers.get(header.EVENT_ID) or b"?").decode()
+        self._unanswered[event_id] -= 1
+        if self._unanswered[event_id] <= 0:
+            del self._unanswered[event_id]
         if err is not None:
-            self.report.failed.append((cast("bytes", headers.get(header.EVENT_ID, b"?")).decode(), err.str()))
+            self.report.failed.append((event_id, err.str()))
             return
         self.report.delivered += 1
         tp = (cast("str", msg.topic()), cast("int", msg.partition()))
@@ -176,13 +188,17 @@ class Publisher:
                 self.producer.produce(
                     self.names.event(event_type), key=key, value=value, headers=headers, on_delivery=self._on_delivery
                 )
+                self._unanswered[str(envelope.get("event_id") or "?")] += 1
                 break
             except BufferError:
                 self.producer.poll(0.1)  # local queue full: wait for deliveries, lose nothing
         self.producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> PublishReport:
-        remaining = self.producer.flush(timeout)
-        if remaining:
-            self.report.failed.append(("?", f"{remaining} messages not delivered within {timeout}s"))
+        """Wait up to ``timeout`` s for the broker; every event it has not confirmed by then is in ``failed``."""
+        if self.producer.flush(timeout):
+            for event_id, n in sorted(self._unanswered.items()):
+                self.report.failed += [(event_id, f"{NOT_CONFIRMED} within {timeout:g} s")] * n
+            self.report.unconfirmed += sum(self._unanswered.values())
+            self._unanswered.clear()
         return self.report

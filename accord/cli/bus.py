@@ -63,11 +63,13 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from bus import kafka
     from producers import Publisher, ingest_jsonl
 
     path = Path(args.file)
+    publisher = Publisher(settings, producer=kafka.producer(settings, **quiet_kafka(settings)))
     with progress(path.stat().st_size if path.is_file() else None, f"publishing {path.name}", unit="B") as tick:
-        report = ingest_jsonl(path, args.type, args.agency, Publisher(settings), on_progress=tick)
+        report = ingest_jsonl(path, args.type, args.agency, publisher, on_progress=tick)
     for refusal in report.refused:
         print(refusal.describe(path), file=sys.stderr)
     published = report.published
@@ -78,6 +80,13 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     )
     for event_id, error in published.failed:
         print(f"delivery failed: event {event_id}: {error}", file=sys.stderr)
+    if published.unconfirmed:
+        print(
+            f"accord publish: no Kafka broker at {settings.bootstrap_servers} confirmed {published.unconfirmed} "
+            "event(s): check that the broker is running and ACCORD_BOOTSTRAP_SERVERS points at it; publishing "
+            "the file again is safe (a re-sent event keeps its id, and the processor records it once)",
+            file=sys.stderr,
+        )
     return 1 if report.refused or published.failed else 0
 
 

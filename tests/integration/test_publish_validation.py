@@ -206,3 +206,23 @@ def test_publish_raw_applies_only_the_size_bound(settings: Settings) -> None:
     assert report.delivered == 2 and not report.failed
     values = [v for _, v in on_topic(settings, "referral")]
     assert values == [value, b"not avro at all"] or sorted(values) == sorted([value, b"not avro at all"])
+
+
+def test_accord_publish_with_no_broker_lists_each_event_not_delivered_and_names_the_servers(tmp_path: Path) -> None:
+    from tests.ports import free_port
+
+    servers = f"127.0.0.1:{free_port()}"  # nothing listens there
+    records = referrals(3)
+    path = tmp_path / "referrals.jsonl"
+    path.write_text("".join(json.dumps(as_json(r)) + "\n" for r in records), encoding="utf-8")
+    done = run_publish(Settings(bootstrap_servers=servers, state_dir=tmp_path), path)
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines()[-1] == "3 lines read, 0 published, 0 refused, 3 failed delivery"
+    lines = done.stderr.strip().splitlines()
+    ids = sorted(r["envelope"]["event_id"] for r in records)
+    assert lines[:3] == [f"delivery failed: event {i}: not confirmed by the broker within 30 s" for i in ids]
+    assert lines[3:] == [
+        f"accord publish: no Kafka broker at {servers} confirmed 3 event(s): check that the broker is running and "
+        "ACCORD_BOOTSTRAP_SERVERS points at it; publishing the file again is safe (a re-sent event keeps its id, "
+        "and the processor records it once)"
+    ]  # and none of librdkafka's own reconnect lines
