@@ -348,6 +348,9 @@ def _overlap(a: Agreement, b: Agreement) -> bool:
 
 def _scan(directory: Path, today: date, events_dir: Path | None = None) -> tuple[list[Agreement], list[AgreementError]]:
     directory = Path(directory)
+    if not directory.is_dir():
+        what = "is a file: give the folder that holds it" if directory.exists() else "no such folder"
+        return [], [AgreementError(directory, 0, "(folder)", what)]
     paths = sorted(directory.glob("*.yaml"))
     if not paths:
         return [], [AgreementError(directory, 0, "(folder)", "no *.yaml agreements found")]

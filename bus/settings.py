@@ -39,6 +39,7 @@ class _KafkaEnvSource(PydanticBaseSettingsSource):
 
 
 _URL_EXAMPLES = "postgresql+psycopg://user@host:5432/accord or sqlite:///path/to/ledger.db"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 UNENCODED_AT = "its password or user name holds an '@' that is not percent-encoded: write each '@' in it as %40"
 
 
@@ -206,6 +207,13 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"give one of {', '.join(_LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("ledger_url", "ledger_owner_url")
     @classmethod

@@ -378,10 +378,15 @@ def verifier_from_settings(settings: Settings) -> NoteVerifier | None:
     return signer.verifier if signer else None
 
 
-def generate_key_file(path: Path, origin: str) -> NoteSigner:
-    """Write a new signing key to ``path`` (owner-only permissions); FileExistsError if one is there."""
+def generate_key_file(path: Path, origin: str, *, make_folder: bool = True) -> NoteSigner:
+    """Write a new signing key to ``path`` (owner-only permissions); FileExistsError if one is there.
+
+    ``make_folder=False`` (a path the person gave): a missing folder is FileNotFoundError,
+    so a mistyped path does not leave a secret key somewhere nobody will look.
+    """
     signer = NoteSigner.generate(origin)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(signer.skey + "\n")

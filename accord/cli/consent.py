@@ -98,11 +98,17 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_consent_token(args: argparse.Namespace, settings: Settings) -> int:
     """A signed token on stdout and a one-time sign-in link on stderr, for a citizen (--subject) or staff."""
     from accord.web.consent_api import ApiSettingsError, secret_from_settings
-    from consent.tokens import CITIZEN, STAFF, sign_in_link
+    from consent.tokens import CITIZEN, MAX_LIFETIME_S, STAFF, sign_in_link
     from schemas.subject_keys import normalise
 
     if args.staff == (args.subject is not None):
         print("accord consent token: give --subject KEY (a citizen) or --staff, not both", file=sys.stderr)
+        return 2
+    if not 0 < args.ttl <= MAX_LIFETIME_S:
+        print(
+            f"accord consent token: --ttl must be 1 to {MAX_LIFETIME_S} seconds (24 hours), not {args.ttl}",
+            file=sys.stderr,
+        )
         return 2
     try:
         subject = None if args.staff else normalise(args.subject)

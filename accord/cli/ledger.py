@@ -108,8 +108,21 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ledger_pending_receipts(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import timedelta
 
+    from agreements.partners import load_partners
     from ledger.receipts import pending_receipts
 
+    if args.older_than is not None and args.older_than < 0:
+        print(
+            f"accord ledger pending-receipts: --older-than must be 0 or more seconds, not {args.older_than:g}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.partner is not None and args.partner not in load_partners(settings.partners_file):
+        print(
+            f"accord ledger pending-receipts: --partner {args.partner[:40]!r} is not in {settings.partners_file}",
+            file=sys.stderr,
+        )
+        return 2
     engine = ledger_engine(settings)
     older = timedelta(seconds=args.older_than) if args.older_than is not None else None
     pending = pending_receipts(engine, partner=args.partner, older_than=older)
@@ -148,7 +161,7 @@ def cmd_ledger_keygen(args: argparse.Namespace, settings: Settings) -> int:
             return 0
     path = Path(args.out) if args.out else settings.state_dir / KEY_FILE_NAME
     try:
-        signer = generate_key_file(path, name)
+        signer = generate_key_file(path, name, make_folder=args.out is None)
     except FileExistsError:
         print(f"accord ledger keygen: {path} exists; not overwritten", file=sys.stderr)
         return 2

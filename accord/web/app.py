@@ -267,18 +267,10 @@ def serve(settings: Settings) -> None:
     uvicorn's access log is off: it would write each sign-in link's token (in the
     query string) to the log; requests are logged by the app without query strings.
     """
-    from accord.provision import require_app_role
-    from bus.database import engine_for, sqlite_path
-    from ledger.roles import LedgerSchemaMissing
+    from accord.provision import open_ledger, require_app_role
 
     secret = consent_api.secret_from_settings(settings)
-    ledger_file = sqlite_path(settings.resolved_ledger_url)
-    if ledger_file is not None and not ledger_file.exists():  # a mistyped state folder: not a new, empty ledger
-        raise LedgerSchemaMissing(
-            f"no ledger at {ledger_file}: check ACCORD_STATE_DIR (or ACCORD_LEDGER_URL); "
-            "`accord ledger init` or `accord demo` makes one"
-        )
-    engine = engine_for(settings)
+    engine = open_ledger(settings)  # never a new, empty ledger in a mistyped state folder
     require_app_role(engine)
     app = create_app(settings, engine=engine, secret=secret)
     run_app(

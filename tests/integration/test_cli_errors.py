@@ -307,3 +307,57 @@ def test_checkpoint_with_the_broker_down_is_one_line_within_seconds(tmp_path: Pa
     assert time.monotonic() - started < 15
     assert line.startswith("accord ledger checkpoint: checkpoint 3 not delivered: ")
     assert f"no Kafka broker took it at {env['ACCORD_BOOTSTRAP_SERVERS']}; the checkpoint is stored" in line
+
+
+# --------------------------------------------------------------------------- careless options
+
+
+def test_options_a_person_mistypes_are_one_line_each_and_leave_nothing_behind(tmp_path: Path) -> None:
+    state, secret = str(tmp_path), "x" * 40
+    assert accord("ledger", "init", ACCORD_STATE_DIR=state).returncode == 0
+    cases = [
+        (
+            accord("ledger", "keygen", "--out", str(tmp_path / "typo" / "ledger.key"), ACCORD_STATE_DIR=state),
+            f"accord ledger keygen: {tmp_path / 'typo' / 'ledger.key'}: no such file or directory; check the path "
+            "and its permissions",
+        ),
+        (
+            accord("consent", "token", "--staff", "--ttl", "0", ACCORD_STATE_DIR=state, ACCORD_API_SECRET=secret),
+            "accord consent token: --ttl must be 1 to 86400 seconds (24 hours), not 0",
+        ),
+        (
+            accord("ledger", "pending-receipts", "--partner", "nope", ACCORD_STATE_DIR=state),
+            f"accord ledger pending-receipts: --partner 'nope' is not in {PACKAGE_ROOT / 'agreements' / 'partners.yaml'}",
+        ),
+        (
+            accord("ledger", "pending-receipts", "--older-than", "-5", ACCORD_STATE_DIR=state),
+            "accord ledger pending-receipts: --older-than must be 0 or more seconds, not -5",
+        ),
+        (
+            accord("ledger", "verify", ACCORD_LOG_LEVEL="LOUD", ACCORD_STATE_DIR=state),
+            "accord ledger verify: ACCORD_LOG_LEVEL: give one of DEBUG, INFO, WARNING, ERROR, CRITICAL; fix the "
+            "environment variable",
+        ),
+        (
+            accord("ledger", "verify", ACCORD_DATABASE_SSLMODE="bogus", ACCORD_STATE_DIR=state),
+            "accord ledger verify: ACCORD_DATABASE_SSLMODE: Input should be '', 'disable', 'allow', 'prefer', "
+            "'require', 'verify-ca' or 'verify-full'; fix the environment variable",
+        ),
+    ]
+    for result, line in cases:
+        assert one_line(result) == line
+    assert not (tmp_path / "typo").exists()
+    assert (
+        accord(
+            "consent", "token", "--staff", "--ttl", "60", ACCORD_STATE_DIR=state, ACCORD_API_SECRET=secret
+        ).returncode
+        == 0
+    )
+
+
+def test_agreements_validate_on_a_missing_folder_or_a_file_says_so(tmp_path: Path) -> None:
+    missing = accord("agreements", "validate", str(tmp_path / "nothere"))
+    assert missing.returncode == 1 and f"{tmp_path / 'nothere'}:0: (folder): no such folder" in missing.stderr
+    one = EXAMPLES / "custody-to-prosecution.yaml"
+    given = accord("agreements", "validate", str(one))
+    assert given.returncode == 1 and f"{one}:0: (folder): is a file: give the folder that holds it" in given.stderr

@@ -88,8 +88,8 @@ def test_serve_refuses_a_missing_ledger_a_port_in_use_and_a_port_out_of_range_in
     missing = serve(ACCORD_API_PORT=str(free_port()))
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().splitlines()[-1] == (
-        f"accord serve: no ledger at {tmp_path / 'typo' / 'ledger.db'}: check ACCORD_STATE_DIR (or "
-        "ACCORD_LEDGER_URL); `accord ledger init` or `accord demo` makes one"
+        f"accord serve: no ledger at {tmp_path / 'typo' / 'ledger.db'}; check ACCORD_STATE_DIR (or "
+        "ACCORD_LEDGER_URL), or run `accord ledger init` to make a new one"
     )
     assert not (tmp_path / "typo" / "ledger.db").exists()
 
