@@ -6,6 +6,7 @@ validator judges everything else, so there is one place that decides what is wro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
@@ -17,20 +18,40 @@ from schemas.named_types import _join, _named_types, _resolve
 __all__ = ["from_json", "to_json"]
 
 
+def _calendar_out_of_range(value: str) -> bool:
+    """Whether an ISO timestamp fails only on a field's range (a 30 February, a 25 o'clock), not its shape."""
+    digits = re.sub(r"\d", "1", value)  # every digit 1: the shape alone (2020-02-30T25:00 -> 1111-11-11T11:11)
+    try:
+        datetime.fromisoformat(digits)
+    except ValueError:
+        return False
+    return True
+
+
 def _parse_timestamp(value: str, where: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
+        if _DATE_SHAPE.match(value) and _calendar_out_of_range(value):
+            raise InvalidRecord(
+                where, "not a real time: its month, day, hour, minute or second is out of range"
+            ) from None
         raise InvalidRecord(where, f"expected ISO-8601 timestamp, got {_show(value)}") from None
     if parsed.tzinfo is None:
         raise InvalidRecord(where, f"expected ISO-8601 timestamp with a timezone (e.g. Z), got {_show(value)}")
     return parsed
 
 
+# The shape of an ISO date, so one that fails only on its calendar (30 February) is told so.
+_DATE_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
 def _parse_date(value: str, where: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
+        if len(value) == 10 and _DATE_SHAPE.match(value):
+            raise InvalidRecord(where, "not a real date: its month or day is out of range") from None
         raise InvalidRecord(where, f"expected ISO date (YYYY-MM-DD), got {_show(value)}") from None
 
 

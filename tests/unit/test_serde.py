@@ -739,6 +739,34 @@ def test_from_json_bad_values_name_the_field(path: tuple[str, str], value: str) 
     assert info.value.field == ".".join(path)
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "problem"),
+    [
+        (("subject", "date_of_birth"), "1990-02-30", "not a real date: its month or day is out of range"),
+        (("subject", "date_of_birth"), "1990-13-01", "not a real date: its month or day is out of range"),
+        (("subject", "date_of_birth"), "14/02/1990", "expected ISO date (YYYY-MM-DD), got a string of 10 characters"),
+        (
+            ("envelope", "occurred_at"),
+            "2026-02-30T10:00:00Z",
+            "not a real time: its month, day, hour, minute or second is out of range",
+        ),
+        (
+            ("envelope", "occurred_at"),
+            "2026-02-10T25:00:00Z",
+            "not a real time: its month, day, hour, minute or second is out of range",
+        ),
+        (("envelope", "occurred_at"), "yesterday", "expected ISO-8601 timestamp, got a string of 9 characters"),
+    ],
+)
+def test_an_impossible_date_is_told_from_a_badly_written_one(path: tuple[str, str], value: str, problem: str) -> None:
+    data = to_json(custody_record())
+    data[path[0]][path[1]] = value
+    with pytest.raises(InvalidRecord) as info:
+        from_json(load_schema("custody"), data)
+    assert (info.value.field, info.value.problem) == (".".join(path), problem)
+    assert value not in str(info.value)  # a date of birth is personal data: never repeated
+
+
 def test_from_json_leaves_other_values_for_validate() -> None:
     schema = load_schema("custody")
     data = to_json(custody_record())
