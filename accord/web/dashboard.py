@@ -395,7 +395,11 @@ def flow_entries(request: Request) -> Response:
     if not provider or not recipient:
         raise HTTPException(404, detail="choose a flow on the dashboard")
     outcome = params.get("outcome", "")
+    errors = dict(query.errors)
+    if "agreement" in errors:  # this page has no list to choose from
+        errors["agreement"] = "No agreement has that id: entries under every agreement are shown"
     if outcome and outcome not in OUTCOME_WORDS:
+        errors["outcome"] = "Choose an outcome from the list: all outcomes are shown"
         outcome = ""
     after = params.get("after", "0")
     after_seq = int(after) if after.isdigit() and len(after) < 19 else 0
@@ -422,6 +426,7 @@ def flow_entries(request: Request) -> Response:
             "provider": directory.name(provider),
             "recipient": directory.name(recipient),
             "query": query,
+            "errors": errors,
             "outcome": outcome,
             "outcomes": OUTCOME_WORDS,
             "extra": extra,

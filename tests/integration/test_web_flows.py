@@ -302,6 +302,16 @@ def test_drill_down_page_lists_the_entries(engine: Engine, staff: TestClient) ->
     assert [int(r[0]) for r in exported[1:]] == seqs
 
 
+def test_drill_down_page_says_when_it_ignored_what_was_asked(staff: TestClient) -> None:
+    flow = f"/dashboard/flow?{QUERY}&provider=met-police&recipient=cps"
+    assert "There is a problem" not in staff.get(flow).text
+    bad = staff.get(f"{flow}&outcome=BOGUS&agreement=zzz")
+    assert bad.status_code == 200 and "There is a problem" in bad.text
+    assert "Choose an outcome from the list: all outcomes are shown" in bad.text
+    assert "No agreement has that id: entries under every agreement are shown" in bad.text
+    assert "BOGUS" not in bad.text and "zzz" not in bad.text
+
+
 def test_dashboard_is_for_staff_only(engine: Engine) -> None:
     app = create_app(
         Settings(), engine=engine, agreements=AGREEMENTS, partners=PARTNERS, secret=SECRET, read_dead_letters=False
