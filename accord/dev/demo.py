@@ -342,7 +342,7 @@ def run_demo(
     print("withheld by reason:")
     for reason, n in sorted(withheld.items()):
         print(f"  {reason:50} {n}")
-    print(f"dead letters:         {sum(dead.values())}")
+    print(f"dead letters:         {sum(dead.values())} (by kind; docs/processor.md says what each kind means)")
     for reason, n in sorted(dead.items()):
         print(f"  {reason:50} {n}")
     print(f"ledger entries:       {sum(n for *_, n in rows)} this run, {total_entries} in all")
