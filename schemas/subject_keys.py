@@ -17,7 +17,13 @@ Forms (case matters; no spaces anywhere):
   (any letter but I, O and S). The check letter itself is not verified: the
   synthetic data draws it at random.
 - ``local:<agency>:<id>``: an agency's own identifier; the agency is a lower-case
-  slug (as in the agreements), the id any printable ASCII without spaces.
+  slug (as in the agreements), the id any printable ASCII without spaces, at most
+  64 characters.
+
+An event's ``pnc_id`` and ``local_id`` fields are held to these forms too
+(:func:`identifier_problem`, from ``schemas.validation``): a key derived from a
+malformed one could never match a consent record, and one too long for an index
+would stop the ledger's writes.
 
 A reason never repeats the input (it may reach a log or a response body, I6).
 """
@@ -29,7 +35,7 @@ from typing import Final
 
 from schemas.nhs_number import is_valid
 
-__all__ = ["KINDS", "MAX_LENGTH", "InvalidSubjectKey", "kind", "normalise"]
+__all__ = ["KINDS", "MAX_LENGTH", "MAX_LOCAL_ID", "InvalidSubjectKey", "identifier_problem", "kind", "normalise"]
 
 KINDS: Final = ("nhs", "pnc", "local")
 MAX_LENGTH: Final = 128  # the width of consent_records.subject_key and of a token's subject
@@ -38,6 +44,19 @@ EXAMPLES: Final = "nhs:9434765919, pnc:26/123456A or local:<agency>:<id>"
 _PNC = re.compile(r"\d{2}/\d{1,7}[A-HJ-NP-RT-Z]")
 _AGENCY = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _LOCAL_ID = re.compile(r"[!-~]+")  # printable ASCII, no space
+MAX_LOCAL_ID: Final = 64  # with "local:" and an agency id, well within MAX_LENGTH
+
+_PNC_FORM = "a PNC id is two digits of year, a slash, the serial number and an upper-case check letter, e.g. 26/123456A"
+_LOCAL_FORM = f"a local id is printable ASCII without spaces, at most {MAX_LOCAL_ID} characters"
+
+
+def identifier_problem(scheme: str, value: str) -> str | None:
+    """Why an event's identifier of ``scheme`` (``pnc`` or ``local``) cannot make a subject key; None if it can."""
+    if scheme == "pnc":
+        return None if _PNC.fullmatch(value) else _PNC_FORM
+    if scheme == "local":
+        return None if len(value) <= MAX_LOCAL_ID and _LOCAL_ID.fullmatch(value) else _LOCAL_FORM
+    raise ValueError(f"no identifier rule for scheme {scheme!r}")
 
 
 class InvalidSubjectKey(ValueError):
@@ -86,7 +105,7 @@ def normalise(text: str) -> str:
             )
         return text
     agency, sep, local_id = rest.partition(":")
-    if not (sep and _AGENCY.fullmatch(agency) and _LOCAL_ID.fullmatch(local_id)):
+    if not (sep and _AGENCY.fullmatch(agency) and identifier_problem("local", local_id) is None):
         raise InvalidSubjectKey(
             "a local key is local:<agency>:<id>, the agency a lower-case id such as salford-council, "
             "e.g. local:salford-council:LCS123456"

@@ -13,6 +13,9 @@ against its type's latest version, whose field names the rules look for):
 - every field named ``nhs_number``, wherever it is nested: ten ASCII digits
   passing Modulus 11 when present (null or absent is fine where the schema lets
   it be; an empty string is a problem);
+- every field named ``pnc_id`` or ``local_id``: the form ``schemas.subject_keys``
+  gives a PNC id (``26/123456A``) or an agency's local id (printable ASCII, no
+  spaces, at most 64 characters), since the subject key is made of it;
 - ``envelope.event_id``: a UUID in canonical lower-case form;
 - every field named ``date_of_birth``: not after today anywhere on Earth (UTC+14,
   so a birth just after midnight in any zone is not "in the future") and an age
@@ -38,6 +41,7 @@ from typing import Any, cast
 from schemas import nhs_number
 from schemas.named_types import _join, _named_types, _resolve
 from schemas.registry import load_schema
+from schemas.subject_keys import identifier_problem
 
 __all__ = ["Limits", "Problem", "event_problems", "size_problem", "MAX_AGE_YEARS", "EARLIEST_TIMESTAMP"]
 
@@ -100,6 +104,22 @@ def _check_nhs_number(value: Any, path: str, out: list[Problem], ctx: _Context) 
         out.append(Problem(path, why))
     if isinstance(value, str) and len(value) * 4 > ctx.max_string_bytes:  # _check_string's first test, without the call
         _check_string(value, path, out, ctx)
+
+
+def _identifier_check(scheme: str) -> _Check:
+    """A subject key's identifier (``pnc_id``, ``local_id``): its form, so the key it makes is one."""
+
+    def check(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
+        if isinstance(value, str):
+            why = identifier_problem(scheme, value)
+            if why is not None:
+                out.append(Problem(path, why))
+
+    return check
+
+
+# Field name -> its rule, wherever the field is nested (as nhs_number's).
+_IDENTIFIER_FIELDS: dict[str, _Check] = {"pnc_id": _identifier_check("pnc"), "local_id": _identifier_check("local")}
 
 
 def _check_event_id(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
@@ -200,6 +220,8 @@ def _field_check(f: Mapping[str, Any], names: Mapping[str, Any], path: str) -> t
         return name, where, _required(_check_event_id, nullable), False
     if name == "date_of_birth":
         return name, where, _check_date_of_birth, False
+    if name in _IDENTIFIER_FIELDS:
+        return name, where, _IDENTIFIER_FIELDS[name], False
     if where in ENVELOPE_TIMESTAMPS:
         return name, where, _check_timestamp, False
     return name, where, _compile(f["type"], names, where), True

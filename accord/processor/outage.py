@@ -27,9 +27,12 @@ def outage_of(exc: BaseException) -> str | None:
     """``"database"`` or ``"broker"`` when ``exc`` means a service is unavailable; None for a record's fault.
 
     Database errors are outages unless their SQLSTATE is class 22 (data exception: a
-    value the database refuses, which is one record's fault). A missing table or a
-    revoked privilege is an outage too: waiting for the operator is right, dead-lettering
-    every record would not be.
+    value the database refuses) or 54 (program limit exceeded: a value too large for an
+    index row, say), which are one record's fault. psycopg makes class 54 an
+    OperationalError, so the SQLSTATE is read first: an outage would wait on that
+    record for ever, with the whole bus behind it (I10). A missing table or a revoked
+    privilege is an outage: waiting for the operator is right, dead-lettering every
+    record would not be.
     """
     if isinstance(exc, Outage):
         return exc.service
@@ -37,21 +40,24 @@ def outage_of(exc: BaseException) -> str | None:
         return "broker"
     if isinstance(exc, KafkaException):
         return "broker"
+    if _data_exception(exc.orig if isinstance(exc, DBAPIError) else exc):
+        return None
     if isinstance(exc, (OperationalError, InterfaceError)):
         return "database"
-    if isinstance(exc, DBAPIError):
-        orig = exc.orig
-        return None if _data_exception(orig) else "database"
-    if isinstance(exc, psycopg.Error):
-        return None if _data_exception(exc) else "database"
+    if isinstance(exc, (DBAPIError, psycopg.Error)):
+        return "database"
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return "database"
     return None
 
 
+# SQLSTATE classes that are one record's fault: 22 data exception, 54 program limit exceeded.
+_RECORD_FAULT_CLASSES = ("22", "54")
+
+
 def _data_exception(exc: BaseException | None) -> bool:
     sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
-    return bool(sqlstate) and str(sqlstate).startswith("22")
+    return bool(sqlstate) and str(sqlstate)[:2] in _RECORD_FAULT_CLASSES
 
 
 def backoff(attempt: int, most_s: float = 10.0) -> float:

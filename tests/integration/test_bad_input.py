@@ -111,6 +111,12 @@ def _bad(kind: str, good: dict, base: dict) -> tuple[str, bytes | None]:
     if kind == "reused event id with different content":
         r["envelope"]["event_id"] = good["envelope"]["event_id"]
         return "referral", _encode(r)
+    if kind == "local id too long for a subject key":
+        r["subject"]["local_id"] = "L" * 3000  # under the string limit; over any index row's
+        return "referral", _encode(r)
+    if kind == "local id with a space":
+        r["subject"]["local_id"] = "LCS 123"
+        return "referral", _encode(r)
     if kind == "2 MB string":
         r["narrative"] = "x" * (2 * 1024 * 1024)
         return "referral", _encode(r)
@@ -135,6 +141,8 @@ KINDS: dict[str, str] = {
     "future date of birth": "subject.date_of_birth",
     "reused event id with different content": "reused",
     "2 MB string": "bytes",
+    "local id too long for a subject key": "subject.local_id: a local id is printable ASCII without spaces",
+    "local id with a space": "subject.local_id",
 }
 
 

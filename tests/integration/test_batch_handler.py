@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import copy
+import random
+import string
 import threading
 import time
 from collections import Counter
@@ -257,3 +259,35 @@ def test_an_event_that_cannot_be_decided_is_still_replayed_if_the_ledger_holds_i
     [dead] = parts.dead_letters()
     assert (dead[header.ERROR], int(dead[header.SOURCE_OFFSET])) == (b"Undecidable", 2)
     assert dead[header.REASON] == b"could not be decided: ZeroDivisionError"
+
+
+def test_a_value_too_large_for_the_ledgers_index_is_one_records_fault_not_an_outage(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subject key too long for a btree row: PostgreSQL's SQLSTATE 54000, which psycopg makes an
+    OperationalError. Taken for an outage, the loop would retry that batch for ever with the whole bus
+    behind it; as one record's fault it splits the batch and dead-letters that record (I10).
+
+    The validation refuses such a key before the ledger sees it (test_bad_input); it is turned off
+    here to reach the ledger, the last line of defence."""
+    import accord.processor.handler as handler_module
+
+    monkeypatch.setattr(handler_module, "event_problems", lambda *a, **k: [])
+    events = shared_custody_events(agreement(parts, AGREEMENT), 3)
+    events[1]["subject"]["nhs_number"] = None
+    rng = random.Random(54000)  # random, so PostgreSQL cannot compress the index row below its limit
+    events[1]["subject"]["pnc_id"] = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(6000))
+    from schemas.serde import Catalogue
+
+    batch = [
+        parts.inbound_raw(parts.names.event("custody"), Catalogue.default().encode("custody", e), offset=i)
+        for i, e in enumerate(events)
+    ]
+    with pytest.raises(Exception) as failed:
+        parts.handler.handle(batch)
+    raised = getattr(failed.value, "orig", None) or failed.value  # psycopg's own on the COPY path
+    assert getattr(raised, "sqlstate", None) == "54000", raised
+    assert outage_of(failed.value) is None
+    assert ledger_size(parts) == 0 and parts.partner_topic("cps") == []
+    report = parts.handler.handle([batch[0], batch[2]])  # what the loop's split comes down to
+    assert report.appended == ledger_size(parts) > 0

@@ -415,6 +415,8 @@ def oracle_compile_record(s: Any, names: Any, path: str) -> Any:
             check = v._required(v._check_event_id, nullable)
         elif name == "date_of_birth":
             check = v._check_date_of_birth
+        elif name in v._IDENTIFIER_FIELDS:
+            check = v._IDENTIFIER_FIELDS[name]
         elif where in v.ENVELOPE_TIMESTAMPS:
             check = v._check_timestamp
         else:
@@ -504,3 +506,27 @@ def test_the_plans_event_problems_runs_are_the_generated_ones() -> None:
         plan = v._plan(event_type)
         assert plan is not None
         assert plan.__code__.co_filename == "<validation plan>"
+
+
+@pytest.mark.parametrize(
+    ("event_type", "path", "value", "ok"),
+    [
+        ("custody", "subject.pnc_id", "26/123456A", True),
+        ("custody", "subject.pnc_id", "26/123456a", False),  # a lower-case check letter
+        ("custody", "subject.pnc_id", "Z" * 3000, False),  # under the string limit, over an index row's
+        ("custody", "subject.pnc_id", None, True),
+        ("referral", "subject.local_id", "LCS123456", True),
+        ("referral", "subject.local_id", "L" * 64, True),
+        ("referral", "subject.local_id", "L" * 65, False),
+        ("referral", "subject.local_id", "LCS 123", False),
+    ],
+)
+def test_a_subject_keys_identifier_has_the_keys_form(event_type: str, path: str, value: Any, ok: bool) -> None:
+    """The key is made of it: a malformed one could never match consent, and a long one stops the ledger."""
+    found = problems(event_type, with_value(event_type, path, value))
+    if ok:
+        assert found == []
+    else:
+        [(field, problem)] = found
+        assert field == path and (value or "") not in problem
+        assert problem.startswith(("a PNC id is two digits", "a local id is printable ASCII"))
