@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from agreements.model import Agreement
 from agreements.recipient_schemas import recipient_catalogue
@@ -205,7 +205,12 @@ class Subscription:
         (so a receipt is never lost behind a committed offset)."""
         if self._receipts is not None:
             self._receipts.flush()
-        self.consumer.commit(asynchronous=False)
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
+                return  # nothing was read since the last commit: nothing to commit, not an error
+            raise
 
     def close(self) -> None:
         self.consumer.close()

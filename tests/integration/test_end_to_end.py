@@ -282,6 +282,12 @@ def test_consume_command_prints_disclosures_with_their_ids(bus: Bus) -> None:
     assert line["ledger_seq"] == entry.seq and line["agreement"] == "referral-to-mash@v1"
     assert line["record"]["narrative"] == event["narrative"]
 
+    # Read again by the same group: nothing new is no error (it was "Commit failed: No offset stored").
+    again = subprocess.run(
+        result.args, env={**os.environ, **settings_env(bus.settings)}, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0 and again.stdout == "", again.stderr
+
 
 def test_a_new_agreement_version_published_while_running_changes_the_next_decision(bus: Bus, tmp_path) -> None:
     from accord.processor.agreement_feed import publish_agreements
