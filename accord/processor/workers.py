@@ -13,15 +13,22 @@ number of writers. This supervisor is deliberately small:
    settings: the same settings would be refused again, so everything stops with 2;
 3. on SIGTERM or SIGINT, pass it to every child and wait up to ``stop_timeout_s`` for
    each to finish its batch and close, then SIGKILL what is left.
+
+A supervisor that dies without step 3 (kill -9, the OOM killer) takes its children
+with it: each is started with Linux's parent-death signal set to SIGTERM, so it stops
+as after step 3 instead of running on unsupervised, where a new supervisor would start
+N more beside them and their health ports would answer for it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -53,6 +60,23 @@ def _env(index: int, health_port: int) -> dict[str, str]:
     return env
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with(supervisor: int) -> Callable[[], None] | None:
+    """A Popen ``preexec_fn``: SIGTERM the child when ``supervisor`` dies (Linux); None where prctl is missing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_parent_death_signal() -> None:  # runs in the child between fork and exec
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:  # it died before the signal was set: stop now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_parent_death_signal
+
+
 def run_workers(n: int, health_port: int = 0, stop_timeout_s: float = 40.0) -> int:
     """Supervise ``n`` processor processes until told to stop; see the module docstring."""
     children = [_Child(i) for i in range(n)]
@@ -64,8 +88,11 @@ def run_workers(n: int, health_port: int = 0, stop_timeout_s: float = 40.0) -> i
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    die_with_me = _stop_with(os.getpid())
+
     def start(child: _Child) -> None:
-        child.proc = subprocess.Popen(_command(), env=_env(child.index, health_port))
+        # preexec_fn is safe here: the supervisor runs no threads that could hold a lock across the fork.
+        child.proc = subprocess.Popen(_command(), env=_env(child.index, health_port), preexec_fn=die_with_me)
         child.started = time.monotonic()
         log.info("worker_started", worker=child.index, pid=child.proc.pid)
 

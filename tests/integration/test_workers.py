@@ -194,3 +194,19 @@ def test_killing_workers_never_takes_another_down_and_the_control_plane_moves(br
         result = verify(db.owner)
         assert result.ok, result
         assert checkpoints(db.owner), "the lease holder signed no checkpoint"
+
+
+def test_a_supervisor_killed_with_sigkill_takes_its_workers_with_it(broker, tmp_path_factory) -> None:
+    """No worker runs on unsupervised after kill -9 of `--workers 2`: a new supervisor would start two
+    more beside them, and their health ports would answer for it."""
+    with fresh_role_database() as db:
+        bus = _bus(broker, db, tmp_path_factory.mktemp("workers-orphans"))
+        supervisor = _start_workers(bus, 2)
+        workers = _wait_children(supervisor.pid, 2)
+        log_file = bus.settings.state_dir / "workers.log"
+        _wait_for(lambda: log_file.read_text().count("agreements_caught_up") >= 2 or None, timeout=60)
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(10)
+        _wait_for(lambda: not any(map(_alive, workers)) or None, timeout=60)
+        log = log_file.read_text()
+        assert log.count("processor_stopped") == 2, log[-2000:]  # each stopped as on SIGTERM, not killed
