@@ -30,15 +30,30 @@ from schemas.serde import Catalogue
 log = structlog.get_logger("accord.agreement_feed")
 
 
+class AgreementConflict(ValueError):
+    """This processor's agreements folder holds a version the feed published with other content.
+
+    Fatal, not refused like a bad publication: deciding under its own copy would share
+    other fields under the same agreement id and version than every other processor
+    (I4), and the feed's copy cannot replace it once its recipient schemas are in use.
+    """
+
+
 class AgreementSet:
-    """The agreements the processor decides with; safe to update from another thread."""
+    """The agreements the processor decides with; safe to update from another thread.
+
+    The folder's agreements are taken at start; the feed then confirms each one it also
+    holds, or conflicts with it (AgreementConflict).
+    """
 
     def __init__(self, agreements: Iterable[Agreement], catalogue: Catalogue) -> None:
         self._lock = threading.Lock()
         self._all: dict[str, Agreement] = {}
+        self._unconfirmed: set[str] = set()  # from the folder, not yet seen on the feed
         self.catalogue = catalogue
         for a in agreements:
             self._all[a.key] = a
+            self._unconfirmed.add(a.key)
 
     def current(self) -> list[Agreement]:
         """The newest version of each agreement id."""
@@ -58,8 +73,16 @@ class AgreementSet:
         agreement = Agreement.model_validate_json(payload)
         with self._lock:
             known = self._all.get(agreement.key)
+            from_folder = agreement.key in self._unconfirmed
+            self._unconfirmed.discard(agreement.key)
             if known == agreement:
                 return agreement
+            if known is not None and from_folder:
+                raise AgreementConflict(
+                    f"{agreement.key} in the agreements folder differs from the version published on the "
+                    "agreements feed: give the changed file a new version and publish it, or restore the "
+                    "published one (`accord agreements publish` publishes a folder)"
+                )
             if known is not None:
                 raise ValueError(f"{agreement.key} was already published with different content; publish a new version")
             # Registers the recipient schemas; refuses fields missing from the event schema.
@@ -159,6 +182,8 @@ class FeedFollower:
             return 0
         try:
             agreement = self.agreements.apply(msg.value() or b"")
+        except AgreementConflict:
+            raise  # the processor stops: its own folder disagrees with what every other one decides by
         except ValueError as exc:
             # A bad publication is refused, not fatal: the previous versions stay in force.
             log.error("agreement_refused", offset=msg.offset(), error=str(exc).splitlines()[0])

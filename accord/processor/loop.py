@@ -65,7 +65,7 @@ from typing import Protocol, TypeVar
 import structlog
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from accord.processor.agreement_feed import AgreementSet
+from accord.processor.agreement_feed import AgreementConflict, AgreementSet
 from accord.processor.control_lease import Lease
 from accord.processor.handler import BatchReport, DeadLetter, Inbound, Prepared, Sending
 from accord.processor.health import Health
@@ -541,6 +541,8 @@ class SharingLoop:
         """Run control-plane work; an outage or a failure is logged and retried on the next tick."""
         try:
             return fn()
+        except AgreementConflict:
+            raise  # not weather to wait out: this processor's own agreements disagree with the feed, it stops
         except Exception as exc:  # noqa: BLE001 - control-plane work only (no record passes here); logged, retried next tick
             down = outage_of(exc)
             if down is not None:

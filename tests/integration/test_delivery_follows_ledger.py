@@ -21,6 +21,7 @@ from accord.sharing.decide import subject_key
 from agreements import Status, load_dir
 from agreements.partners import load_partners
 from ledger import verify
+from producers import Publisher
 from producers.synthetic import build_scenario
 from tests.bus import Bus, make_settings, running_bus
 from tests.conftest import fresh_role_database
@@ -249,3 +250,48 @@ def test_a_resend_and_a_reused_id_in_one_batch_the_ledger_tells_which_is_which(b
     assert len(got) == 2 and all(d.record["referral_id"] == event["referral_id"] for d in got)
     assert not [d for d in bus.received("salford-mash") if d.record.get("referral_id") == impostor["referral_id"]]
     assert [e.disclosure_id for e in bus.ledger(event_id=event["envelope"]["event_id"])] == [entry.disclosure_id]
+
+
+def test_a_processor_whose_agreements_folder_differs_from_the_feed_stops_before_deciding(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Version 1 was published; a processor's folder holds a v1 edited without a new version (one more
+    field). Deciding under its copy would share that field under the same id and version as every other
+    processor does without it (I4): it stops, exit 2, in one line, having decided nothing."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.bus import settings_env
+
+    with fresh_role_database() as db:
+        state = tmp_path_factory.mktemp("folder-vs-feed")
+        settings = make_settings(broker, db.app_url, state)
+        bus = Bus(settings, db.owner, load_dir(settings.agreements_dir))
+        bus.create_topics()
+        publish_agreements(settings, bus.agreements)
+        edited = state / "agreements"
+        shutil.copytree(settings.agreements_dir, edited)
+        path = edited / "natal-care-to-health-visiting.yaml"
+        path.write_text(
+            path.read_text().replace(
+                "    - mother.family_name\n", "    - mother.family_name\n    - mother.date_of_birth\n"
+            )
+        )
+        assert "mother.date_of_birth" in path.read_text()
+        publisher = Publisher(settings)  # an event waiting for it: deciding it under the edited copy is the harm
+        publisher.publish("natal_care", _events("natal_care", 1)[0])
+        assert not publisher.flush().failed
+        run = subprocess.run(
+            [sys.executable, "-m", "accord.cli", "run", "processor"],
+            env={**os.environ, **settings_env(settings), "ACCORD_AGREEMENTS_DIR": str(edited)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr
+        last = run.stderr.strip().splitlines()[-1]
+        assert "natal-care-to-health-visiting@v1 in the agreements folder differs from the version published" in last
+        assert bus.ledger() == []
