@@ -25,9 +25,10 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from bus.settings import KAFKA_ENV_PREFIX, Settings
@@ -36,6 +37,8 @@ __all__ = [
     "LOGGER",
     "OWNED",
     "KafkaSettingError",
+    "Producing",
+    "RenewingProducer",
     "admin",
     "check_settings",
     "consumer",
@@ -44,6 +47,7 @@ __all__ = [
     "operator_config",
     "producer",
     "redacted",
+    "renewing_producer",
 ]
 
 REDACTED = "[redacted]"
@@ -252,6 +256,103 @@ def producer(settings: Settings, **overrides: Any) -> Producer:
         "compression.type": "none",
     }
     return _make(Producer, base, settings, overrides)
+
+
+DeliveryReport = Callable[[KafkaError | None, Message], None]
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class Producing(Protocol):
+    """What a sender needs of a producer: a plain one, or a :class:`RenewingProducer`."""
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        on_delivery: DeliveryReport | None = None,
+        headers: Headers | None = None,
+    ) -> None: ...
+
+    def poll(self, timeout: float = -1) -> int: ...
+
+    def flush(self, timeout: float = -1) -> int: ...
+
+
+# Answers after which this producer's records are refused for good, while a new producer's are taken:
+# its producer id or epoch is no longer the broker's (PRODUCER_FENCED is what the embedded broker
+# says to a producer that wrote to a topic deleted and created again), or librdkafka itself gave up.
+_PRODUCER_LOST = frozenset(
+    {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.INVALID_PRODUCER_ID_MAPPING}
+)
+
+
+class RenewingProducer:
+    """A producer for a process that runs for months: replaced by a new one when the broker fences it.
+
+    An idempotent producer is one producer id to the broker. Once the broker stops
+    accepting that id, every record it sends is refused, however long the sender waits;
+    a new producer gets a new id and is taken at once. So:
+
+    1. each delivery report (and each refusal of ``produce()``) is looked at on its way
+       to the caller's callback: a lost producer id, or a fatal error, marks this one lost;
+    2. the caller's flush still reports those records as not delivered, so it sends them
+       again (the processor's ledger makes that a replay);
+    3. the next ``produce()`` purges the lost producer and makes a new one, with the same
+       configuration, before it sends.
+    """
+
+    def __init__(self, make: Callable[[], Producer]) -> None:
+        self._make = make
+        self._producer = make()
+        self._lost = False
+        self.renewals = 0
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        on_delivery: DeliveryReport | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        if self._lost:
+            self._renew()
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None and (err.fatal() or err.code() in _PRODUCER_LOST):
+                self._lost = True
+            if on_delivery is not None:
+                on_delivery(err, msg)
+
+        try:
+            self._producer.produce(topic, value, key, on_delivery=report, headers=headers)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.fatal():
+                self._lost = True
+            raise
+
+    def poll(self, timeout: float = -1) -> int:
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout: float = -1) -> int:
+        return self._producer.flush(timeout)
+
+    def _renew(self) -> None:
+        lost = self._producer
+        lost.purge(blocking=False)  # whatever it still holds was refused; its senders send it again
+        lost.poll(0)
+        self._producer, self._lost = self._make(), False
+        self.renewals += 1
+        structlog.get_logger("accord.kafka").warning("producer_renewed", reason="the broker fenced the old one")
+
+
+def renewing_producer(settings: Settings, **overrides: Any) -> RenewingProducer:
+    """:func:`producer`, made again whenever the broker fences it (for the processor's long-lived senders)."""
+    return RenewingProducer(lambda: producer(settings, **overrides))
 
 
 def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:

@@ -102,7 +102,7 @@ def run_processor(settings: Settings) -> int:
 
     # 3.
     agreement_set = AgreementSet(agreements, recipient_catalogue(agreements))
-    producer = kafka.producer(settings)
+    producer = kafka.renewing_producer(settings)
     handler = BatchHandler(
         agreement_set,
         engine,
@@ -114,7 +114,7 @@ def run_processor(settings: Settings) -> int:
         metrics=metrics,
     )
     sweeper = RetractionSweeper(
-        engine, agreement_set, kafka.producer(settings), names, partner_classes, metrics=metrics
+        engine, agreement_set, kafka.renewing_producer(settings), names, partner_classes, metrics=metrics
     )
     timers: list[Timer] = [("retraction_sweep", settings.retraction_interval_s, sweeper.sweep)]
     signer = signer_from_settings(settings)
@@ -128,7 +128,7 @@ def run_processor(settings: Settings) -> int:
             engine,
             signer,
             settings.ledger_origin,
-            kafka.producer(settings),
+            kafka.renewing_producer(settings),
             names,
             settings.checkpoint_every_entries,
             settings.checkpoint_interval_s,

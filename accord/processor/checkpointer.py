@@ -23,12 +23,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 from sqlalchemy import Engine
 
 from accord.processor.metrics import ProcessorMetrics
 from bus import headers as header
 from bus.errors import flush_or_raise
+from bus.kafka import Producing
 from bus.settings import Settings
 from bus.topics import TopicNames
 from ledger.checkpoint import (
@@ -53,7 +54,7 @@ __all__ = [
 log = structlog.get_logger("accord.checkpointer")
 
 
-def publish_checkpoint(producer: Producer, names: TopicNames, checkpoint: StoredCheckpoint, origin: str) -> None:
+def publish_checkpoint(producer: Producing, names: TopicNames, checkpoint: StoredCheckpoint, origin: str) -> None:
     """Produce the checkpoint's note to the checkpoints topic and wait for it; NotDelivered otherwise."""
     errors: list[str] = []
 
@@ -115,7 +116,7 @@ class Checkpointer:
         engine: Engine,
         signer: NoteSigner,
         origin: str,
-        producer: Producer,
+        producer: Producing,
         names: TopicNames,
         every_entries: int,
         interval_s: float,

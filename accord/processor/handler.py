@@ -29,7 +29,7 @@ from operator import attrgetter
 from typing import Any, cast
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 from sqlalchemy import Engine
 
 import consent
@@ -50,6 +50,7 @@ from accord.sharing.retraction import ENDED
 from agreements.model import Agreement
 from agreements.recipient_schemas import projection_name
 from bus import headers as header
+from bus.kafka import Producing
 from bus.topics import TopicNames
 from consent.model import version
 from ledger import EntryDraft, append_decisions, event_entries
@@ -223,7 +224,7 @@ class BatchHandler:
         self,
         agreements: AgreementSet,
         engine: Engine,
-        producer: Producer,
+        producer: Producing,
         names: TopicNames,
         partner_classes: Mapping[str, str] | None = None,
         pseudonym_key: bytes = b"",

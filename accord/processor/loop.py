@@ -70,7 +70,7 @@ from accord.processor.control_lease import Lease
 from accord.processor.handler import BatchReport, DeadLetter, Inbound, Prepared, Sending
 from accord.processor.health import Health
 from accord.processor.metrics import ProcessorMetrics
-from accord.processor.outage import backoff, outage_of
+from accord.processor.outage import backoff, outage_of, safe_detail
 from accord.processor.receipts import ReceiptReport
 from bus.topics import EVENT_TYPES, TopicNames
 
@@ -495,8 +495,10 @@ class SharingLoop:
         error = type(exc).__name__
         self.health.waiting(service, error)
         self.metrics.waits.labels(service).inc()
-        # The reason is the exception's class: its text may quote a record's values (I6).
-        log.warning("waiting", service=service, error=error, retry_in_s=delay, attempt=attempt + 1)
+        # Never the exception's own text: it may quote a record's values (I6).
+        log.warning(
+            "waiting", service=service, error=error, detail=safe_detail(exc), retry_in_s=delay, attempt=attempt + 1
+        )
         self._idle(delay)
 
     def _idle(self, seconds: float) -> None:
@@ -547,7 +549,7 @@ class SharingLoop:
             down = outage_of(exc)
             if down is not None:
                 self.health.waiting(down, type(exc).__name__)
-                log.warning(f"{name}_waiting", service=down, error=type(exc).__name__)
+                log.warning(f"{name}_waiting", service=down, error=type(exc).__name__, detail=safe_detail(exc))
             else:
                 log.error(f"{name}_failed", error=type(exc).__name__)
             return None

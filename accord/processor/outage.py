@@ -51,13 +51,35 @@ def outage_of(exc: BaseException) -> str | None:
     return None
 
 
+def safe_detail(exc: BaseException) -> str:
+    """What went wrong, in words that cannot quote a record (I6): for the log and /readyz.
+
+    An Outage's text is ours (counts and Kafka error names); a Kafka error is its code's
+    name; a database error is its SQLSTATE. Anything else is its class name, since a
+    driver's message may quote the values it refused.
+    """
+    if isinstance(exc, Outage):
+        return str(exc)
+    if isinstance(exc, KafkaException) and exc.args and hasattr(exc.args[0], "name"):
+        return f"{type(exc).__name__} {exc.args[0].name()}"
+    sqlstate = _sqlstate(exc.orig if isinstance(exc, DBAPIError) else exc)
+    if sqlstate:
+        return f"{type(exc).__name__} SQLSTATE {sqlstate}"
+    return type(exc).__name__
+
+
 # SQLSTATE classes that are one record's fault: 22 data exception, 54 program limit exceeded.
 _RECORD_FAULT_CLASSES = ("22", "54")
 
 
-def _data_exception(exc: BaseException | None) -> bool:
+def _sqlstate(exc: BaseException | None) -> str | None:
     sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
-    return bool(sqlstate) and str(sqlstate)[:2] in _RECORD_FAULT_CLASSES
+    return str(sqlstate) if sqlstate else None
+
+
+def _data_exception(exc: BaseException | None) -> bool:
+    sqlstate = _sqlstate(exc)
+    return sqlstate is not None and sqlstate[:2] in _RECORD_FAULT_CLASSES
 
 
 def backoff(attempt: int, most_s: float = 10.0) -> float:

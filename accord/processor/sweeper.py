@@ -55,7 +55,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from confluent_kafka import Producer
 from sqlalchemy import ColumnElement, Engine, Row, and_, exists, func, or_, select
 
 import consent
@@ -66,6 +65,7 @@ from accord.sharing.retraction import ENDED, Retraction, retractions_for, retrac
 from bus import cursors
 from bus import headers as header
 from bus.errors import flush_or_raise
+from bus.kafka import Producing
 from bus.topics import TopicNames
 from consent.store import ConsentRow, utc
 from ledger import EntryDraft, LedgerEntry, append, entries, lookup
@@ -89,7 +89,7 @@ class RetractionSweeper:
         self,
         engine: Engine,
         agreements: AgreementSet,
-        producer: Producer,
+        producer: Producing,
         names: TopicNames,
         partner_classes: Mapping[str, str] | None = None,
         batch: int = 500,

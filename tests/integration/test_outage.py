@@ -101,3 +101,48 @@ def test_database_cut_and_silenced_the_same_processor_resumes(broker, tmp_path_f
         finally:
             bus.stop_processor()
             proxy.close()
+
+
+def test_a_partner_topic_deleted_and_created_again_the_same_processor_delivers_to_it(broker, tmp_path_factory) -> None:
+    """An operator deletes salford-mash's topic while the processor writes to it, then creates it again.
+
+    The broker fences the producer that wrote to the deleted topic: every record it sends after
+    is refused, however long it waits (the embedded broker answers PRODUCER_FENCED). The same
+    process must deliver to the new topic once it exists, the records sent meanwhile included.
+    """
+    from confluent_kafka.admin import NewTopic
+
+    from bus import kafka
+    from tests.bus import running_bus
+
+    with running_bus(broker, tmp_path_factory.mktemp("recreated")) as bus:
+        settings = bus.settings
+        assert bus.processor is not None
+        pid = bus.processor.pid
+        wait_for_group(settings, settings.processor_group, _publish(settings, _referrals(2)), timeout=60)
+        assert len(_mash_ids(bus)) == 2
+        topic = bus.names.partner("salford-mash", "referral")
+        admin = kafka.admin(settings)
+        partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+        for future in admin.delete_topics([topic]).values():
+            future.result()
+        meanwhile = _referrals(3)
+        ends = _publish(settings, meanwhile)
+        ids = {r["envelope"]["event_id"] for r in meanwhile}
+        deadline = time.monotonic() + 30
+        while {r.event_id for r in ledger_rows(bus) if r.recipient == "salford-mash"} < ids:
+            assert time.monotonic() < deadline, "the processor never decided the records sent meanwhile"
+            time.sleep(0.2)
+        time.sleep(2)  # it has tried to deliver them to the deleted topic
+        for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+            future.result()
+
+        after = _referrals(2)
+        ends = {**ends, **_publish(settings, after)}
+        wait_for_group(settings, settings.processor_group, ends, timeout=60)
+        assert bus.processor.poll() is None and bus.processor.pid == pid
+        delivered = {d.record["referral_id"] for d in bus.received("salford-mash")}
+        assert {r["referral_id"] for r in meanwhile + after} <= delivered
+        log = (settings.state_dir / "processor.log").read_text()
+        assert "Traceback" not in log
