@@ -36,7 +36,9 @@ import yaml
 from pydantic import ValidationError
 
 from agreements.conditions import Condition, schema_problem
+from agreements.errors import AgreementError, read_yaml_text, yaml_error
 from agreements.model import COHERENCE_KEY, Agreement, Status
+from agreements.partners import load_partners
 from schemas import catalogue
 from schemas.catalogue import EventCatalogue
 from schemas.projection import UnknownField, check_paths
@@ -49,40 +51,9 @@ __all__ = [
     "load_file",
     "recipients_by_type",
     "schema_problems",
+    "unregistered",
     "validate_dir",
 ]
-
-
-class AgreementError(ValueError):
-    """A refused agreement file; ``str()`` reads ``file:line: field: problem``."""
-
-    def __init__(self, path: Path, line: int, field: str, problem: str) -> None:
-        self.path, self.line, self.field, self.problem = path, line, field, problem
-        super().__init__(f"{path}:{line}: {field}: {problem}")
-
-
-def read_yaml_text(path: Path) -> str:
-    """A YAML file's text; AgreementError naming the file when it cannot be read or is not UTF-8."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise AgreementError(
-            path, 1, "(file)", f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-        ) from None
-    except OSError as exc:
-        raise AgreementError(
-            path, 1, "(file)", f"cannot read: {(exc.strerror or type(exc).__name__).lower()}"
-        ) from None
-
-
-def yaml_error(path: Path, exc: yaml.YAMLError) -> AgreementError:
-    """A YAML syntax error as ``file:line: (yaml): problem``, with where the construct it breaks began."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and context_mark is not None:
-        problem = f"{problem} ({context} that began on line {context_mark.line + 1})"
-    return AgreementError(path, (mark.line + 1) if mark else 1, "(yaml)", problem)
 
 
 class AgreementsRefused(AgreementError):
@@ -346,7 +317,9 @@ def _overlap(a: Agreement, b: Agreement) -> bool:
     return a_from <= b_until and b_from <= a_until
 
 
-def _scan(directory: Path, today: date, events_dir: Path | None = None) -> tuple[list[Agreement], list[AgreementError]]:
+def _scan(
+    directory: Path, today: date, events_dir: Path | None = None, partners_file: Path | None = None
+) -> tuple[list[Agreement], list[AgreementError]]:
     directory = Path(directory)
     if not directory.is_dir():
         what = "is a file: give the folder that holds it" if directory.exists() else "no such folder"
@@ -358,8 +331,25 @@ def _scan(directory: Path, today: date, events_dir: Path | None = None) -> tuple
     problems: list[AgreementError] = []
     seen: dict[str, Path] = {}
     active: dict[str, list[tuple[Agreement, Path]]] = {}
+    registry: dict[str, str] | None = None
+    if partners_file is not None:
+        try:
+            registry = load_partners(partners_file)
+        except AgreementError as exc:
+            problems.append(exc)
     for path in paths:
         agreement, file_problems, index = _check_file(path, today, events_dir)
+        if agreement is not None and registry is not None and partners_file is not None:
+            file_problems += [
+                AgreementError(
+                    path,
+                    _nearest_line(index, ("recipients", i), _nearest_line(index, ("recipients",))),
+                    "recipients",
+                    unregistered(recipient, partners_file),
+                )
+                for i, recipient in enumerate(agreement.recipients)
+                if recipient not in registry
+            ]
         problems.extend(file_problems)
         if agreement is None:
             continue
@@ -393,21 +383,39 @@ def _scan(directory: Path, today: date, events_dir: Path | None = None) -> tuple
     return agreements, problems
 
 
-def load_dir(directory: Path, *, today: date | None = None, events_dir: Path | None = None) -> list[Agreement]:
+def load_dir(
+    directory: Path, *, today: date | None = None, events_dir: Path | None = None, partners_file: Path | None = None
+) -> list[Agreement]:
     """Every ``*.yaml`` agreement in ``directory``; raises AgreementsRefused (every problem, first first).
 
-    Refused besides a bad file: two files with one id and version, and two active
-    versions of one id whose validity periods overlap.
+    Refused besides a bad file: two files with one id and version, two active versions
+    of one id whose validity periods overlap, and, given the partner registry, a
+    recipient it does not hold (:func:`unregistered`).
     """
-    agreements, problems = _scan(Path(directory), today or date.today(), events_dir)
+    agreements, problems = _scan(Path(directory), today or date.today(), events_dir, partners_file)
     if problems:
         raise AgreementsRefused(Path(directory), problems)
     return agreements
 
 
-def validate_dir(directory: Path, *, today: date | None = None, events_dir: Path | None = None) -> list[AgreementError]:
+def validate_dir(
+    directory: Path, *, today: date | None = None, events_dir: Path | None = None, partners_file: Path | None = None
+) -> list[AgreementError]:
     """Every problem in every ``*.yaml`` file of ``directory`` (empty when all load), in file order."""
-    return _scan(Path(directory), today or date.today(), events_dir)[1]
+    return _scan(Path(directory), today or date.today(), events_dir, partners_file)[1]
+
+
+def unregistered(recipient: str, partners_file: Path) -> str:
+    """Why a recipient missing from the partner registry is refused, not shared with.
+
+    Its recipient class comes from the registry. Without one, a citizen's consent
+    choice naming that class ("no sharing with the NHS") could not apply to it, and
+    the event would be shared against it.
+    """
+    return (
+        f"{recipient!r} is not in the partner registry {partners_file}: add it there with its recipient "
+        "class, or a citizen's consent choice for that class could not apply to it"
+    )
 
 
 def recipients_by_type(agreements: Iterable[Agreement]) -> dict[str, set[str]]:

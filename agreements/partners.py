@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from agreements.loader import AgreementError, read_yaml_text, yaml_error
+from agreements.errors import AgreementError, read_yaml_text, yaml_error
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 

@@ -45,7 +45,7 @@ def cmd_agreements_publish(args: argparse.Namespace, settings: Settings) -> int:
     from agreements import load_dir
 
     directory = agreements_dir(args, settings)
-    count = publish_agreements(settings, load_dir(directory))
+    count = publish_agreements(settings, load_dir(directory, partners_file=settings.partners_file))
     print(f"{count} agreements published from {directory}")
     return 0
 
@@ -54,14 +54,16 @@ def cmd_agreements_validate(args: argparse.Namespace, settings: Settings) -> int
     from agreements import validate_dir
 
     directory = agreements_dir(args, settings)
-    problems = validate_dir(directory)
+    problems = validate_dir(directory, partners_file=settings.partners_file)
     for problem in problems:
         print(problem, file=sys.stderr)
-    files = len(list(directory.glob("*.yaml")))
+    files = len(list(directory.glob("*.yaml"))) if directory.is_dir() else 0
     if problems:
-        print(f"{len(problems)} problems in {directory} ({files} files)")
+        print(
+            f"{len(problems)} problems in {directory} ({files} files) and the partner registry {settings.partners_file}"
+        )
         return 1
-    print(f"{files} agreements in {directory}: all valid")
+    print(f"{files} agreements in {directory}: all valid, every recipient in {settings.partners_file}")
     return 0
 
 

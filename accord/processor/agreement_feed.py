@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from accord.processor.metrics import ProcessorMetrics
 from agreements import Agreement, recipients_by_type
+from agreements.loader import unregistered
 from agreements.recipient_schemas import recipient_catalogue
 from bus import kafka
 from bus.errors import flush_or_raise
@@ -46,8 +48,16 @@ class AgreementSet:
     holds, or conflicts with it (AgreementConflict).
     """
 
-    def __init__(self, agreements: Iterable[Agreement], catalogue: Catalogue) -> None:
+    def __init__(
+        self,
+        agreements: Iterable[Agreement],
+        catalogue: Catalogue,
+        *,
+        partners: Mapping[str, str] | None = None,
+        partners_file: Path | None = None,
+    ) -> None:
         self._lock = threading.Lock()
+        self._partners, self._partners_file = partners, partners_file  # a published version's recipients must be in it
         self._all: dict[str, Agreement] = {}
         self._unconfirmed: set[str] = set()  # from the folder, not yet seen on the feed
         self.catalogue = catalogue
@@ -85,6 +95,10 @@ class AgreementSet:
                 )
             if known is not None:
                 raise ValueError(f"{agreement.key} was already published with different content; publish a new version")
+            if self._partners is not None and self._partners_file is not None:
+                for recipient in agreement.recipients:
+                    if recipient not in self._partners:
+                        raise ValueError(f"{agreement.key}: recipients: {unregistered(recipient, self._partners_file)}")
             # Registers the recipient schemas; refuses fields missing from the event schema.
             recipient_catalogue([agreement], base=self.catalogue)
             self._all[agreement.key] = agreement

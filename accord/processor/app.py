@@ -57,7 +57,7 @@ def run_processor(settings: Settings) -> int:
     # 1.
     require_compatible()
     kafka.check_settings(settings)  # a bad ACCORD_KAFKA_* is one line now, not after the database answers
-    agreements = load_dir(settings.agreements_dir)
+    agreements = load_dir(settings.agreements_dir, partners_file=settings.partners_file)
     pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
     if not pseudonym_key and any(a.identifier_treatment is IdentifierTreatment.PSEUDONYMISED for a in agreements):
         raise ValueError("an agreement pseudonymises identifiers; set ACCORD_PSEUDONYM_KEY")
@@ -101,7 +101,9 @@ def run_processor(settings: Settings) -> int:
             attempt += 1
 
     # 3.
-    agreement_set = AgreementSet(agreements, recipient_catalogue(agreements))
+    agreement_set = AgreementSet(
+        agreements, recipient_catalogue(agreements), partners=partner_classes, partners_file=settings.partners_file
+    )
     producer = kafka.renewing_producer(settings)
     handler = BatchHandler(
         agreement_set,

@@ -355,6 +355,39 @@ def test_options_a_person_mistypes_are_one_line_each_and_leave_nothing_behind(tm
     )
 
 
+def test_a_recipient_missing_from_the_partner_registry_is_refused_by_validate_publish_and_the_processor(
+    tmp_path: Path,
+) -> None:
+    """Its recipient class comes from the registry: without one, a citizen's "no sharing with the courts"
+    could not apply to it. Refused wherever the agreements are loaded, before any broker is tried."""
+    import shutil
+
+    folder = tmp_path / "agreements"
+    shutil.copytree(EXAMPLES, folder)
+    edited = folder / "custody-to-prosecution.yaml"
+    text_before = edited.read_text()
+    assert "recipients: [cps, hmcts]" in text_before
+    edited.write_text(text_before.replace("recipients: [cps, hmcts]", "recipients: [cps, hmcts, manchester-courts]"))
+    partners = tmp_path / "partners.yaml"
+    shutil.copy(PACKAGE_ROOT / "agreements" / "partners.yaml", partners)
+    line = f"{edited}:{_line_of(edited, 'manchester-courts')}: recipients: 'manchester-courts' is not in the partner "
+    env = {"ACCORD_PARTNERS_FILE": str(partners), "ACCORD_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+
+    validated = accord("agreements", "validate", str(folder), **env)
+    assert validated.returncode == 1 and "Traceback" not in validated.stderr
+    assert validated.stderr.strip().startswith(line + f"registry {partners}: add it there")
+    for command in (("agreements", "publish", str(folder)), ("run", "processor")):
+        refused = accord(*command, ACCORD_AGREEMENTS_DIR=str(folder), ACCORD_PSEUDONYM_KEY="ab" * 32, **env, timeout=30)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert line in refused.stderr
+
+    partners.write_text(partners.read_text() + "manchester-courts: courts\n")
+    assert accord("agreements", "validate", str(folder), **env).returncode == 0
+    partners.write_text("cps: [prosecution\n")  # a broken registry is a problem too, with its line
+    broken = accord("agreements", "validate", str(folder), **env)
+    assert broken.returncode == 1 and f"{partners}:2: (yaml): " in broken.stderr
+
+
 def test_agreements_validate_on_a_missing_folder_or_a_file_says_so(tmp_path: Path) -> None:
     missing = accord("agreements", "validate", str(tmp_path / "nothere"))
     assert missing.returncode == 1 and f"{tmp_path / 'nothere'}:0: (folder): no such folder" in missing.stderr
