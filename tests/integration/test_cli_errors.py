@@ -371,20 +371,30 @@ def test_a_recipient_missing_from_the_partner_registry_is_refused_by_validate_pu
     partners = tmp_path / "partners.yaml"
     shutil.copy(PACKAGE_ROOT / "agreements" / "partners.yaml", partners)
     line = f"{edited}:{_line_of(edited, 'manchester-courts')}: recipients: 'manchester-courts' is not in the partner "
-    env = {"ACCORD_PARTNERS_FILE": str(partners), "ACCORD_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    closed = f"127.0.0.1:{free_port()}"
 
-    validated = accord("agreements", "validate", str(folder), **env)
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return accord(
+            *args,
+            ACCORD_PARTNERS_FILE=str(partners),
+            ACCORD_BOOTSTRAP_SERVERS=closed,
+            ACCORD_AGREEMENTS_DIR=str(folder),
+            ACCORD_PSEUDONYM_KEY="ab" * 32,
+            timeout=30,
+        )
+
+    validated = run("agreements", "validate", str(folder))
     assert validated.returncode == 1 and "Traceback" not in validated.stderr
     assert validated.stderr.strip().startswith(line + f"registry {partners}: add it there")
     for command in (("agreements", "publish", str(folder)), ("run", "processor")):
-        refused = accord(*command, ACCORD_AGREEMENTS_DIR=str(folder), ACCORD_PSEUDONYM_KEY="ab" * 32, **env, timeout=30)
+        refused = run(*command)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
         assert line in refused.stderr
 
     partners.write_text(partners.read_text() + "manchester-courts: courts\n")
-    assert accord("agreements", "validate", str(folder), **env).returncode == 0
+    assert run("agreements", "validate", str(folder)).returncode == 0
     partners.write_text("cps: [prosecution\n")  # a broken registry is a problem too, with its line
-    broken = accord("agreements", "validate", str(folder), **env)
+    broken = run("agreements", "validate", str(folder))
     assert broken.returncode == 1 and f"{partners}:2: (yaml): " in broken.stderr
 
 
