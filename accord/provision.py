@@ -241,8 +241,10 @@ def open_database(engine: Engine) -> None:
     path = sqlite_path(engine.url.render_as_string(hide_password=False))
     _refuse_missing_file(path)  # connecting would create it
     missing = missing_tables(engine, _all_tables())
-    if not missing:
+    if not missing or not missing_tables(engine, [VERSION_TABLE]):
+        # A database at an older revision lacks the tables later ones add: "run init", not "no ledger".
         require_head(engine)
+    if not missing:
         return
     if engine.dialect.name == "sqlite":
         raise LedgerSchemaMissing(

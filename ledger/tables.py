@@ -116,3 +116,16 @@ class LedgerCosignature(LedgerBase):
     vkey: Mapped[str] = mapped_column(Text)  # the verifier key it was checked against
     signature_line: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PseudonymKeyCheck(LedgerBase):
+    """A check value of the pseudonym key the processors use, newest in force (ledger/pseudonym_keys.py).
+
+    Only the check is kept (an HMAC of a constant under the key), never the key.
+    """
+
+    __tablename__ = "pseudonym_keys"
+
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    check_value: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))  # "first use" or "accepted"

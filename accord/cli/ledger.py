@@ -22,6 +22,7 @@ __all__ = [
     "cmd_ledger_cosign",
     "cmd_ledger_export",
     "cmd_ledger_init",
+    "cmd_ledger_accept_pseudonym_key",
     "cmd_ledger_keygen",
     "cmd_ledger_pending_receipts",
     "cmd_ledger_prove",
@@ -143,6 +144,27 @@ def cmd_ledger_pending_receipts(args: argparse.Namespace, settings: Settings) ->
             else f"{e.seq:>8} {d.disclosure_id} {d.recipient:28} {d.outcome:9} {line['agreement']:36} {line['decided_at']}"
         )
     print(f"{len(pending)} awaiting a receipt", file=sys.stderr)
+    return 0
+
+
+def cmd_ledger_accept_pseudonym_key(args: argparse.Namespace, settings: Settings) -> int:
+    from accord.sharing.pseudonymise import key_check
+    from ledger.pseudonym_keys import accept_key
+
+    secret = settings.pseudonym_key.get_secret_value().encode()
+    if not secret:
+        print("accord ledger accept-pseudonym-key: set ACCORD_PSEUDONYM_KEY to the new key", file=sys.stderr)
+        return 2
+    check = key_check(secret)
+    before = accept_key(ledger_engine(settings), check)
+    if before == check:
+        print(f"the key in force is already this one (check {check}); nothing recorded")
+    else:
+        was = f"it replaces {before}" if before else "no key was in force"
+        print(
+            f"pseudonym key {check} is in force from now on ({was}); restart every processor with it. "
+            "Partners get new pseudonyms for the same people from now on, also for what is delivered again"
+        )
     return 0
 
 
@@ -439,6 +461,12 @@ def register(sub: Subparsers) -> None:
         "--from-topic", action="store_true", help="also check every checkpoint published on accord.ledger.checkpoints"
     )
     p.set_defaults(func=cmd_ledger_verify)
+
+    p = ledger_sub.add_parser(
+        "accept-pseudonym-key",
+        help="put ACCORD_PSEUDONYM_KEY in force: processors with another key are refused from now on",
+    )
+    p.set_defaults(func=cmd_ledger_accept_pseudonym_key)
 
     p = ledger_sub.add_parser(
         "keygen", help="make the ledger's checkpoint signing key (or an auditor's) and print its public key"

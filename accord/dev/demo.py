@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 from pydantic import SecretStr
 from sqlalchemy import Engine, func, select
@@ -229,6 +230,19 @@ def _prepare_database(settings: Settings) -> Engine:
     return engine
 
 
+PSEUDONYM_KEY_FILE = "pseudonym.key"
+
+
+def _demo_pseudonym_key(path: Path) -> str:
+    """The demo's pseudonym key: read from ``path``, or made there (readable by its owner only)."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    key = secrets.token_hex(32)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n", encoding="utf-8")
+    return key
+
+
 def run_demo(
     settings: Settings, n_events: int = 1200, seed: int | None = None, progress: Progress | None = None
 ) -> int:
@@ -240,13 +254,14 @@ def run_demo(
     update: dict = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
     if not settings.health_port:  # the summary reads the processor's /metrics
         update["health_port"] = _free_port(settings.api_host)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     if not settings.pseudonym_key.get_secret_value():
-        # A throwaway key: pseudonyms are stable within this demo run only.
-        update["pseudonym_key"] = SecretStr(secrets.token_hex(32))
+        # The state folder's key, made on first use: the ledger keeps the key in force, and a
+        # processor with another one is refused (ledger/pseudonym_keys.py).
+        update["pseudonym_key"] = SecretStr(_demo_pseudonym_key(settings.state_dir / PSEUDONYM_KEY_FILE))
     settings = settings.model_copy(update=update)
     seed = seed if seed is not None else int(time.time())
     run_id = str(seed)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     if not devstack.broker_answers(settings.bootstrap_servers):
         print(devstack.up(settings).describe())
     names = TopicNames(settings.topic_prefix)

@@ -36,7 +36,8 @@ def run_processor(settings: Settings) -> int:
     1. refuse a catalogue whose versions its compatibility modes forbid (``accord schemas check``)
        and client settings librdkafka refuses (``ACCORD_KAFKA_*``);
        load the agreements and partners; refuse to start without a pseudonym key when one is needed;
-    2. open the database as the application role, waiting while it is unreachable;
+    2. open the database as the application role, waiting while it is unreachable, and refuse
+       a pseudonym key other than the one in force (ledger/pseudonym_keys.py);
     3. build the feed, the handler, the receipts recorder and the control-plane timers, all
        counting into one set of metrics, served with the health checks on ACCORD_HEALTH_PORT;
     4. read the agreements feed to its end, then subscribe and loop until SIGTERM or SIGINT.
@@ -47,12 +48,14 @@ def run_processor(settings: Settings) -> int:
     from accord.processor.receipts import ReceiptRecorder
     from accord.processor.sweeper import RetractionSweeper
     from accord.provision import require_app_role
+    from accord.sharing.pseudonymise import key_check
     from agreements import IdentifierTreatment, load_dir
     from agreements.partners import load_partners
     from agreements.recipient_schemas import recipient_catalogue
     from bus import kafka
     from bus.connection_guard import guard, psycopg_connect_args
     from bus.database import engine_for
+    from ledger.pseudonym_keys import require_key
 
     # 1.
     require_compatible()
@@ -89,6 +92,8 @@ def run_processor(settings: Settings) -> int:
             # The bus appends only: refuse to run as the ledger's owner, a superuser, or a
             # role that could UPDATE, DELETE or TRUNCATE it (PostgreSQL; SQLite is dev-only).
             require_app_role(engine)
+            if pseudonym_key:  # another key than the one in force would give partners other pseudonyms
+                require_key(engine, key_check(pseudonym_key))
             break
         except (OperationalError, InterfaceError) as exc:
             if stop["now"]:

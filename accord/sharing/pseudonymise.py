@@ -52,6 +52,15 @@ def recipient_key(secret: bytes, recipient: str) -> bytes:
     return hmac.new(secret, b"accord-pseudonym|" + recipient.encode(), hashlib.sha256).digest()
 
 
+def key_check(secret: bytes) -> str:
+    """A short public check value of the bus's secret: tells two keys apart, reveals neither.
+
+    Kept in the ledger database (ledger/pseudonym_keys.py) so a processor started with
+    another key than the one in force is refused before it gives anyone a pseudonym.
+    """
+    return hmac.new(secret, b"accord-pseudonym-key-check|v1", hashlib.sha256).hexdigest()[:16]
+
+
 def _token(key: bytes, value: str) -> str:
     return TOKEN_PREFIX + hmac.digest(key, value.encode(), "sha256")[:16].hex()
 

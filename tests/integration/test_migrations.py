@@ -391,6 +391,13 @@ def test_migrations_build_the_schema_the_models_describe(role_db: RoleDatabase) 
     assert differences == []
 
 
+def _back_to_first_release(conn: Any) -> None:
+    """Undo what the revisions after 0001 made, and say so in alembic_version: a database as 0001 left it."""
+    conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))  # 0002
+    conn.execute(text("DROP TABLE pseudonym_keys"))  # 0003
+    conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+
+
 def test_the_alembic_command_through_env_py_upgrades_as_init_does(role_db: RoleDatabase) -> None:
     """`alembic upgrade head` (command API, ledger/migrations/env.py) on a database at 0001, as the owner."""
     from alembic import command
@@ -399,8 +406,7 @@ def test_the_alembic_command_through_env_py_upgrades_as_init_does(role_db: RoleD
     from ledger.migrations import SCRIPT_LOCATION
 
     with role_db.owner.begin() as conn:
-        conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        _back_to_first_release(conn)
     config = Config()
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
     with role_db.owner.begin() as conn:
@@ -409,6 +415,7 @@ def test_the_alembic_command_through_env_py_upgrades_as_init_does(role_db: RoleD
     assert _version(role_db) == [head()]
     indexes = {i["name"] for i in inspect(role_db.admin).get_indexes("ledger_entries", schema=role_db.schema)}
     assert "ix_ledger_entries_decided_at" in indexes
+    assert "pseudonym_keys" in inspect(role_db.admin).get_table_names(schema=role_db.schema)
 
 
 def _is_version_table(diff: Any) -> bool:
@@ -420,8 +427,7 @@ def _is_version_table(diff: Any) -> bool:
 
 def test_the_bus_refuses_a_database_behind_the_code_and_names_what_to_run(role_db: RoleDatabase) -> None:
     with role_db.owner.begin() as conn:  # as if made by 0001 alone
-        conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        _back_to_first_release(conn)
     with pytest.raises(LedgerSchemaNotCurrent) as info:
         require_app_role(role_db.app)
     message = str(info.value)
@@ -439,8 +445,7 @@ def test_the_bus_refuses_a_database_behind_the_code_and_names_what_to_run(role_d
 
 def test_the_processor_refuses_to_start_on_a_database_behind_the_code(role_db: RoleDatabase, tmp_path: Path) -> None:
     with role_db.owner.begin() as conn:
-        conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        _back_to_first_release(conn)
     result = _accord("run", "processor", db=role_db, tmp_path=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [last] = problems(result.stderr, "run processor")
@@ -498,8 +503,7 @@ def test_the_app_role_cannot_migrate_even_when_asked(tmp_path: Path, named_app_r
     """
     with fresh_role_database() as db:
         with db.owner.begin() as conn:
-            conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
-            conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+            _back_to_first_release(conn)
         extra = {"ACCORD_LEDGER_APP_ROLE": "someone_else"} if named_app_role else {}
         result = _accord("ledger", "init", db=db, tmp_path=tmp_path, ACCORD_LEDGER_OWNER_URL=db.app_url, **extra)
         assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -546,9 +550,10 @@ def test_sqlite_from_before_migrations_is_stamped_and_upgraded_on_first_use(tmp_
     engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
     upgrade(engine)
     append(engine, [_new_entry()])
-    with engine.begin() as conn:  # back to what a 0.1.0 demo left: no version table, no decided_at index
+    with engine.begin() as conn:  # back to what a 0.1.0 demo left: no version table, nothing later revisions made
         conn.execute(text("DROP TABLE alembic_version"))
         conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
+        conn.execute(text("DROP TABLE pseudonym_keys"))
     assert require_app_role(engine) is None  # SQLite: upgraded on first use
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head()]
