@@ -25,6 +25,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from ledger.tables import PseudonymKeyCheck
 
@@ -52,8 +53,13 @@ def key_in_force(engine: Engine) -> str | None:
 
 
 def _record(engine: Engine, check: str, reason: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(insert(PseudonymKeyCheck).values(recorded_at=datetime.now(UTC), check_value=check, reason=reason))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(PseudonymKeyCheck).values(recorded_at=datetime.now(UTC), check_value=check, reason=reason)
+            )
+    except IntegrityError:
+        pass  # another worker recorded the same key at the same instant: the row this one would add
 
 
 def require_key(engine: Engine, check: str) -> None:
