@@ -72,6 +72,32 @@ def utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+# The latest expiry a database returns as a datetime (Python's and PostgreSQL's dates meet below year 10000).
+LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def _checked_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
+    """The expiry in UTC, stored as such on every database; InvalidPreference when it could never apply.
+
+    A time past year 9999 once in UTC was accepted, and no reader could load it back:
+    the processor then waited on "the database" for ever, deciding nothing.
+    """
+    if expires_at is None:
+        return None
+    if expires_at.tzinfo is None:
+        raise InvalidPreference("expires_at", "the expiry time must carry a time zone")
+    too_late = InvalidPreference("expires_at", f"the expiry time must be before {LATEST_EXPIRY:%Y-%m-%d} (UTC)")
+    try:
+        utc = expires_at.astimezone(UTC)
+    except OverflowError:
+        raise too_late from None
+    if utc >= LATEST_EXPIRY:
+        raise too_late
+    if utc <= now:
+        raise InvalidPreference("expires_at", "the expiry time has passed: the preference would never apply")
+    return utc
+
+
 def record(
     engine: Engine,
     subject_key: str,
@@ -93,9 +119,15 @@ def record(
     subject_key = check_preference(
         subject_key, known, purpose=purpose, recipient=recipient, recipient_class=recipient_class
     )
-    if expires_at is not None and expires_at.tzinfo is None:
-        raise InvalidPreference("expires_at", "the expiry time must carry a time zone")
     now = datetime.now(UTC)
+    expires_at = _checked_expiry(expires_at, now)
+    for name, value, most in (
+        ("collected_by", collected_by, 128),
+        ("method", method, 64),
+        ("evidence_ref", evidence_ref, 256),
+    ):
+        if value is not None and (len(value) > most or not value.isprintable()):
+            raise InvalidPreference(name, f"at most {most} printable characters")
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # The id is drawn after the lock: ids commit in their order (the module's docstring).

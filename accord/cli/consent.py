@@ -55,6 +55,9 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
         "recipient_class": "--recipient-class",
         "scope": "--purpose/--recipient/--recipient-class",
         "expires_at": "--expires",
+        "collected_by": "--collected-by",
+        "method": "--method",
+        "evidence_ref": "--evidence",
     }
 
     def refused(exc: consent.InvalidPreference) -> int:
@@ -91,6 +94,7 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"consent record {rec.id}: {rec.decision.value} subject={rec.subject_key} "
         f"purpose={rec.purpose or '*'} recipient={scope}"
+        + (f" expires={rec.expires_at.isoformat()}" if rec.expires_at else "")
     )
     return 0
 

@@ -26,7 +26,7 @@ class Outage(RuntimeError):
 def outage_of(exc: BaseException) -> str | None:
     """``"database"`` or ``"broker"`` when ``exc`` means a service is unavailable; None for a record's fault.
 
-    Database errors are outages unless their SQLSTATE is class 22 (data exception: a
+    Database errors are outages unless they are a DataError, or their SQLSTATE is class 22 (data exception: a
     value the database refuses) or 54 (program limit exceeded: a value too large for an
     index row, say), which are one record's fault. psycopg makes class 54 an
     OperationalError, so the SQLSTATE is read first: an outage would wait on that
@@ -78,6 +78,10 @@ def _sqlstate(exc: BaseException | None) -> str | None:
 
 
 def _data_exception(exc: BaseException | None) -> bool:
+    if isinstance(exc, psycopg.DataError):
+        # Also raised by psycopg itself, without a SQLSTATE, for a value it cannot load
+        # (a timestamp past year 9999): the row's fault, not the database's.
+        return True
     sqlstate = _sqlstate(exc)
     return sqlstate is not None and sqlstate[:2] in _RECORD_FAULT_CLASSES
 

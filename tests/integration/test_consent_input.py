@@ -123,6 +123,24 @@ def test_pnc_and_local_keys_are_recorded_as_given(role_db: RoleDatabase, tmp_pat
         (["--subject", NUMBER, "--purpose", "Research"], "--purpose: unknown purpose"),
         (["--subject", NUMBER], "names a purpose, a recipient or a recipient class"),
         (["--subject", NUMBER, "--recipient", "cps", "--recipient-class", "prosecution"], "not both"),
+        # Year 10000 once in UTC: no reader could load it back, and the processor waited on it for ever.
+        (
+            ["--subject", NUMBER, "--recipient", "cps", "--expires", "9999-12-31T23:00:00-05:00"],
+            "--expires: the expiry time must be before 9999-12-31",
+        ),
+        (
+            ["--subject", NUMBER, "--recipient", "cps", "--expires", "2020-01-01T00:00:00Z"],
+            "--expires: the expiry time has passed",
+        ),
+        (
+            ["--subject", NUMBER, "--recipient", "cps", "--evidence", "x" * 257],
+            "--evidence: at most 256 printable characters",
+        ),
+        (
+            ["--subject", NUMBER, "--recipient", "cps", "--method", "web\x01"],
+            "--method: at most 64 printable characters",
+        ),
+        (["--subject", NUMBER, "--recipient", "cps", "--collected-by", "y" * 129], "--collected-by: at most 128"),
     ],
     ids=[
         "nhs-123",
@@ -142,6 +160,11 @@ def test_pnc_and_local_keys_are_recorded_as_given(role_db: RoleDatabase, tmp_pat
         "purpose-case",
         "no-scope",
         "recipient-and-class",
+        "expiry-past-year-9999-in-utc",
+        "expiry-passed",
+        "evidence-too-long",
+        "method-control-character",
+        "collected-by-too-long",
     ],
 )
 def test_refused_in_one_line_with_the_reason_and_nothing_recorded(
@@ -174,6 +197,25 @@ def test_the_store_itself_refuses_what_would_never_apply(role_db: RoleDatabase) 
     assert _count(role_db.app) == 0
     rec = consent.record(role_db.app, NUMBER, consent.ConsentDecision.DENY, known=KNOWN, recipient="cps")
     assert rec.subject_key == f"nhs:{NUMBER}"
+
+
+def test_an_expiry_with_an_offset_is_kept_as_the_same_instant_on_sqlite_too(tmp_path: Path) -> None:
+    """SQLite kept 09:00-08:00 as 09:00 UTC, eight hours early: the store now writes UTC."""
+    from datetime import timedelta, timezone
+
+    from sqlalchemy import create_engine
+
+    from accord.provision import init_database
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    init_database(engine)
+    pacific = timezone(timedelta(hours=-8))
+    expires = datetime(datetime.now(UTC).year + 1, 1, 1, 9, tzinfo=pacific)
+    consent.record(engine, NUMBER, consent.ConsentDecision.DENY, known=KNOWN, recipient="cps", expires_at=expires)
+    [stored] = consent.history(engine, [f"nhs:{NUMBER}"])[f"nhs:{NUMBER}"]
+    assert stored.expires_at is not None
+    assert stored.expires_at.replace(tzinfo=stored.expires_at.tzinfo or UTC) == expires
+    engine.dispose()
 
 
 def test_a_mistyped_number_does_not_reach_the_database(tmp_path: Path) -> None:

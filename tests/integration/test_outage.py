@@ -146,3 +146,35 @@ def test_a_partner_topic_deleted_and_created_again_the_same_processor_delivers_t
         assert {r["referral_id"] for r in meanwhile + after} <= delivered
         log = (settings.state_dir / "processor.log").read_text()
         assert "Traceback" not in log
+
+
+def test_a_consent_row_no_reader_can_load_dead_letters_its_subjects_event_not_the_bus(broker, tmp_path_factory) -> None:
+    """An expiry past year 9999 (written before the store refused one) made psycopg's DataError on every
+    consent read: the processor waited on "the database" for ever and decided nothing. It is one
+    subject's fault: that event is dead-lettered, the others are decided."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from accord.sharing.decide import subject_key
+    from bus import headers as header
+    from tests.bus import running_bus
+    from tests.faults import dead_letters
+
+    with running_bus(broker, tmp_path_factory.mktemp("unloadable-consent")) as bus:
+        stuck, fine = _referrals(2)
+        key = subject_key("referral", stuck)
+        with bus.engine.begin() as conn:  # as the owner: past the store's checks, as an old row would be
+            conn.execute(
+                text(
+                    "INSERT INTO consent_records (subject_key, recipient, decision, recorded_at, expires_at, collected_by)"
+                    " VALUES (:k, 'salford-mash', 'deny', :now, '10000-01-01T00:00:00Z', 'test')"
+                ),
+                {"k": key, "now": datetime.now(UTC)},
+            )
+        wait_for_group(bus.settings, bus.settings.processor_group, _publish(bus.settings, [stuck, fine]), timeout=60)
+        assert bus.ledger(event_id=fine["envelope"]["event_id"], recipient="salford-mash")
+        assert bus.ledger(event_id=stuck["envelope"]["event_id"]) == []
+        assert fine["referral_id"] in {d.record["referral_id"] for d in bus.received("salford-mash")}
+        [dead] = [d for d in dead_letters(bus) if d[header.ERROR] == "Unprocessable"]
+        assert dead[header.REASON] == "could not be processed: DataError"
