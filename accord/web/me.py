@@ -623,6 +623,33 @@ class Effect:
     others_decide: bool = False
 
 
+def records_for_change(
+    subject_key: str,
+    recipient: str,
+    decision: ConsentDecision,
+    agreements: Sequence[Agreement],
+    records: Sequence[ConsentRecord],
+    partners: Mapping[str, str],
+    now: datetime,
+) -> list[ConsentRecord]:
+    """The records a change on /me makes, so that it governs every purpose the recipient receives for.
+
+    The page's choice is about the recipient as a whole. Recorded for the recipient alone, it
+    lost to an earlier choice naming the recipient *and* a purpose (the more specific record
+    wins), and "Stop sharing" stopped nothing. So beside the recipient-wide record comes one
+    per purpose where such an earlier choice would still govern. Ids are provisional (the
+    store assigns them, in this order).
+    """
+    next_id = max((r.id for r in records), default=0) + 1
+    made = [ConsentRecord(next_id, subject_key, None, recipient, decision, now)]
+    purposes = sorted({a.purpose.value for a in agreements if recipient in a.recipients})
+    for purpose in purposes:
+        governing = applicable([*records, *made], purpose, recipient, partners.get(recipient), now)
+        if governing is not None and governing.decision is not decision:
+            made.append(ConsentRecord(next_id + len(made), subject_key, purpose, recipient, decision, now))
+    return made
+
+
 def consent_effect(
     subject_key: str,
     recipient: str,
@@ -647,10 +674,10 @@ def consent_effect(
     n = 0
     if decision is ConsentDecision.DENY:
         future = f"Future sharing with {name} that rests on your agreement stops."
-        new = ConsentRecord(max((r.id for r in records), default=0) + 1, subject_key, None, recipient, decision, now)
+        made = records_for_change(subject_key, recipient, decision, agreements, records, partners, now)
         already = {e.draft.refers_to for e in stored if e.draft.outcome == "RETRACTED" and e.draft.refers_to}
         mine = [e.draft for e in stored if e.draft.subject_key == subject_key]
-        owed = retractions_for(mine, {a.key: a for a in agreements}, [*records, new], Context(now, dict(partners)))
+        owed = retractions_for(mine, {a.key: a for a in agreements}, [*records, *made], Context(now, dict(partners)))
         n = sum(1 for r in owed if r.entry.recipient == recipient and r.retracts not in already)
     else:
         purposes = " and ".join(
@@ -790,18 +817,32 @@ async def me_consent_record(request: Request) -> Response:
     form = await read_form(request)
     check_csrf(request, form)
     recipient, decision = _change(services, form)
+    made = records_for_change(
+        subject,
+        recipient,
+        decision,
+        services.agreements,
+        _records(services, subject),
+        services.partners,
+        datetime.now(UTC),
+    )
     try:
-        rec = store.record(
-            services.engine,
-            subject,
-            decision,
-            known=services.known,
-            recipient=recipient,
-            collected_by=COLLECTED_BY,
-            method="web-form",
-        )
+        recorded = [
+            store.record(
+                services.engine,
+                subject,
+                decision,
+                known=services.known,
+                recipient=recipient,
+                purpose=wanted.purpose,
+                collected_by=COLLECTED_BY,
+                method="web-form",
+            )
+            for wanted in made
+        ]
     except InvalidPreference as exc:
         log.info("request_refused", path="/me/consent", status=400, field=exc.field)
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=exc.reason) from None
-    log.info("consent_recorded", record_id=rec.id, collected_by=COLLECTED_BY)
-    return RedirectResponse(f"/me?recorded={rec.id}#your-choices", status_code=status.HTTP_303_SEE_OTHER)
+    first = recorded[0]  # the recipient-wide record: the banner names it
+    log.info("consent_recorded", record_id=first.id, records=len(recorded), collected_by=COLLECTED_BY)
+    return RedirectResponse(f"/me?recorded={first.id}#your-choices", status_code=status.HTTP_303_SEE_OTHER)

@@ -600,3 +600,27 @@ def test_the_babys_page_keeps_the_mothers_choices_to_herself(browser: Browser, c
     effect = page.get_by_test_id("effect").inner_text()
     assert "are shared with Salford City Council public-health intelligence by that person's choices" in effect
     page.close()
+
+
+def test_stop_sharing_stops_it_even_after_an_earlier_choice_naming_a_purpose(
+    browser: Browser, citizen: Citizen
+) -> None:
+    """An earlier permit for health visiting *and* its purpose (through the API, say) beat the page's
+    recipient-wide deny, so "Stop sharing" stopped nothing. Judged by the rule the processor decides by."""
+    recipient = "salford-health-visiting"
+    purpose = AGREEMENTS["natal-care-to-health-visiting@v1"].purpose.value
+    subject = f"nhs:{citizen.subject}"
+    consent.record(
+        citizen.engine, subject, consent.ConsentDecision.PERMIT, known=KNOWN, recipient=recipient, purpose=purpose
+    )
+    page = browser.new_page()
+    citizen.sign_in(page)
+    page.get_by_role("link", name="Stop sharing with Salford City Council health visiting service").click()
+    page.get_by_role("button", name="Confirm: stop sharing").click()
+    page.wait_for_url(f"{citizen.base}/me?recorded=*")
+    records = consent.history(citizen.engine, [subject])[subject]
+    classes = load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml")
+    governing = consent.applicable(records, purpose, recipient, classes.get(recipient), datetime.now(UTC))
+    assert governing is not None and governing.decision is consent.ConsentDecision.DENY
+    assert page.get_by_role("link", name="Allow sharing with Salford City Council health visiting service").count() == 1
+    page.close()
