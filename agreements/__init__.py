@@ -5,7 +5,15 @@ from its module: it uses ``accord.sharing``, which itself imports this package.
 """
 
 from agreements.conditions import Condition, Op, holds
-from agreements.loader import AgreementError, load_dir, load_file, recipients_by_type, schema_problems, validate_dir
+from agreements.loader import (
+    AgreementError,
+    lapsed,
+    load_dir,
+    load_file,
+    recipients_by_type,
+    schema_problems,
+    validate_dir,
+)
 from agreements.model import (
     Agreement,
     ConsentMode,
@@ -34,6 +42,7 @@ __all__ = [
     "Transparency",
     "TransparencyMode",
     "holds",
+    "lapsed",
     "load_dir",
     "load_file",
     "recipients_by_type",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["AgreementError", "read_yaml_text", "yaml_error"]
+__all__ = ["AgreementError", "duplicate_keys", "read_yaml_text", "yaml_error"]
 
 
 class AgreementError(ValueError):
@@ -43,3 +43,29 @@ def yaml_error(path: Path, exc: yaml.YAMLError) -> AgreementError:
     if context and context_mark is not None:
         problem = f"{problem} ({context} that began on line {context_mark.line + 1})"
     return AgreementError(path, (mark.line + 1) if mark else 1, "(yaml)", problem)
+
+
+def duplicate_keys(path: Path, node: yaml.Node | None, where: str = "") -> list[AgreementError]:
+    """Every key given twice in one mapping, at its second line.
+
+    YAML loaders keep the last value without a word: a second ``fields:`` block would
+    silently share more, a second line for a partner silently move it to another class.
+    """
+    problems: list[AgreementError] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            dotted = f"{where}.{name}" if where else name
+            line = key.start_mark.line + 1
+            if name in seen:
+                problems.append(
+                    AgreementError(path, line, dotted, f"given twice (first on line {seen[name]}): keep one")
+                )
+            else:
+                seen[name] = line
+            problems += duplicate_keys(path, value, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += duplicate_keys(path, item, f"{where}[{i}]")
+    return problems

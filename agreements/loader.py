@@ -36,7 +36,7 @@ import yaml
 from pydantic import ValidationError
 
 from agreements.conditions import Condition, schema_problem
-from agreements.errors import AgreementError, read_yaml_text, yaml_error
+from agreements.errors import AgreementError, duplicate_keys, read_yaml_text, yaml_error
 from agreements.model import COHERENCE_KEY, Agreement, Status
 from agreements.partners import load_partners
 from schemas import catalogue
@@ -48,6 +48,7 @@ __all__ = [
     "AgreementError",
     "AgreementsRefused",
     "load_dir",
+    "lapsed",
     "load_file",
     "recipients_by_type",
     "schema_problems",
@@ -266,7 +267,7 @@ def _check_file(
     if not isinstance(data, dict) or node is None:
         return None, [AgreementError(path, 1, "(document)", "an agreement must be a YAML mapping")], {}
     index = _line_index(node)
-    problems: list[AgreementError] = []
+    problems: list[AgreementError] = duplicate_keys(path, node)
     agreement: Agreement | None = None
     try:
         agreement = Agreement.model_validate(data)
@@ -274,21 +275,6 @@ def _check_file(
         problems.extend(_pydantic_problems(path, exc, index))
     for loc, field, problem in _schema_checks(data, events_dir):
         problems.append(AgreementError(path, _nearest_line(index, loc), field, problem))
-    if (
-        agreement is not None
-        and agreement.valid_until is not None
-        and agreement.valid_until < today
-        and agreement.status not in (Status.REVOKED, Status.SUSPENDED)
-    ):
-        problems.append(
-            AgreementError(
-                path,
-                _nearest_line(index, ("valid_until",)),
-                "valid_until",
-                f"{agreement.key} expired on {agreement.valid_until.isoformat()} (today is {today.isoformat()}): "
-                "set its status to revoked or suspended to keep it on file, or publish a new version",
-            )
-        )
     return agreement, problems, index
 
 
@@ -325,10 +311,15 @@ def _scan(
         what = "is a file: give the folder that holds it" if directory.exists() else "no such folder"
         return [], [AgreementError(directory, 0, "(folder)", what)]
     paths = sorted(directory.glob("*.yaml"))
+    # A .yml file was skipped without a word: a suspension written in one was never read.
+    ignored = [
+        AgreementError(p, 0, "(file)", "agreements are read from *.yaml files only: rename it")
+        for p in sorted(directory.glob("*.yml"))
+    ]
     if not paths:
-        return [], [AgreementError(directory, 0, "(folder)", "no *.yaml agreements found")]
+        return [], [*ignored, AgreementError(directory, 0, "(folder)", "no *.yaml agreements found")]
     agreements: list[Agreement] = []
-    problems: list[AgreementError] = []
+    problems: list[AgreementError] = ignored
     seen: dict[str, Path] = {}
     active: dict[str, list[tuple[Agreement, Path]]] = {}
     registry: dict[str, str] | None = None
@@ -403,6 +394,22 @@ def validate_dir(
 ) -> list[AgreementError]:
     """Every problem in every ``*.yaml`` file of ``directory`` (empty when all load), in file order."""
     return _scan(Path(directory), today or date.today(), events_dir, partners_file)[1]
+
+
+def lapsed(agreements: Iterable[Agreement], today: date | None = None) -> list[str]:
+    """A note per active agreement whose ``valid_until`` has passed: it no longer applies.
+
+    Not a refusal: an agreement reaching the end it was written with is planned, and the
+    decision already leaves it out from the next day (``Agreement.in_force``). Refusing the
+    folder stopped every processor and the consent API at their next restart.
+    """
+    today = today or date.today()
+    return [
+        f"{a.key} expired on {a.valid_until.isoformat()} (today is {today.isoformat()}) and no longer applies: "
+        "set its status to revoked to say so on file, or publish a new version to go on"
+        for a in agreements
+        if a.valid_until is not None and a.valid_until < today and a.status is Status.ACTIVE
+    ]
 
 
 def unregistered(recipient: str, partners_file: Path) -> str:

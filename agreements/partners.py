@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from agreements.errors import AgreementError, read_yaml_text, yaml_error
+from agreements.errors import AgreementError, duplicate_keys, read_yaml_text, yaml_error
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -23,6 +23,9 @@ def load_partners(path: Path) -> dict[str, str]:
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise AgreementError(Path(path), 1, "(document)", "the partner registry must map partner id to class")
+    twice = duplicate_keys(Path(path), node)
+    if twice:
+        raise twice[0]
     partners: dict[str, str] = {}
     for key, value in node.value:
         line = key.start_mark.line + 1

@@ -63,6 +63,10 @@ def cmd_agreements_validate(args: argparse.Namespace, settings: Settings) -> int
             f"{len(problems)} problems in {directory} ({files} files) and the partner registry {settings.partners_file}"
         )
         return 1
+    from agreements import lapsed, load_dir
+
+    for note in lapsed(load_dir(directory, partners_file=settings.partners_file)):
+        print(f"note: {note}", file=sys.stderr)
     print(f"{files} agreements in {directory}: all valid, every recipient in {settings.partners_file}")
     return 0
 

@@ -49,7 +49,7 @@ def run_processor(settings: Settings) -> int:
     from accord.processor.sweeper import RetractionSweeper
     from accord.provision import require_app_role
     from accord.sharing.pseudonymise import key_check
-    from agreements import IdentifierTreatment, load_dir
+    from agreements import IdentifierTreatment, lapsed, load_dir
     from agreements.partners import load_partners
     from agreements.recipient_schemas import recipient_catalogue
     from bus import kafka
@@ -61,6 +61,8 @@ def run_processor(settings: Settings) -> int:
     require_compatible()
     kafka.check_settings(settings)  # a bad ACCORD_KAFKA_* is one line now, not after the database answers
     agreements = load_dir(settings.agreements_dir, partners_file=settings.partners_file)
+    for note in lapsed(agreements):
+        log.warning("agreement_expired", note=note)
     pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
     if not pseudonym_key and any(a.identifier_treatment is IdentifierTreatment.PSEUDONYMISED for a in agreements):
         raise ValueError("an agreement pseudonymises identifiers; set ACCORD_PSEUDONYM_KEY")

@@ -404,3 +404,20 @@ def test_agreements_validate_on_a_missing_folder_or_a_file_says_so(tmp_path: Pat
     one = EXAMPLES / "custody-to-prosecution.yaml"
     given = accord("agreements", "validate", str(one))
     assert given.returncode == 1 and f"{one}:0: (folder): is a file: give the folder that holds it" in given.stderr
+
+
+def test_an_agreement_past_its_valid_until_is_noted_by_validate_and_refuses_nothing(tmp_path: Path) -> None:
+    """A planned end: validate exits 0 with a note, and the folder still loads for every command."""
+    import shutil
+
+    folder = tmp_path / "agreements"
+    shutil.copytree(EXAMPLES, folder)
+    ended = folder / "custody-to-youth-offending.yaml"
+    ended.write_text(
+        ended.read_text().replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-02-01")
+    )
+    validated = accord("agreements", "validate", str(folder))
+    assert validated.returncode == 0, validated.stderr
+    assert "note: custody-to-youth-offending@v1 expired on 2026-02-01" in validated.stderr
+    listed = accord("agreements", "list", str(folder))
+    assert listed.returncode == 0 and "custody-to-youth-offending@v1" in listed.stdout

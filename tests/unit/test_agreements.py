@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agreements import AgreementError, Status, load_dir, load_file, validate_dir
+from agreements import AgreementError, load_dir, load_file, validate_dir
 from bus.settings import PACKAGE_ROOT
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"
@@ -75,17 +75,21 @@ def test_duplicate_id_and_version_in_a_folder_is_refused(tmp_path: Path) -> None
 YOUTH = (EXAMPLES / "custody-to-youth-offending.yaml").read_text()
 
 
-def test_expired_agreement_is_refused_unless_kept_on_file_as_revoked(tmp_path: Path) -> None:
+def test_an_expired_agreement_loads_and_is_noted_not_refused(tmp_path: Path) -> None:
+    """Its planned end must not stop every processor at its next restart: it loads, no longer
+    applies (in_force), and is noted until its status says revoked."""
+    from agreements import lapsed
+
     text = GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-03-31")
     path = tmp_path / "old.yaml"
     path.write_text(text)
-    with pytest.raises(AgreementError) as info:
-        load_file(path, today=date(2026, 6, 1))
-    assert (info.value.field, info.value.line) == ("valid_until", _line_of(text, "valid_until"))
-    assert "expired on 2026-03-31" in info.value.problem
-    assert load_file(path, today=date(2026, 3, 31)).valid_until == date(2026, 3, 31)  # the last day still counts
+    expired = load_file(path, today=date(2026, 6, 1))
+    assert not expired.in_force(date(2026, 6, 1)) and expired.in_force(date(2026, 3, 31))  # the last day counts
+    [note] = lapsed([expired], today=date(2026, 6, 1))
+    assert note.startswith(f"{expired.key} expired on 2026-03-31 (today is 2026-06-01) and no longer applies")
+    assert lapsed([expired], today=date(2026, 3, 31)) == []
     path.write_text(text.replace("status: active", "status: revoked"))
-    assert load_file(path, today=date(2026, 6, 1)).status is Status.REVOKED
+    assert lapsed([load_file(path, today=date(2026, 6, 1))], today=date(2026, 6, 1)) == []
 
 
 def test_overlapping_active_versions_are_refused(tmp_path: Path) -> None:
@@ -230,3 +234,31 @@ def test_a_yaml_syntax_error_in_an_agreement_says_what_and_where(tmp_path: Path)
         f"{tmp_path / 'a.yaml'}:3: (yaml): expected ',' or ']', but got ':' (while parsing a flow sequence that "
         "began on line 2)"
     )
+
+
+def test_a_key_given_twice_is_refused_at_its_second_line(tmp_path: Path) -> None:
+    """YAML keeps the last value without a word: a second fields block would share more."""
+    text = GOOD + "fields:\n  natal_care:\n    - mother.address\n"
+    (tmp_path / "twice.yaml").write_text(text)
+    [problem] = validate_dir(tmp_path)
+    second = len(GOOD.splitlines()) + 1
+    assert (problem.line, problem.field) == (second, "fields")
+    assert problem.problem == f"given twice (first on line {_line_of(GOOD, 'fields:')}): keep one"
+    with pytest.raises(AgreementError):
+        load_dir(tmp_path)
+
+
+def test_a_partner_given_twice_in_the_registry_is_refused(tmp_path: Path) -> None:
+    from agreements.partners import load_partners
+
+    registry = tmp_path / "partners.yaml"
+    registry.write_text("cps: prosecution\nliaison-diversion: nhs\nliaison-diversion: local_authority\n")
+    with pytest.raises(AgreementError, match=r"partners.yaml:3: liaison-diversion: given twice \(first on line 2\)"):
+        load_partners(registry)
+
+
+def test_a_yml_file_is_named_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "suspension.yml").write_text(GOOD.replace("status: active", "status: suspended"))
+    [problem] = validate_dir(tmp_path)
+    assert problem.path == tmp_path / "suspension.yml" and "*.yaml files only" in problem.problem
