@@ -45,6 +45,8 @@ def publish_json(publisher: Publisher, event_type: str, text: str, agency: str |
     except (json.JSONDecodeError, RecursionError) as exc:
         where = f": {exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ": nested too deeply"
         return [Problem(what, f"not valid JSON{where}")]
+    except ValueError:  # an integer over Python's 4,300 digits: one bad row stopped the relay for good
+        return [Problem(what, "not valid JSON: a number with too many digits")]
     if not isinstance(data, Mapping):
         return [Problem(what, "must be a JSON object (the event)")]
     # 3.

@@ -121,6 +121,8 @@ def test_the_same_row_checked_again_gives_the_same_key_bytes_and_headers() -> No
         ("referral", ["an", "array"], "(payload)", "must be a JSON object"),
         ("referral", '{"envelope": ', "(payload)", "not valid JSON"),
         ("referral", "[" * 100_000 + "]" * 100_000, "(payload)", "nested too deeply"),
+        # PostgreSQL's jsonb keeps 1e5000::numeric as 5001 digits; json.loads raised a bare ValueError.
+        ("referral", '{"x": 1' + "0" * 5000 + "}", "(payload)", "a number with too many digits"),
         ("referral", _referral(BAD_NHS), "subject.nhs_number", "Modulus 11"),
         ("referral", {**_referral(), "urgency": "WHENEVER"}, "urgency", ""),
         ("referral", {k: v for k, v in _referral().items() if k != "narrative"}, "narrative", ""),
