@@ -253,7 +253,7 @@ def schema_problems(agreement: Agreement, *, events_dir: Path | None = None) -> 
 
 
 def _check_file(
-    path: Path, today: date, events_dir: Path | None = None
+    path: Path, events_dir: Path | None = None
 ) -> tuple[Agreement | None, list[AgreementError], dict[tuple[Any, ...], int]]:
     """The agreement (when the model accepts it) and every problem found in one file."""
     try:
@@ -278,13 +278,13 @@ def _check_file(
     return agreement, problems, index
 
 
-def load_file(path: Path, *, today: date | None = None, events_dir: Path | None = None) -> Agreement:
+def load_file(path: Path, *, events_dir: Path | None = None) -> Agreement:
     """One agreement; raises AgreementError for the first problem (file, line, field).
 
     ``events_dir`` is the schema catalogue to check against (``schemas/events`` when None).
     """
     path = Path(path)
-    agreement, problems, _ = _check_file(path, today or date.today(), events_dir)
+    agreement, problems, _ = _check_file(path, events_dir)
     if problems:
         raise problems[0]
     assert agreement is not None
@@ -304,7 +304,7 @@ def _overlap(a: Agreement, b: Agreement) -> bool:
 
 
 def _scan(
-    directory: Path, today: date, events_dir: Path | None = None, partners_file: Path | None = None
+    directory: Path, events_dir: Path | None = None, partners_file: Path | None = None
 ) -> tuple[list[Agreement], list[AgreementError]]:
     directory = Path(directory)
     if not directory.is_dir():
@@ -329,7 +329,7 @@ def _scan(
         except AgreementError as exc:
             problems.append(exc)
     for path in paths:
-        agreement, file_problems, index = _check_file(path, today, events_dir)
+        agreement, file_problems, index = _check_file(path, events_dir)
         if agreement is not None and registry is not None and partners_file is not None:
             file_problems += [
                 AgreementError(
@@ -374,26 +374,24 @@ def _scan(
     return agreements, problems
 
 
-def load_dir(
-    directory: Path, *, today: date | None = None, events_dir: Path | None = None, partners_file: Path | None = None
-) -> list[Agreement]:
+def load_dir(directory: Path, *, events_dir: Path | None = None, partners_file: Path | None = None) -> list[Agreement]:
     """Every ``*.yaml`` agreement in ``directory``; raises AgreementsRefused (every problem, first first).
 
     Refused besides a bad file: two files with one id and version, two active versions
     of one id whose validity periods overlap, and, given the partner registry, a
     recipient it does not hold (:func:`unregistered`).
     """
-    agreements, problems = _scan(Path(directory), today or date.today(), events_dir, partners_file)
+    agreements, problems = _scan(Path(directory), events_dir, partners_file)
     if problems:
         raise AgreementsRefused(Path(directory), problems)
     return agreements
 
 
 def validate_dir(
-    directory: Path, *, today: date | None = None, events_dir: Path | None = None, partners_file: Path | None = None
+    directory: Path, *, events_dir: Path | None = None, partners_file: Path | None = None
 ) -> list[AgreementError]:
     """Every problem in every ``*.yaml`` file of ``directory`` (empty when all load), in file order."""
-    return _scan(Path(directory), today or date.today(), events_dir, partners_file)[1]
+    return _scan(Path(directory), events_dir, partners_file)[1]
 
 
 def lapsed(agreements: Iterable[Agreement], today: date | None = None) -> list[str]:

@@ -17,7 +17,7 @@ from producers.synthetic import age_on, build_scenario, to_json_line
 from tests.integration.test_cli import accord
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"
-AGREEMENTS = load_dir(EXAMPLES, today=date(2026, 11, 1))
+AGREEMENTS = load_dir(EXAMPLES)
 CONTEXT = Context(
     datetime(2026, 11, 1, 12, tzinfo=UTC),
     load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"),

@@ -83,13 +83,13 @@ def test_an_expired_agreement_loads_and_is_noted_not_refused(tmp_path: Path) -> 
     text = GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-03-31")
     path = tmp_path / "old.yaml"
     path.write_text(text)
-    expired = load_file(path, today=date(2026, 6, 1))
+    expired = load_file(path)
     assert not expired.in_force(date(2026, 6, 1)) and expired.in_force(date(2026, 3, 31))  # the last day counts
     [note] = lapsed([expired], today=date(2026, 6, 1))
     assert note.startswith(f"{expired.key} expired on 2026-03-31 (today is 2026-06-01) and no longer applies")
     assert lapsed([expired], today=date(2026, 3, 31)) == []
     path.write_text(text.replace("status: active", "status: revoked"))
-    assert lapsed([load_file(path, today=date(2026, 6, 1))], today=date(2026, 6, 1)) == []
+    assert lapsed([load_file(path)], today=date(2026, 6, 1)) == []
 
 
 def test_overlapping_active_versions_are_refused(tmp_path: Path) -> None:
@@ -97,14 +97,14 @@ def test_overlapping_active_versions_are_refused(tmp_path: Path) -> None:
     v2 = GOOD.replace("version: 1", "version: 2")
     (tmp_path / "v2.yaml").write_text(v2)
     with pytest.raises(AgreementError, match="overlap") as info:
-        load_dir(tmp_path, today=date(2026, 6, 1))
+        load_dir(tmp_path)
     assert info.value.path == tmp_path / "v2.yaml" and info.value.field == "valid_from"
     # v1 ending the day before v2 begins is a clean hand-over.
     (tmp_path / "v1.yaml").write_text(
         GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-06-30")
     )
     (tmp_path / "v2.yaml").write_text(v2.replace("valid_from: 2026-01-01", "valid_from: 2026-07-01"))
-    assert sorted(a.version for a in load_dir(tmp_path, today=date(2026, 6, 1))) == [1, 2]
+    assert sorted(a.version for a in load_dir(tmp_path)) == [1, 2]
 
 
 @pytest.mark.parametrize(

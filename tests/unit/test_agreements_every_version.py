@@ -75,7 +75,7 @@ def test_a_field_only_the_new_version_has_is_refused_at_its_line(tmp_path: Path,
     path = _agreement(tmp_path / "agreements", text)
 
     with pytest.raises(AgreementError) as refused:
-        load_file(path, today=TODAY, events_dir=catalogue)
+        load_file(path, events_dir=catalogue)
     err = refused.value
     assert (err.path, err.line) == (path, _line_of(path, "- subject.interpreter_language"))
     assert err.field == "fields.referral[14]"
@@ -86,7 +86,7 @@ def test_a_field_only_the_new_version_has_is_refused_at_its_line(tmp_path: Path,
     )
     assert str(err).startswith(f"{path}:{err.line}: fields.referral[14]: 'subject.interpreter_language'")
     with pytest.raises(AgreementsRefused) as folder_refused:
-        load_dir(path.parent, today=TODAY, events_dir=catalogue)
+        load_dir(path.parent, events_dir=catalogue)
     assert [str(p) for p in folder_refused.value.problems] == [str(err)]
 
 
@@ -96,7 +96,7 @@ def test_the_same_agreement_loads_while_the_catalogue_has_one_version(tmp_path: 
         "    - narrative\n", "    - narrative\n    - subject.interpreter_language\n"
     )
     path = _agreement(tmp_path / "agreements", text)
-    [err] = validate_dir(path.parent, today=TODAY, events_dir=catalogue)
+    [err] = validate_dir(path.parent, events_dir=catalogue)
     assert err.problem == "'subject.interpreter_language' is not a field of the referral schema"
 
 
@@ -108,7 +108,7 @@ def test_a_field_a_new_version_removed_is_refused_at_its_line(tmp_path: Path, ca
     _write_v2(catalogue, v2)
     path = _agreement(tmp_path / "agreements", MASH.read_text(encoding="utf-8"))
 
-    [err] = validate_dir(path.parent, today=TODAY, events_dir=catalogue)
+    [err] = validate_dir(path.parent, events_dir=catalogue)
     assert (err.path, err.line, err.field) == (path, _line_of(path, "    - narrative"), "fields.referral[13]")
     assert err.problem.startswith("'narrative' is a field of the referral schema's v1 but not of its v2: ")
 
@@ -120,7 +120,7 @@ def test_a_condition_on_a_field_of_one_version_only_is_refused(tmp_path: Path, c
     )
     path = _agreement(tmp_path / "agreements", text)
 
-    [err] = validate_dir(path.parent, today=TODAY, events_dir=catalogue)
+    [err] = validate_dir(path.parent, events_dir=catalogue)
     assert (err.line, err.field) == (_line_of(path, "{field: subject.interpreter_language"), "conditions[0].field")
     assert err.problem == "'subject.interpreter_language' is not a field of the referral v1 schema"
 
@@ -128,16 +128,14 @@ def test_a_condition_on_a_field_of_one_version_only_is_refused(tmp_path: Path, c
 def test_fields_every_version_has_load_as_before(tmp_path: Path, catalogue: Path) -> None:
     _write_v2(catalogue, _with_optional_field("interpreter_language"))
     shutil.copytree(ROOT / "agreements" / "examples", tmp_path / "agreements")
-    assert validate_dir(tmp_path / "agreements", today=TODAY, events_dir=catalogue) == []
-    [mash] = [
-        a for a in load_dir(tmp_path / "agreements", today=TODAY, events_dir=catalogue) if a.id == "referral-to-mash"
-    ]
+    assert validate_dir(tmp_path / "agreements", events_dir=catalogue) == []
+    [mash] = [a for a in load_dir(tmp_path / "agreements", events_dir=catalogue) if a.id == "referral-to-mash"]
     assert schema_problems(mash, events_dir=catalogue) == []
 
 
 def test_the_agreement_feed_sees_the_same_problem(catalogue: Path) -> None:
     _write_v2(catalogue, _with_optional_field("interpreter_language"))
-    mash = load_file(MASH, today=TODAY, events_dir=catalogue)
+    mash = load_file(MASH, events_dir=catalogue)
     wider = mash.model_copy(update={"fields": {"referral": (*mash.fields["referral"], "subject.interpreter_language")}})
     [problem] = schema_problems(wider, events_dir=catalogue)
     assert problem.startswith(
@@ -146,4 +144,4 @@ def test_the_agreement_feed_sees_the_same_problem(catalogue: Path) -> None:
 
 
 def test_the_shipped_agreements_name_only_fields_of_every_shipped_version() -> None:
-    assert validate_dir(ROOT / "agreements" / "examples", today=TODAY) == []
+    assert validate_dir(ROOT / "agreements" / "examples") == []
