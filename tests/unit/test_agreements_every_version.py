@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from agreements.loader import AgreementError, AgreementsRefused, load_dir, load_
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "schemas" / "events"
 MASH = ROOT / "agreements" / "examples" / "referral-to-mash.yaml"
-TODAY = date(2026, 6, 1)
 
 
 def _v1(event_type: str) -> dict[str, Any]:
