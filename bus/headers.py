@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
+PREFIX: Final = "accord."  # every name below starts with it; a reader may pass over any other header
+
 # Provenance, set by the publisher (producers/) on every event.
 AGENCY: Final = "accord.agency"
 SOURCE_SYSTEM: Final = "accord.source_system"

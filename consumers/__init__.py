@@ -1,5 +1,12 @@
 """Partner side: subscription SDK."""
 
-from consumers.subscription import Disclosure, Retraction, Subscription, UnknownAgreementVersion, partner_topics
+from consumers.subscription import (
+    Disclosure,
+    ForeignRecord,
+    Retraction,
+    Subscription,
+    UnknownAgreementVersion,
+    partner_topics,
+)
 
-__all__ = ["Disclosure", "Retraction", "Subscription", "UnknownAgreementVersion", "partner_topics"]
+__all__ = ["Disclosure", "ForeignRecord", "Retraction", "Subscription", "UnknownAgreementVersion", "partner_topics"]

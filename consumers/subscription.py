@@ -9,11 +9,11 @@ defines, so a partner never needs the source schema.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from agreements.model import Agreement
 from agreements.recipient_schemas import recipient_catalogue
@@ -22,7 +22,7 @@ from bus import kafka
 from bus.settings import Settings
 from bus.topics import TopicNames
 from consumers.receipts import ReceiptSender
-from schemas.errors import UnknownFingerprint
+from schemas.errors import SerdeError, UnknownFingerprint
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,21 @@ class UnknownAgreementVersion(UnknownFingerprint):
         )
 
 
+class ForeignRecord(ValueError):
+    """A record on a partner topic that the processor did not write as it stands.
+
+    Someone else produced to the topic, or altered a record on the way: its value is
+    not a record of the agreements' schemas, or Accord's headers are missing or not
+    UTF-8. It is no disclosure (the ledger records none for it), so the Subscription
+    moves past it: the next poll reads the record after it. The message names the
+    record by topic, partition and offset, and never quotes its content.
+    """
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"{where}: not a record Accord's processor wrote ({what}); skipped")
+        self.where = where
+
+
 def partner_topics(names: TopicNames, partner: str, agreements: Iterable[Agreement]) -> list[str]:
     return sorted({names.partner(partner, t) for a in agreements if partner in a.recipients for t in a.event_types})
 
@@ -103,6 +118,7 @@ class Subscription:
         if not self.topics:
             raise ValueError(f"no agreement names {partner!r} as a recipient")
         self.catalogue = recipient_catalogue(agreements)
+        self._versions = {a.key for a in agreements}
         self.consumer = kafka.consumer(settings, group_id or f"accord-partner-{partner}", **(client_config or {}))
         try:
             self.consumer.list_topics(timeout=BROKER_TIMEOUT_S)  # raises when no broker answers
@@ -115,42 +131,61 @@ class Subscription:
         self._receipts: ReceiptSender | None = None
 
     def _decode(self, msg: Message) -> Disclosure | Retraction:
-        headers = _text_headers(msg)
+        """A consumed record as a Disclosure or Retraction.
+
+        Raises UnknownAgreementVersion for a disclosure under a version this
+        Subscription was not given, after seeking back to it: it is read again (and
+        never committed past) until the Subscription has that version. Raises
+        ForeignRecord for anything else it cannot read, which is passed over.
+        """
         topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
-        # A consumed record without an error has all four (the processor writes no empty records).
-        assert topic is not None and partition is not None and offset is not None and value is not None
+        # A consumed record without an error has a topic, partition and offset.
+        assert topic is not None and partition is not None and offset is not None
+        where = f"{topic}[{partition}]@{offset}"
+        headers = _text_headers(msg, where)
+        if value is None:
+            raise ForeignRecord(where, "it has no value")
         try:
             schema, record = self.catalogue.decode(value)
         except UnknownFingerprint as exc:
             agreement = headers.get(header.AGREEMENT)
-            if agreement is None:
-                raise
-            raise UnknownAgreementVersion(exc.fingerprint, agreement, f"{topic}[{partition}]@{offset}") from None
-        if schema == "retraction":
-            return Retraction(
-                retraction_id=record["retraction_id"],
-                retracts_disclosure_id=record["retracts_disclosure_id"],
-                event_id=record["event_id"],
-                agreement=record["agreement"],
-                reason=record["reason"],
-                since=record["since"],
-                fields=tuple(record["fields"]),
-                ledger_seq=int(headers[header.LEDGER_SEQ]),
+            if agreement is None or agreement in self._versions:  # a version we have: the value is not its
+                raise ForeignRecord(where, "its value is of no schema of the agreements given") from None
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+            raise UnknownAgreementVersion(exc.fingerprint, agreement, where) from None
+        except SerdeError as exc:
+            raise ForeignRecord(where, f"its value is not one Avro record: {type(exc).__name__}") from None
+        try:
+            ledger_seq = int(headers[header.LEDGER_SEQ])
+            if schema == "retraction":
+                return Retraction(
+                    retraction_id=record["retraction_id"],
+                    retracts_disclosure_id=record["retracts_disclosure_id"],
+                    event_id=record["event_id"],
+                    agreement=record["agreement"],
+                    reason=record["reason"],
+                    since=record["since"],
+                    fields=tuple(record["fields"]),
+                    ledger_seq=ledger_seq,
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                )
+            return Disclosure(
+                disclosure_id=headers[header.DISCLOSURE_ID],
+                agreement=headers[header.AGREEMENT],
+                event_type=headers[header.EVENT_TYPE],
+                ledger_seq=ledger_seq,
+                schema=schema,
+                record=record,
                 topic=topic,
                 partition=partition,
                 offset=offset,
             )
-        return Disclosure(
-            disclosure_id=headers[header.DISCLOSURE_ID],
-            agreement=headers[header.AGREEMENT],
-            event_type=headers[header.EVENT_TYPE],
-            ledger_seq=int(headers[header.LEDGER_SEQ]),
-            schema=schema,
-            record=record,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-        )
+        except KeyError as exc:
+            raise ForeignRecord(where, f"it has no {exc.args[0]} header") from None
+        except ValueError:
+            raise ForeignRecord(where, f"its {header.LEDGER_SEQ} header is not a number") from None
 
     def poll(self, timeout: float = 1.0) -> Disclosure | Retraction | None:
         msg, self._pending = self._pending, None
@@ -177,12 +212,27 @@ class Subscription:
                 self._pending = msg
                 return
 
-    def iter(self, max_records: int | None = None, idle_timeout: float = 10.0) -> Iterator[Disclosure | Retraction]:
-        """Yield disclosures until ``max_records`` or ``idle_timeout`` seconds with nothing new."""
+    def iter(
+        self,
+        max_records: int | None = None,
+        idle_timeout: float = 10.0,
+        on_foreign: Callable[[ForeignRecord], None] | None = None,
+    ) -> Iterator[Disclosure | Retraction]:
+        """Yield disclosures until ``max_records`` or ``idle_timeout`` seconds with nothing new.
+
+        A record the processor did not write raises ForeignRecord, or, with
+        ``on_foreign``, is handed to it and iteration goes on (it counts toward neither limit).
+        """
         self.wait_for_assignment()
         count = 0
         while max_records is None or count < max_records:
-            disclosure = self.poll(idle_timeout)
+            try:
+                disclosure = self.poll(idle_timeout)
+            except ForeignRecord as exc:
+                if on_foreign is None:
+                    raise
+                on_foreign(exc)
+                continue
             if disclosure is None:
                 return
             count += 1
@@ -202,11 +252,20 @@ class Subscription:
 
     def commit(self) -> None:
         """Commit what was read, after every receipt sent so far is on the broker
-        (so a receipt is never lost behind a committed offset)."""
+        (so a receipt is never lost behind a committed offset).
+
+        Call it only after your code has handled everything read so far: a poll moves the
+        position on, and a commit makes the group start there next time.
+        """
         if self._receipts is not None:
             self._receipts.flush()
+        # The position, not librdkafka's stored offsets: a record seeked back to (a version
+        # not given) was handed out by poll() but not to the caller, and must be read again.
+        positions = [tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0]
+        if not positions:
+            return  # nothing was read yet
         try:
-            self.consumer.commit(asynchronous=False)
+            self.consumer.commit(offsets=positions, asynchronous=False)
         except KafkaException as exc:
             if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
                 return  # nothing was read since the last commit: nothing to commit, not an error
@@ -222,12 +281,20 @@ class Subscription:
         self.close()
 
 
-def _text_headers(msg: Message) -> dict[str, str]:
-    """A consumed record's headers as text: the processor writes each one as UTF-8 bytes."""
+def _text_headers(msg: Message, where: str) -> dict[str, str]:
+    """A consumed record's Accord headers as text: the processor writes each one as UTF-8 bytes.
+
+    Headers outside Accord's ``accord.`` names are left alone, whatever they hold
+    (a broker or tracing tool may add its own).
+    """
     headers = msg.headers() or []
     assert isinstance(headers, list)  # consumed records carry pairs; the dict form is for producing
     text: dict[str, str] = {}
     for key, value in headers:
-        assert isinstance(value, bytes), key
-        text[key] = value.decode()
+        if not key.startswith(header.PREFIX):
+            continue
+        try:
+            text[key] = value.decode() if isinstance(value, bytes) else (value or "")
+        except UnicodeDecodeError:
+            raise ForeignRecord(where, f"its {key} header is not UTF-8") from None
     return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -24,6 +25,7 @@ from bus.topics import TopicLayout, TopicNames, create_topics
 from consumers import Disclosure, Retraction, Subscription
 from ledger import LedgerEntry
 from producers import Publisher
+from producers.synthetic import build_scenario
 from tests.conftest import RoleDatabase, fresh_role_database
 
 TEST_PSEUDONYM_KEY = "test-only-pseudonym-key-0123456789abcdef"
@@ -183,3 +185,18 @@ def running_bus(bootstrap: str, state_dir: Path) -> Iterator[Bus]:
             yield bus
         finally:
             bus.stop_processor()
+
+
+def synthetic_events(event_type: str, agency: str | None = None, n: int = 1, where=lambda record: True) -> list[dict]:
+    """Fresh synthetic events (new ids, new people) of one type, from as many scenarios as it takes."""
+    found: list[dict] = []
+    for _ in range(20):
+        scenario = build_scenario(n_events=80, seed=random.SystemRandom().randrange(1 << 30))
+        found += [
+            e.record
+            for e in scenario.events
+            if e.event_type == event_type and (agency is None or e.agency == agency) and where(e.record)
+        ]
+        if len(found) >= n:
+            return found[:n]
+    raise AssertionError(f"fewer than {n} synthetic {event_type} events fit")

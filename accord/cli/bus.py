@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from accord.cli.common import Subparsers, load_agreements, quiet_kafka
 from accord.cli.progress import progress
 from bus.settings import Settings
 from bus.topics import EVENT_TYPES
+
+if TYPE_CHECKING:
+    from consumers import Disclosure, Retraction
 
 __all__ = ["cmd_consume", "cmd_demo", "cmd_dev", "cmd_publish", "cmd_run", "cmd_topics", "register"]
 
@@ -117,50 +122,101 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers import Retraction, Subscription
-    from schemas.serde import to_json
+    """Print what a partner receives, without taking it from the partner's own application.
+
+    With no ``--group`` it reads in a consumer group of its own, new each run, from the
+    start of the partner's topics, and commits nothing: the partner SDK's group
+    (``accord-partner-<id>``) is the partner application's, and a record committed there
+    by someone looking is one the application never sees. With ``--group`` it reads on
+    from that group's position and commits what it printed.
+    """
+    import uuid
+
+    from consumers import ForeignRecord, Subscription
 
     agreements = load_agreements(settings)
-    with Subscription(
-        settings, args.partner, agreements, group_id=args.group, client_config=quiet_kafka(settings)
-    ) as sub:
-        count = 0
-        for d in sub.iter(max_records=args.max, idle_timeout=args.idle):
-            count += 1
-            if isinstance(d, Retraction):
-                notice = {
-                    "retraction_id": d.retraction_id,
-                    "retracts": d.retracts_disclosure_id,
-                    "agreement": d.agreement,
-                    "reason": d.reason,
-                    "since": to_json(d.since),
-                    "fields": list(d.fields),
-                    "ledger_seq": d.ledger_seq,
-                }
-                print(json.dumps(notice) if args.json else f"RETRACTION {notice}")
-            elif args.json:
-                print(
-                    json.dumps(
-                        {
-                            "disclosure_id": d.disclosure_id,
-                            "agreement": d.agreement,
-                            "event_type": d.event_type,
-                            "ledger_seq": d.ledger_seq,
-                            "record": to_json(d.record),
-                        }
-                    )
-                )
-            else:
-                print(f"{d.disclosure_id} {d.agreement} {d.event_type} seq={d.ledger_seq} {to_json(d.record)}")
-        sub.commit()
+    group = args.group or f"accord-consume-{args.partner}-{uuid.uuid4().hex[:12]}"
+    foreign: list[ForeignRecord] = []
+
+    def passed_over(exc: ForeignRecord) -> None:
+        foreign.append(exc)
+        print(f"accord consume: {exc}", file=sys.stderr)
+
+    count = 0
+    with Subscription(settings, args.partner, agreements, group_id=group, client_config=quiet_kafka(settings)) as sub:
+        try:
+            for d in sub.iter(max_records=args.max, idle_timeout=args.idle, on_foreign=passed_over):
+                count += 1
+                print(_consumed_line(d, as_json=args.json), flush=True)
+        finally:  # what was printed stays printed: a rerun in the same group goes on after it
+            if args.group:
+                sub.commit()
     print(f"{count} records (disclosures and retractions) received by {args.partner}", file=sys.stderr)
+    if foreign:
+        print(
+            f"accord consume: {len(foreign)} record(s) on {args.partner}'s topics were not written by Accord's "
+            "processor and were passed over: find who produces to partner topics (only the processor should)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _consumed_line(d: Disclosure | Retraction, *, as_json: bool) -> str:
+    """One printed line for a disclosure or a retraction notice."""
+    from consumers import Retraction
+    from schemas.serde import to_json
+
+    if isinstance(d, Retraction):
+        notice = {
+            "retraction_id": d.retraction_id,
+            "retracts": d.retracts_disclosure_id,
+            "agreement": d.agreement,
+            "reason": d.reason,
+            "since": to_json(d.since),
+            "fields": list(d.fields),
+            "ledger_seq": d.ledger_seq,
+        }
+        return json.dumps(notice) if as_json else f"RETRACTION {notice}"
+    if as_json:
+        return json.dumps(
+            {
+                "disclosure_id": d.disclosure_id,
+                "agreement": d.agreement,
+                "event_type": d.event_type,
+                "ledger_seq": d.ledger_seq,
+                "record": to_json(d.record),
+            }
+        )
+    return f"{d.disclosure_id} {d.agreement} {d.event_type} seq={d.ledger_seq} {to_json(d.record)}"
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from accord.dev.demo import run_demo
 
     return run_demo(settings, n_events=args.events, progress=progress)
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number of records, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a number of records of at least 1, not {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (``inf`` or ``nan`` would wait for ever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"give a number of seconds above 0, not {text}")
+    return value
 
 
 def register(sub: Subparsers) -> None:
@@ -195,9 +251,16 @@ def register(sub: Subparsers) -> None:
 
     p = sub.add_parser("consume", help="print the disclosures a partner receives")
     p.add_argument("--partner", required=True)
-    p.add_argument("--max", type=int, default=None, help="stop after N records")
-    p.add_argument("--idle", type=float, default=10.0, help="stop after this many seconds with nothing new")
-    p.add_argument("--group", default=None, help="consumer group (default accord-partner-<partner>)")
+    p.add_argument("--max", type=_count, default=None, metavar="N", help="stop after N records")
+    p.add_argument(
+        "--idle", type=_seconds, default=10.0, metavar="S", help="stop after S seconds with nothing new (default 10)"
+    )
+    p.add_argument(
+        "--group",
+        default=None,
+        help="read on from this consumer group's position and commit what is printed (default: a new group "
+        "each run, from the start, committing nothing; never the partner application's group)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_consume)
 

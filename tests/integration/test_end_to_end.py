@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import uuid
@@ -20,8 +19,8 @@ from agreements.partners import load_partners
 from bus.settings import PACKAGE_ROOT
 from ledger import verify
 from ledger.guard import install_guards
-from producers.synthetic import build_scenario
 from tests.bus import TEST_PSEUDONYM_KEY, Bus, headers_of, running_bus, settings_env
+from tests.bus import synthetic_events as _events
 
 KNOWN = consent.KnownScopes.from_partners(load_partners(PACKAGE_ROOT / "agreements" / "partners.yaml"))
 
@@ -31,21 +30,6 @@ def bus(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     """One processor per module; each test uses its own events and subjects."""
     with running_bus(broker, tmp_path_factory.mktemp("bus")) as bus:
         yield bus
-
-
-def _events(event_type: str, agency: str | None = None, n: int = 1, where=lambda record: True) -> list[dict]:
-    """Fresh synthetic events (new ids, new people) of one type, from as many scenarios as it takes."""
-    found: list[dict] = []
-    for _ in range(20):
-        scenario = build_scenario(n_events=80, seed=random.SystemRandom().randrange(1 << 30))
-        found += [
-            e.record
-            for e in scenario.events
-            if e.event_type == event_type and (agency is None or e.agency == agency) and where(e.record)
-        ]
-        if len(found) >= n:
-            return found[:n]
-    raise AssertionError(f"fewer than {n} synthetic {event_type} events fit")
 
 
 def _leaf_paths(record: dict, prefix: str = "") -> set[str]:
