@@ -183,7 +183,8 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="How long `accord relay --once` waits for rows held back by a transaction still open on the "
-        "source database server before it exits, saying so",
+        "source database server, or for a broker or source database that stopped answering, before it exits, "
+        "saying so",
     )
     database_timeout_s: float = Field(
         10.0,

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NoReturn
 
 import structlog
 from confluent_kafka import KafkaException
@@ -383,6 +384,7 @@ class Relay:
         stop = stop or threading.Event()
         attempt = 0
         held_since: float | None = None
+        away_since: float | None = None  # when the database or the broker stopped answering
         try:
             while not stop.is_set():
                 try:
@@ -408,6 +410,9 @@ class Relay:
                         self._drop_connection()
                     else:
                         self._drop_publisher()
+                    away_since = away_since or time.monotonic()
+                    if once and time.monotonic() - away_since >= self.settings.relay_once_wait_s:
+                        self._gave_up(outage)
                     wait = min(0.5 * 2.0**attempt, BACKOFF_MOST_S)
                     self.report.waits += 1
                     log.warning("relay_waiting", waiting_for=outage.service, reason=outage.detail, retry_in_s=wait)
@@ -417,6 +422,7 @@ class Relay:
                 if attempt:
                     log.info("relay_resumed", outbox=self.tables.outbox, after_waits=attempt)
                     attempt = 0
+                away_since = None
                 self._refused_in_a_row = 0
                 if n >= self.settings.relay_batch_size:
                     continue
@@ -448,6 +454,20 @@ class Relay:
         finally:
             self.close()
         return self.report
+
+    def _gave_up(self, outage: _Outage) -> NoReturn:
+        """``once``: the broker or the database has been away for ``relay_once_wait_s``; a run from cron
+        must end, and say that it did not relay, rather than wait for ever."""
+        where = (
+            f"no Kafka broker at {self.settings.bootstrap_servers} confirmed the batch"
+            if outage.service == "broker"
+            else f"the source database ({shown_url(self.engine.url)}) stopped answering"
+        )
+        raise RelayError(
+            f"{where} for {self.settings.relay_once_wait_s:g} s (ACCORD_RELAY_ONCE_WAIT_S) after "
+            f"{self.report.published} row(s) were published; nothing is lost: the position stays before the rows "
+            "not confirmed, and the next run sends them"
+        )
 
     def _refused(self, exc: DBAPIError) -> None:
         """The database answered and refused: RelayError at once, or (a refusal that may pass) after a few tries.

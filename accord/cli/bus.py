@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from accord.cli.common import Subparsers, load_agreements, quiet_kafka
+from accord.cli.common import Subparsers, known_agency, load_agreements, quiet_kafka
 from accord.cli.progress import progress
 from bus.settings import Settings
 from bus.topics import EVENT_TYPES
@@ -72,6 +72,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from producers import Publisher, ingest_jsonl
 
     path = Path(args.file)
+    known_agency(settings, args.agency)
     publisher = Publisher(settings, producer=kafka.producer(settings, **quiet_kafka(settings)))
     with progress(path.stat().st_size if path.is_file() else None, f"publishing {path.name}", unit="B") as tick:
         report = ingest_jsonl(path, args.type, args.agency, publisher, on_progress=tick)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from agreements import Agreement
 
-__all__ = ["Subparsers", "aware_datetime", "ledger_engine", "load_agreements", "quiet_kafka"]
+__all__ = ["Subparsers", "aware_datetime", "known_agency", "ledger_engine", "load_agreements", "quiet_kafka"]
 
 # What ``ArgumentParser.add_subparsers`` returns: each area's ``register`` adds its commands to it.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # argparse names no public type
@@ -27,6 +27,21 @@ def load_agreements(settings: Settings) -> list[Agreement]:
     from agreements import load_dir
 
     return load_dir(settings.agreements_dir)
+
+
+def known_agency(settings: Settings, agency: str, option: str = "--agency") -> None:
+    """Refuse an agency that provides under no agreement of ACCORD_AGREEMENTS_DIR (ValueError, one line).
+
+    Every event whose envelope names another agency is refused, so a mistyped
+    ``--agency`` would refuse them all; for the relay that means every row moved to
+    the dead-letter table and the position past them, at once.
+    """
+    providers = sorted({p for a in load_agreements(settings) for p in a.providers})
+    if agency not in providers:
+        raise ValueError(
+            f"{option} {agency!r} is a provider under no agreement in {settings.agreements_dir}, so every event "
+            f"would be refused; the providers are: {', '.join(providers)}"
+        )
 
 
 def quiet_kafka(settings: Settings) -> dict[str, int]:

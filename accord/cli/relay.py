@@ -15,7 +15,7 @@ import signal
 import threading
 from types import FrameType
 
-from accord.cli.common import Subparsers
+from accord.cli.common import Subparsers, known_agency
 from bus.settings import Settings
 
 __all__ = ["cmd_relay", "register"]
@@ -36,6 +36,12 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
     # A service's last word goes out as its logs do (one JSON line with ACCORD_LOG_FORMAT=json).
+    if args.agency is not None:
+        try:
+            known_agency(settings, args.agency)
+        except ValueError as exc:
+            error_line(f"accord relay: {exc}", exc)
+            return 2
     try:
         relay = Relay(settings, agency=args.agency)  # a URL that does not parse is a RelayError naming its variable
         report = relay.run(stop, once=args.once)

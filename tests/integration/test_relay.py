@@ -541,6 +541,43 @@ def test_start_up_problems_are_one_line_each(broker, source) -> None:
     assert code == 2 and len(lines) == 1 and "permission denied" in lines[0] and "docs/relay.md" in lines[0], lines
 
 
+def test_a_mistyped_agency_is_refused_before_any_row_is_touched(broker, source) -> None:
+    """Every row of an outbox speaking for another agency is refused: a typo in --agency
+    used to move the whole outbox to the dead-letter table, and the position past it, with exit 0."""
+    settings = relay_settings(broker, source)
+    rows = good_rows(6, seed=11)
+    source.insert(rows)
+    typo = run_relay_once(settings, "--agency", "salford-councl")
+    assert typo.returncode == 2, typo.stdout + typo.stderr
+    [line] = error_lines(typo.stderr)
+    assert "--agency 'salford-councl' is a provider under no agreement" in line and "salford-council" in line, line
+    assert source.dead_letters() == {} and source.position() == (0, 0)
+    assert read_events(settings) == []
+
+    done = run_relay_once(settings)
+    assert done.returncode == 0 and done.stdout.startswith("6 outbox rows relayed: 6 published"), done.stdout
+
+
+def test_once_with_no_broker_gives_up_saying_so_and_the_next_run_sends_everything(broker, source) -> None:
+    """A cron job's ``--once`` with the broker away waited for ever; now it waits
+    ACCORD_RELAY_ONCE_WAIT_S past the first failed delivery, exits 2 in one line, and moves nothing."""
+    settings = relay_settings(broker, source, relay_once_wait_s=1.0)
+    rows = good_rows(4, seed=12)
+    source.insert(rows)
+    away = settings.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    gave_up = run_relay_once(away, timeout=90)
+    assert gave_up.returncode == 2, gave_up.stdout + gave_up.stderr
+    [line] = error_lines(gave_up.stderr)
+    assert f"no Kafka broker at {away.bootstrap_servers} confirmed the batch" in line, line
+    assert "ACCORD_RELAY_ONCE_WAIT_S" in line and "the next run sends them" in line, line
+    assert source.position() == (0, 0) and source.dead_letters() == {}
+
+    done = run_relay_once(settings)
+    assert done.returncode == 0 and done.stdout.startswith("4 outbox rows relayed: 4 published"), done.stdout
+    wanted = sorted(json.loads(p)["envelope"]["event_id"] for _t, p in rows)
+    assert sorted(r.event_id for r in read_events(settings)) == wanted
+
+
 def _accord_relay(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``accord relay --once`` with only ``env`` (and PATH) set: no broker, no source database."""
     return subprocess.run(
