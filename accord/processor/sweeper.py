@@ -4,9 +4,11 @@ Each pass, in three steps, each behind its own cursor in the database:
 
 1. consent: new consent records are published to ``consent.preferences``
    (keyed by subject key; the consent table is the outbox), and for each
-   subject who withdrew consent the retractions owed are appended to the ledger;
-2. agreements: for each agreement whose newest version is suspended or revoked,
-   every disclosure made under it since the last pass is retracted in the ledger;
+   subject who withdrew consent the retractions owed are appended to the ledger
+   (judged as things stood at each withdrawal: accord/sharing/retraction.py);
+2. agreements: for each version that suspended or revoked its agreement (also
+   one a later version reinstated), every disclosure made under an earlier version
+   is retracted in the ledger, reading the entries after its cursor;
 3. notices: every RETRACTED ledger entry not yet sent goes to its recipient's
    partner topic. The same scan of the new entries finds any disclosure whose
    subject withdrew consent after the consent version it was decided with, and
@@ -207,7 +209,9 @@ class RetractionSweeper:
         self._lag_s = max((datetime.now(UTC) - utc(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
 
     def _agreement_step(self, context: Context, head: int) -> bool:
-        ended = [a for a in self.agreements.current() if a.status in ENDED]
+        # Every version that ended its agreement, also one a later version reinstated: what
+        # it ended stays ended (retractions_for_agreement), however soon the reinstating came.
+        ended = sorted((a for a in self.agreements.by_key().values() if a.status in ENDED), key=lambda a: a.key)
         if not ended:
             self._pending["agreements"] = 0
             return False
@@ -219,7 +223,11 @@ class RetractionSweeper:
             if start >= head:
                 continue
             disclosed, reached = self._entries(
-                start, head, LedgerEntry.outcome == Outcome.DISCLOSED.value, LedgerEntry.agreement_id == agreement.id
+                start,
+                head,
+                LedgerEntry.outcome == Outcome.DISCLOSED.value,
+                LedgerEntry.agreement_id == agreement.id,
+                LedgerEntry.agreement_version < agreement.version,
             )
             owed = retractions_for_agreement([e.draft for e in disclosed], agreement, context)
             appended = self._append_unrecorded(owed)

@@ -3,10 +3,14 @@
 Pure. Two causes:
 
 - consent withdrawn: given a subject's earlier disclosures (from the ledger) and
-  their consent history as it stands now, each consent-based disclosure that
-  would no longer be made is retracted;
-- agreement suspended or revoked: every disclosure made under any version of
-  that agreement is retracted, whatever its consent mode.
+  their consent history, each consent-based disclosure that a withdrawal made
+  after it ended is retracted;
+- agreement suspended or revoked: every disclosure made under an earlier version
+  of that agreement is retracted, whatever its consent mode.
+
+Both are judged as things stood when the withdrawal or the ending version came, not
+as they stand when the sweep runs, so what is retracted does not depend on how soon
+the sweep ran, or on a permit or a reinstating version that followed.
 
 Each retraction is recorded in the ledger like a disclosure, and its recipient
 gets a notice. A retraction's id is derived from the disclosure it retracts, so
@@ -22,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from accord.sharing.decide import Context, Outcome, consent_outcome
 from agreements.model import Agreement, ConsentMode, Status
-from consent.model import ConsentRecord, version
+from consent.model import ConsentDecision, ConsentRecord
 from ledger import EntryDraft
 
 RETRACTION_NAMESPACE = uuid.UUID("0b6c1a52-6f7e-5d2c-9a41-3e8f7c2d1b90")
@@ -44,7 +48,17 @@ def retractions_for(
     consents: Sequence[ConsentRecord],
     context: Context,
 ) -> list[Retraction]:
-    """Retractions owed for ``disclosed`` under the subject's consent as it is now."""
+    """Retractions owed for ``disclosed`` by the withdrawals in the subject's consent history.
+
+    A consent-based disclosure decided with consent version v is retracted by the first
+    DENY record w after it (w.id > v) under which it would not have been made, judged on
+    the history as it stood when w was recorded: the records up to w, at w's time. What
+    came after w does not undo that: a permit recorded later governs the decisions after
+    it, not whether the recipient must stop using what it had been sent. So the answer
+    is the same whenever the sweep runs, however soon a permit follows the withdrawal.
+    """
+    history = sorted(consents, key=lambda r: r.id)
+    withdrawals = [(i, r) for i, r in enumerate(history) if r.decision is ConsentDecision.DENY]
     out = []
     for entry in disclosed:
         if entry.outcome != Outcome.DISCLOSED.value:
@@ -52,10 +66,14 @@ def retractions_for(
         agreement = agreements.get(f"{entry.agreement_id}@v{entry.agreement_version}")
         if agreement is None or agreement.consent_mode is ConsentMode.NOT_REQUIRED:
             continue  # statutory sharing does not rest on consent, so withdrawal does not undo it
-        outcome, reason = consent_outcome(agreement, entry.recipient, consents, context)
-        if outcome is Outcome.DISCLOSED:
-            continue
-        out.append(_retract(entry, f"consent withdrawn: {reason}", context, consent_version=version(consents)))
+        for i, withdrawal in withdrawals:
+            if withdrawal.id <= entry.consent_version:
+                continue  # the decision knew of it
+            then = replace(context, now=withdrawal.recorded_at)
+            outcome, reason = consent_outcome(agreement, entry.recipient, history[: i + 1], then)
+            if outcome is not Outcome.DISCLOSED:
+                out.append(_retract(entry, f"consent withdrawn: {reason}", context, consent_version=withdrawal.id))
+                break
     return out
 
 
@@ -80,12 +98,19 @@ ENDED = (Status.SUSPENDED, Status.REVOKED)
 
 
 def retractions_for_agreement(disclosed: Iterable[EntryDraft], ended: Agreement, context: Context) -> list[Retraction]:
-    """Retractions owed because ``ended`` (the newest version of its id) is suspended or revoked."""
+    """Retractions owed because version ``ended`` of an agreement suspended or revoked it.
+
+    Every disclosure under an earlier version is retracted, whatever came after: a later
+    version that reinstates the agreement governs the disclosures after it, not whether
+    the recipients must stop using what they had been sent under the ended one.
+    """
     if ended.status not in ENDED:
         raise ValueError(f"{ended.key} is {ended.status.value}, not suspended or revoked")
     reason = f"agreement {ended.id} {ended.status.value} (version {ended.version})"
     return [
         _retract(entry, reason, context)
         for entry in disclosed
-        if entry.outcome == Outcome.DISCLOSED.value and entry.agreement_id == ended.id
+        if entry.outcome == Outcome.DISCLOSED.value
+        and entry.agreement_id == ended.id
+        and entry.agreement_version < ended.version
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from accord.sharing.decide import Context
@@ -56,17 +57,36 @@ def test_withdrawal_retracts_consent_based_disclosures_only() -> None:
     got = {r.retracts: r for r in retractions_for(disclosed, AGREEMENTS, consents, NOW)}
     assert set(got) == {"d-hv", "d-ld"}
     entry = got["d-hv"].entry
-    assert entry.outcome == "RETRACTED" and entry.refers_to == "d-hv" and entry.consent_version == 4
+    # Each rests on the withdrawal that ended it.
+    assert entry.outcome == "RETRACTED" and entry.refers_to == "d-hv" and entry.consent_version == 2
+    assert got["d-ld"].entry.consent_version == 4
     assert entry.disclosure_id == retraction_id("d-hv") != retraction_id("d-ld")
 
 
-def test_nothing_to_retract_while_consent_still_permits() -> None:
-    disclosed = [_disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-ld")]
+def test_a_withdrawal_retracts_what_it_ended_though_a_permit_followed() -> None:
+    """However soon the permit came after the deny (before the sweep ran, or after), the
+    disclosure made before the deny is retracted; one made after the permit is not."""
+    before = _disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-before")
+    after = replace(_disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-after"), consent_version=2)
     consents = [
         _consent(1, ConsentDecision.DENY, "liaison-diversion"),
         _consent(2, ConsentDecision.PERMIT, "liaison-diversion"),
     ]
-    assert retractions_for(disclosed, AGREEMENTS, consents, NOW) == []
+    [got] = retractions_for([before, after], AGREEMENTS, consents, NOW)
+    assert got.retracts == "d-before" and got.entry.consent_version == 1
+    assert got.entry.reason == "consent withdrawn: consent denied (consent record 1)"
+    assert retractions_for([before, after], AGREEMENTS, list(reversed(consents)), NOW) == [got]  # order given
+
+
+def test_a_withdrawal_for_another_purpose_retracts_nothing() -> None:
+    permitted = replace(_disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-ld"), consent_version=1)
+    consents = [
+        _consent(1, ConsentDecision.PERMIT, "liaison-diversion"),
+        replace(_consent(2, ConsentDecision.DENY, "liaison-diversion"), purpose="research"),
+    ]
+    assert retractions_for([permitted], AGREEMENTS, consents, NOW) == []
+    consents.append(_consent(3, ConsentDecision.DENY, "liaison-diversion"))
+    assert [r.entry.consent_version for r in retractions_for([permitted], AGREEMENTS, consents, NOW)] == [3]
 
 
 def test_suspending_an_agreement_retracts_every_disclosure_under_it_whatever_the_consent_mode() -> None:
@@ -80,8 +100,9 @@ def test_suspending_an_agreement_retracts_every_disclosure_under_it_whatever_the
         _disclosed("custody-to-prosecution", "hmcts", "d-hmcts"),
         _disclosed("custody-to-liaison-diversion", "liaison-diversion", "d-ld"),  # another agreement
     ]
-    got = {r.retracts: r.entry for r in retractions_for_agreement(disclosed, suspended, NOW)}
-    assert set(got) == {"d-cps", "d-hmcts"}
+    reinstated_then = replace(_disclosed("custody-to-prosecution", "cps", "d-v3"), agreement_version=3)
+    got = {r.retracts: r.entry for r in retractions_for_agreement([*disclosed, reinstated_then], suspended, NOW)}
+    assert set(got) == {"d-cps", "d-hmcts"}  # not one under a later version that reinstated it
     assert got["d-cps"].reason == "agreement custody-to-prosecution suspended (version 2)"
     assert got["d-cps"].disclosure_id == retraction_id("d-cps") and got["d-cps"].refers_to == "d-cps"
     assert got["d-cps"].outcome == "RETRACTED" and got["d-cps"].decided_at == NOW.now
