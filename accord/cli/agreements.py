@@ -41,12 +41,21 @@ def cmd_agreements_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_agreements_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.processor.agreement_feed import publish_agreements
+    from accord.processor.agreement_feed import FeedNotReached, publish_agreements
     from agreements import load_dir
 
     directory = agreements_dir(args, settings)
-    count = publish_agreements(settings, load_dir(directory, partners_file=settings.partners_file))
-    print(f"{count} agreements published from {directory}")
+    agreements = load_dir(directory, partners_file=settings.partners_file)
+    try:
+        count = publish_agreements(settings, agreements)  # PublishConflict (a ValueError): one line, exit 2
+    except FeedNotReached as exc:
+        print(
+            f"accord agreements publish: {exc} at {settings.bootstrap_servers}: it is read first, so that no "
+            "published version is published again with other content; nothing was published",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"{count} agreements published from {directory}; {len(agreements) - count} were on the feed already")
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import structlog
@@ -105,13 +105,36 @@ class AgreementSet:
         return agreement
 
 
-def publish_agreements(settings: Settings, agreements: list[Agreement]) -> int:
-    """Create any partner topics the agreements need, then publish them keyed by id@version."""
+class PublishConflict(ValueError):
+    """Versions in a folder to publish that the feed already holds with other content."""
+
+    def __init__(self, keys: list[str], topic: str) -> None:
+        super().__init__(
+            f"{', '.join(keys)}: published on {topic} with other content; a published version is never "
+            "changed (every ledger entry under it names it): give the changed file a new version, or restore "
+            "the published one; nothing was published"
+        )
+        self.keys = keys
+
+
+def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_timeout_s: float = 10.0) -> int:
+    """Publish the versions the feed lacks, keyed by id@version; how many were published.
+
+    1. read the feed to its end (FeedNotReached if the broker does not let us in time);
+    2. refuse them all (PublishConflict) if any version is on the feed with other content:
+       processors hold the first as that version, and one started with the changed file stops;
+    3. create any partner topics the agreements need, then publish those the feed lacks.
+    """
     names = TopicNames(settings.topic_prefix)
     create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements), TopicLayout.of(settings)))
+    published = published_versions(settings, feed_timeout_s)
+    changed = sorted(a.key for a in agreements if a.key in published and published[a.key] != a)
+    if changed:
+        raise PublishConflict(changed, names.agreements)
+    new = [a for a in agreements if a.key not in published]
     producer = kafka.producer(settings)
     errors: list[str] = []
-    for a in agreements:
+    for a in new:
         producer.produce(
             names.agreements,
             key=a.key.encode(),
@@ -119,7 +142,62 @@ def publish_agreements(settings: Settings, agreements: list[Agreement]) -> int:
             on_delivery=lambda err, _m: errors.append(err.str()) if err else None,
         )
     flush_or_raise(producer, "agreements", errors)
-    return len(agreements)
+    return len(new)
+
+
+def published_versions(settings: Settings, timeout_s: float) -> dict[str, Agreement | None]:
+    """Every version on the feed, read to its end: key -> agreement (None: a publication no processor accepts)."""
+    found: dict[str, Agreement | None] = {}
+
+    def take(msg: Message) -> int:
+        if msg.error() is None:
+            key = (msg.key() or b"").decode(errors="replace")
+            try:
+                found[key] = Agreement.model_validate_json(msg.value() or b"")
+            except ValueError:
+                found.setdefault(key, None)
+        return 1
+
+    partition = TopicPartition(TopicNames(settings.topic_prefix).agreements, 0, OFFSET_BEGINNING)
+    consumer = kafka.consumer(settings, "accord-agreements-publish", **{"fetch.wait.max.ms": 100, "log_level": 0})
+    consumer.assign([partition])
+    try:
+        read_to_end(consumer, partition, take, settle_s=0.5, timeout_s=timeout_s)
+    finally:
+        consumer.close()
+    return found
+
+
+def read_to_end(
+    consumer: Consumer, partition: TopicPartition, take: Callable[[Message], int], *, settle_s: float, timeout_s: float
+) -> int:
+    """Read one partition up to the end it has now; FeedNotReached if that takes longer than ``timeout_s``.
+
+    "The end" is the high watermark the broker returned in a fetch response (ListOffsets
+    is wrong on the embedded broker, docs/architecture.md), so:
+
+    1. keep reading for ``settle_s`` so a fetch answered after this call began sets the watermark;
+    2. then read until our position reaches that high watermark.
+    """
+    started = time.monotonic()
+    read = 0
+    while True:
+        for msg in consumer.consume(100, timeout=0.1):
+            read += take(msg)
+        if time.monotonic() - started >= settle_s and _at_end(consumer, partition):
+            return read
+        if time.monotonic() - started > timeout_s:
+            raise FeedNotReached(f"the agreements feed {partition.topic} could not be read to its end")
+
+
+def _at_end(consumer: Consumer, partition: TopicPartition) -> bool:
+    _low, high = consumer.get_watermark_offsets(partition, cached=True)
+    if high < 0:
+        return False  # no fetch answered yet
+    if high == 0:
+        return True
+    position = consumer.position([partition])[0].offset
+    return position >= high
 
 
 class FeedNotReached(RuntimeError):
@@ -129,10 +207,9 @@ class FeedNotReached(RuntimeError):
 class FeedFollower:
     """Reads the agreements feed (one partition) from its beginning into an AgreementSet.
 
-    No consumer group: every processor reads the whole feed. "The end" is the high
-    watermark the broker returned in a fetch response (ListOffsets is wrong on the
-    embedded broker, docs/architecture.md), so a catch-up waits until a fetch made after it began
-    has answered: ``settle_s`` covers the fetch wait plus a round trip.
+    No consumer group: every processor reads the whole feed. A catch-up waits until a
+    fetch made after it began has answered (``read_to_end``): ``settle_s`` covers the
+    fetch wait plus a round trip.
     """
 
     def __init__(
@@ -164,29 +241,8 @@ class FeedFollower:
                 read += self._apply(msg)
 
     def catch_up(self, timeout_s: float) -> int:
-        """Read the feed up to the end it has now; FeedNotReached if that takes longer than ``timeout_s``.
-
-        1. keep reading for ``settle_s`` so a fetch answered after this call began sets the watermark;
-        2. then read until our position reaches that high watermark.
-        """
-        started = time.monotonic()
-        read = 0
-        while True:
-            for msg in self.consumer.consume(100, timeout=0.1):
-                read += self._apply(msg)
-            if time.monotonic() - started >= self.settle_s and self._at_end():
-                return read
-            if time.monotonic() - started > timeout_s:
-                raise FeedNotReached(f"the agreements feed {self.partition.topic} could not be read to its end")
-
-    def _at_end(self) -> bool:
-        _low, high = self.consumer.get_watermark_offsets(self.partition, cached=True)
-        if high < 0:
-            return False  # no fetch answered yet
-        if high == 0:
-            return True
-        position = self.consumer.position([self.partition])[0].offset
-        return position >= high
+        """Read the feed up to the end it has now (``read_to_end``); FeedNotReached after ``timeout_s``."""
+        return read_to_end(self.consumer, self.partition, self._apply, settle_s=self.settle_s, timeout_s=timeout_s)
 
     def _apply(self, msg: Message) -> int:
         err = msg.error()

@@ -12,11 +12,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import consent
-from accord.processor.agreement_feed import publish_agreements
+from accord.processor.agreement_feed import publish_agreements, published_versions
 from accord.sharing.decide import subject_key
 from agreements import Status, load_dir
 from agreements.partners import load_partners
@@ -295,3 +296,25 @@ def test_a_processor_whose_agreements_folder_differs_from_the_feed_stops_before_
         last = run.stderr.strip().splitlines()[-1]
         assert "natal-care-to-health-visiting@v1 in the agreements folder differs from the version published" in last
         assert bus.ledger() == []
+
+        # `accord agreements publish` of the edited folder publishes nothing, in one line naming the version;
+        # of the original folder, nothing again (each version is on the feed already).
+        def publish(folder: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "accord.cli", "agreements", "publish", str(folder)],
+                env={**os.environ, **settings_env(settings)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        refused = publish(edited)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        [line] = refused.stderr.strip().splitlines()
+        assert line.startswith("accord agreements publish: natal-care-to-health-visiting@v1: published on ")
+        assert "give the changed file a new version" in line, line
+        on_feed = published_versions(settings, timeout_s=10)
+        assert on_feed == {a.key: a for a in bus.agreements}  # the first publication stands, and nothing was added
+        again = publish(settings.agreements_dir)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith(f"0 agreements published from {settings.agreements_dir}; {len(on_feed)} were")
