@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -295,18 +295,22 @@ class RenewingProducer:
     accepting that id, every record it sends is refused, however long the sender waits;
     a new producer gets a new id and is taken at once. So:
 
-    1. each delivery report (and each refusal of ``produce()``) is looked at on its way
-       to the caller's callback: a lost producer id, or a fatal error, marks this one lost;
+    1. each refusal the broker sends back is looked at: a lost producer id, or a fatal
+       error, marks this producer lost. With ``watch_reports`` each delivery report is
+       looked at on its way to the caller's callback; without it (the event path, where
+       that costs a closure per record) the sender hands over the refusals it collected,
+       after its flush, with :func:`note_refusals`;
     2. the caller's flush still reports those records as not delivered, so it sends them
        again (the processor's ledger makes that a replay);
     3. the next ``produce()`` purges the lost producer and makes a new one, with the same
        configuration, before it sends.
     """
 
-    def __init__(self, make: Callable[[], Producer]) -> None:
+    def __init__(self, make: Callable[[], Producer], *, watch_reports: bool = True) -> None:
         self._make = make
         self._producer = make()
         self._lost = False
+        self._watch = watch_reports
         self.renewals = 0
 
     def produce(
@@ -320,20 +324,29 @@ class RenewingProducer:
     ) -> None:
         if self._lost:
             self._renew()
+        if self._watch:
+            on_delivery = self._watching(on_delivery)
+        try:
+            self._producer.produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError):
+                self.refused(err)
+            raise
 
+    def refused(self, err: KafkaError) -> None:
+        """The broker (or librdkafka) refused a record of this producer: is the producer lost?"""
+        if err.fatal() or err.code() in _PRODUCER_LOST:
+            self._lost = True
+
+    def _watching(self, on_delivery: DeliveryReport | None) -> DeliveryReport:
         def report(err: KafkaError | None, msg: Message) -> None:
-            if err is not None and (err.fatal() or err.code() in _PRODUCER_LOST):
-                self._lost = True
+            if err is not None:
+                self.refused(err)
             if on_delivery is not None:
                 on_delivery(err, msg)
 
-        try:
-            self._producer.produce(topic, value, key, on_delivery=report, headers=headers)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and err.fatal():
-                self._lost = True
-            raise
+        return report
 
     def poll(self, timeout: float = -1) -> int:
         return self._producer.poll(timeout)
@@ -350,9 +363,17 @@ class RenewingProducer:
         structlog.get_logger("accord.kafka").warning("producer_renewed", reason="the broker fenced the old one")
 
 
-def renewing_producer(settings: Settings, **overrides: Any) -> RenewingProducer:
+def note_refusals(producer: Producing, refusals: Iterable[KafkaError]) -> None:
+    """Hand the refusals a sender collected to its producer, if it is a RenewingProducer that
+    does not watch its reports; a plain producer has nothing to learn from them."""
+    if isinstance(producer, RenewingProducer) and not producer._watch:
+        for err in refusals:
+            producer.refused(err)
+
+
+def renewing_producer(settings: Settings, *, watch_reports: bool = True, **overrides: Any) -> RenewingProducer:
     """:func:`producer`, made again whenever the broker fences it (for the processor's long-lived senders)."""
-    return RenewingProducer(lambda: producer(settings, **overrides))
+    return RenewingProducer(lambda: producer(settings, **overrides), watch_reports=watch_reports)
 
 
 def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:

@@ -111,7 +111,7 @@ def run_processor(settings: Settings) -> int:
     agreement_set = AgreementSet(
         agreements, recipient_catalogue(agreements), partners=partner_classes, partners_file=settings.partners_file
     )
-    producer = kafka.renewing_producer(settings)
+    producer = kafka.renewing_producer(settings, watch_reports=False)  # the handler notes its refusals
     handler = BatchHandler(
         agreement_set,
         engine,

@@ -50,7 +50,7 @@ from accord.sharing.retraction import ENDED
 from agreements.model import Agreement
 from agreements.recipient_schemas import projection_name
 from bus import headers as header
-from bus.kafka import Producing
+from bus.kafka import Producing, note_refusals
 from bus.topics import TopicNames
 from consent.model import version
 from ledger import EntryDraft, append_decisions, event_entries
@@ -532,6 +532,7 @@ class BatchHandler:
 
     def _flush(self, errors: dict[int, KafkaError], what: str) -> None:
         remaining = self.producer.flush(self.flush_timeout_s)
+        note_refusals(self.producer, errors.values())  # a fenced producer is renewed at the next send
         if remaining:
             raise Outage("broker", f"{remaining} {what} not acknowledged within {self.flush_timeout_s:.0f}s")
         infra = [e for e in errors.values() if e.code() not in _PER_RECORD_ERRORS]
