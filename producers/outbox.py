@@ -507,9 +507,11 @@ class Relay:
         txid, last_id = conn.execute(text(f"SELECT last_txid::text, last_id FROM {t.position_sql}")).one()
         rows = conn.execute(
             text(
-                f"SELECT txid::text, id, event_type, payload::text, created_at FROM {t.outbox_sql} "
-                "WHERE (txid, id) > (CAST(:txid AS xid8), :id) "
-                "AND txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid, id LIMIT :n"
+                # o.txid, not txid: a bare ORDER BY name is the output column first, here txid::text,
+                # and '10000' < '9999' (rows past the position would be skipped, others sent out of order).
+                f"SELECT o.txid::text, o.id, o.event_type, o.payload::text, o.created_at FROM {t.outbox_sql} AS o "
+                "WHERE (o.txid, o.id) > (CAST(:txid AS xid8), :id) "
+                "AND o.txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY o.txid, o.id LIMIT :n"
             ),
             {"txid": txid, "id": last_id, "n": self.settings.relay_batch_size},
         ).all()

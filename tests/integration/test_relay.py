@@ -79,7 +79,7 @@ class Source:
         return [
             (int(t), i, e, p)
             for t, i, e, p in self.sql(
-                "SELECT txid::text, id, event_type, payload FROM accord_outbox ORDER BY txid, id"
+                "SELECT o.txid::text, o.id, o.event_type, o.payload FROM accord_outbox AS o ORDER BY o.txid, o.id"
             )
         ]
 
@@ -678,6 +678,23 @@ def test_a_position_ahead_of_the_server_is_refused_and_the_documented_restore_re
     assert "4 published" in done.stdout, done.stdout
     ids = [r.event_id for r in read_events(settings)]
     assert sorted(ids) == sorted(json.loads(p)["envelope"]["event_id"] for _, p in good_rows(7, seed=21))
+
+
+def test_transaction_ids_of_different_lengths_are_relayed_in_number_order(broker, source) -> None:
+    """txid 9 before 10 before 99 before 100: in text order '10' < '100' < '9' < '99', which lost rows."""
+    settings = relay_settings(broker, source, relay_batch_size=2)
+    rows = good_rows(4, seed=27)
+    source.insert(rows)
+    source.sql(
+        "UPDATE accord_outbox SET txid = (ARRAY['9', '10', '99', '100'])[id - (SELECT min(id) - 1 FROM accord_outbox)]::xid8"
+    )
+    done = run_relay_once(settings)
+    assert done.returncode == 0 and "4 published" in done.stdout, done.stdout + done.stderr
+    assert [t for t, *_ in source.outbox()] == [9, 10, 99, 100]
+    assert sorted(r.event_id for r in read_events(settings)) == sorted(
+        json.loads(p)["envelope"]["event_id"] for _, p in rows
+    )
+    assert source.position() == source.outbox()[-1][:2]
 
 
 def test_a_schema_qualified_outbox(broker, source) -> None:
