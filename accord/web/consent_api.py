@@ -37,6 +37,7 @@ the consent history (accord.database.require_app_role).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -230,7 +231,40 @@ def _safe_loc(loc: Iterable[Any], names: frozenset[str]) -> list[str | int]:
 # What a location may name: where in the request, and the request models' own field names.
 _LOC_NAMES = frozenset({"body", "query", "path", "header", "cookie", *ConsentRequest.model_fields})
 # Messages that quote the input or a key it had; replaced by a fixed text.
-_PLAIN_MESSAGES = {"extra_forbidden": "unexpected field (only decision, purpose and recipient are accepted)"}
+_PLAIN_MESSAGES = {
+    "extra_forbidden": "unexpected field (only decision, purpose and recipient are accepted)",
+    "duplicate_key": "given more than once: give each field once",
+}
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+async def one_value_per_key(request: Request) -> None:
+    """Refuse a JSON body that gives a key twice (422, as any invalid body).
+
+    A JSON reader keeps the last value, so ``{"decision": "permit", "decision": "deny"}``
+    would record whichever the reader chose: a citizen's choice is never guessed.
+    """
+    try:
+        json.loads(await request.body(), object_pairs_hook=_pairs)
+    except _DuplicateKey as exc:
+        error = {"loc": ("body", exc.key), "msg": "duplicate key", "type": "duplicate_key", "input": None}
+        raise RequestValidationError([error]) from None
+    except ValueError:
+        return  # not JSON at all: the body's own validation says so
 
 
 def create_app(
@@ -361,6 +395,7 @@ def create_app(
         status_code=status.HTTP_201_CREATED,
         response_model=ConsentRecordOut,
         responses={**_AUTH_RESPONSES, 422: {"model": ValidationErrorBody, "description": "Invalid preference"}},
+        dependencies=[Depends(one_value_per_key)],
     )
     def record_consent(body: ConsentRequest, who: Principal = as_citizen) -> ConsentRecordOut:
         assert who.subject is not None

@@ -185,6 +185,26 @@ def test_invalid_preferences_are_422(engine: Engine, client: TestClient, body: d
     assert store.history(engine, [ME]) == {}
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"decision": "permit", "purpose": "research", "decision": "deny"}',
+        '{"decision": "deny", "recipient": "salford-mash", "recipient": "cps"}',
+        '{"decision": "deny", "purpose": "research", "9434765919": 1, "9434765919": 2}',  # a key never echoed
+    ],
+)
+def test_a_field_given_twice_is_422_and_records_nothing(engine: Engine, client: TestClient, raw: str) -> None:
+    """A JSON reader keeps the last value: {"decision": "permit", ..., "decision": "deny"} recorded a deny."""
+    resp = client.post(
+        "/v1/me/consents", headers={**citizen(ME), "content-type": "application/json"}, content=raw.encode()
+    )
+    assert resp.status_code == 422, resp.text
+    [issue] = resp.json()["detail"]
+    assert issue["type"] == "duplicate_key" and issue["msg"] == "given more than once: give each field once"
+    assert "9434765919" not in resp.text and "input" not in issue
+    assert store.history(engine, [ME]) == {}
+
+
 def test_unknown_recipient_class_as_recipient_and_bare_scope_are_422_with_reasons(
     engine: Engine, client: TestClient
 ) -> None:
