@@ -16,6 +16,7 @@ against its type's latest version, whose field names the rules look for):
 - every field named ``pnc_id`` or ``local_id``: the form ``schemas.subject_keys``
   gives a PNC id (``26/123456A``) or an agency's local id (printable ASCII, no
   spaces, at most 64 characters), since the subject key is made of it;
+- every field named ``gestation_weeks``: 0 to 45;
 - ``envelope.event_id``: a UUID in canonical lower-case form;
 - every field named ``date_of_birth``: not after today anywhere on Earth (UTC+14,
   so a birth just after midnight in any zone is not "in the future") and an age
@@ -118,8 +119,22 @@ def _identifier_check(scheme: str) -> _Check:
     return check
 
 
+def _range_check(low: int, high: int, unit: str) -> _Check:
+    """A count that cannot be outside [low, high] and be true (the schema's int allows ±2^31)."""
+
+    def check(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+            out.append(Problem(path, f"is outside {low} to {high} {unit}"))
+
+    return check
+
+
 # Field name -> its rule, wherever the field is nested (as nhs_number's).
-_IDENTIFIER_FIELDS: dict[str, _Check] = {"pnc_id": _identifier_check("pnc"), "local_id": _identifier_check("local")}
+_NAMED_FIELDS: dict[str, _Check] = {
+    "pnc_id": _identifier_check("pnc"),
+    "local_id": _identifier_check("local"),
+    "gestation_weeks": _range_check(0, 45, "weeks"),  # a pregnancy past 45 weeks is not recorded: a typo
+}
 
 
 def _check_event_id(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
@@ -220,8 +235,8 @@ def _field_check(f: Mapping[str, Any], names: Mapping[str, Any], path: str) -> t
         return name, where, _required(_check_event_id, nullable), False
     if name == "date_of_birth":
         return name, where, _check_date_of_birth, False
-    if name in _IDENTIFIER_FIELDS:
-        return name, where, _IDENTIFIER_FIELDS[name], False
+    if name in _NAMED_FIELDS:
+        return name, where, _NAMED_FIELDS[name], False
     if where in ENVELOPE_TIMESTAMPS:
         return name, where, _check_timestamp, False
     return name, where, _compile(f["type"], names, where), True

@@ -73,6 +73,9 @@ def _check(schema: Any, value: Any, path: str, names: Mapping[str, Any]) -> None
     else:
         raise SerdeError(f"unsupported schema type {kind!r} at {where}")
     if not ok:
+        if kind in ("int", "long") and isinstance(value, int) and not isinstance(value, bool):
+            low, high = (_INT_MIN, _INT_MAX) if kind == "int" else (_LONG_MIN, _LONG_MAX)
+            raise InvalidRecord(where, f"out of range for an Avro {kind} ({low:,} to {high:,})")
         raise InvalidRecord(where, f"expected {_label(s, names)}, got {_show(value)}")
 
 

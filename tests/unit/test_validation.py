@@ -92,6 +92,29 @@ def test_nhs_number_of_the_wrong_type_is_named() -> None:
     ]
 
 
+@pytest.mark.parametrize("weeks", [-1, 46, 2**31 - 1])
+def test_gestation_weeks_that_cannot_be_true_are_named(weeks: int) -> None:
+    assert problems("natal_care", with_value("natal_care", "gestation_weeks", weeks)) == [
+        ("gestation_weeks", "is outside 0 to 45 weeks")
+    ]
+
+
+@pytest.mark.parametrize("weeks", [0, 40, 45, None])
+def test_gestation_weeks_in_range_or_absent_are_plausible(weeks: int | None) -> None:
+    assert problems("natal_care", with_value("natal_care", "gestation_weeks", weeks)) == []
+
+
+def test_an_integer_too_big_for_its_avro_type_says_so() -> None:
+    from schemas.errors import InvalidRecord
+    from schemas.serde import Catalogue
+
+    record = with_value("natal_care", "gestation_weeks", 2**40)
+    with pytest.raises(InvalidRecord) as refused:
+        Catalogue.default().encode("natal_care", record)
+    assert "gestation_weeks: out of range for an Avro int (-2,147,483,648 to 2,147,483,647)" in str(refused.value)
+    assert str(2**40) not in str(refused.value)
+
+
 def test_nhs_number_fields_are_found_from_the_schema_however_deep() -> None:
     """A new event type is covered by its schema alone: here one with people in an array."""
     schema = fastavro.parse_schema(
@@ -415,8 +438,8 @@ def oracle_compile_record(s: Any, names: Any, path: str) -> Any:
             check = v._required(v._check_event_id, nullable)
         elif name == "date_of_birth":
             check = v._check_date_of_birth
-        elif name in v._IDENTIFIER_FIELDS:
-            check = v._IDENTIFIER_FIELDS[name]
+        elif name in v._NAMED_FIELDS:
+            check = v._NAMED_FIELDS[name]
         elif where in v.ENVELOPE_TIMESTAMPS:
             check = v._check_timestamp
         else:
