@@ -56,7 +56,7 @@ class TransparencyMode(str, Enum):
     DEFERRED = "deferred"  # hidden from the citizen until ``until`` (e.g. it would prejudice an enquiry)
 
 
-_SLUG = r"^[a-z0-9][a-z0-9-]*$"
+SLUG = r"^[a-z0-9][a-z0-9-]*$"  # an agreement, provider or recipient id
 _STRICT = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
@@ -67,7 +67,7 @@ class Party(BaseModel):
 
     name: str = Field(min_length=1)
     role: PartyRole
-    id: str | None = Field(None, pattern=_SLUG)  # the provider or recipient id this party acts as, if any
+    id: str | None = Field(None, pattern=SLUG)  # the provider or recipient id this party acts as, if any
 
 
 class LawfulBasis(BaseModel):
@@ -127,7 +127,7 @@ COHERENCE_KEY = re.compile(r"^(?:Value error, )?([a-z_0-9]+): (.*)$", re.S)
 class Agreement(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
-    id: str = Field(pattern=_SLUG)
+    id: str = Field(pattern=SLUG)
     version: int = Field(ge=1)
     title: str = Field(min_length=1)
     status: Status = Status.ACTIVE

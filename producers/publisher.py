@@ -12,6 +12,7 @@ rather than dropped.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaError, Message, Producer
 
 from accord.sharing.decide import subject_key
+from agreements.model import SLUG
 from bus import headers as header
 from bus import kafka
 from bus.settings import Settings
@@ -117,7 +119,7 @@ class Publisher:
             problems.append(
                 Problem(
                     "envelope.source_agency",
-                    f"{str(envelope.get('source_agency'))[:40]!r} does not match the publishing agency {agency!r}",
+                    f"{_an_id(envelope.get('source_agency'))} is not {agency!r}, the publishing agency",
                 )
             )
         schema_ok = check_schema
@@ -202,3 +204,14 @@ class Publisher:
             self.report.unconfirmed += sum(self._unanswered.values())
             self._unanswered.clear()
         return self.report
+
+
+def _an_id(value: object) -> str:
+    """An agency id a record gave, as a refusal may show it: quoted only when it has an id's form.
+
+    Refusals go to files, logs and dead-letter headers; a field meant for an id can hold
+    anything a source system put there, such as a name.
+    """
+    if isinstance(value, str) and len(value) <= 64 and re.fullmatch(SLUG, value):
+        return repr(value)
+    return "a value that is not an id (lower-case letters, digits and hyphens)" if value is not None else "nothing"

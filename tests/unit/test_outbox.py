@@ -192,7 +192,17 @@ def test_the_rows_own_time_is_the_clock_of_the_plausibility_rules() -> None:
 def test_an_agency_given_refuses_rows_of_another() -> None:
     problems, producer = _check("referral", _referral(), agency="met-police")
     assert [p.field for p in problems] == ["envelope.source_agency"] and producer.sent == []
+    assert problems[0].problem == "'salford-council' is not 'met-police', the publishing agency"
     assert _check("referral", _referral(), agency="salford-council")[0] == []
+
+
+def test_an_agency_field_holding_something_else_is_not_quoted() -> None:
+    """A source system that put a person's name where the agency goes: the refusal must not carry it."""
+    record = _referral()
+    record["envelope"]["source_agency"] = "Ava Okafor"
+    problems, _ = _check("referral", record, agency="salford-council")
+    [agency] = [p.problem for p in problems if p.field == "envelope.source_agency"]
+    assert "Ava" not in agency and agency.startswith("a value that is not an id"), agency
 
 
 def test_no_reason_repeats_a_value() -> None:
