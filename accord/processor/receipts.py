@@ -43,6 +43,9 @@ class ReceiptRecorder:
                 if msg.value is None:
                     raise ValueError("empty message (no value)")
                 r = decode_receipt(self.catalogue, msg.value)
+                if msg.key is not None and msg.key != r.disclosure_id.encode():
+                    # The SDK keys a receipt by the id it acknowledges; another key is a record altered or forged.
+                    raise ValueError("the record's key is not the disclosure id the receipt names")
             except (ValueError, KeyError) as exc:
                 report.refused.append((msg, type(exc).__name__, str(exc)))
                 continue

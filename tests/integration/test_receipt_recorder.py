@@ -105,3 +105,19 @@ def test_the_loop_records_receipts_and_dead_letters_the_bad_ones(parts: Parts) -
     assert len(kinds) == 2 and "ReceiptRefused" in kinds
     refused = next(h for h in dead if h[header.ERROR] == b"ReceiptRefused")
     assert b"another recipient" in refused[header.REASON]
+
+
+def test_a_receipt_keyed_by_another_id_than_it_names_is_refused(parts: Parts) -> None:
+    """The SDK keys a receipt by the id it acknowledges; one keyed otherwise was altered or forged."""
+    from dataclasses import replace
+
+    first, second = sorted(disclosed(parts, "cps"))
+    recorder = ReceiptRecorder(parts.db.app)
+    value = encode_receipt(with_receipt_schema(), Receipt.of(first, "cps"))
+    keyed = parts.inbound_raw(parts.names.receipts, value, 0)
+    report = recorder.handle([replace(keyed, key=second.encode()), replace(keyed, offset=1, key=first.encode())])
+    assert report.recorded == 1
+    [(msg, kind, reason)] = report.refused
+    assert (msg.offset, kind) == (0, "ValueError") and "key is not the disclosure id" in reason
+    [entry] = parts.ledger(outcome="RECEIVED")
+    assert entry.refers_to == first
