@@ -172,6 +172,21 @@ def test_append_decisions_leaves_out_every_event_already_recorded(backend: str, 
     assert count(engine) == 3 and verify(engine).ok
 
 
+@pytest.mark.parametrize(
+    "event_id",
+    [lambda i: str(uuid.uuid4()), lambda i: f"evt'{i},{{x}}\\\"", lambda i: str(uuid.uuid4()).upper()],
+    ids=["canonical uuid (joined)", "quotes, braces, commas (quoted by psycopg)", "upper-case uuid (quoted)"],
+)
+def test_the_recorded_events_look_up_finds_ids_of_any_form(ledger_engine: Engine, event_id) -> None:  # type: ignore[no-untyped-def]
+    """The processor's event ids are canonical UUIDs and are written into the look-up as they are;
+    any other id is quoted: either way every recorded event is found, and nothing else."""
+    old = [replace(draft(i, "fence"), event_id=event_id(i)) for i in range(1, 4)]
+    append(ledger_engine, old)
+    new = [replace(draft(i, "fence2"), event_id=event_id(i + 10)) for i in range(1, 3)]
+    kept, _appended, seen = append_decisions(ledger_engine, [*old, *new])
+    assert seen == {d.event_id for d in old} and kept == new
+
+
 def test_chain_links(ledger_engine: Engine) -> None:
     append(ledger_engine, [draft(i) for i in range(1, 21)])
     stored = entries(ledger_engine)
