@@ -120,17 +120,22 @@ class PublishConflict(ValueError):
 def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_timeout_s: float = 10.0) -> int:
     """Publish the versions the feed lacks, keyed by id@version; how many were published.
 
-    1. read the feed to its end (FeedNotReached if the broker does not let us in time);
-    2. refuse them all (PublishConflict) if any version is on the feed with other content:
+    1. create the topics the agreements need, the feed among them (creating one is idempotent);
+    2. read the feed to its end (FeedNotReached if the broker does not let us in time);
+    3. refuse them all (PublishConflict) if any version is on the feed with other content:
        processors hold the first as that version, and one started with the changed file stops;
-    3. create any partner topics the agreements need, then publish those the feed lacks.
+    4. publish the versions the feed lacks.
     """
     names = TopicNames(settings.topic_prefix)
+    # 1.
     create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements), TopicLayout.of(settings)))
+    # 2.
     published = published_versions(settings, feed_timeout_s)
+    # 3.
     changed = sorted(a.key for a in agreements if a.key in published and published[a.key] != a)
     if changed:
         raise PublishConflict(changed, names.agreements)
+    # 4.
     new = [a for a in agreements if a.key not in published]
     producer = kafka.producer(settings)
     errors: list[str] = []
@@ -146,16 +151,19 @@ def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_
 
 
 def published_versions(settings: Settings, timeout_s: float) -> dict[str, Agreement | None]:
-    """Every version on the feed, read to its end: key -> agreement (None: a publication no processor accepts)."""
+    """Every version on the feed, read to its end: key -> the first valid publication of it, as processors
+    hold it (None: none a processor accepts)."""
     found: dict[str, Agreement | None] = {}
 
     def take(msg: Message) -> int:
         if msg.error() is None:
             key = (msg.key() or b"").decode(errors="replace")
             try:
-                found[key] = Agreement.model_validate_json(msg.value() or b"")
+                agreement: Agreement | None = Agreement.model_validate_json(msg.value() or b"")
             except ValueError:
-                found.setdefault(key, None)
+                agreement = None
+            if found.get(key) is None:  # a processor holds the first it accepted, and refuses the others
+                found[key] = agreement
         return 1
 
     partition = TopicPartition(TopicNames(settings.topic_prefix).agreements, 0, OFFSET_BEGINNING)

@@ -252,7 +252,7 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-async def one_value_per_key(request: Request) -> None:
+async def _one_value_per_key(request: Request) -> None:
     """Refuse a JSON body that gives a key twice (422, as any invalid body).
 
     A JSON reader keeps the last value, so ``{"decision": "permit", "decision": "deny"}``
@@ -395,7 +395,7 @@ def create_app(
         status_code=status.HTTP_201_CREATED,
         response_model=ConsentRecordOut,
         responses={**_AUTH_RESPONSES, 422: {"model": ValidationErrorBody, "description": "Invalid preference"}},
-        dependencies=[Depends(one_value_per_key)],
+        dependencies=[Depends(_one_value_per_key)],
     )
     def record_consent(body: ConsentRequest, who: Principal = as_citizen) -> ConsentRecordOut:
         assert who.subject is not None
