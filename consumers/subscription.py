@@ -8,6 +8,7 @@ defines, so a partner never needs the source schema.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from agreements.model import Agreement
-from agreements.recipient_schemas import recipient_catalogue
+from agreements.recipient_schemas import projection_name, recipient_catalogue
 from bus import headers as header
 from bus import kafka
 from bus.settings import Settings
@@ -90,6 +91,8 @@ def partner_topics(names: TopicNames, partner: str, agreements: Iterable[Agreeme
     return sorted({names.partner(partner, t) for a in agreements if partner in a.recipients for t in a.event_types})
 
 
+_VERSION_KEY = re.compile(r"[a-z0-9][a-z0-9-]*@v[1-9][0-9]*")  # an agreement version's key, as the header gives it
+
 # How long a new Subscription waits for the broker's metadata before it gives up.
 BROKER_TIMEOUT_S = 10.0
 
@@ -118,7 +121,15 @@ class Subscription:
         if not self.topics:
             raise ValueError(f"no agreement names {partner!r} as a recipient")
         self.catalogue = recipient_catalogue(agreements)
-        self._versions = {a.key for a in agreements}
+        names = TopicNames(settings.topic_prefix)
+        mine = [a for a in agreements if partner in a.recipients]
+        # Each projection made for this partner: (the agreement version, the event type, the topic it comes on).
+        self._projections = {
+            projection_name(a, t): (a.key, t, names.partner(partner, t)) for a in mine for t in a.fields
+        }
+        self._versions = {a.key for a in mine}
+        self._ids = {a.id for a in mine}
+        self._next: dict[tuple[str, int], int] = {}  # per partition, the offset a commit may move the group to
         self.consumer = kafka.consumer(settings, group_id or f"accord-partner-{partner}", **(client_config or {}))
         try:
             self.consumer.list_topics(timeout=BROKER_TIMEOUT_S)  # raises when no broker answers
@@ -131,12 +142,16 @@ class Subscription:
         self._receipts: ReceiptSender | None = None
 
     def _decode(self, msg: Message) -> Disclosure | Retraction:
-        """A consumed record as a Disclosure or Retraction.
+        """A consumed record as a Disclosure or Retraction, if the processor wrote it for this partner.
 
-        Raises UnknownAgreementVersion for a disclosure under a version this
-        Subscription was not given, after seeking back to it: it is read again (and
-        never committed past) until the Subscription has that version. Raises
-        ForeignRecord for anything else it cannot read, which is passed over.
+        Raises UnknownAgreementVersion for a disclosure under a version of an agreement
+        this Subscription was not given, after seeking back to it: it is read again (and
+        never committed past) until the Subscription has that version. Only a record
+        with all of a disclosure's headers can hold the Subscription so. Raises
+        ForeignRecord for anything else it cannot take as this partner's: a value of
+        no schema made for this partner (another partner's projection, a source event),
+        headers that disagree with the value, a header missing or not UTF-8. That is
+        passed over.
         """
         topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
         # A consumed record without an error has a topic, partition and offset.
@@ -146,46 +161,52 @@ class Subscription:
         if value is None:
             raise ForeignRecord(where, "it has no value")
         try:
-            schema, record = self.catalogue.decode(value)
-        except UnknownFingerprint as exc:
-            agreement = headers.get(header.AGREEMENT)
-            if agreement is None or agreement in self._versions:  # a version we have: the value is not its
-                raise ForeignRecord(where, "its value is of no schema of the agreements given") from None
-            self.consumer.seek(TopicPartition(topic, partition, offset))
-            raise UnknownAgreementVersion(exc.fingerprint, agreement, where) from None
-        except SerdeError as exc:
-            raise ForeignRecord(where, f"its value is not one Avro record: {type(exc).__name__}") from None
-        try:
             ledger_seq = int(headers[header.LEDGER_SEQ])
-            if schema == "retraction":
-                return Retraction(
-                    retraction_id=record["retraction_id"],
-                    retracts_disclosure_id=record["retracts_disclosure_id"],
-                    event_id=record["event_id"],
-                    agreement=record["agreement"],
-                    reason=record["reason"],
-                    since=record["since"],
-                    fields=tuple(record["fields"]),
-                    ledger_seq=ledger_seq,
-                    topic=topic,
-                    partition=partition,
-                    offset=offset,
-                )
-            return Disclosure(
-                disclosure_id=headers[header.DISCLOSURE_ID],
-                agreement=headers[header.AGREEMENT],
-                event_type=headers[header.EVENT_TYPE],
-                ledger_seq=ledger_seq,
-                schema=schema,
-                record=record,
-                topic=topic,
-                partition=partition,
-                offset=offset,
-            )
+            disclosure_id, agreement = headers[header.DISCLOSURE_ID], headers[header.AGREEMENT]
         except KeyError as exc:
             raise ForeignRecord(where, f"it has no {exc.args[0]} header") from None
         except ValueError:
             raise ForeignRecord(where, f"its {header.LEDGER_SEQ} header is not a number") from None
+        try:
+            schema, record = self.catalogue.decode(value)
+        except UnknownFingerprint as exc:
+            if header.EVENT_TYPE in headers and _VERSION_KEY.fullmatch(agreement) and agreement not in self._versions:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+                raise UnknownAgreementVersion(exc.fingerprint, agreement, where) from None
+            raise ForeignRecord(where, "its value is of no schema of the agreements given") from None
+        except SerdeError as exc:
+            raise ForeignRecord(where, f"its value is not one Avro record: {type(exc).__name__}") from None
+        if schema == "retraction":
+            if record["agreement"].split("@v")[0] not in self._ids or disclosure_id != record["retraction_id"]:
+                raise ForeignRecord(where, "a retraction notice not made for this partner")
+            return Retraction(
+                retraction_id=record["retraction_id"],
+                retracts_disclosure_id=record["retracts_disclosure_id"],
+                event_id=record["event_id"],
+                agreement=record["agreement"],
+                reason=record["reason"],
+                since=record["since"],
+                fields=tuple(record["fields"]),
+                ledger_seq=ledger_seq,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+            )
+        made_for = self._projections.get(schema)
+        event_type = headers.get(header.EVENT_TYPE)
+        if made_for is None or made_for != (agreement, event_type, topic):
+            raise ForeignRecord(where, "its value is not a disclosure made for this partner under the agreement named")
+        return Disclosure(
+            disclosure_id=disclosure_id,
+            agreement=agreement,
+            event_type=made_for[1],
+            ledger_seq=ledger_seq,
+            schema=schema,
+            record=record,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
 
     def poll(self, timeout: float = 1.0) -> Disclosure | Retraction | None:
         msg, self._pending = self._pending, None
@@ -195,7 +216,17 @@ class Subscription:
             return None
         if msg.error():
             raise KafkaException(msg.error())
-        return self._decode(msg)
+        tp, offset = (msg.topic() or "", msg.partition() or 0), msg.offset() or 0
+        try:
+            item = self._decode(msg)
+        except UnknownAgreementVersion:
+            self._next[tp] = offset  # read again: a commit never passes it
+            raise
+        except ForeignRecord:
+            self._next[tp] = offset + 1  # named to the caller, and passed over
+            raise
+        self._next[tp] = offset + 1
+        return item
 
     def wait_for_assignment(self, timeout: float = 30.0) -> None:
         """Block until the group has given this consumer its partitions.
@@ -259,13 +290,13 @@ class Subscription:
         """
         if self._receipts is not None:
             self._receipts.flush()
-        # The position, not librdkafka's stored offsets: a record seeked back to (a version
-        # not given) was handed out by poll() but not to the caller, and must be read again.
-        positions = [tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0]
-        if not positions:
+        # What poll() handed out (or named and passed over), not librdkafka's stored offsets: a
+        # record seeked back to (a version not given) was consumed, but must be read again.
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._next.items()]
+        if not offsets:
             return  # nothing was read yet
         try:
-            self.consumer.commit(offsets=positions, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
                 return  # nothing was read since the last commit: nothing to commit, not an error

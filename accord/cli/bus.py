@@ -209,14 +209,17 @@ def _count(text: str) -> int:
     return value
 
 
+IDLE_MOST_S = 86_400.0  # a day: ``--idle 1e308`` waited as good as for ever
+
+
 def _seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds above 0 (``inf`` or ``nan`` would wait for ever)."""
+    """An argparse type: seconds above 0 and at most IDLE_MOST_S (``inf`` or ``nan`` would wait for ever)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"give a number of seconds above 0, not {text}")
+    if not 0 < value <= IDLE_MOST_S:  # false for nan too
+        raise argparse.ArgumentTypeError(f"give a number of seconds above 0 and at most {IDLE_MOST_S:,.0f}, not {text}")
     return value
 
 

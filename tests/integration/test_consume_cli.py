@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from bus import headers as header
 from bus import kafka
@@ -108,7 +109,15 @@ def test_records_a_stranger_put_on_a_partner_topic_are_named_and_passed_over(bus
 
 @pytest.mark.parametrize(
     "args",
-    [("--idle", "-1"), ("--idle", "nan"), ("--idle", "inf"), ("--idle", "soon"), ("--max", "-3"), ("--max", "0")],
+    [
+        ("--idle", "-1"),
+        ("--idle", "nan"),
+        ("--idle", "inf"),
+        ("--idle", "1e308"),
+        ("--idle", "soon"),
+        ("--max", "-3"),
+        ("--max", "0"),
+    ],
 )
 def test_limits_that_would_wait_for_ever_or_mean_nothing_are_refused(bus: Bus, args: tuple[str, str]) -> None:
     result = subprocess.run(
@@ -143,3 +152,87 @@ def test_a_disclosure_under_a_version_not_given_is_never_committed_past(bus: Bus
     with Subscription(bus.settings, PARTNER, bus.agreements, group_id=group) as sub:
         got = [d for d in sub.iter(idle_timeout=2, on_foreign=lambda _: None) if isinstance(d, Disclosure)]
         assert entry.disclosure_id in {d.disclosure_id for d in got}
+
+
+def test_a_disclosure_copied_from_another_partner_or_a_source_event_is_foreign_and_holds_nothing(bus: Bus) -> None:
+    """Only a projection made for this partner, under the agreement its headers name, is a
+    disclosure; a record naming a version we lack holds the Subscription only when it has all
+    of a disclosure's headers, and a commit then keeps what was handled before it."""
+    from schemas.serde import Catalogue
+
+    custody = _events("custody", n=2)
+    bus.publish([("custody", custody[0])])
+    topic = bus.names.partner("cps", "custody")
+    mine = next(d for d in bus.received("cps") if d.topic == topic)
+    theirs = next(d for d in bus.received(PARTNER))
+    raw = _read_raw(bus, [topic, theirs.topic])
+    copied, cps_headers = raw[(theirs.topic, theirs.offset)], raw[(topic, mine.offset)][1]
+    stranger = kafka.producer(bus.settings)
+    offsets: list[int] = []
+
+    def put(value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        stranger.produce(
+            topic,
+            value=value,
+            key=b"k",
+            partition=mine.partition,
+            headers=cast(Any, headers),
+            on_delivery=lambda err, msg: offsets.append(cast(int, msg.offset())),
+        )
+        stranger.flush(10)
+
+    put(*copied)  # salford-mash's disclosure, headers and all
+    put(Catalogue.default().encode("custody", custody[1]), cps_headers)  # an unprojected source event
+    put(b"\xc3\x01" + bytes(8), [(header.AGREEMENT, b"no-such-agreement@v1")])  # a version header alone
+    group = f"cps-{uuid.uuid4().hex[:6]}"
+    first = _consume_as(bus, "cps", "--group", group)
+    assert first.returncode == 1, first.stderr
+    assert mine.disclosure_id in first.stdout and theirs.disclosure_id not in first.stdout
+    assert len([line for line in first.stderr.splitlines() if "not a record Accord's processor wrote" in line]) == 3
+
+    # A record with a disclosure's headers under a version cps's agreements lack holds the group
+    # there (it may be real), and the commit keeps everything handled before it.
+    put(
+        b"\xc3\x01" + bytes(8),
+        [(k, b"custody-to-prosecution@v9" if k == header.AGREEMENT else v) for k, v in cps_headers],
+    )
+    held = _consume_as(bus, "cps", "--group", group)
+    assert held.returncode == 2 and "custody-to-prosecution@v9" in held.stderr, held.stderr
+    assert _committed(bus, group, topic, mine.partition) == offsets[-1]  # at the record, not past it, nor unset
+
+
+def _consume_as(bus: Bus, partner: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "accord.cli", "consume", "--partner", partner, "--json", "--idle", "2", *args],
+        env={**os.environ, **settings_env(bus.settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _read_raw(bus: Bus, topics: list[str]) -> dict[tuple[str, int], tuple[bytes | None, list[tuple[str, bytes]]]]:
+    """(topic, offset) -> (value, headers) of every record on ``topics``, read from the start until idle."""
+    consumer = kafka.consumer(bus.settings, f"raw-{uuid.uuid4().hex[:6]}")
+    meta = consumer.list_topics(timeout=10)
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in meta.topics[t].partitions])
+    out: dict[tuple[str, int], tuple[bytes | None, list[tuple[str, bytes]]]] = {}
+    try:
+        while (msg := consumer.poll(3)) is not None:
+            if msg.error() is None:
+                out[(cast(str, msg.topic()), cast(int, msg.offset()))] = (
+                    msg.value(),
+                    cast(list[tuple[str, bytes]], msg.headers() or []),
+                )
+    finally:
+        consumer.close()
+    return out
+
+
+def _committed(bus: Bus, group: str, topic: str, partition: int) -> int:
+    consumer = kafka.consumer(bus.settings, group)
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+        return tp.offset
+    finally:
+        consumer.close()
