@@ -106,13 +106,19 @@ class AgreementSet:
 
 
 class PublishConflict(ValueError):
-    """Versions in a folder to publish that the feed already holds with other content."""
+    """Versions in a folder to publish that the feed holds with other content."""
 
-    def __init__(self, keys: list[str], topic: str) -> None:
+    def __init__(self, keys: list[str], topic: str, *, raced: bool = False) -> None:
+        what = (
+            "another publisher put other content on the feed for them at the same moment, and processors hold "
+            "that one; this publication was outdone, and the other's content published again after it"
+            if raced
+            else "nothing was published"
+        )
         super().__init__(
             f"{', '.join(keys)}: published on {topic} with other content; a published version is never "
             "changed (every ledger entry under it names it): give the changed file a new version, or restore "
-            "the published one; nothing was published"
+            f"the published one; {what}"
         )
         self.keys = keys
 
@@ -123,8 +129,13 @@ def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_
     1. create the topics the agreements need, the feed among them (creating one is idempotent);
     2. read the feed to its end (FeedNotReached if the broker does not let us in time);
     3. refuse them all (PublishConflict) if any version is on the feed with other content:
-       processors hold the first as that version, and one started with the changed file stops;
-    4. publish the versions the feed lacks.
+       processors hold the first valid publication of a version, and one started with a
+       changed file stops; a version published only invalidly is not on the feed;
+    4. publish the versions the feed lacks;
+    5. read the feed again: another publisher may have published one of them at the same
+       moment, with other content. Where its publication came first, processors hold it, so
+       publish its content once more after ours (a compacted topic keeps a key's last
+       record) and refuse (PublishConflict): exactly one of two racing publishers wins.
     """
     names = TopicNames(settings.topic_prefix)
     # 1.
@@ -132,14 +143,27 @@ def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_
     # 2.
     published = published_versions(settings, feed_timeout_s)
     # 3.
-    changed = sorted(a.key for a in agreements if a.key in published and published[a.key] != a)
+    changed = sorted(a.key for a in agreements if published.get(a.key) not in (None, a))
     if changed:
         raise PublishConflict(changed, names.agreements)
     # 4.
-    new = [a for a in agreements if a.key not in published]
+    new = [a for a in agreements if published.get(a.key) is None]
+    if not new:
+        return 0
+    _produce_versions(settings, names, new)
+    # 5.
+    after = published_versions(settings, feed_timeout_s)
+    outdone = [first for a in new if (first := after.get(a.key)) is not None and first != a]
+    if outdone:
+        _produce_versions(settings, names, outdone)
+        raise PublishConflict(sorted(a.key for a in outdone), names.agreements, raced=True)
+    return len(new)
+
+
+def _produce_versions(settings: Settings, names: TopicNames, agreements: list[Agreement]) -> None:
     producer = kafka.producer(settings)
     errors: list[str] = []
-    for a in new:
+    for a in agreements:
         producer.produce(
             names.agreements,
             key=a.key.encode(),
@@ -147,7 +171,6 @@ def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_
             on_delivery=lambda err, _m: errors.append(err.str()) if err else None,
         )
     flush_or_raise(producer, "agreements", errors)
-    return len(new)
 
 
 def published_versions(settings: Settings, timeout_s: float) -> dict[str, Agreement | None]:
