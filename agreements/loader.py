@@ -13,10 +13,12 @@ the calendar:
   the version it was written with, so a field only some versions have would be
   missing from the others' disclosures; and a condition's operator and value
   fit the field's type in every version;
-- an agreement whose ``valid_until`` is already past is refused as expired,
-  unless its status is ``revoked`` or ``suspended`` (kept on file, never applied);
-- in a folder: two files with one id and version, and two ``active`` versions
-  of one id whose validity periods overlap (which one applies would be a guess).
+- in a folder: two files with one id and version.
+
+Versions of one id may overlap: the newest that has begun decides
+(``agreements.model.deciding``), so a new version takes over from the old by its
+``valid_from`` and no published version is edited to end it. An active agreement
+past its ``valid_until`` is loaded and no longer applies (``lapsed`` notes it).
 
 ``load_file`` raises the first problem; ``load_dir`` raises
 :class:`AgreementsRefused` (the first problem, carrying every problem of the
@@ -291,18 +293,6 @@ def load_file(path: Path, *, events_dir: Path | None = None) -> Agreement:
     return agreement
 
 
-def _period(a: Agreement) -> str:
-    start = a.valid_from.isoformat() if a.valid_from else "open start"
-    end = a.valid_until.isoformat() if a.valid_until else "open end"
-    return f"{start} to {end}"
-
-
-def _overlap(a: Agreement, b: Agreement) -> bool:
-    a_from, a_until = a.valid_from or date.min, a.valid_until or date.max
-    b_from, b_until = b.valid_from or date.min, b.valid_until or date.max
-    return a_from <= b_until and b_from <= a_until
-
-
 def _scan(
     directory: Path, events_dir: Path | None = None, partners_file: Path | None = None
 ) -> tuple[list[Agreement], list[AgreementError]]:
@@ -321,7 +311,6 @@ def _scan(
     agreements: list[Agreement] = []
     problems: list[AgreementError] = ignored
     seen: dict[str, Path] = {}
-    active: dict[str, list[tuple[Agreement, Path]]] = {}
     registry: dict[str, str] | None = None
     if partners_file is not None:
         try:
@@ -355,20 +344,6 @@ def _scan(
             )
             continue
         seen[agreement.key] = path
-        if agreement.status is Status.ACTIVE:
-            for other, other_path in active.get(agreement.id, []):
-                if _overlap(agreement, other):
-                    problems.append(
-                        AgreementError(
-                            path,
-                            _nearest_line(index, ("valid_from",), _nearest_line(index, ("version",))),
-                            "valid_from",
-                            f"{agreement.key} ({path}, {_period(agreement)}) and {other.key} ({other_path}, "
-                            f"{_period(other)}) are both active and their validity periods overlap: end one "
-                            "before the other begins, or set the older one's status to suspended or revoked",
-                        )
-                    )
-            active.setdefault(agreement.id, []).append((agreement, path))
         if not file_problems:
             agreements.append(agreement)
     return agreements, problems
@@ -404,7 +379,7 @@ def lapsed(agreements: Iterable[Agreement], today: date | None = None) -> list[s
     today = today or date.today()
     return [
         f"{a.key} expired on {a.valid_until.isoformat()} (today is {today.isoformat()}) and no longer applies: "
-        "set its status to revoked to say so on file, or publish a new version to go on"
+        "publish a new version to go on (a published version is never edited)"
         for a in agreements
         if a.valid_until is not None and a.valid_until < today and a.status is Status.ACTIVE
     ]

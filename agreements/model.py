@@ -8,7 +8,7 @@ shared.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date
 from enum import Enum
 from typing import Any
@@ -224,3 +224,33 @@ class Agreement(BaseModel):
             if not ok:
                 return reason
         return None
+
+
+def has_begun(agreement: Agreement, on: date) -> bool:
+    """Whether ``agreement``'s validity has started on ``on`` (no ``valid_from``: from the start)."""
+    return agreement.valid_from is None or agreement.valid_from <= on
+
+
+def deciding(agreements: Iterable[Agreement], on: date) -> list[Agreement]:
+    """The version of each agreement id that decides on ``on``: the newest that has begun.
+
+    A version is never changed once published, so a new one takes over from the old by
+    its ``valid_from``: published ahead of that day, it leaves the version before it
+    deciding until then, whatever the older one's own ``valid_until`` says (an ended
+    older version shares nothing meanwhile). The version that decides is then judged
+    by its own status, dates and conditions (``Agreement.exclusion``). An id none of
+    whose versions has begun has none deciding.
+    """
+    newest: dict[str, Agreement] = {}
+    for a in agreements:
+        if has_begun(a, on) and (a.id not in newest or a.version > newest[a.id].version):
+            newest[a.id] = a
+    return list(newest.values())
+
+
+def superseded_by(agreement: Agreement, agreements: Iterable[Agreement], on: date) -> Agreement | None:
+    """The newer version of ``agreement``'s id that has begun on ``on`` and decides instead, if any."""
+    for a in deciding(agreements, on):
+        if a.id == agreement.id and a.version > agreement.version:
+            return a
+    return None

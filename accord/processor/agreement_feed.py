@@ -1,8 +1,9 @@
 """Agreements as a feed: publish new versions to a compacted topic; the processor follows it.
 
 A new version takes effect without a restart. Within one agreement id the
-highest version received supersedes the others for new decisions; every
-version stays known so that retractions and explanations can name it.
+highest version received that has begun (its ``valid_from``) supersedes the others
+for new decisions (``agreements.model.deciding``); every version stays known so
+that retractions and explanations can name it.
 
 I9: the processor decides nothing before it has read the feed to its end
 (``FeedFollower.catch_up``), at start and after every rebalance, so a version
@@ -14,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import date
 from pathlib import Path
 
 import structlog
@@ -22,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from accord.processor.metrics import ProcessorMetrics
 from agreements import Agreement, recipients_by_type
 from agreements.loader import unregistered
+from agreements.model import deciding
 from agreements.recipient_schemas import recipient_catalogue
 from bus import kafka
 from bus.errors import flush_or_raise
@@ -65,14 +68,10 @@ class AgreementSet:
             self._all[a.key] = a
             self._unconfirmed.add(a.key)
 
-    def current(self) -> list[Agreement]:
-        """The newest version of each agreement id."""
+    def current(self, on: date) -> list[Agreement]:
+        """The version of each agreement id that decides on ``on``: the newest that has begun."""
         with self._lock:
-            newest: dict[str, Agreement] = {}
-            for a in self._all.values():
-                if a.id not in newest or a.version > newest[a.id].version:
-                    newest[a.id] = a
-            return list(newest.values())
+            return deciding(self._all.values(), on)
 
     def by_key(self) -> dict[str, Agreement]:
         with self._lock:

@@ -174,7 +174,7 @@ class _ReplayView:
     """The agreements as one batch sees them, for redelivering recorded entries."""
 
     by_key: Mapping[str, Agreement]  # every version known, by id@vN
-    newest: Mapping[str, Agreement]  # the newest version of each id
+    ended: Mapping[str, int]  # per agreement id, its highest version that suspended or revoked it
     context: Context
 
 
@@ -322,9 +322,14 @@ class BatchHandler:
         stage["look_up"].observe(looked_up)
 
         # 3. decide each event id's first copy
-        agreements = self.agreements.current()  # one view for the whole batch
+        agreements = self.agreements.current(context.today)  # one view for the whole batch
         sharing = Sharing.of(agreements)  # compiled once per set of agreements (cached)
-        replay = _ReplayView(self.agreements.by_key(), {a.id: a for a in agreements}, context)
+        by_key = self.agreements.by_key()
+        ended: dict[str, int] = {}
+        for a in by_key.values():
+            if a.status in ENDED:
+                ended[a.id] = max(ended.get(a.id, 0), a.version)
+        replay = _ReplayView(by_key, ended, context)
         drafts: list[EntryDraft] = []
         decided: list[tuple[Event, Decision]] = []
         undecidable: list[tuple[Event, str]] = []
@@ -458,9 +463,8 @@ class BatchHandler:
             if d.outcome != Outcome.DISCLOSED.value or d.disclosure_id in retracted:
                 continue  # a WITHHELD entry delivers nothing, whatever consent says now (I8)
             agreement = view.by_key.get(f"{d.agreement_id}@v{d.agreement_version}")
-            current = view.newest.get(d.agreement_id)
-            if agreement is None or (current is not None and current.status in ENDED):
-                continue  # ended since: the retraction sweep retracts it; nothing more is sent
+            if agreement is None or view.ended.get(d.agreement_id, 0) > d.agreement_version:
+                continue  # ended since (also if reinstated after): the sweep retracts it; nothing more is sent
             projected = projection_for(event.event_type, event.record, agreement, d.fields, d.recipient, view.context)
             deliveries.append(
                 Delivery(d.disclosure_id, d.recipient, d.event_type, agreement, projected, entry.seq, event.msg)

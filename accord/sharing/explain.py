@@ -20,7 +20,7 @@ from datetime import date
 from typing import Any
 
 from accord.sharing.decide import Context, Decision, decide
-from agreements.model import Agreement
+from agreements.model import Agreement, deciding, superseded_by
 from bus.topics import EVENT_TYPES
 from consent.model import ConsentRecord
 from schemas.serde import InvalidRecord, from_json, load_schema, to_json, validate
@@ -140,13 +140,19 @@ def explain(
     """Every agreement's verdict on this event, with ``decide``'s per-recipient decisions."""
     agreements = list(agreements)
     provider = record["envelope"]["source_agency"]
-    decisions = decide(event_type, record, agreements, consents, context)
+    # As the processor decides: only the version of each id that decides that day.
+    decisions = decide(event_type, record, deciding(agreements, context.today), consents, context)
     by_agreement: dict[int, list[Decision]] = {}
     for d in decisions:
         by_agreement.setdefault(id(d.agreement), []).append(d)
     out = []
     for a in agreements:
-        reason = a.exclusion(provider, event_type, context.today, record)
+        newer = superseded_by(a, agreements, context.today)
+        reason = (
+            f"version {newer.version} decides instead from {newer.valid_from.isoformat() if newer.valid_from else 'the start'}"
+            if newer is not None
+            else a.exclusion(provider, event_type, context.today, record)
+        )
         own = by_agreement.get(id(a), [])
         if reason is None and not own:  # cannot happen while decide uses Agreement.exclusion
             raise AssertionError(f"{a.key} applies but decide made no decision for it")

@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def shared_custody_events(agreement: Agreement, n: int) -> list[dict[str, Any]]:
 
 
 def agreement(parts: Parts, agreement_id: str) -> Agreement:
-    return next(a for a in parts.agreement_set.current() if a.id == agreement_id)
+    return next(a for a in parts.agreement_set.current(datetime.now(UTC).date()) if a.id == agreement_id)
 
 
 def disclosed(parts: Parts, recipient: str) -> dict[str, int]:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
@@ -195,7 +196,7 @@ def test_a_worker_resuming_after_its_partitions_moved_does_not_decide_their_even
     records = shared_custody_events(current, 3)
     paused = parts.handler.prepare([parts.inbound("custody", r, offset=i) for i, r in enumerate(records)])
 
-    agreements = parts.agreement_set.current()
+    agreements = parts.agreement_set.current(datetime.now(UTC).date())
     moved_to = AgreementSet(agreements, recipient_catalogue(agreements))
     moved_to.apply(current.model_copy(update={"version": current.version + 1}).model_dump_json().encode())
     other = build_handler(parts.settings, parts.db, moved_to)

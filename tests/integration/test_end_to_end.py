@@ -310,6 +310,29 @@ def test_a_new_agreement_version_published_while_running_changes_the_next_decisi
     assert f"a disclosure under agreement {narrower.key}" in line and "add that version's file" in line, line
 
 
+def test_a_version_published_ahead_of_its_valid_from_leaves_the_one_before_deciding(bus: Bus) -> None:
+    """A new version is published before the day it begins: the version before it goes on deciding
+    until then (before, the newest version decided even before it began, so nothing was shared
+    under the agreement until its valid_from)."""
+    from datetime import date, timedelta
+
+    from accord.processor.agreement_feed import publish_agreements
+
+    current = max((a for a in bus.agreements if a.id == "referral-to-mash"), key=lambda a: a.version)
+    ahead = current.model_copy(
+        update={"version": current.version + 1, "valid_from": date.today() + timedelta(days=2), "valid_until": None}
+    )
+    publish_agreements(bus.settings, [ahead])
+    bus.agreements.append(ahead)
+    _wait_for(lambda: ahead.key in (bus.settings.state_dir / "processor.log").read_text())
+
+    event = _events("referral")[0]
+    bus.publish([("referral", event)])
+    [entry] = bus.ledger(event_id=event["envelope"]["event_id"], recipient="salford-mash")
+    assert (entry.outcome, entry.agreement_version) == ("DISCLOSED", current.version)
+    assert [d for d in bus.received("salford-mash") if d.disclosure_id == entry.disclosure_id]
+
+
 def test_verify_names_a_row_altered_behind_the_triggers_back(bus: Bus) -> None:
     bus.publish([("custody", e) for e in _events("custody", n=3)])
     assert verify(bus.engine).ok

@@ -7,6 +7,7 @@ could not apply. Refused like any bad publication: the versions already in force
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_a_new_version_with_an_unregistered_recipient_is_refused_and_the_old_sta
     v2 = v1.model_copy(update={"version": 2, "recipients": [*v1.recipients, "manchester-courts"]})
     with pytest.raises(ValueError, match="'manchester-courts' is not in the partner registry"):
         agreements_set.apply(v2.model_dump_json().encode())
-    assert [a.key for a in agreements_set.current() if a.id == v1.id] == [v1.key]
+    assert [a.key for a in agreements_set.current(date.today()) if a.id == v1.id] == [v1.key]
 
     registered = v1.model_copy(update={"version": 3})
     assert agreements_set.apply(registered.model_dump_json().encode()).key == registered.key

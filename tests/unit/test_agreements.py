@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agreements import AgreementError, load_dir, load_file, validate_dir
+from agreements import AgreementError, Status, load_dir, load_file, validate_dir
 from bus.settings import PACKAGE_ROOT
 
 EXAMPLES = PACKAGE_ROOT / "agreements" / "examples"
@@ -92,19 +92,23 @@ def test_an_expired_agreement_loads_and_is_noted_not_refused(tmp_path: Path) -> 
     assert lapsed([load_file(path)], today=date(2026, 6, 1)) == []
 
 
-def test_overlapping_active_versions_are_refused(tmp_path: Path) -> None:
+def test_a_newer_version_decides_from_its_valid_from_and_the_older_until_then(tmp_path: Path) -> None:
+    """An open-ended v1 and a v2 from 2026-07-01 load together (no published file is edited to end v1):
+    v1 decides until 2026-06-30, v2 from 2026-07-01. Before, the folder was refused ("overlap"), and a
+    v2 published ahead of its day left nothing deciding under the id until then."""
+    from agreements.model import deciding, superseded_by
+
     (tmp_path / "v1.yaml").write_text(GOOD)
-    v2 = GOOD.replace("version: 1", "version: 2")
-    (tmp_path / "v2.yaml").write_text(v2)
-    with pytest.raises(AgreementError, match="overlap") as info:
-        load_dir(tmp_path)
-    assert info.value.path == tmp_path / "v2.yaml" and info.value.field == "valid_from"
-    # v1 ending the day before v2 begins is a clean hand-over.
-    (tmp_path / "v1.yaml").write_text(
-        GOOD.replace("valid_from: 2026-01-01", "valid_from: 2026-01-01\nvalid_until: 2026-06-30")
-    )
-    (tmp_path / "v2.yaml").write_text(v2.replace("valid_from: 2026-01-01", "valid_from: 2026-07-01"))
-    assert sorted(a.version for a in load_dir(tmp_path)) == [1, 2]
+    v2_text = GOOD.replace("version: 1", "version: 2").replace("valid_from: 2026-01-01", "valid_from: 2026-07-01")
+    (tmp_path / "v2.yaml").write_text(v2_text)
+    v1, v2 = sorted(load_dir(tmp_path), key=lambda a: a.version)
+    assert deciding([v1, v2], date(2026, 6, 30)) == [v1]
+    assert deciding([v2, v1], date(2026, 7, 1)) == [v2]
+    assert deciding([v2], date(2026, 6, 30)) == []  # none has begun
+    assert superseded_by(v1, [v1, v2], date(2026, 7, 1)) == v2 and superseded_by(v2, [v1, v2], date(2026, 7, 1)) is None
+    # A suspending version with no valid_from decides at once, and shares nothing.
+    v3 = v2.model_copy(update={"version": 3, "status": Status.SUSPENDED, "valid_from": None})
+    assert deciding([v1, v2, v3], date(2026, 6, 30)) == [v3]
 
 
 @pytest.mark.parametrize(
