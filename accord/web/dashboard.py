@@ -44,7 +44,7 @@ from accord.web.names import Directory
 from accord.web.session import check_csrf, read_form, require_page_role
 from accord.web.tables import Cell, Link, Table, Tag
 from accord.web.templating import render
-from agreements.model import Agreement
+from agreements.model import Agreement, deciding, has_begun, superseded_by
 from consent.tokens import STAFF
 from ledger.checkpoint import latest_checkpoint
 from ledger.verify import verify
@@ -228,6 +228,7 @@ def not_covered_table(found: Sequence[flows.NotCovered], directory: Directory) -
 
 def agreements_table(agreements: Sequence[Agreement], directory: Directory, today: date) -> Table:
     rows: list[tuple[Cell, ...]] = []
+    deciding_now = {a.key for a in deciding(agreements, today)}
     for a in sorted(agreements, key=lambda a: (a.title, a.version)):
         review: Cell = "none set"
         if a.review_date is not None:
@@ -237,7 +238,7 @@ def agreements_table(agreements: Sequence[Agreement], directory: Directory, toda
             (
                 a.title,
                 f"{a.id} v{a.version}",
-                "in force" if a.in_force(today) else f"not in force ({a.status.value})",
+                "in force" if a.in_force(today) and a.key in deciding_now else _not_in_force(a, agreements, today),
                 ", ".join(_party(directory, p) for p in a.providers),
                 ", ".join(_party(directory, r) for r in a.recipients),
                 a.purpose.value.replace("_", " "),
@@ -512,3 +513,12 @@ def chart(days: Sequence[flows.DayCount], width: int = 720, height: int = 200) -
 
 
 __all__ = ["Query", "VerifyRun", "chart", "parse_query", "router"]
+
+
+def _not_in_force(agreement: Agreement, agreements: Sequence[Agreement], today: date) -> str:
+    newer = superseded_by(agreement, agreements, today)
+    if newer is not None:
+        return f"replaced by v{newer.version}"
+    if agreement.valid_from is not None and not has_begun(agreement, today):
+        return f"from {agreement.valid_from.isoformat()}"
+    return f"not in force ({agreement.status.value})"

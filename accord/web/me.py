@@ -57,7 +57,7 @@ from accord.web.labels import FieldLabel, field_labels
 from accord.web.proofs import bundles_for
 from accord.web.session import check_csrf, read_form, require_page_role
 from accord.web.templating import render
-from agreements.model import Agreement, ConsentMode, IdentifierTreatment, Purpose, Status
+from agreements.model import Agreement, ConsentMode, IdentifierTreatment, Purpose, Status, deciding
 from consent import store
 from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes, applicable
 from consent.tokens import CITIZEN
@@ -446,7 +446,7 @@ def _options(
 ) -> tuple[list[Option], list[Statutory]]:
     consent_based: dict[str, list[Agreement]] = {}
     statutory: dict[str, list[Agreement]] = {}
-    for a in agreements:
+    for a in deciding(agreements, today):  # a version a newer one has replaced shares nothing
         if not a.in_force(today):
             continue
         for r in a.recipients:
