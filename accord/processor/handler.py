@@ -47,7 +47,7 @@ from accord.sharing.decide import (
     subject_key,
 )
 from accord.sharing.retraction import ENDED
-from agreements.model import Agreement
+from agreements.model import Agreement, has_begun
 from agreements.recipient_schemas import projection_name
 from bus import headers as header
 from bus.kafka import Producing, note_refusals
@@ -327,7 +327,7 @@ class BatchHandler:
         by_key = self.agreements.by_key()
         ended: dict[str, int] = {}
         for a in by_key.values():
-            if a.status in ENDED:
+            if a.status in ENDED and has_begun(a, context.today):
                 ended[a.id] = max(ended.get(a.id, 0), a.version)
         replay = _ReplayView(by_key, ended, context)
         drafts: list[EntryDraft] = []

@@ -64,6 +64,7 @@ from accord.processor.agreement_feed import AgreementSet
 from accord.processor.metrics import ProcessorMetrics
 from accord.sharing.decide import Context, Outcome
 from accord.sharing.retraction import ENDED, Retraction, retractions_for, retractions_for_agreement
+from agreements.model import has_begun
 from bus import cursors
 from bus import headers as header
 from bus.errors import flush_or_raise
@@ -209,9 +210,13 @@ class RetractionSweeper:
         self._lag_s = max((datetime.now(UTC) - utc(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
 
     def _agreement_step(self, context: Context, head: int) -> bool:
-        # Every version that ended its agreement, also one a later version reinstated: what
+        # Every version that has ended its agreement, also one a later version reinstated: what
         # it ended stays ended (retractions_for_agreement), however soon the reinstating came.
-        ended = sorted((a for a in self.agreements.by_key().values() if a.status in ENDED), key=lambda a: a.key)
+        # One published ahead of its valid_from ends nothing before that day.
+        ended = sorted(
+            (a for a in self.agreements.by_key().values() if a.status in ENDED and has_begun(a, context.today)),
+            key=lambda a: a.key,
+        )
         if not ended:
             self._pending["agreements"] = 0
             return False

@@ -270,3 +270,31 @@ def test_a_disclosure_appended_after_its_subjects_withdrawal_was_swept_is_still_
 
     assert [r.refers_to for r in parts.ledger(outcome="RETRACTED")] == [disclosure]
     assert [n.retracts_disclosure_id for n in parts.bus.retractions("salford-health-visiting")] == [disclosure]
+
+
+def test_a_suspension_published_ahead_of_its_day_retracts_nothing_and_stops_nothing_before_it(parts: Parts) -> None:
+    """A suspending version with valid_from tomorrow: until then the version before it decides,
+    its disclosures stand (no retraction) and new events are still shared under it."""
+    from datetime import date, timedelta
+
+    current = agreement(parts, AGREEMENT)
+    events = shared_custody_events(current, 4)
+    parts.handler.handle([parts.inbound("custody", e, offset=i) for i, e in enumerate(events[:2])])
+    before = disclosed(parts, "cps")
+    ahead = current.model_copy(
+        update={"version": current.version + 1, "status": Status.SUSPENDED, "valid_from": date.today() + timedelta(2)}
+    )
+    parts.agreement_set.apply(ahead.model_dump_json().encode())
+    sweeper = RetractionSweeper(
+        parts.db.app,
+        parts.agreement_set,
+        kafka.producer(parts.settings),
+        parts.names,
+        load_partners(parts.settings.partners_file),
+    )
+    _sweep_to_the_end(sweeper)
+    assert parts.ledger(outcome="RETRACTED") == [] and parts.bus.retractions("cps") == []
+    parts.handler.handle([parts.inbound("custody", e, offset=10 + i) for i, e in enumerate(events[2:])])
+    after = disclosed(parts, "cps")
+    assert len(after) == len(before) + 2  # still shared under the version in force
+    assert {e.agreement_version for e in parts.ledger(recipient="cps", outcome="DISCLOSED")} == {current.version}
