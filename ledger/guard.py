@@ -1,9 +1,11 @@
-"""Database-side guards making ledger_entries append-only.
+"""Database-side guards making a table append-only: the ledger, and the consent history.
 
 Triggers alone are not enough (a table owner can disable them): in production the
-application's role must not own the ledger tables and must lack UPDATE, DELETE and
-TRUNCATE on them. The triggers are ``ENABLE ALWAYS`` so that
-``session_replication_role = replica`` does not silence them.
+application's role must not own these tables and must lack UPDATE, DELETE and TRUNCATE
+on them. The triggers are ``ENABLE ALWAYS`` so that ``session_replication_role =
+replica`` does not silence them. They stop a careless ``DELETE`` by the owner: a consent
+record deleted would silently undo a citizen's opt-out, and each ledger entry names the
+consent version it was decided with.
 """
 
 from __future__ import annotations
@@ -11,64 +13,61 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 
 TABLE = "ledger_entries"
-PG_FUNCTION = "ledger_entries_refuse_change"
-PG_ROW_TRIGGER = "ledger_entries_no_update_delete"
-PG_TRUNCATE_TRIGGER = "ledger_entries_no_truncate"
-SQLITE_UPDATE_TRIGGER = "ledger_entries_no_update"
-SQLITE_DELETE_TRIGGER = "ledger_entries_no_delete"
+APPEND_ONLY = (TABLE, "consent_records")  # every table these guards protect, each by revisions 0001 and 0004
 
-# Unqualified names: the function and triggers land in the first schema of search_path,
-# next to the table.
-_PG_STATEMENTS = (
-    f"""
-    CREATE OR REPLACE FUNCTION {PG_FUNCTION}() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-    BEGIN
-        RAISE EXCEPTION 'ledger_entries is append-only: % refused', TG_OP;
-    END
-    $$
-    """,
-    f"DROP TRIGGER IF EXISTS {PG_ROW_TRIGGER} ON {TABLE}",
-    f"""
-    CREATE TRIGGER {PG_ROW_TRIGGER}
-    BEFORE UPDATE OR DELETE ON {TABLE}
-    FOR EACH ROW EXECUTE FUNCTION {PG_FUNCTION}()
-    """,
-    f"DROP TRIGGER IF EXISTS {PG_TRUNCATE_TRIGGER} ON {TABLE}",
-    f"""
-    CREATE TRIGGER {PG_TRUNCATE_TRIGGER}
-    BEFORE TRUNCATE ON {TABLE}
-    FOR EACH STATEMENT EXECUTE FUNCTION {PG_FUNCTION}()
-    """,
-    f"ALTER TABLE {TABLE} ENABLE ALWAYS TRIGGER {PG_ROW_TRIGGER}",
-    f"ALTER TABLE {TABLE} ENABLE ALWAYS TRIGGER {PG_TRUNCATE_TRIGGER}",
-)
 
-# SQLite has no TRUNCATE; a bare DELETE fires the row trigger (triggers disable the
-# truncate optimisation).
-_SQLITE_STATEMENTS = tuple(
-    f"""
-    CREATE TRIGGER IF NOT EXISTS {name} BEFORE {op} ON {TABLE}
-    BEGIN
-        SELECT RAISE(ABORT, 'ledger_entries is append-only: {op} refused');
-    END
+def pg_statements(table: str) -> tuple[str, ...]:
+    """PostgreSQL: a function refusing the change, row and TRUNCATE triggers, always enabled.
+
+    Unqualified names: the function and triggers land in the first schema of search_path,
+    next to the table.
     """
-    for name, op in ((SQLITE_UPDATE_TRIGGER, "UPDATE"), (SQLITE_DELETE_TRIGGER, "DELETE"))
-)
+    function, row, truncate = f"{table}_refuse_change", f"{table}_no_update_delete", f"{table}_no_truncate"
+    # The function's text as revisions 0001 and 0004 wrote it, to the space: the catalog keeps it.
+    body = f"\n    BEGIN\n        RAISE EXCEPTION '{table} is append-only: % refused', TG_OP;\n    END\n    "
+    return (
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $${body}$$",
+        f"DROP TRIGGER IF EXISTS {row} ON {table}",
+        f"""
+        CREATE TRIGGER {row}
+        BEFORE UPDATE OR DELETE ON {table}
+        FOR EACH ROW EXECUTE FUNCTION {function}()
+        """,
+        f"DROP TRIGGER IF EXISTS {truncate} ON {table}",
+        f"""
+        CREATE TRIGGER {truncate}
+        BEFORE TRUNCATE ON {table}
+        FOR EACH STATEMENT EXECUTE FUNCTION {function}()
+        """,
+        f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {row}",
+        f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {truncate}",
+    )
 
 
-def install_guards(conn: Connection) -> None:
-    """Install (or reinstall) the append-only triggers on ledger_entries. Idempotent.
+def sqlite_statements(table: str) -> tuple[str, ...]:
+    """SQLite has no TRUNCATE; a bare DELETE fires the row trigger (triggers disable the truncate optimisation)."""
+    return tuple(
+        f"""
+        CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}
+        BEGIN
+            SELECT RAISE(ABORT, '{table} is append-only: {op} refused');
+        END
+        """
+        for op in ("UPDATE", "DELETE")
+    )
+
+
+def install_guards(conn: Connection, table: str = TABLE) -> None:
+    """Install (or reinstall) the append-only triggers on ``table``. Idempotent.
 
     Runs inside the caller's transaction; the table must already exist.
     """
     dialect = conn.dialect.name
-    statements: tuple[str, ...]
     if dialect == "postgresql":
-        statements = _PG_STATEMENTS
+        statements = pg_statements(table)
     elif dialect == "sqlite":
-        statements = _SQLITE_STATEMENTS
+        statements = sqlite_statements(table)
     else:
-        raise NotImplementedError(f"no ledger guards for dialect {dialect!r}")
+        raise NotImplementedError(f"no append-only guards for dialect {dialect!r}")
     for statement in statements:
         conn.execute(text(statement))  # text(): psycopg would read the '%' as a placeholder

@@ -68,6 +68,37 @@ def test_app_role_is_refused_by_postgres(role_db: RoleDatabase, sql: str) -> Non
 @pytest.mark.parametrize(
     "sql",
     [
+        "UPDATE consent_records SET decision = 'permit'",
+        "DELETE FROM consent_records WHERE subject_key = 'nhs:9434765919'",
+        "TRUNCATE consent_records",
+    ],
+    ids=["update", "delete", "truncate"],
+)
+def test_even_the_owner_cannot_change_or_remove_a_consent_record(role_db: RoleDatabase, sql: str) -> None:
+    """A deleted consent record silently undid a citizen's opt-out (revision 0004 guards the table)."""
+    rec = consent.record(role_db.app, "nhs:9434765919", consent.ConsentDecision.DENY, known=KNOWN, recipient="cps")
+    assert "consent_records is append-only" in _refused(role_db.owner, sql)
+    [kept] = consent.history(role_db.app, ["nhs:9434765919"])["nhs:9434765919"]
+    assert (kept.id, kept.decision) == (rec.id, consent.ConsentDecision.DENY)
+
+
+def test_the_consent_history_is_append_only_on_sqlite_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine
+
+    from accord.provision import setup_database
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    setup_database(engine, None)
+    consent.record(engine, "nhs:9434765919", consent.ConsentDecision.DENY, known=KNOWN, recipient="cps")
+    for sql in ("UPDATE consent_records SET decision = 'permit'", "DELETE FROM consent_records"):
+        assert "consent_records is append-only" in _refused(engine, sql)
+    assert len(consent.history(engine, ["nhs:9434765919"])["nhs:9434765919"]) == 1
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
         "ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_no_update_delete",
         "ALTER TABLE ledger_entries DISABLE TRIGGER ALL",
         "ALTER TABLE ledger_entries ENABLE REPLICA TRIGGER ledger_entries_no_truncate",

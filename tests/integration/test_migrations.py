@@ -285,6 +285,8 @@ def test_an_upgraded_first_release_is_the_same_database_as_a_fresh_one(tmp_path:
         assert {(t, mode) for _, t, mode, _ in fresh_catalog["triggers"]} == {
             ("ledger_entries_no_truncate", "A"),
             ("ledger_entries_no_update_delete", "A"),
+            ("consent_records_no_truncate", "A"),
+            ("consent_records_no_update_delete", "A"),
         }
         acl = dict((name, acl) for name, _, _, acl in fresh_catalog["relations"])
         assert "APP=ar/OWNER" in acl["ledger_entries"] and "APP=r/OWNER" in acl["alembic_version"]
@@ -395,6 +397,9 @@ def _back_to_first_release(conn: Any) -> None:
     """Undo what the revisions after 0001 made, and say so in alembic_version: a database as 0001 left it."""
     conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))  # 0002
     conn.execute(text("DROP TABLE pseudonym_keys"))  # 0003
+    conn.execute(text("DROP TRIGGER consent_records_no_update_delete ON consent_records"))  # 0004
+    conn.execute(text("DROP TRIGGER consent_records_no_truncate ON consent_records"))
+    conn.execute(text("DROP FUNCTION consent_records_refuse_change()"))
     conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
 
 
@@ -554,6 +559,8 @@ def test_sqlite_from_before_migrations_is_stamped_and_upgraded_on_first_use(tmp_
         conn.execute(text("DROP TABLE alembic_version"))
         conn.execute(text("DROP INDEX ix_ledger_entries_decided_at"))
         conn.execute(text("DROP TABLE pseudonym_keys"))
+        conn.execute(text("DROP TRIGGER consent_records_no_update"))
+        conn.execute(text("DROP TRIGGER consent_records_no_delete"))
     assert require_app_role(engine) is None  # SQLite: upgraded on first use
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head()]
