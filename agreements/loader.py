@@ -30,7 +30,7 @@ of these problems, reported at its line like any other.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +376,7 @@ def lapsed(agreements: Iterable[Agreement], today: date | None = None) -> list[s
     decision already leaves it out from the next day (``Agreement.in_force``). Refusing the
     folder stopped every processor and the consent API at their next restart.
     """
-    today = today or date.today()
+    today = today or datetime.now(UTC).date()  # the day the processor decides by, in UTC
     return [
         f"{a.key} expired on {a.valid_until.isoformat()} (today is {today.isoformat()}) and no longer applies: "
         "publish a new version to go on (a published version is never edited)"

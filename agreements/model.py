@@ -128,7 +128,7 @@ class Agreement(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
     id: str = Field(pattern=SLUG)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2_147_483_647)  # the ledger's agreement_version is a 32-bit integer
     title: str = Field(min_length=1)
     status: Status = Status.ACTIVE
     providers: tuple[str, ...] = Field(min_length=1)

@@ -91,7 +91,8 @@ def partner_topics(names: TopicNames, partner: str, agreements: Iterable[Agreeme
     return sorted({names.partner(partner, t) for a in agreements if partner in a.recipients for t in a.event_types})
 
 
-_VERSION_KEY = re.compile(r"[a-z0-9][a-z0-9-]*@v[1-9][0-9]*")  # an agreement version's key, as the header gives it
+_VERSION_KEY = re.compile(r"[a-z0-9][a-z0-9-]*@v[1-9][0-9]{0,9}")  # an agreement version's key, as the header gives it
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # as the processor writes ids
 
 # How long a new Subscription waits for the broker's metadata before it gives up.
 BROKER_TIMEOUT_S = 10.0
@@ -128,6 +129,7 @@ class Subscription:
             projection_name(a, t): (a.key, t, names.partner(partner, t)) for a in mine for t in a.fields
         }
         self._versions = {a.key for a in mine}
+        self._topic_of = {t: names.partner(partner, t) for a in mine for t in a.event_types}
         self._ids = {a.id for a in mine}
         self._next: dict[tuple[str, int], int] = {}  # per partition, the offset a commit may move the group to
         self.consumer = kafka.consumer(settings, group_id or f"accord-partner-{partner}", **(client_config or {}))
@@ -161,16 +163,22 @@ class Subscription:
         if value is None:
             raise ForeignRecord(where, "it has no value")
         try:
-            ledger_seq = int(headers[header.LEDGER_SEQ])
-            disclosure_id, agreement = headers[header.DISCLOSURE_ID], headers[header.AGREEMENT]
+            seq, disclosure_id, agreement = (
+                headers[h] for h in (header.LEDGER_SEQ, header.DISCLOSURE_ID, header.AGREEMENT)
+            )
         except KeyError as exc:
             raise ForeignRecord(where, f"it has no {exc.args[0]} header") from None
-        except ValueError:
-            raise ForeignRecord(where, f"its {header.LEDGER_SEQ} header is not a number") from None
+        if not (seq.isascii() and seq.isdigit() and len(seq) <= 19 and int(seq) >= 1):
+            raise ForeignRecord(where, f"its {header.LEDGER_SEQ} header is not a ledger seq (a whole number from 1)")
+        if not _UUID.fullmatch(disclosure_id):
+            raise ForeignRecord(where, f"its {header.DISCLOSURE_ID} header is not a disclosure id (a UUID)")
+        ledger_seq = int(seq)
         try:
             schema, record = self.catalogue.decode(value)
         except UnknownFingerprint as exc:
-            if header.EVENT_TYPE in headers and _VERSION_KEY.fullmatch(agreement) and agreement not in self._versions:
+            event_type = headers.get(header.EVENT_TYPE)
+            on_its_topic = event_type is not None and self._topic_of.get(event_type) == topic
+            if on_its_topic and _VERSION_KEY.fullmatch(agreement) and agreement not in self._versions:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
                 raise UnknownAgreementVersion(exc.fingerprint, agreement, where) from None
             raise ForeignRecord(where, "its value is of no schema of the agreements given") from None
@@ -327,5 +335,6 @@ def _text_headers(msg: Message, where: str) -> dict[str, str]:
         try:
             text[key] = value.decode() if isinstance(value, bytes) else (value or "")
         except UnicodeDecodeError:
-            raise ForeignRecord(where, f"its {key} header is not UTF-8") from None
+            # The name is the sender's: shown escaped and cut, never as raw text on a terminal.
+            raise ForeignRecord(where, f"its {key[:60]!a} header is not UTF-8") from None
     return text

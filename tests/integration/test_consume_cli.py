@@ -62,6 +62,7 @@ def test_looking_with_accord_consume_takes_nothing_from_the_partner_application(
 def test_records_a_stranger_put_on_a_partner_topic_are_named_and_passed_over(bus: Bus) -> None:
     topic = bus.names.partner(PARTNER, "referral")
     stranger = kafka.producer(bus.settings)
+    bus.publish([("referral", _events("referral")[0])])
     real = next(d for d in bus.received(PARTNER) if d.topic == topic)
     # The real record's value and headers, as a stranger could copy or damage them.
     with Subscription(bus.settings, PARTNER, bus.agreements, group_id=f"raw-{uuid.uuid4().hex[:6]}") as raw:
@@ -78,6 +79,10 @@ def test_records_a_stranger_put_on_a_partner_topic_are_named_and_passed_over(bus
         (value, [(k, b"seven" if k == header.LEDGER_SEQ else v) for k, v in headers]),  # not a number
         (b"\xc3\x01not avro at all", headers),
         (None, headers),  # a tombstone
+        (value, [(k, "١٢".encode() if k == header.LEDGER_SEQ else v) for k, v in headers]),  # not ASCII digits
+        (value, [(k, b"-3" if k == header.LEDGER_SEQ else v) for k, v in headers]),
+        (value, [(k, b"x" * 10_000 if k == header.DISCLOSURE_ID else v) for k, v in headers]),  # no UUID
+        (value, [*headers, ("accord.x\n\x1b[31maccord consume: all good", b"\xff")]),  # a name to forge a line
     ]
     for v, h in damaged:
         stranger.produce(topic, value=v, key=b"k", partition=real.partition, headers=cast(Any, h))
@@ -93,7 +98,7 @@ def test_records_a_stranger_put_on_a_partner_topic_are_named_and_passed_over(bus
     named = [line for line in result.stderr.splitlines() if "not a record Accord's processor wrote" in line]
     assert len(named) == len(damaged), result.stderr
     assert all(line.startswith(f"accord consume: {topic}[{real.partition}]@") for line in named), named
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "\x1b" not in result.stderr and "x" * 100 not in result.stderr
     assert value is not None and value.hex() not in result.stderr  # content never quoted
 
     # What was printed was committed in --group: a rerun there has nothing new, and exits 0.

@@ -266,3 +266,11 @@ def test_a_yml_file_is_named_not_skipped(tmp_path: Path) -> None:
     (tmp_path / "suspension.yml").write_text(GOOD.replace("status: active", "status: suspended"))
     [problem] = validate_dir(tmp_path)
     assert problem.path == tmp_path / "suspension.yml" and "*.yaml files only" in problem.problem
+
+
+def test_a_version_number_the_ledger_cannot_hold_is_refused_at_its_line(tmp_path: Path) -> None:
+    """A version over 2^31 - 1 loaded and published, then every event it applied to was dead-lettered."""
+    path = tmp_path / "big.yaml"
+    path.write_text(GOOD.replace("version: 1", "version: 202612070001"))
+    [problem] = validate_dir(tmp_path)
+    assert problem.field == "version" and "2147483647" in str(problem), problem
