@@ -47,7 +47,7 @@ def cmd_agreements_publish(args: argparse.Namespace, settings: Settings) -> int:
     directory = agreements_dir(args, settings)
     agreements = load_dir(directory, partners_file=settings.partners_file)
     try:
-        count = publish_agreements(settings, agreements)  # PublishConflict (a ValueError): one line, exit 2
+        done = publish_agreements(settings, agreements)  # PublishConflict (a ValueError): one line, exit 2
     except FeedNotReached as exc:
         print(
             f"accord agreements publish: {exc} at {settings.bootstrap_servers}: it is read first, so that no "
@@ -55,7 +55,12 @@ def cmd_agreements_publish(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    print(f"{count} agreements published from {directory}; {len(agreements) - count} were on the feed already")
+    repaired = (
+        f" ({done.repaired} published again: the feed's last record for them was another's, which compaction keeps)"
+        if done.repaired
+        else ""
+    )
+    print(f"{done.new} agreements published from {directory}; {done.on_feed} were on the feed already{repaired}")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from accord.processor.metrics import ProcessorMetrics
 from agreements import Agreement, recipients_by_type
 from agreements.loader import unregistered
 from agreements.model import deciding
+from agreements.partners import load_partners
 from agreements.recipient_schemas import recipient_catalogue
 from bus import kafka
 from bus.errors import flush_or_raise
@@ -77,15 +79,22 @@ class AgreementSet:
         with self._lock:
             return dict(self._all)
 
-    def apply(self, payload: bytes) -> Agreement:
-        """Take one published agreement; raises ValueError (pydantic or schema) for a bad one."""
+    def apply(self, payload: bytes, key: bytes | None = None) -> Agreement:
+        """Take one published agreement; raises ValueError (pydantic or schema) for a bad one.
+
+        ``key``: the record's key on the feed, which must be the version's own id@version
+        (a compacted feed keeps a key's last record, so a version under another key would
+        outlive or replace what it should not).
+        """
         agreement = Agreement.model_validate_json(payload)
         with self._lock:
             known = self._all.get(agreement.key)
             from_folder = agreement.key in self._unconfirmed
-            self._unconfirmed.discard(agreement.key)
-            if known == agreement:
+            if known == agreement and key in (None, agreement.key.encode()):
+                self._unconfirmed.discard(agreement.key)
                 return agreement
+            check_publication(agreement, key, self._partners, self._partners_file)
+            self._unconfirmed.discard(agreement.key)
             if known is not None and from_folder:
                 raise AgreementConflict(
                     f"{agreement.key} in the agreements folder differs from the version published on the "
@@ -94,14 +103,23 @@ class AgreementSet:
                 )
             if known is not None:
                 raise ValueError(f"{agreement.key} was already published with different content; publish a new version")
-            if self._partners is not None and self._partners_file is not None:
-                for recipient in agreement.recipients:
-                    if recipient not in self._partners:
-                        raise ValueError(f"{agreement.key}: recipients: {unregistered(recipient, self._partners_file)}")
             # Registers the recipient schemas; refuses fields missing from the event schema.
             recipient_catalogue([agreement], base=self.catalogue)
             self._all[agreement.key] = agreement
         return agreement
+
+
+def check_publication(
+    agreement: Agreement, key: bytes | None, partners: Mapping[str, str] | None, partners_file: Path | None
+) -> None:
+    """What a processor refuses a published version for, besides its schemas (ValueError): a record
+    key that is not the version's own, a recipient missing from the partner registry."""
+    if key is not None and key != agreement.key.encode():
+        raise ValueError(f"{agreement.key} was published under the key {key[:80]!a}, not its own")
+    if partners is not None and partners_file is not None:
+        for recipient in agreement.recipients:
+            if recipient not in partners:
+                raise ValueError(f"{agreement.key}: recipients: {unregistered(recipient, partners_file)}")
 
 
 class PublishConflict(ValueError):
@@ -122,41 +140,52 @@ class PublishConflict(ValueError):
         self.keys = keys
 
 
-def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_timeout_s: float = 10.0) -> int:
-    """Publish the versions the feed lacks, keyed by id@version; how many were published.
+@dataclass(frozen=True)
+class Published:
+    new: int  # versions the feed lacked, now published
+    repaired: int  # versions held, whose last record on the feed was another's, published again
+    on_feed: int  # versions the feed held already
+
+
+def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_timeout_s: float = 10.0) -> Published:
+    """Publish the versions the feed lacks, keyed by id@version.
 
     1. create the topics the agreements need, the feed among them (creating one is idempotent);
-    2. read the feed to its end (FeedNotReached if the broker does not let us in time);
-    3. refuse them all (PublishConflict) if any version is on the feed with other content:
-       processors hold the first valid publication of a version, and one started with a
-       changed file stops; a version published only invalidly is not on the feed;
-    4. publish the versions the feed lacks;
+    2. read the feed to its end (FeedNotReached if the broker does not let us in time),
+       judging each record as processors do (a record they refuse is not there);
+    3. refuse them all (PublishConflict) if any version is held with other content:
+       processors hold the first publication of a version they accept, and one started
+       with a changed file stops;
+    4. publish the versions the feed lacks, and again those held whose last record is
+       another (a compacted topic keeps a key's last record: a publisher that lost a race
+       and stopped before putting the winner back left its own there);
     5. read the feed again: another publisher may have published one of them at the same
        moment, with other content. Where its publication came first, processors hold it, so
-       publish its content once more after ours (a compacted topic keeps a key's last
-       record) and refuse (PublishConflict): exactly one of two racing publishers wins.
+       publish its content once more after ours and refuse (PublishConflict): exactly one
+       of two racing publishers wins.
     """
     names = TopicNames(settings.topic_prefix)
     # 1.
     create_topics(kafka.admin(settings), names.catalogue(recipients_by_type(agreements), TopicLayout.of(settings)))
     # 2.
-    published = published_versions(settings, feed_timeout_s)
+    feed = published_versions(settings, feed_timeout_s)
     # 3.
-    changed = sorted(a.key for a in agreements if published.get(a.key) not in (None, a))
+    changed = sorted(a.key for a in agreements if feed.held.get(a.key) not in (None, a))
     if changed:
         raise PublishConflict(changed, names.agreements)
     # 4.
-    new = [a for a in agreements if published.get(a.key) is None]
-    if not new:
-        return 0
-    _produce_versions(settings, names, new)
+    new = [a for a in agreements if a.key not in feed.held]
+    stale = [a for a in agreements if a.key in feed.held and feed.last.get(a.key) != a]
+    if not new and not stale:
+        return Published(0, 0, len(agreements))
+    _produce_versions(settings, names, [*new, *stale])
     # 5.
     after = published_versions(settings, feed_timeout_s)
-    outdone = [first for a in new if (first := after.get(a.key)) is not None and first != a]
+    outdone = [first for a in new if (first := after.held.get(a.key)) is not None and first != a]
     if outdone:
         _produce_versions(settings, names, outdone)
         raise PublishConflict(sorted(a.key for a in outdone), names.agreements, raced=True)
-    return len(new)
+    return Published(len(new), len(stale), len(agreements) - len(new))
 
 
 def _produce_versions(settings: Settings, names: TopicNames, agreements: list[Agreement]) -> None:
@@ -172,20 +201,33 @@ def _produce_versions(settings: Settings, names: TopicNames, agreements: list[Ag
     flush_or_raise(producer, "agreements", errors)
 
 
-def published_versions(settings: Settings, timeout_s: float) -> dict[str, Agreement | None]:
-    """Every version on the feed, read to its end: key -> the first valid publication of it, as processors
-    hold it (None: none a processor accepts)."""
-    found: dict[str, Agreement | None] = {}
+@dataclass(frozen=True)
+class FeedState:
+    """What the feed holds for each version key, read to its end."""
+
+    held: dict[str, Agreement]  # the first publication a processor accepts: what every processor holds
+    last: dict[str, Agreement | None]  # the last record under the key, if acceptable: what compaction keeps
+
+
+def published_versions(settings: Settings, timeout_s: float) -> FeedState:
+    """Every version on the feed, judged as processors judge it (AgreementSet.apply)."""
+    partners = load_partners(settings.partners_file)
+    held: dict[str, Agreement] = {}
+    last: dict[str, Agreement | None] = {}
 
     def take(msg: Message) -> int:
         if msg.error() is None:
-            key = (msg.key() or b"").decode(errors="replace")
+            key = msg.key() or b""
+            agreement: Agreement | None
             try:
-                agreement: Agreement | None = Agreement.model_validate_json(msg.value() or b"")
+                agreement = Agreement.model_validate_json(msg.value() or b"")
+                check_publication(agreement, key, partners, settings.partners_file)
+                recipient_catalogue([agreement])  # a fresh catalogue: refuses fields missing from the event schema
             except ValueError:
                 agreement = None
-            if found.get(key) is None:  # a processor holds the first it accepted, and refuses the others
-                found[key] = agreement
+            last[key.decode(errors="replace")] = agreement
+            if agreement is not None:
+                held.setdefault(agreement.key, agreement)
         return 1
 
     partition = TopicPartition(TopicNames(settings.topic_prefix).agreements, 0, OFFSET_BEGINNING)
@@ -195,7 +237,7 @@ def published_versions(settings: Settings, timeout_s: float) -> dict[str, Agreem
         read_to_end(consumer, partition, take, settle_s=0.5, timeout_s=timeout_s)
     finally:
         consumer.close()
-    return found
+    return FeedState(held, last)
 
 
 def read_to_end(
@@ -281,7 +323,7 @@ class FeedFollower:
                 log.warning("agreements_feed_error", error=err.name())
             return 0
         try:
-            agreement = self.agreements.apply(msg.value() or b"")
+            agreement = self.agreements.apply(msg.value() or b"", msg.key())
         except AgreementConflict:
             raise  # the processor stops: its own folder disagrees with what every other one decides by
         except ValueError as exc:

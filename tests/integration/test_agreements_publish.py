@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from accord.processor import agreement_feed
-from accord.processor.agreement_feed import PublishConflict, publish_agreements, published_versions
+from accord.processor.agreement_feed import PublishConflict, Published, publish_agreements, published_versions
 from agreements import Agreement, load_dir
 from bus import kafka
 from bus.settings import PACKAGE_ROOT, Settings
@@ -60,7 +60,7 @@ def test_two_publishers_of_one_new_version_at_once_one_wins_and_the_feed_keeps_i
     reads: dict[int, int] = {}
     real = agreement_feed.published_versions
 
-    def read_then_wait(s: Settings, timeout_s: float) -> dict[str, Agreement | None]:
+    def read_then_wait(s: Settings, timeout_s: float) -> agreement_feed.FeedState:
         found = real(s, timeout_s)
         me = threading.get_ident()
         reads[me] = reads.get(me, 0) + 1
@@ -82,7 +82,7 @@ def test_two_publishers_of_one_new_version_at_once_one_wins_and_the_feed_keeps_i
         t.start()
     for t in threads:
         t.join(60)
-    winners = [n for n, o in outcomes.items() if o == 1]
+    winners = [n for n, o in outcomes.items() if isinstance(o, Published) and o.new == 1]
     losers = [o for o in outcomes.values() if isinstance(o, PublishConflict)]
     assert len(winners) == 1 and len(losers) == 1, outcomes
     assert "another publisher" in str(losers[0])
@@ -91,7 +91,7 @@ def test_two_publishers_of_one_new_version_at_once_one_wins_and_the_feed_keeps_i
     records = [Agreement.model_validate_json(v) for k, v in _feed(settings) if k == a.key]
     assert records[0] == winner and records[-1] == winner  # what processors hold, what compaction keeps
     monkeypatch.undo()
-    assert published_versions(settings, 10)[a.key] == winner
+    assert published_versions(settings, 10).held[a.key] == winner
 
 
 def test_a_version_published_only_invalidly_is_not_on_the_feed(broker: str) -> None:
@@ -103,6 +103,44 @@ def test_a_version_published_only_invalidly_is_not_on_the_feed(broker: str) -> N
     key = next(a.key for a in EXAMPLES if a.id == "referral-to-mash")
     producer.produce(TopicNames(settings.topic_prefix).agreements, key=key.encode(), value=b"{not json")
     producer.flush(10)
-    assert publish_agreements(settings, EXAMPLES) == 1
-    assert published_versions(settings, 10)[key] == next(a for a in EXAMPLES if a.key == key)
-    assert publish_agreements(settings, EXAMPLES) == 0
+    assert publish_agreements(settings, EXAMPLES).new == 1
+    assert published_versions(settings, 10).held[key] == next(a for a in EXAMPLES if a.key == key)
+    assert publish_agreements(settings, EXAMPLES) == Published(0, 0, len(EXAMPLES))
+
+
+def _produce(settings: Settings, key: str, value: bytes) -> None:
+    producer = kafka.producer(settings)
+    producer.produce(TopicNames(settings.topic_prefix).agreements, key=key.encode(), value=value)
+    producer.flush(10)
+
+
+def test_a_publication_processors_refuse_or_filed_under_another_key_is_not_held(broker: str) -> None:
+    """Judged as processors judge: one naming a recipient missing from the registry, or a valid
+    version under another version's key, is not the version held (publish said 'published with
+    other content' for the first, and took the second as published)."""
+    settings = _settings(broker)
+    target = next(a for a in EXAMPLES if a.id == "custody-to-youth-offending")
+    publish_agreements(settings, [a for a in EXAMPLES if a != target])
+    unregistered = target.model_copy(update={"recipients": (*target.recipients, "nobody-partner")})
+    _produce(settings, target.key, unregistered.model_dump_json().encode())
+    _produce(settings, "something-else@v1", target.model_dump_json().encode())
+    assert target.key not in published_versions(settings, 10).held
+    assert publish_agreements(settings, EXAMPLES).new == 1
+    feed = published_versions(settings, 10)
+    assert feed.held[target.key] == target and feed.last[target.key] == target
+
+
+def test_a_feed_left_ending_in_another_publishers_content_is_put_right(broker: str) -> None:
+    """A publisher that lost a race and stopped before putting the winner back left its own content
+    last under the key, which a compacted topic keeps: the next publish of the winner's folder writes
+    the winner again (it said '0 published' and left it)."""
+    settings = _settings(broker)
+    publish_agreements(settings, EXAMPLES)
+    held = next(a for a in EXAMPLES if a.id == "referral-to-mash")
+    other = held.model_copy(update={"title": held.title + " (another publisher's)"})
+    _produce(settings, held.key, other.model_dump_json().encode())
+    assert published_versions(settings, 10).last[held.key] == other
+    assert publish_agreements(settings, EXAMPLES) == Published(0, 1, len(EXAMPLES))
+    feed = published_versions(settings, 10)
+    assert feed.held[held.key] == held and feed.last[held.key] == held
+    assert publish_agreements(settings, EXAMPLES) == Published(0, 0, len(EXAMPLES))

@@ -45,3 +45,15 @@ def test_without_a_registry_nothing_is_checked() -> None:
     [v1] = [a for a in agreements if a.id == "custody-to-prosecution"]
     v2 = v1.model_copy(update={"version": 2, "recipients": [*v1.recipients, "manchester-courts"]})
     assert agreements_set.apply(v2.model_dump_json().encode()).key == v2.key
+
+
+def test_a_version_on_the_feed_under_another_key_is_refused() -> None:
+    """A compacted feed keeps a key's last record: a version filed under another key would outlive
+    or replace a record it has nothing to do with."""
+    agreements_set, agreements = _set(load_partners(PARTNERS))
+    [v1] = [a for a in agreements if a.id == "custody-to-prosecution"]
+    v2 = v1.model_copy(update={"version": 2})
+    with pytest.raises(ValueError, match="published under the key b'something-else@v1', not its own"):
+        agreements_set.apply(v2.model_dump_json().encode(), b"something-else@v1")
+    assert agreements_set.apply(v2.model_dump_json().encode(), v2.key.encode()).key == v2.key
+    assert agreements_set.apply(v1.model_dump_json().encode(), v1.key.encode()) == v1  # the folder's, confirmed
