@@ -32,13 +32,7 @@ def bus(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
 
 
 def _consume(bus: Bus, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "accord.cli", "consume", "--partner", PARTNER, "--json", "--idle", "2", *args],
-        env={**os.environ, **settings_env(bus.settings)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return _consume_as(bus, PARTNER, *args)
 
 
 def test_looking_with_accord_consume_takes_nothing_from_the_partner_application(bus: Bus) -> None:

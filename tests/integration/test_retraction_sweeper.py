@@ -285,13 +285,7 @@ def test_a_suspension_published_ahead_of_its_day_retracts_nothing_and_stops_noth
         update={"version": current.version + 1, "status": Status.SUSPENDED, "valid_from": date.today() + timedelta(2)}
     )
     parts.agreement_set.apply(ahead.model_dump_json().encode())
-    sweeper = RetractionSweeper(
-        parts.db.app,
-        parts.agreement_set,
-        kafka.producer(parts.settings),
-        parts.names,
-        load_partners(parts.settings.partners_file),
-    )
+    sweeper = _sweeper(parts, persist_every_s=30.0)
     _sweep_to_the_end(sweeper)
     assert parts.ledger(outcome="RETRACTED") == [] and parts.bus.retractions("cps") == []
     parts.handler.handle([parts.inbound("custody", e, offset=10 + i) for i, e in enumerate(events[2:])])
