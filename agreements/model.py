@@ -213,10 +213,10 @@ class Agreement(BaseModel):
             return f"provider {provider} is not a provider under it (providers: {', '.join(self.providers)})"
         if event_type not in self.event_types:
             return f"it does not cover {event_type} events (covers: {', '.join(self.event_types)})"
+        if self.valid_from and on < self.valid_from:  # first: a suspension dated ahead has not begun either
+            return f"it is not yet valid on {on.isoformat()} (valid from {self.valid_from.isoformat()})"
         if self.status is not Status.ACTIVE:
             return f"it is not active (status {self.status.value})"
-        if self.valid_from and on < self.valid_from:
-            return f"it is not yet valid on {on.isoformat()} (valid from {self.valid_from.isoformat()})"
         if self.valid_until and on > self.valid_until:
             return f"it expired on {self.valid_until.isoformat()} (decision date {on.isoformat()})"
         if record is not None and self.conditions:
