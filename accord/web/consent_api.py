@@ -54,7 +54,7 @@ from sqlalchemy import Engine
 from accord.web import api_docs
 from accord.web.guard import Guard, Limits, Throttles
 from accord.web.templating import STATIC_DIR
-from agreements.model import Agreement, Purpose
+from agreements.model import Agreement, Purpose, statutory_gateways
 from consent import store
 from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes
 from consent.tokens import CITIZEN, MIN_SECRET_BYTES, STAFF, Principal, TokenError, check_secret, verify_token
@@ -116,6 +116,14 @@ class ConsentRecordOut(BaseModel):
             recorded_at=r.recorded_at,
             expires_at=r.expires_at,
         )
+
+
+class RecordedConsent(ConsentRecordOut):
+    note: str | None = Field(
+        None,
+        description="What this preference cannot change: set when the recipient receives your records under "
+        "statutory sharing that does not rest on consent",
+    )
 
 
 class MyConsents(BaseModel):
@@ -393,11 +401,11 @@ def create_app(
             "The newest preference for a scope replaces earlier ones from the moment it is recorded."
         ),
         status_code=status.HTTP_201_CREATED,
-        response_model=ConsentRecordOut,
+        response_model=RecordedConsent,
         responses={**_AUTH_RESPONSES, 422: {"model": ValidationErrorBody, "description": "Invalid preference"}},
         dependencies=[Depends(_one_value_per_key)],
     )
-    def record_consent(body: ConsentRequest, who: Principal = as_citizen) -> ConsentRecordOut:
+    def record_consent(body: ConsentRequest, who: Principal = as_citizen) -> RecordedConsent:
         assert who.subject is not None
         try:
             rec = store.record(
@@ -416,7 +424,20 @@ def create_app(
                 {"detail": [{"loc": loc, "msg": exc.reason, "type": "value_error"}]}, status_code=422
             )
         log.info("consent_recorded", record_id=rec.id)
-        return ConsentRecordOut.of(rec)
+        return RecordedConsent(**ConsentRecordOut.of(rec).model_dump(), note=_cannot_stop(rec))
+
+    def _cannot_stop(rec: ConsentRecord) -> str | None:
+        """The note for a "no" to a recipient that statutory sharing reaches (None otherwise)."""
+        if rec.decision is not ConsentDecision.DENY or rec.recipient is None:
+            return None
+        gateways, on_consent = statutory_gateways(agreements, rec.recipient, datetime.now(UTC).date(), rec.purpose)
+        if not gateways:
+            return None
+        what = "Some sharing" if on_consent else "All sharing"
+        return (
+            f"{what} with {rec.recipient} does not rest on your consent, and this preference does not stop it: "
+            f"{'; '.join(gateways)}"
+        )
 
     @app.get(
         "/v1/agreements",

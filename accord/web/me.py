@@ -57,7 +57,7 @@ from accord.web.labels import FieldLabel, field_labels
 from accord.web.proofs import bundles_for
 from accord.web.session import check_csrf, read_form, require_page_role
 from accord.web.templating import render
-from agreements.model import Agreement, ConsentMode, IdentifierTreatment, Purpose, Status, deciding
+from agreements.model import Agreement, ConsentMode, IdentifierTreatment, Purpose, deciding, statutory_gateways
 from consent import store
 from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes, applicable
 from consent.tokens import CITIZEN
@@ -669,8 +669,8 @@ def consent_effect(
     """
     name = names.get(recipient, recipient)
     others_decide = any(e.draft.recipient == recipient and e.draft.subject_key != subject_key for e in stored)
-    under = [a for a in agreements if recipient in a.recipients and a.status is Status.ACTIVE]
-    statutory = tuple(sorted({a.gateway for a in under if a.consent_mode is ConsentMode.NOT_REQUIRED}))
+    under = [a for a in deciding(agreements, now.date()) if recipient in a.recipients and a.in_force(now.date())]
+    statutory, _ = statutory_gateways(agreements, recipient, now.date())
     n = 0
     if decision is ConsentDecision.DENY:
         future = f"Future sharing with {name} that rests on your agreement stops."

@@ -205,6 +205,23 @@ def test_a_field_given_twice_is_422_and_records_nothing(engine: Engine, client: 
     assert store.history(engine, [ME]) == {}
 
 
+def test_a_no_to_a_recipient_reached_by_statutory_sharing_says_what_it_cannot_stop(
+    engine: Engine, client: TestClient
+) -> None:
+    """The CPS receives custody records under a statute, whatever consent says: the "no" is recorded,
+    and the answer says it stops nothing (it said nothing, as if it had)."""
+    resp = client.post("/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient": "cps"})
+    assert resp.status_code == 201, resp.text
+    note = resp.json()["note"]
+    assert note.startswith("All sharing with cps does not rest on your consent") and "Act" in note, note
+    consent_based = client.post(
+        "/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient": "salford-research"}
+    )
+    assert consent_based.status_code == 201 and consent_based.json()["note"] is None
+    allowed = client.post("/v1/me/consents", headers=citizen(ME), json={"decision": "permit", "recipient": "cps"})
+    assert allowed.json()["note"] is None
+
+
 def test_unknown_recipient_class_as_recipient_and_bare_scope_are_422_with_reasons(
     engine: Engine, client: TestClient
 ) -> None:
