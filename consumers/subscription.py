@@ -118,11 +118,11 @@ class Subscription:
     ):
         agreements = list(agreements)
         self.partner = partner
-        self.topics = partner_topics(TopicNames(settings.topic_prefix), partner, agreements)
+        names = TopicNames(settings.topic_prefix)
+        self.topics = partner_topics(names, partner, agreements)
         if not self.topics:
             raise ValueError(f"no agreement names {partner!r} as a recipient")
         self.catalogue = recipient_catalogue(agreements)
-        names = TopicNames(settings.topic_prefix)
         mine = [a for a in agreements if partner in a.recipients]
         # Each projection made for this partner: (the agreement version, the event type, the topic it comes on).
         self._projections = {
