@@ -257,18 +257,20 @@ def superseded_by(agreement: Agreement, agreements: Iterable[Agreement], on: dat
 
 
 def statutory_gateways(
-    agreements: Iterable[Agreement], recipient: str, on: date, purpose: str | None = None
+    agreements: Iterable[Agreement], recipient: str | None, on: date, purpose: str | None = None
 ) -> tuple[tuple[str, ...], bool]:
-    """What a citizen's "no" to ``recipient`` (for ``purpose``, or any) cannot stop on ``on``.
+    """What a citizen's "no" to ``recipient`` (or anyone) for ``purpose`` (or any) cannot stop on ``on``.
 
-    The gateways of the deciding versions in force that share with the recipient without
-    consent, and whether any deciding version in force shares with it on consent (which
+    The gateways of the deciding versions in force that share within that scope without
+    consent, and whether any deciding version in force in it shares on consent (which
     the "no" does stop).
     """
     under = [
         a
         for a in deciding(agreements, on)
-        if recipient in a.recipients and a.in_force(on) and (purpose is None or a.purpose.value == purpose)
+        if (recipient is None or recipient in a.recipients)
+        and a.in_force(on)
+        and (purpose is None or a.purpose.value == purpose)
     ]
     statutory = tuple(sorted({a.gateway for a in under if a.consent_mode is ConsentMode.NOT_REQUIRED}))
     return statutory, any(a.consent_mode is not ConsentMode.NOT_REQUIRED for a in under)

@@ -41,13 +41,16 @@ def cmd_agreements_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_agreements_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from accord.processor.agreement_feed import FeedNotReached, publish_agreements
+    from accord.processor.agreement_feed import FeedNotReached, PublishUnchecked, publish_agreements
     from agreements import load_dir
 
     directory = agreements_dir(args, settings)
     agreements = load_dir(directory, partners_file=settings.partners_file)
     try:
         done = publish_agreements(settings, agreements)  # PublishConflict (a ValueError): one line, exit 2
+    except PublishUnchecked as exc:
+        print(f"accord agreements publish: {exc}", file=sys.stderr)
+        return 2
     except FeedNotReached as exc:
         print(
             f"accord agreements publish: {exc} at {settings.bootstrap_servers}: it is read first, so that no "

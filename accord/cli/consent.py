@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from accord.cli.common import Subparsers, aware_datetime
+from accord.cli.common import Subparsers, aware_datetime, load_agreements
 from bus.settings import Settings
 
 __all__ = ["cmd_consent", "cmd_consent_token", "register"]
@@ -96,6 +96,17 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
         f"purpose={rec.purpose or '*'} recipient={scope}"
         + (f" expires={rec.expires_at.isoformat()}" if rec.expires_at else "")
     )
+    from datetime import UTC, datetime
+
+    from accord.sharing.explain import cannot_stop
+    from agreements import AgreementError
+
+    try:  # the record is made: a folder that does not load only leaves the note out
+        note = cannot_stop(load_agreements(settings), rec, datetime.now(UTC).date())
+    except AgreementError:
+        note = None
+    if note is not None:
+        print(f"note: {note}")
     return 0
 
 

@@ -140,6 +140,18 @@ class PublishConflict(ValueError):
         self.keys = keys
 
 
+class PublishUnchecked(RuntimeError):
+    """Versions were published, but the feed could not be read again to check no other publisher raced them."""
+
+    def __init__(self, keys: list[str], topic: str) -> None:
+        super().__init__(
+            f"{', '.join(keys)} published to {topic}, but the feed could not be read again to check that no other "
+            "publisher put other content there at the same moment: run `accord agreements publish` again to check "
+            "(it publishes nothing twice)"
+        )
+        self.keys = keys
+
+
 @dataclass(frozen=True)
 class Published:
     new: int  # versions the feed lacked, now published
@@ -180,7 +192,10 @@ def publish_agreements(settings: Settings, agreements: list[Agreement], *, feed_
         return Published(0, 0, len(agreements))
     _produce_versions(settings, names, [*new, *stale])
     # 5.
-    after = published_versions(settings, feed_timeout_s)
+    try:
+        after = published_versions(settings, feed_timeout_s)
+    except FeedNotReached:
+        raise PublishUnchecked([a.key for a in [*new, *stale]], names.agreements) from None
     outdone = [first for a in new if (first := after.held.get(a.key)) is not None and first != a]
     if outdone:
         _produce_versions(settings, names, outdone)
@@ -323,7 +338,7 @@ class FeedFollower:
                 log.warning("agreements_feed_error", error=err.name())
             return 0
         try:
-            agreement = self.agreements.apply(msg.value() or b"", msg.key())
+            agreement = self.agreements.apply(msg.value() or b"", msg.key() or b"")  # no key: not its own
         except AgreementConflict:
             raise  # the processor stops: its own folder disagrees with what every other one decides by
         except ValueError as exc:

@@ -20,9 +20,9 @@ from datetime import date
 from typing import Any
 
 from accord.sharing.decide import Context, Decision, decide
-from agreements.model import Agreement, deciding, superseded_by
+from agreements.model import Agreement, deciding, statutory_gateways, superseded_by
 from bus.topics import EVENT_TYPES
-from consent.model import ConsentRecord
+from consent.model import ConsentDecision, ConsentRecord
 from schemas.serde import InvalidRecord, from_json, load_schema, to_json, validate
 
 __all__ = [
@@ -258,3 +258,22 @@ def render_text(explanation: Explanation) -> str:
             else:
                 lines.append(f"    -> {r.recipient}: WITHHELD: {r.reason}")
     return "\n".join(lines) + "\n"
+
+
+def cannot_stop(agreements: Iterable[Agreement], record: ConsentRecord, on: date) -> str | None:
+    """What a citizen's "no" cannot stop, in one sentence for them; None when it can stop all it names.
+
+    Sharing under a statutory gateway does not rest on consent: a "no" to a recipient, or
+    for a purpose, that such sharing reaches is recorded and stops nothing of it. A "no"
+    scoped to a class of recipients is not judged here (None).
+    """
+    if record.decision is not ConsentDecision.DENY or record.recipient_class is not None:
+        return None
+    if record.recipient is None and record.purpose is None:
+        return None  # a "no" to everything: /me and the API say so elsewhere
+    gateways, on_consent = statutory_gateways(agreements, record.recipient, on, record.purpose)
+    if not gateways:
+        return None
+    scope = f"with {record.recipient}" if record.recipient else f"for {(record.purpose or '').replace('_', ' ')}"
+    what = "Some sharing" if on_consent else "All sharing"
+    return f"{what} {scope} does not rest on your consent, and this preference does not stop it: {'; '.join(gateways)}"

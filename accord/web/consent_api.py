@@ -51,10 +51,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Engine
 
+from accord.sharing.explain import cannot_stop
 from accord.web import api_docs
 from accord.web.guard import Guard, Limits, Throttles
 from accord.web.templating import STATIC_DIR
-from agreements.model import Agreement, Purpose, statutory_gateways
+from agreements.model import Agreement, Purpose
 from consent import store
 from consent.model import ConsentDecision, ConsentRecord, InvalidPreference, KnownScopes
 from consent.tokens import CITIZEN, MIN_SECRET_BYTES, STAFF, Principal, TokenError, check_secret, verify_token
@@ -424,20 +425,8 @@ def create_app(
                 {"detail": [{"loc": loc, "msg": exc.reason, "type": "value_error"}]}, status_code=422
             )
         log.info("consent_recorded", record_id=rec.id)
-        return RecordedConsent(**ConsentRecordOut.of(rec).model_dump(), note=_cannot_stop(rec))
-
-    def _cannot_stop(rec: ConsentRecord) -> str | None:
-        """The note for a "no" to a recipient that statutory sharing reaches (None otherwise)."""
-        if rec.decision is not ConsentDecision.DENY or rec.recipient is None:
-            return None
-        gateways, on_consent = statutory_gateways(agreements, rec.recipient, datetime.now(UTC).date(), rec.purpose)
-        if not gateways:
-            return None
-        what = "Some sharing" if on_consent else "All sharing"
-        return (
-            f"{what} with {rec.recipient} does not rest on your consent, and this preference does not stop it: "
-            f"{'; '.join(gateways)}"
-        )
+        note = cannot_stop(agreements, rec, datetime.now(UTC).date())
+        return RecordedConsent(**ConsentRecordOut.of(rec).model_dump(), note=note)
 
     @app.get(
         "/v1/agreements",

@@ -144,3 +144,26 @@ def test_a_feed_left_ending_in_another_publishers_content_is_put_right(broker: s
     feed = published_versions(settings, 10)
     assert feed.held[held.key] == held and feed.last[held.key] == held
     assert publish_agreements(settings, EXAMPLES) == Published(0, 0, len(EXAMPLES))
+
+
+def test_a_publication_it_cannot_check_afterwards_is_not_called_unpublished(
+    broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker stalls after the versions were sent: publish said 'nothing was published' though
+    the version was on the feed and deciding. It now says it published and could not check."""
+    settings = _settings(broker)
+    real = agreement_feed.published_versions
+    calls = {"n": 0}
+
+    def stalls_the_second_time(s: Settings, timeout_s: float) -> agreement_feed.FeedState:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise agreement_feed.FeedNotReached("the agreements feed could not be read to its end")
+        return real(s, timeout_s)
+
+    monkeypatch.setattr(agreement_feed, "published_versions", stalls_the_second_time)
+    with pytest.raises(agreement_feed.PublishUnchecked, match=r"published to .* run `accord agreements publish` again"):
+        publish_agreements(settings, EXAMPLES)
+    monkeypatch.undo()
+    assert set(published_versions(settings, 10).held) == {a.key for a in EXAMPLES}
+    assert publish_agreements(settings, EXAMPLES) == Published(0, 0, len(EXAMPLES))

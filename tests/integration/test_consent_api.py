@@ -220,6 +220,11 @@ def test_a_no_to_a_recipient_reached_by_statutory_sharing_says_what_it_cannot_st
     assert consent_based.status_code == 201 and consent_based.json()["note"] is None
     allowed = client.post("/v1/me/consents", headers=citizen(ME), json={"decision": "permit", "recipient": "cps"})
     assert allowed.json()["note"] is None
+    # A "no" for a purpose that only statutory sharing serves stops nothing either.
+    purpose = client.post(
+        "/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "purpose": "crime_prevention_and_prosecution"}
+    )
+    assert purpose.json()["note"].startswith("All sharing for crime prevention and prosecution does not rest")
 
 
 def test_unknown_recipient_class_as_recipient_and_bare_scope_are_422_with_reasons(

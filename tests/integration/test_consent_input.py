@@ -233,3 +233,16 @@ def test_a_mistyped_number_does_not_reach_the_database(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 2 and "Modulus 11" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_no_that_statutory_sharing_reaches_is_recorded_and_says_what_it_cannot_stop(
+    role_db: RoleDatabase, tmp_path: Path
+) -> None:
+    cps = _accord(role_db, tmp_path, "deny", "--subject", NUMBER, "--recipient", "cps")
+    assert cps.returncode == 0, cps.stderr
+    assert "\nnote: All sharing with cps does not rest on your consent" in cps.stdout, cps.stdout
+    purpose = _accord(role_db, tmp_path, "deny", "--subject", NUMBER, "--purpose", "crime_prevention_and_prosecution")
+    assert "note: All sharing for crime prevention and prosecution does not rest on your consent" in purpose.stdout
+    research = _accord(role_db, tmp_path, "deny", "--subject", NUMBER, "--recipient", "salford-research")
+    assert research.returncode == 0 and "note:" not in research.stdout, research.stdout
+    assert _count(role_db.app) == 3

@@ -55,5 +55,7 @@ def test_a_version_on_the_feed_under_another_key_is_refused() -> None:
     v2 = v1.model_copy(update={"version": 2})
     with pytest.raises(ValueError, match="published under the key b'something-else@v1', not its own"):
         agreements_set.apply(v2.model_dump_json().encode(), b"something-else@v1")
+    with pytest.raises(ValueError, match="published under the key b'', not its own"):  # a record with no key
+        agreements_set.apply(v2.model_dump_json().encode(), b"")
     assert agreements_set.apply(v2.model_dump_json().encode(), v2.key.encode()).key == v2.key
     assert agreements_set.apply(v1.model_dump_json().encode(), v1.key.encode()) == v1  # the folder's, confirmed
