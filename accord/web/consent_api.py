@@ -138,7 +138,8 @@ class MyConsents(BaseModel):
 
 
 class ConsentRequest(BaseModel):
-    """A preference for the caller's own subject. Name a purpose, a recipient, or both."""
+    """A preference for the caller's own subject. Name a purpose, a recipient or a class of recipients
+    (a recipient and a class are not named together)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -150,11 +151,17 @@ class ConsentRequest(BaseModel):
     recipient: str | None = Field(
         None, min_length=1, max_length=64, description="A partner id from the partner registry (e.g. `cps`)"
     )
+    recipient_class: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="A class of recipients from the partner registry (e.g. `nhs`, `prosecution`): every partner of it",
+    )
 
     @model_validator(mode="after")
     def _scoped(self) -> ConsentRequest:
-        if self.purpose is None and self.recipient is None:
-            raise ValueError("name a purpose, a recipient, or both")
+        if self.purpose is None and self.recipient is None and self.recipient_class is None:
+            raise ValueError("name a purpose, a recipient or a recipient class")
         return self
 
 
@@ -241,7 +248,7 @@ def _safe_loc(loc: Iterable[Any], names: frozenset[str]) -> list[str | int]:
 _LOC_NAMES = frozenset({"body", "query", "path", "header", "cookie", *ConsentRequest.model_fields})
 # Messages that quote the input or a key it had; replaced by a fixed text.
 _PLAIN_MESSAGES = {
-    "extra_forbidden": "unexpected field (only decision, purpose and recipient are accepted)",
+    "extra_forbidden": "unexpected field (only decision, purpose, recipient and recipient_class are accepted)",
     "duplicate_key": "given more than once: give each field once",
 }
 
@@ -416,6 +423,7 @@ def create_app(
                 known=known,
                 purpose=body.purpose.value if body.purpose is not None else None,
                 recipient=body.recipient,
+                recipient_class=body.recipient_class,
                 collected_by=COLLECTED_BY,
             )
         except InvalidPreference as exc:

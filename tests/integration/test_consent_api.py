@@ -227,6 +227,25 @@ def test_a_no_to_a_recipient_reached_by_statutory_sharing_says_what_it_cannot_st
     assert purpose.json()["note"].startswith("All sharing for crime prevention and prosecution does not rest")
 
 
+def test_a_class_of_recipients_can_be_named_as_the_error_for_a_class_given_as_recipient_advises(
+    engine: Engine, client: TestClient
+) -> None:
+    """The API answered `recipient: "nhs"` with "record it as a recipient class" and then refused
+    `recipient_class` as an unexpected field."""
+    resp = client.post("/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient_class": "nhs"})
+    assert resp.status_code == 201, resp.text
+    assert (resp.json()["recipient_class"], resp.json()["recipient"]) == ("nhs", None)
+    [rec] = store.history(engine, [ME])[ME]
+    assert rec.recipient_class == "nhs" and rec.decision is ConsentDecision.DENY
+    unknown = client.post("/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient_class": "acme"})
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "recipient_class"]
+    assert "acme" not in unknown.text
+    both = client.post(
+        "/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient": "cps", "recipient_class": "nhs"}
+    )
+    assert both.status_code == 422 and len(store.history(engine, [ME])[ME]) == 1
+
+
 def test_unknown_recipient_class_as_recipient_and_bare_scope_are_422_with_reasons(
     engine: Engine, client: TestClient
 ) -> None:
@@ -482,4 +501,4 @@ def test_openapi_lists_paths_and_bearer_scheme(client: TestClient) -> None:
         for op in ops.values():
             assert not op.get("parameters")
     post_schema = doc["components"]["schemas"]["ConsentRequest"]
-    assert set(post_schema["properties"]) == {"decision", "purpose", "recipient"}
+    assert set(post_schema["properties"]) == {"decision", "purpose", "recipient", "recipient_class"}
