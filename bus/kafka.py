@@ -334,6 +334,10 @@ class RenewingProducer:
                 self.refused(err)
             raise
 
+    @property
+    def watches_reports(self) -> bool:
+        return self._watch
+
     def refused(self, err: KafkaError) -> None:
         """The broker (or librdkafka) refused a record of this producer: is the producer lost?"""
         if err.fatal() or err.code() in _PRODUCER_LOST:
@@ -366,7 +370,7 @@ class RenewingProducer:
 def note_refusals(producer: Producing, refusals: Iterable[KafkaError]) -> None:
     """Hand the refusals a sender collected to its producer, if it is a RenewingProducer that
     does not watch its reports; a plain producer has nothing to learn from them."""
-    if isinstance(producer, RenewingProducer) and not producer._watch:
+    if isinstance(producer, RenewingProducer) and not producer.watches_reports:
         for err in refusals:
             producer.refused(err)
 

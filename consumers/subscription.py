@@ -24,6 +24,7 @@ from bus.settings import Settings
 from bus.topics import TopicNames
 from consumers.receipts import ReceiptSender
 from schemas.errors import SerdeError, UnknownFingerprint
+from schemas.validation import CANONICAL_UUID
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,6 @@ def partner_topics(names: TopicNames, partner: str, agreements: Iterable[Agreeme
 
 
 _VERSION_KEY = re.compile(r"[a-z0-9][a-z0-9-]*@v[1-9][0-9]{0,9}")  # an agreement version's key, as the header gives it
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # as the processor writes ids
 
 # How long a new Subscription waits for the broker's metadata before it gives up.
 BROKER_TIMEOUT_S = 10.0
@@ -170,7 +170,7 @@ class Subscription:
             raise ForeignRecord(where, f"it has no {exc.args[0]} header") from None
         if not (seq.isascii() and seq.isdigit() and len(seq) <= 19 and int(seq) >= 1):
             raise ForeignRecord(where, f"its {header.LEDGER_SEQ} header is not a ledger seq (a whole number from 1)")
-        if not _UUID.fullmatch(disclosure_id):
+        if not CANONICAL_UUID.fullmatch(disclosure_id):
             raise ForeignRecord(where, f"its {header.DISCLOSURE_ID} header is not a disclosure id (a UUID)")
         ledger_seq = int(seq)
         try:

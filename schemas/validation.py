@@ -44,14 +44,23 @@ from schemas.named_types import _join, _named_types, _resolve
 from schemas.registry import load_schema
 from schemas.subject_keys import identifier_problem
 
-__all__ = ["Limits", "Problem", "event_problems", "size_problem", "MAX_AGE_YEARS", "EARLIEST_TIMESTAMP"]
+__all__ = [
+    "CANONICAL_UUID",
+    "Limits",
+    "Problem",
+    "event_problems",
+    "size_problem",
+    "MAX_AGE_YEARS",
+    "EARLIEST_TIMESTAMP",
+]
 
 MAX_AGE_YEARS = 125
 EARLIEST_TIMESTAMP = datetime(1900, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(days=1)
 LATEST_ZONE = timedelta(hours=14)  # UTC+14 (Line Islands): where the calendar date is furthest ahead
 ENVELOPE_TIMESTAMPS = ("envelope.occurred_at", "envelope.recorded_at")
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# A UUID in canonical lower-case form: every event id, and every id the processor derives (uuid5).
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _nhs_problem = nhs_number.problem  # one global read per NHS number, not a module attribute too
 
 
@@ -138,7 +147,7 @@ _NAMED_FIELDS: dict[str, _Check] = {
 
 
 def _check_event_id(value: Any, path: str, out: list[Problem], ctx: _Context) -> None:
-    if isinstance(value, str) and not (len(value) == 36 and _UUID.fullmatch(value)):
+    if isinstance(value, str) and not (len(value) == 36 and CANONICAL_UUID.fullmatch(value)):
         out.append(Problem(path, "is not a UUID in canonical lower-case form (8-4-4-4-12 hex digits)"))
     _check_string(value, path, out, ctx)
 
