@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
@@ -309,16 +309,17 @@ class Relay:
 
     A thread consumes from the event topics as the processor does (``consume(batch_size,
     timeout=window)``, the processor's consumer configuration unless ``overrides`` say
-    otherwise), produces each record to every topic ``out`` names for its event topic,
-    keyed by :func:`relay_key`, flushes, and commits the batch: the publish -> partner path
-    without decoding, deciding or a ledger. Given the partner topics the agreements send
-    each type to, it makes as many records over as many partitions as the pipeline does.
+    otherwise), produces each record to the topics ``route`` gives for it (its event
+    topic and event id), keyed by :func:`relay_key`, flushes, and commits the batch: the
+    publish -> partner path without decoding, deciding or a ledger. Routed as a pipeline
+    run's ledger disclosed each event, it makes the same records on the same partitions.
     """
 
     def __init__(
         self,
         settings: Settings,
-        out: Mapping[str, Sequence[str]],
+        topics: Sequence[str],
+        route: Callable[[str, bytes], Sequence[str]],
         batch_size: int,
         window_s: float,
         **overrides: object,
@@ -326,8 +327,8 @@ class Relay:
         self.consumer = kafka.consumer(settings, settings.processor_group, **overrides)
         self.producer = kafka.producer(settings)
         self.assigned = threading.Event()
-        self.consumer.subscribe(list(out), on_assign=lambda _c, ps: self.assigned.set() if ps else None)
-        self.out = {topic: list(enumerate(targets)) for topic, targets in out.items()}
+        self.consumer.subscribe(list(topics), on_assign=lambda _c, ps: self.assigned.set() if ps else None)
+        self.route = route
         self.batch_size, self.window_s = batch_size, window_s
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="relay", daemon=True)
@@ -344,7 +345,7 @@ class Relay:
             for m in msgs:
                 raw = dict(m.headers() or []).get(header.EVENT_ID)
                 event_id = raw.encode() if isinstance(raw, str) else raw or b""
-                for i, target in self.out[m.topic() or ""]:
+                for i, target in enumerate(self.route(m.topic() or "", event_id)):
                     self.producer.produce(target, key=relay_key(event_id, i), value=m.value())
                 tp, offset = position(m)
                 ends[tp] = max(ends.get(tp, -1), offset + 1)

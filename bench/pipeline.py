@@ -27,7 +27,11 @@ here asserts a time. The steps, each with its own topic prefix, group and ledger
    broker's CPU follows the number of record batches it serves, so this shows its
    share); then the same path through the processor's Kafka loop with nothing in it,
    with its consume settings and without their waits, to one topic and then fanned out
-   as the pipeline's disclosures are (every partner topic of the event's type);
+   as the pipeline's disclosures are (every partner topic of the event's type). The
+   fanned-out loop runs the 1-worker sweep's loads in the same order on its own topics:
+   the embedded broker's fetch lists every batch a partition holds, so its latency grows
+   as a run goes on, and a load compares fairly only with the same load after the same
+   ones. The difference, load by load, is what the processor adds;
 7. markdown tables, for the README.
 
 Each throughput run also says where the CPU went (bench/cpu.py: processor, PostgreSQL
@@ -149,6 +153,8 @@ class Bench:
         self.backlog = events[:n_backlog]
         self.pseudonym_key = os.environ.get("ACCORD_PSEUDONYM_KEY") or secrets.token_hex(32)
         self.broker_pid: int | None = None
+        # event id -> the partners its 1-worker latency sweep disclosed it to (relay_latency follows it)
+        self.disclosed_to: dict[str, list[str]] | None = None
 
     def fresh(self, name: str) -> Settings:
         """Settings of one run: its own prefix, group and state folder."""
@@ -266,48 +272,77 @@ class Bench:
             )
             group.check_alive()
             group.no_dead_letters()
+            if workers == 1 and source is None:  # the sweep the fanned-out Kafka loop alone follows
+                self.disclosed_to = disclosures(db.admin)
             return stages
 
     def relay_latency(
-        self, load: tuple[float, float], window_s: float, fan_out: bool = False, **overrides: object
-    ) -> Stage:
+        self, loads: list[tuple[float, float]], window_s: float, fan_out: bool = False, **overrides: object
+    ) -> list[Stage]:
         """Latency through the processor's Kafka loop with nothing in it (bench/latency.py Relay).
 
         ``fan_out``: each event goes to every partner topic its type is sent to (as many
         records and partitions as the pipeline's disclosures, withheld ones included);
-        otherwise to one topic of one partition.
+        otherwise to one topic of one partition. ``loads`` run one after the other on the
+        same topics, as the pipeline's sweep does: the embedded broker's costs grow with
+        what its partitions hold, so a load compares only with the same load after the same ones.
         """
         settings = self.fresh("relay")
         names = TopicNames(settings.topic_prefix)
         if fan_out:
             backlog.create_bus_topics(settings)
             partners = backlog.partner_topics(settings)
-            out = {names.event(t): partners.get(t, []) for t in EVENT_TYPES}
+            disclosed = self.disclosed_to
+            every = {names.event(t): partners.get(t, []) for t in EVENT_TYPES}
+
+            type_of = {names.event(t): t for t in EVENT_TYPES}
+
+            def route(topic: str, event_id: bytes) -> list[str]:
+                if disclosed is None:  # no pipeline run to follow: every partner topic of the type
+                    return every[topic]
+                return [names.partner(p, type_of[topic]) for p in disclosed.get(event_id.decode(), ())]
+
+            out_topics = sorted({t for ts in every.values() for t in ts})
         else:
             single = f"{settings.topic_prefix}relay.out"
             backlog.create_bus_topics(settings, [TopicSpec(single, 1, {})])
-            out = {names.event(t): [single] for t in EVENT_TYPES}
-        relay = latency.Relay(settings, out, settings.batch_size, window_s, **overrides)
+
+            def route(topic: str, event_id: bytes) -> list[str]:
+                return [single]
+
+            out_topics = [single]
+        event_topics = [names.event(t) for t in EVENT_TYPES]
+        relay = latency.Relay(settings, event_topics, route, settings.batch_size, window_s, **overrides)
         keys = {
             latency.relay_key(e.event_id.encode(), i): e.event_id
             for e in self.events
-            for i in range(len(out[names.event(e.event_type)]))
+            for i in range(len(route(names.event(e.event_type), e.event_id.encode())))
         }
         try:
             if not relay.assigned.wait(30):
                 raise RuntimeError("the relay got no partitions within 30 s")
-            [stage] = latency.measure(
+            return latency.measure(
                 settings,
                 lambda: keys,
-                sorted({t for ts in out.values() for t in ts}),
+                out_topics,
                 self.events,
-                [load],
+                loads,
                 progress=lambda _m: None,
                 meter=CpuMeter(self.cpu_groups()),
             )
-            return stage
         finally:
             relay.close()
+
+
+def disclosures(engine: Engine) -> dict[str, list[str]]:
+    """Event id -> the recipients the ledger says it was disclosed to, in disclosure order."""
+    out: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        for event_id, recipient in conn.execute(
+            text("SELECT event_id, recipient FROM ledger_entries WHERE outcome = 'DISCLOSED' ORDER BY seq")
+        ):
+            out.setdefault(event_id, []).append(recipient)
+    return out
 
 
 def backends_of(db: RoleDatabase) -> Callable[[], list[int]]:
@@ -533,6 +568,7 @@ def main() -> int:
         # 6.
         latencies: list[LatencyRun] = []
         relays: list[tuple[str, Stage]] = []
+        alone: dict[float, Stage] = {}  # the fanned-out Kafka loop alone, by offered load
         if not args.no_latency:
             for n in latency_workers:
                 backlog_rate = runs.get("pg1" if n == 1 else "pg2", Run("")).rate
@@ -574,34 +610,43 @@ def main() -> int:
                 except Exception as exc:
                     result.failure = f"{type(exc).__name__}: {exc}"
                     log(f"  FAILED: {result.failure}")
-            # The Kafka loop alone, at the headline load: what consume settings cost by themselves,
-            # and what the pipeline's fan-out (its partner records and partitions) costs the broker.
+            # The Kafka loop alone, at the headline load: what consume settings cost by themselves;
+            # then fanned out as the pipeline's disclosures, over the 1-worker sweep's loads in its
+            # order, so each load meets the same broker history as the pipeline's (``alone``).
             relay_load = (args.headline_load, args.stage_seconds)
+            swept = {st.load for st in next(iter(latencies), LatencyRun("")).stages}
+            sweep = [(r, s) for r, s in loads if r in swept]
             close = (
                 f"consume({base.batch_size}, timeout=0.01), fetch.wait.max.ms=10 (close to the processor's: "
                 "first record, then what is buffered, ACCORD_FETCH_WAIT_MAX_MS=10)"
             )
-            for label, window, fan_out, overrides in (
+            for label, window, fan_out, overrides, plan in (
                 (
                     f"consume({base.batch_size}, timeout={base.batch_window_s}), librdkafka's default fetch wait "
                     "(the processor's settings before it took what is buffered); one topic of one partition",
                     base.batch_window_s,
                     False,
                     {},
+                    [relay_load],
                 ),
-                (f"{close}; one topic of one partition", 0.01, False, {"fetch.wait.max.ms": 10}),
+                (f"{close}; one topic of one partition", 0.01, False, {"fetch.wait.max.ms": 10}, [relay_load]),
                 (
-                    f"{close}; each event to every partner topic of its type (the pipeline's fan-out)",
+                    f"{close}; each event to the partner topics the 1-worker sweep disclosed it to (the "
+                    "pipeline's partner records), the sweep's loads in its order",
                     0.01,
                     True,
                     {"fetch.wait.max.ms": 10},
+                    sweep or [relay_load],
                 ),
             ):
                 log(f"latency of the Kafka loop alone (consume, produce, flush, commit), {label} ...")
                 try:
-                    stage = bench.relay_latency(relay_load, window, fan_out, **overrides)
-                    relays.append((label, stage))
-                    log(describe_stage(stage))
+                    stages = bench.relay_latency(plan, window, fan_out, **overrides)
+                    relays.extend((label, st) for st in stages)
+                    if fan_out:
+                        alone = {st.load: st for st in stages}
+                    for st in stages:
+                        log(describe_stage(st))
                 except Exception as exc:
                     log(f"  FAILED: {type(exc).__name__}: {exc}")
 
@@ -700,16 +745,33 @@ def main() -> int:
             )
             print()
             print(
-                "| consumer; out topics | records | p50 ms | p99 ms | max ms "
+                "| consumer; out topics | offered events/s | records | p50 ms | p99 ms | max ms "
                 "| p99 ms: publish -> produced / produced -> partner | CPU cores: broker / bench |"
             )
-            print("|---|---:|---:|---:|---:|---:|---:|")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|")
             for label, st in relays:
                 cores = " / ".join(f"{st.cores[k]:.2f}" if k in st.cores else "-" for k in ("broker", "bench"))
                 print(
-                    f"| {label} | {st.samples:,} | {st.p50_ms:.0f} | {st.p99_ms:.0f} | {st.max_ms:.0f} "
+                    f"| {label} | {st.load:,.0f} | {st.samples:,} | {st.p50_ms:.0f} | {st.p99_ms:.0f} | {st.max_ms:.0f} "
                     f"| {st.p99_in_ms:.0f} / {st.p99_out_ms:.0f} | {cores} |"
                 )
+        one = next(iter(latencies), None)
+        if alone and one is not None and one.failure is None:
+            print()
+            print(
+                "The pipeline (1 worker) against the Kafka loop alone, fanned out the same way, each load after the "
+                "same loads on the same broker (what the processor adds is the difference):"
+            )
+            print()
+            print("| offered events/s | p50 ms: pipeline / loop alone | p99 ms: pipeline / loop alone | p99 added ms |")
+            print("|---:|---:|---:|---:|")
+            for s in one.stages:
+                a = alone.get(s.load)
+                if a is not None:
+                    print(
+                        f"| {s.load:,.0f} | {s.p50_ms:.0f} / {a.p50_ms:.0f} | {s.p99_ms:.0f} / {a.p99_ms:.0f} "
+                        f"| {s.p99_ms - a.p99_ms:.0f} |"
+                    )
         for attempts in tries.values():
             for r in attempts:
                 if r.failure:
