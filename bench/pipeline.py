@@ -27,7 +27,7 @@ here asserts a time. The steps, each with its own topic prefix, group and ledger
    broker's CPU follows the number of record batches it serves, so this shows its
    share); then the same path through the processor's Kafka loop with nothing in it,
    with its consume settings and without their waits, to one topic and then fanned out
-   as the pipeline's disclosures are (every partner topic of the event's type). The
+   as the pipeline's disclosures are (each event to the partners its ledger gave it). The
    fanned-out loop runs the 1-worker sweep's loads in the same order on its own topics:
    the embedded broker's fetch lists every batch a partition holds, so its latency grows
    as a run goes on, and a load compares fairly only with the same load after the same
@@ -281,9 +281,9 @@ class Bench:
     ) -> list[Stage]:
         """Latency through the processor's Kafka loop with nothing in it (bench/latency.py Relay).
 
-        ``fan_out``: each event goes to every partner topic its type is sent to (as many
-        records and partitions as the pipeline's disclosures, withheld ones included);
-        otherwise to one topic of one partition. ``loads`` run one after the other on the
+        ``fan_out``: each event goes to the partner topics the 1-worker latency sweep's
+        ledger disclosed it to (the pipeline's partner records; every partner topic of its
+        type if no sweep ran); otherwise to one topic of one partition. ``loads`` run one after the other on the
         same topics, as the pipeline's sweep does: the embedded broker's costs grow with
         what its partitions hold, so a load compares only with the same load after the same ones.
         """
@@ -614,7 +614,8 @@ def main() -> int:
             # then fanned out as the pipeline's disclosures, over the 1-worker sweep's loads in its
             # order, so each load meets the same broker history as the pipeline's (``alone``).
             relay_load = (args.headline_load, args.stage_seconds)
-            swept = {st.load for st in next(iter(latencies), LatencyRun("")).stages}
+            one = next((r for r in latencies if r.workers == "1"), None)
+            swept = {st.load for st in one.stages} if one is not None else set()
             sweep = [(r, s) for r, s in loads if r in swept]
             close = (
                 f"consume({base.batch_size}, timeout=0.01), fetch.wait.max.ms=10 (close to the processor's: "
@@ -740,8 +741,8 @@ def main() -> int:
         if relays:
             print()
             print(
-                f"The Kafka loop alone at {args.headline_load:,.0f}/s (consume, produce keyed by event, flush, "
-                "commit; no decoding, no decisions, no ledger; the relay is a thread of the bench):"
+                "The Kafka loop alone (consume, produce keyed by event, flush, commit; no decoding, no decisions, "
+                "no ledger; the relay is a thread of the bench):"
             )
             print()
             print(
@@ -755,7 +756,7 @@ def main() -> int:
                     f"| {label} | {st.load:,.0f} | {st.samples:,} | {st.p50_ms:.0f} | {st.p99_ms:.0f} | {st.max_ms:.0f} "
                     f"| {st.p99_in_ms:.0f} / {st.p99_out_ms:.0f} | {cores} |"
                 )
-        one = next(iter(latencies), None)
+        one = next((r for r in latencies if r.workers == "1"), None)
         if alone and one is not None and one.failure is None:
             print()
             print(
