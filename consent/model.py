@@ -87,11 +87,12 @@ class KnownScopes:
     recipients: frozenset[str]
     recipient_classes: frozenset[str]
     purposes: frozenset[str] = field(default_factory=lambda: frozenset(p.value for p in Purpose))
+    class_of: Mapping[str, str] = field(default_factory=dict)  # partner id -> its recipient class
 
     @classmethod
     def from_partners(cls, partners: Mapping[str, str]) -> KnownScopes:
         """From the partner registry ``{partner id: recipient class}`` (agreements.partners.load_partners)."""
-        return cls(frozenset(partners), frozenset(partners.values()))
+        return cls(frozenset(partners), frozenset(partners.values()), class_of=dict(partners))
 
 
 def _listed(values: Iterable[str]) -> str:

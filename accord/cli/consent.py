@@ -102,7 +102,7 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
     from agreements import AgreementError
 
     try:  # the record is made: a folder that does not load only leaves the note out
-        note = cannot_stop(load_agreements(settings), rec, datetime.now(UTC).date())
+        note = cannot_stop(load_agreements(settings), rec, datetime.now(UTC).date(), known.class_of)
     except AgreementError:
         note = None
     if note is not None:

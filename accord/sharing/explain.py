@@ -14,7 +14,7 @@ of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -260,20 +260,30 @@ def render_text(explanation: Explanation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cannot_stop(agreements: Iterable[Agreement], record: ConsentRecord, on: date) -> str | None:
+def cannot_stop(
+    agreements: Iterable[Agreement], record: ConsentRecord, on: date, class_of: Mapping[str, str] | None = None
+) -> str | None:
     """What a citizen's "no" cannot stop, in one sentence for them; None when it can stop all it names.
 
-    Sharing under a statutory gateway does not rest on consent: a "no" to a recipient, or
-    for a purpose, that such sharing reaches is recorded and stops nothing of it. A "no"
-    scoped to a class of recipients is not judged here (None).
+    Sharing under a statutory gateway does not rest on consent: a "no" to a recipient, to
+    a class of recipients (its members from ``class_of``, the partner registry: partner id
+    -> class), or for a purpose, that such sharing reaches is recorded and stops nothing of it.
     """
-    if record.decision is not ConsentDecision.DENY or record.recipient_class is not None:
+    if record.decision is not ConsentDecision.DENY:
         return None
-    if record.recipient is None and record.purpose is None:
+    agreements = tuple(agreements)  # read once per member of a class
+    if record.recipient_class is not None:
+        members = sorted(p for p, c in (class_of or {}).items() if c == record.recipient_class)
+        found = [statutory_gateways(agreements, m, on, record.purpose) for m in members]
+        gateways = tuple(sorted({g for gs, _ in found for g in gs}))
+        on_consent = any(c for _, c in found)
+        scope = f"with {record.recipient_class.replace('_', ' ')} recipients ({', '.join(members)})"
+    elif record.recipient is None and record.purpose is None:
         return None  # a "no" to everything: /me and the API say so elsewhere
-    gateways, on_consent = statutory_gateways(agreements, record.recipient, on, record.purpose)
+    else:
+        gateways, on_consent = statutory_gateways(agreements, record.recipient, on, record.purpose)
+        scope = f"with {record.recipient}" if record.recipient else f"for {(record.purpose or '').replace('_', ' ')}"
     if not gateways:
         return None
-    scope = f"with {record.recipient}" if record.recipient else f"for {(record.purpose or '').replace('_', ' ')}"
     what = "Some sharing" if on_consent else "All sharing"
     return f"{what} {scope} does not rest on your consent, and this preference does not stop it: {'; '.join(gateways)}"

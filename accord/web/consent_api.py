@@ -122,8 +122,8 @@ class ConsentRecordOut(BaseModel):
 class RecordedConsent(ConsentRecordOut):
     note: str | None = Field(
         None,
-        description="What this preference cannot change: set when the recipient receives your records under "
-        "statutory sharing that does not rest on consent",
+        description="What this preference cannot change: set when the recipient, a recipient of the class, or "
+        "the purpose it names is served by statutory sharing that does not rest on consent",
     )
 
 
@@ -433,7 +433,7 @@ def create_app(
                 {"detail": [{"loc": loc, "msg": exc.reason, "type": "value_error"}]}, status_code=422
             )
         log.info("consent_recorded", record_id=rec.id)
-        note = cannot_stop(agreements, rec, datetime.now(UTC).date())
+        note = cannot_stop(agreements, rec, datetime.now(UTC).date(), known.class_of)
         return RecordedConsent(**ConsentRecordOut.of(rec).model_dump(), note=note)
 
     @app.get(

@@ -227,6 +227,27 @@ def test_a_no_to_a_recipient_reached_by_statutory_sharing_says_what_it_cannot_st
     assert purpose.json()["note"].startswith("All sharing for crime prevention and prosecution does not rest")
 
 
+def test_a_no_to_a_class_of_recipients_reached_by_statutory_sharing_says_what_it_cannot_stop(
+    engine: Engine, client: TestClient
+) -> None:
+    """A "no" to a whole class was answered with no note, where the same "no" to its one member had one."""
+    resp = client.post(
+        "/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient_class": "prosecution"}
+    )
+    assert resp.status_code == 201, resp.text
+    note = resp.json()["note"]
+    assert note.startswith("All sharing with prosecution recipients (cps) does not rest on your consent"), note
+    assert "Act" in note
+    research = client.post(
+        "/v1/me/consents", headers=citizen(ME), json={"decision": "deny", "recipient_class": "research_body"}
+    )
+    assert research.status_code == 201 and research.json()["note"] is None
+    allowed = client.post(
+        "/v1/me/consents", headers=citizen(ME), json={"decision": "permit", "recipient_class": "prosecution"}
+    )
+    assert allowed.status_code == 201 and allowed.json()["note"] is None
+
+
 def test_a_class_of_recipients_can_be_named_as_the_error_for_a_class_given_as_recipient_advises(
     engine: Engine, client: TestClient
 ) -> None:

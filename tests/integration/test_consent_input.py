@@ -245,4 +245,7 @@ def test_a_no_that_statutory_sharing_reaches_is_recorded_and_says_what_it_cannot
     assert "note: All sharing for crime prevention and prosecution does not rest on your consent" in purpose.stdout
     research = _accord(role_db, tmp_path, "deny", "--subject", NUMBER, "--recipient", "salford-research")
     assert research.returncode == 0 and "note:" not in research.stdout, research.stdout
-    assert _count(role_db.app) == 3
+    courts = _accord(role_db, tmp_path, "deny", "--subject", NUMBER, "--recipient-class", "prosecution")
+    assert courts.returncode == 0, courts.stderr
+    assert "\nnote: All sharing with prosecution recipients (cps) does not rest on your consent" in courts.stdout
+    assert _count(role_db.app) == 4
