@@ -8,7 +8,8 @@ Each pass, in three steps, each behind its own cursor in the database:
    (judged as things stood at each withdrawal: accord/sharing/retraction.py);
 2. agreements: for each version that suspended or revoked its agreement (also
    one a later version reinstated), every disclosure made under an earlier version
-   is retracted in the ledger, reading the entries after its cursor;
+   is retracted in the ledger, reading the entries after its cursor: one scan for
+   all of them, from the one furthest behind (``_agreement_step``);
 3. notices: every RETRACTED ledger entry not yet sent goes to its recipient's
    partner topic. The same scan of the new entries finds any disclosure whose
    subject withdrew consent after the consent version it was decided with, and
@@ -38,9 +39,11 @@ sweeps (accord/control_lease.py).
 A pass begins with one query for where everything stands (both cursors, the newest
 consent record, the ledger head), so a step with nothing to do costs nothing more; under
 a steady stream a pass is that query and the notice step's scan of the entries appended
-since the last one. The notice cursor is written when notices were sent, and otherwise at
-most every ``persist_every_s``: a range scanned and found empty stays empty (the ledger
-only grows past its head), so the sweeper remembers it, and a restart scans it again.
+since the last one, and, once any version has ended, one read of the ended versions'
+cursors and one scan for them all, however many ended. The notice and agreement cursors
+are written when the step sent or appended something, and otherwise at most every
+``persist_every_s``: a range scanned and found empty stays empty (the ledger only grows
+past its head), so the sweeper remembers it, and a restart scans it again.
 
 After each pass the sweeper tells the processor's metrics (docs/metrics.md) how far
 behind it is: the consent records still to handle and the age of the oldest, and the
@@ -115,6 +118,8 @@ class RetractionSweeper:
         self.persist_every_s = persist_every_s
         self._notices_done = 0  # the ledger seq up to which this sweeper scanned for notices and sent them
         self._notices_stored = 0.0  # monotonic time the notice cursor was last written
+        self._agreements_done: dict[str, int] = {}  # ended version's key -> the ledger seq scanned up to
+        self._agreements_stored = 0.0  # monotonic time their cursors were last written
         self._appended_head = 0  # the last seq of the retractions appended in this pass (0: none)
         cursors.init_cursors(engine)
 
@@ -210,9 +215,23 @@ class RetractionSweeper:
         self._lag_s = max((datetime.now(UTC) - utc(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
 
     def _agreement_step(self, context: Context, head: int) -> bool:
-        # Every version that has ended its agreement, also one a later version reinstated: what
-        # it ended stays ended (retractions_for_agreement), however soon the reinstating came.
-        # One published ahead of its valid_from ends nothing before that day.
+        """Retract what every ended version owes, in one scan of the ledger for all of them.
+
+        1. the versions that ended their agreement and have begun (also one a later version
+           reinstated: what it ended stays ended, retractions_for_agreement; one published
+           ahead of its valid_from ends nothing before that day);
+        2. where each stands: its stored cursor, read for all in one query, or further, what
+           this sweeper already scanned (a range scanned stays as it was: the ledger only grows
+           past its head);
+        3. one bounded scan from the one furthest behind, of the DISCLOSED entries that any of
+           them ended: past its position, under an earlier version of its agreement; each
+           version then takes its own;
+        4. append what is owed, then move each position to where the scan reached; the stored
+           cursors are written when something was appended or ``persist_every_s`` has passed,
+           so a steady stream with nothing owed costs two reads a pass however many versions
+           ever ended (a restart scans again from the stored cursors, which appends nothing twice).
+        """
+        # 1.
         ended = sorted(
             (a for a in self.agreements.by_key().values() if a.status in ENDED and has_begun(a, context.today)),
             key=lambda a: a.key,
@@ -220,29 +239,60 @@ class RetractionSweeper:
         if not ended:
             self._pending["agreements"] = 0
             return False
-        more = False
+        # 2.
+        names = {a.key: agreement_cursor(a.key) for a in ended}
+        with self.engine.connect() as conn:
+            query = select(cursors.Cursor.name, cursors.Cursor.position).where(cursors.Cursor.name.in_(names.values()))
+            stored: dict[str, int] = {name: position for name, position in conn.execute(query)}
+        at = {a.key: max(stored.get(names[a.key], 0), self._agreements_done.get(a.key, 0)) for a in ended}
+        behind = [a for a in ended if at[a.key] < head]
+        if not behind:
+            self._pending["agreements"] = 0
+            return False
+        # 3.
+        disclosed, reached = self._entries(
+            min(at[a.key] for a in behind),
+            head,
+            LedgerEntry.outcome == Outcome.DISCLOSED.value,
+            or_(
+                *(
+                    and_(
+                        LedgerEntry.agreement_id == a.id,
+                        LedgerEntry.agreement_version < a.version,
+                        LedgerEntry.seq > at[a.key],
+                    )
+                    for a in behind
+                )
+            ),
+        )
+        # 4.
+        appended = 0
+        for agreement in behind:
+            mine = [
+                e.draft
+                for e in disclosed
+                if e.seq > at[agreement.key]
+                and e.draft.agreement_id == agreement.id
+                and e.draft.agreement_version < agreement.version
+            ]
+            owed = retractions_for_agreement(mine, agreement, context)
+            n = self._append_unrecorded(owed)
+            if n:
+                log.info("agreement_retractions", agreement=agreement.key, retractions=n)
+            appended += n
+        now = time.monotonic()
+        persist = appended > 0 or now - self._agreements_stored >= self.persist_every_s
         left = 0
-        for agreement in ended:
-            name = agreement_cursor(agreement.key)
-            start = cursors.get(self.engine, name)
-            if start >= head:
-                continue
-            disclosed, reached = self._entries(
-                start,
-                head,
-                LedgerEntry.outcome == Outcome.DISCLOSED.value,
-                LedgerEntry.agreement_id == agreement.id,
-                LedgerEntry.agreement_version < agreement.version,
-            )
-            owed = retractions_for_agreement([e.draft for e in disclosed], agreement, context)
-            appended = self._append_unrecorded(owed)
-            if appended:
-                log.info("agreement_retractions", agreement=agreement.key, retractions=appended)
-            cursors.advance(self.engine, name, reached)
-            more = more or reached < head
-            left += head - reached
+        for agreement in behind:
+            position = max(at[agreement.key], reached)
+            self._agreements_done[agreement.key] = position
+            if persist:
+                cursors.advance(self.engine, names[agreement.key], position)
+            left += head - position
+        if persist:
+            self._agreements_stored = now
         self._pending["agreements"] = left
-        return more
+        return reached < head
 
     # A disclosure whose subject withdrew consent after the version it was decided with.
     _withdrawn_since = and_(

@@ -165,6 +165,65 @@ def test_a_pass_with_nothing_new_reads_one_row_and_a_stream_without_retractions_
     assert streaming == ["SELECT", "SELECT"], streaming  # where things stand; the new entries' RETRACTED ones
 
 
+def _suspend(parts: Parts, agreement_id: str) -> None:
+    """As the feed applies a new version that suspends the agreement."""
+    current = agreement(parts, agreement_id)
+    suspended = current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})
+    parts.agreement_set.apply(suspended.model_dump_json().encode())
+
+
+def test_a_pass_costs_the_same_however_many_versions_ever_ended_and_each_is_retracted_once(parts: Parts) -> None:
+    """Each ended version cost a cursor read, a ledger scan and a cursor write in every pass, for
+    ever: one scan now serves them all, and what each ended is still retracted, once."""
+    current = agreement(parts, AGREEMENT)
+    events = shared_custody_events(current, 3 * EVENTS)
+    chunks = [events[i * EVENTS : (i + 1) * EVENTS] for i in range(3)]
+    offsets = iter(range(10_000))
+
+    def stream(chunk: list[dict]) -> None:
+        parts.handler.handle([parts.inbound("custody", e, offset=next(offsets)) for e in chunk])
+
+    stream(chunks[0])
+    sweeper = _sweeper(parts, persist_every_s=3600)
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement.split()[0].upper())
+
+    def one_pass_under_a_stream(chunk: list[dict]) -> list[str]:
+        stream(chunk)
+        statements.clear()
+        event.listen(parts.db.app, "before_cursor_execute", note)
+        try:
+            assert sweeper.sweep() is False
+        finally:
+            event.remove(parts.db.app, "before_cursor_execute", note)
+        return list(statements)
+
+    _suspend(parts, "natal-care-to-research")  # ended, and nothing of it in this ledger
+    _sweep_to_the_end(sweeper)
+    one = one_pass_under_a_stream(chunks[1])
+    for other in ("natal-care-to-health-visiting", "referral-to-mash", "custody-to-liaison-diversion"):
+        _suspend(parts, other)
+    _sweep_to_the_end(sweeper)
+    four = one_pass_under_a_stream(chunks[2])
+    # Where things stand; the ended versions' cursors; one scan for them all; the notices' scan.
+    assert one == four == ["SELECT", "SELECT", "SELECT", "SELECT"], (one, four)
+
+    # The prosecutors' disclosures, still in force, were not retracted.
+    owed = {*disclosed(parts, "cps"), *disclosed(parts, "hmcts")}
+    assert len(owed) == 2 * 3 * EVENTS and parts.ledger(outcome="RETRACTED") == []
+    # Now their agreement too, whose cursor starts where the others' are long past: each once.
+    _suspend(parts, AGREEMENT)
+    _sweep_to_the_end(sweeper)
+    retracted = Counter(r.refers_to for r in parts.ledger(outcome="RETRACTED"))
+    assert set(retracted) == owed and set(retracted.values()) == {1}
+    # A restart scans again from the stored cursors and appends nothing twice.
+    size = ledger_size(parts)
+    _sweep_to_the_end(_sweeper(parts, persist_every_s=3600))
+    assert ledger_size(parts) == size
+
+
 def _natal_care_events() -> list[dict]:
     """Synthetic natal care events: shared with health visiting unless the mother opts out."""
     scenario = build_scenario(200, seed=random.randrange(1 << 30), n_malformed=0)
