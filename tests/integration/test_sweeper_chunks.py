@@ -110,3 +110,63 @@ def test_a_suspended_agreement_is_retracted_in_bounded_chunks_once_each(broker, 
         assert again.sweep() is False
         assert retracted() == DISCLOSURES
         assert verify(db.owner).ok
+
+
+def test_versions_ended_at_different_times_share_one_scan_and_each_disclosure_is_retracted_once(
+    broker, tmp_path_factory
+) -> None:
+    """One agreement suspended (v2), reinstated (v3) and suspended again (v4), and another
+    revoked, swept in small chunks and windows: the one scan from the furthest behind must
+    give each version what it ended, no more, and never retract a disclosure twice."""
+    with fresh_role_database() as db:
+        settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("versions"))
+        agreements = load_dir(settings.agreements_dir)
+        bus = Bus(settings, db.owner, agreements)
+        bus.create_topics()
+        v1 = next(a for a in agreements if a.id == AGREEMENT)
+        other = next(a for a in agreements if a.id != AGREEMENT)
+        versions = {n: v1.model_copy(update={"version": n}) for n in (2, 3, 4)}
+        versions[2] = versions[2].model_copy(update={"status": Status.SUSPENDED})
+        versions[4] = versions[4].model_copy(update={"status": Status.SUSPENDED})
+        revoked = other.model_copy(update={"version": other.version + 1, "status": Status.REVOKED})
+
+        def sweeper_over(extra: list) -> RetractionSweeper:
+            held = AgreementSet([*agreements, *extra], recipient_catalogue([*agreements, *extra]))
+            return RetractionSweeper(
+                db.app, held, kafka.producer(settings), bus.names, batch=CHUNK, window=WINDOW, persist_every_s=3600
+            )
+
+        def sweep(s: RetractionSweeper) -> None:
+            passes = 0
+            while s.sweep():
+                passes += 1
+                assert passes < 100, "the sweep never finished"
+
+        def retracted() -> Counter[str]:
+            with db.owner.connect() as conn:
+                return Counter(
+                    r for (r,) in conn.execute(select(LedgerEntry.refers_to).where(LedgerEntry.outcome == "RETRACTED"))
+                )
+
+        under_v1 = _disclosures(v1, 600)
+        under_other = _disclosures(other, 400)
+        append(db.app, under_v1[:300] + under_other[:200] + under_v1[300:])
+        first = sweeper_over([versions[2]])
+        sweep(first)
+        assert set(retracted()) == {d.disclosure_id for d in under_v1}
+        # Reinstated: what v3 discloses is not v2's to retract, however often the sweep runs.
+        under_v3 = _disclosures(versions[3], 500)
+        append(db.app, under_v3[:250] + under_other[200:] + under_v3[250:])
+        second = sweeper_over([versions[2], versions[3]])
+        sweep(second)
+        assert set(retracted()) == {d.disclosure_id for d in under_v1}
+        # v4 suspends again and the other agreement is revoked: their cursors start at 0, v2's at the head.
+        third = sweeper_over([versions[2], versions[3], versions[4], revoked])
+        sweep(third)
+        owed = {d.disclosure_id for d in [*under_v1, *under_v3, *under_other]}
+        counts = retracted()
+        assert set(counts) == owed and set(counts.values()) == {1}, (len(counts), len(owed))
+        # A restart, the cursors behind what was scanned (persist_every_s), appends nothing.
+        sweep(sweeper_over([versions[2], versions[3], versions[4], revoked]))
+        assert retracted() == counts
+        assert verify(db.owner).ok
