@@ -144,9 +144,8 @@ def test_versions_ended_at_different_times_share_one_scan_and_each_disclosure_is
 
         def retracted() -> Counter[str]:
             with db.owner.connect() as conn:
-                return Counter(
-                    r for (r,) in conn.execute(select(LedgerEntry.refers_to).where(LedgerEntry.outcome == "RETRACTED"))
-                )
+                rows = conn.execute(select(LedgerEntry.refers_to).where(LedgerEntry.outcome == "RETRACTED"))
+                return Counter(r for (r,) in rows if r is not None)
 
         under_v1 = _disclosures(v1, 600)
         under_other = _disclosures(other, 400)
