@@ -8,7 +8,7 @@ shared.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import date
 from enum import Enum
 from typing import Any
@@ -257,9 +257,9 @@ def superseded_by(agreement: Agreement, agreements: Iterable[Agreement], on: dat
 
 
 def statutory_gateways(
-    agreements: Iterable[Agreement], recipient: str | None, on: date, purpose: str | None = None
+    agreements: Iterable[Agreement], recipients: Collection[str] | None, on: date, purpose: str | None = None
 ) -> tuple[tuple[str, ...], bool]:
-    """What a citizen's "no" to ``recipient`` (or anyone) for ``purpose`` (or any) cannot stop on ``on``.
+    """What a citizen's "no" to any of ``recipients`` (None: anyone) for ``purpose`` (or any) cannot stop on ``on``.
 
     The gateways of the deciding versions in force that share within that scope without
     consent, and whether any deciding version in force in it shares on consent (which
@@ -268,7 +268,7 @@ def statutory_gateways(
     under = [
         a
         for a in deciding(agreements, on)
-        if (recipient is None or recipient in a.recipients)
+        if (recipients is None or any(r in a.recipients for r in recipients))
         and a.in_force(on)
         and (purpose is None or a.purpose.value == purpose)
     ]

@@ -569,6 +569,7 @@ def main() -> int:
         latencies: list[LatencyRun] = []
         relays: list[tuple[str, Stage]] = []
         alone: dict[float, Stage] = {}  # the fanned-out Kafka loop alone, by offered load
+        one: LatencyRun | None = None  # the 1-worker latency sweep
         if not args.no_latency:
             for n in latency_workers:
                 backlog_rate = runs.get("pg1" if n == 1 else "pg2", Run("")).rate
@@ -614,7 +615,7 @@ def main() -> int:
             # then fanned out as the pipeline's disclosures, over the 1-worker sweep's loads in its
             # order, so each load meets the same broker history as the pipeline's (``alone``).
             relay_load = (args.headline_load, args.stage_seconds)
-            one = next((r for r in latencies if r.workers == "1"), None)
+            one = next((r for r in latencies if r.workers == "1"), None)  # the sweep the loop alone follows
             swept = {st.load for st in one.stages} if one is not None else set()
             sweep = [(r, s) for r, s in loads if r in swept]
             close = (
@@ -756,7 +757,6 @@ def main() -> int:
                     f"| {label} | {st.load:,.0f} | {st.samples:,} | {st.p50_ms:.0f} | {st.p99_ms:.0f} | {st.max_ms:.0f} "
                     f"| {st.p99_in_ms:.0f} / {st.p99_out_ms:.0f} | {cores} |"
                 )
-        one = next((r for r in latencies if r.workers == "1"), None)
         if alone and one is not None and one.failure is None:
             print()
             print(

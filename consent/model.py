@@ -82,17 +82,27 @@ class InvalidPreference(ValueError):
 
 @dataclass(frozen=True)
 class KnownScopes:
-    """The recipients, recipient classes and purposes a preference may name."""
+    """The recipients, recipient classes and purposes a preference may name.
 
-    recipients: frozenset[str]
-    recipient_classes: frozenset[str]
+    One fact, the partner registry's ``{partner id: recipient class}``; the recipients and
+    the classes are read from it.
+    """
+
+    class_of: Mapping[str, str]  # partner id -> its recipient class
     purposes: frozenset[str] = field(default_factory=lambda: frozenset(p.value for p in Purpose))
-    class_of: Mapping[str, str] = field(default_factory=dict)  # partner id -> its recipient class
 
     @classmethod
     def from_partners(cls, partners: Mapping[str, str]) -> KnownScopes:
-        """From the partner registry ``{partner id: recipient class}`` (agreements.partners.load_partners)."""
-        return cls(frozenset(partners), frozenset(partners.values()), class_of=dict(partners))
+        """From the partner registry (agreements.partners.load_partners)."""
+        return cls(dict(partners))
+
+    @property
+    def recipients(self) -> frozenset[str]:
+        return frozenset(self.class_of)
+
+    @property
+    def recipient_classes(self) -> frozenset[str]:
+        return frozenset(self.class_of.values())
 
 
 def _listed(values: Iterable[str]) -> str:

@@ -14,7 +14,7 @@ of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -271,18 +271,17 @@ def cannot_stop(
     """
     if record.decision is not ConsentDecision.DENY:
         return None
-    agreements = tuple(agreements)  # read once per member of a class
+    within: Collection[str] | None
     if record.recipient_class is not None:
-        members = sorted(p for p, c in (class_of or {}).items() if c == record.recipient_class)
-        found = [statutory_gateways(agreements, m, on, record.purpose) for m in members]
-        gateways = tuple(sorted({g for gs, _ in found for g in gs}))
-        on_consent = any(c for _, c in found)
-        scope = f"with {record.recipient_class.replace('_', ' ')} recipients ({', '.join(members)})"
-    elif record.recipient is None and record.purpose is None:
-        return None  # a "no" to everything: /me and the API say so elsewhere
+        within = sorted(p for p, c in (class_of or {}).items() if c == record.recipient_class)
+        scope = f"with {record.recipient_class.replace('_', ' ')} recipients ({', '.join(within)})"
+    elif record.recipient is not None:
+        within, scope = (record.recipient,), f"with {record.recipient}"
+    elif record.purpose is not None:
+        within, scope = None, f"for {record.purpose.replace('_', ' ')}"
     else:
-        gateways, on_consent = statutory_gateways(agreements, record.recipient, on, record.purpose)
-        scope = f"with {record.recipient}" if record.recipient else f"for {(record.purpose or '').replace('_', ' ')}"
+        return None  # a "no" to everything: /me and the API say so elsewhere
+    gateways, on_consent = statutory_gateways(agreements, within, on, record.purpose)
     if not gateways:
         return None
     what = "Some sharing" if on_consent else "All sharing"

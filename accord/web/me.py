@@ -670,7 +670,7 @@ def consent_effect(
     name = names.get(recipient, recipient)
     others_decide = any(e.draft.recipient == recipient and e.draft.subject_key != subject_key for e in stored)
     under = [a for a in deciding(agreements, now.date()) if recipient in a.recipients and a.in_force(now.date())]
-    statutory, _ = statutory_gateways(agreements, recipient, now.date())
+    statutory, _ = statutory_gateways(agreements, (recipient,), now.date())
     n = 0
     if decision is ConsentDecision.DENY:
         future = f"Future sharing with {name} that rests on your agreement stops."

@@ -24,7 +24,7 @@ from tests.bus import TEST_PSEUDONYM_KEY
 from tests.conftest import RoleDatabase, fresh_role_database
 from tests.integration.test_ledger import draft
 
-KNOWN = consent.KnownScopes(frozenset({"cps"}), frozenset({"prosecution"}))
+KNOWN = consent.KnownScopes.from_partners({"cps": "prosecution"})
 
 
 def _refused(engine, sql: str) -> str:

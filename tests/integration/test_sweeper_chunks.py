@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from accord.processor.agreement_feed import AgreementSet
 from accord.processor.sweeper import RetractionSweeper
-from agreements import Status, load_dir
+from agreements import Agreement, Status, load_dir
 from agreements.recipient_schemas import recipient_catalogue
 from bus import kafka
+from bus.settings import Settings
 from ledger import EntryDraft, LedgerEntry, append, verify
 from tests.bus import Bus, make_settings, read_topic
-from tests.conftest import fresh_role_database
+from tests.conftest import RoleDatabase, fresh_role_database
 
 AGREEMENT = "custody-to-prosecution"
 DISCLOSURES = 1_300
@@ -57,12 +61,26 @@ def _disclosures(agreement, n: int) -> list[EntryDraft]:
     return drafts
 
 
-def test_a_suspended_agreement_is_retracted_in_bounded_chunks_once_each(broker, tmp_path_factory) -> None:
+@contextmanager
+def _bus_on_a_fresh_ledger(broker: str, folder: Path) -> Iterator[tuple[RoleDatabase, Settings, list[Agreement], Bus]]:
+    """A ledger of its own (owner and app roles), the settings, the agreements and the bus's topics."""
     with fresh_role_database() as db:
-        settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("chunks"))
+        settings = make_settings(broker, db.app_url, folder)
         agreements = load_dir(settings.agreements_dir)
         bus = Bus(settings, db.owner, agreements)
         bus.create_topics()
+        yield db, settings, agreements, bus
+
+
+def _retracted(db: RoleDatabase) -> Counter[str]:
+    """How often each disclosure was retracted in the ledger."""
+    with db.owner.connect() as conn:
+        rows = conn.execute(select(LedgerEntry.refers_to).where(LedgerEntry.outcome == "RETRACTED"))
+        return Counter(r for (r,) in rows if r is not None)
+
+
+def test_a_suspended_agreement_is_retracted_in_bounded_chunks_once_each(broker, tmp_path_factory) -> None:
+    with _bus_on_a_fresh_ledger(broker, tmp_path_factory.mktemp("chunks")) as (db, settings, agreements, bus):
         current = next(a for a in agreements if a.id == AGREEMENT)
         # Other decisions in between, so the chunks must skip what is not theirs.
         append(db.app, _disclosures(next(a for a in agreements if a.id != AGREEMENT), 150))
@@ -74,10 +92,7 @@ def test_a_suspended_agreement_is_retracted_in_bounded_chunks_once_each(broker, 
         )
 
         def retracted() -> int:
-            with db.owner.connect() as conn:
-                return conn.execute(
-                    select(func.count()).select_from(LedgerEntry).where(LedgerEntry.outcome == "RETRACTED")
-                ).scalar_one()
+            return _retracted(db).total()
 
         passes, seen = 0, []
         while sweeper.sweep():
@@ -118,11 +133,7 @@ def test_versions_ended_at_different_times_share_one_scan_and_each_disclosure_is
     """One agreement suspended (v2), reinstated (v3) and suspended again (v4), and another
     revoked, swept in small chunks and windows: the one scan from the furthest behind must
     give each version what it ended, no more, and never retract a disclosure twice."""
-    with fresh_role_database() as db:
-        settings = make_settings(broker, db.app_url, tmp_path_factory.mktemp("versions"))
-        agreements = load_dir(settings.agreements_dir)
-        bus = Bus(settings, db.owner, agreements)
-        bus.create_topics()
+    with _bus_on_a_fresh_ledger(broker, tmp_path_factory.mktemp("versions")) as (db, settings, agreements, bus):
         v1 = next(a for a in agreements if a.id == AGREEMENT)
         other = next(a for a in agreements if a.id != AGREEMENT)
         versions = {n: v1.model_copy(update={"version": n}) for n in (2, 3, 4)}
@@ -143,9 +154,7 @@ def test_versions_ended_at_different_times_share_one_scan_and_each_disclosure_is
                 assert passes < 100, "the sweep never finished"
 
         def retracted() -> Counter[str]:
-            with db.owner.connect() as conn:
-                rows = conn.execute(select(LedgerEntry.refers_to).where(LedgerEntry.outcome == "RETRACTED"))
-                return Counter(r for (r,) in rows if r is not None)
+            return _retracted(db)
 
         under_v1 = _disclosures(v1, 600)
         under_other = _disclosures(other, 400)
