@@ -146,6 +146,13 @@ class Settings(BaseSettings):
         "floor under latency there)",
     )
     retraction_interval_s: float = Field(1.0, gt=0, description="How often the processor looks for withdrawn consent")
+    retraction_busy: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="The share of its time a large retraction (an agreement suspended) may take from the "
+        "event stream: after each chunk it rests in proportion, leaving the database and the cores to the events",
+    )
     ledger_signing_key: SecretStr = Field(
         SecretStr(""),
         description="Ed25519 key signing ledger checkpoints: a signed-note key (PRIVATE+KEY+<name>+<id>+<base64>) "

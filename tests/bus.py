@@ -49,6 +49,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "ACCORD_DATABASE_TIMEOUT_S": str(settings.database_timeout_s),
         "ACCORD_HEALTH_PORT": str(settings.health_port),
         "ACCORD_RETRACTION_INTERVAL_S": str(settings.retraction_interval_s),
+        "ACCORD_RETRACTION_BUSY": str(settings.retraction_busy),
         "ACCORD_CHECKPOINT_INTERVAL_S": str(settings.checkpoint_interval_s),
         "ACCORD_CHECKPOINT_EVERY_ENTRIES": str(settings.checkpoint_every_entries),
     }

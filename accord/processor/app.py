@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from accord.processor.agreement_feed import AgreementSet, FeedFollower
+from accord.processor.background import BackgroundWork
 from accord.processor.handler import BatchHandler
 from accord.processor.health import Health
 from accord.processor.loop import SharingLoop, Timer
@@ -38,8 +39,8 @@ def run_processor(settings: Settings) -> int:
        load the agreements and partners; refuse to start without a pseudonym key when one is needed;
     2. open the database as the application role, waiting while it is unreachable, and refuse
        a pseudonym key other than the one in force (ledger/pseudonym_keys.py);
-    3. build the feed, the handler, the receipts recorder and the control-plane timers, all
-       counting into one set of metrics, served with the health checks on ACCORD_HEALTH_PORT;
+    3. build the feed, the handler, the receipts recorder, the control-plane timers and the
+       background retractions of ended agreements, all counting into one set of metrics, served with the health checks on ACCORD_HEALTH_PORT;
     4. read the agreements feed to its end, then subscribe and loop until SIGTERM or SIGINT.
     """
     from accord.processor.checkpointer import Checkpointer, signer_from_settings
@@ -125,7 +126,16 @@ def run_processor(settings: Settings) -> int:
     sweeper = RetractionSweeper(
         engine, agreement_set, kafka.renewing_producer(settings), names, partner_classes, metrics=metrics
     )
-    timers: list[Timer] = [("retraction_sweep", settings.retraction_interval_s, sweeper.sweep)]
+    # The sweep in three: the consent relay and the sending of notices on the loop's timers
+    # (sending needs no database, so it is asked often); what only reads and appends the
+    # ledger (retracting ended agreements, reading the notices to send) beside the loop.
+    timers: list[Timer] = [
+        ("retraction_sweep", settings.retraction_interval_s, sweeper.relay),
+        ("retraction_notices", min(settings.retraction_interval_s, 0.1), sweeper.send_notices),
+    ]
+    background = [
+        BackgroundWork("retraction_scan", settings.retraction_interval_s, sweeper.scan, busy=settings.retraction_busy)
+    ]
     signer = signer_from_settings(settings)
     if signer is None:
         log.warning(
@@ -155,6 +165,7 @@ def run_processor(settings: Settings) -> int:
         batch_window_s=settings.batch_window_s,
         receipts=ReceiptRecorder(engine),
         timers=timers,
+        background=background,
         lease=lease_for(engine, psycopg_connect_args(settings.database_timeout_s)),
         metrics=metrics,
         # While no batch proves them reachable, /readyz asks the services itself.

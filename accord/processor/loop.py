@@ -12,7 +12,10 @@ One pass of the loop (``SharingLoop.run_once``), in this order:
 5. run the control plane when due: the retraction sweep and ledger checkpoints, in the
    one worker that holds the control-plane lease (accord/processor/control_lease.py). A timer
    whose work returns True has more waiting and runs again on the next pass, so a
-   large job (retracting a suspended agreement) goes in bounded chunks between batches.
+   large job (sending a suspended agreement's retraction notices) goes in bounded chunks
+   between batches. Work that writes only the ledger (retracting what an ended agreement
+   owes) runs on a thread of its own while this worker holds the lease
+   (accord/processor/background.py); the loop tells it at each tick.
 
 Steps 3 and 4 overlap with the next batch (``_complete``): while batch N is appended to
 the ledger and produced (``send``, on one sender thread) and the broker confirms it, the
@@ -66,6 +69,7 @@ import structlog
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from accord.processor.agreement_feed import AgreementConflict, AgreementSet
+from accord.processor.background import BackgroundWork
 from accord.processor.control_lease import Lease
 from accord.processor.handler import BatchReport, DeadLetter, Inbound, Prepared, Sending
 from accord.processor.health import Health
@@ -175,6 +179,7 @@ class SharingLoop:
         batch_window_s: float = 0.2,
         receipts: Receipts | None = None,
         timers: Sequence[Timer] = (),
+        background: Sequence[BackgroundWork] = (),
         lease: Lease | None = None,
         feed_timeout_s: float = 10.0,
         max_backoff_s: float = 10.0,
@@ -184,6 +189,7 @@ class SharingLoop:
         lag_interval_s: float = 1.0,
         overlap: bool = True,
         sender: Executor | None = None,
+        lease_check_s: float = 1.0,
     ) -> None:
         self.consumer = consumer
         self.feed = feed
@@ -194,7 +200,11 @@ class SharingLoop:
         self.batch_window_s = batch_window_s
         self.receipts = receipts
         self.timers = [_TimerState(name, interval, work) for name, interval, work in timers]
+        self.background = list(background)  # ledger-only control-plane work, on threads of its own
         self.lease = lease  # None: this loop runs the control plane alone (tests, one worker)
+        self.lease_check_s = lease_check_s
+        self._leader = False  # what the lease last said
+        self._lease_at = -lease_check_s  # monotonic time it was last asked (never yet)
         self.feed_timeout_s = feed_timeout_s
         self.max_backoff_s = max_backoff_s
         self.metrics = metrics if metrics is not None else ProcessorMetrics(health)
@@ -254,6 +264,8 @@ class SharingLoop:
         """Catch up with the agreements feed before subscribing: no decision before it (I9)."""
         self._catch_up()
         self.consumer.subscribe(self.topics(), on_assign=self.on_assign, on_revoke=self.on_revoke)
+        for work in self.background:
+            work.start()  # idle until the first tick finds this worker holds the lease
         self.health.running()
 
     def run(self) -> None:
@@ -528,8 +540,18 @@ class SharingLoop:
         due = [t for t in self.timers if now - t.last >= t.interval_s]
         if not due:
             return
-        leader = self.lease is None or self._guarded(self.lease.held, name="control_lease") is True
+        if self.lease is None:
+            leader = True
+        elif (
+            now - self._lease_at >= self.lease_check_s
+        ):  # a timer may be due often: the lease is asked at most this often
+            leader = self._leader = self._guarded(self.lease.held, name="control_lease") is True
+            self._lease_at = now
+        else:
+            leader = self._leader
         self.metrics.control.leader = leader
+        for work in self.background:
+            work.lead(leader)
         if not leader:
             for timer in due:
                 timer.last = now  # another worker runs them; ask again at the next interval
@@ -612,6 +634,8 @@ class SharingLoop:
         destructor would leave the group), and the group notices after the session timeout.
         """
         self._sender.shutdown(wait=True)
+        for work in self.background:
+            work.stop()  # before the lease goes: the next holder must not find it still appending
         closers = ([self.consumer.close] if leave_group else []) + [self.feed.close]
         closers += [self.lease.release] if self.lease else []
         for close in closers:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from accord.processor.agreement_feed import AgreementSet
@@ -21,10 +22,12 @@ from accord.processor.sweeper import RetractionSweeper
 from agreements import Agreement, Status, load_dir
 from agreements.recipient_schemas import recipient_catalogue
 from bus import kafka
+from bus.errors import NotDelivered
 from bus.settings import Settings
 from ledger import EntryDraft, LedgerEntry, append, verify
 from tests.bus import Bus, make_settings, read_topic
 from tests.conftest import RoleDatabase, fresh_role_database
+from tests.ports import free_port
 
 AGREEMENT = "custody-to-prosecution"
 DISCLOSURES = 1_300
@@ -178,3 +181,42 @@ def test_versions_ended_at_different_times_share_one_scan_and_each_disclosure_is
         sweep(sweeper_over([versions[2], versions[3], versions[4], revoked]))
         assert retracted() == counts
         assert verify(db.owner).ok
+
+
+def test_notices_read_but_not_sent_when_the_broker_fails_are_sent_after_a_restart(broker, tmp_path_factory) -> None:
+    """The processor's split: ``scan`` reads chunks of notices ahead of ``send_notices``. The broker
+    fails under the sender, the scan goes on and writes the notice cursor, then the process dies:
+    a new sweeper must still send every notice (the cursor stands where the broker took them)."""
+    with _bus_on_a_fresh_ledger(broker, tmp_path_factory.mktemp("unsent")) as (db, settings, agreements, bus):
+        current = next(a for a in agreements if a.id == AGREEMENT)
+        append(db.app, _disclosures(current, 3 * CHUNK))
+        suspended = current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})
+        agreement_set = AgreementSet([*agreements, suspended], recipient_catalogue([*agreements, suspended]))
+        # A broker that is not there: the producer's flush fails, as in an outage.
+        gone = settings.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+        sweeper = RetractionSweeper(
+            db.app,
+            agreement_set,
+            kafka.producer(gone, **{"message.timeout.ms": 500}),
+            bus.names,
+            batch=CHUNK,
+            window=WINDOW,
+            persist_every_s=0.0,
+        )
+        sweeper.scan()  # chunk 1 handed over
+        sweeper.scan()  # chunk 2 waits behind it
+        with pytest.raises(NotDelivered):
+            sweeper.send_notices()  # chunk 1 is not delivered
+        for _ in range(3):  # the scan goes on (retracting; chunk 3 held back), writing the cursor each time
+            sweeper.scan()
+        assert _retracted(db).total() == 3 * CHUNK
+
+        again = RetractionSweeper(db.app, agreement_set, kafka.producer(settings), bus.names, batch=CHUNK)
+        while again.sweep():
+            pass
+        notices: Counter[str] = Counter()
+        for recipient in ("cps", "hmcts"):
+            for headers, _value in read_topic(settings, bus.names.partner(recipient, "custody")):
+                if headers.get("accord.kind") == b"retraction":
+                    notices[headers["accord.retracts"].decode()] += 1
+        assert set(notices) == set(_retracted(db)), f"{len(set(_retracted(db)) - set(notices))} notices never sent"
