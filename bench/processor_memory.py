@@ -1,6 +1,6 @@
 """The processor's memory over a long stream, and while it retracts a suspended agreement.
 
-    python bench/processor_memory.py [--events 1000000] [--chunk 50000]
+    python bench/processor_memory.py [--events 1000000] [--chunk 50000] [--control-s S]
 
 Measure only; nothing here asserts. In one run:
 
@@ -15,6 +15,10 @@ Measure only; nothing here asserts. In one run:
    the stream's publish -> partner latency (p50/p99) is measured before and during the
    retraction, and in 5 s windows during it (bench/latency.py's partner clock and steady
    publisher).
+
+With ``--control-s S`` nothing is suspended: the same stream runs for S seconds, so
+its latency windows show what the embedded broker's own drift adds over that time
+(its fetches cost more as partitions fill).
 
 Prints a markdown table.
 """
@@ -85,6 +89,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=50_000)
+    parser.add_argument(
+        "--control-s",
+        type=float,
+        default=0.0,
+        help="suspend nothing: stream as long as this, to tell what the broker's own drift adds",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="accord-bench-memory-"))
     broker = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", state_dir=root / "broker")
@@ -150,11 +160,18 @@ def main() -> int:
                 streaming.start()
                 time.sleep(10)  # latency before the suspension
                 suspended_at = time.monotonic_ns()
-                publish_agreements(
-                    settings, [current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})]
-                )
+                if not args.control_s:
+                    publish_agreements(
+                        settings,
+                        [current.model_copy(update={"version": current.version + 1, "status": Status.SUSPENDED})],
+                    )
                 peak, started = 0.0, time.monotonic()
-                while True:
+                while args.control_s:  # no suspension: the same stream for as long, as the control
+                    peak = max(peak, rss_mb(pid))
+                    if time.monotonic() - started > args.control_s:
+                        break
+                    time.sleep(0.25)
+                while not args.control_s:
                     peak = max(peak, rss_mb(pid))
                     with db.admin.connect() as conn:
                         retracted = conn.execute(
@@ -190,7 +207,11 @@ def main() -> int:
                 quiet.close()
                 rows.append(
                     (
-                        f"retracting {disclosed:,} disclosures of {agreement_id} ({retraction_s:.0f} s): peak",
+                        (
+                            f"the same stream, nothing suspended (the control, {retraction_s:.0f} s): peak"
+                            if args.control_s
+                            else f"retracting {disclosed:,} disclosures of {agreement_id} ({retraction_s:.0f} s): peak"
+                        ),
                         f"{peak:.1f}",
                     )
                 )
@@ -203,7 +224,8 @@ def main() -> int:
             print("\n| stream at 200 events/s | p50 ms | p99 ms | samples |\n| --- | --- | --- | --- |")
             print(f"| before the suspension | {before[0]:.0f} | {before[1]:.0f} | {before[2]} |")
             print(
-                f"| while {disclosed:,} disclosures are retracted | {during[0]:.0f} | {during[1]:.0f} | {during[2]} |"
+                f"| {'after, nothing suspended' if args.control_s else f'while {disclosed:,} disclosures are retracted'}"
+                f" | {during[0]:.0f} | {during[1]:.0f} | {during[2]} |"
             )
             print(
                 f"| before, on the partner topics the notices do not go to | {quiet_before[0]:.0f} | "
