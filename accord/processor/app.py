@@ -39,8 +39,9 @@ def run_processor(settings: Settings) -> int:
        load the agreements and partners; refuse to start without a pseudonym key when one is needed;
     2. open the database as the application role, waiting while it is unreachable, and refuse
        a pseudonym key other than the one in force (ledger/pseudonym_keys.py);
-    3. build the feed, the handler, the receipts recorder, the control-plane timers and the
-       background retractions of ended agreements, all counting into one set of metrics, served with the health checks on ACCORD_HEALTH_PORT;
+    3. build the feed, the handler, the receipts recorder, the control-plane timers and
+       the retraction scan beside the loop, all counting into one set of metrics, served
+       with the health checks on ACCORD_HEALTH_PORT;
     4. read the agreements feed to its end, then subscribe and loop until SIGTERM or SIGINT.
     """
     from accord.processor.checkpointer import Checkpointer, signer_from_settings
@@ -127,11 +128,12 @@ def run_processor(settings: Settings) -> int:
         engine, agreement_set, kafka.renewing_producer(settings), names, partner_classes, metrics=metrics
     )
     # The sweep in three: the consent relay and the sending of notices on the loop's timers
-    # (sending needs no database, so it is asked often); what only reads and appends the
-    # ledger (retracting ended agreements, reading the notices to send) beside the loop.
+    # (sending needs no database, so it is asked often, and the batch in flight is settled
+    # for it only when notices are ready); what only reads and appends the ledger
+    # (retracting ended agreements, reading the notices to send) beside the loop.
     timers: list[Timer] = [
         ("retraction_sweep", settings.retraction_interval_s, sweeper.relay),
-        ("retraction_notices", min(settings.retraction_interval_s, 0.1), sweeper.send_notices),
+        ("retraction_notices", min(settings.retraction_interval_s, 0.1), sweeper.send_notices, sweeper.notices_ready),
     ]
     background = [
         BackgroundWork("retraction_scan", settings.retraction_interval_s, sweeper.scan, busy=settings.retraction_busy)

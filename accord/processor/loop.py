@@ -135,9 +135,11 @@ class Feed(Protocol):
     def close(self) -> None: ...
 
 
-# A control-plane timer: (name, interval in seconds, work). Work that returns True has more
-# waiting and runs again on the next pass; anything else waits for the next interval.
-Timer = tuple[str, float, Callable[[], object]]
+# A control-plane timer: (name, interval in seconds, work), and optionally a question asked
+# once the interval has passed: is there anything to do? (No: the batch in flight is not
+# settled for it.) Work that returns True has more waiting and runs again on the next
+# pass; anything else waits for the next interval.
+Timer = tuple[str, float, Callable[[], object]] | tuple[str, float, Callable[[], object], Callable[[], bool]]
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class _TimerState:
     name: str
     interval_s: float
     work: Callable[[], object]
+    wanted: Callable[[], bool] | None = None  # None: always, once the interval has passed
     last: float = 0.0  # monotonic time of the last run; 0.0: due at the next pass
 
 
@@ -199,7 +202,7 @@ class SharingLoop:
         self.batch_size = batch_size
         self.batch_window_s = batch_window_s
         self.receipts = receipts
-        self.timers = [_TimerState(name, interval, work) for name, interval, work in timers]
+        self.timers = [_TimerState(*timer) for timer in timers]
         self.background = list(background)  # ledger-only control-plane work, on threads of its own
         self.lease = lease  # None: this loop runs the control plane alone (tests, one worker)
         self.lease_check_s = lease_check_s
@@ -537,14 +540,13 @@ class SharingLoop:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        due = [t for t in self.timers if now - t.last >= t.interval_s]
+        due = [t for t in self.timers if now - t.last >= t.interval_s and (t.wanted is None or t.wanted())]
         if not due:
             return
+        # A timer may be due often: the lease is asked at most every lease_check_s.
         if self.lease is None:
             leader = True
-        elif (
-            now - self._lease_at >= self.lease_check_s
-        ):  # a timer may be due often: the lease is asked at most this often
+        elif now - self._lease_at >= self.lease_check_s:
             leader = self._leader = self._guarded(self.lease.held, name="control_lease") is True
             self._lease_at = now
         else:

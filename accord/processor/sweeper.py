@@ -189,6 +189,10 @@ class RetractionSweeper:
         """Send the chunks of notices ``scan`` has read; no database, so the loop may call it often."""
         self._send_notices()
 
+    def notices_ready(self) -> bool:
+        """Whether ``send_notices`` has anything to send (so the loop settles its batch for it)."""
+        return self._unsent is not None or not self._ready.empty()
+
     def scan(self) -> bool:
         """Step 2 and the notice step's scan, one bounded chunk each; True when more is waiting.
 

@@ -271,6 +271,31 @@ def test_the_control_plane_runs_only_with_nothing_in_flight() -> None:
     ]
 
 
+def test_a_timer_with_nothing_to_do_leaves_the_batch_in_flight_alone() -> None:
+    ready: list[bool] = [False]
+    seen: list[str] = []
+    timer = ("notices", 0.0, lambda: seen.append("notices"), lambda: ready[0])
+    loop, _, calls = _loop([[0, 1], [2], [3]], timers=[timer])
+    for i in range(3):
+        ready[0] = i == 1  # notices are ready after the second batch only
+        loop.run_once()
+        calls += seen
+        seen.clear()
+    assert calls == [
+        "prepare 0-1",
+        "send 0-1",
+        "prepare 2",  # nothing to send: batch 0-1 stays in flight while 2 is decided
+        "settle 0-1",
+        "commit 2",
+        "send 2",
+        "settle 2",  # notices ready: settled first, so a retraction follows its disclosure
+        "commit 3",
+        "notices",
+        "prepare 3",
+        "send 3",
+    ]
+
+
 @pytest.mark.parametrize("how", ["stop", "revoke"])
 def test_a_stop_or_a_rebalance_settles_and_commits_what_is_in_flight(how: str) -> None:
     loop, _, calls = _loop([[0, 1], [2]])
