@@ -66,7 +66,6 @@ class BackgroundWork:
         self._wake = threading.Event()  # set by lead() and stop(), so a wait ends at once
         self._thread: threading.Thread | None = None
         self._now = False  # run without waiting for the interval (set when this worker becomes leader)
-        self.runs = 0  # completed runs of the work (for the tests and the metrics)
 
     def lead(self, leading: bool) -> None:
         """Whether this worker holds the control-plane lease, as the loop last found it."""
@@ -115,10 +114,9 @@ class BackgroundWork:
                     if not self.work() or not self._leading.is_set() or self._stop.is_set():
                         break
                     # rest in proportion to the chunk, so the database and the cores are left
-                    # to the event stream for the rest of the time (time.sleep(0): the GIL at least)
+                    # to the event stream for the rest of the time (none at busy 1.0)
                     self._stop.wait((time.monotonic() - began) * (1 - self.busy) / self.busy)
                 failures = 0
-                self.runs += 1
             # 3.
             except Exception as exc:  # noqa: BLE001 - ledger-only control-plane work: logged, resumed from its cursors
                 down = outage_of(exc)
