@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -36,38 +38,36 @@ class Chunks:
             assert self.called.wait_for(lambda: self.calls >= calls, timeout), f"{self.calls} calls, not {calls}"
 
 
-def _running(work: Chunks, **kw: float) -> BackgroundWork:
+@contextmanager
+def _running(work: Chunks, **kw: float) -> Iterator[BackgroundWork]:
     bg = BackgroundWork("test_work", kw.pop("interval_s", 0.01), work, **kw)
     bg.start()
-    return bg
+    try:
+        yield bg
+    finally:
+        bg.stop(timeout_s=5)
 
 
 def test_it_does_nothing_until_the_loop_says_this_worker_leads() -> None:
     work = Chunks(3)
-    bg = _running(work)
-    try:
+    with _running(work) as bg:
         time.sleep(0.2)  # twenty intervals
         assert work.calls == 0
         bg.lead(True)
         work.wait_for(3)  # all three chunks, one after another
-    finally:
-        bg.stop()
     assert work.left == 0
 
 
 def test_losing_the_lease_stops_it_after_the_chunk_in_hand() -> None:
     work = Chunks(100)
-    bg = _running(work, interval_s=3600)  # no second run but the one that lead() wakes
-    work.hooks[3] = lambda: bg.lead(False)
-    try:
+    with _running(work, interval_s=3600) as bg:  # no second run but the one that lead() wakes
+        work.hooks[3] = lambda: bg.lead(False)
         bg.lead(True)
         work.wait_for(3)
         time.sleep(0.2)
         assert work.calls == 3, "it went on after the lease was lost"
         bg.lead(True)  # leading again: it resumes at once, not after the interval
         work.wait_for(10)
-    finally:
-        bg.stop()
 
 
 def test_an_outage_is_waited_out_and_the_work_resumes() -> None:
@@ -77,21 +77,17 @@ def test_an_outage_is_waited_out_and_the_work_resumes() -> None:
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
     work.hooks[1] = outage
-    bg = _running(work, max_backoff_s=0.05)
-    try:
+    with _running(work, max_backoff_s=0.05) as bg:
         bg.lead(True)
         work.wait_for(3)  # the failed call, then both chunks
-    finally:
-        bg.stop()
     assert work.left == 0
 
 
 def test_stop_ends_the_thread_between_chunks() -> None:
     work = Chunks(1_000_000)
-    bg = _running(work, busy=0.5)
-    bg.lead(True)
-    work.wait_for(5)
-    bg.stop(timeout_s=5)
+    with _running(work, busy=0.5) as bg:
+        bg.lead(True)
+        work.wait_for(5)
     assert bg._thread is not None and not bg._thread.is_alive()
     assert work.left > 0, "it ran to the end instead of stopping"
 

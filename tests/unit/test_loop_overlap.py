@@ -251,12 +251,9 @@ def test_a_batch_that_cannot_be_decided_yet_waits_after_the_one_in_flight_is_com
 
 
 def test_the_control_plane_runs_only_with_nothing_in_flight() -> None:
-    seen: list[str] = []
-    loop, _, calls = _loop([[0, 1], [2]], timers=[("sweep", 0.0, lambda: seen.append("sweep"))])
-    for _ in range(2):
-        loop.run_once()
-        calls += seen
-        seen.clear()
+    calls: list[str] = []
+    loop, _, _ = _loop([[0, 1], [2]], Handler(calls), timers=[("sweep", 0.0, lambda: calls.append("sweep"))])
+    _passes(loop, 2)
     assert calls == [
         "prepare 0-1",
         "send 0-1",
@@ -273,14 +270,12 @@ def test_the_control_plane_runs_only_with_nothing_in_flight() -> None:
 
 def test_a_timer_with_nothing_to_do_leaves_the_batch_in_flight_alone() -> None:
     ready: list[bool] = [False]
-    seen: list[str] = []
-    timer = ("notices", 0.0, lambda: seen.append("notices"), lambda: ready[0])
-    loop, _, calls = _loop([[0, 1], [2], [3]], timers=[timer])
+    calls: list[str] = []
+    timer = ("notices", 0.0, lambda: calls.append("notices"), lambda: ready[0])
+    loop, _, _ = _loop([[0, 1], [2], [3]], Handler(calls), timers=[timer])
     for i in range(3):
         ready[0] = i == 1  # notices are ready after the second batch only
         loop.run_once()
-        calls += seen
-        seen.clear()
     assert calls == [
         "prepare 0-1",
         "send 0-1",
